@@ -1,0 +1,599 @@
+"""pgtenant configuration: one TOML file loaded into frozen, slotted dataclasses.
+
+Every key, its default and its meaning is documented in ``config.example.toml``.
+Unknown keys and bad values raise :class:`ConfigError` naming the key and the file.
+Secrets are never inline: ``*_env`` names an environment variable, ``*_file`` a file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from difflib import get_close_matches
+from typing import Any, Literal, TypeVar, cast, get_args
+
+PoolMode = Literal["session", "transaction"]
+SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:6432"           # "host:port"; "[::1]:6432" for IPv6
+    unix_socket_dir: str | None = None       # also listen on <dir>/.s.PGSQL.<port>
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    allow_insecure_password: bool = False    # accept the JWT in cleartext off loopback without TLS
+    max_client_conn: int = 1000
+    client_login_timeout: float = 15.0       # seconds from accept to authenticated
+    max_message_size: int = 64 * 1024 * 1024  # bytes, largest frontend message buffered whole
+    metrics_listen: str | None = None        # "127.0.0.1:9187"; None disables the HTTP endpoint
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig:
+    algorithms: tuple[str, ...] = ("HS256",)
+    secret_env: str | None = None            # HS*: env var holding the shared secret
+    secret_file: str | None = None           # HS*: file holding the shared secret
+    public_key_file: str | None = None       # RS*/PS*/ES*/EdDSA: PEM public key
+    jwks_file: str | None = None             # RS*/ES*/EdDSA: JWKS document (keys chosen by kid)
+    tenant_claim: str = "tenant_id"
+    issuer: str | None = None
+    audience: str | None = None
+    leeway_seconds: float = 30.0
+    require_exp: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    jwt: JwtConfig = field(default_factory=JwtConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class TenancyConfig:
+    setting: str = "app.current_tenant"
+    tenant_pattern: str = r"^[A-Za-z0-9_-]{1,63}$"
+    protected_prefixes: tuple[str, ...] = ("app.", "pgtenant.")
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    name: str                                # the name clients connect to (the TOML table key)
+    host: str = "127.0.0.1"                  # a path starting with "/" means a Unix socket dir
+    port: int = 5432
+    dbname: str | None = None                # upstream database; defaults to `name`
+    user: str = "postgres"
+    password_env: str | None = None
+    password_file: str | None = None
+    sslmode: SslMode = "prefer"
+    sslrootcert: str | None = None
+    pool_mode: PoolMode = "session"
+    pool_size: int = 20
+    min_pool_size: int = 0
+    reserve_pool_size: int = 0
+    max_tenant_server_conns: int = 0         # 0 = no per-tenant cap
+    max_prepared_statements: int = 200
+    query_wait_timeout: float = 120.0        # seconds a client waits for a server connection
+    server_connect_timeout: float = 15.0
+    server_idle_timeout: float = 600.0
+    server_lifetime: float = 3600.0
+    idle_transaction_timeout: float = 0.0    # 0 = disabled
+    client_idle_timeout: float = 0.0         # 0 = disabled
+    server_reset_query: str = "DISCARD ALL"  # session mode: run when a client leaves
+    allow_privileged_upstream: bool = False
+
+    @property
+    def upstream_dbname(self) -> str:
+        return self.dbname or self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str = "<defaults>"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    tenancy: TenancyConfig = field(default_factory=TenancyConfig)
+    databases: dict[str, DatabaseConfig] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------
+
+#: JWS algorithms verified with a shared secret (RFC 7518 §3.2).
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+#: JWS algorithms verified with a public key (PEM file or JWKS).
+PUBLIC_KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+    | {"ES256", "ES256K", "ES384", "ES512", "EdDSA"}
+)
+#: Database name reserved for the admin console (like PgBouncer's "pgbouncer").
+ADMIN_DATABASE = "pgtenant"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOSTNAME = re.compile(r"[A-Za-z0-9_.-]+")
+_PORT = re.compile(r"[0-9]{1,5}")
+# A custom GUC is two or more identifiers joined by dots (PostgreSQL refuses a bare
+# name for a setting it does not know), e.g. app.current_tenant.
+_GUC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+_GUC_PREFIX = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]*\.)+")
+
+_T = TypeVar("_T")
+
+
+def parse_listen(s: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (``"[::1]:6432"`` for IPv6) into ``(host, port)``.
+
+    Raises :class:`ValueError` with a message fit for a config error.
+    """
+    if s.startswith("["):
+        close = s.find("]")
+        if close < 0 or s[close + 1 : close + 2] != ":":
+            raise ValueError('expected "[ipv6]:port"')
+        host, port_text = s[1:close], s[close + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+    else:
+        host, sep, port_text = s.rpartition(":")
+        if not sep:
+            raise ValueError('expected "host:port"')
+        if ":" in host:
+            raise ValueError('an IPv6 address goes in brackets: "[::1]:6432"')
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError('expected "host:port" with a host name or IPv4 address')
+    if not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
+        raise ValueError("expected a port number between 1 and 65535")
+    return host, int(port_text)
+
+
+def resolve_secret(env: str | None, file: str | None, what: str) -> str | None:
+    """Read a secret from the environment variable ``env`` or the file ``file``.
+
+    ``what`` is the dotted key the secret belongs to without its ``_env``/``_file``
+    suffix (``"auth.jwt.secret"``, ``"databases.app.password"``); error messages name
+    ``what_env`` or ``what_file``, never the secret itself. One trailing newline is
+    stripped from a file, because editors and ``echo`` add one. Returns None when
+    neither source is configured.
+    """
+    if env is not None and file is not None:
+        raise ConfigError(f"{what}_env and {what}_file: set one, not both")
+    if env is not None:
+        value = os.environ.get(env)
+        if not value:
+            raise ConfigError(f"{what}_env: environment variable {env} is not set or is empty")
+        return value
+    if file is not None:
+        try:
+            with open(file, encoding="utf-8", newline="") as f:
+                value = f.read()
+        except OSError as e:
+            raise ConfigError(f"{what}_file: cannot read {file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{what}_file: {file} is not UTF-8 text") from None
+        if value.endswith("\r\n"):
+            value = value[:-2]
+        elif value.endswith("\n"):
+            value = value[:-1]
+        if not value:
+            raise ConfigError(f"{what}_file: {file} is empty")
+        return value
+    return None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file.
+
+    Raises :class:`ConfigError` naming the file and the dotted key for an unreadable
+    file, invalid TOML, an unknown key or a bad value. Secrets are not read here (see
+    :func:`resolve_secret`): loading a config never needs them.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: invalid TOML: {e}") from None
+    return _build_config(data, source)
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Validate TOML text as :func:`load_config` does; ``source`` names it in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: invalid TOML: {e}") from None
+    return _build_config(data, source)
+
+
+def _build_config(data: dict[str, Any], source: str) -> Config:
+    root = _Table(source, (), data, {"server", "auth", "tenancy", "databases"})
+    server = _read_server(root.table("server", _field_names(ServerConfig)))
+    auth_table = root.table("auth", {"jwt"})
+    jwt = _read_jwt(auth_table.table("jwt", _field_names(JwtConfig)))
+    auth_table.finish()
+    tenancy = _read_tenancy(root.table("tenancy", _field_names(TenancyConfig)))
+    databases = _read_databases(root)
+    root.finish()
+    return Config(
+        path=source,
+        server=server,
+        auth=AuthConfig(jwt=jwt),
+        tenancy=tenancy,
+        databases=databases,
+    )
+
+
+def _read_server(t: _Table) -> ServerConfig:
+    d = ServerConfig()
+    listen = t.string("listen", d.listen)
+    t.check(listen, "listen", parse_listen)
+    metrics_listen = t.optional_string("metrics_listen")
+    if metrics_listen is not None:
+        t.check(metrics_listen, "metrics_listen", parse_listen)
+    tls_cert_file = t.optional_string("tls_cert_file")
+    tls_key_file = t.optional_string("tls_key_file")
+    if (tls_cert_file is None) != (tls_key_file is None):
+        missing = "tls_key_file" if tls_key_file is None else "tls_cert_file"
+        raise t.error(missing, "tls_cert_file and tls_key_file must be set together")
+    server = ServerConfig(
+        listen=listen,
+        unix_socket_dir=t.optional_string("unix_socket_dir"),
+        tls_cert_file=tls_cert_file,
+        tls_key_file=tls_key_file,
+        allow_insecure_password=t.boolean("allow_insecure_password", d.allow_insecure_password),
+        max_client_conn=t.integer("max_client_conn", d.max_client_conn, minimum=1),
+        client_login_timeout=t.seconds("client_login_timeout", d.client_login_timeout),
+        max_message_size=t.integer("max_message_size", d.max_message_size, minimum=1),
+        metrics_listen=metrics_listen,
+        log_level=t.choice("log_level", d.log_level, LOG_LEVELS),
+    )
+    t.finish()
+    return server
+
+
+def _read_jwt(t: _Table) -> JwtConfig:
+    d = JwtConfig()
+    algorithms = _read_algorithms(t, d.algorithms)
+    secret_env = t.env_name("secret_env")
+    secret_file = t.optional_string("secret_file")
+    public_key_file = t.optional_string("public_key_file")
+    jwks_file = t.optional_string("jwks_file")
+    # One key source, matching the algorithm family: an HMAC secret must never be
+    # configured next to a public key, or a token could pick which one verifies it.
+    sources = {
+        "secret_env": secret_env,
+        "secret_file": secret_file,
+        "public_key_file": public_key_file,
+        "jwks_file": jwks_file,
+    }
+    if algorithms[0] in HMAC_ALGORITHMS:
+        first, second = "secret_env", "secret_file"
+    else:
+        first, second = "public_key_file", "jwks_file"
+    for name, value in sources.items():
+        if value is not None and name not in (first, second):
+            raise t.error(name, f"not used by {algorithms[0]}; set {first} or {second}")
+    if sources[first] is None and sources[second] is None:
+        raise t.error(first, f"{algorithms[0]} needs a key: set {first} or {second}")
+    if sources[first] is not None and sources[second] is not None:
+        raise t.error(second, f"set {first} or {second}, not both")
+    jwt = JwtConfig(
+        algorithms=algorithms,
+        secret_env=secret_env,
+        secret_file=secret_file,
+        public_key_file=public_key_file,
+        jwks_file=jwks_file,
+        tenant_claim=t.string("tenant_claim", d.tenant_claim),
+        issuer=t.optional_string("issuer"),
+        audience=t.optional_string("audience"),
+        leeway_seconds=t.seconds("leeway_seconds", d.leeway_seconds),
+        require_exp=t.boolean("require_exp", d.require_exp),
+    )
+    t.finish()
+    return jwt
+
+
+def _read_algorithms(t: _Table, default: tuple[str, ...]) -> tuple[str, ...]:
+    algorithms = t.string_tuple("algorithms", default)
+    if not algorithms:
+        raise t.error("algorithms", "expected at least one algorithm")
+    known = HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS
+    for i, alg in enumerate(algorithms):
+        if alg.lower() == "none":
+            raise t.error(f"algorithms[{i}]", '"none" (unsigned tokens) is never accepted')
+        if alg not in known:
+            raise t.error(
+                f"algorithms[{i}]",
+                f"unknown algorithm {_show(alg)}; expected one of {', '.join(sorted(known))}",
+            )
+    hmac = [a for a in algorithms if a in HMAC_ALGORITHMS]
+    if hmac and len(hmac) != len(algorithms):
+        public = next(a for a in algorithms if a not in HMAC_ALGORITHMS)
+        raise t.error(
+            "algorithms",
+            f"mixes a shared-secret algorithm ({hmac[0]}) with a public-key one ({public}); "
+            "that allows algorithm-confusion attacks, so choose one family",
+        )
+    return tuple(dict.fromkeys(algorithms))  # drop duplicates, keep order
+
+
+def _read_tenancy(t: _Table) -> TenancyConfig:
+    d = TenancyConfig()
+    prefixes = t.string_tuple("protected_prefixes", d.protected_prefixes)
+    for i, prefix in enumerate(prefixes):
+        if not _GUC_PREFIX.fullmatch(prefix):
+            raise t.error(
+                f"protected_prefixes[{i}]",
+                f'expected a setting prefix ending in "." such as "app.", got {_show(prefix)}',
+            )
+    setting = t.string("setting", d.setting)
+    if not _GUC_NAME.fullmatch(setting):
+        raise t.error(
+            "setting",
+            f'expected a dotted custom setting name such as "app.current_tenant", '
+            f"got {_show(setting)}",
+        )
+    if not any(setting.lower().startswith(p.lower()) for p in prefixes):
+        raise t.error(
+            "setting",
+            f"{_show(setting)} must start with one of protected_prefixes "
+            f"({', '.join(prefixes) or 'none configured'}), or clients could change it",
+        )
+    pattern = t.string("tenant_pattern", d.tenant_pattern)
+    _check_tenant_pattern(t, pattern)
+    tenancy = TenancyConfig(setting=setting, tenant_pattern=pattern, protected_prefixes=prefixes)
+    t.finish()
+    return tenancy
+
+
+def _check_tenant_pattern(t: _Table, pattern: str) -> None:
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise t.error("tenant_pattern", f"not a valid regular expression: {e}") from None
+    trailing_backslashes = len(pattern[:-1]) - len(pattern[:-1].rstrip("\\"))
+    if not pattern.startswith("^") or not pattern.endswith("$") or trailing_backslashes % 2:
+        # The verifier uses fullmatch anyway; demanding the anchors keeps the config
+        # honest for readers and for other tools that reuse the pattern.
+        raise t.error("tenant_pattern", 'must be anchored: start with "^" and end with "$"')
+    if compiled.fullmatch(""):
+        # An empty tenant is indistinguishable from "no tenant set" in the database.
+        raise t.error("tenant_pattern", "must not match the empty string")
+
+
+def _read_databases(root: _Table) -> dict[str, DatabaseConfig]:
+    section = root.raw("databases")
+    if section is None or (isinstance(section, dict) and not section):
+        raise ConfigError(f"{root.source}: databases: at least one [databases.NAME] table "
+                          "is required")
+    if not isinstance(section, dict):
+        raise root.error("databases", f"expected a table, got {_show(section)}")
+    allowed = _field_names(DatabaseConfig) - {"name"}
+    tables = root.table("databases", None)
+    databases: dict[str, DatabaseConfig] = {}
+    for name in section:
+        key = _dotted(("databases", name))
+        if not name:
+            raise ConfigError(f"{root.source}: {key}: a database name must not be empty")
+        if name.lower() == ADMIN_DATABASE:
+            raise ConfigError(
+                f"{root.source}: {key}: the name {ADMIN_DATABASE!r} is reserved for the "
+                "admin console"
+            )
+        databases[name] = _read_database(tables.table(name, allowed), name)
+    return databases
+
+
+def _read_database(t: _Table, name: str) -> DatabaseConfig:
+    d = DatabaseConfig(name=name)
+    host = t.string("host", d.host)
+    dbname = t.optional_string("dbname")
+    password_env = t.env_name("password_env")
+    password_file = t.optional_string("password_file")
+    if password_env is not None and password_file is not None:
+        raise t.error("password_file", "set password_env or password_file, not both")
+    pool_size = t.integer("pool_size", d.pool_size, minimum=1)
+    min_pool_size = t.integer("min_pool_size", d.min_pool_size, minimum=0)
+    if min_pool_size > pool_size:
+        raise t.error("min_pool_size", f"must be <= pool_size ({pool_size}), got {min_pool_size}")
+    db = DatabaseConfig(
+        name=name,
+        host=host,
+        port=t.integer("port", d.port, minimum=1, maximum=65535),
+        dbname=dbname,
+        user=t.string("user", d.user),
+        password_env=password_env,
+        password_file=password_file,
+        sslmode=cast(SslMode, t.choice("sslmode", d.sslmode, get_args(SslMode))),
+        sslrootcert=t.optional_string("sslrootcert"),
+        pool_mode=cast(PoolMode, t.choice("pool_mode", d.pool_mode, get_args(PoolMode))),
+        pool_size=pool_size,
+        min_pool_size=min_pool_size,
+        reserve_pool_size=t.integer("reserve_pool_size", d.reserve_pool_size, minimum=0),
+        max_tenant_server_conns=t.integer(
+            "max_tenant_server_conns", d.max_tenant_server_conns, minimum=0
+        ),
+        max_prepared_statements=t.integer(
+            "max_prepared_statements", d.max_prepared_statements, minimum=0
+        ),
+        query_wait_timeout=t.seconds("query_wait_timeout", d.query_wait_timeout),
+        server_connect_timeout=t.seconds("server_connect_timeout", d.server_connect_timeout),
+        server_idle_timeout=t.seconds("server_idle_timeout", d.server_idle_timeout),
+        server_lifetime=t.seconds("server_lifetime", d.server_lifetime),
+        idle_transaction_timeout=t.seconds(
+            "idle_transaction_timeout", d.idle_transaction_timeout
+        ),
+        client_idle_timeout=t.seconds("client_idle_timeout", d.client_idle_timeout),
+        server_reset_query=t.string("server_reset_query", d.server_reset_query, allow_empty=True),
+        allow_privileged_upstream=t.boolean(
+            "allow_privileged_upstream", d.allow_privileged_upstream
+        ),
+    )
+    t.finish()
+    return db
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _dotted(parts: tuple[str, ...]) -> str:
+    return ".".join(p if _BARE_KEY.fullmatch(p) else json.dumps(p) for p in parts)
+
+
+def _show(value: object) -> str:
+    """Render a TOML value for an error message, briefly."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 60 else text[:56] + '..."'
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"
+
+
+class _Table:
+    """One TOML table being read: typed getters that name ``file: dotted.key``."""
+
+    def __init__(
+        self,
+        source: str,
+        parts: tuple[str, ...],
+        data: Mapping[str, Any],
+        allowed: set[str] | None,
+    ) -> None:
+        self.source = source
+        self.parts = parts
+        self.data = data
+        self.read: set[str] = set()
+        if allowed is not None:
+            # Unknown keys first: a misspelt key is usually why a value looks missing.
+            for key in data:
+                if key not in allowed:
+                    hint = get_close_matches(key, sorted(allowed), n=1)
+                    suffix = f' (did you mean "{hint[0]}"?)' if hint else ""
+                    raise self.error(key, f"unknown key{suffix}")
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.key(key)}: {message}")
+
+    def key(self, key: str) -> str:
+        if key.startswith("["):  # array index: algorithms[1]
+            return _dotted(self.parts) + key
+        name, bracket, index = key.partition("[")
+        return _dotted((*self.parts, name)) + bracket + index
+
+    def raw(self, key: str) -> Any:
+        self.read.add(key)
+        return self.data.get(key)
+
+    def table(self, key: str, allowed: set[str] | None) -> _Table:
+        value = self.raw(key)
+        if value is None:
+            value = {}
+        elif not isinstance(value, dict):
+            raise self.error(key, f"expected a table, got {_show(value)}")
+        return _Table(self.source, (*self.parts, key), value, allowed)
+
+    def finish(self) -> None:
+        for key in self.data:
+            if key not in self.read:
+                raise self.error(key, "unknown key")
+
+    def check(self, value: str, key: str, parse: Callable[[str], object]) -> None:
+        try:
+            parse(value)
+        except ValueError as e:
+            raise self.error(key, f"{e}, got {_show(value)}") from None
+
+    def _get(self, key: str, default: _T) -> Any:
+        value = self.raw(key)
+        return default if value is None else value
+
+    def string(self, key: str, default: str, *, allow_empty: bool = False) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {_show(value)}")
+        if not value and not allow_empty:
+            raise self.error(key, "expected a non-empty string")
+        return value
+
+    def optional_string(self, key: str) -> str | None:
+        if self.data.get(key) is None:
+            self.read.add(key)
+            return None
+        return self.string(key, "")
+
+    def env_name(self, key: str) -> str | None:
+        value = self.optional_string(key)
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            # Never echo the value: it may be a secret pasted where its name belongs.
+            raise self.error(
+                key, "expected the name of an environment variable (letters, digits, _), "
+                "not the secret itself",
+            )
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_show(value)}")
+        return value
+
+    def integer(
+        self, key: str, default: int, *, minimum: int, maximum: int | None = None
+    ) -> int:
+        value = self._get(key, default)
+        # bool is an int subclass in Python; `pool_size = true` is a mistake, not 1.
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if not ok or value < minimum or (maximum is not None and value > maximum):
+            expected = (
+                f"an integer >= {minimum}" if maximum is None
+                else f"an integer between {minimum} and {maximum}"
+            )
+            raise self.error(key, f"expected {expected}, got {_show(value)}")
+        return cast(int, value)
+
+    def seconds(self, key: str, default: float) -> float:
+        value = self._get(key, default)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value < 0:
+            raise self.error(key, f"expected a number of seconds >= 0, got {_show(value)}")
+        return float(value)
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str) or value not in choices:
+            options = ", ".join(f'"{c}"' for c in choices)
+            raise self.error(key, f"expected one of {options}, got {_show(value)}")
+        return value
+
+    def string_tuple(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._get(key, default)
+        if not isinstance(value, list | tuple):
+            raise self.error(key, f"expected an array of strings, got {_show(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise self.error(f"{key}[{i}]", f"expected a non-empty string, got {_show(item)}")
+        return tuple(value)

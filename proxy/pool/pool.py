@@ -1,0 +1,287 @@
+"""Server connection pool for one configured database.
+
+Invariant (PgBouncer's ``objects.c``): each server connection is in exactly one of
+``connecting`` (a count), ``idle`` (LIFO stack, warm caches first) or ``active`` (leased),
+and only :meth:`ServerPool._offer` and :meth:`ServerPool.release` move it. Waiting clients
+are served FIFO; a waiter that already timed out is never handed a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from proxy.config import DatabaseConfig
+from proxy.session.server import ServerConnection, ServerError, ServerState, Skip, TenantState
+from proxy.wire import messages
+from proxy.wire.tags import BackendTag
+
+log = logging.getLogger("pgtenant.pool")
+
+
+class PoolTimeoutError(Exception):
+    """No server connection became available within query_wait_timeout."""
+
+    sqlstate = "57014"
+
+
+class UpstreamRefusedError(ServerError):
+    """The upstream role is not safe for tenancy (superuser or BYPASSRLS)."""
+
+
+@dataclass(slots=True)
+class PoolStats:
+    leases: int = 0
+    leases_with_context_set: int = 0
+    acquire_timeouts: int = 0
+    server_errors: int = 0
+    servers_opened: int = 0
+    servers_closed: int = 0
+    wait_seconds_total: float = 0.0
+    waits: int = 0
+    tenant_leases: dict[str, int] = field(default_factory=dict)
+
+
+class ServerPool:
+    """Acquire/release of server connections for one database entry."""
+
+    def __init__(self, db: DatabaseConfig, password: str | None) -> None:
+        self.db = db
+        self.password = password
+        self.idle: list[ServerConnection] = []
+        self.active: set[ServerConnection] = set()
+        self.connecting = 0
+        self.waiters: deque[asyncio.Future[ServerConnection]] = deque()
+        self.stats = PoolStats()
+        self.closed = False
+        self._role_checked = False
+        self._refused: UpstreamRefusedError | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def size(self) -> int:
+        return len(self.idle) + len(self.active) + self.connecting
+
+    # ---- acquire ----------------------------------------------------------------------
+
+    async def acquire(self, tenant: str | None) -> ServerConnection:
+        """Lease a server connection, preferring one already set for ``tenant``."""
+        if self._refused is not None:
+            raise self._refused
+        if self.closed:
+            raise ServerError("the pool is shutting down", "57P01")
+        server = self._take_idle(tenant)
+        if server is not None:
+            return server
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[ServerConnection] = loop.create_future()
+        self.waiters.append(waiter)
+        self._grow()
+        started = time.monotonic()
+        timeout = self.db.query_wait_timeout or None
+        try:
+            async with asyncio.timeout(timeout):
+                server = await waiter
+        except TimeoutError:
+            self.stats.acquire_timeouts += 1
+            raise PoolTimeoutError(
+                f"no server connection available for database \"{self.db.name}\" within "
+                f"query_wait_timeout ({self.db.query_wait_timeout:g}s)") from None
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            elif not waiter.cancelled() and waiter.exception() is None and server is None:
+                # Handed a connection in the same tick the wait was abandoned: give it back.
+                self.release(waiter.result())
+            try:
+                self.waiters.remove(waiter)
+            except ValueError:
+                pass
+            self.stats.waits += 1
+            self.stats.wait_seconds_total += time.monotonic() - started
+        return server
+
+    def _take_idle(self, tenant: str | None) -> ServerConnection | None:
+        idle = self.idle
+        while idle:
+            # Tenant affinity: the most recently used connection already set for this tenant.
+            pick = len(idle) - 1
+            for i in range(len(idle) - 1, -1, -1):
+                if idle[i].tenant == tenant:
+                    pick = i
+                    break
+            server = idle.pop(pick)
+            if server.state is ServerState.CLOSED:
+                continue
+            if self._expired(server):
+                self._close(server)
+                continue
+            server.state = ServerState.ACTIVE
+            self.active.add(server)
+            return server
+        return None
+
+    def _grow(self) -> None:
+        """Open connections for waiters while the pool has room."""
+        while (self.connecting < len(self.waiters) and self.size < self.db.pool_size
+               and not self.closed):
+            self.connecting += 1
+            self._spawn(self._open())
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open(self) -> None:
+        try:
+            server = await ServerConnection.connect(self.db, self.password)
+            if not self._role_checked:
+                await self._check_role(server)
+        except ServerError as exc:
+            self.connecting -= 1
+            self.stats.server_errors += 1
+            log.warning("database %s: %s", self.db.name, exc)
+            if isinstance(exc, UpstreamRefusedError):
+                self._refused = exc
+                self._fail_waiters(exc)
+            elif self.waiters:
+                # Tell the longest waiter now rather than letting it time out.
+                self._fail_waiters(exc, limit=1)
+            return
+        self.connecting -= 1
+        self.stats.servers_opened += 1
+        server.on_closed = self._on_closed
+        self._offer(server)
+
+    async def _check_role(self, server: ServerConnection) -> None:
+        """Refuse a superuser or BYPASSRLS upstream role: RLS would not apply to it."""
+        rows = await server.query(
+            "SELECT rolsuper::text || ' ' || rolbypassrls::text FROM pg_roles "
+            "WHERE rolname = current_user")
+        flags = ""
+        for tag, body in rows:
+            if tag == BackendTag.DATA_ROW:
+                flags = body[6:].decode()
+        privileged = flags != "false false"
+        self._role_checked = True
+        if privileged and not self.db.allow_privileged_upstream:
+            server.close()
+            raise UpstreamRefusedError(
+                f"upstream role \"{self.db.user}\" is a superuser or has BYPASSRLS, so "
+                "row-level security would not confine tenants; use an unprivileged role "
+                "(or set allow_privileged_upstream = true)", "28000")
+        if privileged:
+            log.warning("database %s: upstream role %s is superuser or BYPASSRLS: RLS does NOT "
+                        "apply (allow_privileged_upstream = true)", self.db.name, self.db.user)
+
+    def _fail_waiters(self, exc: Exception, limit: int | None = None) -> None:
+        failed = 0
+        while self.waiters and (limit is None or failed < limit):
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+                failed += 1
+
+    # ---- release ----------------------------------------------------------------------
+
+    def _offer(self, server: ServerConnection) -> None:
+        """Give a usable connection to the first live waiter, else park it idle."""
+        server.receiver = None
+        server.pause_reading(False)
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                server.state = ServerState.ACTIVE
+                self.active.add(server)
+                waiter.set_result(server)
+                return
+        server.state = ServerState.IDLE
+        server.last_used = time.monotonic()
+        self.idle.append(server)
+
+    def release(self, server: ServerConnection, *, reset: bool = False) -> None:
+        """The one place a leased server connection comes back.
+
+        Fail-closed: a connection with outstanding replies, an open transaction or a
+        closed socket is closed, never reused. ``reset`` runs the server_reset_query first
+        (session mode, when a client leaves).
+        """
+        self.active.discard(server)
+        server.receiver = None
+        if not server.is_clean or self.closed or self._expired(server):
+            self._close(server)
+            return
+        if reset and self.db.server_reset_query:
+            self.active.add(server)
+            self._spawn(self._reset_then_offer(server))
+            return
+        self._offer(server)
+
+    async def _reset_then_offer(self, server: ServerConnection) -> None:
+        fut: asyncio.Future[dict[str, str] | None] = asyncio.get_running_loop().create_future()
+        server.send_internal(messages.query(self.db.server_reset_query), Skip(fut))
+        try:
+            async with asyncio.timeout(self.db.server_connect_timeout):
+                error = await fut
+        except (TimeoutError, ServerError):
+            error = {"M": "reset did not complete"}
+        self.active.discard(server)
+        if error is not None or not server.is_clean:
+            log.warning("database %s: server reset failed (%s); closing it",
+                        self.db.name, error.get("M") if error else "not idle")
+            self._close(server)
+            return
+        server.tenant = TenantState.PRISTINE
+        server.context = None
+        self._offer(server)
+
+    def _close(self, server: ServerConnection) -> None:
+        self.active.discard(server)
+        if server in self.idle:
+            self.idle.remove(server)
+        if server.state is not ServerState.CLOSED:
+            self.stats.servers_closed += 1
+        server.on_closed = None
+        server.close()
+        self._grow()
+
+    def _on_closed(self, server: ServerConnection) -> None:
+        """A connection died on its own (server restart, network): forget it."""
+        self.active.discard(server)
+        if server in self.idle:
+            self.idle.remove(server)
+        self.stats.servers_closed += 1
+        self._grow()
+
+    def _expired(self, server: ServerConnection) -> bool:
+        lifetime = self.db.server_lifetime
+        return bool(lifetime) and time.monotonic() - server.created_at > lifetime
+
+    # ---- maintenance ------------------------------------------------------------------
+
+    def maintain(self) -> None:
+        """Close idle connections past server_idle_timeout/server_lifetime; keep min_pool_size."""
+        now = time.monotonic()
+        keep = self.db.min_pool_size
+        idle_timeout = self.db.server_idle_timeout
+        for server in list(self.idle):
+            too_idle = bool(idle_timeout) and now - server.last_used > idle_timeout
+            if self._expired(server) or (too_idle and self.size > keep):
+                self._close(server)
+        missing = keep - self.size
+        for _ in range(max(0, missing)):
+            self.connecting += 1
+            self._spawn(self._open())
+
+    async def close(self) -> None:
+        """Close every connection (shutdown)."""
+        self.closed = True
+        self._fail_waiters(ServerError("the proxy is shutting down", "57P01"))
+        for server in [*self.idle, *self.active]:
+            self._close(server)
+        for task in list(self._tasks):
+            task.cancel()

@@ -1,0 +1,583 @@
+"""A client connection: startup, TLS, JWT authentication, then relaying to a server.
+
+Flow: StartupMessage (SSLRequest/GSSENCRequest/CancelRequest answered on the way) →
+AuthenticationCleartextPassword → the JWT arrives as the password and is verified →
+a server connection is leased and given the client's tenant context before the greeting
+→ ReadyForQuery. Session mode keeps that server until the client leaves; transaction
+mode returns it on every ReadyForQuery 'I' and leases one again at the next message.
+
+Where the tenant is set: :meth:`ClientConnection._ensure_context` — before any client
+message is written to a server connection whose context is not this client's.
+Where a server goes back to the pool: :meth:`ClientConnection._release_server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import secrets
+import ssl
+from typing import TYPE_CHECKING
+
+from proxy.auth.errors import AuthError
+from proxy.auth.identity import Identity
+from proxy.pool.pool import PoolTimeoutError, ServerPool
+from proxy.session.context import TenantContext
+from proxy.session.server import ServerConnection, ServerError
+from proxy.wire import messages
+from proxy.wire.errors import ProtocolViolation
+from proxy.wire.framing import FrontendFramer
+from proxy.wire.startup import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupFramer,
+    StartupMessage,
+    parse_startup_packet,
+)
+from proxy.wire.tags import FrontendTag
+
+if TYPE_CHECKING:
+    from proxy.app import ProxyApp
+
+log = logging.getLogger("pgtenant.client")
+
+_Q = FrontendTag.QUERY
+_S = FrontendTag.SYNC
+_F = FrontendTag.FUNCTION_CALL
+_X = FrontendTag.TERMINATE
+_P = FrontendTag.PASSWORD
+
+# Startup parameters that are connection plumbing, not session settings.
+_NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
+# Pause reading from the client when this much is queued waiting for a server.
+_QUEUE_HIGH_WATER = 256 * 1024
+
+
+class ClientState(enum.Enum):
+    STARTUP = "startup"
+    TLS = "tls"
+    AUTH = "auth"
+    LOGIN = "login"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class ClientError(Exception):
+    """An error a client caused; ends the connection with a FATAL ErrorResponse."""
+
+    def __init__(self, sqlstate: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.hint = hint
+
+
+def parse_options(options: str) -> dict[str, str]:
+    """Parse the ``options`` startup parameter (``-c name=value`` / ``--name=value``)."""
+    words: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for ch in options:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch.isspace():
+            if current:
+                words.append("".join(current))
+                current = []
+        else:
+            current.append(ch)
+    if current:
+        words.append("".join(current))
+    result: dict[str, str] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "-c" and i + 1 < len(words):
+            pair = words[i + 1]
+            i += 2
+        elif word.startswith("-c"):
+            pair = word[2:]
+            i += 1
+        elif word.startswith("--"):
+            pair = word[2:]
+            i += 1
+        else:
+            raise ClientError("08P01", f"unsupported option in the options parameter: {word!r}",
+                              "pgtenant accepts only -c name=value options")
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ClientError("08P01", f"malformed option {pair!r} in the options parameter")
+        result[name.replace("-", "_")] = value
+    return result
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client of the proxy."""
+
+    def __init__(self, app: ProxyApp) -> None:
+        self.app = app
+        self.id = app.next_client_id()
+        self.state = ClientState.STARTUP
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.is_local = False
+        self.tls = False
+        self.startup = StartupFramer()
+        self.framer: FrontendFramer | None = None
+        self.database = ""
+        self.pool: ServerPool | None = None
+        self.transaction_mode = False
+        self.identity: Identity | None = None
+        self.context: TenantContext | None = None
+        self.settings: dict[str, str] = {}
+        self.server: ServerConnection | None = None
+        self.cancel_pid = 0
+        self.cancel_secret = b""
+        self._queue: list[bytes] = []
+        self._queue_replies = 0
+        self._queued_bytes = 0
+        self._leasing = False
+        self._writing_paused = False
+        self._reading_paused_for: set[str] = set()
+        self._login_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        tenant = self.identity.tenant if self.identity else None
+        return f"<Client #{self.id} {self.state.value} {self.peer} tenant={tenant}>"
+
+    # ---- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        if isinstance(peer, tuple) and peer:
+            host = str(peer[0])
+            self.peer = f"{host}:{peer[1]}"
+            self.is_local = host in ("127.0.0.1", "::1") or host.startswith("127.")
+        else:
+            self.peer = "unix"
+            self.is_local = sock is not None
+        self.app.client_connected(self)
+        self._login_timer = asyncio.get_running_loop().call_later(
+            self.app.config.server.client_login_timeout, self._login_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            if self.state is ClientState.READY:
+                assert self.framer is not None
+                self.framer.feed(data)
+                self._relay_messages()
+            elif self.state is ClientState.STARTUP:
+                self.startup.feed(data)
+                self._startup_packets()
+            elif self.state in (ClientState.AUTH, ClientState.LOGIN):
+                assert self.framer is not None
+                self.framer.feed(data)
+                if self.state is ClientState.AUTH:
+                    self._password_message()
+                elif self.framer.buffered() > _QUEUE_HIGH_WATER:
+                    self._pause_reading("queue", True)
+        except ProtocolViolation as exc:
+            self.fatal("08P01", str(exc))
+        except ClientError as exc:
+            self.fatal(exc.sqlstate, str(exc), exc.hint)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._shutdown()
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the server sends: stop reading from the server.
+        self._writing_paused = True
+        if self.server is not None:
+            self.server.pause_reading(True)
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.server is not None:
+            self.server.pause_reading(False)
+
+    # ---- startup ----------------------------------------------------------------------
+
+    def _startup_packets(self) -> None:
+        while self.state is ClientState.STARTUP:
+            body = self.startup.next_packet()
+            if body is None:
+                return
+            packet = parse_startup_packet(body)
+            if isinstance(packet, SSLRequest):
+                self._ssl_request()
+            elif isinstance(packet, GSSENCRequest):
+                self._write(b"N")
+            elif isinstance(packet, CancelRequest):
+                self.app.cancel(packet.process_id, packet.secret_key)
+                self._close_transport()
+                return
+            elif isinstance(packet, StartupMessage):
+                self._startup_message(packet)
+
+    def _ssl_request(self) -> None:
+        ctx = self.app.client_ssl_context
+        if ctx is None or self.tls:
+            self._write(b"N")
+            return
+        if self.startup.buffered():
+            # Bytes after SSLRequest before the handshake: a classic injection attempt.
+            raise ClientError("08P01", "received unencrypted data after SSL request")
+        self._write(b"S")
+        self.state = ClientState.TLS
+        self._spawn(self._start_tls(ctx))
+
+    async def _start_tls(self, ctx: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.start_tls(self.transport, self, ctx, server_side=True)
+        except (OSError, ssl.SSLError, ConnectionError) as exc:
+            log.info("client #%s: TLS handshake failed: %s", self.id, exc)
+            self._close_transport()
+            return
+        if new is None:
+            self._close_transport()
+            return
+        self.transport = new  # type: ignore[assignment]
+        self.tls = True
+        self.state = ClientState.STARTUP
+
+    def _startup_message(self, packet: StartupMessage) -> None:
+        params = packet.parameters
+        app = self.app
+        if packet.protocol_minor > 0 or packet.protocol_options:
+            # We speak 3.0; report unknown _pq_ options instead of failing (as PostgreSQL does).
+            self._write(messages.negotiate_protocol_version(0, list(packet.protocol_options)))
+        if "replication" in params and params["replication"].lower() not in ("false", "0", "off"):
+            raise ClientError("0A000", "replication connections are not supported by pgtenant")
+        user = params.get("user")
+        if not user:
+            raise ClientError("28000", "no PostgreSQL user name specified in startup packet")
+        self.database = params.get("database") or user
+        if app.too_many_clients():
+            raise ClientError("53300", "sorry, too many clients already",
+                              "the proxy's max_client_conn is reached")
+        pool = app.pools.get(self.database)
+        if pool is None:
+            raise ClientError("3D000", f"database \"{self.database}\" does not exist",
+                              "the database name must be one configured in pgtenant")
+        self.pool = pool
+        self.transaction_mode = pool.db.pool_mode == "transaction"
+        settings = {k: v for k, v in params.items() if k not in _NOT_SETTINGS}
+        if "options" in params:
+            settings.update(parse_options(params["options"]))
+        for name in settings:
+            if app.is_protected_setting(name):
+                raise ClientError("42501", f"setting \"{name}\" cannot be set by a client",
+                                  "pgtenant sets the tenant context itself")
+        self.settings = settings
+        if not (self.tls or self.is_local or app.config.server.allow_insecure_password):
+            raise ClientError("28000", "pgtenant accepts a password only over an encrypted "
+                              "connection", "connect with sslmode=require")
+        self.state = ClientState.AUTH
+        self.framer = FrontendFramer(app.config.server.max_message_size)
+        self.framer.feed(self.startup.remaining())
+        self._write(messages.authentication_cleartext_password())
+        self._password_message()
+
+    def _password_message(self) -> None:
+        assert self.framer is not None
+        msg = self.framer.next_message()
+        if msg is None:
+            return
+        tag, body = msg
+        if tag != _P:
+            raise ClientError("08P01", f"expected a password message, got type {chr(tag)!r}")
+        try:
+            token = messages.decode_password(body).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ClientError("28P01", "password authentication failed: the password is not "
+                              "a valid token") from None
+        try:
+            identity = self.app.verifier.verify(token)
+        except AuthError as exc:
+            self.app.auth_failed(self, exc)
+            raise ClientError(exc.sqlstate, str(exc)) from None
+        self.identity = identity
+        self.context = TenantContext(
+            self.app.config.tenancy.setting, identity.tenant).with_settings(self.settings)
+        self.state = ClientState.LOGIN
+        self._spawn(self._login())
+
+    async def _login(self) -> None:
+        """Lease a server, give it our context, greet the client with its parameters."""
+        assert self.pool is not None and self.context is not None
+        try:
+            server = await self.pool.acquire(self.context.tenant)
+        except (PoolTimeoutError, ServerError) as exc:
+            self.fatal(exc.sqlstate, str(exc))
+            return
+        if self.state is not ClientState.LOGIN:
+            self.pool.release(server)
+            return
+        self._link(server)
+        try:
+            await self._apply_context(server, wait=True)
+        except ClientError as exc:
+            self.fatal(exc.sqlstate, str(exc))
+            return
+        if self.state is not ClientState.LOGIN:
+            return
+        # Canonical spellings (client_encoding 'utf-8' → 'UTF8') as the server reports them.
+        changed = False
+        for name in self.settings:
+            value = server.params.get(name)
+            if value is not None and value != self.settings[name]:
+                self.settings[name] = value
+                changed = True
+        if changed:
+            self.context = self.context.with_settings(self.settings)
+            server.context = self.context
+        self.cancel_pid, self.cancel_secret = self.app.register_cancel_key(self)
+        greeting = [messages.authentication_ok()]
+        greeting.extend(messages.parameter_status(k, v) for k, v in server.params.items())
+        greeting.append(messages.backend_key_data(self.cancel_pid, self.cancel_secret))
+        greeting.append(messages.ready_for_query(b"I"))
+        self._write(b"".join(greeting))
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        self.state = ClientState.READY
+        if self.transaction_mode:
+            self._release_server()
+        self._pause_reading("queue", False)
+        self._relay_messages()
+
+    def _login_timed_out(self) -> None:
+        if self.state in (ClientState.STARTUP, ClientState.TLS, ClientState.AUTH,
+                          ClientState.LOGIN):
+            self.fatal("57014", "canceling authentication due to timeout",
+                       "client_login_timeout expired before the client authenticated")
+
+    # ---- relaying client → server -----------------------------------------------------
+
+    def _relay_messages(self) -> None:
+        """Frame what the client sent; write it to the server in one write."""
+        framer = self.framer
+        assert framer is not None
+        out: list[bytes] = []
+        replies = 0
+        while True:
+            msg = framer.next_message()
+            if msg is None:
+                break
+            tag, body = msg
+            if tag == _Q or tag == _S or tag == _F:
+                replies += 1
+            elif tag == _X:
+                self._flush(out, replies)
+                self._close_transport()
+                return
+            out.append(messages.frame(tag, body))
+        self._flush(out, replies)
+
+    def _flush(self, out: list[bytes], replies: int) -> None:
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        server = self.server
+        # The context is (re)checked only between transactions, when the server is idle.
+        if server is not None and not self._queue and (
+                server.context is self.context or server.pending or server.tx_status != b"I"):
+            server.send(data, replies)
+            return
+        self._queue.append(data)
+        self._queue_replies += replies
+        self._queued_bytes += len(data)
+        if self._queued_bytes > _QUEUE_HIGH_WATER:
+            self._pause_reading("queue", True)
+        if server is None:
+            if not self._leasing:
+                self._leasing = True
+                self._spawn(self._lease())
+        elif not self._leasing:
+            self._leasing = True
+            self._spawn(self._send_queue(server))
+
+    async def _lease(self) -> None:
+        """Transaction mode: get a server for the transaction the client just started."""
+        assert self.pool is not None and self.context is not None
+        try:
+            server = await self.pool.acquire(self.context.tenant)
+        except (PoolTimeoutError, ServerError) as exc:
+            self._leasing = False
+            self.fatal(exc.sqlstate, str(exc))
+            return
+        if self.state is ClientState.CLOSED:
+            self._leasing = False
+            self.pool.release(server)
+            return
+        self._link(server)
+        await self._send_queue(server)
+
+    async def _send_queue(self, server: ServerConnection) -> None:
+        try:
+            await self._ensure_context(server)
+        except ClientError as exc:
+            self._leasing = False
+            self.fatal(exc.sqlstate, str(exc))
+            return
+        self._leasing = False
+        if self.server is not server or self.state is ClientState.CLOSED:
+            return
+        if self._queue:
+            data = b"".join(self._queue)
+            replies = self._queue_replies
+            self._queue.clear()
+            self._queue_replies = 0
+            self._queued_bytes = 0
+            server.send(data, replies)
+        self._pause_reading("queue", False)
+
+    async def _ensure_context(self, server: ServerConnection) -> None:
+        """Make sure ``server`` carries this client's context before its messages run."""
+        context = self.context
+        assert context is not None
+        if server.context == context:  # set by another client of the same tenant and settings
+            server.context = context
+            return
+        assert self.pool is not None
+        self.pool.stats.leases_with_context_set += 1
+        # Pipeline the set in front of the client's messages only if a failure could not
+        # leave another tenant's context in place; otherwise wait for it.
+        await self._apply_context(server, wait=server.needs_wait_for_context(context))
+
+    async def _apply_context(self, server: ServerConnection, *, wait: bool) -> None:
+        assert self.context is not None
+        fut = server.apply_context(self.context)
+        if not wait:
+            fut.add_done_callback(self._pipelined_context_done)
+            return
+        try:
+            error = await fut
+        except ServerError as exc:
+            raise ClientError(exc.sqlstate, str(exc)) from None
+        if error is not None:
+            raise ClientError(error.get("C", "08006"),
+                              f"could not set the session context: {error.get('M', '')}")
+
+    def _pipelined_context_done(self, fut: asyncio.Future[dict[str, str] | None]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return  # the server is gone; server_lost reports it
+        error = fut.result()
+        if error is not None:
+            # The client's pipelined messages ran with no tenant at all (fail-closed) and
+            # their replies cannot be trusted to match the client's expectations: end it.
+            self.fatal("08006", f"could not set the session context: {error.get('M', '')}")
+
+    # ---- server side callbacks ----------------------------------------------------------
+
+    def _link(self, server: ServerConnection) -> None:
+        self.server = server
+        server.receiver = self
+        if self._writing_paused:
+            server.pause_reading(True)
+        assert self.pool is not None
+        self.pool.stats.leases += 1
+
+    def forward_to_client(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def server_ready(self, server: ServerConnection) -> None:
+        """The server answered everything we sent (pending queue empty)."""
+        if (self.transaction_mode and server.tx_status == b"I" and not self._queue
+                and self.state is ClientState.READY):
+            self._release_server()
+
+    def server_lost(self, server: ServerConnection, reason: str) -> None:
+        if self.server is server:
+            self.server = None
+            self.fatal("08006", f"server connection lost: {reason}")
+
+    def server_paused_writing(self, paused: bool) -> None:
+        self._pause_reading("server", paused)
+
+    def parameter_changed(self, name: str, value: str) -> None:
+        # The client changed a reported setting (SET TimeZone ...): carry it to later servers.
+        if self.settings.get(name) != value and self.context is not None:
+            self.settings[name] = value
+            self.context = self.context.with_settings(self.settings)
+            if self.server is not None:
+                self.server.context = self.context
+
+    def _release_server(self) -> None:
+        """The one place this client gives its server connection back to the pool."""
+        server = self.server
+        if server is None or self.pool is None:
+            return
+        self.server = None
+        if self._writing_paused:
+            server.pause_reading(False)
+        if not server.is_clean:
+            # The client left mid-request: stop the backend's work before the pool closes it.
+            self.app.cancel_server(server)
+        # Session mode ends with a reset; a dirty server is closed by the pool.
+        self.pool.release(server, reset=not self.transaction_mode)
+
+    # ---- helpers ----------------------------------------------------------------------
+
+    def _pause_reading(self, why: str, paused: bool) -> None:
+        before = bool(self._reading_paused_for)
+        if paused:
+            self._reading_paused_for.add(why)
+        else:
+            self._reading_paused_for.discard(why)
+        after = bool(self._reading_paused_for)
+        transport = self.transport
+        if before == after or transport is None or transport.is_closing():
+            return
+        if after:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def fatal(self, sqlstate: str, message: str, hint: str | None = None) -> None:
+        """Send a FATAL ErrorResponse and close the connection."""
+        if self.state is ClientState.CLOSED:
+            return
+        log.info("client #%s (%s) closed: %s [%s]", self.id, self.peer, message, sqlstate)
+        self._write(messages.error_response(sqlstate, message, severity="FATAL", hint=hint))
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self.state is ClientState.CLOSED:
+            return
+        self.state = ClientState.CLOSED
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        self._release_server()
+        self.app.client_disconnected(self)

@@ -1,0 +1,47 @@
+"""The one place where a server connection's tenant context is built.
+
+The proxy sets the tenant (and the client's session settings) itself, with every name
+and value sent as a bind parameter: nothing the client controls is ever spliced into
+SQL text, and ``pg_stat_activity`` shows only the constant statement below.
+
+``set_config(..., false)`` is transactional: sent in its own implicit transaction
+(terminated by its own Sync) it either commits entirely or leaves the connection as
+it was. Callers therefore only *pipeline* the context in front of client messages
+when the server connection carries no other tenant (see ``ServerConnection``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from proxy.wire import messages
+
+_TEXT_OID = 25
+
+
+@dataclass(frozen=True, slots=True)
+class TenantContext:
+    """What a client's server connection must carry before any client message runs."""
+
+    setting: str                        # the GUC RLS policies read, e.g. app.current_tenant
+    tenant: str | None                  # None: bypass tenancy (service accounts)
+    settings: tuple[tuple[str, str], ...] = ()   # client session settings (application_name, ...)
+
+    def with_settings(self, settings: Mapping[str, str]) -> TenantContext:
+        return TenantContext(self.setting, self.tenant, tuple(sorted(settings.items())))
+
+    def messages(self) -> bytes:
+        """Parse/Bind/Execute/Sync that apply this context; the reply ends in ReadyForQuery."""
+        pairs: list[tuple[str, str]] = [(self.setting, self.tenant or ""), *self.settings]
+        calls = ", ".join(f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(pairs)))
+        params: list[bytes | None] = []
+        for name, value in pairs:
+            params.append(name.encode())
+            params.append(value.encode())
+        return b"".join((
+            messages.parse("", f"SELECT {calls}", [_TEXT_OID] * len(params)),
+            messages.bind("", "", params),
+            messages.execute("", 0),
+            messages.sync(),
+        ))

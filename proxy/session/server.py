@@ -1,0 +1,454 @@
+"""A connection from the proxy to PostgreSQL: handshake, then header-only forwarding.
+
+Every request written to the server carries what to do with its reply, in the order
+the replies will come back (PgBouncer's pending-reply queue). One entry per expected
+ReadyForQuery:
+
+- ``FORWARD``: the client's request; bytes go to the linked client as received;
+- ``SKIP``: the proxy's own request (tenant context, reset); bytes are dropped, errors
+  are noted, and the entry's future is resolved when its ReadyForQuery arrives;
+- a ``Collect`` entry: the proxy's own query whose messages it wants to read.
+
+A server connection may go back to the pool only when this queue is empty and the last
+ReadyForQuery said 'I' (``is_clean``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from proxy.auth.errors import UpstreamAuthError
+from proxy.auth.upstream import UpstreamAuthenticator
+from proxy.session.context import TenantContext
+from proxy.wire import messages
+from proxy.wire.errors import ProtocolViolation
+from proxy.wire.framing import BackendScanner
+from proxy.wire.tags import AuthCode, BackendTag
+
+if TYPE_CHECKING:
+    from proxy.config import DatabaseConfig
+
+log = logging.getLogger("pgtenant.server")
+
+_Z = BackendTag.READY_FOR_QUERY
+_E = BackendTag.ERROR_RESPONSE
+_S = BackendTag.PARAMETER_STATUS
+_C = BackendTag.COMMAND_COMPLETE
+
+# What the forwarding path needs to look at; every other message is only framed.
+FORWARD_TAGS = frozenset({_Z, _E, _S, _C})
+HANDSHAKE_TAGS = frozenset({
+    BackendTag.AUTHENTICATION, BackendTag.BACKEND_KEY_DATA, BackendTag.NEGOTIATE_PROTOCOL_VERSION,
+    BackendTag.NOTICE_RESPONSE, _Z, _E, _S,
+})
+ALL_TAGS = frozenset(range(256))
+
+# Command tags after which the session's settings (tenant included) may have changed.
+_CONTEXT_CHANGING_TAGS = (b"SET", b"RESET", b"DISCARD ALL", b"DISCARD")
+
+
+class ServerState(enum.Enum):
+    CONNECTING = "connecting"
+    IDLE = "idle"          # in the pool
+    ACTIVE = "active"      # leased to a client
+    CLOSED = "closed"
+
+
+class TenantState(enum.Enum):
+    """What the proxy knows of the tenant setting on the server, besides a tenant value."""
+
+    PRISTINE = "pristine"  # fresh or reset: the setting holds the role's default
+    UNKNOWN = "unknown"    # something may have changed it: never pipeline in front of it
+
+
+class ServerError(Exception):
+    """The server connection failed or refused the proxy; safe to show to the client."""
+
+    sqlstate = "08006"
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        if sqlstate:
+            self.sqlstate = sqlstate
+
+
+class Receiver(Protocol):
+    """The client side a server connection forwards to."""
+
+    def forward_to_client(self, data: bytes) -> None: ...
+    def server_ready(self, server: ServerConnection) -> None: ...
+    def server_lost(self, server: ServerConnection, reason: str) -> None: ...
+    def server_paused_writing(self, paused: bool) -> None: ...
+    def parameter_changed(self, name: str, value: str) -> None: ...
+
+
+class _Forward:
+    """Queue entry for a client request: its reply goes to the client as received."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FORWARD"
+
+
+FORWARD = _Forward()
+
+
+class Collect:
+    """A proxy-issued query whose reply messages are gathered and handed to a future."""
+
+    __slots__ = ("future", "messages")
+
+    def __init__(self, future: asyncio.Future[list[tuple[int, bytes]]]) -> None:
+        self.future = future
+        self.messages: list[tuple[int, bytes]] = []
+
+
+class Skip:
+    """A proxy-issued request whose reply is dropped; the future says whether it succeeded."""
+
+    __slots__ = ("error", "future")
+
+    def __init__(self, future: asyncio.Future[dict[str, str] | None] | None) -> None:
+        self.future = future
+        self.error: dict[str, str] | None = None
+
+
+Entry = _Forward | Skip | Collect
+
+
+class ServerConnection(asyncio.Protocol):
+    """One PostgreSQL backend connection owned by a pool."""
+
+    _next_id = 0
+
+    def __init__(self, db: DatabaseConfig) -> None:
+        ServerConnection._next_id += 1
+        self.id = ServerConnection._next_id
+        self.db = db
+        self.state = ServerState.CONNECTING
+        self.transport: asyncio.Transport | None = None
+        self.scanner = BackendScanner(HANDSHAKE_TAGS)
+        self.pending: deque[Entry] = deque()
+        self.receiver: Receiver | None = None
+        self.params: dict[str, str] = {}
+        self.backend_pid = 0
+        self.backend_key = b""
+        self.tx_status = b"I"
+        self.tenant: str | None | TenantState = TenantState.PRISTINE
+        self.context: TenantContext | None = None
+        self.created_at = time.monotonic()
+        self.last_used = self.created_at
+        self._handshake: asyncio.Future[None] | None = None
+        self._auth: UpstreamAuthenticator | None = None
+        self._tls_answer: asyncio.Future[bytes] | None = None
+        self._paused_reading = False
+        # Set by the pool; called once when the connection is gone for good.
+        self.on_closed: Callable[[ServerConnection], None] | None = None
+
+    # ---- connecting -------------------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, db: DatabaseConfig, password: str | None) -> ServerConnection:
+        """Open, negotiate TLS per sslmode, authenticate and wait for ReadyForQuery."""
+        loop = asyncio.get_running_loop()
+        server = cls(db)
+        try:
+            async with asyncio.timeout(db.server_connect_timeout):
+                if db.host.startswith("/"):
+                    path = f"{db.host}/.s.PGSQL.{db.port}"
+                    await loop.create_unix_connection(lambda: server, path)
+                else:
+                    await loop.create_connection(lambda: server, db.host, db.port)
+                await server._negotiate_tls(loop)
+                await server._authenticate(password)
+        except TimeoutError:
+            server.close()
+            raise ServerError(
+                f"could not connect to upstream {db.host}:{db.port} within "
+                f"server_connect_timeout ({db.server_connect_timeout:g}s)") from None
+        except OSError as exc:
+            server.close()
+            raise ServerError(f"could not connect to upstream {db.host}:{db.port}: "
+                              f"{exc.strerror or exc}") from None
+        except (ServerError, UpstreamAuthError, ProtocolViolation, ssl.SSLError) as exc:
+            server.close()
+            if isinstance(exc, ServerError):
+                raise
+            raise ServerError(f"upstream {db.host}:{db.port}: {exc}") from None
+        server.scanner.interesting = FORWARD_TAGS
+        server.state = ServerState.IDLE
+        return server
+
+    async def _negotiate_tls(self, loop: asyncio.AbstractEventLoop) -> None:
+        mode = self.db.sslmode
+        if mode == "disable" or self.db.host.startswith("/"):
+            return
+        assert self.transport is not None
+        self._tls_answer = loop.create_future()
+        self.transport.write(messages.ssl_request())
+        answer = await self._tls_answer
+        self._tls_answer = None
+        if answer == b"N":
+            if mode == "prefer":
+                return
+            raise ServerError(f"upstream does not support TLS but sslmode={mode}")
+        if answer != b"S":
+            raise ServerError("upstream sent an invalid answer to SSLRequest")
+        ctx = ssl.create_default_context(cafile=self.db.sslrootcert)
+        if mode in ("prefer", "require"):
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        elif mode == "verify-ca":
+            ctx.check_hostname = False
+        new = await loop.start_tls(self.transport, self, ctx, server_hostname=self.db.host)
+        if new is None:
+            raise ServerError("TLS handshake with upstream failed")
+        self.transport = new  # type: ignore[assignment]
+
+    async def _authenticate(self, password: str | None) -> None:
+        assert self.transport is not None
+        self._auth = UpstreamAuthenticator(self.db.user, password)
+        self._handshake = asyncio.get_running_loop().create_future()
+        self.transport.write(messages.startup_message(
+            {"user": self.db.user, "database": self.db.upstream_dbname}))
+        await self._handshake
+        self._handshake = None
+        self._auth = None
+
+    def _handshake_message(self, tag: int, body: bytes) -> None:
+        fut = self._handshake
+        assert fut is not None and self._auth is not None and self.transport is not None
+        if fut.done():
+            return
+        if tag == BackendTag.AUTHENTICATION:
+            code, payload = messages.decode_authentication(body)
+            try:
+                reply = self._auth.respond(code, payload)
+            except UpstreamAuthError as exc:
+                fut.set_exception(exc)
+                return
+            if reply:
+                self.transport.write(reply)
+            elif code == AuthCode.OK:
+                pass
+        elif tag == BackendTag.PARAMETER_STATUS:
+            name, value = messages.decode_parameter_status(body)
+            self.params[name] = value
+        elif tag == BackendTag.BACKEND_KEY_DATA:
+            self.backend_pid, self.backend_key = messages.decode_backend_key_data(body)
+        elif tag == _E:
+            fields = messages.decode_error_fields(body)
+            fut.set_exception(ServerError(
+                f"upstream refused the proxy's connection: {fields.get('M', 'unknown error')}",
+                fields.get("C")))
+        elif tag == _Z:
+            self.tx_status = messages.decode_ready_for_query(body)
+            fut.set_result(None)
+
+    # ---- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._tls_answer is not None and not self._tls_answer.done():
+            # The one-byte answer to SSLRequest; nothing else may follow it in plaintext.
+            if len(data) != 1:
+                self._tls_answer.set_exception(ServerError("unexpected data after SSLRequest"))
+            else:
+                self._tls_answer.set_result(data)
+            return
+        try:
+            events = self.scanner.feed(data)
+        except ProtocolViolation as exc:
+            self._fail(f"protocol violation from upstream: {exc}")
+            return
+        if self._handshake is not None:
+            try:
+                for tag, _end, body in events:
+                    self._handshake_message(tag, body)
+            except ProtocolViolation as exc:
+                if not self._handshake.done():
+                    self._handshake.set_exception(exc)
+            return
+        self._relay(data, events)
+
+    def _relay(self, data: bytes, events: list[tuple[int, int, bytes]]) -> None:
+        """Route one chunk by the pending-reply queue: forward, skip or collect."""
+        receiver = self.receiver
+        pending = self.pending
+        if not events and (not pending or pending[0] is FORWARD):
+            # Hot path: a chunk in the middle of the client's reply.
+            if receiver is not None:
+                receiver.forward_to_client(data)
+            return
+        out: list[bytes] = []
+        start = 0
+        ready = False
+        for tag, end, body in events:
+            head = pending[0] if pending else FORWARD
+            if tag == _Z:
+                self.tx_status = body[:1]
+                if pending:
+                    pending.popleft()
+                if head is FORWARD:
+                    out.append(data[start:end])
+                elif isinstance(head, Collect):
+                    head.messages.append((tag, body))
+                    if not head.future.done():
+                        head.future.set_result(head.messages)
+                elif isinstance(head, Skip) and head.future is not None and not head.future.done():
+                    head.future.set_result(head.error)
+                start = end
+                ready = True
+                continue
+            if isinstance(head, Collect):
+                head.messages.append((tag, body))
+                continue
+            if tag == _S:
+                self._parameter_status(body, head is FORWARD)
+            elif tag == _E:
+                if isinstance(head, Skip) and head.error is None:
+                    try:
+                        head.error = messages.decode_error_fields(body)
+                    except ProtocolViolation:
+                        head.error = {"M": "malformed error from upstream"}
+            elif tag == _C and head is FORWARD and body.startswith(_CONTEXT_CHANGING_TAGS):
+                # The client ran SET/RESET/DISCARD: re-establish the context before its next
+                # transaction. After SET the tenant setting could hold anything; RESET and
+                # DISCARD can only restore the default.
+                self.context = None
+                if body.startswith(b"SET"):
+                    self.tenant = TenantState.UNKNOWN
+        head = pending[0] if pending else FORWARD
+        if head is FORWARD and start < len(data):
+            out.append(data[start:] if start else data)
+        if receiver is not None and out:
+            receiver.forward_to_client(out[0] if len(out) == 1 else b"".join(out))
+        if ready and not pending:
+            self.last_used = time.monotonic()
+            if receiver is not None:
+                receiver.server_ready(self)
+
+    def _parameter_status(self, body: bytes, forwarded: bool) -> None:
+        try:
+            name, value = messages.decode_parameter_status(body)
+        except ProtocolViolation:
+            return
+        self.params[name] = value
+        if forwarded and self.receiver is not None:
+            self.receiver.parameter_changed(name, value)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f"upstream connection lost: {exc}" if exc else "upstream closed the connection"
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(ServerError(reason))
+        if self._tls_answer is not None and not self._tls_answer.done():
+            self._tls_answer.set_exception(ServerError(reason))
+        self._fail(reason)
+
+    def pause_writing(self) -> None:
+        if self.receiver is not None:
+            self.receiver.server_paused_writing(True)
+
+    def resume_writing(self) -> None:
+        if self.receiver is not None:
+            self.receiver.server_paused_writing(False)
+
+    # ---- used by the client session and the pool ------------------------------------
+
+    def send(self, data: bytes, expected_replies: int) -> None:
+        """Write client messages; ``expected_replies`` ReadyForQuery replies will be forwarded."""
+        assert self.transport is not None
+        if expected_replies:
+            self.pending.extend([FORWARD] * expected_replies)
+        self.transport.write(data)
+
+    def send_internal(self, data: bytes, entry: Skip | Collect) -> None:
+        """Write a request of the proxy's own, ending in exactly one Sync or Query."""
+        assert self.transport is not None
+        if isinstance(entry, Collect):
+            self.scanner.interesting = ALL_TAGS
+            entry.future.add_done_callback(self._restore_interest)
+        self.pending.append(entry)
+        self.transport.write(data)
+
+    def _restore_interest(self, _fut: object) -> None:
+        self.scanner.interesting = FORWARD_TAGS
+
+    async def query(self, sql: str) -> list[tuple[int, bytes]]:
+        """Run a simple query of the proxy's own; return its reply messages."""
+        fut: asyncio.Future[list[tuple[int, bytes]]] = asyncio.get_running_loop().create_future()
+        self.send_internal(messages.query(sql), Collect(fut))
+        return await fut
+
+    def apply_context(self, context: TenantContext) -> asyncio.Future[dict[str, str] | None]:
+        """Send the tenant context; the future gives None on success or the error fields."""
+        fut: asyncio.Future[dict[str, str] | None] = asyncio.get_running_loop().create_future()
+        self.send_internal(context.messages(), Skip(fut))
+        self.tenant = context.tenant
+        self.context = context
+        fut.add_done_callback(self._context_applied)
+        return fut
+
+    def _context_applied(self, fut: asyncio.Future[dict[str, str] | None]) -> None:
+        if fut.cancelled() or fut.result() is not None:
+            # Failed: the setting is whatever it was before; never trust it again.
+            self.tenant = TenantState.UNKNOWN
+            self.context = None
+
+    def needs_wait_for_context(self, context: TenantContext) -> bool:
+        """True when a failed context set could leave another tenant in place."""
+        return not (self.tenant is TenantState.PRISTINE or self.tenant == context.tenant)
+
+    @property
+    def is_clean(self) -> bool:
+        """Idle, nothing outstanding: the only state in which it may serve another client."""
+        return (self.state is not ServerState.CLOSED and not self.pending
+                and self.tx_status == b"I")
+
+    def pause_reading(self, paused: bool) -> None:
+        if self.transport is None or paused == self._paused_reading:
+            return
+        self._paused_reading = paused
+        if paused:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close the connection (politely: Terminate first when it is usable)."""
+        if self.state is ServerState.CLOSED:
+            return
+        self.state = ServerState.CLOSED
+        if self.transport is not None and not self.transport.is_closing():
+            if self._handshake is None:
+                self.transport.write(messages.terminate())
+            self.transport.close()
+
+    def _fail(self, reason: str) -> None:
+        self.state = ServerState.CLOSED
+        if self.transport is not None:
+            self.transport.close()
+        for entry in self.pending:
+            if isinstance(entry, (Skip, Collect)) and entry.future is not None \
+                    and not entry.future.done():
+                entry.future.set_exception(ServerError(reason))
+        self.pending.clear()
+        receiver = self.receiver
+        if receiver is not None:
+            receiver.server_lost(self, reason)
+        if self.on_closed is not None:
+            callback, self.on_closed = self.on_closed, None
+            callback(self)
+
+    def __repr__(self) -> str:
+        return f"<ServerConnection #{self.id} {self.state.value} pid={self.backend_pid}>"

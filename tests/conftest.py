@@ -1,0 +1,115 @@
+"""Fixtures for every test directory: the PostgreSQL server and the demo app database.
+
+The suite starts its own throwaway cluster (``proxy.embedded.EmbeddedPostgres``) the
+first time a test asks for it, unless ``PGTENANT_TEST_DSN`` names an existing server (a
+superuser DSN). A test that cannot reach PostgreSQL fails; it never skips. The one skip
+allowed: tests marked ``restarts_postgres`` when the server is not ours to restart.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from proxy.embedded import EmbeddedPostgres, EmbeddedPostgresError, provision_app, reset_items
+from tests.support import AppDatabase, ExternalPostgres, PostgresServer
+
+TEST_DSN_ENV = "PGTENANT_TEST_DSN"
+RESTARTS_POSTGRES = "restarts_postgres"
+
+# Distinctive names: with PGTENANT_TEST_DSN these are created on somebody else's server.
+APP_DBNAME = "pgtenant_test"
+APP_USER = "pgtenant_test_app"
+TENANTS = ("acme", "globex")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{RESTARTS_POSTGRES}: the test restarts PostgreSQL (skipped only when "
+        f"{TEST_DSN_ENV} names a server the suite does not own)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get(TEST_DSN_ENV):
+        return
+    skip = pytest.mark.skip(
+        reason=f"restarts PostgreSQL, and {TEST_DSN_ENV} names a server this suite does not own"
+    )
+    for item in items:
+        if item.get_closest_marker(RESTARTS_POSTGRES):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The PostgreSQL server for the whole session (ours, or the one in PGTENANT_TEST_DSN)."""
+    external_dsn = os.environ.get(TEST_DSN_ENV)
+    # pytest.fail is called outside the except blocks: the reason alone, no chained traceback.
+    problem: Exception | None = None
+    if external_dsn:
+        try:
+            external = ExternalPostgres(external_dsn)
+        except (psycopg.Error, ValueError) as exc:
+            problem = exc
+        if problem:
+            pytest.fail(f"cannot use the server in {TEST_DSN_ENV}: {problem}", pytrace=False)
+        yield external
+        return
+    began = time.monotonic()
+    try:
+        server = EmbeddedPostgres()
+        server.start()
+    except (EmbeddedPostgresError, OSError, subprocess.SubprocessError, psycopg.Error) as exc:
+        problem = exc
+    if problem:
+        pytest.fail(
+            f"could not start PostgreSQL for the tests: {problem}\n"
+            f"Install the server (Debian: apt-get install postgresql) or set {TEST_DSN_ENV} "
+            "to a superuser DSN of an existing server.",
+            pytrace=False,
+        )
+    print(f"\nembedded PostgreSQL on {server.host}:{server.port} "
+          f"ready in {time.monotonic() - began:.2f}s ({server.root})")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def app_db(postgres: PostgresServer) -> AppDatabase:
+    """The demo database (``items`` under RLS, tenants acme and globex) and its upstream role."""
+    password = secrets.token_urlsafe(18)
+    try:
+        provision_app(
+            postgres.superuser_dsn,
+            dbname=APP_DBNAME, app_user=APP_USER, app_password=password, tenants=TENANTS,
+        )
+    except psycopg.Error as exc:
+        pytest.fail(f"could not provision the test database {APP_DBNAME}: {exc}", pytrace=False)
+    return AppDatabase(
+        host=postgres.host,
+        port=postgres.port,
+        dbname=APP_DBNAME,
+        user=APP_USER,
+        password=password,
+        superuser_dsn=postgres.dsn(APP_DBNAME),
+        tenants=TENANTS,
+        superuser=postgres.superuser,
+        superuser_password=postgres.superuser_password,
+    )
+
+
+@pytest.fixture
+def clean_items(app_db: AppDatabase) -> AppDatabase:
+    """Reset ``items`` to the seed rows (ids 1-3 acme, 4-6 globex) before the test."""
+    reset_items(app_db.superuser_dsn, dbname=app_db.dbname, tenants=app_db.tenants)
+    return app_db

@@ -1,0 +1,219 @@
+"""Startup edge cases, cancel, disconnects and pool behaviour, with raw sockets and psycopg."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from proxy.wire import messages
+from tests.proxy_harness import ThreadedProxy, token
+
+
+def _connect_raw(proxy: ThreadedProxy) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    return sock
+
+
+def _read_message(sock: socket.socket) -> tuple[bytes, bytes]:
+    header = _read_exact(sock, 5)
+    (length,) = struct.unpack("!i", header[1:])
+    return header[:1], _read_exact(sock, length - 4)
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return buf
+
+
+def test_ssl_and_gssenc_requests_are_declined_without_tls(session_proxy: ThreadedProxy) -> None:
+    with _connect_raw(session_proxy) as sock:
+        sock.sendall(struct.pack("!ii", 8, 80877104))  # GSSENCRequest
+        assert _read_exact(sock, 1) == b"N"
+        sock.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest
+        assert _read_exact(sock, 1) == b"N"
+        sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
+        tag, body = _read_message(sock)
+        assert tag == b"R" and struct.unpack("!i", body)[0] == 3  # cleartext password
+
+
+def test_protocol_3_2_gets_negotiate_protocol_version(session_proxy: ThreadedProxy) -> None:
+    with _connect_raw(session_proxy) as sock:
+        sock.sendall(messages.startup_message(
+            {"user": "u", "database": "app", "_pq_.future_option": "on"}, protocol_minor=2))
+        tag, body = _read_message(sock)
+        assert tag == b"v"
+        assert messages.decode_negotiate_protocol_version(body) == (0, ["_pq_.future_option"])
+        tag, body = _read_message(sock)
+        assert tag == b"R"
+        sock.sendall(messages.password_message(token("acme").encode() + b"\0"))
+        seen = set()
+        while True:
+            tag, body = _read_message(sock)
+            seen.add(tag)
+            if tag == b"Z":
+                break
+        assert {b"R", b"S", b"K"} <= seen
+
+
+@pytest.mark.parametrize("length", [-5, 0, 3, 2**31 - 1])
+def test_bad_message_length_gets_protocol_violation(session_proxy: ThreadedProxy,
+                                                    length: int) -> None:
+    with _connect_raw(session_proxy) as sock:
+        sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
+        _read_message(sock)
+        sock.sendall(messages.password_message(token("acme").encode() + b"\0"))
+        while _read_message(sock)[0] != b"Z":
+            pass
+        sock.sendall(b"Q" + struct.pack("!i", length))
+        tag, body = _read_message(sock)
+        assert tag == b"E"
+        assert messages.decode_error_fields(body)["C"] == "08P01"
+        assert sock.recv(1) == b""
+    # The proxy keeps serving others.
+    with psycopg.connect(session_proxy.dsn("acme")) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_bad_startup_packet_length_is_refused(session_proxy: ThreadedProxy) -> None:
+    for packet in (struct.pack("!i", 4), struct.pack("!ii", 100000, 196608)):
+        with _connect_raw(session_proxy) as sock:
+            sock.sendall(packet)
+            tag, body = _read_message(sock)
+            assert tag == b"E" and messages.decode_error_fields(body)["C"] == "08P01"
+
+
+def test_login_timeout_ends_a_silent_client(start_proxy: Callable[..., ThreadedProxy]) -> None:
+    proxy = start_proxy(server_client_login_timeout=0.5)
+    with _connect_raw(proxy) as sock:
+        sock.sendall(b"\x00\x00")  # a trickled, never-finished startup packet
+        tag, body = _read_message(sock)
+        assert tag == b"E" and messages.decode_error_fields(body)["C"] == "57014"
+
+
+def _running(proxy: ThreadedProxy, dsn: str, sql: str, result: dict[str, Any]) -> threading.Thread:
+    def run() -> None:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                result["pid"] = conn.info.backend_pid
+                result["conn"] = conn
+                conn.execute(sql)
+                result["ok"] = True
+        except psycopg.Error as exc:
+            result["error"] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_cancel_reaches_only_its_own_query(proxy: ThreadedProxy) -> None:
+    a: dict[str, Any] = {}
+    b: dict[str, Any] = {}
+    ta = _running(proxy, proxy.dsn("acme"), "SELECT pg_sleep(3)", a)
+    tb = _running(proxy, proxy.dsn("globex"), "SELECT pg_sleep(1.5)", b)
+    deadline = time.monotonic() + 10
+    while "conn" not in a and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    a["conn"].cancel()
+    ta.join(10)
+    tb.join(10)
+    assert isinstance(a.get("error"), psycopg.errors.QueryCanceled)
+    assert b.get("ok") is True
+
+
+def test_client_disconnect_mid_query_leaves_no_busy_server(
+        start_proxy: Callable[..., ThreadedProxy], app_db: Any) -> None:
+    proxy = start_proxy(pool_mode="session", pool_size=1)
+    with _connect_raw(proxy) as sock:
+        sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
+        _read_message(sock)
+        sock.sendall(messages.password_message(token("acme").encode() + b"\0"))
+        while _read_message(sock)[0] != b"Z":
+            pass
+        sock.sendall(messages.query("SELECT pg_sleep(30)"))
+        time.sleep(0.3)
+    # The only server connection was busy: it must be cancelled/closed, not handed out busy.
+    started = time.monotonic()
+    with psycopg.connect(proxy.dsn("globex")) as conn:
+        assert conn.execute("SELECT current_setting('app.current_tenant')").fetchone() == ("globex",)
+    assert time.monotonic() - started < 10
+    with psycopg.connect(app_db.superuser_dsn, autocommit=True) as su:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            busy = su.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                              "'SELECT pg_sleep(30)%' AND state = 'active'").fetchone()
+            if busy == (0,):
+                break
+            time.sleep(0.1)
+        assert busy == (0,)
+
+
+def test_wait_queue_times_out_with_57014(start_proxy: Callable[..., ThreadedProxy]) -> None:
+    proxy = start_proxy(pool_mode="session", pool_size=1, query_wait_timeout=0.5)
+    with psycopg.connect(proxy.dsn("acme")) as holder:
+        holder.execute("SELECT 1")
+        with pytest.raises(psycopg.OperationalError) as info:
+            psycopg.connect(proxy.dsn("globex"), connect_timeout=10)
+        assert "query_wait_timeout" in str(info.value)
+        assert holder.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_fifo_waiter_gets_the_server_when_released(
+        start_proxy: Callable[..., ThreadedProxy]) -> None:
+    proxy = start_proxy(pool_mode="session", pool_size=1)
+    result: dict[str, Any] = {}
+    with psycopg.connect(proxy.dsn("acme")) as holder:
+        holder.execute("SELECT 1")
+        thread = _running(proxy, proxy.dsn("globex"), "SELECT 1", result)
+        time.sleep(0.3)
+        assert "ok" not in result
+    thread.join(10)
+    assert result.get("ok") is True
+
+
+def test_dead_server_connection_is_replaced(start_proxy: Callable[..., ThreadedProxy],
+                                            app_db: Any) -> None:
+    proxy = start_proxy(pool_mode="transaction", pool_size=1)
+    with psycopg.connect(proxy.dsn("acme"), autocommit=True) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with psycopg.connect(app_db.superuser_dsn, autocommit=True) as su:
+            su.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        time.sleep(0.3)
+        # The idle server died between transactions: the next one gets a fresh server.
+        new_pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        assert new_pid != pid
+        assert conn.execute("SELECT current_setting('app.current_tenant')").fetchone() == ("acme",)
+
+
+def test_killed_server_mid_session_gives_clear_error(session_proxy: ThreadedProxy,
+                                                     app_db: Any) -> None:
+    with psycopg.connect(session_proxy.dsn("acme"), autocommit=True) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with psycopg.connect(app_db.superuser_dsn, autocommit=True) as su:
+            su.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+    with psycopg.connect(session_proxy.dsn("acme")) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_privileged_upstream_role_is_refused(start_proxy: Callable[..., ThreadedProxy],
+                                             app_db: Any, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    monkeypatch.setenv("PGTENANT_TEST_SUPERUSER_PASSWORD", app_db.superuser_password)
+    proxy = start_proxy(user="postgres", password_env="PGTENANT_TEST_SUPERUSER_PASSWORD")
+    with pytest.raises(psycopg.OperationalError) as info:
+        psycopg.connect(proxy.dsn("acme"))
+    assert "superuser or has BYPASSRLS" in str(info.value)

@@ -1,0 +1,106 @@
+"""Client TLS, and bounded proxy memory for big results (pgtenant as a real subprocess)."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from proxy.wire import messages
+from tests.proxy_harness import (
+    ThreadedProxy,
+    make_config,
+    start_subprocess_proxy,
+    token,
+    write_config_file,
+)
+from tests.support import free_port
+
+
+def _self_signed(tmp: Path) -> tuple[str, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_sslmode_require_works_with_tls_configured(start_proxy: Callable[..., ThreadedProxy],
+                                                   tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    proxy = start_proxy(server_tls_cert_file=cert, server_tls_key_file=key)
+    dsn = f"postgresql://u:{token('acme')}@127.0.0.1:{proxy.port}/app?sslmode=require"
+    with psycopg.connect(dsn) as conn:
+        assert conn.pgconn.ssl_in_use
+        assert conn.execute("SELECT current_setting('app.current_tenant')").fetchone() == ("acme",)
+
+
+def _rss_kib(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+@pytest.mark.slow
+def test_100mb_result_with_a_slow_reader_keeps_proxy_memory_bounded(
+        app_db: Any, tmp_path: Path) -> None:
+    port = free_port()
+    config = make_config(app_db, server_listen=f"127.0.0.1:{port}", pool_mode="session")
+    proc = start_subprocess_proxy(write_config_file(tmp_path / "pgtenant.toml", config), port)
+    try:
+        with psycopg.connect(f"postgresql://u:{token('acme')}@127.0.0.1:{port}/app"
+                             "?sslmode=disable") as warm:
+            warm.execute("SELECT 1")
+        before = _rss_kib(proc.pid)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
+        sock.recv(64)
+        sock.sendall(messages.password_message(token("acme").encode() + b"\0"))
+        sock.sendall(messages.query(
+            "SELECT repeat('x', 1000) FROM generate_series(1, 100000)"))
+        received = 0
+        stalled = False
+        tail = b""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            chunk = sock.recv(256 * 1024)
+            if not chunk:
+                break
+            received += len(chunk)
+            tail = (tail + chunk)[-6:]
+            if not stalled and received > 10_000_000:
+                stalled = True
+                time.sleep(2)  # the client stops reading: the proxy must stop reading too
+            if tail == b"Z\x00\x00\x00\x05I":
+                break
+        sock.close()
+        peak = _rss_kib(proc.pid, "VmHWM")
+        assert received > 100_000_000
+        growth_mib = (peak - before) / 1024
+        print(f"proxy RSS before {before} KiB, peak {peak} KiB, growth {growth_mib:.1f} MiB "
+              f"for {received / 1e6:.0f} MB")
+        assert growth_mib < 20
+    finally:
+        proc.terminate()
+        proc.wait(10)

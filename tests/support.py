@@ -1,0 +1,190 @@
+"""Helpers the tests share: plain functions and classes (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, urlencode
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from proxy.embedded import DEFAULT_TENANTS, ShutdownMode, free_port
+
+__all__ = [
+    "AppDatabase",
+    "ExternalPostgres",
+    "PostgresServer",
+    "free_port",
+    "libpq_uri",
+    "rss_kib",
+    "run",
+    "wait_for_port",
+]
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    """Return once something accepts TCP connections on host:port; TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing accepted connections on {host}:{port} "
+                                   f"within {timeout}s ({exc})") from exc
+        time.sleep(0.02)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process in KiB (VmRSS in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise LookupError(f"process {pid} reports no VmRSS (a zombie?)")
+
+
+def run(
+    cmd: Sequence[str], *, timeout: float = 60.0, check: bool = True, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run a command with a timeout and text output captured; no stdin unless ``input=``.
+
+    With ``check`` (the default), a non-zero exit raises AssertionError showing the
+    command and both outputs, which is what a failing test should print.
+    """
+    if "input" not in kwargs:
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    done = subprocess.run(list(cmd), text=True, timeout=timeout, check=False, **kwargs)
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"`{shlex.join(cmd)}` exited with {done.returncode}\n"
+            f"--- stdout ---\n{done.stdout}\n--- stderr ---\n{done.stderr}"
+        )
+    return done
+
+
+def libpq_uri(params: Mapping[str, str | int]) -> str:
+    """A ``postgresql://`` URI from libpq connection parameters (psycopg and asyncpg read it).
+
+    A Unix-socket directory as host goes into the query string, where both drivers accept it.
+    """
+    rest = {name: str(value) for name, value in params.items()}
+    user, password = rest.pop("user", ""), rest.pop("password", None)
+    host, port, dbname = rest.pop("host", ""), rest.pop("port", ""), rest.pop("dbname", "")
+    userinfo = quote(user, safe="")
+    if password is not None:
+        userinfo += ":" + quote(password, safe="")
+    if host.startswith("/"):
+        rest["host"], host = host, ""
+    elif ":" in host:
+        host = f"[{host}]"  # IPv6 literal
+    netloc = f"{userinfo}@{host}" + (f":{port}" if port else "")
+    query = f"?{urlencode(rest)}" if rest else ""
+    return f"postgresql://{netloc}/{quote(dbname, safe='')}{query}"
+
+
+class PostgresServer(Protocol):
+    """What the ``postgres`` fixture yields: EmbeddedPostgres or ExternalPostgres."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def superuser(self) -> str: ...
+    @property
+    def superuser_password(self) -> str | None: ...
+    @property
+    def superuser_dsn(self) -> str: ...
+    def dsn(
+        self, dbname: str = "postgres", user: str | None = None, password: str | None = None
+    ) -> str: ...
+    def restart(self, mode: ShutdownMode = "fast") -> None: ...
+
+
+class ExternalPostgres:
+    """A server the suite does not own, named by a superuser DSN (``PGTENANT_TEST_DSN``).
+
+    Connects once on construction, so an unreachable server or a non-superuser DSN is
+    reported at once, with the reason.
+    """
+
+    def __init__(self, superuser_dsn: str) -> None:
+        params = {name: str(value) for name, value in conninfo_to_dict(superuser_dsn).items()}
+        with psycopg.connect(superuser_dsn, connect_timeout=10) as conn:
+            is_superuser = conn.execute(
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+            ).fetchone()
+            if is_superuser != (True,):
+                raise ValueError(f"PGTENANT_TEST_DSN must name a superuser; {conn.info.user} "
+                                 "is not one (the suite creates databases and roles)")
+            # Resolve what the DSN left to defaults (PGHOST, socket directory, ...).
+            params.update(host=conn.info.host, port=str(conn.info.port), user=conn.info.user)
+        self._params = params
+
+    @property
+    def host(self) -> str:
+        return self._params["host"]
+
+    @property
+    def port(self) -> int:
+        return int(self._params["port"])
+
+    @property
+    def superuser(self) -> str:
+        return self._params["user"]
+
+    @property
+    def superuser_password(self) -> str | None:
+        return self._params.get("password")  # None: the DSN relies on .pgpass, trust, ...
+
+    @property
+    def superuser_dsn(self) -> str:
+        return self.dsn()
+
+    def dsn(
+        self, dbname: str = "postgres", user: str | None = None, password: str | None = None
+    ) -> str:
+        params = {**self._params, "dbname": dbname}
+        if user is not None and user != params["user"]:
+            params["user"] = user
+            params.pop("password", None)
+        if password is not None:
+            params["password"] = password
+        return libpq_uri(params)
+
+    def restart(self, mode: ShutdownMode = "fast") -> None:
+        raise RuntimeError(
+            "cannot restart the server named by PGTENANT_TEST_DSN: the suite does not own it "
+            "(mark the test with @pytest.mark.restarts_postgres so it is skipped there)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AppDatabase:
+    """The demo application database the ``app_db`` fixture provisions (see provision_app)."""
+
+    host: str
+    port: int
+    dbname: str
+    user: str                  # the upstream role: LOGIN, not superuser, not BYPASSRLS
+    password: str
+    superuser_dsn: str         # the superuser, connected to *this* database
+    tenants: tuple[str, ...] = DEFAULT_TENANTS
+    superuser: str = "postgres"
+    superuser_password: str | None = None  # for configs that name the superuser upstream
+
+    @property
+    def upstream_dsn(self) -> str:
+        """The app user's URI straight to PostgreSQL, bypassing any proxy."""
+        return libpq_uri({"host": self.host, "port": self.port, "dbname": self.dbname,
+                          "user": self.user, "password": self.password})
