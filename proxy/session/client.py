@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import secrets
 import ssl
 from typing import TYPE_CHECKING
 

@@ -34,7 +34,8 @@ class TenantContext:
     def messages(self) -> bytes:
         """Parse/Bind/Execute/Sync that apply this context; the reply ends in ReadyForQuery."""
         pairs: list[tuple[str, str]] = [(self.setting, self.tenant or ""), *self.settings]
-        calls = ", ".join(f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(pairs)))
+        calls = ", ".join(
+            f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(pairs)))
         params: list[bytes | None] = []
         for name, value in pairs:
             params.append(name.encode())

@@ -142,7 +142,7 @@ class ServerConnection(asyncio.Protocol):
         self.backend_pid = 0
         self.backend_key = b""
         self.tx_status = b"I"
-        self.tenant: str | None | TenantState = TenantState.PRISTINE
+        self.tenant: str | TenantState | None = TenantState.PRISTINE
         self.context: TenantContext | None = None
         self.created_at = time.monotonic()
         self.last_used = self.created_at

@@ -1,4 +1,4 @@
-"""Clients without a valid credential are refused with the right SQLSTATE, before any upstream use."""
+"""Clients without a valid credential are refused with the right SQLSTATE, upstream untouched."""
 
 from __future__ import annotations
 

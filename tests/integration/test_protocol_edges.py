@@ -147,7 +147,8 @@ def test_client_disconnect_mid_query_leaves_no_busy_server(
     # The only server connection was busy: it must be cancelled/closed, not handed out busy.
     started = time.monotonic()
     with psycopg.connect(proxy.dsn("globex")) as conn:
-        assert conn.execute("SELECT current_setting('app.current_tenant')").fetchone() == ("globex",)
+        tenant = conn.execute("SELECT current_setting('app.current_tenant')").fetchone()
+        assert tenant == ("globex",)
     assert time.monotonic() - started < 10
     with psycopg.connect(app_db.superuser_dsn, autocommit=True) as su:
         deadline = time.monotonic() + 10

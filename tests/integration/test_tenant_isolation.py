@@ -85,7 +85,8 @@ def test_notice_and_errors_pass_through(proxy: ThreadedProxy) -> None:
     notices: list[str] = []
     with psycopg.connect(proxy.dsn("acme"), autocommit=True) as conn:
         conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
-        conn.execute("DO $$BEGIN RAISE NOTICE 'hello %', current_setting('app.current_tenant'); END$$")
+        conn.execute("DO $$BEGIN RAISE NOTICE 'hello %', "
+                     "current_setting('app.current_tenant'); END$$")
         with pytest.raises(psycopg.errors.DivisionByZero):
             conn.execute("SELECT 1/0")
         assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -111,7 +112,8 @@ def test_session_state_does_not_leak_to_next_client(start_proxy: object) -> None
         assert conn.execute("SELECT pg_backend_pid()").fetchone() == pid  # same server reused
         assert conn.execute("SHOW search_path").fetchone() == ('"$user", public',)
         assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
-        assert conn.execute("SELECT current_setting('app.current_tenant')").fetchone() == ("globex",)
+        tenant = conn.execute("SELECT current_setting('app.current_tenant')").fetchone()
+        assert tenant == ("globex",)
         assert {r[0] for r in conn.execute("SELECT tenant_id FROM items")} == {"globex"}
 
 

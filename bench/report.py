@@ -1,0 +1,331 @@
+"""Medians, ratios and the three outputs: results.md, results.json and chart.png."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.results import BenchResults, IdleMeasurement, Measurement
+
+log = logging.getLogger("pgtenant.bench.report")
+
+BASELINE_PROXY = "pgbouncer"
+BASELINE_DIRECT = "direct"
+LATENCY_WORKLOAD = "select-simple-c1"
+_KIB = 1024
+_MIB = 1024 * 1024
+
+
+@dataclass(slots=True)
+class Summary:
+    """One workload on one target, over its repeats."""
+
+    workload: str
+    target: str
+    runs: int
+    ok_runs: int
+    tps: float | None = None
+    tps_min: float | None = None
+    tps_max: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    proxy_cpu_us_per_tx: float | None = None
+    pg_cpu_us_per_tx: float | None = None
+    client_cpu_us_per_tx: float | None = None
+    vs_pgbouncer: float | None = None
+    vs_direct: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class IdleSummary:
+    target: str
+    runs: int
+    ok_runs: int
+    clients: int
+    opened: int
+    connect_seconds: float
+    rss_before_bytes: float
+    rss_after_bytes: float
+    rss_per_client_bytes: float | None
+    idle_cpu_percent: float
+    answered: str
+    errors: list[str] = field(default_factory=list)
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _unique(errors: Iterable[str | None]) -> list[str]:
+    return list(dict.fromkeys(e for e in errors if e))
+
+
+def summarize(results: BenchResults) -> list[Summary]:
+    """Median per (workload, target) in measurement order, with ratios to the baselines."""
+    groups: dict[tuple[str, str], list[Measurement]] = {}
+    for m in results.measurements:
+        groups.setdefault((m.workload, m.target), []).append(m)
+    summaries: list[Summary] = []
+    for (workload, target), runs in groups.items():
+        good = [m for m in runs if m.ok]
+        tps = [m.tps for m in good if m.tps is not None]
+        summaries.append(Summary(
+            workload=workload,
+            target=target,
+            runs=len(runs),
+            ok_runs=len(good),
+            tps=_median(tps),
+            tps_min=min(tps) if tps else None,
+            tps_max=max(tps) if tps else None,
+            p50_ms=_median(m.p50_ms for m in good),
+            p99_ms=_median(m.p99_ms for m in good),
+            proxy_cpu_us_per_tx=_median(m.proxy_cpu_us_per_tx for m in good),
+            pg_cpu_us_per_tx=_median(m.pg_cpu_us_per_tx for m in good),
+            client_cpu_us_per_tx=_median(m.client_cpu_us_per_tx for m in good),
+            errors=_unique(m.error for m in runs),
+        ))
+    by_key = {(s.workload, s.target): s for s in summaries}
+    for s in summaries:
+        s.vs_pgbouncer = _ratio(s, by_key.get((s.workload, BASELINE_PROXY)))
+        s.vs_direct = _ratio(s, by_key.get((s.workload, BASELINE_DIRECT)))
+    return summaries
+
+
+def _ratio(summary: Summary, baseline: Summary | None) -> float | None:
+    if baseline is None or not baseline.tps or summary.tps is None:
+        return None
+    return summary.tps / baseline.tps
+
+
+def summarize_idle(results: BenchResults) -> list[IdleSummary]:
+    groups: dict[str, list[IdleMeasurement]] = {}
+    for m in results.idle:
+        groups.setdefault(m.target, []).append(m)
+    summaries = []
+    for target, runs in groups.items():
+        measured = [m for m in runs if m.opened]
+        summaries.append(IdleSummary(
+            target=target,
+            runs=len(runs),
+            ok_runs=sum(1 for m in runs if m.ok),
+            clients=max(m.clients for m in runs),
+            opened=int(_median(m.opened for m in runs) or 0),
+            connect_seconds=_median(m.connect_seconds for m in measured) or 0.0,
+            rss_before_bytes=_median(m.rss_before_bytes for m in measured) or 0.0,
+            rss_after_bytes=_median(m.rss_after_bytes for m in measured) or 0.0,
+            rss_per_client_bytes=_median(m.rss_per_client_bytes for m in measured),
+            idle_cpu_percent=_median(m.idle_cpu_percent for m in measured) or 0.0,
+            answered=", ".join(f"{m.sample_ok}/{m.sample_size}" for m in runs),
+            errors=_unique(m.error for m in runs),
+        ))
+    return summaries
+
+
+def added_latency_us(summaries: Sequence[Summary]) -> dict[str, float]:
+    """p50 latency added over direct at 1 client, per target, in microseconds."""
+    at_one = {s.target: s for s in summaries if s.workload == LATENCY_WORKLOAD}
+    direct = at_one.get(BASELINE_DIRECT)
+    if direct is None or direct.p50_ms is None:
+        return {}
+    return {
+        target: (s.p50_ms - direct.p50_ms) * 1000
+        for target, s in at_one.items()
+        if target != BASELINE_DIRECT and s.p50_ms is not None
+    }
+
+
+# -- Markdown ---------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, pattern: str = "{:,.0f}") -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def _spread(s: Summary) -> str:
+    if not s.tps or s.tps_min is None or s.tps_max is None or s.ok_runs < 2:
+        return "-"
+    return f"±{50 * (s.tps_max - s.tps_min) / s.tps:.0f}%"
+
+
+def _machine_line(results: BenchResults) -> str:
+    m = results.machine
+    return (
+        f"{m.get('hostname')}: {m.get('cpu')}, {m.get('cores')} cores, "
+        f"{m.get('memory_gib')} GiB, Linux {m.get('kernel')}; {m.get('postgresql')}; "
+        f"{m.get('pgbench')}; PgBouncer: {m.get('pgbouncer', 'not used')}; "
+        f"Python {m.get('python')}, uvloop {m.get('uvloop')}; pgtenant {m.get('pgtenant')}"
+    )
+
+
+def markdown(results: BenchResults) -> str:
+    """The human-readable report."""
+    summaries = summarize(results)
+    idle_summaries = summarize_idle(results)
+    settings = results.settings
+    lines = [
+        f"# pgtenant benchmark, {results.started_at}",
+        "",
+        f"Machine: {_machine_line(results)}.",
+        "",
+        f"Run: {settings.get('repeats')} repeat(s) x {settings.get('duration_seconds')} s per "
+        f"measurement, targets interleaved; pgbench scale {settings.get('pgbench_scale')}; "
+        f"{settings.get('tenants')} tenants x {settings.get('rows_per_tenant')} rows in items."
+        + (" **Interrupted: partial results.**" if results.interrupted else ""),
+        "",
+    ]
+    if summaries:
+        lines += [
+            "## Throughput, latency and CPU (medians over the repeats)",
+            "",
+            "| workload | target | TPS | spread | x PgBouncer | x direct | p50 ms | p99 ms "
+            "| proxy CPU µs/tx | PG CPU µs/tx | ok runs |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in summaries:
+            tps = _fmt(s.tps) if s.tps is not None else "**failed**"
+            lines.append(
+                f"| {s.workload} | {s.target} | {tps} | {_spread(s)} "
+                f"| {_fmt(s.vs_pgbouncer, '{:.2f}')} | {_fmt(s.vs_direct, '{:.2f}')} "
+                f"| {_fmt(s.p50_ms, '{:.3f}')} | {_fmt(s.p99_ms, '{:.3f}')} "
+                f"| {_fmt(s.proxy_cpu_us_per_tx, '{:.1f}')} | {_fmt(s.pg_cpu_us_per_tx, '{:.1f}')} "
+                f"| {s.ok_runs}/{s.runs} |"
+            )
+        lines.append("")
+    if idle_summaries:
+        lines += [
+            "## Idle connections",
+            "",
+            "| target | clients | logged in | login time s | RSS before MiB | RSS after MiB "
+            "| RSS per idle client kB | CPU while idle | still answering |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for i in idle_summaries:
+            per_client = (_fmt(i.rss_per_client_bytes / _KIB, "{:.2f}")
+                          if i.rss_per_client_bytes is not None else "-")
+            lines.append(
+                f"| {i.target} | {i.clients:,} | {i.opened:,} | {i.connect_seconds:.1f} "
+                f"| {i.rss_before_bytes / _MIB:.1f} | {i.rss_after_bytes / _MIB:.1f} "
+                f"| {per_client} | {i.idle_cpu_percent:.1f}% | {i.answered} |"
+            )
+        lines.append("")
+    lines += _highlights(results, summaries)
+    failures = [(s.workload, s.target, e) for s in summaries for e in s.errors]
+    failures += [("idle", i.target, e) for i in idle_summaries for e in i.errors]
+    if failures:
+        lines += ["## Failures", ""]
+        lines += [f"- {w} @ {t}: {e}" for w, t, e in failures]
+        lines.append("")
+    if results.unavailable:
+        lines += ["## Targets not measured", ""]
+        lines += [f"- {name}: {reason.splitlines()[0]}"
+                  for name, reason in results.unavailable.items()]
+        lines.append("")
+    lines += [
+        "Ratios compare median TPS on the same workload. CPU per transaction is the "
+        "process tree's utime+stime over the run (from /proc) divided by the transactions. "
+        "See bench/README.md for how to read this.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _highlights(results: BenchResults, summaries: Sequence[Summary]) -> list[str]:
+    lines: list[str] = []
+    added = added_latency_us(summaries)
+    if added:
+        parts = ", ".join(f"{target} {value:+.0f} µs" for target, value in added.items())
+        lines.append(f"- Added p50 latency over direct at 1 client ({LATENCY_WORKLOAD}): {parts}")
+    lines += [f"- {note}" for note in results.notes]
+    for name, settings in results.targets.items():
+        if settings.get("restarts"):
+            lines.append(f"- {name} was restarted {settings['restarts']} time(s) "
+                         "(the idle test restarts proxies on purpose; more means crashes)")
+    return ["## Notes", "", *lines, ""] if lines else []
+
+
+# -- files ------------------------------------------------------------------------------
+
+
+def write(results: BenchResults, directory: Path) -> None:
+    """Write results.md, results.json and (with matplotlib) chart.png into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    text = markdown(results)
+    (directory / "results.md").write_text(text)
+    document = dataclasses.asdict(results)
+    document["summary"] = [dataclasses.asdict(s) for s in summarize(results)]
+    document["idle_summary"] = [dataclasses.asdict(s) for s in summarize_idle(results)]
+    document["added_p50_latency_us_at_1_client"] = added_latency_us(summarize(results))
+    (directory / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+    chart(results, directory / "chart.png")
+    print(text, flush=True)  # the report itself is the command's output
+    log.info("results written to %s", directory)
+
+
+def chart(results: BenchResults, path: Path) -> None:
+    """Bars per workload and target (log scales): TPS vs direct, p99 latency, proxy CPU per
+    transaction; plus RSS per idle client when the idle test ran."""
+    try:
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        print("matplotlib missing: no chart (pip install matplotlib)", flush=True)
+        return
+    summaries = [s for s in summarize(results) if s.tps is not None]
+    idle = [i for i in summarize_idle(results) if i.rss_per_client_bytes is not None]
+    if not summaries and not idle:
+        return
+    workloads = list(dict.fromkeys(s.workload for s in summaries))
+    targets = list(dict.fromkeys([*(s.target for s in summaries), *(i.target for i in idle)]))
+    colors = {t: f"C{n}" for n, t in enumerate(targets)}
+    by_key = {(s.workload, s.target): s for s in summaries}
+    has_direct = any(s.target == BASELINE_DIRECT for s in summaries)
+    panels: list[tuple[str, Callable[[Summary], float | None]]] = [
+        ("TPS relative to direct (log)" if has_direct else "TPS (log)",
+         (lambda s: s.vs_direct) if has_direct else (lambda s: s.tps)),
+        ("p99 latency, ms (log)", lambda s: s.p99_ms),
+        ("proxy CPU per transaction, µs (log)", lambda s: s.proxy_cpu_us_per_tx),
+    ] if summaries else []
+    rows = len(panels) + (1 if idle else 0)
+    figure, axes = plt.subplots(rows, 1, figsize=(max(9, 1.2 * len(workloads)), 3.6 * rows),
+                                squeeze=False)
+    width = 0.8 / max(1, len(targets))
+    for axis, (title, value) in zip(axes[:, 0], panels, strict=False):
+        for index, target in enumerate(targets):
+            heights = [
+                (value(by_key[(w, target)]) or 0.0) if (w, target) in by_key else 0.0
+                for w in workloads
+            ]
+            positions = [x + (index - (len(targets) - 1) / 2) * width
+                         for x in range(len(workloads))]
+            axis.bar(positions, heights, width, label=target, color=colors[target])
+        axis.set_yscale("log")
+        axis.set_title(title)
+        axis.grid(axis="y", which="both", alpha=0.3)
+        axis.set_xticks(range(len(workloads)), workloads, rotation=25, ha="right",
+                        fontsize="small")
+    if panels and has_direct:
+        axes[0, 0].axhline(1.0, color="black", linewidth=0.8)
+    if idle:
+        axis = axes[-1, 0]
+        axis.bar([i.target for i in idle],
+                 [(i.rss_per_client_bytes or 0.0) / _KIB for i in idle],
+                 color=[colors[i.target] for i in idle])
+        axis.set_title(f"RSS per idle client, kB ({idle[0].clients:,} idle clients)")
+        axis.grid(axis="y", alpha=0.3)
+    if panels:
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        figure.legend(handles, labels, loc="lower center", ncols=len(targets))
+    figure.suptitle(f"pgtenant benchmark {results.started_at} "
+                    f"({results.machine.get('cores')} cores)")
+    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,512 @@
+"""What the benchmark talks to: PostgreSQL directly, pgtenant, PgBouncer.
+
+Each target is started once per benchmark run and stays up (pools warm) while the
+workloads interleave over the targets. A target that cannot start, or that dies and
+cannot be restarted, is reported as unavailable; the others carry on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal
+
+import psycopg
+
+from bench.database import APP_DB, APP_USER, BenchDatabase
+from proxy.auth.jwt import mint_token
+from proxy.embedded import free_port
+
+log = logging.getLogger("pgtenant.bench.targets")
+
+PoolMode = Literal["session", "transaction"]
+
+# Environment variables through which pgtenant gets its secrets (never the config file).
+JWT_SECRET_ENV = "PGTENANT_BENCH_JWT_SECRET"
+UPSTREAM_PASSWORD_ENV = "PGTENANT_BENCH_UPSTREAM_PASSWORD"
+
+PROXY_POOL_SIZE = 20
+_READY_TIMEOUT = 30.0
+_STOP_TIMEOUT = 10.0
+_TOKEN_TTL = 7 * 24 * 3600  # outlives any benchmark run
+_PR_SET_PDEATHSIG = 1
+_SERVER_OS_USER = "postgres"
+
+
+class TargetUnavailable(RuntimeError):
+    """The target cannot be used in this run; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnInfo:
+    """Where and as whom a client logs in; handed to libpq through PG* variables."""
+
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str
+
+    def env(self) -> dict[str, str]:
+        """libpq environment variables (keeps the password out of argv)."""
+        return {
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGDATABASE": self.dbname,
+            "PGUSER": self.user,
+            "PGPASSWORD": self.password,
+            "PGSSLMODE": "disable",
+            "PGCONNECT_TIMEOUT": "15",
+        }
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: be killed if the harness dies without cleaning up."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(
+    argv: list[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdout: IO[bytes] | int | None = None,
+    stderr: IO[bytes] | int | None = None,
+    cwd: Path | None = None,
+    as_user: tuple[int, int] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own session (a terminal's Ctrl-C is for the harness, which
+    stops its children itself) that dies if the harness is killed."""
+    return subprocess.Popen(
+        argv,
+        env=dict(env) if env is not None else None,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=cwd,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,  # safe: the harness runs no threads
+        user=as_user[0] if as_user else None,
+        group=as_user[1] if as_user else None,
+        extra_groups=[] if as_user else None,
+    )
+
+
+def terminate(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Signal ``process`` (and its process group), wait, then kill what is left."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(sig)
+        try:
+            process.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d ignored signal %d; killing it", process.pid, sig)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait()
+    # Stragglers of its session (e.g. worker processes) go too.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    """Wait until something accepts TCP connections on host:port."""
+    deadline = time.monotonic() + _READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise TargetUnavailable(f"{what} exited with code {process.returncode} at start-up")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise TargetUnavailable(f"{what} did not listen on {host}:{port} within {_READY_TIMEOUT:.0f}s")
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.rstrip().splitlines()[-lines:]) or "(empty log)"
+
+
+class Target(ABC):
+    """One thing the workloads run against."""
+
+    name: str
+    #: The proxy sets the tenant itself, so tenant clients send only their statement.
+    sets_tenant: bool = False
+    #: Takes the idle-connections test: idle clients hold no server connection.
+    holds_idle_clients: bool = False
+
+    def __init__(self, db: BenchDatabase) -> None:
+        self.db = db
+
+    @abstractmethod
+    def conninfo(self, tenant: str) -> ConnInfo:
+        """How a client of ``tenant`` logs in."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start the target and check that a client can log in and query."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the target; idempotent."""
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def alive(self) -> bool:
+        return True
+
+    def proxy_pids(self) -> list[int]:
+        """Processes whose CPU and memory are the proxy's (none for direct)."""
+        return []
+
+    def log_files(self) -> list[Path]:
+        return []
+
+    def describe(self) -> dict[str, object]:
+        """Settings and versions for the report."""
+        return {}
+
+    def check_login(self, tenant: str) -> None:
+        """Log in as a client of ``tenant`` and run a query; TargetUnavailable if not."""
+        info = self.conninfo(tenant)
+        try:
+            with psycopg.connect(
+                host=info.host, port=info.port, dbname=info.dbname, user=info.user,
+                password=info.password, sslmode="disable", connect_timeout=10,
+                autocommit=True,
+            ) as conn:
+                row = conn.execute("SELECT current_setting('app.current_tenant', true)").fetchone()
+        except psycopg.Error as exc:
+            raise TargetUnavailable(f"{self.name}: login or query failed: {exc}") from None
+        if self.sets_tenant and (row is None or row[0] != tenant):
+            raise TargetUnavailable(
+                f"{self.name}: the server connection's tenant is {row!r}, expected {tenant!r}"
+            )
+
+
+class DirectTarget(Target):
+    """PostgreSQL itself, as the application role."""
+
+    name = "direct"
+
+    def conninfo(self, tenant: str) -> ConnInfo:
+        return ConnInfo(self.db.host, self.db.port, APP_DB, APP_USER, self.db.app_password)
+
+    def start(self) -> None:
+        self.check_login(self.db.tenants[0].tenant)
+
+    def stop(self) -> None:
+        """PostgreSQL belongs to the run, not to this target."""
+
+    def describe(self) -> dict[str, object]:
+        return {"max_connections": self.db.pg.execute("SHOW max_connections")[0][0]}
+
+
+class _ProcessTarget(Target):
+    """A proxy that runs as our child process, logging into ``workdir``."""
+
+    program = "proxy"
+
+    def __init__(self, db: BenchDatabase, workdir: Path) -> None:
+        super().__init__(db)
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    @abstractmethod
+    def _launch(self, log_file: IO[bytes]) -> subprocess.Popen[bytes]:
+        """Start the process (its output goes to ``log_file``)."""
+
+    def start(self) -> None:
+        if self.alive():
+            return
+        with self.log_path.open("ab") as log_file:
+            self.process = self._launch(log_file)
+        try:
+            wait_for_port("127.0.0.1", self.port, self.process, self.name)
+            self.check_login(self.db.tenants[0].tenant)
+        except TargetUnavailable as exc:
+            self.stop()
+            raise TargetUnavailable(f"{exc}; log tail:\n{tail(self.log_path)}") from None
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            terminate(process)
+
+    def restart(self) -> None:
+        self.restarts += 1
+        super().restart()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self.process.poll() if self.process is not None else None
+
+    def proxy_pids(self) -> list[int]:
+        return [self.process.pid] if self.alive() and self.process is not None else []
+
+    def log_files(self) -> list[Path]:
+        return [self.log_path]
+
+
+class PgtenantTarget(_ProcessTarget):
+    """``pgtenant serve`` in session or transaction mode, as a subprocess."""
+
+    sets_tenant = True
+
+    def __init__(
+        self,
+        db: BenchDatabase,
+        workdir: Path,
+        *,
+        name: str,
+        pool_mode: PoolMode,
+        pool_size: int,
+        max_client_conn: int,
+        jwt_secret: str,
+        workers: int | None = None,
+    ) -> None:
+        self.name = name
+        super().__init__(db, workdir)
+        self.pool_mode: PoolMode = pool_mode
+        # In session mode every logged-in client holds a server connection: thousands of
+        # idle clients cannot exist there (nor in PostgreSQL), so only transaction mode
+        # takes the idle test.
+        self.holds_idle_clients = pool_mode == "transaction"
+        self.pool_size = pool_size
+        self.max_client_conn = max_client_conn
+        self.workers = workers
+        self._jwt_secret = jwt_secret
+        self._tokens: dict[str, str] = {}
+        self.config_path = workdir / f"{name}.toml"
+        self.config_path.write_text(self.config_text())
+
+    def config_text(self) -> str:
+        workers = f"workers = {self.workers}\n" if self.workers is not None else ""
+        return (
+            "[server]\n"
+            f'listen = "127.0.0.1:{self.port}"\n'
+            f"max_client_conn = {self.max_client_conn}\n"
+            'log_level = "warning"\n'
+            f"{workers}"
+            "\n[auth.jwt]\n"
+            'algorithms = ["HS256"]\n'
+            f'secret_env = "{JWT_SECRET_ENV}"\n'
+            f"\n[databases.{APP_DB}]\n"
+            f'host = "{self.db.host}"\n'
+            f"port = {self.db.port}\n"
+            f'dbname = "{APP_DB}"\n'
+            f'user = "{APP_USER}"\n'
+            f'password_env = "{UPSTREAM_PASSWORD_ENV}"\n'
+            'sslmode = "disable"\n'
+            f'pool_mode = "{self.pool_mode}"\n'
+            f"pool_size = {self.pool_size}\n"
+        )
+
+    def conninfo(self, tenant: str) -> ConnInfo:
+        token = self._tokens.get(tenant)
+        if token is None:
+            token = mint_token(self._jwt_secret, tenant, ttl_seconds=_TOKEN_TTL,
+                               subject=f"bench-{tenant}")
+            self._tokens[tenant] = token
+        return ConnInfo("127.0.0.1", self.port, APP_DB, "bench", token)
+
+    def _launch(self, log_file: IO[bytes]) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            JWT_SECRET_ENV: self._jwt_secret,
+            UPSTREAM_PASSWORD_ENV: self.db.app_password,
+        }
+        return spawn(
+            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(self.config_path)],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "pool_mode": self.pool_mode,
+            "pool_size": self.pool_size,
+            "max_client_conn": self.max_client_conn,
+            "workers": self.workers if self.workers is not None else "default",
+            "log_level": "warning",
+            "restarts": self.restarts,
+        }
+
+
+class PgbouncerTarget(_ProcessTarget):
+    """PgBouncer in transaction mode, pool 20, SCRAM for clients: the usual setup, where
+    the application itself runs ``BEGIN; SELECT set_config(...); …; COMMIT``."""
+
+    name = "pgbouncer"
+    holds_idle_clients = True
+
+    def __init__(
+        self, db: BenchDatabase, workdir: Path, *, binary: str, max_client_conn: int
+    ) -> None:
+        super().__init__(db, workdir / "pgbouncer")
+        self.binary = binary
+        self.max_client_conn = max_client_conn
+        self.version = pgbouncer_version(binary)
+        self._owner = _server_account()
+        self.workdir.mkdir(mode=0o700)
+        # The auth_file holds the role's SCRAM verifier (as production setups copy it from
+        # pg_authid), not the password: PgBouncer then checks clients without PBKDF2 and
+        # logs into PostgreSQL with the keys the client's SCRAM exchange proved.
+        self._write("userlist.txt", f'"{APP_USER}" "{_scram_verifier(db)}"\n')
+        self._write("pgbouncer.ini", self.config_text())
+        self.log_path.touch()
+        if self._owner is not None:
+            os.chown(self.workdir, *self._owner)
+            for path in self.workdir.iterdir():
+                os.chown(path, *self._owner)
+
+    def _write(self, name: str, text: str) -> None:
+        path = self.workdir / name
+        path.write_text(text)
+        path.chmod(0o600)
+
+    def config_text(self) -> str:
+        return (
+            "[databases]\n"
+            # No user= here: a forced user could not reuse the client's SCRAM keys.
+            f"{APP_DB} = host={self.db.host} port={self.db.port} dbname={APP_DB}\n"
+            "\n[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            f"listen_port = {self.port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = scram-sha-256\n"
+            f"auth_file = {self.workdir / 'userlist.txt'}\n"
+            "pool_mode = transaction\n"
+            f"default_pool_size = {PROXY_POOL_SIZE}\n"
+            "min_pool_size = 0\n"
+            "reserve_pool_size = 0\n"
+            f"max_client_conn = {self.max_client_conn}\n"
+            "listen_backlog = 4096\n"
+            "server_tls_sslmode = disable\n"
+            "client_tls_sslmode = disable\n"
+            "ignore_startup_parameters = extra_float_digits\n"
+            "log_connections = 0\n"
+            "log_disconnections = 0\n"
+            "stats_period = 3600\n"
+        )
+
+    def conninfo(self, tenant: str) -> ConnInfo:
+        return ConnInfo("127.0.0.1", self.port, APP_DB, APP_USER, self.db.app_password)
+
+    def _launch(self, log_file: IO[bytes]) -> subprocess.Popen[bytes]:
+        # PgBouncer refuses to run as root: as root it runs as the postgres OS user.
+        return spawn(
+            [self.binary, str(self.workdir / "pgbouncer.ini")],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=self.workdir, as_user=self._owner,
+        )
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "pool_mode": "transaction",
+            "default_pool_size": PROXY_POOL_SIZE,
+            "max_client_conn": self.max_client_conn,
+            "auth_type": "scram-sha-256",
+            "restarts": self.restarts,
+        }
+
+
+def _scram_verifier(db: BenchDatabase) -> str:
+    rows = db.pg.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+                         params=[APP_USER])
+    verifier = rows[0][0] if rows else None
+    if not isinstance(verifier, str) or not verifier.startswith("SCRAM-SHA-256$"):
+        raise TargetUnavailable(f"pgbouncer: {APP_USER} has no SCRAM-SHA-256 verifier")
+    return verifier
+
+
+def _server_account() -> tuple[int, int] | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        account = pwd.getpwnam(_SERVER_OS_USER)
+    except KeyError:
+        raise TargetUnavailable(
+            f"pgbouncer: refuses to run as root and there is no {_SERVER_OS_USER!r} OS user"
+        ) from None
+    return account.pw_uid, account.pw_gid
+
+
+def pgbouncer_version(binary: str) -> str:
+    done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10,
+                          check=False, stdin=subprocess.DEVNULL)
+    first = (done.stdout or done.stderr).strip().splitlines()
+    return first[0] if first else "unknown"
+
+
+def find_pgbouncer() -> str | None:
+    found = shutil.which("pgbouncer")
+    if found:
+        return found
+    debian = Path("/usr/sbin/pgbouncer")
+    return str(debian) if os.access(debian, os.X_OK) else None
+
+
+def ensure_pgbouncer() -> str:
+    """The pgbouncer binary; as root, installed with apt-get when missing.
+
+    Raises TargetUnavailable("PgBouncer missing: skipped …") when it cannot be had.
+    """
+    found = find_pgbouncer()
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise TargetUnavailable(
+            "PgBouncer missing: skipped (install it: apt-get install pgbouncer)"
+        )
+    log.info("PgBouncer missing: installing it with apt-get (one-time)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "pgbouncer"]
+    for step in (install, ["apt-get", "update", "-q"], install):
+        done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=600,
+                              check=False, stdin=subprocess.DEVNULL)
+        if step is install and done.returncode == 0:
+            break
+    found = find_pgbouncer()
+    if found is None:
+        raise TargetUnavailable(
+            f"PgBouncer missing: skipped (apt-get install failed: {done.stderr.strip()[-300:]})"
+        )
+    _stop_distro_service()
+    return found
+
+
+def _stop_distro_service() -> None:
+    """The package may start its own pgbouncer service; we run our own instance only."""
+    if not Path("/etc/init.d/pgbouncer").exists():
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["service", "pgbouncer", "stop"], capture_output=True, timeout=30,
+                       check=False, stdin=subprocess.DEVNULL)
