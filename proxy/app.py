@@ -16,6 +16,7 @@ from proxy.config import Config, parse_listen, resolve_secret
 from proxy.pool.pool import ServerPool
 from proxy.session.client import ClientConnection
 from proxy.session.server import FORWARD, ServerConnection
+from proxy.tasks import TaskSet
 from proxy.wire import messages
 
 if TYPE_CHECKING:
@@ -39,11 +40,13 @@ class ProxyApp:
             self.pools[name] = ServerPool(db, password)
         self.client_ssl_context = self._client_ssl_context()
         self.clients: set[ClientConnection] = set()
+        self._open_client_sockets: set[ClientConnection] = set()
+        self._client_sockets_closed: asyncio.Event | None = None  # set by stop()
         self._cancel_keys: dict[int, ClientConnection] = {}
         self._client_ids = 0
         self._servers: list[asyncio.AbstractServer] = []
         self._maintenance: asyncio.Task[None] | None = None
-        self._cancel_tasks: set[asyncio.Task[None]] = set()
+        self._cancel_tasks = TaskSet()
         self.auth_failures: dict[str, int] = {}
         self._protected = config.tenancy.protected_prefixes
 
@@ -86,7 +89,7 @@ class ProxyApp:
     def sockets(self) -> list[tuple[str, int]]:
         out = []
         for server in self._servers:
-            for sock in server.sockets:
+            for sock in getattr(server, "sockets", ()):
                 name = sock.getsockname()
                 if isinstance(name, tuple):
                     out.append((str(name[0]), int(name[1])))
@@ -103,6 +106,7 @@ class ProxyApp:
 
     async def stop(self) -> None:
         """Stop accepting, close clients with 57P01, close server connections."""
+        self._client_sockets_closed = asyncio.Event()
         for server in self._servers:
             server.close()
         for client in list(self.clients):
@@ -114,6 +118,11 @@ class ProxyApp:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
+        # Let the client sockets finish closing before the loop goes away.
+        if self._open_client_sockets:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await self._client_sockets_closed.wait()
 
     # ---- clients ----------------------------------------------------------------------
 
@@ -123,11 +132,17 @@ class ProxyApp:
 
     def client_connected(self, client: ClientConnection) -> None:
         self.clients.add(client)
+        self._open_client_sockets.add(client)
 
     def client_disconnected(self, client: ClientConnection) -> None:
         self.clients.discard(client)
         if self._cancel_keys.get(client.cancel_pid) is client:
             del self._cancel_keys[client.cancel_pid]
+
+    def client_transport_closed(self, client: ClientConnection) -> None:
+        self._open_client_sockets.discard(client)
+        if not self._open_client_sockets and self._client_sockets_closed is not None:
+            self._client_sockets_closed.set()
 
     def too_many_clients(self) -> bool:
         return len(self.clients) > self.config.server.max_client_conn
@@ -168,11 +183,9 @@ class ProxyApp:
         """
         if not server.pending or server.pending[0] is not FORWARD:
             return
-        task = asyncio.get_running_loop().create_task(
+        self._cancel_tasks.spawn(
             self._send_cancel(server.db.host, server.db.port, server.backend_pid,
                               server.backend_key))
-        self._cancel_tasks.add(task)
-        task.add_done_callback(self._cancel_tasks.discard)
 
     async def _send_cancel(self, host: str, port: int, pid: int, key: bytes) -> None:
         try:

@@ -136,6 +136,7 @@ _T = TypeVar("_T")
 def parse_listen(s: str) -> tuple[str, int]:
     """Split ``"host:port"`` (``"[::1]:6432"`` for IPv6) into ``(host, port)``.
 
+    Port 0 asks the operating system for a free port (the log names the one it got).
     Raises :class:`ValueError` with a message fit for a config error.
     """
     if s.startswith("["):
@@ -155,8 +156,8 @@ def parse_listen(s: str) -> tuple[str, int]:
             raise ValueError('an IPv6 address goes in brackets: "[::1]:6432"')
         if not _HOSTNAME.fullmatch(host):
             raise ValueError('expected "host:port" with a host name or IPv4 address')
-    if not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
-        raise ValueError("expected a port number between 1 and 65535")
+    if not _PORT.fullmatch(port_text) or not 0 <= int(port_text) <= 65535:
+        raise ValueError("expected a port number between 0 and 65535")
     return host, int(port_text)
 
 

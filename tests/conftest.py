@@ -20,6 +20,8 @@ import pytest
 from proxy.embedded import EmbeddedPostgres, EmbeddedPostgresError, provision_app, reset_items
 from tests.support import AppDatabase, ExternalPostgres, PostgresServer
 
+pytest_plugins = ["tests.proxy_fixtures"]
+
 TEST_DSN_ENV = "PGTENANT_TEST_DSN"
 RESTARTS_POSTGRES = "restarts_postgres"
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +31,25 @@ def token(tenant: str, **kw: Any) -> str:
     return mint_token(JWT_SECRET, tenant, **kw)
 
 
+def startup_refusal(dsn: str) -> tuple[str, str]:
+    """Connect with asyncpg, expect a refusal; return its ``(sqlstate, message)``.
+
+    libpq (and so psycopg) drops the SQLSTATE of an error received during startup;
+    asyncpg keeps it.
+    """
+    import asyncpg
+
+    async def attempt() -> tuple[str, str]:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=10, ssl=False)
+        except asyncpg.PostgresError as exc:
+            return str(exc.sqlstate), str(exc)
+        await conn.close()
+        raise AssertionError("the connection was accepted")
+
+    return asyncio.run(attempt())
+
+
 def make_config(app_db: Any, **db_overrides: Any) -> Config:
     """A config in front of the test database; ``server_*`` keys override [server]."""
     os.environ[JWT_SECRET_ENV] = JWT_SECRET
@@ -43,7 +63,7 @@ def make_config(app_db: Any, **db_overrides: Any) -> Config:
     db_kw.update(db_overrides)
     return Config(
         path="<test>",
-        server=ServerConfig(listen="127.0.0.1:0", **server_kw),
+        server=ServerConfig(**{"listen": "127.0.0.1:0", **server_kw}),
         auth=AuthConfig(jwt=JwtConfig(secret_env=JWT_SECRET_ENV)),
         databases={"app": DatabaseConfig(name="app", **db_kw)},
     )
@@ -149,17 +169,34 @@ def _toml(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def start_subprocess_proxy(config_path: Path, port: int) -> subprocess.Popen[bytes]:
-    """``pgtenant serve`` as a child process; returns once it accepts connections."""
-    from tests.support import wait_for_port
+@contextlib.contextmanager
+def subprocess_proxy(config: Config,
+                     workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``pgtenant serve`` as a child process on a free port; yields ``(process, port)``.
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+    Its log goes to ``workdir/pgtenant.log`` (a pipe nobody reads could fill and stall it).
+    """
+    from tests.support import free_port, wait_for_port
+
+    port = free_port()
+    config = dataclasses.replace(
+        config, server=dataclasses.replace(config.server, listen=f"127.0.0.1:{port}"))
+    config_path = write_config_file(workdir / "pgtenant.toml", config)
+    log_path = workdir / "pgtenant.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path)],
+            stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
     try:
-        wait_for_port("127.0.0.1", port, timeout=20)
-    except Exception:
-        proc.kill()
-        out = proc.communicate()[0].decode(errors="replace")
-        raise AssertionError(f"pgtenant did not start:\n{out}") from None
-    return proc
+        try:
+            wait_for_port("127.0.0.1", port, timeout=20)
+        except Exception:
+            raise AssertionError(f"pgtenant did not start:\n{log_path.read_text()}") from None
+        yield proc, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

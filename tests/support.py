@@ -43,12 +43,12 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of a process in KiB (VmRSS in /proc/PID/status)."""
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident set size of a process in KiB (``VmHWM`` for its peak), from /proc/PID/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise LookupError(f"process {pid} reports no VmRSS (a zombie?)")
+    raise LookupError(f"process {pid} reports no {field} (a zombie?)")
 
 
 def run(

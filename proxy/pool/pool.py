@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from proxy.config import DatabaseConfig
 from proxy.session.server import ServerConnection, ServerError, ServerState, Skip, TenantState
+from proxy.tasks import TaskSet
 from proxy.wire import messages
 from proxy.wire.tags import BackendTag
 
@@ -59,7 +60,7 @@ class ServerPool:
         self.closed = False
         self._role_checked = False
         self._refused: UpstreamRefusedError | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     @property
     def size(self) -> int:
@@ -129,12 +130,7 @@ class ServerPool:
         while (self.connecting < len(self.waiters) and self.size < self.db.pool_size
                and not self.closed):
             self.connecting += 1
-            self._spawn(self._open())
-
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._open())
 
     async def _open(self) -> None:
         try:
@@ -217,7 +213,7 @@ class ServerPool:
             return
         if reset and self.db.server_reset_query:
             self.active.add(server)
-            self._spawn(self._reset_then_offer(server))
+            self._tasks.spawn(self._reset_then_offer(server))
             return
         self._offer(server)
 
@@ -275,13 +271,16 @@ class ServerPool:
         missing = keep - self.size
         for _ in range(max(0, missing)):
             self.connecting += 1
-            self._spawn(self._open())
+            self._tasks.spawn(self._open())
 
     async def close(self) -> None:
         """Close every connection (shutdown)."""
         self.closed = True
         self._fail_waiters(ServerError("the proxy is shutting down", "57P01"))
-        for server in [*self.idle, *self.active]:
+        servers = [*self.idle, *self.active]
+        for server in servers:
             self._close(server)
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
+        lost = [s.lost for s in servers if s.lost is not None]
+        if lost:
+            await asyncio.wait(lost, timeout=2)

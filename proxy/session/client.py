@@ -24,6 +24,7 @@ from proxy.auth.identity import Identity
 from proxy.pool.pool import PoolTimeoutError, ServerPool
 from proxy.session.context import TenantContext
 from proxy.session.server import ServerConnection, ServerError
+from proxy.tasks import TaskSet
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import FrontendFramer
@@ -47,6 +48,9 @@ _S = FrontendTag.SYNC
 _F = FrontendTag.FUNCTION_CALL
 _X = FrontendTag.TERMINATE
 _P = FrontendTag.PASSWORD
+# Extended-protocol messages: after them the server is mid-batch until the next Sync.
+_EXTENDED = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
+                       FrontendTag.EXECUTE, FrontendTag.CLOSE, FrontendTag.FLUSH})
 
 # Startup parameters that are connection plumbing, not session settings.
 _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
@@ -138,12 +142,13 @@ class ClientConnection(asyncio.Protocol):
         self.cancel_secret = b""
         self._queue: list[bytes] = []
         self._queue_replies = 0
+        self._unsynced = False  # the client's stream is mid extended-protocol batch
         self._queued_bytes = 0
         self._leasing = False
         self._writing_paused = False
         self._reading_paused_for: set[str] = set()
         self._login_timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(self._internal_error)
 
     def __repr__(self) -> str:
         tenant = self.identity.tenant if self.identity else None
@@ -192,6 +197,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._shutdown()
+        self.app.client_transport_closed(self)
 
     def pause_writing(self) -> None:
         # The client reads slower than the server sends: stop reading from the server.
@@ -233,7 +239,7 @@ class ClientConnection(asyncio.Protocol):
             raise ClientError("08P01", "received unencrypted data after SSL request")
         self._write(b"S")
         self.state = ClientState.TLS
-        self._spawn(self._start_tls(ctx))
+        self._tasks.spawn(self._start_tls(ctx))
 
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
         assert self.transport is not None
@@ -311,7 +317,7 @@ class ClientConnection(asyncio.Protocol):
         self.context = TenantContext(
             self.app.config.tenancy.setting, identity.tenant).with_settings(self.settings)
         self.state = ClientState.LOGIN
-        self._spawn(self._login())
+        self._tasks.spawn(self._login())
 
     async def _login(self) -> None:
         """Lease a server, give it our context, greet the client with its parameters."""
@@ -371,29 +377,36 @@ class ClientConnection(asyncio.Protocol):
         assert framer is not None
         out: list[bytes] = []
         replies = 0
+        unsynced = self._unsynced
         while True:
             msg = framer.next_message()
             if msg is None:
                 break
             tag, body = msg
-            if tag == _Q or tag == _S or tag == _F:
+            if tag == _S:
                 replies += 1
+                unsynced = False
+            elif tag == _Q or tag == _F:
+                replies += 1
+            elif tag in _EXTENDED:
+                unsynced = True
             elif tag == _X:
-                self._flush(out, replies)
+                self._flush(out, replies, unsynced)
                 self._close_transport()
                 return
             out.append(messages.frame(tag, body))
-        self._flush(out, replies)
+        self._flush(out, replies, unsynced)
 
-    def _flush(self, out: list[bytes], replies: int) -> None:
+    def _flush(self, out: list[bytes], replies: int, unsynced: bool) -> None:
         if not out:
             return
+        self._unsynced = unsynced
         data = out[0] if len(out) == 1 else b"".join(out)
         server = self.server
         # The context is (re)checked only between transactions, when the server is idle.
         if server is not None and not self._queue and (
-                server.context is self.context or server.pending or server.tx_status != b"I"):
-            server.send(data, replies)
+                server.context is self.context or not server.is_clean):
+            server.send(data, replies, unsynced)
             return
         self._queue.append(data)
         self._queue_replies += replies
@@ -403,10 +416,10 @@ class ClientConnection(asyncio.Protocol):
         if server is None:
             if not self._leasing:
                 self._leasing = True
-                self._spawn(self._lease())
+                self._tasks.spawn(self._lease())
         elif not self._leasing:
             self._leasing = True
-            self._spawn(self._send_queue(server))
+            self._tasks.spawn(self._send_queue(server))
 
     async def _lease(self) -> None:
         """Transaction mode: get a server for the transaction the client just started."""
@@ -440,7 +453,7 @@ class ClientConnection(asyncio.Protocol):
             self._queue.clear()
             self._queue_replies = 0
             self._queued_bytes = 0
-            server.send(data, replies)
+            server.send(data, replies, self._unsynced)
         self._pause_reading("queue", False)
 
     async def _ensure_context(self, server: ServerConnection) -> None:
@@ -496,7 +509,7 @@ class ClientConnection(asyncio.Protocol):
 
     def server_ready(self, server: ServerConnection) -> None:
         """The server answered everything we sent (pending queue empty)."""
-        if (self.transaction_mode and server.tx_status == b"I" and not self._queue
+        if (self.transaction_mode and server.is_clean and not self._queue
                 and self.state is ClientState.READY):
             self._release_server()
 
@@ -551,10 +564,8 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _internal_error(self, exc: BaseException) -> None:
+        self.fatal("XX000", "internal error in pgtenant; the connection was closed")
 
     def fatal(self, sqlstate: str, message: str, hint: str | None = None) -> None:
         """Send a FATAL ErrorResponse and close the connection."""
@@ -575,8 +586,6 @@ class ClientConnection(asyncio.Protocol):
         self.state = ClientState.CLOSED
         if self._login_timer is not None:
             self._login_timer.cancel()
-        for task in list(self._tasks):
-            if task is not asyncio.current_task():
-                task.cancel()
+        self._tasks.cancel_all()
         self._release_server()
         self.app.client_disconnected(self)

@@ -142,6 +142,8 @@ class ServerConnection(asyncio.Protocol):
         self.backend_pid = 0
         self.backend_key = b""
         self.tx_status = b"I"
+        self.unsynced = False
+        self.lost: asyncio.Future[None] | None = None  # done when the socket is closed
         self.tenant: str | TenantState | None = TenantState.PRISTINE
         self.context: TenantContext | None = None
         self.created_at = time.monotonic()
@@ -257,6 +259,7 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.lost = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
         if self._tls_answer is not None and not self._tls_answer.done():
@@ -349,6 +352,8 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f"upstream connection lost: {exc}" if exc else "upstream closed the connection"
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
         if self._handshake is not None and not self._handshake.done():
             self._handshake.set_exception(ServerError(reason))
         if self._tls_answer is not None and not self._tls_answer.done():
@@ -365,11 +370,17 @@ class ServerConnection(asyncio.Protocol):
 
     # ---- used by the client session and the pool ------------------------------------
 
-    def send(self, data: bytes, expected_replies: int) -> None:
-        """Write client messages; ``expected_replies`` ReadyForQuery replies will be forwarded."""
+    def send(self, data: bytes, expected_replies: int, unsynced: bool = False) -> None:
+        """Write client messages; ``expected_replies`` ReadyForQuery replies will be forwarded.
+
+        ``unsynced``: the data ends in extended-protocol messages with no Sync after them
+        (a Flush, say): the server is mid-batch and must stay with this client until a
+        later Sync completes.
+        """
         assert self.transport is not None
         if expected_replies:
             self.pending.extend([FORWARD] * expected_replies)
+        self.unsynced = unsynced
         self.transport.write(data)
 
     def send_internal(self, data: bytes, entry: Skip | Collect) -> None:
@@ -413,7 +424,7 @@ class ServerConnection(asyncio.Protocol):
     def is_clean(self) -> bool:
         """Idle, nothing outstanding: the only state in which it may serve another client."""
         return (self.state is not ServerState.CLOSED and not self.pending
-                and self.tx_status == b"I")
+                and self.tx_status == b"I" and not self.unsynced)
 
     def pause_reading(self, paused: bool) -> None:
         if self.transport is None or paused == self._paused_reading:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 import threading
@@ -37,6 +38,25 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
+def _logged_in(proxy: ThreadedProxy, tenant: str) -> socket.socket:
+    """A raw socket past startup and authentication, at the first ReadyForQuery."""
+    sock = _connect_raw(proxy)
+    sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
+    _read_message(sock)
+    sock.sendall(messages.password_message(token(tenant).encode() + b"\0"))
+    _read_until(sock, b"Z")
+    return sock
+
+
+def _read_until(sock: socket.socket, last: bytes) -> list[tuple[bytes, bytes]]:
+    out = []
+    while True:
+        tag, body = _read_message(sock)
+        out.append((tag, body))
+        if tag == last:
+            return out
+
+
 def test_ssl_and_gssenc_requests_are_declined_without_tls(session_proxy: ThreadedProxy) -> None:
     with _connect_raw(session_proxy) as sock:
         sock.sendall(struct.pack("!ii", 8, 80877104))  # GSSENCRequest
@@ -70,12 +90,7 @@ def test_protocol_3_2_gets_negotiate_protocol_version(session_proxy: ThreadedPro
 @pytest.mark.parametrize("length", [-5, 0, 3, 2**31 - 1])
 def test_bad_message_length_gets_protocol_violation(session_proxy: ThreadedProxy,
                                                     length: int) -> None:
-    with _connect_raw(session_proxy) as sock:
-        sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
-        _read_message(sock)
-        sock.sendall(messages.password_message(token("acme").encode() + b"\0"))
-        while _read_message(sock)[0] != b"Z":
-            pass
+    with _logged_in(session_proxy, "acme") as sock:
         sock.sendall(b"Q" + struct.pack("!i", length))
         tag, body = _read_message(sock)
         assert tag == b"E"
@@ -117,31 +132,76 @@ def _running(proxy: ThreadedProxy, dsn: str, sql: str, result: dict[str, Any]) -
     return thread
 
 
+def test_flush_keeps_the_server_until_sync(start_proxy: Callable[..., ThreadedProxy]) -> None:
+    # Parse/Describe/Flush leaves the server mid-batch: in transaction mode it must stay
+    # with this client (replies included) until Sync, even while others want a server.
+    proxy = start_proxy(pool_mode="transaction", pool_size=2)
+    pool = proxy.app.pools["app"]  # type: ignore[union-attr]
+    with _logged_in(proxy, "acme") as sock, _logged_in(proxy, "globex") as other:
+        other.sendall(messages.query("BEGIN"))  # holds the one open server
+        _read_until(other, b"Z")
+        # A fresh server: its context set is pipelined in front of the batch.
+        sock.sendall(messages.parse("", "SELECT current_setting('app.current_tenant')")
+                     + messages.describe(b"S", "") + messages.flush())
+        assert [t for t, _ in _read_until(sock, b"T")] == [b"1", b"t", b"T"]
+        time.sleep(0.1)
+        assert proxy.call(lambda: len(pool.active)) == 2
+        other.sendall(messages.query("COMMIT"))
+        _read_until(other, b"Z")
+        for _ in range(5):  # the other client's transactions run on the other server
+            other.sendall(messages.query("SELECT 1"))
+            _read_until(other, b"Z")
+        sock.sendall(messages.bind("", "", []) + messages.execute() + messages.sync())
+        replies = _read_until(sock, b"Z")
+        assert [t for t, _ in replies] == [b"2", b"D", b"C", b"Z"]
+        assert b"acme" in replies[1][1]
+        proxy.wait_until(lambda app: len(pool.active) == 0)
+
+
 def test_cancel_reaches_only_its_own_query(proxy: ThreadedProxy) -> None:
-    a: dict[str, Any] = {}
-    b: dict[str, Any] = {}
-    ta = _running(proxy, proxy.dsn("acme"), "SELECT pg_sleep(3)", a)
-    tb = _running(proxy, proxy.dsn("globex"), "SELECT pg_sleep(1.5)", b)
+    # asyncpg cancels a timed-out query with a CancelRequest on a new connection. (libpq's
+    # blocking PQcancel keeps the GIL, which would freeze this in-process proxy.)
+    import asyncpg
+
+    async def scenario() -> tuple[float, str | None, bool]:
+        a = await asyncpg.connect(proxy.dsn("acme"), ssl=False)
+        b = await asyncpg.connect(proxy.dsn("globex"), ssl=False)
+        try:
+            other = asyncio.ensure_future(b.fetchval("SELECT true FROM pg_sleep(1.5)"))
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await a.execute("SELECT pg_sleep(20)", timeout=0.5)
+            tenant = await a.fetchval("SELECT current_setting('app.current_tenant')")
+            elapsed = time.monotonic() - started
+            return elapsed, tenant, await other
+        finally:
+            await a.close()
+            await b.close()
+
+    elapsed, tenant, other_ok = asyncio.run(scenario())
+    assert elapsed < 10          # the sleep was cancelled, not waited out
+    assert tenant == "acme"      # and the connection goes on in its tenant
+    assert other_ok is True      # the other client's query was not cancelled
+
+
+def test_cancel_with_a_forged_key_cancels_nothing(proxy: ThreadedProxy) -> None:
+    result: dict[str, Any] = {}
+    thread = _running(proxy, proxy.dsn("acme"), "SELECT pg_sleep(1)", result)
     deadline = time.monotonic() + 10
-    while "conn" not in a and time.monotonic() < deadline:
+    while "pid" not in result and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.5)
-    a["conn"].cancel()
-    ta.join(10)
-    tb.join(10)
-    assert isinstance(a.get("error"), psycopg.errors.QueryCanceled)
-    assert b.get("ok") is True
+    for key in (b"\0\0\0\0", b"\xff\xff\xff\xff"):
+        with _connect_raw(proxy) as sock:
+            sock.sendall(messages.cancel_request(result["pid"], key))
+            assert sock.recv(1) == b""  # the proxy closes without an answer
+    thread.join(10)
+    assert result.get("ok") is True
 
 
 def test_client_disconnect_mid_query_leaves_no_busy_server(
         start_proxy: Callable[..., ThreadedProxy], app_db: Any) -> None:
     proxy = start_proxy(pool_mode="session", pool_size=1)
-    with _connect_raw(proxy) as sock:
-        sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
-        _read_message(sock)
-        sock.sendall(messages.password_message(token("acme").encode() + b"\0"))
-        while _read_message(sock)[0] != b"Z":
-            pass
+    with _logged_in(proxy, "acme") as sock:
         sock.sendall(messages.query("SELECT pg_sleep(30)"))
         time.sleep(0.3)
     # The only server connection was busy: it must be cancelled/closed, not handed out busy.

@@ -20,11 +20,10 @@ from proxy.wire import messages
 from tests.proxy_harness import (
     ThreadedProxy,
     make_config,
-    start_subprocess_proxy,
+    subprocess_proxy,
     token,
-    write_config_file,
 )
-from tests.support import free_port
+from tests.support import rss_kib
 
 
 def _self_signed(tmp: Path) -> tuple[str, str]:
@@ -54,29 +53,23 @@ def test_sslmode_require_works_with_tls_configured(start_proxy: Callable[..., Th
         assert conn.execute("SELECT current_setting('app.current_tenant')").fetchone() == ("acme",)
 
 
-def _rss_kib(pid: int, field: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
-
-
 @pytest.mark.slow
 def test_100mb_result_with_a_slow_reader_keeps_proxy_memory_bounded(
         app_db: Any, tmp_path: Path) -> None:
-    port = free_port()
-    config = make_config(app_db, server_listen=f"127.0.0.1:{port}", pool_mode="session")
-    proc = start_subprocess_proxy(write_config_file(tmp_path / "pgtenant.toml", config), port)
-    try:
+    config = make_config(app_db, pool_mode="session")
+    with subprocess_proxy(config, tmp_path) as (proc, port):
         with psycopg.connect(f"postgresql://u:{token('acme')}@127.0.0.1:{port}/app"
                              "?sslmode=disable") as warm:
             warm.execute("SELECT 1")
-        before = _rss_kib(proc.pid)
+        before = rss_kib(proc.pid)
         sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
         sock.recv(64)
         sock.sendall(messages.password_message(token("acme").encode() + b"\0"))
+        login = b""
+        while not login.endswith(b"Z\x00\x00\x00\x05I"):
+            login += sock.recv(4096)
         sock.sendall(messages.query(
             "SELECT repeat('x', 1000) FROM generate_series(1, 100000)"))
         received = 0
@@ -95,12 +88,9 @@ def test_100mb_result_with_a_slow_reader_keeps_proxy_memory_bounded(
             if tail == b"Z\x00\x00\x00\x05I":
                 break
         sock.close()
-        peak = _rss_kib(proc.pid, "VmHWM")
+        peak = rss_kib(proc.pid, "VmHWM")
         assert received > 100_000_000
         growth_mib = (peak - before) / 1024
         print(f"proxy RSS before {before} KiB, peak {peak} KiB, growth {growth_mib:.1f} MiB "
               f"for {received / 1e6:.0f} MB")
         assert growth_mib < 20
-    finally:
-        proc.terminate()
-        proc.wait(10)

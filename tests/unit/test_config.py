@@ -252,7 +252,8 @@ JWT = "[databases.app]\n[auth.jwt]\n"  # values appended below land in [auth.jwt
          'databases."a.b".port', "between 1 and 65535"),
         # server
         ("[server]\nlisten = '127.0.0.1'\n" + MINIMAL, "server.listen", '"host:port"'),
-        ("[server]\nlisten = '127.0.0.1:0'\n" + MINIMAL, "server.listen", "between 1 and 65535"),
+        ("[server]\nlisten = '127.0.0.1:70000'\n" + MINIMAL, "server.listen",
+         "between 0 and 65535"),
         ("[server]\nlisten = '127.0.0.1:http'\n" + MINIMAL, "server.listen", "port number"),
         ("[server]\nlisten = '::1:6432'\n" + MINIMAL, "server.listen", "brackets"),
         ("[server]\nlisten = '[nope]:6432'\n" + MINIMAL, "server.listen", "not an IPv6"),
@@ -364,6 +365,7 @@ def test_setting_prefix_match_is_case_insensitive(config_file) -> None:
         ("127.0.0.1:6432", ("127.0.0.1", 6432)),
         ("0.0.0.0:1", ("0.0.0.0", 1)),
         ("localhost:65535", ("localhost", 65535)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
         ("[::1]:6432", ("::1", 6432)),
         ("[::]:5432", ("::", 5432)),
         ("[fe80::1%eth0]:5432", ("fe80::1%eth0", 5432)),
@@ -375,7 +377,7 @@ def test_parse_listen_accepts_host_port(text: str, expected: tuple[str, int]) ->
 
 @pytest.mark.parametrize(
     "text",
-    ["", "6432", "host", "host:", ":6432", "host:0", "host:65536", "host:+1", "host: 1",
+    ["", "6432", "host", "host:", ":6432", "host:65536", "host:+1", "host: 1",
      "::1:6432", "[::1]", "[::1]6432", "[127.0.0.1]:6432", "a b:1", "host:١٢"],
 )
 def test_parse_listen_refuses_malformed(text: str) -> None:
