@@ -165,6 +165,7 @@ class EmbeddedPostgres:
         settings: Mapping[str, str] | None = None,
         base_dir: str | os.PathLike[str] | None = None,
         startup_timeout: float = _STARTUP_TIMEOUT,
+        hba_lines: Sequence[str] = (),
     ) -> None:
         """Prepare (but do not start) a cluster.
 
@@ -172,11 +173,13 @@ class EmbeddedPostgres:
         server settings added to or replacing :data:`DEFAULT_SETTINGS`. ``base_dir``:
         where the temporary directory goes (default: /tmp when root, else the system
         temporary directory); the server's OS user must be able to reach it.
+        ``hba_lines``: pg_hba.conf lines placed before the defaults (first match wins).
         """
         self._bindir = Path(bindir) if bindir is not None else None
         self._settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self._base_dir = Path(base_dir) if base_dir is not None else None
         self._startup_timeout = startup_timeout
+        self._hba_lines = tuple(hba_lines)
         self._password = secrets.token_urlsafe(24)
         self._port: int | None = None
         self._cluster: _Cluster | None = None
@@ -333,6 +336,15 @@ class EmbeddedPostgres:
             cursor = conn.execute(query, params)
             return cursor.fetchall() if cursor.description is not None else []
 
+    def write_file(self, name: str, content: str | bytes) -> Path:
+        """Write a file (a TLS certificate, say) into the cluster's directory, readable
+        only by the server's OS user; return its path."""
+        if self._cluster is None:
+            raise EmbeddedPostgresError("the cluster is not created yet; call start() first")
+        path = self.root / name
+        self._write_owned(path, content)
+        return path
+
     # -- internals --------------------------------------------------------------------
 
     def _create(self) -> None:
@@ -365,7 +377,8 @@ class EmbeddedPostgres:
                 raise EmbeddedPostgresError(
                     f"initdb failed with exit code {done.returncode}:\n{done.stdout}{done.stderr}"
                 )
-            hba = _PG_HBA.format(superuser=self.superuser)
+            hba = "".join(f"{line}\n" for line in self._hba_lines)
+            hba += _PG_HBA.format(superuser=self.superuser)
             self._write_owned(self.data_dir / "pg_hba.conf", hba)
             with (self.data_dir / "postgresql.conf").open("a") as conf:
                 conf.write("\n# pgtenant's embedded cluster:\ninclude 'pgtenant.conf'\n")
@@ -454,8 +467,8 @@ class EmbeddedPostgres:
             extra_groups=self._extra_groups,
         )
 
-    def _write_owned(self, path: Path, text: str) -> None:
-        path.write_text(text)
+    def _write_owned(self, path: Path, content: str | bytes) -> None:
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
         os.chmod(path, 0o600)
         self._chown(path)
 

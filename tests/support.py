@@ -25,6 +25,7 @@ __all__ = [
     "libpq_uri",
     "rss_kib",
     "run",
+    "self_signed_cert",
     "wait_for_port",
 ]
 
@@ -188,3 +189,36 @@ class AppDatabase:
         """The app user's URI straight to PostgreSQL, bypassing any proxy."""
         return libpq_uri({"host": self.host, "port": self.port, "dbname": self.dbname,
                           "user": self.user, "password": self.password})
+
+
+def self_signed_cert(directory: Path, name: str = "localhost") -> tuple[str, str]:
+    """A self-signed certificate for ``name`` (and 127.0.0.1): ``(cert_path, key_path)``.
+
+    It is its own CA, so the cert file also serves as ``sslrootcert``.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import socket
 import time
 from collections.abc import Callable
@@ -11,10 +10,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from proxy.wire import messages
 from tests.proxy_harness import (
@@ -23,29 +18,12 @@ from tests.proxy_harness import (
     subprocess_proxy,
     token,
 )
-from tests.support import rss_kib
-
-
-def _self_signed(tmp: Path) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
+from tests.support import rss_kib, self_signed_cert
 
 
 def test_sslmode_require_works_with_tls_configured(start_proxy: Callable[..., ThreadedProxy],
                                                    tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     proxy = start_proxy(server_tls_cert_file=cert, server_tls_key_file=key)
     dsn = f"postgresql://u:{token('acme')}@127.0.0.1:{proxy.port}/app?sslmode=require"
     with psycopg.connect(dsn) as conn:
