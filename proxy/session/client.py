@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ipaddress
 import logging
 import ssl
 from typing import TYPE_CHECKING
@@ -56,6 +57,17 @@ _EXTENDED = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE
 _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
 # Pause reading from the client when this much is queued waiting for a server.
 _QUEUE_HIGH_WATER = 256 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback peer address (127.0.0.0/8, ::1, and IPv4-mapped forms)."""
+    try:
+        addr = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
 
 
 class ClientState(enum.Enum):
@@ -163,7 +175,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and peer:
             host = str(peer[0])
             self.peer = f"{host}:{peer[1]}"
-            self.is_local = host in ("127.0.0.1", "::1") or host.startswith("127.")
+            self.is_local = is_loopback(host)
         else:
             self.peer = "unix"
             self.is_local = sock is not None
