@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING
 
 from proxy.auth.jwt import JwtVerifier
 from proxy.config import Config, parse_listen, resolve_secret
+from proxy.metrics.http import MetricsServer
 from proxy.pool.pool import ServerPool
 from proxy.session.client import ClientConnection
 from proxy.session.server import FORWARD, ServerConnection
+from proxy.stats import ProxyStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
 
@@ -49,6 +51,10 @@ class ProxyApp:
         self._cancel_tasks = TaskSet()
         self.auth_failures: dict[str, int] = {}
         self._protected = config.tenancy.protected_prefixes
+        # --- metrics: hot-path counters (read at scrape time) and the HTTP endpoint ---
+        self.stats = ProxyStats(config.databases, auth_failures=self.auth_failures)
+        self.metrics_server: MetricsServer | None = None
+        # --- end metrics ---
 
     def _client_ssl_context(self) -> ssl.SSLContext | None:
         srv = self.config.server
@@ -82,6 +88,11 @@ class ProxyApp:
                 log.warning("listening on %s without TLS: only loopback clients can log in",
                             srv.listen)
         self._maintenance = loop.create_task(self._maintain())
+        # --- metrics endpoint ---
+        if srv.metrics_listen:
+            self.metrics_server = MetricsServer(self)
+            await self.metrics_server.start(srv.metrics_listen)
+        # --- end metrics ---
         log.info("pgtenant listening on %s (databases: %s)", srv.listen,
                  ", ".join(f"{n} [{p.db.pool_mode}]" for n, p in self.pools.items()))
 
@@ -123,6 +134,10 @@ class ProxyApp:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2):
                     await self._client_sockets_closed.wait()
+        # --- metrics endpoint: last, so /readyz answers 503 while the proxy drains ---
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+        # --- end metrics ---
 
     # ---- clients ----------------------------------------------------------------------
 

@@ -1,0 +1,260 @@
+"""Prometheus view of a running proxy, computed at scrape time.
+
+:class:`ProxyCollector` reads what the proxy already keeps (pool lists, PoolStats, the
+client set, :mod:`proxy.stats`) when Prometheus scrapes; nothing here runs per message.
+It must be called on the proxy's event loop (the metrics HTTP server runs there), so it
+sees a consistent state without locks. Metric names and meanings: ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from proxy.stats import OTHER_TENANT, Histogram, TenantStats
+
+if TYPE_CHECKING:
+    from proxy.app import ProxyApp
+
+
+def build_version() -> str:
+    try:
+        return metadata.version("pgtenant")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _histogram_buckets(hist: Histogram) -> list[tuple[str, float]]:
+    return [("+Inf" if bound == float("inf") else repr(bound), float(n))
+            for bound, n in hist.cumulative()]
+
+
+class ProxyCollector(Collector):
+    """Every ``pgtenant_*`` metric of one :class:`ProxyApp`."""
+
+    def __init__(self, app: ProxyApp) -> None:
+        self.app = app
+        self.version = build_version()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._process()
+        yield from self._pools()
+        yield from self._clients()
+        yield from self._traffic()
+        # One export per scrape: it also re-ranks which tenants get a label.
+        per_tenant, other = self.app.stats.tenants.export()
+        tenants = [*per_tenant.items(), (OTHER_TENANT, other)]
+        yield from self._tenants(tenants)
+        yield from self._security(tenants)
+
+    # ---- process ------------------------------------------------------------------------
+
+    def _process(self) -> Iterator[Metric]:
+        stats = self.app.stats
+        yield GaugeMetricFamily("pgtenant_uptime_seconds",
+                                "Seconds since the proxy process started.",
+                                value=stats.uptime())
+        yield CounterMetricFamily("pgtenant_config_reloads",
+                                  "Configuration reloads applied.",
+                                  value=stats.config_reloads)
+        yield CounterMetricFamily("pgtenant_config_reload_failures",
+                                  "Configuration reloads refused (the old config stays).",
+                                  value=stats.config_reload_failures)
+        info = GaugeMetricFamily("pgtenant_build_info", "pgtenant version (value is 1).",
+                                 labels=["version"])
+        info.add_metric([self.version], 1)
+        yield info
+
+    # ---- pools --------------------------------------------------------------------------
+
+    def _pools(self) -> Iterator[Metric]:
+        servers = GaugeMetricFamily("pgtenant_server_connections",
+                                    "Server connections by state.",
+                                    labels=["database", "state"])
+        size = GaugeMetricFamily("pgtenant_pool_size", "Configured pool_size.",
+                                 labels=["database"])
+        saturation = GaugeMetricFamily(
+            "pgtenant_pool_saturation",
+            "Leased server connections / pool_size (1 = every connection in use).",
+            labels=["database"])
+        max_wait = GaugeMetricFamily(
+            "pgtenant_pool_wait_max_seconds",
+            "How long the longest current waiter for a server connection has waited.",
+            labels=["database"])
+        waits = HistogramMetricFamily(
+            "pgtenant_pool_wait_seconds",
+            "Time clients waited for a server connection when none was idle.",
+            labels=["database"])
+        counters = {
+            "acquire_timeouts": CounterMetricFamily(
+                "pgtenant_pool_acquire_timeouts",
+                "Clients that gave up waiting for a server connection (query_wait_timeout).",
+                labels=["database"]),
+            "server_errors": CounterMetricFamily(
+                "pgtenant_server_errors",
+                "Failures to open or set up a server connection.", labels=["database"]),
+            "servers_opened": CounterMetricFamily(
+                "pgtenant_servers_opened", "Server connections opened.", labels=["database"]),
+            "servers_closed": CounterMetricFamily(
+                "pgtenant_servers_closed", "Server connections closed.", labels=["database"]),
+            "leases": CounterMetricFamily(
+                "pgtenant_pool_leases",
+                "Server connections handed to a client.", labels=["database"]),
+            "leases_with_context_set": CounterMetricFamily(
+                "pgtenant_pool_context_sets",
+                "Times the tenant context had to be set on a leased connection "
+                "(leases minus these were served by tenant affinity).", labels=["database"]),
+        }
+        stats = self.app.stats
+        now = time.monotonic()
+        for name, pool in self.app.pools.items():
+            labels = [name]
+            active = len(pool.active)
+            servers.add_metric([name, "active"], active)
+            servers.add_metric([name, "idle"], len(pool.idle))
+            servers.add_metric([name, "connecting"], pool.connecting)
+            size.add_metric(labels, pool.db.pool_size)
+            saturation.add_metric(labels, active / pool.db.pool_size if pool.db.pool_size else 0)
+            for field, family in counters.items():
+                family.add_metric(labels, getattr(pool.stats, field))
+            traffic = stats.database(name)
+            stats.reconcile_waits(traffic, pool.stats.waits, pool.stats.wait_seconds_total)
+            hist = traffic.wait_seconds
+            waits.add_metric(labels, _histogram_buckets(hist), hist.sum)
+            max_wait.add_metric(labels, traffic.oldest_wait(now))
+        yield servers
+        yield size
+        yield saturation
+        yield max_wait
+        yield waits
+        yield from counters.values()
+
+    # ---- clients ------------------------------------------------------------------------
+
+    def _clients(self) -> Iterator[Metric]:
+        app = self.app
+        linked: dict[str, int] = dict.fromkeys(app.pools, 0)
+        total: dict[str, int] = dict.fromkeys(app.pools, 0)
+        for client in app.clients:
+            db = client.database
+            if db in total:
+                total[db] += 1
+                if client.server is not None:
+                    linked[db] += 1
+        clients = GaugeMetricFamily(
+            "pgtenant_clients",
+            "Client connections by state: active (linked to a server connection), "
+            "waiting (queued for one), idle (neither).",
+            labels=["database", "state"])
+        for name, pool in app.pools.items():
+            waiting = min(sum(1 for w in pool.waiters if not w.done()),
+                          total[name] - linked[name])
+            clients.add_metric([name, "active"], linked[name])
+            clients.add_metric([name, "waiting"], waiting)
+            clients.add_metric([name, "idle"], total[name] - linked[name] - waiting)
+        yield clients
+        yield GaugeMetricFamily(
+            "pgtenant_client_connections",
+            "All client connections, including those still logging in.",
+            value=len(app.clients))
+        yield GaugeMetricFamily("pgtenant_client_connections_max",
+                                "Configured max_client_conn.",
+                                value=app.config.server.max_client_conn)
+
+    # ---- traffic ------------------------------------------------------------------------
+
+    def _traffic(self) -> Iterator[Metric]:
+        families = {
+            "queries": CounterMetricFamily(
+                "pgtenant_queries", "Statements (Query messages and Sync-terminated batches) "
+                "sent by clients.", labels=["database"]),
+            "transactions": CounterMetricFamily(
+                "pgtenant_transactions", "Transactions completed.", labels=["database"]),
+            "errors": CounterMetricFamily(
+                "pgtenant_errors", "ErrorResponses sent to clients.", labels=["database"]),
+            "bytes_in": CounterMetricFamily(
+                "pgtenant_client_received_bytes", "Bytes received from clients.",
+                labels=["database"]),
+            "bytes_out": CounterMetricFamily(
+                "pgtenant_client_sent_bytes", "Bytes sent to clients.", labels=["database"]),
+        }
+        durations = HistogramMetricFamily(
+            "pgtenant_transaction_duration_seconds",
+            "Transaction duration as the proxy sees it (first message to ReadyForQuery 'I').",
+            labels=["database"])
+        for name, traffic in self.app.stats.databases.items():
+            for field, family in families.items():
+                family.add_metric([name], getattr(traffic, field))
+            hist = traffic.transaction_seconds
+            durations.add_metric([name], _histogram_buckets(hist), hist.sum)
+        yield from families.values()
+        yield durations
+
+    # ---- tenants ------------------------------------------------------------------------
+
+    def _tenants(self, tenants: list[tuple[str, TenantStats]]) -> Iterator[Metric]:
+        table = self.app.stats.tenants
+        queries = CounterMetricFamily("pgtenant_tenant_queries", "Statements per tenant.",
+                                      labels=["tenant"])
+        transactions = CounterMetricFamily("pgtenant_tenant_transactions",
+                                           "Transactions per tenant.", labels=["tenant"])
+        errors = CounterMetricFamily("pgtenant_tenant_errors",
+                                     "ErrorResponses per tenant.", labels=["tenant"])
+        waited = CounterMetricFamily("pgtenant_tenant_wait_seconds",
+                                     "Seconds a tenant's clients waited for a server connection.",
+                                     labels=["tenant"])
+        for tenant, stats in tenants:
+            queries.add_metric([tenant], stats.queries)
+            transactions.add_metric([tenant], stats.transactions)
+            errors.add_metric([tenant], stats.errors)
+            waited.add_metric([tenant], stats.wait_seconds)
+        yield queries
+        yield transactions
+        yield errors
+        yield waited
+        yield GaugeMetricFamily("pgtenant_tenants_tracked",
+                                "Tenants with counters in memory (labelled or in _other).",
+                                value=len(table))
+        yield GaugeMetricFamily("pgtenant_tenant_label_limit",
+                                "Most tenants exported with their own label; the rest "
+                                "are summed under tenant=\"_other\".",
+                                value=table.max_labels)
+
+    # ---- security -----------------------------------------------------------------------
+
+    def _security(self, tenants: list[tuple[str, TenantStats]]) -> Iterator[Metric]:
+        violations = CounterMetricFamily(
+            "pgtenant_rls_violation_attempts",
+            "Statements the guard refused because they would leave the tenant.",
+            labels=["tenant", "kind"])
+        for tenant, stats in tenants:
+            for kind, n in sorted(stats.violations.items()):
+                violations.add_metric([tenant, kind], n)
+        yield violations
+        security = self.app.stats.security
+        auth = CounterMetricFamily("pgtenant_auth_failures",
+                                   "Client authentication failures by reason.",
+                                   labels=["reason"])
+        for reason, n in sorted(security.auth_failures.items()):
+            auth.add_metric([reason], n)
+        yield auth
+        yield CounterMetricFamily("pgtenant_suspended_tenant_attempts",
+                                  "Logins refused because the tenant is suspended.",
+                                  value=security.suspended_tenant_attempts)
+
+
+def make_registry(app: ProxyApp) -> CollectorRegistry:
+    """A registry of its own (not the global one) holding the proxy's collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProxyCollector(app))
+    return registry

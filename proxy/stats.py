@@ -1,0 +1,313 @@
+"""Counters the proxy core increments on its hot path; the metrics layer reads them.
+
+Everything here is plain Python: slotted objects holding ints, floats and small dicts.
+Recording is an attribute increment, a dict lookup, at most a ``bisect`` into a short
+tuple; no locks (one event loop owns all of it), no label formatting, no prometheus-client
+objects. :mod:`proxy.metrics.collector` reads the numbers at scrape time.
+
+Tenant label cardinality is capped at export time by :meth:`TenantStatsTable.export`:
+the busiest tenants (any tenant with a refused statement first) keep their own label,
+the rest are summed into ``_other``, and counters stay monotonic for Prometheus. See
+``docs/metrics.md`` for the reasoning.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Iterable
+
+#: The label that stands for every tenant without a label of its own.
+OTHER_TENANT = "_other"
+
+#: Upper bounds (seconds) of the transaction-duration buckets: a pooled OLTP transaction
+#: is milliseconds; the long tail is what an SRE hunts.
+TRANSACTION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                       1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Upper bounds (seconds) of the pool-wait buckets, up to the default query_wait_timeout.
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 120.0)
+
+
+class Histogram:
+    """Fixed-bucket histogram: one int per bucket (not cumulative), plus sum and count.
+
+    ``counts[i]`` counts observations ``<= bounds[i]`` and ``> bounds[i - 1]``; the last
+    slot is the ``+Inf`` bucket. Prometheus' cumulative form comes from :meth:`cumulative`.
+    """
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def observe_many(self, n: int, value: float) -> None:
+        """Add ``n`` observations of ``value`` (used to fold in counts known only in bulk)."""
+        self.counts[bisect_left(self.bounds, value)] += n
+        self.sum += n * value
+        self.count += n
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, observations <= bound)`` pairs, ending with ``(inf, count)``."""
+        out: list[tuple[float, int]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
+
+
+class TrafficStats:
+    """Traffic through one configured database (never evicted: safe to keep a reference).
+
+    ``bytes_in`` counts bytes received from clients, ``bytes_out`` bytes sent to them.
+    """
+
+    __slots__ = ("bytes_in", "bytes_out", "errors", "queries", "transaction_seconds",
+                 "transactions", "wait_seconds", "waits_started")
+
+    def __init__(self) -> None:
+        self.queries = 0
+        self.transactions = 0
+        self.errors = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.transaction_seconds = Histogram(TRANSACTION_BUCKETS)
+        self.wait_seconds = Histogram(WAIT_BUCKETS)
+        #: id(waiter) -> time.monotonic() when the wait began, while it lasts.
+        self.waits_started: dict[int, float] = {}
+
+    def oldest_wait(self, now: float) -> float:
+        """Seconds the longest current waiter has waited (0.0 when nobody waits)."""
+        if not self.waits_started:
+            return 0.0
+        return max(0.0, now - min(self.waits_started.values()))
+
+
+class TenantStats:
+    """What one tenant did; ``violations`` maps a guard refusal kind to its count."""
+
+    __slots__ = ("errors", "queries", "transactions", "violations", "wait_seconds")
+
+    def __init__(self) -> None:
+        self.queries = 0
+        self.transactions = 0
+        self.errors = 0
+        self.wait_seconds = 0.0
+        self.violations: dict[str, int] = {}
+
+    @property
+    def traffic(self) -> int:
+        return self.queries + self.transactions
+
+    def copy(self) -> TenantStats:
+        out = TenantStats()
+        out.add(self)
+        return out
+
+    def add(self, other: TenantStats) -> None:
+        self.queries += other.queries
+        self.transactions += other.transactions
+        self.errors += other.errors
+        self.wait_seconds += other.wait_seconds
+        for kind, n in other.violations.items():
+            self.violations[kind] = self.violations.get(kind, 0) + n
+
+    def since(self, base: TenantStats | None) -> TenantStats:
+        """These counts minus ``base`` (an earlier copy of them); a new object."""
+        out = self.copy()
+        if base is not None:
+            out.queries -= base.queries
+            out.transactions -= base.transactions
+            out.errors -= base.errors
+            out.wait_seconds -= base.wait_seconds
+            for kind, n in base.violations.items():
+                out.violations[kind] -= n
+        return out
+
+
+def _rank(item: tuple[str, TenantStats]) -> tuple[bool, int, str]:
+    # Tenants with refused statements outrank traffic: "who tries to break out" must
+    # never hide in _other. Name as tie-breaker keeps the choice stable across scrapes.
+    name, stats = item
+    return (bool(stats.violations), stats.traffic, name)
+
+
+class TenantStatsTable:
+    """Per-tenant counters with a bounded number of exported tenant labels.
+
+    Hot path: :meth:`get` (one dict lookup; an allocation for a tenant not seen yet).
+    Callers must not keep the returned object across events: :meth:`_compact` may drop
+    a quiet tenant's entry (its counts are kept, in ``_other``).
+
+    Export (:meth:`export`): the top ``max_labels`` tenants by rank get a label. Each
+    labelled series counts from the moment the tenant got its label, and ``_other``
+    counts everything else, so every exported series only ever grows (a tenant's series
+    restarts from zero if it loses its label and later wins it back, which Prometheus
+    reads as a counter reset).
+    """
+
+    __slots__ = ("_bases", "_labelled", "_retired", "_tenants", "max_labels", "max_tracked")
+
+    def __init__(self, max_labels: int = 100, max_tracked: int = 10_000) -> None:
+        if max_labels < 0 or max_tracked < max(1, max_labels):
+            raise ValueError("need 0 <= max_labels <= max_tracked and max_tracked >= 1")
+        self.max_labels = max_labels
+        self.max_tracked = max_tracked
+        self._tenants: dict[str, TenantStats] = {}
+        #: Counts of a tenant at its last label change; exported values are "since base".
+        self._bases: dict[str, TenantStats] = {}
+        self._labelled: set[str] = set()
+        #: What tenants contributed to _other before they got a label or were dropped.
+        self._retired = TenantStats()
+
+    def __len__(self) -> int:
+        return len(self._tenants)
+
+    def get(self, tenant: str) -> TenantStats:
+        """The counters of ``tenant``, created on first use."""
+        stats = self._tenants.get(tenant)
+        if stats is None:
+            if len(self._tenants) >= self.max_tracked:
+                self._compact()
+            stats = self._tenants[tenant] = TenantStats()
+        return stats
+
+    def export(self) -> tuple[dict[str, TenantStats], TenantStats]:
+        """``({tenant: counts}, counts of _other)`` for the metrics layer; re-ranks labels."""
+        ranked = sorted(self._tenants.items(), key=_rank, reverse=True)
+        labelled = {name for name, _ in ranked[: self.max_labels]}
+        for name in labelled - self._labelled:      # promoted: its past stays in _other
+            stats = self._tenants[name]
+            self._retired.add(stats.since(self._bases.get(name)))
+            self._bases[name] = stats.copy()
+        for name in self._labelled - labelled:      # demoted: its series ends; from here on
+            if name in self._tenants:               # it adds to _other from zero
+                self._bases[name] = self._tenants[name].copy()
+        self._labelled = labelled
+        other = self._retired.copy()
+        out: dict[str, TenantStats] = {}
+        for name, stats in self._tenants.items():
+            delta = stats.since(self._bases.get(name))
+            if name in labelled:
+                out[name] = delta
+            else:
+                other.add(delta)
+        return out, other
+
+    def _compact(self) -> None:
+        """Bound memory: fold the quietest unlabelled tenants into _other, keep half."""
+        keep = self.max_tracked // 2
+        ranked = sorted(self._tenants.items(), key=_rank, reverse=True)
+        for name, stats in ranked[keep:]:
+            if name in self._labelled:
+                continue
+            self._retired.add(stats.since(self._bases.pop(name, None)))
+            del self._tenants[name]
+
+
+class SecurityStats:
+    """Security events that are not per tenant (refusals per tenant live in TenantStats).
+
+    ``auth_failures`` is keyed by :class:`proxy.auth.errors.AuthError` ``reason``; ProxyApp
+    passes its own dict so there is one counter, not two.
+    """
+
+    __slots__ = ("auth_failures", "suspended_tenant_attempts")
+
+    def __init__(self, auth_failures: dict[str, int] | None = None) -> None:
+        self.auth_failures: dict[str, int] = {} if auth_failures is None else auth_failures
+        self.suspended_tenant_attempts = 0
+
+    def record_auth_failure(self, reason: str) -> None:
+        self.auth_failures[reason] = self.auth_failures.get(reason, 0) + 1
+
+
+class ProxyStats:
+    """All counters of one proxy process; ``ProxyApp.stats``.
+
+    The ``record_*`` methods are the hot-path API. ``traffic`` is the database's
+    :class:`TrafficStats` (``stats.databases[name]``, safe to keep on the client).
+    """
+
+    __slots__ = ("config_reload_failures", "config_reloads", "databases", "security",
+                 "started_at", "started_monotonic", "tenants")
+
+    def __init__(self, databases: Iterable[str] = (), *, max_tenant_labels: int = 100,
+                 max_tracked_tenants: int = 10_000,
+                 auth_failures: dict[str, int] | None = None) -> None:
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.databases: dict[str, TrafficStats] = {name: TrafficStats() for name in databases}
+        self.tenants = TenantStatsTable(max_tenant_labels, max_tracked_tenants)
+        self.security = SecurityStats(auth_failures)
+        self.config_reloads = 0
+        self.config_reload_failures = 0
+
+    def database(self, name: str) -> TrafficStats:
+        """The TrafficStats of ``name`` (created for a database added by a reload)."""
+        traffic = self.databases.get(name)
+        if traffic is None:
+            traffic = self.databases[name] = TrafficStats()
+        return traffic
+
+    # ---- hot path ---------------------------------------------------------------------
+
+    def record_queries(self, traffic: TrafficStats, tenant: str, n: int = 1) -> None:
+        """``n`` statements sent by a client (Query or Sync-terminated batch)."""
+        traffic.queries += n
+        self.tenants.get(tenant).queries += n
+
+    def record_transaction(self, traffic: TrafficStats, tenant: str, seconds: float) -> None:
+        """A transaction ended (ReadyForQuery 'I' after work); ``seconds`` since it began."""
+        traffic.transactions += 1
+        traffic.transaction_seconds.observe(seconds)
+        self.tenants.get(tenant).transactions += 1
+
+    def record_error(self, traffic: TrafficStats, tenant: str) -> None:
+        """An ErrorResponse went to the client (from the server or from the proxy)."""
+        traffic.errors += 1
+        self.tenants.get(tenant).errors += 1
+
+    def record_violation(self, tenant: str, kind: str) -> None:
+        """The guard refused a statement that would leave the tenant (``kind``: short,
+        fixed vocabulary such as ``set_role``, ``set_config``, ``function_call``)."""
+        violations = self.tenants.get(tenant).violations
+        violations[kind] = violations.get(kind, 0) + 1
+
+    def wait_began(self, traffic: TrafficStats, waiter: object) -> None:
+        """A client started waiting for a server connection (pool exhausted)."""
+        traffic.waits_started[id(waiter)] = time.monotonic()
+
+    def wait_ended(self, traffic: TrafficStats, waiter: object, tenant: str | None,
+                   seconds: float) -> None:
+        """The wait is over (served, timed out or cancelled), after ``seconds``."""
+        traffic.waits_started.pop(id(waiter), None)
+        traffic.wait_seconds.observe(seconds)
+        if tenant is not None:
+            self.tenants.get(tenant).wait_seconds += seconds
+
+    # ---- scrape side ------------------------------------------------------------------
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+    def reconcile_waits(self, traffic: TrafficStats, waits: int, wait_seconds: float) -> None:
+        """Fold waits the pool counted but nobody fed to :meth:`wait_ended` into the histogram.
+
+        Their bucket is approximated by their mean; once the core calls ``wait_ended``
+        for every wait this adds nothing. Keeps count and sum equal to PoolStats.
+        """
+        missing = waits - traffic.wait_seconds.count
+        if missing > 0:
+            missed_seconds = max(0.0, wait_seconds - traffic.wait_seconds.sum)
+            traffic.wait_seconds.observe_many(missing, missed_seconds / missing)
+
