@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and the proxy in front of it")
     p.add_argument("--port", type=int, default=6432)
     p.set_defaults(func=_cmd_demo)
+
+    from policies.cli import register as register_policies
+    register_policies(sub)  # policies install|set-key|protect|check, tenants ...
     return parser
 
 

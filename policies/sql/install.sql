@@ -1,0 +1,60 @@
+-- Installed by `pgtenant policies install`, in one transaction, as a privileged role.
+-- Placeholders: {owner} (the NOLOGIN role owning everything here) and {hmac} (pgcrypto's
+-- hmac, schema-qualified, because the functions below run with a fixed search_path).
+
+CREATE SCHEMA IF NOT EXISTS pgtenant AUTHORIZATION {owner};
+ALTER SCHEMA pgtenant OWNER TO {owner};
+REVOKE ALL ON SCHEMA pgtenant FROM PUBLIC;
+
+-- HMAC keys. Readable by the owner only: no grant to PUBLIC or to the app role, ever.
+-- Several keys may be active at once (a rotation window).
+CREATE TABLE IF NOT EXISTS pgtenant.keys (
+    id         text PRIMARY KEY,
+    key        bytea NOT NULL CHECK (octet_length(key) >= 16),
+    active     boolean NOT NULL DEFAULT true,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    retired_at timestamptz
+);
+ALTER TABLE pgtenant.keys OWNER TO {owner};
+REVOKE ALL ON pgtenant.keys FROM PUBLIC;
+
+-- The tenant registry (`pgtenant tenants ...`).
+CREATE TABLE IF NOT EXISTS pgtenant.tenants (
+    id          text PRIMARY KEY CHECK (id ~ '^[A-Za-z0-9_-]{{1,63}}$'),
+    status      text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended')),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    schema_name text NULL
+);
+ALTER TABLE pgtenant.tenants OWNER TO {owner};
+REVOKE ALL ON pgtenant.tenants FROM PUBLIC;
+
+-- The tenant, only when pgtenant.proof is HMAC-SHA256(key, tenant || ':' || backend pid)
+-- for an active key; NULL otherwise. A proof is bound to one server process, so a
+-- proof seen on one connection is worthless on another.
+CREATE OR REPLACE FUNCTION pgtenant.current_tenant() RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+    SET search_path = pg_catalog, pgtenant
+AS $fn$
+    SELECT claim.tenant
+    FROM (SELECT current_setting('app.current_tenant', true) AS tenant,
+                 current_setting('pgtenant.proof', true) AS proof) AS claim
+    WHERE claim.tenant <> ''
+      AND EXISTS (
+          SELECT 1 FROM pgtenant.keys AS k
+          WHERE k.active
+            AND encode({hmac}(convert_to(claim.tenant || ':' || pg_backend_pid()::text, 'UTF8'),
+                              k.key, 'sha256'), 'hex') = claim.proof)
+$fn$;
+ALTER FUNCTION pgtenant.current_tenant() OWNER TO {owner};
+REVOKE ALL ON FUNCTION pgtenant.current_tenant() FROM PUBLIC;
+
+-- The registry status of one tenant ('active', 'suspended') or NULL when unknown; lets
+-- the proxy's upstream role look up a tenant without reading the registry table.
+CREATE OR REPLACE FUNCTION pgtenant.tenant_status(tenant text) RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pgtenant
+AS $fn$
+    SELECT t.status FROM pgtenant.tenants AS t WHERE t.id = tenant
+$fn$;
+ALTER FUNCTION pgtenant.tenant_status(text) OWNER TO {owner};
+REVOKE ALL ON FUNCTION pgtenant.tenant_status(text) FROM PUBLIC;
