@@ -148,14 +148,17 @@ class TenantStatsTable:
     Callers must not keep the returned object across events: :meth:`_compact` may drop
     a quiet tenant's entry (its counts are kept, in ``_other``).
 
-    Export (:meth:`export`): the top ``max_labels`` tenants by rank get a label. Each
-    labelled series counts from the moment the tenant got its label, and ``_other``
-    counts everything else, so every exported series only ever grows (a tenant's series
-    restarts from zero if it loses its label and later wins it back, which Prometheus
-    reads as a counter reset).
+    Export (:meth:`export`): the top ``max_labels`` tenants by rank get a label and
+    report their full totals (what an admin would expect to read for a tenant).
+    ``_other`` reports what unlabelled tenants did while unlabelled; when a tenant is
+    promoted, what it had added to ``_other`` stays there, so ``_other`` never goes
+    down. Consequence: summing raw counter values over tenants over-counts promoted
+    tenants' past; ``sum(rate(...))`` is right, since a series that appears is not an
+    increase. Ranking by totals changes slowly, so labels rarely churn.
     """
 
-    __slots__ = ("_bases", "_labelled", "_retired", "_tenants", "max_labels", "max_tracked")
+    __slots__ = ("_bases", "_exported", "_labelled", "_retired", "_tenants", "max_labels",
+                 "max_tracked")
 
     def __init__(self, max_labels: int = 100, max_tracked: int = 10_000) -> None:
         if max_labels < 0 or max_tracked < max(1, max_labels):
@@ -163,9 +166,11 @@ class TenantStatsTable:
         self.max_labels = max_labels
         self.max_tracked = max_tracked
         self._tenants: dict[str, TenantStats] = {}
-        #: Counts of a tenant at its last label change; exported values are "since base".
+        #: An unlabelled tenant's counts when it lost its label; _other gets what is above.
         self._bases: dict[str, TenantStats] = {}
         self._labelled: set[str] = set()
+        #: Tenants that existed at the last export (only they can have shown in _other).
+        self._exported: set[str] = set()
         #: What tenants contributed to _other before they got a label or were dropped.
         self._retired = TenantStats()
 
@@ -183,24 +188,26 @@ class TenantStatsTable:
 
     def export(self) -> tuple[dict[str, TenantStats], TenantStats]:
         """``({tenant: counts}, counts of _other)`` for the metrics layer; re-ranks labels."""
-        ranked = sorted(self._tenants.items(), key=_rank, reverse=True)
+        # A tenant really called "_other" is never labelled: it would collide with the fold.
+        ranked = sorted((item for item in self._tenants.items() if item[0] != OTHER_TENANT),
+                        key=_rank, reverse=True)
         labelled = {name for name, _ in ranked[: self.max_labels]}
         for name in labelled - self._labelled:      # promoted: its past stays in _other
-            stats = self._tenants[name]
-            self._retired.add(stats.since(self._bases.get(name)))
-            self._bases[name] = stats.copy()
-        for name in self._labelled - labelled:      # demoted: its series ends; from here on
-            if name in self._tenants:               # it adds to _other from zero
+            base = self._bases.pop(name, None)
+            if name in self._exported:
+                self._retired.add(self._tenants[name].since(base))
+        for name in self._labelled - labelled:      # demoted: adds to _other from zero
+            if name in self._tenants:
                 self._bases[name] = self._tenants[name].copy()
         self._labelled = labelled
+        self._exported = set(self._tenants)
         other = self._retired.copy()
         out: dict[str, TenantStats] = {}
         for name, stats in self._tenants.items():
-            delta = stats.since(self._bases.get(name))
             if name in labelled:
-                out[name] = delta
+                out[name] = stats
             else:
-                other.add(delta)
+                other.add(stats.since(self._bases.get(name)))
         return out, other
 
     def _compact(self) -> None:
@@ -211,6 +218,7 @@ class TenantStatsTable:
             if name in self._labelled:
                 continue
             self._retired.add(stats.since(self._bases.pop(name, None)))
+            self._exported.discard(name)
             del self._tenants[name]
 
 
