@@ -100,7 +100,7 @@ def set_key(
     """
     if len(key) < MIN_KEY_BYTES:
         raise PolicyError(
-            f"the key is {len(key)} bytes; use at least {MIN_KEY_BYTES} "
+            f"the key is {len(key)} bytes; use at least {MIN_KEY_BYTES} bytes "
             "(for example `openssl rand -hex 32`)"
         )
     require_installed(conn)

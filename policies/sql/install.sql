@@ -10,7 +10,7 @@ REVOKE ALL ON SCHEMA pgtenant FROM PUBLIC;
 -- Several keys may be active at once (a rotation window).
 CREATE TABLE IF NOT EXISTS pgtenant.keys (
     id         text PRIMARY KEY,
-    key        bytea NOT NULL CHECK (octet_length(key) >= 16),
+    key        bytea NOT NULL CHECK (octet_length(key) >= 32),
     active     boolean NOT NULL DEFAULT true,
     created_at timestamptz NOT NULL DEFAULT now(),
     retired_at timestamptz
