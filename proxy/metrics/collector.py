@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from proxy.auth.errors import AuthReason
 from proxy.stats import OTHER_TENANT, Histogram, TenantStats
 
 if TYPE_CHECKING:
@@ -245,7 +246,9 @@ class ProxyCollector(Collector):
         auth = CounterMetricFamily("pgtenant_auth_failures",
                                    "Client authentication failures by reason.",
                                    labels=["reason"])
-        for reason, n in sorted(security.auth_failures.items()):
+        # Every known reason from the start: a series born at 1 hides its first increase.
+        failures = dict.fromkeys(get_args(AuthReason), 0) | security.auth_failures
+        for reason, n in sorted(failures.items()):
             auth.add_metric([reason], n)
         yield auth
         yield CounterMetricFamily("pgtenant_suspended_tenant_attempts",
