@@ -240,11 +240,14 @@ def _audit_role(
         found.append(_finding("PGT005", role))
     if all_stats and not superuser:
         found.append(_finding("PGT013", role, f"{role} is a member of pg_read_all_stats"))
-    for oid, name, *_ in tables:
+    # A superuser may do anything and an owner everything on its table: the one finding
+    # about the role (or the ownership) says it all.
+    for oid, name, *_ in [] if superuser else tables:
         owns, truncate, references = conn.execute(
             _TABLE_RIGHTS, {"role": role, "oid": oid}).fetchone() or (False, False, False)
         if owns:
             found.append(_finding("PGT006", name, f"{role} owns {name} or is in its owner role"))
+            continue
         if truncate:
             found.append(_finding("PGT009", name, f"{role} may TRUNCATE {name}"))
         if references:

@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 
 from policies.catalog import resolve_table
-from policies.install import install, set_key
+from policies.install import set_key
 from policies.proof import compute_proof
 from policies.protect import protect, table_state
 from policies.registry import TENANT_STATUS_SQL, tenant_status
@@ -102,7 +102,7 @@ def installed(scratch: Scratch) -> Scratch:
     result = cli("policies", "install", "--dsn", scratch.dsn, "--app-role", scratch.app_role,
                  "--owner-role", scratch.owner_role)
     assert result.status == 0, result.err
-    return result and scratch
+    return scratch
 
 
 @pytest.fixture
