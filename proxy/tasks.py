@@ -47,5 +47,12 @@ class TaskSet:
             if task is not current:
                 task.cancel()
 
+    async def wait(self, grace: float) -> None:
+        """Wait (up to ``grace`` seconds) for the tasks to finish, e.g. after cancel_all."""
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+
     def __len__(self) -> int:
         return len(self._tasks)

@@ -281,6 +281,7 @@ class ServerPool:
         for server in servers:
             self._close(server)
         self._tasks.cancel_all()
+        await self._tasks.wait(2)
         lost = [s.lost for s in servers if s.lost is not None]
         if lost:
             await asyncio.wait(lost, timeout=2)

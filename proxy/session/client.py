@@ -24,7 +24,8 @@ from proxy.auth.errors import AuthError
 from proxy.auth.identity import Identity
 from proxy.pool.pool import PoolTimeoutError, ServerPool
 from proxy.session.context import TenantContext
-from proxy.session.server import ServerConnection, ServerError
+from proxy.session.prepared import internal_batch, needs_rewrite, rewrite
+from proxy.session.server import FORWARD, ServerConnection, ServerError, Skip
 from proxy.tasks import TaskSet
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
@@ -152,8 +153,13 @@ class ClientConnection(asyncio.Protocol):
         self.server: ServerConnection | None = None
         self.cancel_pid = 0
         self.cancel_secret = b""
-        self._queue: list[bytes] = []
+        self._queue: list[bytes] = []   # frames waiting for a server (transaction mode)
         self._queue_replies = 0
+        self._queue_named = False       # the queue holds named-statement messages
+        self._queue_batch_start = True  # the queue's first frame starts a batch
+        # Transaction mode: the client's prepared statements (name → Parse key).
+        self.statements: dict[str, bytes] | None = None
+        self._skipping = False          # a proxy-made error: drop messages up to Sync
         self._unsynced = False  # the client's stream is mid extended-protocol batch
         self._queued_bytes = 0
         self._leasing = False
@@ -290,6 +296,8 @@ class ClientConnection(asyncio.Protocol):
                               "the database name must be one configured in pgtenant")
         self.pool = pool
         self.transaction_mode = pool.db.pool_mode == "transaction"
+        if self.transaction_mode:
+            self.statements = {}
         settings = {k: v for k, v in params.items() if k not in _NOT_SETTINGS}
         if "options" in params:
             settings.update(parse_options(params["options"]))
@@ -390,6 +398,8 @@ class ClientConnection(asyncio.Protocol):
         out: list[bytes] = []
         replies = 0
         unsynced = self._unsynced
+        named = False
+        statements = self.statements
         while True:
             msg = framer.next_message()
             if msg is None:
@@ -403,26 +413,34 @@ class ClientConnection(asyncio.Protocol):
             elif tag in _EXTENDED:
                 unsynced = True
             elif tag == _X:
-                self._flush(out, replies, unsynced)
+                self._flush(out, replies, unsynced, named)
                 self._close_transport()
                 return
+            if statements is not None and not named:
+                named = needs_rewrite(tag, body)
             out.append(messages.frame(tag, body))
-        self._flush(out, replies, unsynced)
+        self._flush(out, replies, unsynced, named or self._skipping)
 
-    def _flush(self, out: list[bytes], replies: int, unsynced: bool) -> None:
+    def _flush(self, out: list[bytes], replies: int, unsynced: bool, named: bool) -> None:
         if not out:
             return
+        batch_start = not self._unsynced
         self._unsynced = unsynced
-        data = out[0] if len(out) == 1 else b"".join(out)
         server = self.server
         # The context is (re)checked only between transactions, when the server is idle.
         if server is not None and not self._queue and (
                 server.context is self.context or not server.is_clean):
-            server.send(data, replies, unsynced)
+            if named:
+                self._send_rewritten(server, out, batch_start)
+            else:
+                server.send(out[0] if len(out) == 1 else b"".join(out), replies, unsynced)
             return
-        self._queue.append(data)
+        if not self._queue:
+            self._queue_batch_start = batch_start
+        self._queue.extend(out)
         self._queue_replies += replies
-        self._queued_bytes += len(data)
+        self._queue_named |= named
+        self._queued_bytes += sum(len(f) for f in out)
         if self._queued_bytes > _QUEUE_HIGH_WATER:
             self._pause_reading("queue", True)
         if server is None:
@@ -460,12 +478,17 @@ class ClientConnection(asyncio.Protocol):
         if self.server is not server or self.state is ClientState.CLOSED:
             return
         if self._queue:
-            data = b"".join(self._queue)
+            frames = self._queue
             replies = self._queue_replies
-            self._queue.clear()
+            named = self._queue_named
+            self._queue = []
             self._queue_replies = 0
+            self._queue_named = False
             self._queued_bytes = 0
-            server.send(data, replies, self._unsynced)
+            if named:
+                self._send_rewritten(server, frames, self._queue_batch_start)
+            else:
+                server.send(b"".join(frames), replies, self._unsynced)
         self._pause_reading("queue", False)
 
     async def _ensure_context(self, server: ServerConnection) -> None:
@@ -503,6 +526,24 @@ class ClientConnection(asyncio.Protocol):
             # The client's pipelined messages ran with no tenant at all (fail-closed) and
             # their replies cannot be trusted to match the client's expectations: end it.
             self.fatal("08006", f"could not set the session context: {error.get('M', '')}")
+
+    def _send_rewritten(self, server: ServerConnection, frames: list[bytes],
+                        batch_start: bool) -> None:
+        """Transaction mode with named statements: see proxy.session.prepared."""
+        assert self.statements is not None
+        done = rewrite(frames, self.statements, server.statements, FORWARD,
+                       batch_start=batch_start, skipping=self._skipping)
+        self._skipping = done.skipping
+        if batch_start:
+            evict = server.statements.take_evictions(done.used)
+            if done.prepare or evict:
+                server.send_internal(internal_batch(done.prepare, evict), Skip(None))
+        server.send_entries(done.data, done.entries, self._unsynced)  # type: ignore[arg-type]
+
+    def statements_cleared(self) -> None:
+        # DISCARD ALL / DEALLOCATE ALL ran for this client: its statements are gone too.
+        if self.statements is not None:
+            self.statements.clear()
 
     # ---- server side callbacks ----------------------------------------------------------
 

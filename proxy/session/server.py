@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 from proxy.auth.errors import UpstreamAuthError
 from proxy.auth.upstream import UpstreamAuthenticator
 from proxy.session.context import TenantContext
+from proxy.session.prepared import Emit, ServerStatements
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import BackendScanner
@@ -82,11 +83,14 @@ class ServerError(Exception):
 class Receiver(Protocol):
     """The client side a server connection forwards to."""
 
+    transaction_mode: bool
+
     def forward_to_client(self, data: bytes) -> None: ...
     def server_ready(self, server: ServerConnection) -> None: ...
     def server_lost(self, server: ServerConnection, reason: str) -> None: ...
     def server_paused_writing(self, paused: bool) -> None: ...
     def parameter_changed(self, name: str, value: str) -> None: ...
+    def statements_cleared(self) -> None: ...
 
 
 class _Forward:
@@ -121,7 +125,7 @@ class Skip:
         self.error: dict[str, str] | None = None
 
 
-Entry = _Forward | Skip | Collect
+Entry = _Forward | Skip | Collect | Emit
 
 
 class ServerConnection(asyncio.Protocol):
@@ -143,6 +147,7 @@ class ServerConnection(asyncio.Protocol):
         self.backend_key = b""
         self.tx_status = b"I"
         self.unsynced = False
+        self.statements = ServerStatements(db.max_prepared_statements)
         self.lost: asyncio.Future[None] | None = None  # done when the socket is closed
         self.tenant: str | TenantState | None = TenantState.PRISTINE
         self.context: TenantContext | None = None
@@ -185,6 +190,9 @@ class ServerConnection(asyncio.Protocol):
             if isinstance(exc, ServerError):
                 raise
             raise ServerError(f"upstream {db.host}:{db.port}: {exc}") from None
+        except BaseException:  # cancelled (shutdown): leave no socket behind
+            server.close()
+            raise
         server.scanner.interesting = FORWARD_TAGS
         server.state = ServerState.IDLE
         return server
@@ -310,6 +318,8 @@ class ServerConnection(asyncio.Protocol):
                         head.future.set_result(head.messages)
                 elif isinstance(head, Skip) and head.future is not None and not head.future.done():
                     head.future.set_result(head.error)
+                while pending and type(pending[0]) is Emit:
+                    out.append(pending.popleft().data)  # type: ignore[union-attr]
                 start = end
                 ready = True
                 continue
@@ -319,6 +329,8 @@ class ServerConnection(asyncio.Protocol):
             if tag == _S:
                 self._parameter_status(body, head is FORWARD)
             elif tag == _E:
+                if self.statements.unconfirmed:
+                    self.statements.invalidate_unconfirmed()
                 if isinstance(head, Skip) and head.error is None:
                     try:
                         head.error = messages.decode_error_fields(body)
@@ -331,15 +343,30 @@ class ServerConnection(asyncio.Protocol):
                 self.context = None
                 if body.startswith(b"SET"):
                     self.tenant = TenantState.UNKNOWN
+                elif body.startswith(b"DISCARD ALL"):
+                    self._statements_cleared()
+            elif tag == _C and head is FORWARD and body.startswith(b"DEALLOCATE ALL"):
+                self._statements_cleared()
         head = pending[0] if pending else FORWARD
-        if head is FORWARD and start < len(data):
+        if head is FORWARD and start < len(data) and not (
+                ready and not pending and not self.unsynced and receiver is not None
+                and receiver.transaction_mode):
+            # (In transaction mode, what follows the transaction's last ReadyForQuery is
+            # no reply of this client's: a server dying between transactions says FATAL.)
             out.append(data[start:] if start else data)
         if receiver is not None and out:
             receiver.forward_to_client(out[0] if len(out) == 1 else b"".join(out))
         if ready and not pending:
+            if self.statements.unconfirmed:
+                self.statements.confirm()
             self.last_used = time.monotonic()
             if receiver is not None:
                 receiver.server_ready(self)
+
+    def _statements_cleared(self) -> None:
+        self.statements.clear()
+        if self.receiver is not None:
+            self.receiver.statements_cleared()
 
     def _parameter_status(self, body: bytes, forwarded: bool) -> None:
         try:
@@ -383,6 +410,21 @@ class ServerConnection(asyncio.Protocol):
         self.unsynced = unsynced
         self.transport.write(data)
 
+    def send_entries(self, data: bytes, entries: list[Entry], unsynced: bool) -> None:
+        """Like ``send``, with the pending entries spelled out (replies the proxy makes
+        itself, ``Emit``, among the client's). An Emit with nothing before it goes now."""
+        assert self.transport is not None
+        pending = self.pending
+        for entry in entries:
+            if not pending and type(entry) is Emit and not self.unsynced:
+                if self.receiver is not None:
+                    self.receiver.forward_to_client(entry.data)  # type: ignore[union-attr]
+            else:
+                pending.append(entry)
+        self.unsynced = unsynced
+        if data:
+            self.transport.write(data)
+
     def send_internal(self, data: bytes, entry: Skip | Collect) -> None:
         """Write a request of the proxy's own, ending in exactly one Sync or Query."""
         assert self.transport is not None
@@ -411,7 +453,7 @@ class ServerConnection(asyncio.Protocol):
         return fut
 
     def _context_applied(self, fut: asyncio.Future[dict[str, str] | None]) -> None:
-        if fut.cancelled() or fut.result() is not None:
+        if fut.cancelled() or fut.exception() is not None or fut.result() is not None:
             # Failed: the setting is whatever it was before; never trust it again.
             self.tenant = TenantState.UNKNOWN
             self.context = None
