@@ -30,20 +30,29 @@ REVOKE ALL ON pgtenant.tenants FROM PUBLIC;
 
 -- The tenant, only when pgtenant.proof is HMAC-SHA256(key, tenant || ':' || backend pid)
 -- for an active key; NULL otherwise. A proof is bound to one server process, so a
--- proof seen on one connection is worthless on another.
+-- proof seen on one connection is worthless on another. PL/pgSQL rather than SQL: it
+-- keeps its plan for the session, where a SQL body is planned again in every statement
+-- (measured: about 16 us instead of 95 us added to a statement whose policy calls it).
 CREATE OR REPLACE FUNCTION pgtenant.current_tenant() RETURNS text
-    LANGUAGE sql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+    LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
     SET search_path = pg_catalog, pgtenant
 AS $fn$
-    SELECT claim.tenant
-    FROM (SELECT current_setting('app.current_tenant', true) AS tenant,
-                 current_setting('pgtenant.proof', true) AS proof) AS claim
-    WHERE claim.tenant <> ''
-      AND EXISTS (
-          SELECT 1 FROM pgtenant.keys AS k
-          WHERE k.active
-            AND encode({hmac}(convert_to(claim.tenant || ':' || pg_backend_pid()::text, 'UTF8'),
-                              k.key, 'sha256'), 'hex') = claim.proof)
+DECLARE
+    tenant text := current_setting('app.current_tenant', true);
+    proof  text := current_setting('pgtenant.proof', true);
+BEGIN
+    IF tenant IS NULL OR tenant = '' OR proof IS NULL OR length(proof) <> 64 THEN
+        RETURN NULL;
+    END IF;
+    PERFORM FROM pgtenant.keys AS k
+    WHERE k.active
+      AND encode({hmac}(convert_to(tenant || ':' || pg_backend_pid()::text, 'UTF8'),
+                        k.key, 'sha256'), 'hex') = proof;
+    IF FOUND THEN
+        RETURN tenant;
+    END IF;
+    RETURN NULL;
+END
 $fn$;
 ALTER FUNCTION pgtenant.current_tenant() OWNER TO {owner};
 REVOKE ALL ON FUNCTION pgtenant.current_tenant() FROM PUBLIC;
