@@ -1,0 +1,101 @@
+"""The SQL guard: refuse statements that would move a client out of its tenant.
+
+Pure (no I/O) and fast: the proxy calls it for every Query and Parse message.
+
+API
+---
+``Guard(tenancy, *, cache_size=4096, allowed_roles=frozenset())``
+
+- ``check_query(sql, tenant) -> Refusal | None`` for a Query ('Q') message; the text may
+  hold several statements, and any refused statement refuses the whole message.
+- ``check_parse(sql, tenant, param_types=()) -> Refusal | BindRule | None`` for a Parse
+  ('P') message. A :class:`BindRule` means "allowed, but check every Bind of this
+  statement": keep it with the prepared statement.
+- ``check_bind(rule, params, formats) -> Refusal | None`` for each Bind ('B') of a
+  statement that got a BindRule. ``params`` are the raw values (None = NULL), ``formats``
+  the parameter format codes as sent.
+- ``check_startup(settings) -> Refusal | None`` for the StartupMessage settings
+  (parameters other than user/database, plus the parsed ``-c`` options).
+- :data:`FUNCTION_CALL_REFUSAL`: the answer for a FunctionCall ('F') message.
+- ``analyze(sql) -> Analysis``, ``cache_info()``, ``cache_clear()``: for tests, metrics
+  and benchmarks.
+
+A :class:`Refusal` carries ``sqlstate`` ("42501"), a ``message`` and ``hint`` for the
+client's ErrorResponse, and a ``kind`` for metrics (:data:`REFUSAL_KINDS`). After a
+refusal the client connection stays usable: answer the message with an ErrorResponse
+(and, in the extended protocol, discard until Sync as PostgreSQL does).
+
+``tenant`` is the client's own tenant. ``tenant=None`` is a bypass identity (admin,
+migrations): every rule below applies to it too, it has no own tenant so it may write no
+protected setting (RESET is fine), and the one relaxation is that dynamic SQL
+(``EXECUTE`` of a computed string, ``query_to_xml(computed text)``) that mentions no
+protected setting, role or command is allowed, because migrations use it.
+
+Rules
+-----
+Refused (SQLSTATE 42501):
+
+- ``SET`` / ``SET LOCAL`` / ``SET SESSION`` of the tenant setting or any protected
+  setting (``protected_prefixes``, case-insensitive prefix match, quoted identifiers
+  included) to anything but the client's own tenant; the same through ``set_config()``
+  (any schema) anywhere in a statement, including sub-selects, CTEs, ``CASE``, function
+  arguments, ``DO`` bodies (parsed with the PL/pgSQL parser), SQL-language bodies and
+  constant strings given to ``EXECUTE``, ``query_to_xml*``, ``ts_stat``, ``ts_rewrite``;
+  a name or value that is not a constant (a column, a variable, ``'app.' || 'x'``)
+  cannot be proven and is refused. A NULL value is refused.
+- Storing a protected setting: ``ALTER ROLE/DATABASE/FUNCTION ... SET``, ``CREATE
+  FUNCTION ... SET``, set_config() inside a function body, view, rule, policy, default,
+  prepared statement or any other persistent object (whatever the value: the object runs
+  later for other sessions); persistent objects that name ``set_config``, ``pg_settings``
+  or a query runner (operators, aggregates, casts, views).
+- ``SET ROLE`` / ``SET SESSION AUTHORIZATION`` (and set_config('role', ...)) unless the
+  role is in ``allowed_roles``; ``NONE``, ``DEFAULT`` and ``RESET`` are allowed.
+- Writes to ``pg_settings`` (its rules call set_config).
+- ``standard_conforming_strings`` to off and ``client_encoding`` to anything but UTF-8:
+  either would make the server read the text differently from the guard.
+- ``COPY ... TO/FROM PROGRAM``, ``ALTER SYSTEM``, ``LOAD``.
+- For tenant identities, dynamic SQL the guard cannot see (``EXECUTE`` of a computed
+  string in a DO/function body, a query runner given a computed query).
+- Text the parser rejects when it mentions a protected prefix, set_config, pg_settings,
+  role, authorization or PROGRAM (fail closed); other syntax errors are left to
+  PostgreSQL (``None``).
+
+Allowed: ``SET`` / ``SET LOCAL`` / ``set_config`` of the tenant setting to the own tenant
+(a ``$n`` value in a Parse becomes a BindRule that requires the bound text to be the
+own tenant, NULL refused, binary format accepted because text's binary form is the same
+bytes, parameter types limited to text-like OIDs), ``RESET`` of anything, ``RESET
+ALL``, ``DISCARD ALL``, ``SET ... TO DEFAULT``, reading with ``current_setting``, and
+every statement that touches no protected setting: ordinary SET, DML, DDL.
+
+Performance: a keyword pre-filter (:mod:`proxy.guard.prefilter`) lets most statements
+skip the parser; parsed analyses are cached by text in an LRU (tenant-independent, the
+tenant comparison is applied after); ``bench/guard_bench.py`` measures all three paths.
+"""
+
+from proxy.guard.analysis import CLEAN, Analysis
+from proxy.guard.guard import SAFE_PARAM_TYPES, Guard
+from proxy.guard.prefilter import needs_inspection
+from proxy.guard.verdict import (
+    FUNCTION_CALL_REFUSAL,
+    REFUSAL_KINDS,
+    BindRule,
+    Param,
+    Refusal,
+    SettingWrite,
+    Special,
+)
+
+__all__ = [
+    "CLEAN",
+    "FUNCTION_CALL_REFUSAL",
+    "REFUSAL_KINDS",
+    "SAFE_PARAM_TYPES",
+    "Analysis",
+    "BindRule",
+    "Guard",
+    "Param",
+    "Refusal",
+    "SettingWrite",
+    "Special",
+    "needs_inspection",
+]

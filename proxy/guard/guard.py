@@ -1,0 +1,219 @@
+"""The guard: per-message verdicts from the cached analysis plus the client's tenant."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+
+from proxy.config import TenancyConfig
+from proxy.guard.analysis import CLEAN, Analysis, Analyzer
+from proxy.guard.policy import Deferred, SettingClass, SettingPolicy
+from proxy.guard.prefilter import needs_inspection
+from proxy.guard.verdict import BindRule, Param, Refusal, SettingValue, SettingWrite, Special
+
+#: Parameter type OIDs whose text and binary forms are the value's UTF-8 bytes and whose
+#: conversion to text keeps them: unspecified (0, inferred as text), text, varchar, name,
+#: unknown. Anything else could reach set_config() through a cast that changes the value.
+SAFE_PARAM_TYPES = frozenset({0, 25, 1043, 19, 705})
+#: Texts longer than this are inspected every time instead of being kept in the cache.
+MAX_CACHED_LENGTH = 16 * 1024
+
+_STARTUP_PLUMBING = frozenset({"user", "database", "application_name"})
+_FALSE = frozenset({"false", "off", "no", "0", ""})
+
+
+class Guard:
+    """Inspects client SQL; see the package docstring for the rules and the API."""
+
+    def __init__(
+        self,
+        tenancy: TenancyConfig,
+        *,
+        cache_size: int = 4096,
+        allowed_roles: frozenset[str] = frozenset(),
+    ) -> None:
+        self.policy = SettingPolicy(tenancy, allowed_roles)
+        self._analyzer = Analyzer(self.policy)
+        self._analyze: Callable[[str], Analysis] = self._analyzer.analyze
+        if cache_size > 0:
+            self._analyze = functools.lru_cache(maxsize=cache_size)(self._analyzer.analyze)
+
+    def analyze(self, sql: str) -> Analysis:
+        """The tenant-independent analysis of ``sql`` (pre-filter, then cache, then parse)."""
+        if not needs_inspection(sql):
+            return CLEAN
+        if len(sql) > MAX_CACHED_LENGTH:
+            return self._analyzer.analyze(sql)
+        return self._analyze(sql)
+
+    def check_query(self, sql: str, tenant: str | None) -> Refusal | None:
+        """Verdict for a Query message (simple protocol; may hold several statements)."""
+        analysis = self.analyze(sql)
+        if analysis is CLEAN:
+            return None
+        verdict = self._apply(analysis, tenant, param_types=None)
+        return verdict if isinstance(verdict, Refusal) else None
+
+    def check_parse(
+        self, sql: str, tenant: str | None, param_types: Sequence[int] = ()
+    ) -> Refusal | BindRule | None:
+        """Verdict for a Parse message; a BindRule when Binds must be checked.
+
+        ``param_types`` are the parameter type OIDs of the Parse message.
+        """
+        analysis = self.analyze(sql)
+        if analysis is CLEAN:
+            return None
+        return self._apply(analysis, tenant, param_types=param_types)
+
+    def check_bind(
+        self, rule: BindRule, params: Sequence[bytes | None], formats: Sequence[int]
+    ) -> Refusal | None:
+        """Verdict for a Bind of a statement that :meth:`check_parse` gave ``rule`` for.
+
+        ``params`` are the raw parameter values (None for NULL) and ``formats`` the
+        parameter format codes as sent (none: all text; one: for all; else one each).
+        """
+        for write in rule.writes:
+            name = _bound(write.name, params, formats)
+            value = _bound(write.value, params, formats)
+            if not isinstance(name, str):
+                return _unprovable(write)
+            verdict = self.policy.judge(write.via, name, value, persistent=False,
+                                        tenant=rule.tenant)
+            if isinstance(verdict, Refusal):
+                return verdict
+        return None
+
+    def check_startup(self, settings: Mapping[str, str]) -> Refusal | None:
+        """Verdict for the settings of a StartupMessage.
+
+        ``settings`` are the startup parameters other than ``user`` and ``database``
+        together with the ``-c name=value`` pairs of ``options`` (already split). A
+        protected setting is refused whatever its value (the proxy sets it itself);
+        a role only when allowed; ``replication`` connections are refused because
+        replication commands are a different language the guard does not inspect.
+        """
+        for raw_name, value in settings.items():
+            name = raw_name.replace("-", "_")
+            lowered = name.strip().lower()
+            if lowered in _STARTUP_PLUMBING:
+                continue
+            if lowered == "replication":
+                if value.strip().lower() in _FALSE:
+                    continue
+                return _startup_refusal(raw_name)
+            if lowered == "options":
+                if self._analyzer_mentions(value):
+                    return _startup_refusal(raw_name)
+                continue
+            if self.policy.classify(name) is SettingClass.PROTECTED:
+                return _startup_refusal(raw_name)
+            verdict = self.policy.judge("set", name, value, persistent=False, tenant=None)
+            if isinstance(verdict, Refusal):
+                return _startup_refusal(raw_name)
+        return None
+
+    def cache_info(self) -> functools._CacheInfo | None:
+        """Hits, misses and size of the analysis cache (None when caching is off)."""
+        info = getattr(self._analyze, "cache_info", None)
+        return info() if info is not None else None
+
+    def cache_clear(self) -> None:
+        """Forget every cached analysis."""
+        clear = getattr(self._analyze, "cache_clear", None)
+        if clear is not None:
+            clear()
+
+    # ---- internals --------------------------------------------------------------------
+
+    def _analyzer_mentions(self, text: str) -> bool:
+        lowered = text.lower()
+        return lowered.startswith(self.policy.prefixes) or any(
+            word in lowered
+            for word in (*self.policy.prefixes, "role", "authoriz", "standard_conforming",
+                         "client_encoding", "session_", "replication")
+        )
+
+    def _apply(
+        self, analysis: Analysis, tenant: str | None, *, param_types: Sequence[int] | None
+    ) -> Refusal | BindRule | None:
+        if analysis.refusal is not None:
+            return analysis.refusal
+        if analysis.dynamic is not None and tenant is not None:
+            return analysis.dynamic
+        pending: list[SettingWrite] = []
+        for write in analysis.writes:
+            name, value = write.name, write.value
+            if isinstance(name, Param) or isinstance(value, Param):
+                # Only a Parse has parameters, and only text-like ones are comparable.
+                if param_types is None or not _safe_params(write, param_types):
+                    return _unprovable(write)
+                if isinstance(name, str):
+                    verdict = self.policy.judge(write.via, name, value, persistent=False,
+                                                tenant=Deferred.TENANT)
+                    if isinstance(verdict, Refusal):
+                        return verdict
+                    if tenant is None:  # no tenant of its own: no value can be right
+                        return _unprovable(write)
+                pending.append(write)
+                continue
+            verdict = self.policy.judge(write.via, name, value, persistent=False,
+                                        tenant=tenant)
+            if isinstance(verdict, Refusal):
+                return verdict
+        if pending:
+            return BindRule(tenant=tenant, writes=tuple(pending))
+        return None
+
+
+def _safe_params(write: SettingWrite, param_types: Sequence[int]) -> bool:
+    for part in (write.name, write.value):
+        if isinstance(part, Param):
+            oid = param_types[part.index] if part.index < len(param_types) else 0
+            if oid not in SAFE_PARAM_TYPES:
+                return False
+    return True
+
+
+def _bound(
+    part: str | Param | Special, params: Sequence[bytes | None], formats: Sequence[int]
+) -> SettingValue:
+    """The value a bound parameter gives ``part`` (literals pass through)."""
+    if not isinstance(part, Param):
+        return part
+    index = part.index
+    if index >= len(params):
+        return Special.UNKNOWN
+    raw = params[index]
+    if raw is None:
+        return Special.NULL
+    if len(formats) > 1:
+        fmt = formats[index] if index < len(formats) else -1
+    else:
+        fmt = formats[0] if formats else 0
+    if fmt not in (0, 1):  # binary text/varchar/name is the same UTF-8 bytes as text
+        return Special.UNKNOWN
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return Special.UNKNOWN
+
+
+def _unprovable(write: SettingWrite) -> Refusal:
+    shown = write.name if isinstance(write.name, str) else "a setting named by a parameter"
+    quoted = f'"{shown}"' if isinstance(write.name, str) else shown
+    return Refusal(
+        kind="set_config" if write.via == "set_config" else "set_protected",
+        message=f"permission denied: cannot prove the value written to {quoted} is "
+        "your own tenant",
+        hint="bind the value as a text parameter of set_config(), or use a constant",
+    )
+
+
+def _startup_refusal(name: str) -> Refusal:
+    return Refusal(
+        kind="startup_option",
+        message=f'permission denied to set "{name}" in the startup packet through pgtenant',
+        hint="pgtenant sets the tenant and role from your credential",
+    )
