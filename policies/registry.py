@@ -1,7 +1,7 @@
 """The tenant registry: ``pgtenant.tenants`` and ``pgtenant tenants create|list|...``.
 
-The proxy looks a tenant up with :data:`TENANT_STATUS_SQL` (one bind parameter, the
-tenant id; the app role may run it) and refuses tenants whose status is not ``active``.
+The proxy is to look a tenant up with :data:`TENANT_STATUS_SQL` (one bind parameter, the
+tenant id; the app role may run it) and refuse tenants whose status is not ``active``.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def validate_tenant_id(tenant: str, pattern: str = TENANT_ID_PATTERN) -> str:
 
 def tenant_status(conn: psycopg.Connection[Any], tenant: str) -> TenantStatus | None:
     """The registry status of ``tenant`` ('active', 'suspended'), None when unknown."""
-    cursor = psycopg.RawCursor(conn)
-    row = cursor.execute(TENANT_STATUS_SQL, [tenant]).fetchone()
+    # TENANT_STATUS_SQL with psycopg's placeholder (RawCursor needs psycopg 3.2).
+    row = conn.execute("SELECT pgtenant.tenant_status(%s)", [tenant]).fetchone()
     status: TenantStatus | None = row[0] if row else None
     return status
 
