@@ -9,6 +9,7 @@ are served FIFO; a waiter that already timed out is never handed a connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -74,7 +75,7 @@ class ServerPool:
             raise self._refused
         if self.closed:
             raise ServerError("the pool is shutting down", "57P01")
-        server = self._take_idle(tenant)
+        server = self.try_acquire(tenant)
         if server is not None:
             return server
         loop = asyncio.get_running_loop()
@@ -94,16 +95,21 @@ class ServerPool:
         finally:
             if not waiter.done():
                 waiter.cancel()
-            elif not waiter.cancelled() and waiter.exception() is None and server is None:
+            if waiter.cancelled():
+                with contextlib.suppress(ValueError):  # usually still queued
+                    self.waiters.remove(waiter)
+            elif waiter.exception() is None and server is None:
                 # Handed a connection in the same tick the wait was abandoned: give it back.
                 self.release(waiter.result())
-            try:
-                self.waiters.remove(waiter)
-            except ValueError:
-                pass
             self.stats.waits += 1
             self.stats.wait_seconds_total += time.monotonic() - started
         return server
+
+    def try_acquire(self, tenant: str | None) -> ServerConnection | None:
+        """An idle connection right now, or None (none idle, or others wait first)."""
+        if self.waiters or self._refused is not None or self.closed:
+            return None
+        return self._take_idle(tenant)
 
     def _take_idle(self, tenant: str | None) -> ServerConnection | None:
         idle = self.idle

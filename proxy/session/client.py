@@ -351,13 +351,16 @@ class ClientConnection(asyncio.Protocol):
             self.pool.release(server)
             return
         self._link(server)
-        try:
-            await self._apply_context(server, wait=True)
-        except ClientError as exc:
-            self.fatal(exc.sqlstate, str(exc))
-            return
-        if self.state is not ClientState.LOGIN:
-            return
+        if server.context == self.context:  # same tenant and settings: nothing to set
+            server.context = self.context
+        else:
+            try:
+                await self._apply_context(server, wait=True)
+            except ClientError as exc:
+                self.fatal(exc.sqlstate, str(exc))
+                return
+            if self.state is not ClientState.LOGIN:
+                return
         # Canonical spellings (client_encoding 'utf-8' → 'UTF8') as the server reports them.
         changed = False
         for name in self.settings:
@@ -427,9 +430,9 @@ class ClientConnection(asyncio.Protocol):
         batch_start = not self._unsynced
         self._unsynced = unsynced
         server = self.server
-        # The context is (re)checked only between transactions, when the server is idle.
-        if server is not None and not self._queue and (
-                server.context is self.context or not server.is_clean):
+        if server is None and not self._queue and not self._leasing:
+            server = self._lease_now()
+        if server is not None and not self._queue and self._context_ready(server):
             if named:
                 self._send_rewritten(server, out, batch_start)
             else:
@@ -450,6 +453,33 @@ class ClientConnection(asyncio.Protocol):
         elif not self._leasing:
             self._leasing = True
             self._tasks.spawn(self._send_queue(server))
+
+    def _lease_now(self) -> ServerConnection | None:
+        """Transaction mode fast path: an idle server, when nobody is waiting for one."""
+        assert self.pool is not None and self.context is not None
+        server = self.pool.try_acquire(self.context.tenant)
+        if server is not None:
+            self._link(server)
+        return server
+
+    def _context_ready(self, server: ServerConnection) -> bool:
+        """True when the client's messages may go to ``server`` now.
+
+        The context is (re)checked only between transactions, when the server is idle;
+        a set that can be pipelined is sent here, in front of the client's messages.
+        """
+        context = self.context
+        if server.context is context or not server.is_clean:
+            return True
+        assert context is not None and self.pool is not None
+        if server.context == context:  # set by another client of the same tenant
+            server.context = context
+            return True
+        if server.needs_wait_for_context(context):
+            return False
+        self.pool.stats.leases_with_context_set += 1
+        server.apply_context(context).add_done_callback(self._pipelined_context_done)
+        return True
 
     async def _lease(self) -> None:
         """Transaction mode: get a server for the transaction the client just started."""
