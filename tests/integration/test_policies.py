@@ -219,9 +219,22 @@ def test_current_tenant_is_a_stable_security_definer_with_a_fixed_search_path(
             [signed.app_role]).fetchone()
         owner_login = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s",
                                    [signed.owner_role]).fetchone()
-    assert row == (True, "s", ["search_path=pg_catalog, pgtenant"], signed.owner_role,
+    assert row == (True, "s", ["search_path=pg_catalog, pgtenant, pg_temp"], signed.owner_role,
                    True, False)
     assert owner_login == (False,)
+
+
+def test_app_role_cannot_slip_in_its_own_key(signed: Scratch) -> None:
+    forged_key = b"f" * 32
+    with signed.app() as conn:
+        conn.execute("CREATE TEMP TABLE keys (id text, key bytea, active boolean)")
+        conn.execute("INSERT INTO keys VALUES ('forged', %s, true)", [forged_key])
+        conn.execute("SET search_path = pg_temp, pgtenant, public")
+        set_context(conn, "globex", compute_proof(forged_key, "globex", conn.info.backend_pid))
+        assert signed_tenant(conn) is None
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE FUNCTION pgtenant.hmac(bytea, bytea, text) RETURNS bytea"
+                         " LANGUAGE sql AS 'SELECT $1'")
 
 
 def _seed_orders(scratch: Scratch) -> None:
