@@ -35,11 +35,15 @@ class ProxyApp:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.verifier = JwtVerifier.from_config(config.auth.jwt, config.tenancy)
+        # Hot-path counters, read by the metrics collector at scrape time.
+        self.auth_failures: dict[str, int] = {}
+        self.stats = ProxyStats(config.databases, auth_failures=self.auth_failures)
+        self.metrics_server: MetricsServer | None = None
         self.pools: dict[str, ServerPool] = {}
         for name, db in config.databases.items():
             password = resolve_secret(db.password_env, db.password_file,
                                       f"databases.{name}.password")
-            self.pools[name] = ServerPool(db, password)
+            self.pools[name] = ServerPool(db, password, self.stats)
         self.client_ssl_context = self._client_ssl_context()
         self.clients: set[ClientConnection] = set()
         self._open_client_sockets: set[ClientConnection] = set()
@@ -49,12 +53,7 @@ class ProxyApp:
         self._servers: list[asyncio.AbstractServer] = []
         self._maintenance: asyncio.Task[None] | None = None
         self._cancel_tasks = TaskSet()
-        self.auth_failures: dict[str, int] = {}
         self._protected = config.tenancy.protected_prefixes
-        # --- metrics: hot-path counters (read at scrape time) and the HTTP endpoint ---
-        self.stats = ProxyStats(config.databases, auth_failures=self.auth_failures)
-        self.metrics_server: MetricsServer | None = None
-        # --- end metrics ---
 
     def _client_ssl_context(self) -> ssl.SSLContext | None:
         srv = self.config.server

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from proxy.config import DatabaseConfig
 from proxy.session.server import ServerConnection, ServerError, ServerState, Skip, TenantState
+from proxy.stats import ProxyStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
 from proxy.wire.tags import BackendTag
@@ -50,9 +51,12 @@ class PoolStats:
 class ServerPool:
     """Acquire/release of server connections for one database entry."""
 
-    def __init__(self, db: DatabaseConfig, password: str | None) -> None:
+    def __init__(self, db: DatabaseConfig, password: str | None,
+                 proxy_stats: ProxyStats | None = None) -> None:
         self.db = db
         self.password = password
+        self.proxy_stats = proxy_stats or ProxyStats([db.name])
+        self.traffic = self.proxy_stats.database(db.name)
         self.idle: list[ServerConnection] = []
         self.active: set[ServerConnection] = set()
         self.connecting = 0
@@ -81,6 +85,7 @@ class ServerPool:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[ServerConnection] = loop.create_future()
         self.waiters.append(waiter)
+        self.proxy_stats.wait_began(self.traffic, waiter)
         self._grow()
         started = time.monotonic()
         timeout = self.db.query_wait_timeout or None
@@ -101,8 +106,10 @@ class ServerPool:
             elif waiter.exception() is None and server is None:
                 # Handed a connection in the same tick the wait was abandoned: give it back.
                 self.release(waiter.result())
+            waited = time.monotonic() - started
             self.stats.waits += 1
-            self.stats.wait_seconds_total += time.monotonic() - started
+            self.stats.wait_seconds_total += waited
+            self.proxy_stats.wait_ended(self.traffic, waiter, tenant, waited)
         return server
 
     def try_acquire(self, tenant: str | None) -> ServerConnection | None:

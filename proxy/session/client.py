@@ -18,6 +18,7 @@ import enum
 import ipaddress
 import logging
 import ssl
+import time
 from typing import TYPE_CHECKING
 
 from proxy.auth.errors import AuthError
@@ -26,6 +27,7 @@ from proxy.pool.pool import PoolTimeoutError, ServerPool
 from proxy.session.context import TenantContext
 from proxy.session.prepared import internal_batch, needs_rewrite, rewrite
 from proxy.session.server import FORWARD, ServerConnection, ServerError, Skip
+from proxy.stats import TrafficStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
@@ -69,6 +71,9 @@ def is_loopback(host: str) -> bool:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return addr.is_loopback
+
+
+_NO_TRAFFIC = TrafficStats()  # placeholder counters before the database is known
 
 
 class ClientState(enum.Enum):
@@ -160,6 +165,9 @@ class ClientConnection(asyncio.Protocol):
         # Transaction mode: the client's prepared statements (name → Parse key).
         self.statements: dict[str, bytes] | None = None
         self._skipping = False          # a proxy-made error: drop messages up to Sync
+        self.traffic = _NO_TRAFFIC      # the database's counters, once it is known
+        self.stats_tenant = "_unknown"  # the tenant label for counters
+        self._tx_started = 0.0          # monotonic time the current transaction began
         self._unsynced = False  # the client's stream is mid extended-protocol batch
         self._queued_bytes = 0
         self._leasing = False
@@ -193,6 +201,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             if self.state is ClientState.READY:
                 assert self.framer is not None
+                self.traffic.bytes_in += len(data)
                 self.framer.feed(data)
                 self._relay_messages()
             elif self.state is ClientState.STARTUP:
@@ -295,6 +304,7 @@ class ClientConnection(asyncio.Protocol):
             raise ClientError("3D000", f"database \"{self.database}\" does not exist",
                               "the database name must be one configured in pgtenant")
         self.pool = pool
+        self.traffic = pool.traffic
         self.transaction_mode = pool.db.pool_mode == "transaction"
         if self.transaction_mode:
             self.statements = {}
@@ -334,6 +344,7 @@ class ClientConnection(asyncio.Protocol):
             self.app.auth_failed(self, exc)
             raise ClientError(exc.sqlstate, str(exc)) from None
         self.identity = identity
+        self.stats_tenant = identity.tenant if identity.tenant is not None else "_bypass"
         self.context = TenantContext(
             self.app.config.tenancy.setting, identity.tenant).with_settings(self.settings)
         self.state = ClientState.LOGIN
@@ -422,6 +433,8 @@ class ClientConnection(asyncio.Protocol):
             if statements is not None and not named:
                 named = needs_rewrite(tag, body)
             out.append(messages.frame(tag, body))
+        if replies:
+            self.app.stats.record_queries(self.traffic, self.stats_tenant, replies)
         self._flush(out, replies, unsynced, named or self._skipping)
 
     def _flush(self, out: list[bytes], replies: int, unsynced: bool, named: bool) -> None:
@@ -429,6 +442,8 @@ class ClientConnection(asyncio.Protocol):
             return
         batch_start = not self._unsynced
         self._unsynced = unsynced
+        if not self._tx_started:
+            self._tx_started = time.monotonic()
         server = self.server
         if server is None and not self._queue and not self._leasing:
             server = self._lease_now()
@@ -588,10 +603,23 @@ class ClientConnection(asyncio.Protocol):
     def forward_to_client(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
+            self.traffic.bytes_out += len(data)
             transport.write(data)
+
+    def server_error(self, body: bytes) -> None:
+        """An ErrorResponse from the server on its way to this client."""
+        stats = self.app.stats
+        stats.record_error(self.traffic, self.stats_tenant)
+        if b"C42501\x00" in body and b"row-level security" in body:
+            # PostgreSQL's own RLS refusal: a write aimed at another tenant's rows.
+            stats.record_violation(self.stats_tenant, "rls_policy")
 
     def server_ready(self, server: ServerConnection) -> None:
         """The server answered everything we sent (pending queue empty)."""
+        if server.tx_status == b"I" and self._tx_started:
+            self.app.stats.record_transaction(self.traffic, self.stats_tenant,
+                                              time.monotonic() - self._tx_started)
+            self._tx_started = 0.0
         if (self.transaction_mode and server.is_clean and not self._queue
                 and self.state is ClientState.READY):
             self._release_server()

@@ -91,6 +91,7 @@ class Receiver(Protocol):
     def server_paused_writing(self, paused: bool) -> None: ...
     def parameter_changed(self, name: str, value: str) -> None: ...
     def statements_cleared(self) -> None: ...
+    def server_error(self, body: bytes) -> None: ...
 
 
 class _Forward:
@@ -331,7 +332,10 @@ class ServerConnection(asyncio.Protocol):
             elif tag == _E:
                 if self.statements.unconfirmed:
                     self.statements.invalidate_unconfirmed()
-                if isinstance(head, Skip) and head.error is None:
+                if head is FORWARD:
+                    if receiver is not None:
+                        receiver.server_error(body)
+                elif isinstance(head, Skip) and head.error is None:
                     try:
                         head.error = messages.decode_error_fields(body)
                     except ProtocolViolation:

@@ -212,3 +212,29 @@ def test_silent_client_is_dropped_after_the_request_timeout(
         sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # and then nothing
         assert sock.recv(1024) == b""  # closed by the server, not by our 10 s timeout
     assert get(metrics_proxy, "/healthz")[0] == 200
+
+
+@pytest.mark.usefixtures("clean_items")
+@pytest.mark.parametrize("pool_mode", ["session", "transaction"])
+def test_traffic_and_rls_refusals_are_counted_per_tenant(start_proxy: StartProxy,
+                                                         pool_mode: str) -> None:
+    proxy = start_proxy(server_metrics_listen="127.0.0.1:0", pool_mode=pool_mode)
+    before = scrape(proxy)
+    with psycopg.connect(proxy.dsn("acme"), autocommit=True) as conn:
+        for _ in range(5):
+            conn.execute("SELECT count(*) FROM items").fetchone()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO items (tenant_id, name) VALUES ('globex', 'planted')")
+    after = scrape(proxy)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after[key] - before.get(key, 0.0)
+
+    assert moved("pgtenant_tenant_queries_total", tenant="acme") == 6
+    assert moved("pgtenant_tenant_transactions_total", tenant="acme") == 6
+    assert moved("pgtenant_tenant_errors_total", tenant="acme") == 1
+    assert moved("pgtenant_rls_violation_attempts_total", tenant="acme", kind="rls_policy") == 1
+    assert moved("pgtenant_queries_total", database="app") == 6
+    assert moved("pgtenant_client_sent_bytes_total", database="app") > 0
+    assert moved("pgtenant_transaction_duration_seconds_count", database="app") == 6
