@@ -28,7 +28,7 @@ from typing import Any
 
 from pglast.parser import parse_plpgsql_json, parse_sql_json
 
-from proxy.guard.policy import Deferred, SettingPolicy
+from proxy.guard.policy import GUARDED_SETTINGS, Deferred, SettingPolicy
 from proxy.guard.verdict import Param, Refusal, SettingValue, SettingWrite, Special
 
 #: Statement types that run now; every other statement is a persistent context.
@@ -50,9 +50,10 @@ _DML = ("UpdateStmt", "InsertStmt", "DeleteStmt", "MergeStmt")
 _TEXT_TYPES = frozenset({"text", "varchar"})
 _SET_CONFIG_ARGS = {"setting_name": 0, "new_value": 1, "is_local": 2}
 # Node types worth walking for; a parse tree without any of them is clean.
-_MARKERS = re.compile(
-    "set_config|VariableSetStmt|setstmt|is_program|pg_settings|DoStmt|CreateFunctionStmt"
-    "|AlterSystemStmt|LoadStmt|query_to_xml|ts_stat|ts_rewrite"
+_MARKERS = (
+    "set_config", "SetStmt", "setstmt", "is_program", "pg_settings", "DoStmt",
+    "CreateFunctionStmt", "AlterSystemStmt", "LoadStmt", "query_to_xml", "ts_stat",
+    "ts_rewrite",
 )
 #: How many levels of SQL inside strings inside SQL are inspected before refusing.
 MAX_NESTING = 8
@@ -104,6 +105,7 @@ class Analyzer:
 
     def __init__(self, policy: SettingPolicy) -> None:
         self.policy = policy
+        self._guarded_names = (policy.tenant_setting, *policy.prefixes, *GUARDED_SETTINGS)
         prefixes = "|".join(re.escape(p) for p in policy.prefixes)
         base = (
             "set_config|pg_settings|query_to_xml|ts_stat|ts_rewrite|role|authoriz|program"
@@ -141,8 +143,11 @@ class Analyzer:
         except Exception:  # pglast.parser.ParseError, or anything the C parser rejects
             self._unparsable(sql, self._mentions)
             return
-        if _MARKERS.search(tree_json) is None:
+        present = [marker for marker in _MARKERS if marker in tree_json]
+        if not present:
             return
+        if present == ["SetStmt"] and not self._names_guarded_setting(tree_json):
+            return  # SET of ordinary settings only (search_path, TimeZone, ...)
         encoded: bytes | None = None
         for raw in json.loads(tree_json).get("stmts", ()):
             node = raw["stmt"]
@@ -160,6 +165,11 @@ class Analyzer:
                 chunk = encoded[start:start + length] if length else encoded[start:]
                 stmt_text = chunk.decode(errors="replace")
             self._walk(found, node, persistent=root_persistent, depth=depth, text=stmt_text)
+
+    def _names_guarded_setting(self, tree_json: str) -> bool:
+        """Whether the parse tree mentions a setting that is not ordinary, in any case."""
+        lowered = tree_json.lower()
+        return any(name in lowered for name in self._guarded_names)
 
     def _unparsable(self, text: str, mentions: re.Pattern[str]) -> None:
         """Let PostgreSQL report a syntax error, unless the text mentions guarded things."""

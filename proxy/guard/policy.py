@@ -28,6 +28,8 @@ _SAFE_PARSER_VALUES = {
     "client_encoding": frozenset({"utf8", "unicode"}),
 }
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
+#: Settings that are not ordinary whatever the configuration.
+GUARDED_SETTINGS = ROLE_SETTINGS | _SAFE_PARSER_VALUES.keys()
 
 
 class SettingClass(enum.Enum):
