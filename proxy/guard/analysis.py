@@ -47,6 +47,10 @@ _QUERY_RUNNERS = {
 #: views can call set_config or a query runner, or expose pg_settings, by name alone).
 _DANGEROUS_NAMES = frozenset({"set_config", "pg_settings", *_QUERY_RUNNERS})
 _DML = ("UpdateStmt", "InsertStmt", "DeleteStmt", "MergeStmt")
+_NODES_OF_INTEREST = frozenset({
+    "FuncCall", "VariableSetStmt", "setstmt", *_DML, "CopyStmt", "AlterSystemStmt",
+    "LoadStmt", "DoStmt", "CreateFunctionStmt",
+})
 _TEXT_TYPES = frozenset({"text", "varchar"})
 _SET_CONFIG_ARGS = {"setting_name": 0, "new_value": 1, "is_local": 2}
 # Node types worth walking for; a parse tree without any of them is clean.
@@ -184,7 +188,14 @@ class Analyzer:
 
     def _walk(self, found: _Findings, root: Any, *, persistent: bool, depth: int,
               text: str) -> None:
-        for obj in _dicts(root):
+        stack: list[Any] = [root]
+        while stack:
+            obj = stack.pop()
+            if type(obj) is list:
+                stack.extend(obj)
+                continue
+            if type(obj) is not dict:
+                continue
             if persistent:
                 name = obj.get("sval")
                 if (type(name) is str and name in _DANGEROUS_NAMES) or (
@@ -196,41 +207,49 @@ class Analyzer:
                         hint="functions, views and other objects must not change settings",
                     ))
             for key, value in obj.items():
-                if key == "FuncCall":
-                    self._func_call(found, value, persistent=persistent, depth=depth)
-                elif key == "VariableSetStmt" or key == "setstmt":
-                    # Below a statement's root: stored in a function, role or database.
-                    self._variable_set(found, value, persistent=True, depth=depth)
-                elif key in _DML:
-                    relation = value.get("relation") or {}
-                    if relation.get("relname") == "pg_settings":
-                        raise _Refused(Refusal(
-                            kind="pg_settings",
-                            message="permission denied to write to pg_settings through "
-                            "pgtenant",
-                            hint="pg_settings rules call set_config(); use SET for "
-                            "ordinary settings",
-                        ))
-                elif key == "CopyStmt":
-                    if value.get("is_program"):
-                        raise _Refused(Refusal(
-                            kind="copy_program",
-                            message="COPY TO PROGRAM and COPY FROM PROGRAM are not allowed "
-                            "through pgtenant",
-                            hint="use COPY ... TO STDOUT or FROM STDIN",
-                        ))
-                elif key == "AlterSystemStmt":
-                    raise _Refused(Refusal(
-                        kind="alter_system",
-                        message="ALTER SYSTEM is not allowed through pgtenant",
-                    ))
-                elif key == "LoadStmt":
-                    raise _Refused(Refusal(
-                        kind="load", message="LOAD is not allowed through pgtenant"))
-                elif key == "DoStmt":
-                    self._do(found, value, persistent=persistent, depth=depth, text=text)
-                elif key == "CreateFunctionStmt":
-                    self._create_function(found, value, depth=depth, text=text)
+                if key in _NODES_OF_INTEREST:
+                    self._node(found, key, value, persistent=persistent, depth=depth,
+                               text=text)
+                if type(value) is dict or type(value) is list:
+                    stack.append(value)
+
+    def _node(self, found: _Findings, key: str, value: Any, *, persistent: bool, depth: int,
+              text: str) -> None:
+        if key == "FuncCall":
+            self._func_call(found, value, persistent=persistent, depth=depth)
+        elif key == "VariableSetStmt" or key == "setstmt":
+            # Below a statement's root: stored in a function, role or database.
+            self._variable_set(found, value, persistent=True, depth=depth)
+        elif key in _DML:
+            relation = value.get("relation") or {}
+            if relation.get("relname") == "pg_settings":
+                raise _Refused(Refusal(
+                    kind="pg_settings",
+                    message="permission denied to write to pg_settings through "
+                    "pgtenant",
+                    hint="pg_settings rules call set_config(); use SET for "
+                    "ordinary settings",
+                ))
+        elif key == "CopyStmt":
+            if value.get("is_program"):
+                raise _Refused(Refusal(
+                    kind="copy_program",
+                    message="COPY TO PROGRAM and COPY FROM PROGRAM are not allowed "
+                    "through pgtenant",
+                    hint="use COPY ... TO STDOUT or FROM STDIN",
+                ))
+        elif key == "AlterSystemStmt":
+            raise _Refused(Refusal(
+                kind="alter_system",
+                message="ALTER SYSTEM is not allowed through pgtenant",
+            ))
+        elif key == "LoadStmt":
+            raise _Refused(Refusal(
+                kind="load", message="LOAD is not allowed through pgtenant"))
+        elif key == "DoStmt":
+            self._do(found, value, persistent=persistent, depth=depth, text=text)
+        elif key == "CreateFunctionStmt":
+            self._create_function(found, value, depth=depth, text=text)
 
     # ---- settings ---------------------------------------------------------------------
 
@@ -394,6 +413,8 @@ class Analyzer:
         except RecursionError:
             raise
         except Exception:  # the PL/pgSQL parser rejected it; so would PostgreSQL, mostly
+            tree = None
+        if not tree:
             self._unparsable(body, self._body_mentions)
             return
         for obj in _dicts(tree):

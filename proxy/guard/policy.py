@@ -4,8 +4,10 @@ Settings fall into four classes:
 
 - protected: the tenant setting and every name under ``protected_prefixes`` (prefix
   match, case-insensitive, as PostgreSQL compares setting names). A session may set the
-  tenant setting only to its own tenant; nothing may store a protected value anywhere
-  it outlives the statement (role, database, function, view).
+  tenant setting only to its own tenant, and other protected settings to nothing (their
+  values are not the client's to choose: a tenant named "true" must not be able to set
+  ``app.is_admin`` to its own name); nothing may store a protected value anywhere it
+  outlives the statement (role, database, function, view). RESET and DEFAULT are fine.
 - role: ``role`` and ``session_authorization``; only to a role in ``allowed_roles``,
   or back to the default (``NONE``, ``DEFAULT``, ``RESET``).
 - parser: ``standard_conforming_strings`` and ``client_encoding``. Changing them changes
@@ -89,7 +91,8 @@ class SettingPolicy:
                 return _persist_refusal(shown)
             if value is Special.DEFAULT:
                 return None  # back to the default; the proxy re-establishes the context
-            if isinstance(value, Special):
+            if isinstance(value, Special) or name.strip().lower() != self.tenant_setting:
+                # Only the tenant setting has a value of the client's own to re-state.
                 return _protected_refusal(via, shown)
             if tenant is Deferred.TENANT:
                 return Deferred.TENANT
@@ -136,7 +139,8 @@ def _protected_refusal(via: str, name: str) -> Refusal:
     how = "set_config() of" if via == "set_config" else "SET of"
     return Refusal(
         kind="set_config" if via == "set_config" else "set_protected",
-        message=f'permission denied: {how} "{name}" to a value other than your own tenant',
+        message=f'permission denied: {how} protected setting "{name}" to a value other '
+        "than your own tenant",
         hint="pgtenant sets this from your credential; you may only re-state your own tenant",
     )
 

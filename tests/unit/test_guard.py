@@ -60,6 +60,9 @@ ATTACKS = [
     ("SET app.current_tenant = 42", "set_protected"),
     ('SET app.current_tenant = "Acme"', "set_protected"),  # quoted: stays "Acme"
     ("SET pgtenant.proof = 'forged'", "set_protected"),
+    ("SET pgtenant.proof = 'acme'", "set_protected"),  # only the tenant setting is ours
+    ("SET app.is_admin = 'acme'", "set_protected"),
+    ("SELECT set_config('app.is_admin', 'acme', false)", "set_config"),
     ("SET app.anything_else = 'x'", "set_protected"),
     # multi-statement strings
     ("SELECT 1; SET app.current_tenant='globex'", "set_protected"),
@@ -439,6 +442,9 @@ def test_bind_rule_variants() -> None:
     assert isinstance(GUARD.check_bind(named, [b"role", b"postgres"], []), Refusal)
     assert GUARD.check_bind(named, [b"role", b"reporting"], []) is None
     assert isinstance(GUARD.check_bind(named, [None, b"acme"], []), Refusal)
+    assert isinstance(GUARD.check_bind(named, [b"app.is_admin", b"acme"], []), Refusal)
+    assert isinstance(GUARD.check_parse(
+        "SELECT set_config('pgtenant.proof', $1, false)", OWN), Refusal)
     second = rule_for("SELECT $1::int, set_config('app.current_tenant', $2, false)")
     assert GUARD.check_bind(second, [b"\x00\x00\x00\x01", b"acme"], [1, 0]) is None
     assert isinstance(GUARD.check_bind(second, [b"1", b"globex"], [0, 0]), Refusal)
