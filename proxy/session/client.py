@@ -31,7 +31,7 @@ from proxy.stats import TrafficStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
-from proxy.wire.framing import FrontendFramer
+from proxy.wire.framing import FrontendFramer, split_frames
 from proxy.wire.startup import (
     CancelRequest,
     GSSENCRequest,
@@ -52,6 +52,9 @@ _S = FrontendTag.SYNC
 _F = FrontendTag.FUNCTION_CALL
 _X = FrontendTag.TERMINATE
 _P = FrontendTag.PASSWORD
+# Messages that may name a prepared statement (or DEALLOCATE one).
+_MAYBE_NAMED = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
+                          FrontendTag.CLOSE, FrontendTag.QUERY})
 # Extended-protocol messages: after them the server is mid-batch until the next Sync.
 _EXTENDED = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
                        FrontendTag.EXECUTE, FrontendTag.CLOSE, FrontendTag.FLUSH})
@@ -158,7 +161,7 @@ class ClientConnection(asyncio.Protocol):
         self.server: ServerConnection | None = None
         self.cancel_pid = 0
         self.cancel_secret = b""
-        self._queue: list[bytes] = []   # frames waiting for a server (transaction mode)
+        self._queue: list[bytes] = []   # message blocks waiting for a server
         self._queue_replies = 0
         self._queue_named = False       # the queue holds named-statement messages
         self._queue_batch_start = True  # the queue's first frame starts a batch
@@ -409,16 +412,15 @@ class ClientConnection(asyncio.Protocol):
         """Frame what the client sent; write it to the server in one write."""
         framer = self.framer
         assert framer is not None
-        out: list[bytes] = []
+        batch = framer.next_batch()
+        if batch is None:
+            return
+        block, index = batch
         replies = 0
         unsynced = self._unsynced
-        named = False
+        named = self._skipping
         statements = self.statements
-        while True:
-            msg = framer.next_message()
-            if msg is None:
-                break
-            tag, body = msg
+        for tag, start, end in index:
             if tag == _S:
                 replies += 1
                 unsynced = False
@@ -427,15 +429,18 @@ class ClientConnection(asyncio.Protocol):
             elif tag in _EXTENDED:
                 unsynced = True
             elif tag == _X:
-                self._flush(out, replies, unsynced, named)
+                self._flush_block(block[:start], replies, unsynced, named)
                 self._close_transport()
                 return
-            if statements is not None and not named:
-                named = needs_rewrite(tag, body)
-            out.append(messages.frame(tag, body))
+            if statements is not None and not named and tag in _MAYBE_NAMED:
+                named = needs_rewrite(tag, block[start + 5:end])
+        self._flush_block(block, replies, unsynced, named)
+
+    def _flush_block(self, block: bytes, replies: int, unsynced: bool, named: bool) -> None:
         if replies:
             self.app.stats.record_queries(self.traffic, self.stats_tenant, replies)
-        self._flush(out, replies, unsynced, named or self._skipping)
+        if block:
+            self._flush([block], replies, unsynced, named)
 
     def _flush(self, out: list[bytes], replies: int, unsynced: bool, named: bool) -> None:
         if not out:
@@ -572,10 +577,11 @@ class ClientConnection(asyncio.Protocol):
             # their replies cannot be trusted to match the client's expectations: end it.
             self.fatal("08006", f"could not set the session context: {error.get('M', '')}")
 
-    def _send_rewritten(self, server: ServerConnection, frames: list[bytes],
+    def _send_rewritten(self, server: ServerConnection, blocks: list[bytes],
                         batch_start: bool) -> None:
         """Transaction mode with named statements: see proxy.session.prepared."""
         assert self.statements is not None
+        frames = [frame for block in blocks for frame in split_frames(block)]
         done = rewrite(frames, self.statements, server.statements, FORWARD,
                        batch_start=batch_start, skipping=self._skipping)
         self._skipping = done.skipping

@@ -389,3 +389,28 @@ def test_scanner_random_bytes_raise_only_protocol_violation(
                 assert 0 <= end <= len(chunk)
     except ProtocolViolation:
         pass
+
+
+def test_next_batch_hands_out_whole_messages_as_received() -> None:
+    wire = messages.query("SELECT 1") + messages.parse("s", "SELECT 2") + messages.sync()
+    for cut in range(len(wire) + 1):
+        framer = FrontendFramer()
+        got: list[tuple[int, bytes]] = []
+        for part in (wire[:cut], wire[cut:]):
+            framer.feed(part)
+            while (batch := framer.next_batch()) is not None:
+                block, index = batch
+                got += [(tag, block[start:end]) for tag, start, end in index]
+                assert b"".join(block[s:e] for _, s, e in index) == block
+        assert got == [(F.QUERY, messages.query("SELECT 1")),
+                       (F.PARSE, messages.parse("s", "SELECT 2")), (F.SYNC, messages.sync())]
+        assert framer.buffered() == 0
+
+
+def test_next_batch_gives_the_good_messages_before_a_bad_length() -> None:
+    framer = FrontendFramer()
+    framer.feed(messages.sync() + b"Q" + struct.pack("!i", -1))
+    batch = framer.next_batch()
+    assert batch is not None and batch[0] == messages.sync()
+    with pytest.raises(ProtocolViolation):
+        framer.next_batch()
