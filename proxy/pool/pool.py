@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -33,6 +34,10 @@ class PoolTimeoutError(Exception):
 
 class UpstreamRefusedError(ServerError):
     """The upstream role is not safe for tenancy (superuser or BYPASSRLS)."""
+
+
+# How far down the wait queue a released connection looks for a waiter of its tenant.
+_AFFINITY_LOOKAHEAD = 8
 
 
 @dataclass(slots=True)
@@ -61,6 +66,7 @@ class ServerPool:
         self.active: set[ServerConnection] = set()
         self.connecting = 0
         self.waiters: deque[asyncio.Future[ServerConnection]] = deque()
+        self._waiter_tenants: dict[asyncio.Future[ServerConnection], str | None] = {}
         self.stats = PoolStats()
         self.closed = False
         self._role_checked = False
@@ -85,6 +91,7 @@ class ServerPool:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[ServerConnection] = loop.create_future()
         self.waiters.append(waiter)
+        self._waiter_tenants[waiter] = tenant
         self.proxy_stats.wait_began(self.traffic, waiter)
         self._grow()
         started = time.monotonic()
@@ -106,6 +113,7 @@ class ServerPool:
             elif waiter.exception() is None and server is None:
                 # Handed a connection in the same tick the wait was abandoned: give it back.
                 self.release(waiter.result())
+            del self._waiter_tenants[waiter]
             waited = time.monotonic() - started
             self.stats.waits += 1
             self.stats.wait_seconds_total += waited
@@ -198,19 +206,33 @@ class ServerPool:
     # ---- release ----------------------------------------------------------------------
 
     def _offer(self, server: ServerConnection) -> None:
-        """Give a usable connection to the first live waiter, else park it idle."""
+        """Give a usable connection to a waiter, else park it idle.
+
+        FIFO, with bounded tenant affinity: among the first few waiters, one whose tenant
+        the connection already carries goes first (no context set for it).
+        """
         server.receiver = None
         server.pause_reading(False)
-        while self.waiters:
-            waiter = self.waiters.popleft()
+        waiters = self.waiters
+        if isinstance(server.tenant, str) and len(waiters) > 1:
+            for i, waiter in enumerate(itertools.islice(waiters, _AFFINITY_LOOKAHEAD)):
+                if not waiter.done() and self._waiter_tenants.get(waiter) == server.tenant:
+                    del waiters[i]
+                    self._hand(server, waiter)
+                    return
+        while waiters:
+            waiter = waiters.popleft()
             if not waiter.done():
-                server.state = ServerState.ACTIVE
-                self.active.add(server)
-                waiter.set_result(server)
+                self._hand(server, waiter)
                 return
         server.state = ServerState.IDLE
         server.last_used = time.monotonic()
         self.idle.append(server)
+
+    def _hand(self, server: ServerConnection, waiter: asyncio.Future[ServerConnection]) -> None:
+        server.state = ServerState.ACTIVE
+        self.active.add(server)
+        waiter.set_result(server)
 
     def release(self, server: ServerConnection, *, reset: bool = False) -> None:
         """The one place a leased server connection comes back.

@@ -498,7 +498,9 @@ class ClientConnection(asyncio.Protocol):
         if server.needs_wait_for_context(context):
             return False
         self.pool.stats.leases_with_context_set += 1
-        server.apply_context(context).add_done_callback(self._pipelined_context_done)
+        # Corked: the set goes out in the same write as the client's messages.
+        server.apply_context(context, corked=True).add_done_callback(
+            self._pipelined_context_done)
         return True
 
     async def _lease(self) -> None:

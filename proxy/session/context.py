@@ -13,7 +13,7 @@ when the server connection carries no other tenant (see ``ServerConnection``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.wire import messages
 
@@ -27,12 +27,19 @@ class TenantContext:
     setting: str                        # the GUC RLS policies read, e.g. app.current_tenant
     tenant: str | None                  # None: bypass tenancy (service accounts)
     settings: tuple[tuple[str, str], ...] = ()   # client session settings (application_name, ...)
+    _wire: bytes = field(default=b"", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_wire", self._build())
 
     def with_settings(self, settings: Mapping[str, str]) -> TenantContext:
         return TenantContext(self.setting, self.tenant, tuple(sorted(settings.items())))
 
     def messages(self) -> bytes:
         """Parse/Bind/Execute/Sync that apply this context; the reply ends in ReadyForQuery."""
+        return self._wire
+
+    def _build(self) -> bytes:
         pairs: list[tuple[str, str]] = [(self.setting, self.tenant or ""), *self.settings]
         calls = ", ".join(
             f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(pairs)))

@@ -148,6 +148,7 @@ class ServerConnection(asyncio.Protocol):
         self.backend_key = b""
         self.tx_status = b"I"
         self.unsynced = False
+        self._corked = b""   # proxy bytes waiting to go out with the next client write
         self.statements = ServerStatements(db.max_prepared_statements)
         self.lost: asyncio.Future[None] | None = None  # done when the socket is closed
         self.tenant: str | TenantState | None = TenantState.PRISTINE
@@ -412,7 +413,7 @@ class ServerConnection(asyncio.Protocol):
         if expected_replies:
             self.pending.extend([FORWARD] * expected_replies)
         self.unsynced = unsynced
-        self.transport.write(data)
+        self._write(data)
 
     def send_entries(self, data: bytes, entries: list[Entry], unsynced: bool) -> None:
         """Like ``send``, with the pending entries spelled out (replies the proxy makes
@@ -426,16 +427,32 @@ class ServerConnection(asyncio.Protocol):
             else:
                 pending.append(entry)
         self.unsynced = unsynced
-        if data:
-            self.transport.write(data)
+        if data or self._corked:
+            self._write(data)
 
-    def send_internal(self, data: bytes, entry: Skip | Collect) -> None:
-        """Write a request of the proxy's own, ending in exactly one Sync or Query."""
+    def send_internal(self, data: bytes, entry: Skip | Collect, *, corked: bool = False
+                      ) -> None:
+        """Write a request of the proxy's own, ending in exactly one Sync or Query.
+
+        ``corked``: hold the bytes until the next send (the caller sends the client's
+        messages right after), so both go out in one write.
+        """
         assert self.transport is not None
         if isinstance(entry, Collect):
             self.scanner.interesting = ALL_TAGS
             entry.future.add_done_callback(self._restore_interest)
         self.pending.append(entry)
+        if corked:
+            self._corked = data
+        else:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
+        corked = self._corked
+        if corked:
+            self._corked = b""
+            data = corked + data
         self.transport.write(data)
 
     def _restore_interest(self, _fut: object) -> None:
@@ -447,10 +464,11 @@ class ServerConnection(asyncio.Protocol):
         self.send_internal(messages.query(sql), Collect(fut))
         return await fut
 
-    def apply_context(self, context: TenantContext) -> asyncio.Future[dict[str, str] | None]:
+    def apply_context(self, context: TenantContext, *, corked: bool = False
+                      ) -> asyncio.Future[dict[str, str] | None]:
         """Send the tenant context; the future gives None on success or the error fields."""
         fut: asyncio.Future[dict[str, str] | None] = asyncio.get_running_loop().create_future()
-        self.send_internal(context.messages(), Skip(fut))
+        self.send_internal(context.messages(), Skip(fut), corked=corked)
         self.tenant = context.tenant
         self.context = context
         fut.add_done_callback(self._context_applied)
