@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import os
 import secrets
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from proxy.auth.jwt import JwtVerifier
-from proxy.config import Config, parse_listen, resolve_secret
+from proxy.config import Config, ConfigError, load_config, parse_listen, resolve_secret
+from proxy.guard import Guard
 from proxy.metrics.http import MetricsServer
 from proxy.pool.pool import ServerPool
 from proxy.session.client import ClientConnection
@@ -35,6 +38,10 @@ class ProxyApp:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.verifier = JwtVerifier.from_config(config.auth.jwt, config.tenancy)
+        tenancy = config.tenancy
+        self.guard = (Guard(tenancy, cache_size=tenancy.guard_cache_size,
+                            allowed_roles=frozenset(tenancy.allowed_roles))
+                      if tenancy.guard else None)
         # Hot-path counters, read by the metrics collector at scrape time.
         self.auth_failures: dict[str, int] = {}
         self.stats = ProxyStats(config.databases, auth_failures=self.auth_failures)
@@ -54,9 +61,16 @@ class ProxyApp:
         self._maintenance: asyncio.Task[None] | None = None
         self._cancel_tasks = TaskSet()
         self._protected = config.tenancy.protected_prefixes
+        # --- reload / graceful shutdown (see docs/operations.md) ---
+        self._retired_pools: list[ServerPool] = []  # removed by a reload, still in use
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._drain_cut = False   # a second SIGTERM: stop waiting for transactions
+        self._stopping = False
+        self.stopped = asyncio.Event()  # set when stop() has finished
+        # --- end reload / shutdown ---
 
-    def _client_ssl_context(self) -> ssl.SSLContext | None:
-        srv = self.config.server
+    def _client_ssl_context(self, config: Config | None = None) -> ssl.SSLContext | None:
+        srv = (config or self.config).server
         if not srv.tls_cert_file:
             return None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -111,11 +125,20 @@ class ProxyApp:
             for pool in self.pools.values():
                 try:
                     pool.maintain()
+                    pool.trim()  # a reload may have made pool_size smaller
                 except Exception:
                     log.exception("pool maintenance failed for %s", pool.db.name)
+            self._close_retired_pools()
 
     async def stop(self) -> None:
-        """Stop accepting, close clients with 57P01, close server connections."""
+        """Stop accepting, close clients with 57P01, close server connections.
+
+        Immediate; :meth:`shutdown` first lets running transactions finish.
+        """
+        if self._stopping:
+            await self.stopped.wait()
+            return
+        self._stopping = True
         self._client_sockets_closed = asyncio.Event()
         for server in self._servers:
             server.close()
@@ -123,7 +146,7 @@ class ProxyApp:
             client.fatal("57P01", "terminating connection due to administrator command")
         if self._maintenance is not None:
             self._maintenance.cancel()
-        for pool in self.pools.values():
+        for pool in [*self.pools.values(), *self._retired_pools]:
             await pool.close()
         for server in self._servers:
             with contextlib.suppress(Exception):
@@ -137,6 +160,135 @@ class ProxyApp:
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         # --- end metrics ---
+        self.stopped.set()
+
+    # ---- graceful shutdown (SIGTERM, console SHUTDOWN) ---------------------------------
+
+    def request_shutdown(self) -> None:
+        """Start :meth:`shutdown` (once); asked again, stop waiting for transactions."""
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.get_running_loop().create_task(self.shutdown())
+        elif not self._drain_cut:
+            log.warning("shutdown requested again: closing clients now")
+            self._drain_cut = True
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting; let running transactions finish, then :meth:`stop`.
+
+        Clients with no transaction in flight get FATAL 57P01 right away; the others
+        when their transaction ends, or when ``grace`` seconds (default [server]
+        shutdown_timeout) runs out. Pools are paused, so no new transaction starts.
+        """
+        if grace is None:
+            grace = self.config.server.shutdown_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        log.info("shutting down: waiting up to %gs for running transactions", grace)
+        try:
+            for server in self._servers:
+                server.close()
+            for pool in [*self.pools.values(), *self._retired_pools]:
+                pool.pause()
+            while not self._stopping:
+                for client in list(self.clients):
+                    if not self._in_transaction(client):
+                        client.fatal("57P01", "terminating connection due to administrator "
+                                              "command")
+                if not self.clients or self._drain_cut or loop.time() >= deadline:
+                    break
+                await asyncio.sleep(0.01)
+            if self.clients:
+                log.warning("shutdown: %d client(s) still in a transaction are closed",
+                            len(self.clients))
+        finally:
+            await self.stop()
+
+    @staticmethod
+    def _in_transaction(client: ClientConnection) -> bool:
+        """True while the client's server works for it or holds its open transaction."""
+        server = client.server
+        return server is not None and not server.is_clean
+
+    # ---- reload (SIGHUP, console RELOAD) ---------------------------------------------
+
+    def reload(self, config: Config | None = None) -> None:
+        """Re-read the config file (or take ``config``), validate it, apply it.
+
+        Applied without dropping clients: pool sizes, timeouts and limits, JWT keys,
+        admin users, TLS certificates, databases added or removed (clients of a removed
+        one finish; new ones are refused). Keys that need a restart (listen,
+        unix_socket_dir, metrics_listen, log_level) keep their old value, with a warning.
+        Raises :class:`ConfigError` (logged, counted) and keeps the old config when the
+        new one is invalid or changes what cannot change live (tenancy, pool_mode).
+        """
+        try:
+            new = load_config(self.config.path) if config is None else config
+            apply = self._prepare_reload(new)
+        except ConfigError as exc:
+            self.stats.config_reload_failures += 1
+            log.error("configuration reload refused, the old configuration stays: %s", exc)
+            raise
+        apply()
+        self.stats.config_reloads += 1
+        log.info("configuration reloaded from %s", new.path)
+
+    def _prepare_reload(self, new: Config) -> Callable[[], None]:
+        """Everything that can fail, before anything changes; returns the change."""
+        old = self.config
+        if new.tenancy != old.tenancy:
+            raise ConfigError(f"{new.path}: tenancy: changes need a restart")
+        for name, db in new.databases.items():
+            pool = self.pools.get(name)
+            if pool is not None and pool.db.pool_mode != db.pool_mode:
+                raise ConfigError(f"{new.path}: databases.{name}.pool_mode: changes need a "
+                                  "restart")
+        passwords = {name: resolve_secret(db.password_env, db.password_file,
+                                          f"databases.{name}.password")
+                     for name, db in new.databases.items()}
+        verifier = JwtVerifier.from_config(new.auth.jwt, new.tenancy)
+        restart_only = ("listen", "unix_socket_dir", "metrics_listen", "log_level")
+        kept = {key: getattr(old.server, key) for key in restart_only}
+        for key, value in kept.items():
+            if getattr(new.server, key) != value:
+                log.warning("reload: server.%s changes need a restart; keeping %r", key, value)
+        config = dataclasses.replace(new, server=dataclasses.replace(new.server, **kept))
+        try:
+            ssl_context = self._client_ssl_context(config)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{new.path}: server.tls_cert_file: cannot load: {exc}") from None
+
+        def apply() -> None:
+            self.config = config
+            self.verifier = verifier
+            self.client_ssl_context = ssl_context
+            for name, db in config.databases.items():
+                pool = self.pools.get(name)
+                if pool is None:
+                    self.pools[name] = ServerPool(db, passwords[name], self.stats)
+                    log.info("reload: database %s added", name)
+                else:
+                    pool.reconfigure(db, passwords[name])
+            for name in [n for n in self.pools if n not in config.databases]:
+                self._retired_pools.append(self.pools.pop(name))
+                log.info("reload: database %s removed; its clients may finish", name)
+
+        return apply
+
+    def _close_retired_pools(self) -> None:
+        for pool in list(self._retired_pools):
+            if not pool.active and not any(c.pool is pool for c in self.clients):
+                self._retired_pools.remove(pool)
+                self._cancel_tasks.spawn(pool.close())
+
+    # ---- admin console ----------------------------------------------------------------
+
+    def kill_client(self, client_id: int) -> bool:
+        """End one client with FATAL 57P01 (console KILL_CLIENT); False if unknown."""
+        for client in self.clients:
+            if client.id == client_id:
+                client.fatal("57P01", "terminating connection due to administrator command")
+                return True
+        return False
 
     # ---- clients ----------------------------------------------------------------------
 

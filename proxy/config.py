@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields
 from difflib import get_close_matches
 from typing import Any, Literal, TypeVar, cast, get_args
 
+from proxy.auth.scram_verifier import parse_scram_verifier
+
 PoolMode = Literal["session", "transaction"]
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
 
@@ -38,6 +40,7 @@ class ServerConfig:
     max_message_size: int = 64 * 1024 * 1024  # bytes, largest frontend message buffered whole
     metrics_listen: str | None = None        # "127.0.0.1:9187"; None disables the HTTP endpoint
     log_level: str = "info"
+    shutdown_timeout: float = 30.0           # seconds running transactions get on SIGTERM/SHUTDOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,9 @@ class TenancyConfig:
     setting: str = "app.current_tenant"
     tenant_pattern: str = r"^[A-Za-z0-9_-]{1,63}$"
     protected_prefixes: tuple[str, ...] = ("app.", "pgtenant.")
+    guard: bool = True                       # inspect Query/Parse/Bind with the SQL guard
+    allowed_roles: tuple[str, ...] = ()      # roles clients may SET ROLE to
+    guard_cache_size: int = 4096             # verdicts cached by statement text
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +104,27 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminUserConfig:
+    """An admin console user (database ``pgtenant``), authenticated with SCRAM-SHA-256."""
+
+    name: str
+    # PostgreSQL's pg_authid format; never shown by SHOW CONFIG or in reprs.
+    scram_verifier: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    users: dict[str, AdminUserConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str = "<defaults>"
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     tenancy: TenancyConfig = field(default_factory=TenancyConfig)
     databases: dict[str, DatabaseConfig] = field(default_factory=dict)
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
 
 # --------------------------------------------------------------------------------------
@@ -223,13 +244,14 @@ def parse_config(text: str, source: str = "<string>") -> Config:
 
 
 def _build_config(data: dict[str, Any], source: str) -> Config:
-    root = _Table(source, (), data, {"server", "auth", "tenancy", "databases"})
+    root = _Table(source, (), data, {"server", "auth", "tenancy", "databases", "admin"})
     server = _read_server(root.table("server", _field_names(ServerConfig)))
     auth_table = root.table("auth", {"jwt"})
     jwt = _read_jwt(auth_table.table("jwt", _field_names(JwtConfig)))
     auth_table.finish()
     tenancy = _read_tenancy(root.table("tenancy", _field_names(TenancyConfig)))
     databases = _read_databases(root)
+    admin = _read_admin(root.table("admin", {"users"}))
     root.finish()
     return Config(
         path=source,
@@ -237,6 +259,7 @@ def _build_config(data: dict[str, Any], source: str) -> Config:
         auth=AuthConfig(jwt=jwt),
         tenancy=tenancy,
         databases=databases,
+        admin=admin,
     )
 
 
@@ -263,9 +286,40 @@ def _read_server(t: _Table) -> ServerConfig:
         max_message_size=t.integer("max_message_size", d.max_message_size, minimum=1),
         metrics_listen=metrics_listen,
         log_level=t.choice("log_level", d.log_level, LOG_LEVELS),
+        shutdown_timeout=t.seconds("shutdown_timeout", d.shutdown_timeout),
     )
     t.finish()
     return server
+
+
+def _read_admin(t: _Table) -> AdminConfig:
+    section = t.raw("users")
+    if section is not None and not isinstance(section, dict):
+        raise t.error("users", f"expected a table, got {_show(section)}")
+    tables = t.table("users", None)
+    users: dict[str, AdminUserConfig] = {}
+    for name in section or {}:
+        user = tables.table(name, {"scram_verifier"})
+        if not name:
+            raise t.error("users", "an admin user name must not be empty")
+        verifier = user.raw("scram_verifier")
+        if verifier is None:
+            raise user.error("scram_verifier", "required: the user's SCRAM-SHA-256 verifier")
+        if not isinstance(verifier, str):
+            raise user.error("scram_verifier", f"expected a string, got {_show(verifier)}")
+        try:
+            parse_scram_verifier(verifier)
+        except ValueError as e:
+            # Never echo the value: it is password-equivalent for offline guessing.
+            raise user.error(
+                "scram_verifier",
+                f"{e}; expected 'SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>' "
+                "as PostgreSQL stores it in pg_authid",
+            ) from None
+        user.finish()
+        users[name] = AdminUserConfig(name=name, scram_verifier=verifier)
+    t.finish()
+    return AdminConfig(users=users)
 
 
 def _read_jwt(t: _Table) -> JwtConfig:
@@ -358,7 +412,12 @@ def _read_tenancy(t: _Table) -> TenancyConfig:
         )
     pattern = t.string("tenant_pattern", d.tenant_pattern)
     _check_tenant_pattern(t, pattern)
-    tenancy = TenancyConfig(setting=setting, tenant_pattern=pattern, protected_prefixes=prefixes)
+    tenancy = TenancyConfig(
+        setting=setting, tenant_pattern=pattern, protected_prefixes=prefixes,
+        guard=t.boolean("guard", d.guard),
+        allowed_roles=t.string_tuple("allowed_roles", d.allowed_roles),
+        guard_cache_size=t.integer("guard_cache_size", d.guard_cache_size, minimum=16),
+    )
     t.finish()
     return tenancy
 

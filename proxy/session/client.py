@@ -17,12 +17,15 @@ import asyncio
 import enum
 import ipaddress
 import logging
+import re
 import ssl
 import time
 from typing import TYPE_CHECKING
 
 from proxy.auth.errors import AuthError
 from proxy.auth.identity import Identity
+from proxy.config import ADMIN_DATABASE
+from proxy.guard import FUNCTION_CALL_REFUSAL, BindRule, Refusal
 from proxy.pool.pool import PoolTimeoutError, ServerPool
 from proxy.session.context import TenantContext
 from proxy.session.prepared import internal_batch, needs_rewrite, rewrite
@@ -52,6 +55,11 @@ _S = FrontendTag.SYNC
 _F = FrontendTag.FUNCTION_CALL
 _X = FrontendTag.TERMINATE
 _P = FrontendTag.PASSWORD
+_PARSE = FrontendTag.PARSE
+_BIND = FrontendTag.BIND
+# What the SQL guard inspects.
+_GUARDED = frozenset({FrontendTag.QUERY, FrontendTag.PARSE, FrontendTag.BIND,
+                      FrontendTag.FUNCTION_CALL})
 # Messages that may name a prepared statement (or DEALLOCATE one).
 _MAYBE_NAMED = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
                           FrontendTag.CLOSE, FrontendTag.QUERY})
@@ -77,6 +85,26 @@ def is_loopback(host: str) -> bool:
 
 
 _NO_TRAFFIC = TrafficStats()  # placeholder counters before the database is known
+
+
+def _text(body: bytes) -> str:
+    """The SQL text of a Query body (NUL-terminated; invalid UTF-8 kept visible)."""
+    return body[:-1].decode("utf-8", "replace")
+
+
+def refusal_query(refusal: Refusal) -> bytes:
+    """A Query that makes the server raise ``refusal`` (so it aborts a transaction and
+    answers ReadyForQuery exactly as for any other error). Only the proxy's own text is
+    embedded, quoted as a literal."""
+    def literal(text: str) -> str:
+        return "'" + text.replace("'", "''").replace("$", "") + "'"
+
+    code = refusal.sqlstate if re.fullmatch(r"[0-9A-Z]{5}", refusal.sqlstate) else "42501"
+    items = [f"ERRCODE = '{code}'", f"MESSAGE = {literal(refusal.message)}"]
+    if refusal.hint:
+        items.append(f"HINT = {literal(refusal.hint)}")
+    return messages.query(
+        f"DO $pgtenant$BEGIN RAISE EXCEPTION USING {', '.join(items)}; END$pgtenant$")
 
 
 class ClientState(enum.Enum):
@@ -168,6 +196,10 @@ class ClientConnection(asyncio.Protocol):
         # Transaction mode: the client's prepared statements (name → Parse key).
         self.statements: dict[str, bytes] | None = None
         self._skipping = False          # a proxy-made error: drop messages up to Sync
+        self.guard = app.guard
+        self._guard_skipping = False    # a refused Parse/Bind: drop messages up to Sync
+        self._bind_rules: dict[str, BindRule] = {}  # statement → what its Binds must pass
+        self._refused_query = b""
         self.traffic = _NO_TRAFFIC      # the database's counters, once it is known
         self.stats_tenant = "_unknown"  # the tenant label for counters
         self._tx_started = 0.0          # monotonic time the current transaction began
@@ -302,6 +334,12 @@ class ClientConnection(asyncio.Protocol):
         if app.too_many_clients():
             raise ClientError("53300", "sorry, too many clients already",
                               "the proxy's max_client_conn is reached")
+        # --- admin console (proxy/admin): database "pgtenant" takes over the socket ---
+        if self.database == ADMIN_DATABASE:
+            from proxy.admin.session import open_admin_session
+            open_admin_session(self, user, self.startup.remaining())
+            return
+        # --- end admin console ---
         pool = app.pools.get(self.database)
         if pool is None:
             raise ClientError("3D000", f"database \"{self.database}\" does not exist",
@@ -316,8 +354,14 @@ class ClientConnection(asyncio.Protocol):
             settings.update(parse_options(params["options"]))
         for name in settings:
             if app.is_protected_setting(name):
+                app.stats.record_violation("_unknown", "startup_option")
                 raise ClientError("42501", f"setting \"{name}\" cannot be set by a client",
                                   "pgtenant sets the tenant context itself")
+        if app.guard is not None:
+            refusal = app.guard.check_startup(settings)
+            if refusal is not None:
+                app.stats.record_violation("_unknown", refusal.kind)
+                raise ClientError(refusal.sqlstate, refusal.message, refusal.hint)
         self.settings = settings
         if not (self.tls or self.is_local or app.config.server.allow_insecure_password):
             raise ClientError("28000", "pgtenant accepts a password only over an encrypted "
@@ -416,16 +460,17 @@ class ClientConnection(asyncio.Protocol):
         if batch is None:
             return
         block, index = batch
+        if self.guard is not None and (self._guard_skipping or _GUARDED.intersection(
+                tag for tag, _, _ in index)):
+            block, index = self._guard(block, index)
         replies = 0
         unsynced = self._unsynced
         named = self._skipping
         statements = self.statements
         for tag, start, end in index:
-            if tag == _S:
+            if tag == _S or tag == _Q or tag == _F:  # each ends in ReadyForQuery
                 replies += 1
                 unsynced = False
-            elif tag == _Q or tag == _F:
-                replies += 1
             elif tag in _EXTENDED:
                 unsynced = True
             elif tag == _X:
@@ -435,6 +480,73 @@ class ClientConnection(asyncio.Protocol):
             if statements is not None and not named and tag in _MAYBE_NAMED:
                 named = needs_rewrite(tag, block[start + 5:end])
         self._flush_block(block, replies, unsynced, named)
+
+    def _guard(self, block: bytes, index: list[tuple[int, int, int]]
+               ) -> tuple[bytes, list[tuple[int, int, int]]]:
+        """Check Query/Parse/Bind/FunctionCall with the SQL guard; answer refusals.
+
+        A refused message gets PostgreSQL's own semantics: a refused Query (or
+        FunctionCall) is replaced by a statement that raises the refusal on the server, so
+        the client gets ErrorResponse + ReadyForQuery and an open transaction is aborted;
+        after a refused Parse or Bind, messages up to Sync are dropped and the Sync is
+        replaced by that statement (the batch fails as a whole, as it would in PostgreSQL).
+        """
+        guard = self.guard
+        assert guard is not None
+        tenant = self.identity.tenant if self.identity is not None else None
+        parts: list[bytes] = []
+        changed = False
+        for tag, start, end in index:
+            if self._guard_skipping:
+                changed = True
+                if tag == _S:
+                    self._guard_skipping = False
+                    parts.append(self._refused_query)
+                continue
+            refusal = None
+            body = block[start + 5:end]
+            if tag == _Q:
+                refusal = guard.check_query(_text(body), tenant)
+            elif tag == _PARSE:
+                name, sql, types = messages.decode_parse(body)
+                verdict = guard.check_parse(sql, tenant, types)
+                if isinstance(verdict, BindRule):
+                    self._bind_rules[name] = verdict
+                else:
+                    self._bind_rules.pop(name, None)
+                    refusal = verdict
+            elif tag == _BIND and self._bind_rules:
+                _, statement, formats, params = messages.decode_bind(body)
+                rule = self._bind_rules.get(statement)
+                if rule is not None:
+                    refusal = guard.check_bind(rule, params, formats)
+            elif tag == _F:
+                refusal = FUNCTION_CALL_REFUSAL
+            if refusal is None:
+                parts.append(block[start:end])
+                continue
+            changed = True
+            self._refused(refusal, tag)
+            if tag == _Q or tag == _F:
+                parts.append(self._refused_query)
+            else:
+                self._guard_skipping = True
+        if not changed:
+            return block, index
+        new = b"".join(parts)
+        new_index = []
+        pos = 0
+        for part in parts:
+            new_index.append((part[0], pos, pos + len(part)))
+            pos += len(part)
+        return new, new_index
+
+    def _refused(self, refusal: Refusal, tag: int) -> None:
+        tenant = self.stats_tenant
+        self.app.stats.record_violation(tenant, refusal.kind)
+        log.warning("client #%s (%s) tenant=%s: %s refused by the guard (%s)",
+                    self.id, self.peer, tenant, chr(tag), refusal.kind)
+        self._refused_query = refusal_query(refusal)
 
     def _flush_block(self, block: bytes, replies: int, unsynced: bool, named: bool) -> None:
         if replies:

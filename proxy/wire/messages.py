@@ -500,6 +500,33 @@ def decode_bind_header(body: bytes) -> tuple[str, str]:
     return portal, statement
 
 
+def decode_bind(body: bytes) -> tuple[str, str, list[int], list[bytes | None]]:
+    """Bind → (portal, statement, parameter format codes, parameter values; None = NULL)."""
+    portal, pos = _read_cstr(body, 0, "portal name")
+    statement, pos = _read_cstr(body, pos, "statement name")
+    try:
+        (nformats,) = _UINT16.unpack_from(body, pos)
+        pos += 2
+        formats = list(struct.unpack_from(f"!{nformats}h", body, pos))
+        pos += 2 * nformats
+        (nparams,) = _UINT16.unpack_from(body, pos)
+        pos += 2
+        params: list[bytes | None] = []
+        for _ in range(nparams):
+            (size,) = _INT32.unpack_from(body, pos)
+            pos += 4
+            if size == -1:
+                params.append(None)
+                continue
+            if size < 0 or pos + size > len(body):
+                raise ProtocolViolation("invalid parameter length in Bind")
+            params.append(body[pos:pos + size])
+            pos += size
+    except struct.error:
+        raise ProtocolViolation("truncated Bind message") from None
+    return portal, statement, formats, params
+
+
 def decode_close_or_describe(body: bytes) -> tuple[bytes, str]:
     """Close or Describe → (kind b"S" or b"P", name)."""
     kind = body[:1]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import (
+    AdminUserConfig,
     AuthConfig,
     Config,
     ConfigError,
@@ -71,7 +72,7 @@ def test_example_config_loads_with_documented_values() -> None:
 
 def test_example_config_documents_every_key() -> None:
     text = (REPO_ROOT / "config.example.toml").read_text(encoding="utf-8")
-    for cls in (ServerConfig, JwtConfig, TenancyConfig, DatabaseConfig):
+    for cls in (ServerConfig, JwtConfig, TenancyConfig, DatabaseConfig, AdminUserConfig):
         for f in dataclasses.fields(cls):
             if f.name == "name":
                 continue  # the [databases.NAME] table key
@@ -438,3 +439,48 @@ def test_resolve_secret_needs_at_most_one_source(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ConfigError, match="not both") as info:
         resolve_secret("PGT_TEST_SECRET", "/dev/null", "auth.jwt.secret")
     assert SECRET not in str(info.value)
+
+
+# --------------------------------------------------------------------- admin, shutdown
+
+
+def test_shutdown_timeout_defaults_and_validates(config_file) -> None:
+    assert config_file(MINIMAL).server.shutdown_timeout == 30.0
+    config = config_file("[server]\nshutdown_timeout = 5\n" + MINIMAL)
+    assert config.server.shutdown_timeout == 5.0
+    message = error_for(config_file, "[server]\nshutdown_timeout = -1\n" + MINIMAL)
+    assert "server.shutdown_timeout: expected a number of seconds >= 0" in message
+
+
+def test_admin_users_are_loaded_with_their_verifier(config_file) -> None:
+    from proxy.auth.scram_verifier import make_scram_verifier
+    from proxy.config import AdminConfig
+
+    assert config_file(MINIMAL).admin == AdminConfig()
+    verifier = make_scram_verifier("admin-password")
+    config = config_file(MINIMAL + f'[admin.users.ops]\nscram_verifier = "{verifier}"\n')
+    user = config.admin.users["ops"]
+    assert (user.name, user.scram_verifier) == ("ops", verifier)
+    assert verifier not in repr(config)  # the verifier never shows in logs or reprs
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ("[admin.users.ops]\n", "admin.users.ops.scram_verifier: required"),
+        ('[admin.users.ops]\nscram_verifier = "md5abc-secret"\n',
+         "admin.users.ops.scram_verifier: not a SCRAM-SHA-256 secret"),
+        ('[admin.users.ops]\nscram_verifier = "SCRAM-SHA-256$x-secret"\n',
+         "admin.users.ops.scram_verifier: malformed SCRAM-SHA-256 secret"),
+        ("[admin.users.ops]\nscram_verifier = 1\n",
+         "admin.users.ops.scram_verifier: expected a string"),
+        ('[admin.users.ops]\nscram_verifier = "x"\npassword = "p"\n',
+         "admin.users.ops.password: unknown key"),
+        ("[admin]\nusers = 1\n", "admin.users: expected a table"),
+        ("[admin]\nuser = {}\n", 'admin.user: unknown key (did you mean "users"?)'),
+    ],
+)
+def test_bad_admin_users_name_their_key(config_file, table: str, expected: str) -> None:
+    message = error_for(config_file, MINIMAL + table)
+    assert expected in message
+    assert "secret\"" not in message and "md5abc" not in message

@@ -396,3 +396,15 @@ def test_random_bodies_raise_only_protocol_violation(body: bytes) -> None:
             decode(body)
         except ProtocolViolation:
             pass
+
+
+def test_decode_bind_gives_formats_and_values() -> None:
+    body = m.bind("p", "s", [b"acme", None, b""], [0, 1, 0])[5:]
+    assert m.decode_bind(body) == ("p", "s", [0, 1, 0], [b"acme", None, b""])
+
+
+@pytest.mark.parametrize("cut", [3, 6, 9, 14])
+def test_decode_bind_refuses_truncated(cut: int) -> None:
+    body = m.bind("", "s", [b"acme"], [0])[5:]
+    with pytest.raises(ProtocolViolation):
+        m.decode_bind(body[:cut])
