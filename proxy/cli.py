@@ -35,21 +35,29 @@ def _setup_logging(level: str) -> None:
 
 
 async def serve(config: Config, ready: Callable[[Any], None] | None = None) -> int:
-    """Run the proxy until SIGTERM/SIGINT."""
+    """Run the proxy until SIGTERM/SIGINT or the console's SHUTDOWN; SIGHUP reloads.
+
+    SIGTERM/SIGINT shut down gracefully (running transactions get [server]
+    shutdown_timeout); a second one closes the remaining clients at once.
+    """
     from proxy.app import ProxyApp
 
     app = ProxyApp(config)
     await app.start()
     if ready is not None:
         ready(app)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await app.stop()
+
+    def reload() -> None:
+        with contextlib.suppress(ConfigError):  # logged and counted; the old config stays
+            app.reload()
+
+    for sig, handler in ((signal.SIGTERM, app.request_shutdown),
+                         (signal.SIGINT, app.request_shutdown), (signal.SIGHUP, reload)):
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            loop.add_signal_handler(sig, handler)
+    await app.stopped.wait()
+    log.info("stopped")
     return 0
 
 

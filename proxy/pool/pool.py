@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ class ServerPool:
             raise self._refused
         if self.closed:
             raise ServerError("the pool is shutting down", "57P01")
+        if self.paused:
+            await self._wait_resumed(tenant)
         server = self.try_acquire(tenant)
         if server is not None:
             return server
@@ -122,7 +125,7 @@ class ServerPool:
 
     def try_acquire(self, tenant: str | None) -> ServerConnection | None:
         """An idle connection right now, or None (none idle, or others wait first)."""
-        if self.waiters or self._refused is not None or self.closed:
+        if self.waiters or self._refused is not None or self.closed or self.paused:
             return None
         return self._take_idle(tenant)
 
@@ -320,3 +323,85 @@ class ServerPool:
         lost = [s.lost for s in servers if s.lost is not None]
         if lost:
             await asyncio.wait(lost, timeout=2)
+
+    # ---- pause, resume, reload (admin console, SIGHUP) --------------------------------
+    # PAUSE stops new leases: acquire() waits (up to query_wait_timeout) and try_acquire()
+    # answers None, while leases already made, and clients queued before the pause, go on.
+    # In session mode a lease lasts a whole client session, so only new logins wait.
+
+    paused = False
+    _resumed: asyncio.Event | None = None
+    _paused_waiting = 0
+
+    def pause(self) -> None:
+        """Start no new lease until :meth:`resume`; running transactions finish."""
+        if not self.paused:
+            self.paused = True
+            self._resumed = asyncio.Event()
+            log.info("database %s: paused", self.db.name)
+
+    def resume(self) -> None:
+        """Let the clients held by :meth:`pause` lease again."""
+        if self.paused:
+            self.paused = False
+            if self._resumed is not None:
+                self._resumed.set()
+            self._resumed = None
+            log.info("database %s: resumed", self.db.name)
+
+    @property
+    def paused_waiting(self) -> int:
+        """Clients waiting for :meth:`resume` (not yet in the pool's wait queue)."""
+        return self._paused_waiting
+
+    async def _wait_resumed(self, tenant: str | None) -> None:
+        token = object()
+        self.proxy_stats.wait_began(self.traffic, token)
+        self._paused_waiting += 1
+        started = time.monotonic()
+        try:
+            while self.paused and self._resumed is not None and not self.closed:
+                async with asyncio.timeout(self.db.query_wait_timeout or None):
+                    await self._resumed.wait()
+        except TimeoutError:
+            self.stats.acquire_timeouts += 1
+            raise PoolTimeoutError(
+                f"database \"{self.db.name}\" is paused and was not resumed within "
+                f"query_wait_timeout ({self.db.query_wait_timeout:g}s)") from None
+        finally:
+            self._paused_waiting -= 1
+            waited = time.monotonic() - started
+            self.stats.waits += 1
+            self.stats.wait_seconds_total += waited
+            self.proxy_stats.wait_ended(self.traffic, token, tenant, waited)
+        if self.closed:
+            raise ServerError("the pool is shutting down", "57P01")
+
+    def reconfigure(self, db: DatabaseConfig, password: str | None) -> None:
+        """Apply a reloaded entry for this database; leased connections keep serving.
+
+        pool_size, timeouts and the other limits apply from now on (idle connections
+        beyond a smaller pool_size are closed by :meth:`trim`). When the upstream itself
+        changed (host, port, dbname, user, TLS), idle connections are closed now and
+        leased ones are closed when released (if server_lifetime is not 0); a new
+        password only matters for new connections.
+        """
+        old = self.db
+        upstream = ("host", "port", "dbname", "user", "sslmode", "sslrootcert")
+        moved = any(getattr(old, k) != getattr(db, k) for k in upstream)
+        self.db = db
+        self.password = password
+        if moved:
+            self._role_checked = False
+            self._refused = None
+            for server in list(self.idle):
+                self._close(server)
+            for server in self.active:
+                server.created_at = -math.inf  # expired: closed, not reused, when released
+        self.trim()
+        self._grow()
+
+    def trim(self) -> None:
+        """Close idle connections beyond pool_size (after a reload made it smaller)."""
+        while self.idle and self.size > self.db.pool_size:
+            self._close(self.idle[0])  # the coldest first (idle is LIFO)

@@ -1,0 +1,296 @@
+"""The admin console (database ``pgtenant``) through psql and psycopg, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from proxy.admin.scram import ScramExchange, ScramFailed
+from proxy.auth.scram_verifier import make_scram_verifier, parse_scram_verifier
+from proxy.config import AdminConfig, AdminUserConfig
+from tests.proxy_harness import JWT_SECRET, ThreadedProxy, make_config, startup_refusal, token
+
+ADMIN = "admin"
+ADMIN_PASSWORD = "console-password-for-tests"
+
+
+def admin_config() -> AdminConfig:
+    return AdminConfig(users={ADMIN: AdminUserConfig(
+        name=ADMIN, scram_verifier=make_scram_verifier(ADMIN_PASSWORD))})
+
+
+@pytest.fixture
+def start_admin_proxy(app_db: Any) -> Iterator[Callable[..., ThreadedProxy]]:
+    """Factory: a threaded proxy with an admin user; keyword arguments as make_config."""
+    started: list[ThreadedProxy] = []
+
+    def start(**overrides: Any) -> ThreadedProxy:
+        config = dataclasses.replace(make_config(app_db, **overrides), admin=admin_config())
+        proxy = ThreadedProxy(config).start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
+def admin_proxy(start_admin_proxy: Callable[..., ThreadedProxy]) -> ThreadedProxy:
+    return start_admin_proxy(pool_mode="transaction", pool_size=2)
+
+
+def admin_dsn(proxy: ThreadedProxy, password: str = ADMIN_PASSWORD, user: str = ADMIN) -> str:
+    return f"postgresql://{user}:{password}@127.0.0.1:{proxy.port}/pgtenant?sslmode=disable"
+
+
+def console(proxy: ThreadedProxy, command: str) -> list[dict[str, str | None]]:
+    """Run a command over the simple query protocol; rows as dicts."""
+    with psycopg.connect(admin_dsn(proxy), autocommit=True) as conn:
+        return simple(conn, command)
+
+
+def simple(conn: psycopg.Connection[Any], command: str) -> list[dict[str, str | None]]:
+    result = conn.pgconn.exec_(command.encode())
+    if result.status not in (psycopg.pq.ExecStatus.TUPLES_OK,
+                             psycopg.pq.ExecStatus.COMMAND_OK):
+        error = psycopg.errors.error_from_result(result)
+        raise error
+    names = [result.fname(i).decode() for i in range(result.nfields)]  # type: ignore[union-attr]
+    rows = []
+    for r in range(result.ntuples):
+        values = [result.get_value(r, c) for c in range(result.nfields)]
+        rows.append({n: None if v is None else v.decode() for n, v in
+                     zip(names, values, strict=True)})
+    return rows
+
+
+def psql(proxy: ThreadedProxy, command: str, password: str = ADMIN_PASSWORD
+         ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["psql", "-X", admin_dsn(proxy, password), "-c", command],
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+# ---- login -----------------------------------------------------------------------------
+
+
+def test_show_pools_renders_as_a_table_in_psql(admin_proxy: ThreadedProxy) -> None:
+    done = psql(admin_proxy, "SHOW POOLS")
+    assert done.returncode == 0, done.stderr
+    header = done.stdout.splitlines()[0]
+    for column in ("database", "pool_mode", "paused", "cl_active", "sv_idle", "pool_size"):
+        assert column in header
+    assert " app " in done.stdout and "transaction" in done.stdout
+    assert "(1 row)" in done.stdout
+
+
+def test_commands_are_case_insensitive_with_optional_semicolon(
+        admin_proxy: ThreadedProxy) -> None:
+    done = psql(admin_proxy, "show clients;")
+    assert done.returncode == 0, done.stderr
+    assert "pgtenant" in done.stdout  # the admin itself, database pgtenant
+
+
+def test_wrong_admin_password_is_refused_with_28P01(admin_proxy: ThreadedProxy) -> None:
+    state, message = startup_refusal(admin_dsn(admin_proxy, "wrong-password"))
+    assert state == "28P01"
+    assert "password authentication failed" in message
+
+
+def test_unknown_admin_user_gets_the_same_refusal(admin_proxy: ThreadedProxy) -> None:
+    state, message = startup_refusal(admin_dsn(admin_proxy, ADMIN_PASSWORD, user="mallory"))
+    assert state == "28P01"
+    assert "password authentication failed for user \"mallory\"" in message
+
+
+def test_a_tenant_jwt_cannot_open_the_console(admin_proxy: ThreadedProxy) -> None:
+    jwt_token = token("acme")
+    state, _ = startup_refusal(admin_dsn(admin_proxy, jwt_token, user="tester"))
+    assert state in ("28P01", "28000")
+    # Not even as the admin's user name.
+    state, _ = startup_refusal(admin_dsn(admin_proxy, jwt_token, user=ADMIN))
+    assert state in ("28P01", "28000")
+    failures = admin_proxy.call(lambda: dict(admin_proxy.app.auth_failures))  # type: ignore[union-attr]
+    assert failures.get("admin_console") == 2
+
+
+def test_console_is_closed_without_admin_users(start_proxy: Callable[..., ThreadedProxy]
+                                               ) -> None:
+    proxy = start_proxy()
+    state, _ = startup_refusal(admin_dsn(proxy))
+    assert state == "28P01"
+
+
+# ---- commands --------------------------------------------------------------------------
+
+
+def test_every_show_command_answers_rows_over_psycopg(admin_proxy: ThreadedProxy) -> None:
+    with psycopg.connect(admin_proxy.dsn("acme"), autocommit=True) as tenant:
+        tenant.execute("SELECT count(*) FROM items").fetchone()
+        with psycopg.connect(admin_dsn(admin_proxy), autocommit=True) as conn:
+            pools = simple(conn, "SHOW POOLS")
+            assert pools[0]["database"] == "app" and pools[0]["pool_size"] == "2"
+            clients = simple(conn, "SHOW CLIENTS")
+            assert {c["database"] for c in clients} == {"app", "pgtenant"}
+            assert [c["tenant"] for c in clients if c["database"] == "app"] == ["acme"]
+            assert [c["self"] for c in clients if c["database"] == "pgtenant"] == ["yes"]
+            servers = simple(conn, "SHOW SERVERS")
+            assert servers and servers[0]["tenant"] == "acme"
+            assert int(servers[0]["backend_pid"] or 0) > 0
+            tenants = {t["tenant"]: t for t in simple(conn, "SHOW TENANTS")}
+            assert tenants["acme"]["clients"] == "1"
+            assert int(tenants["acme"]["queries"] or 0) >= 1
+            stats = simple(conn, "SHOW STATS")
+            assert stats[0]["database"] == "app" and int(stats[0]["queries"] or 0) >= 1
+            assert simple(conn, "SHOW HELP")[0]["command"] == "SHOW POOLS"
+
+
+def test_show_config_shows_settings_but_no_secrets(admin_proxy: ThreadedProxy,
+                                                   app_db: Any) -> None:
+    rows = {r["key"]: r["value"] for r in console(admin_proxy, "SHOW CONFIG")}
+    assert rows["databases.app.pool_size"] == "2"
+    assert rows["server.shutdown_timeout"] == "30.0"
+    assert rows["admin.users"] == ADMIN
+    text = repr(rows)
+    assert "SCRAM-SHA-256$" not in text
+    assert JWT_SECRET not in text and app_db.password not in text
+
+
+def test_unknown_command_is_42601_with_a_hint(admin_proxy: ThreadedProxy) -> None:
+    with psycopg.connect(admin_dsn(admin_proxy), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.SyntaxError) as info:
+            simple(conn, "SELECT 1")
+        assert info.value.diag.sqlstate == "42601"
+        assert "SHOW POOLS" in (info.value.diag.message_hint or "")
+        assert simple(conn, "SHOW HELP")  # still usable
+
+
+def test_extended_protocol_is_refused_clearly(admin_proxy: ThreadedProxy) -> None:
+    with psycopg.connect(admin_dsn(admin_proxy), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as info:
+            conn.execute("SHOW POOLS", prepare=True)  # Parse/Bind/Execute/Sync
+        assert "simple query protocol" in str(info.value)
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute("SELECT %s", [1])  # parameters: the extended protocol too
+        # psycopg sends a query without parameters as a simple Query: that works.
+        assert conn.execute("SHOW POOLS").fetchone()[0] == "app"  # type: ignore[index]
+        assert simple(conn, "SHOW POOLS")[0]["database"] == "app"
+
+
+def test_kill_client_ends_that_client_with_57P01(admin_proxy: ThreadedProxy) -> None:
+    with psycopg.connect(admin_proxy.dsn("acme"), autocommit=True) as victim, \
+         psycopg.connect(admin_proxy.dsn("globex"), autocommit=True) as bystander, \
+         psycopg.connect(admin_dsn(admin_proxy), autocommit=True) as conn:
+        victim.execute("SELECT 1")
+        clients = simple(conn, "SHOW CLIENTS")
+        victim_id = next(c["id"] for c in clients if c["tenant"] == "acme")
+        simple(conn, f"KILL_CLIENT {victim_id}")
+        with pytest.raises(psycopg.OperationalError) as info:
+            victim.execute("SELECT 1")
+        assert "terminating connection due to administrator command" in str(info.value)
+        assert bystander.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            simple(conn, f"KILL_CLIENT {victim_id}")
+
+
+def test_pause_holds_a_new_transaction_and_resume_releases_it(
+        admin_proxy: ThreadedProxy) -> None:
+    results: list[object] = []
+    with psycopg.connect(admin_proxy.dsn("acme"), autocommit=True) as tenant, \
+         psycopg.connect(admin_dsn(admin_proxy), autocommit=True) as conn:
+        tenant.execute("SELECT 1")
+        simple(conn, "PAUSE app")
+        assert simple(conn, "SHOW POOLS")[0]["paused"] == "yes"
+
+        def run() -> None:
+            started = time.monotonic()
+            row = tenant.execute("SELECT count(*) FROM items").fetchone()
+            results.append((row, time.monotonic() - started))
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        time.sleep(0.5)
+        assert not results, "a transaction started while the pool was paused"
+        pools = simple(conn, "SHOW POOLS")
+        assert pools[0]["cl_waiting"] == "1"
+        simple(conn, "RESUME")
+        worker.join(10)
+        assert results and results[0][1] >= 0.5  # type: ignore[index]
+        assert simple(conn, "SHOW POOLS")[0]["paused"] == "no"
+
+
+def test_pause_lets_a_running_transaction_finish(admin_proxy: ThreadedProxy) -> None:
+    with psycopg.connect(admin_proxy.dsn("acme")) as tenant, \
+         psycopg.connect(admin_dsn(admin_proxy), autocommit=True) as conn:
+        tenant.execute("SELECT 1")  # BEGIN: the transaction holds its server
+        simple(conn, "PAUSE")
+        assert tenant.execute("SELECT 2").fetchone() == (2,)
+        tenant.commit()
+        simple(conn, "RESUME")
+
+
+def test_pause_of_an_unknown_database_is_3D000(admin_proxy: ThreadedProxy) -> None:
+    with pytest.raises(psycopg.errors.InvalidCatalogName):
+        console(admin_proxy, "PAUSE nosuchdb")
+
+
+def test_reload_without_a_config_file_is_refused_and_counted(
+        admin_proxy: ThreadedProxy) -> None:
+    # The threaded proxy's config was built in memory ("<test>"): there is no file to read.
+    with pytest.raises(psycopg.Error) as info:
+        console(admin_proxy, "RELOAD")
+    assert info.value.diag.sqlstate == "F0000"
+    app = admin_proxy.app
+    assert app is not None
+    assert admin_proxy.call(lambda: app.stats.config_reload_failures) == 1
+    assert console(admin_proxy, "SHOW POOLS")[0]["pool_size"] == "2"
+
+
+def test_reload_applies_pool_size_and_new_databases(admin_proxy: ThreadedProxy,
+                                                    app_db: Any) -> None:
+    app = admin_proxy.app
+    assert app is not None
+    old = app.config
+    new_app = dataclasses.replace(old.databases["app"], pool_size=3)
+    second = dataclasses.replace(new_app, name="app2")
+    admin_proxy.call(lambda: app.reload(dataclasses.replace(
+        old, databases={"app": new_app, "app2": second})))
+    pools = {p["database"]: p for p in console(admin_proxy, "SHOW POOLS")}
+    assert pools["app"]["pool_size"] == "3" and "app2" in pools
+    with psycopg.connect(admin_proxy.dsn("acme", dbname="app2"), autocommit=True) as conn:
+        assert conn.execute("SELECT current_setting('app.current_tenant')").fetchone() == (
+            "acme",)
+    assert admin_proxy.call(lambda: app.stats.config_reloads) == 1
+
+
+# ---- SCRAM server, against scramp's client -------------------------------------------
+
+
+def test_scram_exchange_accepts_the_right_password_only() -> None:
+    import scramp
+
+    secret = parse_scram_verifier(make_scram_verifier("pw-1"))
+    for password, ok in (("pw-1", True), ("pw-2", False)):
+        client = scramp.ScramClient(["SCRAM-SHA-256"], "ignored", password)
+        exchange = ScramExchange(secret)
+        client.set_server_first(exchange.client_first(client.get_client_first()))
+        if ok:
+            client.set_server_final(exchange.client_final(client.get_client_final()))
+        else:
+            with pytest.raises(ScramFailed):
+                exchange.client_final(client.get_client_final())
+
+
+@pytest.mark.parametrize("first", ["p=tls-server-end-point,,n=,r=abc", "n,a=x,n=,r=abc",
+                                   "n,,n=,r=abc,m=ext", "n,,r=abc", "garbage"])
+def test_scram_exchange_refuses_unsupported_client_first(first: str) -> None:
+    exchange = ScramExchange(parse_scram_verifier(make_scram_verifier("pw")))
+    with pytest.raises(ScramFailed):
+        exchange.client_first(first)
