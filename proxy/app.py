@@ -11,7 +11,7 @@ import os
 import secrets
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from proxy.auth.jwt import JwtVerifier
 from proxy.config import Config, ConfigError, load_config, parse_listen, resolve_secret
@@ -26,10 +26,41 @@ from proxy.wire import messages
 
 if TYPE_CHECKING:
     from proxy.auth.errors import AuthError
+    from proxy.session.server import Receiver
 
 log = logging.getLogger("pgtenant.app")
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+_ADMIN_SHUTDOWN = "terminating connection due to administrator command"
+
+
+class _DrainingReceiver:
+    """Stands between a server and its client while the proxy shuts down.
+
+    Forwards everything; when the server has answered everything and the transaction is
+    over, ends the client with 57P01 right after the ReadyForQuery, before it can start
+    another transaction (a session-mode client keeps its server between transactions).
+    """
+
+    def __init__(self, client: ClientConnection) -> None:
+        self._client = client
+
+    @classmethod
+    def install(cls, client: ClientConnection) -> None:
+        server = client.server
+        if server is not None and server.receiver is client:
+            server.receiver = cast("Receiver", cls(client))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def server_ready(self, server: ServerConnection) -> None:
+        client = self._client
+        client.server_ready(server)
+        if server.is_clean:
+            client.fatal("57P01", _ADMIN_SHUTDOWN)
 
 
 class ProxyApp:
@@ -39,6 +70,14 @@ class ProxyApp:
         self.config = config
         self.verifier = JwtVerifier.from_config(config.auth.jwt, config.tenancy)
         tenancy = config.tenancy
+        proof_key = resolve_secret(tenancy.proof_key_env, tenancy.proof_key_file,
+                                   "tenancy.proof_key")
+        if proof_key is not None and len(proof_key.encode()) < 32:
+            raise ConfigError("tenancy.proof_key: the signed-context key must be at least "
+                              "32 bytes")
+        self.proof_key = proof_key.encode() if proof_key is not None else None
+        # The tenant registry (pgtenant.tenants), when required: tenant → (status, expiry).
+        self.registry: dict[str, tuple[str | None, float]] = {}
         self.guard = (Guard(tenancy, cache_size=tenancy.guard_cache_size,
                             allowed_roles=frozenset(tenancy.allowed_roles))
                       if tenancy.guard else None)
@@ -192,8 +231,9 @@ class ProxyApp:
             while not self._stopping:
                 for client in list(self.clients):
                     if not self._in_transaction(client):
-                        client.fatal("57P01", "terminating connection due to administrator "
-                                              "command")
+                        client.fatal("57P01", _ADMIN_SHUTDOWN)
+                    else:
+                        _DrainingReceiver.install(client)
                 if not self.clients or self._drain_cut or loop.time() >= deadline:
                     break
                 await asyncio.sleep(0.01)
@@ -286,7 +326,7 @@ class ProxyApp:
         """End one client with FATAL 57P01 (console KILL_CLIENT); False if unknown."""
         for client in self.clients:
             if client.id == client_id:
-                client.fatal("57P01", "terminating connection due to administrator command")
+                client.fatal("57P01", _ADMIN_SHUTDOWN)
                 return True
         return False
 

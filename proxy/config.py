@@ -70,6 +70,11 @@ class TenancyConfig:
     guard: bool = True                       # inspect Query/Parse/Bind with the SQL guard
     allowed_roles: tuple[str, ...] = ()      # roles clients may SET ROLE to
     guard_cache_size: int = 4096             # verdicts cached by statement text
+    proof_key_env: str | None = None         # signed context: env var with the HMAC key
+    proof_key_file: str | None = None        # ... or a file holding it
+    proof_setting: str = "pgtenant.proof"    # the setting that carries the proof
+    require_registered_tenant: bool = False  # refuse tenants not 'active' in pgtenant.tenants
+    registry_cache_seconds: float = 10.0     # how long a registry answer is trusted
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,7 +422,16 @@ def _read_tenancy(t: _Table) -> TenancyConfig:
         guard=t.boolean("guard", d.guard),
         allowed_roles=t.string_tuple("allowed_roles", d.allowed_roles),
         guard_cache_size=t.integer("guard_cache_size", d.guard_cache_size, minimum=16),
+        proof_key_env=t.env_name("proof_key_env"),
+        proof_key_file=t.optional_string("proof_key_file"),
+        proof_setting=t.string("proof_setting", d.proof_setting),
+        require_registered_tenant=t.boolean("require_registered_tenant",
+                                            d.require_registered_tenant),
+        registry_cache_seconds=t.seconds("registry_cache_seconds", d.registry_cache_seconds),
     )
+    if not any(tenancy.proof_setting.lower().startswith(p.lower()) for p in prefixes):
+        raise t.error("proof_setting", f"{_show(tenancy.proof_setting)} must start with one "
+                      "of protected_prefixes, or clients could forge it")
     t.finish()
     return tenancy
 

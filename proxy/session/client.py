@@ -43,7 +43,7 @@ from proxy.wire.startup import (
     StartupMessage,
     parse_startup_packet,
 )
-from proxy.wire.tags import FrontendTag
+from proxy.wire.tags import BackendTag, FrontendTag
 
 if TYPE_CHECKING:
     from proxy.app import ProxyApp
@@ -392,8 +392,10 @@ class ClientConnection(asyncio.Protocol):
             raise ClientError(exc.sqlstate, str(exc)) from None
         self.identity = identity
         self.stats_tenant = identity.tenant if identity.tenant is not None else "_bypass"
+        tenancy = self.app.config.tenancy
         self.context = TenantContext(
-            self.app.config.tenancy.setting, identity.tenant).with_settings(self.settings)
+            tenancy.setting, identity.tenant, (), self.app.proof_key, tenancy.proof_setting,
+        ).with_settings(self.settings)
         self.state = ClientState.LOGIN
         self._tasks.spawn(self._login())
 
@@ -409,6 +411,19 @@ class ClientConnection(asyncio.Protocol):
             self.pool.release(server)
             return
         self._link(server)
+        if self.app.config.tenancy.require_registered_tenant and self.context.tenant:
+            try:
+                status = await self._registry_status(server, self.context.tenant)
+            except ServerError as exc:
+                self.fatal(exc.sqlstate, str(exc))
+                return
+            if status != "active":
+                self.app.stats.security.suspended_tenant_attempts += 1
+                what = "is suspended" if status == "suspended" else "is not registered"
+                log.info("client #%s (%s): tenant %s %s", self.id, self.peer,
+                         self.context.tenant, what)
+                self.fatal("28000", f"tenant \"{self.context.tenant}\" {what}")
+                return
         if server.context == self.context:  # same tenant and settings: nothing to set
             server.context = self.context
         else:
@@ -443,6 +458,25 @@ class ClientConnection(asyncio.Protocol):
             self._release_server()
         self._pause_reading("queue", False)
         self._relay_messages()
+
+    async def _registry_status(self, server: ServerConnection, tenant: str) -> str | None:
+        """The tenant's status in pgtenant.tenants, cached for registry_cache_seconds."""
+        registry = self.app.registry
+        now = time.monotonic()
+        cached = registry.get(tenant)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        rows = await server.query("SELECT pgtenant.tenant_status($1)", [tenant.encode()])
+        status: str | None = None
+        for tag, body in rows:
+            if tag == BackendTag.ERROR_RESPONSE:
+                fields = messages.decode_error_fields(body)
+                raise ServerError(f"could not read the tenant registry: {fields.get('M', '')}",
+                                  "08006")
+            if tag == BackendTag.DATA_ROW and body[2:6] != b"\xff\xff\xff\xff":
+                status = body[6:].decode()
+        registry[tenant] = (status, now + self.app.config.tenancy.registry_cache_seconds)
+        return status
 
     def _login_timed_out(self) -> None:
         if self.state in (ClientState.STARTUP, ClientState.TLS, ClientState.AUTH,

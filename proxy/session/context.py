@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from policies.proof import compute_proof
 from proxy.wire import messages
 
 _TEXT_OID = 25
@@ -27,20 +28,36 @@ class TenantContext:
     setting: str                        # the GUC RLS policies read, e.g. app.current_tenant
     tenant: str | None                  # None: bypass tenancy (service accounts)
     settings: tuple[tuple[str, str], ...] = ()   # client session settings (application_name, ...)
+    # The signed context (``pgtenant policies install``): the HMAC key, and the setting
+    # that carries the proof. Not part of equality: the proof is per server connection.
+    proof_key: bytes | None = field(default=None, compare=False, repr=False)
+    proof_setting: str = field(default="pgtenant.proof", compare=False)
     _wire: bytes = field(default=b"", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_wire", self._build())
 
     def with_settings(self, settings: Mapping[str, str]) -> TenantContext:
-        return TenantContext(self.setting, self.tenant, tuple(sorted(settings.items())))
+        return TenantContext(self.setting, self.tenant, tuple(sorted(settings.items())),
+                             self.proof_key, self.proof_setting)
 
-    def messages(self) -> bytes:
-        """Parse/Bind/Execute/Sync that apply this context; the reply ends in ReadyForQuery."""
-        return self._wire
+    def messages(self, backend_pid: int = 0) -> bytes:
+        """Parse/Bind/Execute/Sync that apply this context; the reply ends in ReadyForQuery.
 
-    def _build(self) -> bytes:
-        pairs: list[tuple[str, str]] = [(self.setting, self.tenant or ""), *self.settings]
+        With a proof key, the signed proof for the server connection's ``backend_pid`` is
+        set in the same statement (so the messages are built per connection).
+        """
+        if self.proof_key is None:
+            return self._wire
+        value = (compute_proof(self.proof_key, self.tenant, backend_pid)
+                 if self.tenant is not None else "")
+        return self._build((self.proof_setting, value))
+
+    def _build(self, proof: tuple[str, str] | None = None) -> bytes:
+        pairs: list[tuple[str, str]] = [(self.setting, self.tenant or "")]
+        if proof is not None:
+            pairs.append(proof)
+        pairs.extend(self.settings)
         calls = ", ".join(
             f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(pairs)))
         params: list[bytes | None] = []

@@ -458,17 +458,27 @@ class ServerConnection(asyncio.Protocol):
     def _restore_interest(self, _fut: object) -> None:
         self.scanner.interesting = FORWARD_TAGS
 
-    async def query(self, sql: str) -> list[tuple[int, bytes]]:
-        """Run a simple query of the proxy's own; return its reply messages."""
+    async def query(self, sql: str, params: list[bytes | None] | None = None
+                    ) -> list[tuple[int, bytes]]:
+        """Run a query of the proxy's own; return its reply messages.
+
+        With ``params``, through the extended protocol: values are bind parameters, never
+        spliced into the text.
+        """
         fut: asyncio.Future[list[tuple[int, bytes]]] = asyncio.get_running_loop().create_future()
-        self.send_internal(messages.query(sql), Collect(fut))
+        if params is None:
+            request = messages.query(sql)
+        else:
+            request = b"".join((messages.parse("", sql), messages.bind("", "", params),
+                                messages.execute(), messages.sync()))
+        self.send_internal(request, Collect(fut))
         return await fut
 
     def apply_context(self, context: TenantContext, *, corked: bool = False
                       ) -> asyncio.Future[dict[str, str] | None]:
         """Send the tenant context; the future gives None on success or the error fields."""
         fut: asyncio.Future[dict[str, str] | None] = asyncio.get_running_loop().create_future()
-        self.send_internal(context.messages(), Skip(fut), corked=corked)
+        self.send_internal(context.messages(self.backend_pid), Skip(fut), corked=corked)
         self.tenant = context.tenant
         self.context = context
         fut.add_done_callback(self._context_applied)

@@ -325,6 +325,12 @@ JWT = "[databases.app]\n[auth.jwt]\n"  # values appended below land in [auth.jwt
          "protected_prefixes"),
         ("[tenancy]\nprotected_prefixes = ['app']\n" + MINIMAL, "tenancy.protected_prefixes[0]",
          'ending in "."'),
+        ("[tenancy]\nproof_setting = 'myapp.proof'\n" + MINIMAL, "tenancy.proof_setting",
+         "forge"),
+        ("[tenancy]\nproof_key_env = 'not a name!'\n" + MINIMAL, "tenancy.proof_key_env",
+         "environment variable"),
+        ("[tenancy]\nguard_cache_size = 0\n" + MINIMAL, "tenancy.guard_cache_size", ">= 16"),
+        ("[tenancy]\nguard = 'yes'\n" + MINIMAL, "tenancy.guard", "true or false"),
     ],
 )
 def test_bad_value_names_file_and_key(config_file, text: str, key: str, fragment: str) -> None:
