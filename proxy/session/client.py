@@ -203,6 +203,8 @@ class ClientConnection(asyncio.Protocol):
         self.traffic = _NO_TRAFFIC      # the database's counters, once it is known
         self.stats_tenant = "_unknown"  # the tenant label for counters
         self._tx_started = 0.0          # monotonic time the current transaction began
+        self._idle_timeouts = False     # idle_transaction_timeout or client_idle_timeout set
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._unsynced = False  # the client's stream is mid extended-protocol batch
         self._queued_bytes = 0
         self._leasing = False
@@ -456,6 +458,10 @@ class ClientConnection(asyncio.Protocol):
         self.state = ClientState.READY
         if self.transaction_mode:
             self._release_server()
+        db = self.pool.db
+        self._idle_timeouts = bool(db.idle_transaction_timeout or db.client_idle_timeout)
+        if self._idle_timeouts:
+            self._arm_idle_timer(b"I")
         self._pause_reading("queue", False)
         self._relay_messages()
 
@@ -494,6 +500,9 @@ class ClientConnection(asyncio.Protocol):
         if batch is None:
             return
         block, index = batch
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         if self.guard is not None and (self._guard_skipping or _GUARDED.intersection(
                 tag for tag, _, _ in index)):
             block, index = self._guard(block, index)
@@ -777,6 +786,32 @@ class ClientConnection(asyncio.Protocol):
         if (self.transaction_mode and server.is_clean and not self._queue
                 and self.state is ClientState.READY):
             self._release_server()
+        if self._idle_timeouts and not self._queue and not server.unsynced:
+            self._arm_idle_timer(server.tx_status)
+
+    def _arm_idle_timer(self, tx_status: bytes) -> None:
+        """Wait for the client's next message at most idle_transaction_timeout (inside a
+        transaction) or client_idle_timeout (outside one); 0 disables either."""
+        assert self.pool is not None
+        db = self.pool.db
+        in_tx = tx_status != b"I"
+        delay = db.idle_transaction_timeout if in_tx else db.client_idle_timeout
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if delay > 0:
+            self._idle_timer = asyncio.get_running_loop().call_later(
+                delay, self._idle_timed_out, in_tx)
+
+    def _idle_timed_out(self, in_tx: bool) -> None:
+        self._idle_timer = None
+        if in_tx:
+            # The server connection is closed, not reused: PostgreSQL rolls the work back.
+            self.fatal("25P03", "terminating connection due to idle-in-transaction timeout",
+                       "idle_transaction_timeout expired while the client held a transaction")
+        else:
+            self.fatal("57P05", "terminating connection due to idle-session timeout",
+                       "client_idle_timeout expired")
 
     def server_lost(self, server: ServerConnection, reason: str) -> None:
         if self.server is server:
@@ -851,6 +886,8 @@ class ClientConnection(asyncio.Protocol):
         self.state = ClientState.CLOSED
         if self._login_timer is not None:
             self._login_timer.cancel()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         self._tasks.cancel_all()
         self._release_server()
         self.app.client_disconnected(self)

@@ -316,3 +316,35 @@ def _exact(sock: socket.socket, n: int) -> bytes:
 
 def _tags(replies: list[tuple[bytes, bytes]]) -> str:
     return "".join(t.decode() for t, _ in replies if t not in (b"S", b"N", b"t", b"T", b"n"))
+
+
+@pytest.mark.parametrize("pool_mode", ["session", "transaction"])
+def test_idle_transaction_timeout_ends_the_client_and_recovers_the_server(
+        start_proxy: Start, pool_mode: str) -> None:
+    proxy = start_proxy(pool_mode=pool_mode, pool_size=1, idle_transaction_timeout=0.3)
+    conn = psycopg.connect(proxy.dsn("acme"))
+    conn.execute("INSERT INTO items (name) VALUES ('never-committed')")
+    time.sleep(0.8)
+    with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+        conn.execute("SELECT 1")
+    conn.close()
+    with psycopg.connect(proxy.dsn("globex"), autocommit=True) as other:
+        row = other.execute("SELECT current_setting('app.current_tenant'), "
+                            "txid_current_if_assigned() IS NULL").fetchone()
+        assert row == ("globex", True)
+    with psycopg.connect(proxy.dsn("acme")) as again:
+        assert again.execute("SELECT count(*) FROM items WHERE name = 'never-committed'"
+                             ).fetchone() == (0,)
+
+
+def test_client_idle_timeout_spares_busy_clients(start_proxy: Start) -> None:
+    proxy = start_proxy(pool_mode="transaction", client_idle_timeout=0.4)
+    idle = psycopg.connect(proxy.dsn("acme"), autocommit=True)
+    with psycopg.connect(proxy.dsn("globex"), autocommit=True) as busy:
+        for _ in range(8):
+            busy.execute("SELECT 1")
+            time.sleep(0.1)
+        with pytest.raises(psycopg.OperationalError, match="idle-session timeout"):
+            idle.execute("SELECT 1")
+        assert busy.execute("SELECT 2").fetchone() == (2,)
+    idle.close()
