@@ -402,6 +402,18 @@ class ServerPool:
         self._grow()
 
     def trim(self) -> None:
-        """Close idle connections beyond pool_size (after a reload made it smaller)."""
+        """Shrink to pool_size after a reload made it smaller.
+
+        Idle connections beyond it are closed now; if leased ones still exceed it, that
+        many are marked expired, so they are closed, not reused, when released (a busy
+        pool may never have an idle moment). Needs server_lifetime > 0 for the latter.
+        """
         while self.idle and self.size > self.db.pool_size:
             self._close(self.idle[0])  # the coldest first (idle is LIFO)
+        excess = self.size - self.connecting - self.db.pool_size
+        for server in self.active:
+            if excess <= 0:
+                break
+            if server.created_at != -math.inf:
+                server.created_at = -math.inf  # expired: closed when released
+            excess -= 1
