@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.config import DatabaseConfig
@@ -38,7 +40,9 @@ class UpstreamRefusedError(ServerError):
 
 
 # How far down the wait queue a released connection looks for a waiter of its tenant.
-_AFFINITY_LOOKAHEAD = 8
+_AFFINITY_LOOKAHEAD = 32
+# How long a client waits for a connection of its own tenant while others sit idle.
+_PATIENCE = 0.002
 
 
 @dataclass(slots=True)
@@ -68,6 +72,7 @@ class ServerPool:
         self.connecting = 0
         self.waiters: deque[asyncio.Future[ServerConnection]] = deque()
         self._waiter_tenants: dict[asyncio.Future[ServerConnection], str | None] = {}
+        self._held: dict[str, int] = {}   # tenant → server connections its clients hold
         self.stats = PoolStats()
         self.closed = False
         self._role_checked = False
@@ -91,37 +96,81 @@ class ServerPool:
         server = self.try_acquire(tenant)
         if server is not None:
             return server
+        done: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
+
+        def deliver(waiter: asyncio.Future[ServerConnection]) -> None:
+            if done.cancelled():  # the caller went away: give the connection back
+                if not waiter.cancelled() and waiter.exception() is None:
+                    self.release(waiter.result())
+            elif waiter.cancelled():
+                done.cancel()
+            elif (exc := waiter.exception()) is not None:
+                done.set_exception(exc)
+            else:
+                done.set_result(waiter.result())
+
+        waiter = self.wait_for_server(tenant, deliver)
+        try:
+            return await done
+        except asyncio.CancelledError:
+            waiter.cancel()
+            raise
+
+    def wait_for_server(self, tenant: str | None,
+                        callback: Callable[[asyncio.Future[ServerConnection]], None]
+                        ) -> asyncio.Future[ServerConnection]:
+        """Queue for a server connection; ``callback(waiter)`` runs once it is decided.
+
+        The waiter holds the connection, or PoolTimeoutError after query_wait_timeout, or
+        the error that failed the pool; cancel it to leave the queue. No task is created:
+        this is the transaction-mode path when no idle connection fits.
+        """
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[ServerConnection] = loop.create_future()
         self.waiters.append(waiter)
         self._waiter_tenants[waiter] = tenant
         self.proxy_stats.wait_began(self.traffic, waiter)
+        timeout = self.db.query_wait_timeout
+        timer = loop.call_later(timeout, self._wait_timed_out, waiter) if timeout else None
+        patience = (loop.call_later(_PATIENCE, self._impatient, waiter)
+                    if self.idle else None)
+        waiter.add_done_callback(functools.partial(
+            self._wait_done, tenant, time.monotonic(), timer, patience, callback))
         self._grow()
-        started = time.monotonic()
-        timeout = self.db.query_wait_timeout or None
-        try:
-            async with asyncio.timeout(timeout):
-                server = await waiter
-        except TimeoutError:
+        return waiter
+
+    def _wait_timed_out(self, waiter: asyncio.Future[ServerConnection]) -> None:
+        if not waiter.done():
             self.stats.acquire_timeouts += 1
-            raise PoolTimeoutError(
+            waiter.set_exception(PoolTimeoutError(
                 f"no server connection available for database \"{self.db.name}\" within "
-                f"query_wait_timeout ({self.db.query_wait_timeout:g}s)") from None
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-            if waiter.cancelled():
-                with contextlib.suppress(ValueError):  # usually still queued
-                    self.waiters.remove(waiter)
-            elif waiter.exception() is None and server is None:
-                # Handed a connection in the same tick the wait was abandoned: give it back.
-                self.release(waiter.result())
-            del self._waiter_tenants[waiter]
-            waited = time.monotonic() - started
-            self.stats.waits += 1
-            self.stats.wait_seconds_total += waited
-            self.proxy_stats.wait_ended(self.traffic, waiter, tenant, waited)
-        return server
+                f"query_wait_timeout ({self.db.query_wait_timeout:g}s)"))
+
+    def _impatient(self, waiter: asyncio.Future[ServerConnection]) -> None:
+        """A client that waited for a connection of its own tenant while others sat idle
+        takes an idle one after all (_PATIENCE seconds later)."""
+        if waiter.done() or not self.idle:
+            return
+        server = self._take_idle(self._waiter_tenants.get(waiter), patient=False)
+        if server is not None:
+            waiter.set_result(server)
+
+    def _wait_done(self, tenant: str | None, started: float, timer: asyncio.TimerHandle | None,
+                   patience: asyncio.TimerHandle | None,
+                   callback: Callable[[asyncio.Future[ServerConnection]], None],
+                   waiter: asyncio.Future[ServerConnection]) -> None:
+        for handle in (timer, patience):
+            if handle is not None:
+                handle.cancel()
+        if waiter.cancelled() or waiter.exception() is not None:
+            with contextlib.suppress(ValueError):  # still queued unless a failure popped it
+                self.waiters.remove(waiter)
+        del self._waiter_tenants[waiter]
+        waited = time.monotonic() - started
+        self.stats.waits += 1
+        self.stats.wait_seconds_total += waited
+        self.proxy_stats.wait_ended(self.traffic, waiter, tenant, waited)
+        callback(waiter)
 
     def try_acquire(self, tenant: str | None) -> ServerConnection | None:
         """An idle connection right now, or None (none idle, or others wait first)."""
@@ -129,25 +178,57 @@ class ServerPool:
             return None
         return self._take_idle(tenant)
 
-    def _take_idle(self, tenant: str | None) -> ServerConnection | None:
+    def _take_idle(self, tenant: str | None, *, patient: bool = True
+                   ) -> ServerConnection | None:
+        """An idle connection for ``tenant``: the most recent one already set for it, else
+        (converting it costs a context set the client waits for) another tenant's, unless
+        ``patient`` and the tenant already holds its fair share of the pool: then it waits
+        for one of its own to come back. Never beyond max_tenant_server_conns."""
         idle = self.idle
+        held = self._held.get(tenant, 0) if tenant is not None else 0
+        cap = self.db.max_tenant_server_conns
+        if cap and held >= cap:
+            return None
         while idle:
-            # Tenant affinity: the most recently used connection already set for this tenant.
-            pick = len(idle) - 1
+            pick = -1
             for i in range(len(idle) - 1, -1, -1):
                 if idle[i].tenant == tenant:
                     pick = i
                     break
+            if pick < 0:
+                if patient and held and held >= self._fair_share():
+                    return None
+                pick = len(idle) - 1
             server = idle.pop(pick)
             if server.state is ServerState.CLOSED:
                 continue
             if self._expired(server):
                 self._close(server)
                 continue
-            server.state = ServerState.ACTIVE
-            self.active.add(server)
+            self._lease_to(server, tenant)
             return server
         return None
+
+    def _fair_share(self) -> int:
+        """Server connections per tenant if the pool were split among the tenants using it."""
+        return -(-self.db.pool_size // max(1, len(self._held)))
+
+    def _lease_to(self, server: ServerConnection, tenant: str | None) -> None:
+        server.state = ServerState.ACTIVE
+        self.active.add(server)
+        server.lessee = tenant
+        if tenant is not None:
+            self._held[tenant] = self._held.get(tenant, 0) + 1
+
+    def _unlease(self, server: ServerConnection) -> None:
+        tenant = server.lessee
+        server.lessee = None
+        if tenant is not None:
+            left = self._held.get(tenant, 0) - 1
+            if left > 0:
+                self._held[tenant] = left
+            else:
+                self._held.pop(tenant, None)
 
     def _grow(self) -> None:
         """Open connections for waiters while the pool has room."""
@@ -217,15 +298,23 @@ class ServerPool:
         server.receiver = None
         server.pause_reading(False)
         waiters = self.waiters
-        if isinstance(server.tenant, str) and len(waiters) > 1:
-            for i, waiter in enumerate(itertools.islice(waiters, _AFFINITY_LOOKAHEAD)):
-                if not waiter.done() and self._waiter_tenants.get(waiter) == server.tenant:
-                    del waiters[i]
-                    self._hand(server, waiter)
-                    return
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
+        while waiters and waiters[0].done():
+            waiters.popleft()
+        if waiters:
+            tenants = self._waiter_tenants
+            if isinstance(server.tenant, str) and len(waiters) > 1:
+                for i, waiter in enumerate(itertools.islice(waiters, _AFFINITY_LOOKAHEAD)):
+                    if not waiter.done() and tenants.get(waiter) == server.tenant:
+                        del waiters[i]
+                        self._hand(server, waiter)
+                        return
+            cap = self.db.max_tenant_server_conns
+            for i, waiter in enumerate(waiters):
+                tenant = tenants.get(waiter)
+                if waiter.done() or (cap and tenant is not None
+                                     and self._held.get(tenant, 0) >= cap):
+                    continue
+                del waiters[i]
                 self._hand(server, waiter)
                 return
         server.state = ServerState.IDLE
@@ -233,8 +322,7 @@ class ServerPool:
         self.idle.append(server)
 
     def _hand(self, server: ServerConnection, waiter: asyncio.Future[ServerConnection]) -> None:
-        server.state = ServerState.ACTIVE
-        self.active.add(server)
+        self._lease_to(server, self._waiter_tenants.get(waiter))
         waiter.set_result(server)
 
     def release(self, server: ServerConnection, *, reset: bool = False) -> None:
@@ -245,6 +333,7 @@ class ServerPool:
         (session mode, when a client leaves).
         """
         self.active.discard(server)
+        self._unlease(server)
         server.receiver = None
         if not server.is_clean or self.closed or self._expired(server):
             self._close(server)
@@ -275,6 +364,7 @@ class ServerPool:
 
     def _close(self, server: ServerConnection) -> None:
         self.active.discard(server)
+        self._unlease(server)
         if server in self.idle:
             self.idle.remove(server)
         if server.state is not ServerState.CLOSED:
@@ -286,6 +376,7 @@ class ServerPool:
     def _on_closed(self, server: ServerConnection) -> None:
         """A connection died on its own (server restart, network): forget it."""
         self.active.discard(server)
+        self._unlease(server)
         if server in self.idle:
             self.idle.remove(server)
         self.stats.servers_closed += 1

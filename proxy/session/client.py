@@ -6,8 +6,11 @@ a server connection is leased and given the client's tenant context before the g
 → ReadyForQuery. Session mode keeps that server until the client leaves; transaction
 mode returns it on every ReadyForQuery 'I' and leases one again at the next message.
 
-Where the tenant is set: :meth:`ClientConnection._ensure_context` — before any client
-message is written to a server connection whose context is not this client's.
+Where the tenant is set: :meth:`ClientConnection._context_ready` (pipelined, when a failed
+set could not leave another tenant in place) and :meth:`ClientConnection._deliver` (a
+switch from another tenant waits for the set) — before any client message is written to
+a server connection whose context is not this client's; the bytes are built in one
+place, ``proxy.session.context``.
 Where a server goes back to the pool: :meth:`ClientConnection._release_server`.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 import logging
 import re
@@ -621,13 +625,16 @@ class ClientConnection(asyncio.Protocol):
         self._queued_bytes += sum(len(f) for f in out)
         if self._queued_bytes > _QUEUE_HIGH_WATER:
             self._pause_reading("queue", True)
-        if server is None:
-            if not self._leasing:
-                self._leasing = True
-                self._tasks.spawn(self._lease())
-        elif not self._leasing:
-            self._leasing = True
-            self._tasks.spawn(self._send_queue(server))
+        if self._leasing:
+            return
+        self._leasing = True
+        if server is not None:
+            self._deliver(server)
+        elif self.pool is not None and self.pool.paused:
+            self._tasks.spawn(self._lease_when_resumed())
+        else:
+            assert self.pool is not None and self.context is not None
+            self.pool.wait_for_server(self.context.tenant, self._leased)
 
     def _lease_now(self) -> ServerConnection | None:
         """Transaction mode fast path: an idle server, when nobody is waiting for one."""
@@ -658,8 +665,8 @@ class ClientConnection(asyncio.Protocol):
             self._pipelined_context_done)
         return True
 
-    async def _lease(self) -> None:
-        """Transaction mode: get a server for the transaction the client just started."""
+    async def _lease_when_resumed(self) -> None:
+        """Transaction mode while the pool is paused (admin PAUSE): wait for RESUME."""
         assert self.pool is not None and self.context is not None
         try:
             server = await self.pool.acquire(self.context.tenant)
@@ -667,20 +674,54 @@ class ClientConnection(asyncio.Protocol):
             self._leasing = False
             self.fatal(exc.sqlstate, str(exc))
             return
+        self._got_server(server)
+
+    def _leased(self, waiter: asyncio.Future[ServerConnection]) -> None:
+        """The pool decided our wait (transaction mode; no task involved)."""
+        if waiter.cancelled():
+            self._leasing = False
+            return
+        exc = waiter.exception()
+        if exc is not None:
+            self._leasing = False
+            self.fatal(getattr(exc, "sqlstate", "08006"), str(exc))
+            return
+        self._got_server(waiter.result())
+
+    def _got_server(self, server: ServerConnection) -> None:
+        assert self.pool is not None
         if self.state is ClientState.CLOSED:
             self._leasing = False
             self.pool.release(server)
             return
         self._link(server)
-        await self._send_queue(server)
+        self._deliver(server)
 
-    async def _send_queue(self, server: ServerConnection) -> None:
-        try:
-            await self._ensure_context(server)
-        except ClientError as exc:
-            self._leasing = False
-            self.fatal(exc.sqlstate, str(exc))
+    def _deliver(self, server: ServerConnection) -> None:
+        """Send the queued messages as soon as ``server`` carries our context."""
+        if self._context_ready(server):
+            self._send_queued(server)
             return
+        # A switch from another tenant: the set must succeed before anything else runs.
+        assert self.pool is not None and self.context is not None
+        self.pool.stats.leases_with_context_set += 1
+        server.apply_context(self.context).add_done_callback(
+            functools.partial(self._context_set, server))
+
+    def _context_set(self, server: ServerConnection,
+                     fut: asyncio.Future[dict[str, str] | None]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self._leasing = False
+            return  # the server is gone: server_lost reports it
+        error = fut.result()
+        if error is not None:
+            self._leasing = False
+            self.fatal(error.get("C", "08006"),
+                       f"could not set the session context: {error.get('M', '')}")
+            return
+        self._send_queued(server)
+
+    def _send_queued(self, server: ServerConnection) -> None:
         self._leasing = False
         if self.server is not server or self.state is ClientState.CLOSED:
             return
@@ -696,20 +737,9 @@ class ClientConnection(asyncio.Protocol):
                 self._send_rewritten(server, frames, self._queue_batch_start)
             else:
                 server.send(b"".join(frames), replies, self._unsynced)
+        else:
+            server.flush_cork()
         self._pause_reading("queue", False)
-
-    async def _ensure_context(self, server: ServerConnection) -> None:
-        """Make sure ``server`` carries this client's context before its messages run."""
-        context = self.context
-        assert context is not None
-        if server.context == context:  # set by another client of the same tenant and settings
-            server.context = context
-            return
-        assert self.pool is not None
-        self.pool.stats.leases_with_context_set += 1
-        # Pipeline the set in front of the client's messages only if a failure could not
-        # leave another tenant's context in place; otherwise wait for it.
-        await self._apply_context(server, wait=server.needs_wait_for_context(context))
 
     async def _apply_context(self, server: ServerConnection, *, wait: bool) -> None:
         assert self.context is not None

@@ -148,6 +148,7 @@ class ServerConnection(asyncio.Protocol):
         self.backend_key = b""
         self.tx_status = b"I"
         self.unsynced = False
+        self.lessee: str | None = None  # the tenant whose client holds it (pool bookkeeping)
         self._corked = b""   # proxy bytes waiting to go out with the next client write
         self.statements = ServerStatements(db.max_prepared_statements)
         self.lost: asyncio.Future[None] | None = None  # done when the socket is closed
@@ -446,6 +447,11 @@ class ServerConnection(asyncio.Protocol):
             self._corked = data
         else:
             self._write(data)
+
+    def flush_cork(self) -> None:
+        """Write corked bytes now (nothing of the client's followed them)."""
+        if self._corked:
+            self._write(b"")
 
     def _write(self, data: bytes) -> None:
         assert self.transport is not None
