@@ -348,3 +348,27 @@ def test_client_idle_timeout_spares_busy_clients(start_proxy: Start) -> None:
             idle.execute("SELECT 1")
         assert busy.execute("SELECT 2").fetchone() == (2,)
     idle.close()
+
+
+def test_max_tenant_server_conns_keeps_a_noisy_tenant_from_taking_the_pool(
+        start_proxy: Start) -> None:
+    proxy = start_proxy(pool_mode="transaction", pool_size=3, max_tenant_server_conns=1)
+    holder = psycopg.connect(proxy.dsn("acme"))
+    holder.execute("SELECT 1")  # inside a transaction: holds acme's only allowed server
+    result: dict[str, Any] = {}
+
+    def second_acme() -> None:
+        with psycopg.connect(proxy.dsn("acme"), autocommit=True) as conn:
+            result["acme"] = conn.execute("SELECT current_setting('app.current_tenant')"
+                                          ).fetchone()
+
+    thread = threading.Thread(target=second_acme)
+    thread.start()
+    time.sleep(0.5)
+    assert "acme" not in result  # waits although the pool has room
+    with psycopg.connect(proxy.dsn("globex"), autocommit=True) as other:
+        assert other.execute("SELECT 1").fetchone() == (1,)  # other tenants are served
+    holder.commit()
+    thread.join(10)
+    assert result["acme"] == ("acme",)
+    holder.close()
