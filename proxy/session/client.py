@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from proxy.auth.errors import AuthError
 from proxy.auth.identity import Identity
 from proxy.config import ADMIN_DATABASE
-from proxy.guard import FUNCTION_CALL_REFUSAL, BindRule, Refusal
+from proxy.guard import FUNCTION_CALL_REFUSAL, BindRule, Guard, Refusal
 from proxy.pool.pool import PoolTimeoutError, ServerPool
 from proxy.session.context import TenantContext
 from proxy.session.prepared import internal_batch, needs_rewrite, rewrite
@@ -89,6 +89,16 @@ def is_loopback(host: str) -> bool:
 
 
 _NO_TRAFFIC = TrafficStats()  # placeholder counters before the database is known
+
+
+def _reindex(block: bytes) -> list[tuple[int, int, int]]:
+    """``(tag, start, end)`` of each whole message in ``block``."""
+    out = []
+    pos = 0
+    for frame in split_frames(block):
+        out.append((frame[0], pos, pos + len(frame)))
+        pos += len(frame)
+    return out
 
 
 def _text(body: bytes) -> str:
@@ -507,8 +517,7 @@ class ClientConnection(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        if self.guard is not None and (self._guard_skipping or _GUARDED.intersection(
-                tag for tag, _, _ in index)):
+        if self.guard is not None:
             block, index = self._guard(block, index)
         replies = 0
         unsynced = self._unsynced
@@ -541,52 +550,56 @@ class ClientConnection(asyncio.Protocol):
         guard = self.guard
         assert guard is not None
         tenant = self.identity.tenant if self.identity is not None else None
-        parts: list[bytes] = []
-        changed = False
+        # Built only once something changes: kept (slices of the block) and replaced parts.
+        parts: list[bytes] | None = None
         for tag, start, end in index:
             if self._guard_skipping:
-                changed = True
+                if parts is None:
+                    parts = [block[:start]] if start else []
                 if tag == _S:
                     self._guard_skipping = False
                     parts.append(self._refused_query)
                 continue
             refusal = None
-            body = block[start + 5:end]
-            if tag == _Q:
-                refusal = guard.check_query(_text(body), tenant)
-            elif tag == _PARSE:
-                name, sql, types = messages.decode_parse(body)
-                verdict = guard.check_parse(sql, tenant, types)
-                if isinstance(verdict, BindRule):
-                    self._bind_rules[name] = verdict
-                else:
-                    self._bind_rules.pop(name, None)
-                    refusal = verdict
-            elif tag == _BIND and self._bind_rules:
-                _, statement, formats, params = messages.decode_bind(body)
-                rule = self._bind_rules.get(statement)
-                if rule is not None:
-                    refusal = guard.check_bind(rule, params, formats)
-            elif tag == _F:
-                refusal = FUNCTION_CALL_REFUSAL
+            if tag in _GUARDED:
+                refusal = self._check(guard, tag, block[start + 5:end], tenant)
             if refusal is None:
-                parts.append(block[start:end])
+                if parts is not None:
+                    parts.append(block[start:end])
                 continue
-            changed = True
+            if parts is None:
+                parts = [block[:start]] if start else []
             self._refused(refusal, tag)
             if tag == _Q or tag == _F:
                 parts.append(self._refused_query)
             else:
                 self._guard_skipping = True
-        if not changed:
+        if parts is None:
             return block, index
         new = b"".join(parts)
-        new_index = []
-        pos = 0
-        for part in parts:
-            new_index.append((part[0], pos, pos + len(part)))
-            pos += len(part)
-        return new, new_index
+        return new, _reindex(new)
+
+    def _check(self, guard: Guard, tag: int, body: bytes, tenant: str | None
+               ) -> Refusal | None:
+        """The guard's verdict on one message (remembering Bind rules of Parses)."""
+        if tag == _Q:
+            return guard.check_query(_text(body), tenant)
+        if tag == _PARSE:
+            name, sql, types = messages.decode_parse(body)
+            verdict = guard.check_parse(sql, tenant, types)
+            if isinstance(verdict, BindRule):
+                self._bind_rules[name] = verdict
+                return None
+            self._bind_rules.pop(name, None)
+            return verdict
+        if tag == _BIND:
+            if self._bind_rules:
+                _, statement, formats, params = messages.decode_bind(body)
+                rule = self._bind_rules.get(statement)
+                if rule is not None:
+                    return guard.check_bind(rule, params, formats)
+            return None
+        return FUNCTION_CALL_REFUSAL
 
     def _refused(self, refusal: Refusal, tag: int) -> None:
         tenant = self.stats_tenant
