@@ -338,15 +338,19 @@ class ServerPool:
         if not server.is_clean or self.closed or self._expired(server):
             self._close(server)
             return
-        if reset and self.db.server_reset_query:
+        # Session mode: the client left, reset its session. Transaction mode: a client
+        # that ran SET (search_path, work_mem, ...) must not leave it to the next client.
+        query = (self.db.server_reset_query if reset and self.db.server_reset_query
+                 else "RESET ALL" if server.session_dirty else None)
+        if query is not None:
             self.active.add(server)
-            self._tasks.spawn(self._reset_then_offer(server))
+            self._tasks.spawn(self._reset_then_offer(server, query))
             return
         self._offer(server)
 
-    async def _reset_then_offer(self, server: ServerConnection) -> None:
+    async def _reset_then_offer(self, server: ServerConnection, query: str) -> None:
         fut: asyncio.Future[dict[str, str] | None] = asyncio.get_running_loop().create_future()
-        server.send_internal(messages.query(self.db.server_reset_query), Skip(fut))
+        server.send_internal(messages.query(query), Skip(fut))
         try:
             async with asyncio.timeout(self.db.server_connect_timeout):
                 error = await fut
@@ -360,6 +364,7 @@ class ServerPool:
             return
         server.tenant = TenantState.PRISTINE
         server.context = None
+        server.session_dirty = False
         self._offer(server)
 
     def _close(self, server: ServerConnection) -> None:

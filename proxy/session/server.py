@@ -149,6 +149,8 @@ class ServerConnection(asyncio.Protocol):
         self.tx_status = b"I"
         self.unsynced = False
         self.lessee: str | None = None  # the tenant whose client holds it (pool bookkeeping)
+        # A client ran SET/RESET/DISCARD: its session state must not reach the next client.
+        self.session_dirty = False
         self._corked = b""   # proxy bytes waiting to go out with the next client write
         self.statements = ServerStatements(db.max_prepared_statements)
         self.lost: asyncio.Future[None] | None = None  # done when the socket is closed
@@ -347,6 +349,7 @@ class ServerConnection(asyncio.Protocol):
                 # transaction. After SET the tenant setting could hold anything; RESET and
                 # DISCARD can only restore the default.
                 self.context = None
+                self.session_dirty = True
                 if body.startswith(b"SET"):
                     self.tenant = TenantState.UNKNOWN
                 elif body.startswith(b"DISCARD ALL"):

@@ -372,3 +372,16 @@ def test_max_tenant_server_conns_keeps_a_noisy_tenant_from_taking_the_pool(
     thread.join(10)
     assert result["acme"] == ("acme",)
     holder.close()
+
+
+def test_a_clients_set_does_not_reach_the_next_client(start_proxy: Start) -> None:
+    proxy = start_proxy(pool_mode="transaction", pool_size=1)
+    with psycopg.connect(proxy.dsn("acme"), autocommit=True) as first:
+        default = first.execute("SHOW work_mem").fetchone()
+        first.execute("SET work_mem = '1234kB'")
+        first.execute("SET search_path TO pg_catalog")
+    with psycopg.connect(proxy.dsn("globex"), autocommit=True) as second:
+        assert second.execute("SHOW work_mem").fetchone() == default
+        assert second.execute("SHOW search_path").fetchone() == ('"$user", public',)
+        assert second.execute("SELECT current_setting('app.current_tenant')"
+                              ).fetchone() == ("globex",)
