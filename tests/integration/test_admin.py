@@ -294,3 +294,16 @@ def test_scram_exchange_refuses_unsupported_client_first(first: str) -> None:
     exchange = ScramExchange(parse_scram_verifier(make_scram_verifier("pw")))
     with pytest.raises(ScramFailed):
         exchange.client_first(first)
+
+
+def test_console_works_over_tls(start_admin_proxy: Callable[..., ThreadedProxy],
+                                tmp_path: Any) -> None:
+    from tests.support import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path)
+    proxy = start_admin_proxy(server_tls_cert_file=cert, server_tls_key_file=key)
+    dsn = admin_dsn(proxy).replace("sslmode=disable", "sslmode=require")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.pgconn.ssl_in_use
+        clients = simple(conn, "SHOW CLIENTS")
+        assert [c["tls"] for c in clients if c["self"] == "yes"] == ["yes"]
