@@ -16,15 +16,20 @@ from typing import Any
 log = logging.getLogger("pgtenant")
 
 
+_EMPTY: set[asyncio.Task[None]] = set()  # shared, never added to
+
+
 class TaskSet:
     __slots__ = ("_on_error", "_tasks")
 
     def __init__(self, on_error: Callable[[BaseException], None] | None = None) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = _EMPTY  # a set of its own on first spawn
         self._on_error = on_error
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
+        if self._tasks is _EMPTY:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task

@@ -184,6 +184,16 @@ def parse_options(options: str) -> dict[str, str]:
 class ClientConnection(asyncio.Protocol):
     """One client of the proxy."""
 
+    # One object per connected client, idle ones included: no per-instance __dict__.
+    __slots__ = ("_bind_rules", "_guard_skipping", "_idle_timeouts", "_idle_timer", "_leasing",
+                 "_login_timer", "_queue", "_queue_batch_start", "_queue_named",
+                 "_queue_replies", "_queued_bytes", "_reading_paused_for", "_refused_query",
+                 "_skipping", "_tasks", "_tx_started", "_unsynced", "_writing_paused", "app",
+                 "cancel_pid", "cancel_secret", "context", "database", "framer", "guard", "id",
+                 "identity", "is_local", "peer", "pool", "server", "settings", "startup",
+                 "state", "statements", "stats_tenant", "tls", "traffic", "transaction_mode",
+                 "transport")
+
     def __init__(self, app: ProxyApp) -> None:
         self.app = app
         self.id = app.next_client_id()
@@ -409,9 +419,9 @@ class ClientConnection(asyncio.Protocol):
         self.identity = identity
         self.stats_tenant = identity.tenant if identity.tenant is not None else "_bypass"
         tenancy = self.app.config.tenancy
-        self.context = TenantContext(
-            tenancy.setting, identity.tenant, (), self.app.proof_key, tenancy.proof_setting,
-        ).with_settings(self.settings)
+        self.context = TenantContext.make(
+            tenancy.setting, identity.tenant, self.settings, self.app.proof_key,
+            tenancy.proof_setting)
         self.state = ClientState.LOGIN
         self._tasks.spawn(self._login())
 

@@ -21,6 +21,9 @@ from proxy.wire import messages
 _TEXT_OID = 25
 
 
+_INTERN_LIMIT = 100_000
+
+
 @dataclass(frozen=True, slots=True)
 class TenantContext:
     """What a client's server connection must carry before any client message runs."""
@@ -37,9 +40,24 @@ class TenantContext:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_wire", self._build())
 
+    @classmethod
+    def make(cls, setting: str, tenant: str | None, settings: Mapping[str, str],
+             proof_key: bytes | None = None, proof_setting: str = "pgtenant.proof"
+             ) -> TenantContext:
+        """The shared context object for these values: clients of one tenant with the same
+        settings share it (less memory per client, and an identity check on the hot path)."""
+        items = tuple(sorted(settings.items()))
+        key = (setting, tenant, items, proof_key, proof_setting)
+        context = _interned.get(key)
+        if context is None:
+            if len(_interned) >= _INTERN_LIMIT:
+                _interned.clear()
+            context = _interned[key] = cls(setting, tenant, items, proof_key, proof_setting)
+        return context
+
     def with_settings(self, settings: Mapping[str, str]) -> TenantContext:
-        return TenantContext(self.setting, self.tenant, tuple(sorted(settings.items())),
-                             self.proof_key, self.proof_setting)
+        return TenantContext.make(self.setting, self.tenant, settings, self.proof_key,
+                                  self.proof_setting)
 
     def messages(self, backend_pid: int = 0) -> bytes:
         """Parse/Bind/Execute/Sync that apply this context; the reply ends in ReadyForQuery.
@@ -70,3 +88,6 @@ class TenantContext:
             messages.execute("", 0),
             messages.sync(),
         ))
+
+
+_interned: dict[tuple[object, ...], TenantContext] = {}
