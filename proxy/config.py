@@ -74,6 +74,7 @@ class TenancyConfig:
     proof_key_file: str | None = None        # ... or a file holding it
     proof_setting: str = "pgtenant.proof"    # the setting that carries the proof
     require_registered_tenant: bool = False  # refuse tenants not 'active' in pgtenant.tenants
+    schema_per_tenant: bool = False          # also set search_path to the tenant's schema
     registry_cache_seconds: float = 10.0     # how long a registry answer is trusted
 
 
@@ -428,6 +429,7 @@ def _read_tenancy(t: _Table) -> TenancyConfig:
         require_registered_tenant=t.boolean("require_registered_tenant",
                                             d.require_registered_tenant),
         registry_cache_seconds=t.seconds("registry_cache_seconds", d.registry_cache_seconds),
+        schema_per_tenant=t.boolean("schema_per_tenant", d.schema_per_tenant),
     )
     if not any(tenancy.proof_setting.lower().startswith(p.lower()) for p in prefixes):
         raise t.error("proof_setting", f"{_show(tenancy.proof_setting)} must start with one "

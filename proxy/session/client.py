@@ -419,6 +419,10 @@ class ClientConnection(asyncio.Protocol):
         self.identity = identity
         self.stats_tenant = identity.tenant if identity.tenant is not None else "_bypass"
         tenancy = self.app.config.tenancy
+        if tenancy.schema_per_tenant and identity.tenant is not None:
+            # `pgtenant tenants create ID --schema` made schema tenant_ID. A convenience for
+            # unqualified names, not a boundary: RLS still confines the rows.
+            self.settings["search_path"] = f'"tenant_{identity.tenant}", public'
         self.context = TenantContext.make(
             tenancy.setting, identity.tenant, self.settings, self.app.proof_key,
             tenancy.proof_setting)

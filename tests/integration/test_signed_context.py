@@ -101,3 +101,19 @@ def test_registry_refuses_suspended_and_unknown_tenants(signed_db: Scratch) -> N
         assert proxy.call(lambda: app.stats.security.suspended_tenant_attempts) == 2
     finally:
         proxy.stop()
+
+
+def test_schema_per_tenant_sets_the_search_path(signed_db: Scratch) -> None:
+    with psycopg.connect(signed_db.dsn) as conn:
+        create_tenant(conn, "initech", schema=True, app_roles=[signed_db.app_role])
+        conn.execute("CREATE TABLE tenant_initech.notes (body text)")
+        conn.execute(f'GRANT SELECT ON tenant_initech.notes TO "{signed_db.app_role}"')
+        conn.execute("INSERT INTO tenant_initech.notes VALUES ('hello')")
+        conn.commit()
+    proxy = _proxy(signed_db, schema_per_tenant=True)
+    try:
+        with psycopg.connect(proxy.dsn("initech")) as conn:
+            assert conn.execute("SELECT current_schema()").fetchone() == ("tenant_initech",)
+            assert conn.execute("SELECT body FROM notes").fetchone() == ("hello",)
+    finally:
+        proxy.stop()
