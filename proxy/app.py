@@ -14,7 +14,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from proxy.auth.jwt import JwtVerifier
-from proxy.config import Config, ConfigError, load_config, parse_listen, resolve_secret
+from proxy.config import (
+    MAX_WORKERS,
+    Config,
+    ConfigError,
+    load_config,
+    parse_listen,
+    resolve_secret,
+)
 from proxy.guard import Guard
 from proxy.metrics.http import MetricsServer
 from proxy.pool.pool import ServerPool
@@ -27,6 +34,7 @@ from proxy.wire import messages
 if TYPE_CHECKING:
     from proxy.auth.errors import AuthError
     from proxy.session.server import Receiver
+    from proxy.supervisor import WorkerRole
 
 log = logging.getLogger("pgtenant.app")
 
@@ -66,8 +74,9 @@ class _DrainingReceiver:
 class ProxyApp:
     """One proxy process: listeners, pools, clients, cancel keys."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker: WorkerRole | None = None) -> None:
         self.config = config
+        self.worker = worker  # set when this process is one of [server] workers
         self.verifier = JwtVerifier.from_config(config.auth.jwt, config.tenancy)
         tenancy = config.tenancy
         proof_key = resolve_secret(tenancy.proof_key_env, tenancy.proof_key_file,
@@ -123,9 +132,15 @@ class ProxyApp:
         loop = asyncio.get_running_loop()
         srv = self.config.server
         host, port = parse_listen(srv.listen)
+        # Workers share the port: the kernel spreads new connections over them.
         server = await loop.create_server(lambda: ClientConnection(self), host, port,
-                                          reuse_address=True, backlog=2048)
+                                          reuse_address=True, backlog=2048,
+                                          reuse_port=self.worker is not None)
         self._servers.append(server)
+        if self.worker is not None:
+            # Other workers pass on the CancelRequests that belong to this one here.
+            self._servers.append(await loop.create_unix_server(
+                lambda: ClientConnection(self), self.worker.cancel_socket()))
         if srv.unix_socket_dir:
             path = os.path.join(srv.unix_socket_dir, f".s.PGSQL.{port}")
             with contextlib.suppress(FileNotFoundError):
@@ -141,7 +156,11 @@ class ProxyApp:
                             srv.listen)
         self._maintenance = loop.create_task(self._maintain())
         # --- metrics endpoint ---
-        if srv.metrics_listen:
+        if self.worker is not None:
+            # Read (and aggregated) by the supervisor; bound last: it means "started".
+            self.metrics_server = MetricsServer(self)
+            await self.metrics_server.start_unix(self.worker.metrics_socket())
+        elif srv.metrics_listen:
             self.metrics_server = MetricsServer(self)
             await self.metrics_server.start(srv.metrics_listen)
         # --- end metrics ---
@@ -286,7 +305,8 @@ class ProxyApp:
                                           f"databases.{name}.password")
                      for name, db in new.databases.items()}
         verifier = JwtVerifier.from_config(new.auth.jwt, new.tenancy)
-        restart_only = ("listen", "unix_socket_dir", "metrics_listen", "log_level")
+        restart_only = ("listen", "unix_socket_dir", "metrics_listen", "log_level",
+                        "workers", "log_format")
         kept = {key: getattr(old.server, key) for key in restart_only}
         for key, value in kept.items():
             if getattr(new.server, key) != value:
@@ -359,21 +379,37 @@ class ProxyApp:
 
     def auth_failed(self, client: ClientConnection, exc: AuthError) -> None:
         self.auth_failures[exc.reason] = self.auth_failures.get(exc.reason, 0) + 1
-        log.info("client #%s (%s): authentication failed: %s", client.id, client.peer, exc.reason)
+        log.info("client #%s (%s): authentication failed: %s", client.id, client.peer,
+                 exc.reason, extra={"client_id": client.id, "event": "auth_failed"})
 
     # ---- cancel -----------------------------------------------------------------------
 
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, bytes]:
         """The proxy's own BackendKeyData for a client; never a real backend's."""
         while True:
-            pid = secrets.randbelow(2**31 - 2) + 1
+            if self.worker is None:
+                pid = secrets.randbelow(2**31 - 2) + 1
+            else:  # the low bits name this worker, for cancels that land on another one
+                pid = self.worker.cancel_pid(secrets.randbelow(2**31 // MAX_WORKERS - 1) + 1)
             if pid not in self._cancel_keys:
                 break
         self._cancel_keys[pid] = client
         return pid, secrets.token_bytes(4)
 
     def cancel(self, pid: int, secret: bytes) -> None:
-        """Forward a CancelRequest to the backend running this client's request, if any."""
+        """Forward a CancelRequest to the backend running this client's request, if any.
+
+        Under a supervisor, a key issued by another worker is passed on to that worker.
+        """
+        worker = self.worker
+        if worker is not None and worker.owner_of(pid) != worker.index:
+            owner = worker.owner_of(pid)
+            if owner < worker.count:
+                log.info("cancel request passed on to worker %d", owner,
+                         extra={"event": "cancel_passed_on"})
+                self._cancel_tasks.spawn(self._pass_cancel(worker.cancel_socket(owner),
+                                                           pid, secret))
+            return
         client = self._cancel_keys.get(pid)
         if client is None or not hmac.compare_digest(client.cancel_secret, secret):
             log.info("cancel request with an unknown key ignored")
@@ -394,16 +430,27 @@ class ProxyApp:
                               server.backend_key))
 
     async def _send_cancel(self, host: str, port: int, pid: int, key: bytes) -> None:
+        """A CancelRequest to PostgreSQL (``host`` starting with "/" is a socket dir)."""
+        path = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else None
+        await self._deliver_cancel(path, (host, port), pid, key)
+
+    async def _pass_cancel(self, path: str, pid: int, key: bytes) -> None:
+        """A CancelRequest on to the worker listening on Unix socket ``path``."""
+        await self._deliver_cancel(path, None, pid, key)
+
+    @staticmethod
+    async def _deliver_cancel(path: str | None, address: tuple[str, int] | None, pid: int,
+                              key: bytes) -> None:
         try:
             async with asyncio.timeout(5):
-                if host.startswith("/"):
-                    reader, writer = await asyncio.open_unix_connection(
-                        f"{host}/.s.PGSQL.{port}")
+                if path is not None:
+                    reader, writer = await asyncio.open_unix_connection(path)
                 else:
-                    reader, writer = await asyncio.open_connection(host, port)
+                    assert address is not None
+                    reader, writer = await asyncio.open_connection(*address)
                 writer.write(messages.cancel_request(pid, key))
                 await writer.drain()
-                await reader.read()  # the server closes when done
+                await reader.read()  # the other side closes when done
                 writer.close()
         except (OSError, TimeoutError) as exc:
-            log.warning("could not forward cancel request: %s", exc)
+            log.warning("could not forward cancel request to %s: %s", path or address, exc)

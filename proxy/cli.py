@@ -10,9 +10,13 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.config import Config, ConfigError, load_config, resolve_secret
+from proxy.logs import setup_logging
+
+if TYPE_CHECKING:
+    from proxy.supervisor import WorkerRole
 
 log = logging.getLogger("pgtenant")
 
@@ -27,22 +31,18 @@ def _run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return runner.run(main())
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
-async def serve(config: Config, ready: Callable[[Any], None] | None = None) -> int:
+async def serve(config: Config, ready: Callable[[Any], None] | None = None,
+                worker: WorkerRole | None = None) -> int:
     """Run the proxy until SIGTERM/SIGINT or the console's SHUTDOWN; SIGHUP reloads.
 
     SIGTERM/SIGINT shut down gracefully (running transactions get [server]
-    shutdown_timeout); a second one closes the remaining clients at once.
+    shutdown_timeout); a second one closes the remaining clients at once. A ``worker``
+    takes SIGTERM and SIGHUP from its supervisor (a terminal's Ctrl-C reaches the
+    supervisor, which passes it on), and shuts down if the supervisor disappears.
     """
     from proxy.app import ProxyApp
 
-    app = ProxyApp(config)
+    app = ProxyApp(config, worker)
     await app.start()
     if ready is not None:
         ready(app)
@@ -52,13 +52,28 @@ async def serve(config: Config, ready: Callable[[Any], None] | None = None) -> i
         with contextlib.suppress(ConfigError):  # logged and counted; the old config stays
             app.reload()
 
-    for sig, handler in ((signal.SIGTERM, app.request_shutdown),
-                         (signal.SIGINT, app.request_shutdown), (signal.SIGHUP, reload)):
+    handlers: list[tuple[signal.Signals, Callable[[], None]]] = [
+        (signal.SIGTERM, app.request_shutdown), (signal.SIGHUP, reload)]
+    if worker is None:
+        handlers.append((signal.SIGINT, app.request_shutdown))
+    for sig, handler in handlers:
         with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
             loop.add_signal_handler(sig, handler)
+    orphan_watch = (loop.create_task(_shutdown_when_orphaned(app, os.getppid()))
+                    if worker is not None else None)
     await app.stopped.wait()
+    if orphan_watch is not None:
+        orphan_watch.cancel()
     log.info("stopped")
     return 0
+
+
+async def _shutdown_when_orphaned(app: Any, parent: int) -> None:
+    """A worker whose supervisor died (SIGKILL) must not hold the port forever."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - nothing to wait on: a reparent is polled
+        await asyncio.sleep(1.0)
+    log.warning("supervisor (pid %d) is gone: shutting down", parent)
+    app.request_shutdown()
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -67,9 +82,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"pgtenant: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(args.log_level or config.server.log_level)
+    worker: WorkerRole | None = None
+    if args.worker_index is not None:
+        from proxy.supervisor import WorkerRole
+
+        if not args.runtime_dir or not 0 <= args.worker_index < config.server.workers:
+            print("pgtenant: --worker-index needs --runtime-dir and an index below "
+                  "[server] workers", file=sys.stderr)
+            return 2
+        worker = WorkerRole(args.worker_index, config.server.workers, args.runtime_dir)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor passes Ctrl-C on
+    setup_logging(args.log_level or config.server.log_level, config.server.log_format,
+                  None if worker is None else worker.index)
     try:
-        return _run(lambda: serve(config))
+        if worker is None and config.server.workers > 1:
+            from proxy.supervisor import Supervisor
+
+            return _run(Supervisor(config, args.log_level).run)
+        return _run(lambda: serve(config, worker=worker))
     except ConfigError as exc:
         print(f"pgtenant: {exc}", file=sys.stderr)
         return 2
@@ -104,7 +134,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
-    _setup_logging("warning")
+    setup_logging("warning")
     return _run(lambda: run_demo(port=args.port))
 
 
@@ -116,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the proxy")
     p.add_argument("--config", required=True, help="path to the TOML config file")
     p.add_argument("--log-level", default=None, help="override [server] log_level")
+    # Set by the supervisor ([server] workers > 1) on the worker processes it starts.
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--runtime-dir", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("token", help="mint a development JWT for a tenant (HS256)")

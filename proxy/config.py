@@ -41,6 +41,8 @@ class ServerConfig:
     metrics_listen: str | None = None        # "127.0.0.1:9187"; None disables the HTTP endpoint
     log_level: str = "info"
     shutdown_timeout: float = 30.0           # seconds running transactions get on SIGTERM/SHUTDOWN
+    workers: int = 1                         # proxy processes sharing the port (SO_REUSEPORT)
+    log_format: str = "text"                 # "text" or "json" (one JSON object per line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +149,8 @@ PUBLIC_KEY_ALGORITHMS = frozenset(
 #: Database name reserved for the admin console (like PgBouncer's "pgbouncer").
 ADMIN_DATABASE = "pgtenant"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
+MAX_WORKERS = 64  # the worker index lives in the low 6 bits of the cancel key's process id
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -293,6 +297,8 @@ def _read_server(t: _Table) -> ServerConfig:
         metrics_listen=metrics_listen,
         log_level=t.choice("log_level", d.log_level, LOG_LEVELS),
         shutdown_timeout=t.seconds("shutdown_timeout", d.shutdown_timeout),
+        workers=t.integer("workers", d.workers, minimum=1, maximum=MAX_WORKERS),
+        log_format=t.choice("log_format", d.log_format, LOG_FORMATS),
     )
     t.finish()
     return server

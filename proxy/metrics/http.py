@@ -102,13 +102,10 @@ async def upstream_reachable(db: DatabaseConfig) -> str | None:
     return None
 
 
-class MetricsServer:
-    """Serves the operations endpoints of one :class:`ProxyApp`."""
+class HttpEndpoint:
+    """The tiny HTTP server; subclasses answer requests in :meth:`respond`."""
 
-    def __init__(self, app: ProxyApp) -> None:
-        self.app = app
-        self.registry = make_registry(app)
-        self.readiness = ReadinessProbe(app)
+    def __init__(self) -> None:
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
 
@@ -117,6 +114,11 @@ class MetricsServer:
         self._server = await asyncio.start_server(
             self._handle, host, port, limit=MAX_REQUEST_HEAD, reuse_address=True)
         log.info("metrics on http://%s/metrics", listen if port else self.address)
+
+    async def start_unix(self, path: str) -> None:
+        """Serve on a Unix socket (a worker's endpoint, read by its supervisor)."""
+        self._server = await asyncio.start_unix_server(self._handle, path,
+                                                       limit=MAX_REQUEST_HEAD)
 
     @property
     def address(self) -> str:
@@ -154,7 +156,7 @@ class MetricsServer:
                         UnicodeDecodeError):
                     status, ctype, body = 400, _TEXT, b"bad request\n"
                 else:
-                    status, ctype, body = await self._respond(method, path, accept)
+                    status, ctype, body = await self._route(method, path, accept)
                 writer.write(render_response(status, ctype, body))
                 # close() flushes what is buffered; wait_closed() bounds a client that
                 # does not read its response (the timeout then aborts it).
@@ -173,11 +175,28 @@ class MetricsServer:
             self._handlers.discard(task)
             writer.transport.abort()  # no-op once closed; drops a stuck or failed one
 
-    async def _respond(self, method: str, path: str, accept: str) -> tuple[int, str, bytes]:
+    async def _route(self, method: str, path: str, accept: str) -> tuple[int, str, bytes]:
         if path not in ("/metrics", "/healthz", "/readyz"):
             return 404, _TEXT, b"not found\n"
         if method != "GET":
             return 405, _TEXT, b"method not allowed\n"
+        return await self.respond(path, accept)
+
+    async def respond(self, path: str, accept: str) -> tuple[int, str, bytes]:
+        """``(status, content type, body)`` for a GET of ``path``."""
+        raise NotImplementedError
+
+
+class MetricsServer(HttpEndpoint):
+    """Serves the operations endpoints of one :class:`ProxyApp`."""
+
+    def __init__(self, app: ProxyApp) -> None:
+        super().__init__()
+        self.app = app
+        self.registry = make_registry(app)
+        self.readiness = ReadinessProbe(app)
+
+    async def respond(self, path: str, accept: str) -> tuple[int, str, bytes]:
         if path == "/healthz":
             return 200, _TEXT, b"ok\n"
         if path == "/readyz":

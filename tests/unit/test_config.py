@@ -458,6 +458,22 @@ def test_shutdown_timeout_defaults_and_validates(config_file) -> None:
     assert "server.shutdown_timeout: expected a number of seconds >= 0" in message
 
 
+def test_workers_default_to_one_and_are_bounded(config_file) -> None:
+    assert config_file(MINIMAL).server.workers == 1
+    assert config_file("[server]\nworkers = 4\n" + MINIMAL).server.workers == 4
+    assert config_file("[server]\nworkers = 64\n" + MINIMAL).server.workers == 64
+    for bad in ("0", "65", "1.5", '"2"'):
+        message = error_for(config_file, f"[server]\nworkers = {bad}\n" + MINIMAL)
+        assert "server.workers" in message
+
+
+def test_log_format_is_text_or_json(config_file) -> None:
+    assert config_file(MINIMAL).server.log_format == "text"
+    assert config_file('[server]\nlog_format = "json"\n' + MINIMAL).server.log_format == "json"
+    message = error_for(config_file, '[server]\nlog_format = "xml"\n' + MINIMAL)
+    assert "server.log_format" in message and 'got "xml"' in message
+
+
 def test_admin_users_are_loaded_with_their_verifier(config_file) -> None:
     from proxy.auth.scram_verifier import make_scram_verifier
     from proxy.config import AdminConfig
