@@ -22,7 +22,7 @@ from proxy.config import (
     parse_listen,
     resolve_secret,
 )
-from proxy.guard import Guard
+from proxy.guard import BindRule, Guard, Refusal
 from proxy.metrics.http import MetricsServer
 from proxy.pool.pool import ServerPool
 from proxy.session.client import ClientConnection
@@ -87,6 +87,8 @@ class ProxyApp:
         self.proof_key = proof_key.encode() if proof_key is not None else None
         # The tenant registry (pgtenant.tenants), when required: tenant → (status, expiry).
         self.registry: dict[str, tuple[str | None, float]] = {}
+        # Guard verdicts of Parse messages by (message body, tenant); see ClientConnection.
+        self.parse_verdicts: dict[tuple[bytes, str | None], tuple[str, Refusal | BindRule | None]] = {}
         self.guard = (Guard(tenancy, cache_size=tenancy.guard_cache_size,
                             allowed_roles=frozenset(tenancy.allowed_roles))
                       if tenancy.guard else None)
