@@ -88,7 +88,8 @@ class ProxyApp:
         # The tenant registry (pgtenant.tenants), when required: tenant → (status, expiry).
         self.registry: dict[str, tuple[str | None, float]] = {}
         # Guard verdicts of Parse messages by (message body, tenant); see ClientConnection.
-        self.parse_verdicts: dict[tuple[bytes, str | None], tuple[str, Refusal | BindRule | None]] = {}
+        self.parse_verdicts: dict[tuple[bytes, str | None],
+                                  tuple[str, Refusal | BindRule | None]] = {}
         self.guard = (Guard(tenancy, cache_size=tenancy.guard_cache_size,
                             allowed_roles=frozenset(tenancy.allowed_roles))
                       if tenancy.guard else None)

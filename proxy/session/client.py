@@ -599,8 +599,17 @@ class ClientConnection(asyncio.Protocol):
         if tag == _Q:
             return guard.check_query(_text(body), tenant)
         if tag == _PARSE:
-            name, sql, types = messages.decode_parse(body)
-            verdict = guard.check_parse(sql, tenant, types)
+            # Drivers send the same Parse over and over (unnamed statements): remember the
+            # verdict per message body and tenant.
+            cache = self.app.parse_verdicts
+            key = (body, tenant)
+            hit = cache.get(key)
+            if hit is None:
+                name, sql, types = messages.decode_parse(body)
+                if len(cache) >= 10_000:
+                    cache.clear()
+                hit = cache[key] = (name, guard.check_parse(sql, tenant, types))
+            name, verdict = hit
             if isinstance(verdict, BindRule):
                 self._bind_rules[name] = verdict
                 return None
