@@ -26,11 +26,12 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass
 
-from proxy.config import MAX_WORKERS, Config
+from proxy.config import MAX_WORKERS, Config, parse_listen
 
 log = logging.getLogger("pgtenant.supervisor")
 
@@ -73,6 +74,23 @@ def cancel_socket(runtime_dir: str, index: int) -> str:
     return os.path.join(runtime_dir, f"cancel-{index}.sock")
 
 
+def check_address_free(listen: str) -> None:
+    """Raise OSError if something already listens on ``listen``.
+
+    The workers bind with SO_REUSEPORT, which would let them join the listeners of
+    another process of the same user (say, a second pgtenant) without an error; a bind
+    without it fails when anybody listens there.
+    """
+    host, port = parse_listen(listen)
+    if port == 0:
+        return
+    for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+
+
 class Supervisor:
     """Starts, watches and signals the workers of one ``pgtenant serve``."""
 
@@ -94,6 +112,7 @@ class Supervisor:
         """Run until SIGTERM/SIGINT; the exit status of ``pgtenant serve``."""
         from proxy.metrics.aggregate import SupervisorMetricsServer
 
+        check_address_free(self.config.server.listen)
         loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         self.runtime_dir = tempfile.mkdtemp(prefix="pgtenant-")

@@ -183,6 +183,17 @@ def test_sigterm_ends_every_worker_and_exits_zero(app_db: Any, tmp_path: Path) -
                 f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[:1]
 
 
+def test_a_second_supervisor_on_the_same_port_refuses_to_start(
+        app_db: Any, tmp_path: Path) -> None:
+    with supervise(two_workers(app_db), tmp_path) as served:
+        second = subprocess.run(
+            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(served.config_path)],
+            capture_output=True, timeout=20, env=os.environ.copy())
+        assert second.returncode == 1, second.stderr
+        assert b"cannot listen" in second.stderr
+        assert query_tenant(served.dsn("acme")) == "acme"
+
+
 def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(
         app_db: Any, tmp_path: Path) -> None:
     with supervise(two_workers(app_db), tmp_path) as served:
