@@ -95,6 +95,7 @@ class DatabaseConfig:
     pool_size: int = 20
     min_pool_size: int = 0
     reserve_pool_size: int = 0
+    reserve_pool_timeout: float = 5.0        # a client waiting this long may use the reserve
     max_tenant_server_conns: int = 0         # 0 = no per-tenant cap
     max_prepared_statements: int = 200
     query_wait_timeout: float = 120.0        # seconds a client waits for a server connection
@@ -508,6 +509,7 @@ def _read_database(t: _Table, name: str) -> DatabaseConfig:
         pool_size=pool_size,
         min_pool_size=min_pool_size,
         reserve_pool_size=t.integer("reserve_pool_size", d.reserve_pool_size, minimum=0),
+        reserve_pool_timeout=t.seconds("reserve_pool_timeout", d.reserve_pool_timeout),
         max_tenant_server_conns=t.integer(
             "max_tenant_server_conns", d.max_tenant_server_conns, minimum=0
         ),

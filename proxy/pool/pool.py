@@ -17,7 +17,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from proxy.config import DatabaseConfig
 from proxy.session.server import ServerConnection, ServerError, ServerState, Skip, TenantState
@@ -55,7 +55,7 @@ class PoolStats:
     servers_closed: int = 0
     wait_seconds_total: float = 0.0
     waits: int = 0
-    tenant_leases: dict[str, int] = field(default_factory=dict)
+    reserve_opened: int = 0   # connections opened beyond pool_size (reserve_pool_size)
 
 
 class ServerPool:
@@ -134,8 +134,10 @@ class ServerPool:
         timer = loop.call_later(timeout, self._wait_timed_out, waiter) if timeout else None
         patience = (loop.call_later(_PATIENCE, self._impatient, waiter)
                     if self.idle else None)
+        reserve = (loop.call_later(self.db.reserve_pool_timeout, self._use_reserve, waiter)
+                   if self.db.reserve_pool_size else None)
         waiter.add_done_callback(functools.partial(
-            self._wait_done, tenant, time.monotonic(), timer, patience, callback))
+            self._wait_done, tenant, time.monotonic(), (timer, patience, reserve), callback))
         self._grow()
         return waiter
 
@@ -155,11 +157,24 @@ class ServerPool:
         if server is not None:
             waiter.set_result(server)
 
-    def _wait_done(self, tenant: str | None, started: float, timer: asyncio.TimerHandle | None,
-                   patience: asyncio.TimerHandle | None,
+    def _use_reserve(self, waiter: asyncio.Future[ServerConnection]) -> None:
+        """A client waited reserve_pool_timeout: open a connection beyond pool_size (up to
+        reserve_pool_size more; maintenance closes it again once it is idle)."""
+        db = self.db
+        if (waiter.done() or self.closed or self.connecting >= len(self.waiters)
+                or self.size >= db.pool_size + db.reserve_pool_size):
+            return
+        log.info("database %s: a client waited %gs; opening a reserve connection",
+                 db.name, db.reserve_pool_timeout)
+        self.stats.reserve_opened += 1
+        self.connecting += 1
+        self._tasks.spawn(self._open())
+
+    def _wait_done(self, tenant: str | None, started: float,
+                   timers: tuple[asyncio.TimerHandle | None, ...],
                    callback: Callable[[asyncio.Future[ServerConnection]], None],
                    waiter: asyncio.Future[ServerConnection]) -> None:
-        for handle in (timer, patience):
+        for handle in timers:
             if handle is not None:
                 handle.cancel()
         if waiter.cancelled() or waiter.exception() is not None:

@@ -385,3 +385,20 @@ def test_a_clients_set_does_not_reach_the_next_client(start_proxy: Start) -> Non
         assert second.execute("SHOW search_path").fetchone() == ('"$user", public',)
         assert second.execute("SELECT current_setting('app.current_tenant')"
                               ).fetchone() == ("globex",)
+
+
+def test_reserve_pool_serves_a_client_that_waited_too_long(start_proxy: Start) -> None:
+    proxy = start_proxy(pool_mode="transaction", pool_size=1, reserve_pool_size=1,
+                        reserve_pool_timeout=0.3)
+    holder = psycopg.connect(proxy.dsn("acme"))
+    holder.execute("SELECT 1")  # holds the only regular connection in a transaction
+    started = time.monotonic()
+    with psycopg.connect(proxy.dsn("globex"), autocommit=True) as late:
+        assert late.execute("SELECT current_setting('app.current_tenant')"
+                            ).fetchone() == ("globex",)
+    assert 0.25 < time.monotonic() - started < 5
+    holder.commit()
+    holder.close()
+    pool = _pool(proxy)
+    assert proxy.call(lambda: pool.stats.reserve_opened) == 1
+    proxy.wait_until(lambda app: pool.size <= 1, timeout=5)  # maintenance closes it again
