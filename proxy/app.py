@@ -18,6 +18,8 @@ from proxy.config import (
     MAX_WORKERS,
     Config,
     ConfigError,
+    DatabaseConfig,
+    ServiceAccountConfig,
     load_config,
     parse_listen,
     resolve_secret,
@@ -102,6 +104,11 @@ class ProxyApp:
             password = resolve_secret(db.password_env, db.password_file,
                                       f"databases.{name}.password")
             self.pools[name] = ServerPool(db, password, self.stats)
+        # --- service accounts: bypass_tenancy pools, (database, upstream_user) → pool ---
+        # Never in self.pools (clients pick those by database name); created on first use.
+        self.service_pools: dict[tuple[str, str], ServerPool] = {}
+        self._service_passwords = self._resolve_service_passwords(config)
+        # --- end service accounts ---
         self.client_ssl_context = self._client_ssl_context()
         self.clients: set[ClientConnection] = set()
         self._open_client_sockets: set[ClientConnection] = set()
@@ -183,7 +190,7 @@ class ProxyApp:
     async def _maintain(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            for pool in self.pools.values():
+            for pool in [*self.pools.values(), *self.service_pools.values()]:
                 try:
                     pool.maintain()
                     pool.trim()  # a reload may have made pool_size smaller
@@ -207,7 +214,8 @@ class ProxyApp:
             client.fatal("57P01", "terminating connection due to administrator command")
         if self._maintenance is not None:
             self._maintenance.cancel()
-        for pool in [*self.pools.values(), *self._retired_pools]:
+        for pool in [*self.pools.values(), *self.service_pools.values(),
+                     *self._retired_pools]:
             await pool.close()
         for server in self._servers:
             with contextlib.suppress(Exception):
@@ -248,7 +256,8 @@ class ProxyApp:
         try:
             for server in self._servers:
                 server.close()
-            for pool in [*self.pools.values(), *self._retired_pools]:
+            for pool in [*self.pools.values(), *self.service_pools.values(),
+                         *self._retired_pools]:
                 pool.pause()
             while not self._stopping:
                 for client in list(self.clients):
@@ -308,6 +317,7 @@ class ProxyApp:
                                           f"databases.{name}.password")
                      for name, db in new.databases.items()}
         verifier = JwtVerifier.from_config(new.auth.jwt, new.tenancy)
+        service_passwords = self._resolve_service_passwords(new)
         restart_only = ("listen", "unix_socket_dir", "metrics_listen", "log_level",
                         "workers", "log_format")
         kept = {key: getattr(old.server, key) for key in restart_only}
@@ -334,6 +344,8 @@ class ProxyApp:
             for name in [n for n in self.pools if n not in config.databases]:
                 self._retired_pools.append(self.pools.pop(name))
                 log.info("reload: database %s removed; its clients may finish", name)
+            self._service_passwords = service_passwords
+            self._reconfigure_service_pools(config)
 
         return apply
 
@@ -342,6 +354,61 @@ class ProxyApp:
             if not pool.active and not any(c.pool is pool for c in self.clients):
                 self._retired_pools.remove(pool)
                 self._cancel_tasks.spawn(pool.close())
+
+    # ---- service accounts ([users.NAME] with bypass_tenancy) ----------------------------
+
+    @staticmethod
+    def _resolve_service_passwords(config: Config) -> dict[str, str | None]:
+        """Upstream passwords of bypass accounts, read at start (and reload) to fail early."""
+        return {name: resolve_secret(account.upstream_password_env,
+                                     account.upstream_password_file,
+                                     f"users.{name}.upstream_password")
+                for name, account in config.users.items() if account.bypass_tenancy}
+
+    @staticmethod
+    def _service_db(config: Config, database: str,
+                    account: ServiceAccountConfig) -> DatabaseConfig:
+        # The database's entry with the account's own role; allow_privileged_upstream
+        # comes from the account only, so it never widens the default pool.
+        assert account.upstream_user is not None
+        return dataclasses.replace(config.databases[database], user=account.upstream_user,
+                                   min_pool_size=0,
+                                   allow_privileged_upstream=account.allow_privileged_upstream)
+
+    def service_pool(self, database: str, account: ServiceAccountConfig) -> ServerPool:
+        """The pool of a bypass_tenancy account on ``database``: its own upstream role,
+        keyed by (database, upstream_user), created on first use; never the default pool."""
+        assert account.bypass_tenancy and account.upstream_user is not None
+        key = (database, account.upstream_user)
+        pool = self.service_pools.get(key)
+        if pool is None:
+            db = self._service_db(self.config, database, account)
+            if db.allow_privileged_upstream:
+                log.warning("service account %s: database %s runs as %s with "
+                            "allow_privileged_upstream: row-level security may not apply "
+                            "to this account", account.name, database, db.user)
+            pool = ServerPool(db, self._service_passwords.get(account.name), self.stats)
+            self.service_pools[key] = pool
+            log.info("service account %s: pool for database %s as %s opened", account.name,
+                     database, db.user)
+        return pool
+
+    def _reconfigure_service_pools(self, config: Config) -> None:
+        """After a reload: keep the pools some bypass account still maps to, retire others."""
+        wanted: dict[tuple[str, str], ServiceAccountConfig] = {}
+        for account in config.users.values():
+            if account.bypass_tenancy and account.upstream_user is not None:
+                for database in account.databases or tuple(config.databases):
+                    wanted.setdefault((database, account.upstream_user), account)
+        for key in list(self.service_pools):
+            wanted_by = wanted.get(key)
+            if wanted_by is None or key[0] not in config.databases:
+                self._retired_pools.append(self.service_pools.pop(key))
+                log.info("reload: service pool for database %s as %s retired", *key)
+            else:
+                self.service_pools[key].reconfigure(
+                    self._service_db(config, key[0], wanted_by),
+                    self._service_passwords.get(wanted_by.name))
 
     # ---- admin console ----------------------------------------------------------------
 

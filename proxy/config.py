@@ -127,6 +127,27 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceAccountConfig:
+    """A static client (``[users.NAME]``) that logs in with SCRAM-SHA-256, not a JWT.
+
+    Bound to one ``tenant`` (it then behaves exactly like a JWT client of that tenant),
+    or ``bypass_tenancy`` with its own ``upstream_user``: such an account gets a pool of
+    its own, keyed by (database, upstream_user), never the database's default pool.
+    """
+
+    name: str                                # the startup packet's user name (the TOML key)
+    # PostgreSQL's pg_authid format; never shown by SHOW CONFIG or in reprs.
+    scram_verifier: str = field(repr=False)
+    tenant: str | None = None                # the tenant it is confined to
+    bypass_tenancy: bool = False             # no tenant context at all (exclusive with tenant)
+    databases: tuple[str, ...] = ()          # databases it may connect to; () = all
+    upstream_user: str | None = None         # bypass only: the upstream role its pool runs as
+    upstream_password_env: str | None = None
+    upstream_password_file: str | None = None
+    allow_privileged_upstream: bool = False  # bypass only: upstream_user may be BYPASSRLS
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str = "<defaults>"
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -134,6 +155,7 @@ class Config:
     tenancy: TenancyConfig = field(default_factory=TenancyConfig)
     databases: dict[str, DatabaseConfig] = field(default_factory=dict)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    users: dict[str, ServiceAccountConfig] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------
@@ -255,7 +277,8 @@ def parse_config(text: str, source: str = "<string>") -> Config:
 
 
 def _build_config(data: dict[str, Any], source: str) -> Config:
-    root = _Table(source, (), data, {"server", "auth", "tenancy", "databases", "admin"})
+    root = _Table(source, (), data,
+                  {"server", "auth", "tenancy", "databases", "admin", "users"})
     server = _read_server(root.table("server", _field_names(ServerConfig)))
     auth_table = root.table("auth", {"jwt"})
     jwt = _read_jwt(auth_table.table("jwt", _field_names(JwtConfig)))
@@ -263,6 +286,7 @@ def _build_config(data: dict[str, Any], source: str) -> Config:
     tenancy = _read_tenancy(root.table("tenancy", _field_names(TenancyConfig)))
     databases = _read_databases(root)
     admin = _read_admin(root.table("admin", {"users"}))
+    users = _read_service_accounts(root, tenancy, databases)
     root.finish()
     return Config(
         path=source,
@@ -271,6 +295,7 @@ def _build_config(data: dict[str, Any], source: str) -> Config:
         tenancy=tenancy,
         databases=databases,
         admin=admin,
+        users=users,
     )
 
 
@@ -315,24 +340,90 @@ def _read_admin(t: _Table) -> AdminConfig:
         user = tables.table(name, {"scram_verifier"})
         if not name:
             raise t.error("users", "an admin user name must not be empty")
-        verifier = user.raw("scram_verifier")
-        if verifier is None:
-            raise user.error("scram_verifier", "required: the user's SCRAM-SHA-256 verifier")
-        if not isinstance(verifier, str):
-            raise user.error("scram_verifier", f"expected a string, got {_show(verifier)}")
-        try:
-            parse_scram_verifier(verifier)
-        except ValueError as e:
-            # Never echo the value: it is password-equivalent for offline guessing.
-            raise user.error(
-                "scram_verifier",
-                f"{e}; expected 'SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>' "
-                "as PostgreSQL stores it in pg_authid",
-            ) from None
+        verifier = _read_verifier(user)
         user.finish()
         users[name] = AdminUserConfig(name=name, scram_verifier=verifier)
     t.finish()
     return AdminConfig(users=users)
+
+
+def _read_verifier(t: _Table) -> str:
+    verifier = t.raw("scram_verifier")
+    if verifier is None:
+        raise t.error("scram_verifier", "required: the user's SCRAM-SHA-256 verifier")
+    if not isinstance(verifier, str):
+        raise t.error("scram_verifier", f"expected a string, got {_show(verifier)}")
+    try:
+        parse_scram_verifier(verifier)
+    except ValueError as e:
+        # Never echo the value: it is password-equivalent for offline guessing.
+        raise t.error(
+            "scram_verifier",
+            f"{e}; expected 'SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>' "
+            "as PostgreSQL stores it in pg_authid",
+        ) from None
+    return verifier
+
+
+def _read_service_accounts(root: _Table, tenancy: TenancyConfig,
+                           databases: Mapping[str, DatabaseConfig]
+                           ) -> dict[str, ServiceAccountConfig]:
+    section = root.raw("users")
+    if section is not None and not isinstance(section, dict):
+        raise root.error("users", f"expected a table, got {_show(section)}")
+    tables = root.table("users", None)
+    accounts: dict[str, ServiceAccountConfig] = {}
+    for name in section or {}:
+        if not name:
+            raise root.error("users", "a service account name must not be empty")
+        accounts[name] = _read_service_account(
+            tables.table(name, _field_names(ServiceAccountConfig) - {"name"}), name,
+            tenancy, databases)
+    return accounts
+
+
+def _read_service_account(t: _Table, name: str, tenancy: TenancyConfig,
+                          databases: Mapping[str, DatabaseConfig]) -> ServiceAccountConfig:
+    verifier = _read_verifier(t)
+    tenant = t.optional_string("tenant")
+    bypass = t.boolean("bypass_tenancy", False)
+    if (tenant is None) == (not bypass):
+        raise t.error("tenant", 'set exactly one of tenant = "ID" or bypass_tenancy = true')
+    if tenant is not None and not re.fullmatch(tenancy.tenant_pattern, tenant):
+        raise t.error("tenant", f"{_show(tenant)} does not match tenancy.tenant_pattern")
+    allowed = t.string_tuple("databases", ())
+    for i, db in enumerate(allowed):
+        if db not in databases:
+            raise t.error(f"databases[{i}]", f"{_show(db)} is not a configured [databases] name")
+    upstream_user = t.optional_string("upstream_user")
+    password_env = t.env_name("upstream_password_env")
+    password_file = t.optional_string("upstream_password_file")
+    privileged = t.boolean("allow_privileged_upstream", False)
+    if bypass:
+        # Its own role, so the default pool's role never loses RLS for anyone else.
+        if upstream_user is None:
+            raise t.error("upstream_user", "required with bypass_tenancy: the upstream role "
+                          "this account's own pool runs as")
+        if password_env is None and password_file is None:
+            raise t.error("upstream_password_env", "required with bypass_tenancy: set "
+                          "upstream_password_env or upstream_password_file")
+        if password_env is not None and password_file is not None:
+            raise t.error("upstream_password_file",
+                          "set upstream_password_env or upstream_password_file, not both")
+    else:
+        # A tenant-bound account runs exactly like a JWT client of its tenant.
+        for key, value in (("upstream_user", upstream_user),
+                           ("upstream_password_env", password_env),
+                           ("upstream_password_file", password_file),
+                           ("allow_privileged_upstream", privileged or None)):
+            if value is not None:
+                raise t.error(key, "only with bypass_tenancy = true (a tenant-bound account "
+                              "uses the database's upstream role)")
+    t.finish()
+    return ServiceAccountConfig(
+        name=name, scram_verifier=verifier, tenant=tenant, bypass_tenancy=bypass,
+        databases=allowed, upstream_user=upstream_user, upstream_password_env=password_env,
+        upstream_password_file=password_file, allow_privileged_upstream=privileged)
 
 
 def _read_jwt(t: _Table) -> JwtConfig:

@@ -16,7 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from proxy.admin.console import AdminConsole
-from proxy.admin.scram import MECHANISM, ScramExchange, ScramFailed, mock_secret
+from proxy.auth.scram_server import MECHANISM, ScramExchange, ScramFailed, mock_secret
 from proxy.auth.scram_verifier import parse_scram_verifier
 from proxy.session.client import ClientState
 from proxy.wire import messages

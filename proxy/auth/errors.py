@@ -17,6 +17,7 @@ AuthReason = Literal[
     "audience",
     "missing_exp",
     "no_key",
+    "service_account",
 ]
 UpstreamAuthReason = Literal[
     "password_missing", "unsupported_method", "server_signature", "no_scram", "protocol"

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from proxy.auth.errors import AuthError
 from proxy.auth.identity import Identity
+from proxy.auth.service_accounts import ServiceAccountLogin
 from proxy.config import ADMIN_DATABASE
 from proxy.guard import FUNCTION_CALL_REFUSAL, BindRule, Guard, Refusal
 from proxy.pool.pool import PoolTimeoutError, ServerPool
@@ -188,7 +189,8 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("_bind_rules", "_guard_skipping", "_idle_timeouts", "_idle_timer", "_leasing",
                  "_login_timer", "_queue", "_queue_batch_start", "_queue_named",
                  "_queue_replies", "_queued_bytes", "_reading_paused_for", "_refused_query",
-                 "_skipping", "_tasks", "_tx_started", "_unsynced", "_writing_paused", "app",
+                 "_service_login", "_skipping", "_tasks", "_tx_started", "_unsynced",
+                 "_writing_paused", "app",
                  "cancel_pid", "cancel_secret", "context", "database", "framer", "guard", "id",
                  "identity", "is_local", "peer", "pool", "server", "settings", "startup",
                  "state", "statements", "stats_tenant", "tls", "traffic", "transaction_mode",
@@ -236,6 +238,7 @@ class ClientConnection(asyncio.Protocol):
         self._reading_paused_for: set[str] = set()
         self._login_timer: asyncio.TimerHandle | None = None
         self._tasks = TaskSet(self._internal_error)
+        self._service_login: ServiceAccountLogin | None = None  # a [users.NAME] SCRAM login
 
     def __repr__(self) -> str:
         tenant = self.identity.tenant if self.identity else None
@@ -395,6 +398,16 @@ class ClientConnection(asyncio.Protocol):
         self.state = ClientState.AUTH
         self.framer = FrontendFramer(app.config.server.max_message_size)
         self.framer.feed(self.startup.remaining())
+        # --- service accounts ([users.NAME], proxy/auth/service_accounts.py) ---
+        # The method follows from the user name alone, never from the client: a service
+        # account's name always gets SCRAM, so a JWT sent for it is never read as one.
+        account = app.config.users.get(user)
+        if account is not None:
+            self._service_login = ServiceAccountLogin(account, self.database)
+            self._write(self._service_login.start())
+            self._password_message()
+            return
+        # --- end service accounts ---
         self._write(messages.authentication_cleartext_password())
         self._password_message()
 
@@ -406,6 +419,9 @@ class ClientConnection(asyncio.Protocol):
         tag, body = msg
         if tag != _P:
             raise ClientError("08P01", f"expected a password message, got type {chr(tag)!r}")
+        if self._service_login is not None:
+            self._service_account_message(body)
+            return
         try:
             token = messages.decode_password(body).decode("utf-8")
         except UnicodeDecodeError:
@@ -416,6 +432,30 @@ class ClientConnection(asyncio.Protocol):
         except AuthError as exc:
             self.app.auth_failed(self, exc)
             raise ClientError(exc.sqlstate, str(exc)) from None
+        self._authenticated(identity)
+
+    # --- service accounts ([users.NAME]): SCRAM-SHA-256, then the same login as a JWT ---
+    def _service_account_message(self, body: bytes) -> None:
+        login = self._service_login
+        assert login is not None
+        try:
+            reply, identity = login.step(body)
+        except AuthError as exc:
+            self.app.auth_failed(self, exc)
+            raise ClientError(exc.sqlstate, str(exc)) from None
+        self._write(reply)
+        if identity is None:
+            self._password_message()  # the SASLResponse, if it is already buffered
+            return
+        self._service_login = None
+        if identity.bypass_tenancy:
+            # Its own upstream role and pool, never the database's default pool.
+            self.pool = self.app.service_pool(self.database, login.account)
+        self._authenticated(identity)
+    # --- end service accounts ---
+
+    def _authenticated(self, identity: Identity) -> None:
+        """The client proved ``identity``: build its tenant context and log in."""
         self.identity = identity
         self.stats_tenant = identity.tenant if identity.tenant is not None else "_bypass"
         tenancy = self.app.config.tenancy
