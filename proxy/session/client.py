@@ -90,6 +90,8 @@ def is_loopback(host: str) -> bool:
 
 
 _NO_TRAFFIC = TrafficStats()  # placeholder counters before the database is known
+_NO_STARTUP = StartupFramer()  # shared placeholder once startup is over
+_PAUSE_BITS = {"queue": 1, "server": 2}
 
 
 def _reindex(block: bytes) -> list[tuple[int, int, int]]:
@@ -235,7 +237,7 @@ class ClientConnection(asyncio.Protocol):
         self._queued_bytes = 0
         self._leasing = False
         self._writing_paused = False
-        self._reading_paused_for: set[str] = set()
+        self._reading_paused_for = 0  # bits of _PAUSE_BITS: why reading is paused
         self._login_timer: asyncio.TimerHandle | None = None
         self._tasks = TaskSet(self._internal_error)
         self._service_login: ServiceAccountLogin | None = None  # a [users.NAME] SCRAM login
@@ -398,6 +400,7 @@ class ClientConnection(asyncio.Protocol):
         self.state = ClientState.AUTH
         self.framer = FrontendFramer(app.config.server.max_message_size)
         self.framer.feed(self.startup.remaining())
+        self.startup = _NO_STARTUP  # done with startup packets (one less buffer per client)
         # --- service accounts ([users.NAME], proxy/auth/service_accounts.py) ---
         # The method follows from the user name alone, never from the client: a service
         # account's name always gets SCRAM, so a JWT sent for it is never read as one.
@@ -870,6 +873,11 @@ class ClientConnection(asyncio.Protocol):
         self.pool.stats.leases += 1
 
     def forward_to_client(self, data: bytes) -> None:
+        if self.state is not ClientState.READY:
+            # Before the greeting nothing from the server is a reply to this client (a
+            # backend dying during login sends a notice first): drop it; if the server is
+            # going away, server_lost tells the client properly.
+            return
         transport = self.transport
         if transport is not None and not transport.is_closing():
             self.traffic.bytes_out += len(data)
@@ -952,14 +960,13 @@ class ClientConnection(asyncio.Protocol):
     # ---- helpers ----------------------------------------------------------------------
 
     def _pause_reading(self, why: str, paused: bool) -> None:
-        before = bool(self._reading_paused_for)
-        if paused:
-            self._reading_paused_for.add(why)
-        else:
-            self._reading_paused_for.discard(why)
-        after = bool(self._reading_paused_for)
+        """Stop reading from the client while any reason ("queue", "server") holds."""
+        bit = _PAUSE_BITS[why]
+        before = self._reading_paused_for
+        after = before | bit if paused else before & ~bit
+        self._reading_paused_for = after
         transport = self.transport
-        if before == after or transport is None or transport.is_closing():
+        if bool(before) == bool(after) or transport is None or transport.is_closing():
             return
         if after:
             transport.pause_reading()
