@@ -46,8 +46,13 @@ def _clean(exc: psycopg.Error) -> bool:
     state = exc.sqlstate
     if state is not None:
         return state.startswith("08") or state in CLEAN_SQLSTATES
-    # libpq drops the SQLSTATE of errors during connection startup; the message remains.
     text = str(exc)
+    if isinstance(exc, psycopg.OperationalError) and "server closed the connection" in text:
+        # libpq's own words when the socket is already closed as it sends the next query
+        # (the proxy's FATAL was queued behind the close): the same as with a direct
+        # connection to a PostgreSQL that restarted while the client was idle.
+        return True
+    # libpq drops the SQLSTATE of errors during connection startup; the message remains.
     return "connection failed" in text and any(
         words in text for words in ("upstream", "shutting down", "starting up", "recovery"))
 
