@@ -43,6 +43,8 @@ class UpstreamRefusedError(ServerError):
 _AFFINITY_LOOKAHEAD = 32
 # How long a client waits for a connection of its own tenant while others sit idle.
 _PATIENCE = 0.002
+# Past this wait, the oldest waiter is served before any tenant-affine choice.
+_FAIR_WAIT = 0.010
 
 
 @dataclass(slots=True)
@@ -72,6 +74,7 @@ class ServerPool:
         self.connecting = 0
         self.waiters: deque[asyncio.Future[ServerConnection]] = deque()
         self._waiter_tenants: dict[asyncio.Future[ServerConnection], str | None] = {}
+        self._waiter_since: dict[asyncio.Future[ServerConnection], float] = {}
         self._held: dict[str, int] = {}   # tenant → server connections its clients hold
         self.stats = PoolStats()
         self.closed = False
@@ -129,6 +132,7 @@ class ServerPool:
         waiter: asyncio.Future[ServerConnection] = loop.create_future()
         self.waiters.append(waiter)
         self._waiter_tenants[waiter] = tenant
+        self._waiter_since[waiter] = time.monotonic()
         self.proxy_stats.wait_began(self.traffic, waiter)
         timeout = self.db.query_wait_timeout
         timer = loop.call_later(timeout, self._wait_timed_out, waiter) if timeout else None
@@ -181,6 +185,7 @@ class ServerPool:
             with contextlib.suppress(ValueError):  # still queued unless a failure popped it
                 self.waiters.remove(waiter)
         del self._waiter_tenants[waiter]
+        del self._waiter_since[waiter]
         waited = time.monotonic() - started
         self.stats.waits += 1
         self.stats.wait_seconds_total += waited
@@ -308,7 +313,9 @@ class ServerPool:
         """Give a usable connection to a waiter, else park it idle.
 
         FIFO, with bounded tenant affinity: among the first few waiters, one whose tenant
-        the connection already carries goes first (no context set for it).
+        the connection already carries goes first (no context set for it) — unless the
+        oldest waiter has waited _FAIR_WAIT already: then it is served, whatever its tenant,
+        so tenants that hold no connection are not starved by those that do.
         """
         server.receiver = None
         server.pause_reading(False)
@@ -317,7 +324,9 @@ class ServerPool:
             waiters.popleft()
         if waiters:
             tenants = self._waiter_tenants
-            if isinstance(server.tenant, str) and len(waiters) > 1:
+            oldest = self._waiter_since.get(waiters[0], 0.0)
+            if (isinstance(server.tenant, str) and len(waiters) > 1
+                    and time.monotonic() - oldest < _FAIR_WAIT):
                 for i, waiter in enumerate(itertools.islice(waiters, _AFFINITY_LOOKAHEAD)):
                     if not waiter.done() and tenants.get(waiter) == server.tenant:
                         del waiters[i]
