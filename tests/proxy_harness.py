@@ -108,17 +108,10 @@ class ThreadedProxy:
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the proxy's loop (to inspect pools safely) and return its result."""
+        from tests.support import call_in_loop
+
         assert self.loop is not None
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-        self.loop.call_soon_threadsafe(run)
-        return fut.result(timeout=10)
+        return call_in_loop(self.loop, fn)
 
     def wait_until(self, predicate: Callable[[ProxyApp], bool], timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout

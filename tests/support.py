@@ -6,10 +6,10 @@ import shlex
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, urlencode
 
 import psycopg
@@ -17,10 +17,13 @@ from psycopg.conninfo import conninfo_to_dict
 
 from proxy.embedded import DEFAULT_TENANTS, ShutdownMode, free_port
 
+T = TypeVar("T")
+
 __all__ = [
     "AppDatabase",
     "ExternalPostgres",
     "PostgresServer",
+    "call_in_loop",
     "free_port",
     "libpq_uri",
     "rss_kib",
@@ -222,3 +225,19 @@ def self_signed_cert(directory: Path, name: str = "localhost") -> tuple[str, str
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return str(cert_path), str(key_path)
+
+
+def call_in_loop(loop: Any, fn: Callable[[], T], timeout: float = 10) -> T:
+    """Run ``fn`` on another thread's event loop and return its result (or raise)."""
+    import concurrent.futures
+
+    fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    loop.call_soon_threadsafe(run)
+    return fut.result(timeout=timeout)

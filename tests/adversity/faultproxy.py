@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from tests.support import call_in_loop
+
 T = TypeVar("T")
 Direction = Literal["proxy", "postgres"]
 
@@ -148,16 +150,7 @@ class FaultRelay:
 
     def _call(self, fn: Callable[[], T]) -> T:
         assert self._loop is not None
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-        self._loop.call_soon_threadsafe(run)
-        return fut.result(timeout=10)
+        return call_in_loop(self._loop, fn)
 
     # -- relaying -------------------------------------------------------------------------
 
