@@ -501,7 +501,7 @@ class ClientConnection(asyncio.Protocol):
             server.context = self.context
         else:
             try:
-                await self._apply_context(server, wait=True)
+                await self._apply_context(server)
             except ClientError as exc:
                 self.fatal(exc.sqlstate, str(exc))
                 return
@@ -820,14 +820,11 @@ class ClientConnection(asyncio.Protocol):
             server.flush_cork()
         self._pause_reading("queue", False)
 
-    async def _apply_context(self, server: ServerConnection, *, wait: bool) -> None:
+    async def _apply_context(self, server: ServerConnection) -> None:
+        """Set our context on ``server`` and wait for it (login)."""
         assert self.context is not None
-        fut = server.apply_context(self.context)
-        if not wait:
-            fut.add_done_callback(self._pipelined_context_done)
-            return
         try:
-            error = await fut
+            error = await server.apply_context(self.context)
         except ServerError as exc:
             raise ClientError(exc.sqlstate, str(exc)) from None
         if error is not None:
