@@ -36,6 +36,8 @@ class TaskSet:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        if not self._tasks:
+            self._tasks = _EMPTY  # an idle client keeps no empty set around
         if task.cancelled():
             return
         exc = task.exception()

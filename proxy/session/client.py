@@ -251,14 +251,13 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("socket")
         if isinstance(peer, tuple) and peer:
             host = str(peer[0])
             self.peer = f"{host}:{peer[1]}"
             self.is_local = is_loopback(host)
-        else:
+        else:  # a Unix socket: local by definition
             self.peer = "unix"
-            self.is_local = sock is not None
+            self.is_local = True
         self.app.client_connected(self)
         self._login_timer = asyncio.get_running_loop().call_later(
             self.app.config.server.client_login_timeout, self._login_timed_out)

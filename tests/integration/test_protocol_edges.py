@@ -278,3 +278,14 @@ def test_privileged_upstream_role_is_refused(start_proxy: Callable[..., Threaded
     with pytest.raises(psycopg.OperationalError) as info:
         psycopg.connect(proxy.dsn("acme"))
     assert "superuser or has BYPASSRLS" in str(info.value)
+
+
+def test_unix_socket_listener(start_proxy: Callable[..., ThreadedProxy], tmp_path: Any) -> None:
+    from tests.support import free_port
+
+    port = free_port()
+    proxy = start_proxy(server_listen=f"127.0.0.1:{port}", server_unix_socket_dir=str(tmp_path))
+    assert proxy.port == port
+    with psycopg.connect(host=str(tmp_path), port=port, user="u", dbname="app",
+                         password=token("acme")) as conn:
+        assert conn.execute("SELECT current_setting('app.current_tenant')").fetchone() == ("acme",)
