@@ -493,7 +493,7 @@ class ClientConnection(asyncio.Protocol):
                 self.app.stats.security.suspended_tenant_attempts += 1
                 what = "is suspended" if status == "suspended" else "is not registered"
                 log.info("client #%s (%s): tenant %s %s", self.id, self.peer,
-                         self.context.tenant, what)
+                         self.context.tenant, what, extra=self._log_fields("tenant_refused"))
                 self.fatal("28000", f"tenant \"{self.context.tenant}\" {what}")
                 return
         if server.context == self.context:  # same tenant and settings: nothing to set
@@ -670,7 +670,8 @@ class ClientConnection(asyncio.Protocol):
         tenant = self.stats_tenant
         self.app.stats.record_violation(tenant, refusal.kind)
         log.warning("client #%s (%s) tenant=%s: %s refused by the guard (%s)",
-                    self.id, self.peer, tenant, chr(tag), refusal.kind)
+                    self.id, self.peer, tenant, chr(tag), refusal.kind,
+                    extra=self._log_fields("guard_refusal"))
         self._refused_query = refusal_query(refusal)
 
     def _flush_block(self, block: bytes, replies: int, unsynced: bool, named: bool) -> None:
@@ -976,11 +977,18 @@ class ClientConnection(asyncio.Protocol):
     def _internal_error(self, exc: BaseException) -> None:
         self.fatal("XX000", "internal error in pgtenant; the connection was closed")
 
+    def _log_fields(self, event: str) -> dict[str, object]:
+        """Context for structured (log_format = "json") log lines; never a secret."""
+        tenant = self.identity.tenant if self.identity is not None else None
+        return {"client_id": self.id, "tenant": tenant, "database": self.database,
+                "event": event}
+
     def fatal(self, sqlstate: str, message: str, hint: str | None = None) -> None:
         """Send a FATAL ErrorResponse and close the connection."""
         if self.state is ClientState.CLOSED:
             return
-        log.info("client #%s (%s) closed: %s [%s]", self.id, self.peer, message, sqlstate)
+        log.info("client #%s (%s) closed: %s [%s]", self.id, self.peer, message, sqlstate,
+                 extra=self._log_fields("client_closed"))
         self._write(messages.error_response(sqlstate, message, severity="FATAL", hint=hint))
         self._close_transport()
 
