@@ -159,6 +159,8 @@ class ServerPool:
             return
         server = self._take_idle(self._waiter_tenants.get(waiter), patient=False)
         if server is not None:
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(waiter)  # served out of turn: leave the queue
             waiter.set_result(server)
 
     def _use_reserve(self, waiter: asyncio.Future[ServerConnection]) -> None:
