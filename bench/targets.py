@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -28,7 +27,7 @@ import psycopg
 
 from bench.database import APP_DB, APP_USER, BenchDatabase
 from proxy.auth.jwt import mint_token
-from proxy.embedded import free_port
+from proxy.embedded import EmbeddedPostgresError, free_port, server_account
 
 log = logging.getLogger("pgtenant.bench.targets")
 
@@ -43,7 +42,6 @@ _READY_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
 _TOKEN_TTL = 7 * 24 * 3600  # outlives any benchmark run
 _PR_SET_PDEATHSIG = 1
-_SERVER_OS_USER = "postgres"
 
 
 class TargetUnavailable(RuntimeError):
@@ -448,15 +446,11 @@ def _scram_verifier(db: BenchDatabase) -> str:
 
 
 def _server_account() -> tuple[int, int] | None:
-    if os.geteuid() != 0:
-        return None
+    """PgBouncer refuses root: run it as PostgreSQL's OS user (the same lookup)."""
     try:
-        account = pwd.getpwnam(_SERVER_OS_USER)
-    except KeyError:
-        raise TargetUnavailable(
-            f"pgbouncer: refuses to run as root and there is no {_SERVER_OS_USER!r} OS user"
-        ) from None
-    return account.pw_uid, account.pw_gid
+        return server_account()
+    except EmbeddedPostgresError as exc:
+        raise TargetUnavailable(f"pgbouncer: refuses to run as root; {exc}") from None
 
 
 def pgbouncer_version(binary: str) -> str:

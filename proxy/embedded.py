@@ -187,7 +187,7 @@ class EmbeddedPostgres:
         self._closed = False
         # As root, the server runs as the postgres OS user (uid, gid, no supplementary
         # groups); otherwise as ourselves (all None: subprocess changes nothing).
-        self._owner = _server_account()
+        self._owner = server_account()
         self._uid: int | None = self._owner[0] if self._owner else None
         self._gid: int | None = self._owner[1] if self._owner else None
         self._extra_groups: list[int] | None = [] if self._owner else None
@@ -504,7 +504,8 @@ def _stop_process(cluster: _Cluster, sig: signal.Signals) -> None:
             log.warning("postgres (pid %s) ignored %s for %ss", process.pid, current.name, timeout)
 
 
-def _server_account() -> tuple[int, int] | None:
+def server_account() -> tuple[int, int] | None:
+    """(uid, gid) of the OS user PostgreSQL runs as when we are root, else None."""
     if os.geteuid() != 0:
         return None
     try:

@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from proxy.wire.errors import ProtocolViolation
 
-__all__ = ["BackendScanner", "FrontendFramer"]
+__all__ = ["BackendScanner", "ClientBytes", "FrontendFramer", "split_frames"]
 
 # Tag and signed length in one unpack: a negative length must be seen as negative.
 _HEADER = struct.Struct("!Bi")
@@ -33,22 +33,16 @@ def _describe_tag(tag: int) -> str:
     return repr(chr(tag)) if 0x20 <= tag < 0x7F else f"0x{tag:02x}"
 
 
-class FrontendFramer:
-    """Split the client's post-startup byte stream into whole ``(tag, body)`` messages.
-
-    Call ``feed`` with what the socket delivered, then ``next_message`` until it returns
-    None ("need data"). A length outside ``4..max_message_size`` raises
-    ProtocolViolation as soon as the header is buffered, without waiting for the body;
-    after that the framer refuses further work.
-    """
+class ClientBytes:
+    """Bytes received from a client, not yet handed out; base of both client framers."""
 
     __slots__ = ("_buf", "_error", "_max", "_off")
 
-    def __init__(self, max_message_size: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, max_size: int) -> None:
         self._buf = bytearray()
         self._off = 0  # start of the first unconsumed byte in _buf
-        self._max = max_message_size
-        self._error: str | None = None
+        self._max = max_size
+        self._error: str | None = None  # once set, the framer refuses further work
 
     def feed(self, data: bytes) -> None:
         """Append bytes received from the client."""
@@ -57,8 +51,23 @@ class FrontendFramer:
         self._buf += data
 
     def buffered(self) -> int:
-        """Bytes received but not yet returned as messages."""
+        """Bytes received but not yet handed out."""
         return len(self._buf) - self._off
+
+
+class FrontendFramer(ClientBytes):
+    """Split the client's post-startup byte stream into whole ``(tag, body)`` messages.
+
+    Call ``feed`` with what the socket delivered, then ``next_message`` until it returns
+    None ("need data"). A length outside ``4..max_message_size`` raises
+    ProtocolViolation as soon as the header is buffered, without waiting for the body;
+    after that the framer refuses further work.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, max_message_size: int = 64 * 1024 * 1024) -> None:
+        super().__init__(max_message_size)
 
     def next_message(self) -> tuple[int, bytes] | None:
         """Return the next complete ``(tag, body)``, or None if more data is needed."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from proxy.wire.errors import ProtocolViolation
+from proxy.wire.framing import ClientBytes
 
 __all__ = [
     "CANCEL_REQUEST_CODE",
@@ -75,7 +76,7 @@ class StartupMessage:
 StartupPacket: TypeAlias = SSLRequest | GSSENCRequest | CancelRequest | StartupMessage
 
 
-class StartupFramer:
+class StartupFramer(ClientBytes):
     """Split the startup-phase byte stream into packets (each body after its length).
 
     A length below 8 or above ``max_size`` raises ProtocolViolation as soon as the four
@@ -83,23 +84,10 @@ class StartupFramer:
     phase ends, ``remaining()`` hands the unconsumed bytes to the next framer.
     """
 
-    __slots__ = ("_buf", "_error", "_max", "_off")
+    __slots__ = ()
 
     def __init__(self, max_size: int = 10000) -> None:
-        self._buf = bytearray()
-        self._off = 0
-        self._max = max_size
-        self._error: str | None = None
-
-    def feed(self, data: bytes) -> None:
-        """Append bytes received from the client."""
-        if self._error is not None:
-            raise ProtocolViolation(self._error)
-        self._buf += data
-
-    def buffered(self) -> int:
-        """Bytes received but not yet returned as packets."""
-        return len(self._buf) - self._off
+        super().__init__(max_size)
 
     def next_packet(self) -> bytes | None:
         """Return the next whole packet body (code and payload), or None if incomplete."""
