@@ -24,10 +24,11 @@ from proxy.config import (
     parse_listen,
     resolve_secret,
 )
-from proxy.guard import BindRule, Guard, Refusal
+from proxy.guard import Guard
 from proxy.metrics.http import MetricsServer
 from proxy.pool.pool import ServerPool
 from proxy.session.client import ClientConnection
+from proxy.session.guarding import ParseVerdicts
 from proxy.session.server import FORWARD, ServerConnection
 from proxy.stats import ProxyStats
 from proxy.tasks import TaskSet
@@ -90,8 +91,7 @@ class ProxyApp:
         # The tenant registry (pgtenant.tenants), when required: tenant → (status, expiry).
         self.registry: dict[str, tuple[str | None, float]] = {}
         # Guard verdicts of Parse messages by (message body, tenant); see ClientConnection.
-        self.parse_verdicts: dict[tuple[bytes, str | None],
-                                  tuple[str, Refusal | BindRule | None]] = {}
+        self.parse_verdicts: ParseVerdicts = {}
         self.guard = (Guard(tenancy, cache_size=tenancy.guard_cache_size,
                             allowed_roles=frozenset(tenancy.allowed_roles))
                       if tenancy.guard else None)

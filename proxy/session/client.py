@@ -21,7 +21,6 @@ import enum
 import functools
 import ipaddress
 import logging
-import re
 import ssl
 import time
 from typing import TYPE_CHECKING
@@ -30,9 +29,10 @@ from proxy.auth.errors import AuthError
 from proxy.auth.identity import Identity
 from proxy.auth.service_accounts import ServiceAccountLogin
 from proxy.config import ADMIN_DATABASE
-from proxy.guard import FUNCTION_CALL_REFUSAL, BindRule, Guard, Refusal
+from proxy.guard import Refusal
 from proxy.pool.pool import PoolTimeoutError, ServerPool
 from proxy.session.context import TenantContext
+from proxy.session.guarding import StreamGuard
 from proxy.session.prepared import internal_batch, needs_rewrite, rewrite
 from proxy.session.server import FORWARD, ServerConnection, ServerError, Skip
 from proxy.stats import TrafficStats
@@ -60,11 +60,6 @@ _S = FrontendTag.SYNC
 _F = FrontendTag.FUNCTION_CALL
 _X = FrontendTag.TERMINATE
 _P = FrontendTag.PASSWORD
-_PARSE = FrontendTag.PARSE
-_BIND = FrontendTag.BIND
-# What the SQL guard inspects.
-_GUARDED = frozenset({FrontendTag.QUERY, FrontendTag.PARSE, FrontendTag.BIND,
-                      FrontendTag.FUNCTION_CALL})
 # Messages that may name a prepared statement (or DEALLOCATE one).
 _MAYBE_NAMED = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
                           FrontendTag.CLOSE, FrontendTag.QUERY})
@@ -92,36 +87,6 @@ def is_loopback(host: str) -> bool:
 _NO_TRAFFIC = TrafficStats()  # placeholder counters before the database is known
 _NO_STARTUP = StartupFramer()  # shared placeholder once startup is over
 _PAUSE_BITS = {"queue": 1, "server": 2}
-
-
-def _reindex(block: bytes) -> list[tuple[int, int, int]]:
-    """``(tag, start, end)`` of each whole message in ``block``."""
-    out = []
-    pos = 0
-    for frame in split_frames(block):
-        out.append((frame[0], pos, pos + len(frame)))
-        pos += len(frame)
-    return out
-
-
-def _text(body: bytes) -> str:
-    """The SQL text of a Query body (NUL-terminated; invalid UTF-8 kept visible)."""
-    return body[:-1].decode("utf-8", "replace")
-
-
-def refusal_query(refusal: Refusal) -> bytes:
-    """A Query that makes the server raise ``refusal`` (so it aborts a transaction and
-    answers ReadyForQuery exactly as for any other error). Only the proxy's own text is
-    embedded, quoted as a literal."""
-    def literal(text: str) -> str:
-        return "'" + text.replace("'", "''").replace("$", "") + "'"
-
-    code = refusal.sqlstate if re.fullmatch(r"[0-9A-Z]{5}", refusal.sqlstate) else "42501"
-    items = [f"ERRCODE = '{code}'", f"MESSAGE = {literal(refusal.message)}"]
-    if refusal.hint:
-        items.append(f"HINT = {literal(refusal.hint)}")
-    return messages.query(
-        f"DO $pgtenant$BEGIN RAISE EXCEPTION USING {', '.join(items)}; END$pgtenant$")
 
 
 class ClientState(enum.Enum):
@@ -188,12 +153,12 @@ class ClientConnection(asyncio.Protocol):
     """One client of the proxy."""
 
     # One object per connected client, idle ones included: no per-instance __dict__.
-    __slots__ = ("_bind_rules", "_guard_skipping", "_idle_timeouts", "_idle_timer", "_leasing",
+    __slots__ = ("_guard", "_idle_timeouts", "_idle_timer", "_leasing",
                  "_login_timer", "_queue", "_queue_batch_start", "_queue_named",
-                 "_queue_replies", "_queued_bytes", "_reading_paused_for", "_refused_query",
+                 "_queue_replies", "_queued_bytes", "_reading_paused_for",
                  "_service_login", "_skipping", "_tasks", "_tx_started", "_unsynced",
                  "_writing_paused", "app",
-                 "cancel_pid", "cancel_secret", "context", "database", "framer", "guard", "id",
+                 "cancel_pid", "cancel_secret", "context", "database", "framer", "id",
                  "identity", "is_local", "peer", "pool", "server", "settings", "startup",
                  "state", "statements", "stats_tenant", "tls", "traffic", "transaction_mode",
                  "transport")
@@ -224,10 +189,7 @@ class ClientConnection(asyncio.Protocol):
         # Transaction mode: the client's prepared statements (name → Parse key).
         self.statements: dict[str, bytes] | None = None
         self._skipping = False          # a proxy-made error: drop messages up to Sync
-        self.guard = app.guard
-        self._guard_skipping = False    # a refused Parse/Bind: drop messages up to Sync
-        self._bind_rules: dict[str, BindRule] = {}  # statement → what its Binds must pass
-        self._refused_query = b""
+        self._guard: StreamGuard | None = None  # created at the first message after login
         self.traffic = _NO_TRAFFIC      # the database's counters, once it is known
         self.stats_tenant = "_unknown"  # the tenant label for counters
         self._tx_started = 0.0          # monotonic time the current transaction began
@@ -573,8 +535,12 @@ class ClientConnection(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        if self.guard is not None:
-            block, index = self._guard(block, index)
+        if self.app.guard is not None:
+            if self._guard is None:
+                self._guard = StreamGuard(self.app.guard, self.app.parse_verdicts,
+                                          self._refused)
+            block, index = self._guard.filter(
+                block, index, self.identity.tenant if self.identity is not None else None)
         replies = 0
         unsynced = self._unsynced
         named = self._skipping
@@ -593,86 +559,12 @@ class ClientConnection(asyncio.Protocol):
                 named = needs_rewrite(tag, block[start + 5:end])
         self._flush_block(block, replies, unsynced, named)
 
-    def _guard(self, block: bytes, index: list[tuple[int, int, int]]
-               ) -> tuple[bytes, list[tuple[int, int, int]]]:
-        """Check Query/Parse/Bind/FunctionCall with the SQL guard; answer refusals.
-
-        A refused message gets PostgreSQL's own semantics: a refused Query (or
-        FunctionCall) is replaced by a statement that raises the refusal on the server, so
-        the client gets ErrorResponse + ReadyForQuery and an open transaction is aborted;
-        after a refused Parse or Bind, messages up to Sync are dropped and the Sync is
-        replaced by that statement (the batch fails as a whole, as it would in PostgreSQL).
-        """
-        guard = self.guard
-        assert guard is not None
-        tenant = self.identity.tenant if self.identity is not None else None
-        # Built only once something changes: kept (slices of the block) and replaced parts.
-        parts: list[bytes] | None = None
-        for tag, start, end in index:
-            if self._guard_skipping:
-                if parts is None:
-                    parts = [block[:start]] if start else []
-                if tag == _S:
-                    self._guard_skipping = False
-                    parts.append(self._refused_query)
-                continue
-            refusal = None
-            if tag in _GUARDED:
-                refusal = self._check(guard, tag, block[start + 5:end], tenant)
-            if refusal is None:
-                if parts is not None:
-                    parts.append(block[start:end])
-                continue
-            if parts is None:
-                parts = [block[:start]] if start else []
-            self._refused(refusal, tag)
-            if tag == _Q or tag == _F:
-                parts.append(self._refused_query)
-            else:
-                self._guard_skipping = True
-        if parts is None:
-            return block, index
-        new = b"".join(parts)
-        return new, _reindex(new)
-
-    def _check(self, guard: Guard, tag: int, body: bytes, tenant: str | None
-               ) -> Refusal | None:
-        """The guard's verdict on one message (remembering Bind rules of Parses)."""
-        if tag == _Q:
-            return guard.check_query(_text(body), tenant)
-        if tag == _PARSE:
-            # Drivers send the same Parse over and over (unnamed statements): remember the
-            # verdict per message body and tenant.
-            cache = self.app.parse_verdicts
-            key = (body, tenant)
-            hit = cache.get(key)
-            if hit is None:
-                name, sql, types = messages.decode_parse(body)
-                if len(cache) >= 10_000:
-                    cache.clear()
-                hit = cache[key] = (name, guard.check_parse(sql, tenant, types))
-            name, verdict = hit
-            if isinstance(verdict, BindRule):
-                self._bind_rules[name] = verdict
-                return None
-            self._bind_rules.pop(name, None)
-            return verdict
-        if tag == _BIND:
-            if self._bind_rules:
-                _, statement, formats, params = messages.decode_bind(body)
-                rule = self._bind_rules.get(statement)
-                if rule is not None:
-                    return guard.check_bind(rule, params, formats)
-            return None
-        return FUNCTION_CALL_REFUSAL
-
     def _refused(self, refusal: Refusal, tag: int) -> None:
         tenant = self.stats_tenant
         self.app.stats.record_violation(tenant, refusal.kind)
         log.warning("client #%s (%s) tenant=%s: %s refused by the guard (%s)",
                     self.id, self.peer, tenant, chr(tag), refusal.kind,
                     extra=self._log_fields("guard_refusal"))
-        self._refused_query = refusal_query(refusal)
 
     def _flush_block(self, block: bytes, replies: int, unsynced: bool, named: bool) -> None:
         if replies:
