@@ -761,12 +761,16 @@ class ClientConnection(asyncio.Protocol):
         assert self.pool is not None
         self.pool.stats.leases += 1
 
+    def unsolicited(self, data: bytes) -> None:
+        """Server messages that answer nothing this client sent. In session mode, once
+        the client is greeted, they are its own (LISTEN notifications, notices). Before the
+        greeting (a backend dying during login sends a notice first) and in transaction
+        mode (the server is between transactions) they are dropped; if the server is going
+        away, server_lost tells the client properly."""
+        if self.state is ClientState.READY and not self.transaction_mode:
+            self.forward_to_client(data)
+
     def forward_to_client(self, data: bytes) -> None:
-        if self.state is not ClientState.READY:
-            # Before the greeting nothing from the server is a reply to this client (a
-            # backend dying during login sends a notice first): drop it; if the server is
-            # going away, server_lost tells the client properly.
-            return
         transport = self.transport
         if transport is not None and not transport.is_closing():
             self.traffic.bytes_out += len(data)

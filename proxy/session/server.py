@@ -83,9 +83,8 @@ class ServerError(Exception):
 class Receiver(Protocol):
     """The client side a server connection forwards to."""
 
-    transaction_mode: bool
-
     def forward_to_client(self, data: bytes) -> None: ...
+    def unsolicited(self, data: bytes) -> None: ...
     def server_ready(self, server: ServerConnection) -> None: ...
     def server_lost(self, server: ServerConnection, reason: str) -> None: ...
     def server_paused_writing(self, paused: bool) -> None: ...
@@ -301,7 +300,7 @@ class ServerConnection(asyncio.Protocol):
         """Route one chunk by the pending-reply queue: forward, skip or collect."""
         receiver = self.receiver
         pending = self.pending
-        if not events and (not pending or pending[0] is FORWARD):
+        if not events and (pending[0] is FORWARD if pending else self.unsynced):
             # Hot path: a chunk in the middle of the client's reply.
             if receiver is not None:
                 receiver.forward_to_client(data)
@@ -357,14 +356,20 @@ class ServerConnection(asyncio.Protocol):
             elif tag == _C and head is FORWARD and body.startswith(b"DEALLOCATE ALL"):
                 self._statements_cleared()
         head = pending[0] if pending else FORWARD
-        if head is FORWARD and start < len(data) and not (
-                ready and not pending and not self.unsynced and receiver is not None
-                and receiver.transaction_mode):
-            # (In transaction mode, what follows the transaction's last ReadyForQuery is
-            # no reply of this client's: a server dying between transactions says FATAL.)
-            out.append(data[start:] if start else data)
-        if receiver is not None and out:
-            receiver.forward_to_client(out[0] if len(out) == 1 else b"".join(out))
+        unsolicited = b""
+        if head is FORWARD and start < len(data):
+            tail = data[start:] if start else data
+            if pending or self.unsynced:
+                out.append(tail)
+            else:
+                # Nothing outstanding: no reply to anything the client sent (a NOTIFY, a
+                # notice, the FATAL of a backend going away); the receiver decides.
+                unsolicited = tail
+        if receiver is not None:
+            if out:
+                receiver.forward_to_client(out[0] if len(out) == 1 else b"".join(out))
+            if unsolicited:
+                receiver.unsolicited(unsolicited)
         if ready and not pending:
             if self.statements.unconfirmed:
                 self.statements.confirm()
