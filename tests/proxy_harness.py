@@ -162,6 +162,24 @@ def _toml(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def launch_serve(config_path: Path, log_path: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start ``pgtenant serve --config config_path`` (log to ``log_path``) and return once
+    ``port`` accepts connections; on failure stop it and fail with its log."""
+    from tests.support import wait_for_port
+
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path)],
+            stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        wait_for_port("127.0.0.1", port, timeout=20)
+    except Exception:
+        proc.kill()
+        proc.wait(10)
+        raise AssertionError(f"pgtenant did not start:\n{log_path.read_text()}") from None
+    return proc
+
+
 @contextlib.contextmanager
 def subprocess_proxy(config: Config,
                      workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
@@ -169,22 +187,14 @@ def subprocess_proxy(config: Config,
 
     Its log goes to ``workdir/pgtenant.log`` (a pipe nobody reads could fill and stall it).
     """
-    from tests.support import free_port, wait_for_port
+    from tests.support import free_port
 
     port = free_port()
     config = dataclasses.replace(
         config, server=dataclasses.replace(config.server, listen=f"127.0.0.1:{port}"))
     config_path = write_config_file(workdir / "pgtenant.toml", config)
-    log_path = workdir / "pgtenant.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path)],
-            stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
+    proc = launch_serve(config_path, workdir / "pgtenant.log", port)
     try:
-        try:
-            wait_for_port("127.0.0.1", port, timeout=20)
-        except Exception:
-            raise AssertionError(f"pgtenant did not start:\n{log_path.read_text()}") from None
         yield proc, port
     finally:
         proc.terminate()

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -23,8 +21,8 @@ import pytest
 
 from proxy.auth.scram_verifier import make_scram_verifier
 from proxy.config import Config
-from tests.proxy_harness import make_config, token, write_config_file
-from tests.support import free_port, wait_for_port
+from tests.proxy_harness import launch_serve, make_config, token, write_config_file
+from tests.support import free_port
 
 ADMIN_PASSWORD = "operations-console-password"
 VERIFIER = make_scram_verifier(ADMIN_PASSWORD)
@@ -68,15 +66,8 @@ def serve(config: Config, workdir: Path) -> Iterator[Served]:
     served = Served(proc=None, port=free_port(), config_path=workdir / "pgtenant.toml",  # type: ignore[arg-type]
                     log_path=workdir / "pgtenant.log")
     served.write_config(config)
-    with served.log_path.open("wb") as log_file:
-        served.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(served.config_path)],
-            stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
+    served.proc = launch_serve(served.config_path, served.log_path, served.port)
     try:
-        try:
-            wait_for_port("127.0.0.1", served.port, timeout=20)
-        except Exception:
-            raise AssertionError(f"pgtenant did not start:\n{served.log()}") from None
         yield served
     finally:
         if served.proc.poll() is None:

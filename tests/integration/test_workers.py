@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import Config
 from proxy.supervisor import WorkerRole
-from tests.proxy_harness import make_config, token, write_config_file
-from tests.support import free_port, wait_for_port
+from tests.proxy_harness import launch_serve, make_config, token, write_config_file
+from tests.support import free_port
 
 
 @dataclasses.dataclass
@@ -93,15 +93,8 @@ def supervise(config: Config, workdir: Path) -> Iterator[Supervised]:
     served = Supervised(proc=None, port=free_port(), metrics_port=free_port(),  # type: ignore[arg-type]
                         config_path=workdir / "pgtenant.toml", log_path=workdir / "pgtenant.log")
     write(config, served.config_path, served.port, served.metrics_port)
-    with served.log_path.open("wb") as log_file:
-        served.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(served.config_path)],
-            stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
+    served.proc = launch_serve(served.config_path, served.log_path, served.metrics_port)
     try:
-        try:
-            wait_for_port("127.0.0.1", served.metrics_port, timeout=20)
-        except Exception:
-            raise AssertionError(f"pgtenant did not start:\n{served.log()}") from None
         served.wait_ready()
         yield served
     finally:
