@@ -552,12 +552,12 @@ class ClientConnection(asyncio.Protocol):
             elif tag in _EXTENDED:
                 unsynced = True
             elif tag == _X:
-                self._flush_block(block[:start], replies, unsynced, named)
+                self._flush(block[:start], replies, unsynced, named)
                 self._close_transport()
                 return
             if statements is not None and not named and tag in _MAYBE_NAMED:
                 named = needs_rewrite(tag, block[start + 5:end])
-        self._flush_block(block, replies, unsynced, named)
+        self._flush(block, replies, unsynced, named)
 
     def _refused(self, refusal: Refusal, tag: int) -> None:
         tenant = self.stats_tenant
@@ -566,14 +566,11 @@ class ClientConnection(asyncio.Protocol):
                     self.id, self.peer, tenant, chr(tag), refusal.kind,
                     extra=self._log_fields("guard_refusal"))
 
-    def _flush_block(self, block: bytes, replies: int, unsynced: bool, named: bool) -> None:
+    def _flush(self, block: bytes, replies: int, unsynced: bool, named: bool) -> None:
+        """Send the client's messages to its server, or queue them until it has one."""
         if replies:
             self.app.stats.record_queries(self.traffic, self.stats_tenant, replies)
-        if block:
-            self._flush([block], replies, unsynced, named)
-
-    def _flush(self, out: list[bytes], replies: int, unsynced: bool, named: bool) -> None:
-        if not out:
+        if not block:
             return
         batch_start = not self._unsynced
         self._unsynced = unsynced
@@ -584,16 +581,16 @@ class ClientConnection(asyncio.Protocol):
             server = self._lease_now()
         if server is not None and not self._queue and self._context_ready(server):
             if named:
-                self._send_rewritten(server, out, batch_start)
+                self._send_rewritten(server, [block], batch_start)
             else:
-                server.send(out[0] if len(out) == 1 else b"".join(out), replies, unsynced)
+                server.send(block, replies, unsynced)
             return
         if not self._queue:
             self._queue_batch_start = batch_start
-        self._queue.extend(out)
+        self._queue.append(block)
         self._queue_replies += replies
         self._queue_named |= named
-        self._queued_bytes += sum(len(f) for f in out)
+        self._queued_bytes += len(block)
         if self._queued_bytes > _QUEUE_HIGH_WATER:
             self._pause_reading("queue", True)
         if self._leasing:
