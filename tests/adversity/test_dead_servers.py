@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import socket
 import struct
 import threading
 import time
@@ -25,7 +25,8 @@ import pytest
 
 from proxy.wire import messages
 from tests.adversity.faultproxy import FaultRelay
-from tests.proxy_harness import ThreadedProxy, make_config, token
+from tests.adversity.rawclient import RawClient
+from tests.proxy_harness import ThreadedProxy, make_config
 
 MODES = ["session", "transaction"]
 
@@ -74,23 +75,11 @@ def _backend_and_tenant(proxy: ThreadedProxy, tenant: str) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def _logged_in(port: int, tenant: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
-    sock.recv(64)
-    sock.sendall(messages.password_message(token(tenant).encode() + b"\0"))
-    got = b""
-    while not got.endswith(b"Z\x00\x00\x00\x05I"):
-        chunk = sock.recv(4096)
-        assert chunk, f"closed during login: {got!r}"
-        got += chunk
-    return sock
-
-
-def _read_until_closed(sock: socket.socket) -> bytes:
-    got = b""
-    while chunk := sock.recv(65536):
-        got += chunk
+async def _send_then_read_to_close(port: int, tenant: str, data: bytes) -> bytes:
+    client = await RawClient.login(port, tenant)
+    client.writer.write(data)
+    got = await client.reader.read()
+    client.writer.close()
     return got
 
 
@@ -102,11 +91,10 @@ def test_message_postgres_would_die_of_is_refused_and_never_forwarded(
     proxy = start_proxy(pool_mode="transaction", pool_size=1)
     backend = _backend_and_tenant(proxy, "acme")[0]
     for _ in range(3):
-        with _logged_in(proxy.port, "globex") as sock:
-            body = b"garbage\0"
-            sock.sendall(bytes([tag]) + struct.pack("!i", len(body) + 4) + body
-                         + messages.terminate())
-            got = _read_until_closed(sock)
+        body = b"garbage\0"
+        got = asyncio.run(_send_then_read_to_close(
+            proxy.port, "globex",
+            bytes([tag]) + struct.pack("!i", len(body) + 4) + body + messages.terminate()))
         assert b"SFATAL\0" in got and b"C08P01\0" in got
         assert f"invalid frontend message type {tag}".encode() in got
         # The one backend is still the same, alive, serving each tenant as itself.
