@@ -754,8 +754,12 @@ class ClientConnection(asyncio.Protocol):
         """Transaction mode with named statements: see proxy.session.prepared."""
         assert self.statements is not None
         frames = [frame for block in blocks for frame in split_frames(block)]
-        done = rewrite(frames, self.statements, server.statements, FORWARD,
-                       batch_start=batch_start, skipping=self._skipping)
+        try:
+            done = rewrite(frames, self.statements, server.statements, FORWARD,
+                           batch_start=batch_start, skipping=self._skipping)
+        except ValueError:  # a name without its terminator, or not UTF-8
+            self.fatal("08P01", "invalid message format: malformed statement or portal name")
+            return
         self._skipping = done.skipping
         if batch_start:
             evict = server.statements.take_evictions(done.used)

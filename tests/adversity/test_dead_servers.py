@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import struct
 import threading
 import time
@@ -166,3 +167,18 @@ def test_query_timeout_closes_a_server_that_stalled_mid_query(
     proxy.wait_until(lambda app: not pool.active)  # the stalled server was closed
     relay.resume()
     assert _backend_and_tenant(proxy, "globex")[1] == "globex"
+
+
+def test_malformed_statement_name_is_a_protocol_error_not_a_crash(
+        start_proxy: Callable[..., ThreadedProxy], caplog: pytest.LogCaptureFixture) -> None:
+    # Transaction mode renames named statements; a name with no terminator (found by the
+    # post-login fuzz test) used to escape as a ValueError from data_received.
+    caplog.set_level(logging.WARNING)
+    proxy = start_proxy(pool_mode="transaction", pool_size=1)
+    for body in (b"stmt", b"\xff\xfe\0SELECT 1\0\0\0"):
+        got = asyncio.run(_send_then_read_to_close(
+            proxy.port, "acme", b"P" + struct.pack("!i", len(body) + 4) + body
+            + messages.sync()))
+        assert b"C08P01\0" in got
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert _backend_and_tenant(proxy, "acme")[1] == "acme"
