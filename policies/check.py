@@ -120,10 +120,12 @@ def _finding(code: str, obj: str, message: str | None = None) -> Finding:
     return Finding(code, rule.severity, obj, message or rule.title, rule.advice)
 
 
-_SYSTEM_SCHEMAS = (
-    "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgtenant')"
+#: A condition on ``pg_namespace AS n``: not PostgreSQL's own schemas (pgtenant's is in).
+NOT_SYSTEM_SCHEMA: LiteralString = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema')"
     " AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
 )
+_SYSTEM_SCHEMAS: LiteralString = NOT_SYSTEM_SCHEMA + " AND n.nspname <> 'pgtenant'"
 
 _TENANT_TABLES: LiteralString = (
     "SELECT c.oid, format('%%I.%%I', n.nspname, c.relname), c.relrowsecurity,"
@@ -213,9 +215,7 @@ _SCHEMA_RIGHTS: LiteralString = (
     "SELECT quote_ident(n.nspname), pg_has_role(%(role)s, n.nspowner, 'MEMBER'),"
     " has_schema_privilege(%(role)s, n.oid, 'CREATE'),"
     " n.nspowner = 'pg_database_owner'::regrole"
-    " FROM pg_namespace AS n"
-    " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
-    " AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)' ORDER BY 1"
+    " FROM pg_namespace AS n WHERE " + NOT_SYSTEM_SCHEMA + " ORDER BY 1"
 )
 
 _DATABASE_RIGHTS: LiteralString = (
@@ -224,13 +224,17 @@ _DATABASE_RIGHTS: LiteralString = (
     " FROM pg_database AS d WHERE d.datname = current_database()"
 )
 
-# Any role may signal backends of its own role; EXECUTE is granted to PUBLIC by default.
-_SIGNAL_FUNCTIONS: LiteralString = (
-    "SELECT f::text FROM unnest(ARRAY["
-    " to_regprocedure('pg_catalog.pg_cancel_backend(integer)'),"
-    " to_regprocedure('pg_catalog.pg_terminate_backend(integer)'),"
-    " to_regprocedure('pg_catalog.pg_terminate_backend(integer, bigint)')]) AS f"
-    " WHERE f IS NOT NULL AND has_function_privilege(%(role)s, f, 'EXECUTE') ORDER BY 1"
+#: Any role may signal backends of its own role, and EXECUTE on these is granted to
+#: PUBLIC by default (PGT023). The one-argument pg_terminate_backend is PostgreSQL 13's.
+SIGNAL_FUNCTIONS = (
+    "pg_catalog.pg_cancel_backend(integer)",
+    "pg_catalog.pg_terminate_backend(integer)",
+    "pg_catalog.pg_terminate_backend(integer, bigint)",
+)
+_SIGNAL_FUNCTIONS_EXECUTABLE: LiteralString = (
+    "SELECT f::text FROM (SELECT to_regprocedure(s) AS f FROM unnest(%(functions)s::text[])"
+    " AS s) AS x WHERE f IS NOT NULL AND has_function_privilege(%(role)s, f, 'EXECUTE')"
+    " ORDER BY 1"
 )
 
 _KEYS_EXPOSED: LiteralString = (
@@ -369,7 +373,8 @@ def _audit_role(
         for (predefined,) in conn.execute(
             _PREDEFINED_MEMBERSHIPS, {**who, "roles": list(PRIVILEGED_PREDEFINED_ROLES)}))
     found.extend(_audit_schemas_and_database(conn, role))
-    signal = [f for (f,) in conn.execute(_SIGNAL_FUNCTIONS, who)]
+    signal = [f for (f,) in conn.execute(
+        _SIGNAL_FUNCTIONS_EXECUTABLE, {**who, "functions": list(SIGNAL_FUNCTIONS)})]
     if signal:
         found.append(_finding("PGT023", role, f"{role} may call {', '.join(signal)} on the "
                                               "sessions of every tenant"))

@@ -5,13 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
 
 from policies.catalog import PolicyError, require_installed, role_exists
-from policies.check import ACTIVITY_ROLES, PRIVILEGED_PREDEFINED_ROLES, STORED_SESSION_SETTINGS
+from policies.check import (
+    ACTIVITY_ROLES,
+    NOT_SYSTEM_SCHEMA,
+    PRIVILEGED_PREDEFINED_ROLES,
+    SIGNAL_FUNCTIONS,
+    STORED_SESSION_SETTINGS,
+)
 from policies.proof import key_id_for
 
 log = logging.getLogger("pgtenant.policies")
@@ -85,17 +91,11 @@ def install(
     return warnings
 
 
-# Schemas whose CREATE grants are the app role's business (pgtenant's are install's).
-_USER_SCHEMAS = (
-    "SELECT n.nspname FROM pg_namespace AS n WHERE n.nspname NOT IN"
-    " ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
-    " AND EXISTS (SELECT 1 FROM aclexplode(n.nspacl) AS a"
+# The schemas where the role holds CREATE of its own (not through PUBLIC).
+_SCHEMAS_GRANTING_CREATE: LiteralString = (
+    "SELECT n.nspname FROM pg_namespace AS n WHERE " + NOT_SYSTEM_SCHEMA
+    + " AND EXISTS (SELECT 1 FROM aclexplode(n.nspacl) AS a"
     "   WHERE a.grantee = %s::regrole AND a.privilege_type = 'CREATE') ORDER BY 1"
-)
-_SIGNAL_FUNCTIONS = (
-    "pg_catalog.pg_cancel_backend(integer)",
-    "pg_catalog.pg_terminate_backend(integer)",
-    "pg_catalog.pg_terminate_backend(integer, bigint)",
 )
 
 
@@ -152,12 +152,12 @@ def harden_role(
         conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), ident))
     conn.execute(sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}").format(
         sql.Identifier(conn.info.dbname), ident))
-    for (schema,) in conn.execute(_USER_SCHEMAS, [role]).fetchall():
+    for (schema,) in conn.execute(_SCHEMAS_GRANTING_CREATE, [role]).fetchall():
         conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(
             sql.Identifier(schema), ident))
     if conn.execute("SELECT to_regnamespace('public')").fetchone() != (None,):
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-    for signature in _SIGNAL_FUNCTIONS:
+    for signature in SIGNAL_FUNCTIONS:
         row = conn.execute("SELECT to_regprocedure(%s)::oid", [signature]).fetchone()
         if row and row[0] is not None:
             conn.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC, {}").format(
