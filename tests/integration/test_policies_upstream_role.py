@@ -134,3 +134,42 @@ def test_create_role_needs_a_superuser(scratch: Scratch) -> None:
     with scratch.admin() as conn:  # nothing was done
         assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s",
                             [f"{scratch.app_role}_2"]).fetchone() == (0,)
+
+
+def test_tenants_sharing_the_role_can_neither_end_nor_read_each_others_sessions(
+    scratch: Scratch,
+) -> None:
+    """The attack run's findings, straight to PostgreSQL as the upstream role: before
+    --create-role one session cancels another and reads its query text; after, neither."""
+    secret = "SELECT 'tenant-b-secret-4711'"
+    with scratch.app() as tenant_a, scratch.app() as tenant_b:
+        tenant_b.execute(secret)  # type: ignore[arg-type]
+        pid = tenant_b.info.backend_pid
+        seen = tenant_a.execute("SELECT query FROM pg_stat_activity WHERE pid = %s",
+                                [pid]).fetchone()
+        assert seen == (secret,)
+        assert tenant_a.execute("SELECT pg_cancel_backend(%s)", [pid]).fetchone() == (True,)
+    status, _, err = create_role(scratch)
+    assert status == 0, err
+    with scratch.app() as tenant_a, scratch.app() as tenant_b:
+        tenant_b.execute(secret)  # type: ignore[arg-type]
+        pid = tenant_b.info.backend_pid
+        seen = tenant_a.execute("SELECT query FROM pg_stat_activity WHERE pid = %s",
+                                [pid]).fetchone()
+        assert seen is not None and "tenant-b-secret" not in str(seen[0])
+        for function in ("pg_cancel_backend(%s)", "pg_terminate_backend(%s)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                tenant_a.execute(f"SELECT {function}", [pid])  # type: ignore[arg-type]
+        assert tenant_b.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_setting_the_role_stores_for_itself_is_found(scratch: Scratch) -> None:
+    """No privilege stops ALTER ROLE CURRENT_USER SET (the guard refuses it at the proxy);
+    check finds what a tenant that got past it left for every later session."""
+    assert create_role(scratch)[0] == 0
+    with scratch.app() as conn:
+        conn.execute("ALTER ROLE CURRENT_USER SET default_transaction_read_only = on")
+        conn.execute("ALTER ROLE CURRENT_USER SET client_min_messages = error")
+    assert role_findings(scratch) == [("PGT025", scratch.app_role)] * 2
+    assert create_role(scratch)[0] == 0
+    assert role_findings(scratch) == []
