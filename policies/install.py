@@ -95,7 +95,8 @@ def install(
 _SCHEMAS_GRANTING_CREATE: LiteralString = (
     "SELECT n.nspname FROM pg_namespace AS n WHERE " + NOT_SYSTEM_SCHEMA
     + " AND EXISTS (SELECT 1 FROM aclexplode(n.nspacl) AS a"
-    "   WHERE a.grantee = %s::regrole AND a.privilege_type = 'CREATE') ORDER BY 1"
+    "   WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %s)"
+    "   AND a.privilege_type = 'CREATE') ORDER BY 1"
 )
 
 
@@ -146,7 +147,8 @@ def harden_role(
             ident, where, sql.Identifier(*setting.split("=", 1)[0].split("."))))
     granted = conn.execute(
         "SELECT g.rolname FROM pg_auth_members AS m JOIN pg_roles AS g ON g.oid = m.roleid"
-        " WHERE m.member = %s::regrole AND g.rolname = ANY(%s) ORDER BY 1",
+        " WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = %s)"
+        " AND g.rolname = ANY(%s) ORDER BY 1",
         [role, [*ACTIVITY_ROLES, *PRIVILEGED_PREDEFINED_ROLES, owner_role]]).fetchall()
     for (group,) in granted:
         conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), ident))
