@@ -214,7 +214,7 @@ class ServerPool:
         while idle:
             pick = -1
             for i in range(len(idle) - 1, -1, -1):
-                if idle[i].tenant == tenant:
+                if idle[i].owner == tenant:  # no scrub, usually no context set either
                     pick = i
                     break
             if pick < 0:
@@ -327,10 +327,10 @@ class ServerPool:
         if waiters:
             tenants = self._waiter_tenants
             oldest = self._waiter_since.get(waiters[0], 0.0)
-            if (isinstance(server.tenant, str) and len(waiters) > 1
+            if (isinstance(server.owner, str) and len(waiters) > 1
                     and time.monotonic() - oldest < _FAIR_WAIT):
                 for i, waiter in enumerate(itertools.islice(waiters, _AFFINITY_LOOKAHEAD)):
-                    if not waiter.done() and tenants.get(waiter) == server.tenant:
+                    if not waiter.done() and tenants.get(waiter) == server.owner:
                         del waiters[i]
                         self._hand(server, waiter)
                         return
