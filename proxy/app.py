@@ -165,6 +165,8 @@ class ProxyApp:
                 log.warning("listening on %s without TLS: only loopback clients can log in",
                             srv.listen)
         self._maintenance = loop.create_task(self._maintain())
+        if self.verifier.remote is not None:  # an identity provider's JWKS URL
+            await self.verifier.remote.start()
         # --- metrics endpoint ---
         if self.worker is not None:
             # Read (and aggregated) by the supervisor; bound last: it means "started".
@@ -214,6 +216,8 @@ class ProxyApp:
             client.fatal("57P01", "terminating connection due to administrator command")
         if self._maintenance is not None:
             self._maintenance.cancel()
+        if self.verifier.remote is not None:
+            await self.verifier.remote.stop()
         for pool in [*self.pools.values(), *self.service_pools.values(),
                      *self._retired_pools]:
             await pool.close()
@@ -316,7 +320,7 @@ class ProxyApp:
         passwords = {name: resolve_secret(db.password_env, db.password_file,
                                           f"databases.{name}.password")
                      for name, db in new.databases.items()}
-        verifier = JwtVerifier.from_config(new.auth.jwt, new.tenancy)
+        verifier = JwtVerifier.from_config(new.auth.jwt, new.tenancy, previous=self.verifier)
         service_passwords = self._resolve_service_passwords(new)
         restart_only = ("listen", "unix_socket_dir", "metrics_listen", "log_level",
                         "workers", "log_format")
@@ -332,6 +336,12 @@ class ProxyApp:
 
         def apply() -> None:
             self.config = config
+            old_remote, new_remote = self.verifier.remote, verifier.remote
+            if old_remote is not new_remote:  # a new JWKS source: swap the refreshers
+                if old_remote is not None:
+                    old_remote.stop_soon()
+                if new_remote is not None:
+                    new_remote.start_soon()
             self.verifier = verifier
             self.client_ssl_context = ssl_context
             for name, db in config.databases.items():

@@ -254,6 +254,24 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily("pgtenant_suspended_tenant_attempts",
                                   "Logins refused because the tenant is suspended.",
                                   value=security.suspended_tenant_attempts)
+        yield from self._jwks()
+
+    def _jwks(self) -> Iterator[Metric]:
+        """The identity provider's key set (only with auth.jwt.jwks_url)."""
+        remote = self.app.verifier.remote
+        if remote is None:
+            return
+        refreshes = CounterMetricFamily("pgtenant_jwks_refreshes",
+                                        "Fetches of the JWKS URL, by result.",
+                                        labels=["result"])
+        refreshes.add_metric(["ok"], remote.refreshes_ok)
+        refreshes.add_metric(["error"], remote.refreshes_failed)
+        yield refreshes
+        yield GaugeMetricFamily("pgtenant_jwks_keys", "Signing keys in the current set.",
+                                value=len(remote.keys))
+        yield GaugeMetricFamily("pgtenant_jwks_last_success_timestamp_seconds",
+                                "Unix time of the last good fetch (0: never).",
+                                value=remote.last_success_unix)
 
 
 def make_registry(app: ProxyApp) -> CollectorRegistry:

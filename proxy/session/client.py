@@ -393,11 +393,31 @@ class ClientConnection(asyncio.Protocol):
         except UnicodeDecodeError:
             raise ClientError("28P01", "password authentication failed: the password is not "
                               "a valid token") from None
+        verifier = self.app.verifier
         try:
-            identity = self.app.verifier.verify(token)
+            identity = verifier.verify(token)
         except AuthError as exc:
+            if exc.reason == "no_key" and verifier.may_refresh_for(token):
+                # A key id the identity provider's set lacks: it may have rotated.
+                self.state = ClientState.LOGIN  # buffer anything else the client sends
+                self._tasks.spawn(self._verify_after_refresh(token))
+                return
             self.app.auth_failed(self, exc)
             raise ClientError(exc.sqlstate, str(exc)) from None
+        self._authenticated(identity)
+
+    async def _verify_after_refresh(self, token: str) -> None:
+        verifier = self.app.verifier
+        assert verifier.remote is not None
+        await verifier.remote.refresh()
+        if self.state is not ClientState.LOGIN:
+            return
+        try:
+            identity = verifier.verify(token)
+        except AuthError as exc:
+            self.app.auth_failed(self, exc)
+            self.fatal(exc.sqlstate, str(exc))
+            return
         self._authenticated(identity)
 
     # --- service accounts ([users.NAME]): SCRAM-SHA-256, then the same login as a JWT ---
