@@ -393,9 +393,11 @@ class ServerConnection(asyncio.Protocol):
             elif tag == _N and FORGED_CONTEXT_SQLSTATE in body:
                 # The database saw a tenant setting its proof does not vouch for: whatever
                 # the proxy believes, re-set the context before anything else runs here.
-                self.mark_context_unknown()
-                if head is FORWARD and receiver is not None:
-                    receiver.forged_context()
+                # Counted once per request (one warning per protected table it reads).
+                if self.tenant is not TenantState.UNKNOWN:
+                    self.mark_context_unknown()
+                    if head is FORWARD and receiver is not None:
+                        receiver.forged_context()
         head = pending[0] if pending else FORWARD
         unsolicited = b""
         if head is FORWARD and start < len(data):
