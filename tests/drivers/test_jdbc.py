@@ -24,8 +24,7 @@ SOURCE = Path(__file__).parent / "jdbc" / "DriverScenarios.java"
 @pytest.fixture(scope="module")
 def classpath(tmp_path_factory: pytest.TempPathFactory) -> str:
     """DriverScenarios compiled into a temporary directory, plus the driver's jar."""
-    javac, _ = toolchains.jdk()
-    jar = toolchains.required_jdbc_jar()
+    javac, _, jar = toolchains.jdk_and_jar()
     classes = tmp_path_factory.mktemp("jdbc")
     run([javac, "-d", str(classes), "-cp", str(jar), str(SOURCE)], timeout=120)
     return f"{classes}{os.pathsep}{jar}"
@@ -35,7 +34,7 @@ def scenario(proxy: ThreadedProxy, classpath: str, name: str) -> dict[str, str]:
     """Run one scenario against ``proxy``; the ``key=value`` lines it printed."""
     env = {**os.environ, "PGTENANT_PORT": str(proxy.port),
            **{f"PGTENANT_TOKEN_{t.upper()}": token(t) for t in TENANTS}}
-    _, java = toolchains.jdk()
+    _, java, _ = toolchains.jdk_and_jar()
     done = run([java, "-Xshare:auto", "-XX:TieredStopAtLevel=1", "-cp", classpath,
                 "DriverScenarios", name], env=env, timeout=60)
     return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)

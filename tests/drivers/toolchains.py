@@ -9,8 +9,9 @@ Everything else ``./dev test`` fetches itself, without root, by running this mod
   ships), downloaded with ``apt-get download`` and unpacked into ``.venv/drivers``.
 
 The tests find the jar in ``$PGTENANT_JDBC_JAR``, the system location or that cache. A
-toolchain that is missing skips its tests with one line saying what to install, except
-in CI (``CI=true``), where it fails them: CI never passes on tests that did not run.
+missing toolchain skips its tests (tests/drivers/conftest.py), one summary line per file
+saying what to install, except in CI (``CI=true``), where they run and fail: CI never
+passes on tests that did not run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
@@ -39,13 +39,6 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
-def unavailable(reason: str) -> NoReturn:
-    """A driver test cannot run here: a failure in CI, a skip on a developer's machine."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: a test that cannot run fails)", pytrace=False)
-    pytest.skip(reason)
-
-
 def jdbc_jar() -> Path | None:
     """The pgJDBC jar the tests compile against, or None."""
     configured = os.environ.get("PGTENANT_JDBC_JAR")
@@ -54,30 +47,47 @@ def jdbc_jar() -> Path | None:
     return next((jar for jar in (SYSTEM_JAR, CACHED_JAR) if jar.is_file()), None)
 
 
-def jdk() -> tuple[str, str]:
-    """``(javac, java)`` for the pgJDBC tests and the jar on the classpath, or unavailable."""
-    javac, java = shutil.which("javac"), shutil.which("java")
-    if not (javac and java):
-        unavailable("pgJDBC tests need a JDK (Debian: apt-get install default-jdk-headless)")
-    return javac, java
-
-
-def required_jdbc_jar() -> Path:
+def jdbc_missing() -> str | None:
+    """What the pgJDBC tests lack here (what to install), or None."""
+    if not (shutil.which("javac") and shutil.which("java")):
+        return "pgJDBC tests need a JDK (Debian: apt-get install default-jdk-headless)"
     jar = jdbc_jar()
     if jar is None or not jar.is_file():
-        unavailable(f"pgJDBC jar missing: `./dev test` fetches it ({JDBC_PACKAGE}) into "
-                    f"{CACHED_JAR.parent}; or set PGTENANT_JDBC_JAR")
-    return jar
+        return (f"pgJDBC jar missing: `./dev test` fetches it ({JDBC_PACKAGE}) into "
+                f"{CACHED_JAR.parent}; or set PGTENANT_JDBC_JAR")
+    return None
+
+
+def node_missing() -> str | None:
+    """What the node-postgres tests lack here (what to install), or None."""
+    if not shutil.which("node"):
+        return "node-postgres tests need Node.js (Debian: apt-get install nodejs npm)"
+    if not node_packages_current():
+        return (f"node packages missing or stale in {NODE_DIR}: `./dev test` runs `npm ci` "
+                "there (needs npm and the npm registry)")
+    return None
+
+
+def require(missing: str | None) -> None:
+    """Fail a driver test whose toolchain is missing. Only CI gets here with one missing:
+    elsewhere tests/drivers/conftest.py has skipped those tests at collection."""
+    if missing:
+        pytest.fail(missing, pytrace=False)
+
+
+def jdk_and_jar() -> tuple[str, str, Path]:
+    """``(javac, java, pgJDBC jar)`` for the pgJDBC tests."""
+    require(jdbc_missing())
+    javac, java, jar = shutil.which("javac"), shutil.which("java"), jdbc_jar()
+    assert javac and java and jar
+    return javac, java, jar
 
 
 def node() -> str:
-    """The ``node`` binary, with the scenarios' packages installed, or unavailable."""
+    """The ``node`` binary, with the scenarios' packages installed."""
+    require(node_missing())
     binary = shutil.which("node")
-    if not binary:
-        unavailable("node-postgres tests need Node.js (Debian: apt-get install nodejs npm)")
-    if not node_packages_current():
-        unavailable(f"node packages missing or stale in {NODE_DIR}: `./dev test` runs "
-                    "`npm ci` there (needs npm and the npm registry)")
+    assert binary
     return binary
 
 
