@@ -105,8 +105,8 @@ def install_node_packages() -> None:
     npm = shutil.which("npm")
     if npm is None or node_packages_current():
         return  # no npm: the node tests say what to install
-    print("driver tests: npm ci in tests/drivers/node (package-lock.json changed)",
-          file=sys.stderr)
+    print("driver tests: npm ci in tests/drivers/node (first run, or package-lock.json "
+          "changed)", file=sys.stderr)
     done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
                           cwd=NODE_DIR, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, check=False)

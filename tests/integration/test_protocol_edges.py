@@ -15,6 +15,7 @@ import pytest
 from proxy.wire import messages
 from tests import rawclient
 from tests.proxy_harness import ThreadedProxy, token
+from tests.support import wait_for_query
 
 
 def test_ssl_and_gssenc_requests_are_declined_without_tls(session_proxy: ThreadedProxy) -> None:
@@ -92,16 +93,6 @@ def _running(proxy: ThreadedProxy, dsn: str, sql: str, result: dict[str, Any]) -
     return thread
 
 
-def _until_running(app_db: Any, sql: str) -> None:
-    """Wait until a backend runs ``sql`` (pg_stat_activity, as the superuser)."""
-    with psycopg.connect(app_db.superuser_dsn, autocommit=True) as su:
-        deadline = time.monotonic() + 10
-        while su.execute("SELECT count(*) FROM pg_stat_activity WHERE query = %s "
-                         "AND state = 'active'", (sql,)).fetchone() == (0,):
-            assert time.monotonic() < deadline, f"{sql!r} never started on the server"
-            time.sleep(0.01)
-
-
 def test_flush_keeps_the_server_until_sync(start_proxy: Callable[..., ThreadedProxy]) -> None:
     # Parse/Describe/Flush leaves the server mid-batch: in transaction mode it must stay
     # with this client (replies included) until Sync, even while others want a server.
@@ -158,7 +149,7 @@ def test_cancel_reaches_only_its_own_query(proxy: ThreadedProxy) -> None:
 def test_cancel_with_a_forged_key_cancels_nothing(proxy: ThreadedProxy, app_db: Any) -> None:
     result: dict[str, Any] = {}
     thread = _running(proxy, proxy.dsn("acme"), "SELECT pg_sleep(1)", result)
-    _until_running(app_db, "SELECT pg_sleep(1)")
+    wait_for_query(app_db.superuser_dsn, "SELECT pg_sleep(1)")
     for key in (b"\0\0\0\0", b"\xff\xff\xff\xff"):
         with rawclient.connect(proxy.port) as sock:
             sock.sendall(messages.cancel_request(result["pid"], key))
@@ -172,7 +163,7 @@ def test_client_disconnect_mid_query_leaves_no_busy_server(
     proxy = start_proxy(pool_mode="session", pool_size=1)
     with rawclient.logged_in(proxy.port, "acme") as sock:
         sock.sendall(messages.query("SELECT pg_sleep(30)"))
-        _until_running(app_db, "SELECT pg_sleep(30)")
+        wait_for_query(app_db.superuser_dsn, "SELECT pg_sleep(30)")
     # The only server connection was busy: it must be cancelled/closed, not handed out busy.
     started = time.monotonic()
     with psycopg.connect(proxy.dsn("globex")) as conn:
