@@ -72,6 +72,8 @@ async def serve(path: str, run: Runner) -> asyncio.AbstractServer:
             if reply is not None:
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
+        except ConnectionError:
+            log.debug("control connection on %s: the asker went away", path)
         except (OSError, ValueError, KeyError, TimeoutError) as exc:
             log.warning("control connection on %s: %r", path, exc)
         except Exception:
