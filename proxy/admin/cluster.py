@@ -115,8 +115,8 @@ class ClusterConsole:
             # workers that had already drained are resumed here.
             for task in asks:
                 task.cancel()
-            done = [t.result() if not t.cancelled() and t.exception() is None else None
-                    for t in asks]
+            done = [t.result() if t.done() and not t.cancelled() and t.exception() is None
+                    else None for t in asks]
             self._tasks.spawn(self._undo(workers, done))
             raise
         if not any(isinstance(r, BaseException) for r in replies):

@@ -270,6 +270,30 @@ def test_a_pause_that_times_out_on_one_worker_is_undone_on_both(
             close_all(opened)
 
 
+def test_an_admin_who_hangs_up_during_pause_leaves_no_worker_paused(
+        app_db: Any, tmp_path: Path) -> None:
+    with supervise(config(app_db), tmp_path) as served:
+        chosen, opened = on_each_worker(served, autocommit=False)
+        try:
+            chosen[0].commit()
+            chosen[1].execute("SELECT 1")  # worker 1 cannot drain: worker 0 can, and does
+            admin = served.admin()
+            admin.pgconn.send_query(b"PAUSE")
+            deadline = time.monotonic() + 10
+            while {p["paused"] for p in served.console("SHOW POOLS")} != {"yes"}:
+                assert time.monotonic() < deadline, served.log()
+                time.sleep(0.05)
+            admin.close()
+            deadline = time.monotonic() + 10
+            while {p["paused"] for p in served.console("SHOW POOLS")} != {"no"}:
+                assert time.monotonic() < deadline, served.log()
+                time.sleep(0.05)
+            assert chosen[0].execute("SELECT 6").fetchone() == (6,)
+            chosen[1].commit()
+        finally:
+            close_all(opened)
+
+
 def test_console_reload_reaches_every_worker_and_reports_a_bad_file(
         app_db: Any, tmp_path: Path) -> None:
     with supervise(config(app_db), tmp_path) as served:
