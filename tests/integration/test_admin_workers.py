@@ -63,6 +63,13 @@ class Supervised:
     def log(self) -> str:
         return self.log_path.read_text()
 
+    def wait_pools(self, column: str, values: set[str], timeout: float = 10) -> None:
+        """Until SHOW POOLS' ``column`` holds exactly ``values`` over all workers' rows."""
+        deadline = time.monotonic() + timeout
+        while {str(p[column]) for p in self.console("SHOW POOLS")} != values:
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.05)
+
     def workers(self) -> list[int]:
         """Process ids of the supervisor's live children (Linux /proc)."""
         pids = []
@@ -131,22 +138,24 @@ def local_address(conn: psycopg.Connection[Any]) -> str:
     return f"{host}:{port}"
 
 
-def on_each_worker(served: Supervised, tenant: str = "acme", autocommit: bool = True
-                   ) -> tuple[dict[int, psycopg.Connection[Any]], list[psycopg.Connection[Any]]]:
-    """One client connection on each worker (``{worker: conn}``) and every one opened."""
+@contextlib.contextmanager
+def on_each_worker(served: Supervised, autocommit: bool = True
+                   ) -> Iterator[tuple[dict[int, psycopg.Connection[Any]],
+                                       list[psycopg.Connection[Any]]]]:
+    """Client connections of tenant acme until one sits on each worker: yields
+    ``({worker: conn}, every conn opened)``; closes them all at the end."""
     opened: list[psycopg.Connection[Any]] = []
     chosen: dict[int, psycopg.Connection[Any]] = {}
-    while len(chosen) < 2:
-        assert len(opened) < 40, "the kernel put 40 connections on one worker"
-        conn = psycopg.connect(served.dsn(tenant), autocommit=autocommit)
-        opened.append(conn)
-        chosen.setdefault(worker_of(conn), conn)
-    return chosen, opened
-
-
-def close_all(conns: list[psycopg.Connection[Any]]) -> None:
-    for conn in conns:
-        conn.close()
+    try:
+        while len(chosen) < 2:
+            assert len(opened) < 40, "the kernel put 40 connections on one worker"
+            conn = psycopg.connect(served.dsn("acme"), autocommit=autocommit)
+            opened.append(conn)
+            chosen.setdefault(worker_of(conn), conn)
+        yield chosen, opened
+    finally:
+        for conn in opened:
+            conn.close()
 
 
 def config(app_db: Any, **kw: Any) -> Config:
@@ -159,8 +168,7 @@ def config(app_db: Any, **kw: Any) -> Config:
 def test_show_commands_answer_for_every_worker_with_a_worker_column(
         app_db: Any, tmp_path: Path) -> None:
     with supervise(config(app_db), tmp_path) as served:
-        _, opened = on_each_worker(served)
-        try:
+        with on_each_worker(served) as (_, opened):
             for conn in opened:
                 conn.execute("SELECT 1")
             with served.admin() as admin:
@@ -185,8 +193,6 @@ def test_show_commands_answer_for_every_worker_with_a_worker_column(
                 # Settings are the same everywhere: answered by the admin's own worker.
                 config_rows = run(admin, "SHOW CONFIG")
                 assert "worker" not in config_rows[0]
-        finally:
-            close_all(opened)
 
 
 # ---- actions -----------------------------------------------------------------------------
@@ -196,8 +202,7 @@ def test_kill_client_ends_a_client_on_the_other_worker(app_db: Any, tmp_path: Pa
     with supervise(config(app_db), tmp_path) as served, served.admin() as admin:
         mine = next(int(str(c["worker"])) for c in run(admin, "SHOW CLIENTS")
                     if c["self"] == "yes")
-        chosen, opened = on_each_worker(served)
-        try:
+        with on_each_worker(served) as (chosen, _):
             victim = chosen[1 - mine]
             victim.execute("SELECT 1")
             address = local_address(victim)
@@ -209,23 +214,17 @@ def test_kill_client_ends_a_client_on_the_other_worker(app_db: Any, tmp_path: Pa
             assert chosen[mine].execute("SELECT 2").fetchone() == (2,)
             with pytest.raises(psycopg.errors.UndefinedObject):
                 run(admin, f"KILL_CLIENT {row['id']}")
-        finally:
-            close_all(opened)
 
 
 def test_pause_waits_for_transactions_on_every_worker_and_resume_releases_both(
         app_db: Any, tmp_path: Path) -> None:
     with supervise(config(app_db), tmp_path) as served, \
          concurrent.futures.ThreadPoolExecutor(3) as background:
-        chosen, opened = on_each_worker(served, autocommit=False)
-        try:
+        with on_each_worker(served, autocommit=False) as (chosen, _):
             for conn in chosen.values():
                 conn.execute("SELECT 1")  # a transaction on each worker holds its server
             pausing = background.submit(served.console, "PAUSE")
-            deadline = time.monotonic() + 10
-            while {p["paused"] for p in served.console("SHOW POOLS")} != {"yes"}:
-                assert time.monotonic() < deadline, served.log()
-                time.sleep(0.05)
+            served.wait_pools("paused", {"yes"})
             chosen[0].commit()
             time.sleep(0.3)
             assert not pausing.done(), "PAUSE returned while worker 1 had a transaction"
@@ -247,15 +246,12 @@ def test_pause_waits_for_transactions_on_every_worker_and_resume_releases_both(
             for conn in chosen.values():
                 conn.commit()
             assert {p["paused"] for p in served.console("SHOW POOLS")} == {"no"}
-        finally:
-            close_all(opened)
 
 
 def test_a_pause_that_times_out_on_one_worker_is_undone_on_both(
         app_db: Any, tmp_path: Path) -> None:
     with supervise(config(app_db, server_pause_timeout=0.5), tmp_path) as served:
-        chosen, opened = on_each_worker(served, autocommit=False)
-        try:
+        with on_each_worker(served, autocommit=False) as (chosen, _):
             chosen[1].execute("SELECT 1")  # only worker 1 has a transaction in flight
             with pytest.raises(psycopg.errors.QueryCanceled) as info:
                 served.console("PAUSE app")
@@ -266,32 +262,21 @@ def test_a_pause_that_times_out_on_one_worker_is_undone_on_both(
             assert chosen[0].execute("SELECT 4").fetchone() == (4,)  # not held
             chosen[1].commit()
             chosen[0].commit()
-        finally:
-            close_all(opened)
 
 
 def test_an_admin_who_hangs_up_during_pause_leaves_no_worker_paused(
         app_db: Any, tmp_path: Path) -> None:
     with supervise(config(app_db), tmp_path) as served:
-        chosen, opened = on_each_worker(served, autocommit=False)
-        try:
+        with on_each_worker(served, autocommit=False) as (chosen, _):
             chosen[0].commit()
             chosen[1].execute("SELECT 1")  # worker 1 cannot drain: worker 0 can, and does
             admin = served.admin()
             admin.pgconn.send_query(b"PAUSE")
-            deadline = time.monotonic() + 10
-            while {p["paused"] for p in served.console("SHOW POOLS")} != {"yes"}:
-                assert time.monotonic() < deadline, served.log()
-                time.sleep(0.05)
+            served.wait_pools("paused", {"yes"})
             admin.close()
-            deadline = time.monotonic() + 10
-            while {p["paused"] for p in served.console("SHOW POOLS")} != {"no"}:
-                assert time.monotonic() < deadline, served.log()
-                time.sleep(0.05)
+            served.wait_pools("paused", {"no"})
             assert chosen[0].execute("SELECT 6").fetchone() == (6,)
             chosen[1].commit()
-        finally:
-            close_all(opened)
 
 
 def test_console_reload_reaches_every_worker_and_reports_a_bad_file(
