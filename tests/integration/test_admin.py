@@ -260,6 +260,25 @@ def test_pause_waits_until_a_running_transaction_commits(admin_proxy: ThreadedPr
         tenant.commit()
 
 
+def test_a_client_queued_before_pause_waits_for_resume(
+        start_admin_proxy: Callable[..., ThreadedProxy]) -> None:
+    proxy = start_admin_proxy(pool_mode="transaction", pool_size=1)
+    with psycopg.connect(proxy.dsn("acme")) as holder, \
+         psycopg.connect(proxy.dsn("globex"), autocommit=True) as queued, \
+         concurrent.futures.ThreadPoolExecutor(2) as background:
+        holder.execute("SELECT 1")  # the pool's only server connection
+        later = background.submit(lambda: queued.execute("SELECT 7").fetchone())
+        proxy.wait_until(lambda a: len(a.pools["app"].waiters) == 1)
+        pausing = background.submit(console, proxy, "PAUSE")
+        proxy.wait_until(lambda a: a.pools["app"].paused)
+        holder.commit()  # its server comes back: not to the queued client, PAUSE completes
+        assert pausing.result(timeout=10) == []
+        assert not later.done(), "a client queued before PAUSE got a server while paused"
+        assert console(proxy, "SHOW POOLS")[0]["cl_waiting"] == "1"
+        console(proxy, "RESUME")
+        assert later.result(timeout=10) == (7,)
+
+
 def test_pause_times_out_names_the_holder_and_undoes_itself(
         start_admin_proxy: Callable[..., ThreadedProxy]) -> None:
     proxy = start_admin_proxy(pool_mode="transaction", pool_size=2, server_pause_timeout=0.3)
