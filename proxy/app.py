@@ -402,6 +402,10 @@ class ProxyApp:
                      database, db.user)
         return pool
 
+    def pool_kind(self, pool: ServerPool) -> str:
+        """``tenant`` for a database's own pool, ``bypass`` for a bypass account's pool."""
+        return "tenant" if self.pools.get(pool.db.name) is pool else "bypass"
+
     def _reconfigure_service_pools(self, config: Config) -> None:
         """After a reload: keep the pools some bypass account still maps to, retire others."""
         wanted: dict[tuple[str, str], ServiceAccountConfig] = {}

@@ -47,7 +47,7 @@ class ClusterConsole:
             log.info("console SHUTDOWN: shutting down every worker")
             asyncio.get_running_loop().call_soon(self.shutdown)
             return Answer("SHUTDOWN")
-        if command.verb == "KILL_CLIENT" and command.arg and command.arg.isdigit():
+        if command.verb == "KILL_CLIENT" and command.arg is not None:
             owner = int(command.arg) % MAX_WORKERS
             workers = [(i, path) for i, path in workers if i == owner]
             if not workers:
@@ -100,8 +100,12 @@ class ClusterConsole:
         first = failed[0][1]
         sqlstate = first.sqlstate if isinstance(first, ConsoleError) else "58000"
         hint = first.hint if isinstance(first, ConsoleError) else None
-        reasons = "; ".join(f"worker {index}: " + (str(reply) if isinstance(
-            reply, ConsoleError) else f"no answer ({reply!r})") for index, reply in failed)
+        by_reason: dict[str, list[str]] = {}  # workers that failed alike are named together
+        for index, reply in failed:
+            reason = str(reply) if isinstance(reply, ConsoleError) else f"no answer ({reply!r})"
+            by_reason.setdefault(reason, []).append(str(index))
+        reasons = "; ".join(f"worker{'s' if len(who) > 1 else ''} {', '.join(who)}: {reason}"
+                            for reason, who in by_reason.items())
         raise ConsoleError(sqlstate, f"{verb} failed on {len(failed)} of {len(replies)} "
                                      f"workers: {reasons}{note}", hint)
 

@@ -104,9 +104,13 @@ def parse(statement: str) -> Command:
     args = words[1:]
     if verb == "SHOW" and len(args) == 1 and args[0].upper() in SHOW_SUBJECTS:
         return Command(verb, args[0].upper(), statement)
-    if (verb in ("PAUSE", "RESUME") and len(args) <= 1) or (verb == "KILL_CLIENT"
-                                                           and len(args) == 1):
+    if verb in ("PAUSE", "RESUME") and len(args) <= 1:
         return Command(verb, args[0] if args else None, statement)
+    if verb == "KILL_CLIENT" and len(args) == 1:
+        if not args[0].isascii() or not args[0].isdigit():
+            raise ConsoleError("42601", f"KILL_CLIENT expects a client id, got {args[0][:40]!r}",
+                               "the id column of SHOW CLIENTS")
+        return Command(verb, args[0], statement)
     if verb in ("RELOAD", "SHUTDOWN") and not args:
         return Command(verb, None, statement)
     if verb == "SET":  # drivers and psql scripts set client options; nothing to do
@@ -136,11 +140,6 @@ def _tenant_label(tenant: object) -> str | None:
     if isinstance(tenant, TenantState):
         return f"({tenant.value})"
     return None if tenant is None else str(tenant)
-
-
-def pool_kind(app: ProxyApp, pool: ServerPool) -> str:
-    """``tenant`` for a database's own pool, ``bypass`` for a bypass service account's."""
-    return "tenant" if app.pools.get(pool.db.name) is pool else "bypass"
 
 
 class AdminConsole:
@@ -240,7 +239,7 @@ class AdminConsole:
                 str(linked), str(waiting), str(len(clients) - linked - waiting),
                 str(len(pool.active)), str(len(pool.idle)), str(pool.connecting),
                 str(pool.db.pool_size), _seconds(pool.traffic.oldest_wait(now)),
-                pool.db.user, pool_kind(app, pool),
+                pool.db.user, app.pool_kind(pool),
             ])
         return _table(["database", "pool_mode", "paused", "cl_active", "cl_waiting",
                        "cl_idle", "sv_active", "sv_idle", "sv_connecting", "pool_size",
@@ -267,7 +266,7 @@ class AdminConsole:
         now = time.monotonic()
         rows: list[Row] = []
         for pool in self._pools():
-            kind = pool_kind(self.app, pool)
+            kind = self.app.pool_kind(pool)
             for server in [*pool.active, *pool.idle]:
                 receiver = server.receiver
                 client_id = getattr(receiver, "id", None)
@@ -414,7 +413,7 @@ class AdminConsole:
                              if c.pool is pool and c.server is not None)
             held = (f" (client{'s' if len(holders) > 1 else ''} "
                     f"{', '.join(map(str, holders[:10]))})" if holders else "")
-            parts.append(f"database \"{pool.db.name}\" ({pool_kind(self.app, pool)} pool) "
+            parts.append(f"database \"{pool.db.name}\" ({self.app.pool_kind(pool)} pool) "
                          f"has {pool.in_use} server connection(s) in use{held}")
         return "; ".join(parts)
 
@@ -434,9 +433,6 @@ class AdminConsole:
         return Answer("RELOAD")
 
     def kill_client(self, text: str) -> Answer:
-        if not text.isascii() or not text.isdigit():
-            raise ConsoleError("42601", f"KILL_CLIENT expects a client id, got {text[:40]!r}",
-                               "the id column of SHOW CLIENTS")
         if not self.app.kill_client(int(text)):
             raise ConsoleError("42704", f"no client with id {int(text)}",
                                "see SHOW CLIENTS")

@@ -21,7 +21,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from proxy.admin.console import pool_kind
 from proxy.auth.errors import AuthReason
 from proxy.stats import OTHER_TENANT, Histogram, TenantStats
 
@@ -88,7 +87,7 @@ class ProxyCollector(Collector):
         """``(labels, pool)`` of every pool: each database's own (kind ``tenant``), then
         those of bypass service accounts (kind ``bypass``, labelled with their role)."""
         app = self.app
-        return [([pool.db.name, pool.db.user, pool_kind(app, pool)], pool)
+        return [([pool.db.name, pool.db.user, app.pool_kind(pool)], pool)
                 for pool in [*app.pools.values(), *app.service_pools.values()]]
 
     def _pools(self) -> Iterator[Metric]:

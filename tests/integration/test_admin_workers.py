@@ -289,7 +289,8 @@ def test_console_reload_reaches_every_worker_and_reports_a_bad_file(
         with pytest.raises(psycopg.Error) as info:
             served.console("RELOAD")
         assert info.value.diag.sqlstate == "F0000"
-        assert "RELOAD failed on 2 of 2 workers" in str(info.value)
+        assert "RELOAD failed on 2 of 2 workers: workers 0, 1: configuration reload refused" in (
+            str(info.value))
         assert {p["pool_size"] for p in served.console("SHOW POOLS")} == {"3"}
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from proxy.admin import control
 from proxy.admin.cluster import ClusterConsole
-from proxy.admin.console import Answer, ConsoleError
+from proxy.admin.console import Answer, ConsoleError, parse
 
 Script = Callable[[str], Awaitable[Answer]]
 
@@ -118,3 +118,11 @@ def test_kill_client_goes_to_the_worker_that_owns_the_id(tmp_path: Path) -> None
 
     asyncio.run(with_workers(tmp_path, {0: worker(0), 1: worker(1)}, 2, body))
     assert heard == [1]
+
+
+@pytest.mark.parametrize("statement", ["KILL_CLIENT abc", "KILL_CLIENT -1", "KILL_CLIENT ١٢",
+                                       "PAUSE a b", "SHOW NOTHING", "SELECT 1"])
+def test_malformed_commands_are_refused_before_any_worker_is_asked(statement: str) -> None:
+    with pytest.raises(ConsoleError) as info:
+        parse(statement)
+    assert info.value.sqlstate == "42601"
