@@ -492,3 +492,15 @@ def test_pause_of_a_database_holds_its_bypass_pool_too(bypass_proxy: ThreadedPro
         console(bypass_proxy, "RESUME app")
         assert later.result(timeout=10) == (5,)
         reporter.commit()
+
+
+def test_a_bypass_pool_opened_during_pause_starts_paused(bypass_proxy: ThreadedProxy) -> None:
+    assert console(bypass_proxy, "PAUSE app") == []
+    with concurrent.futures.ThreadPoolExecutor(1) as background:
+        login = background.submit(psycopg.connect, reporter_dsn(bypass_proxy), autocommit=True)
+        bypass_proxy.wait_until(
+            lambda a: sum(p.paused_waiting for p in a.service_pools.values()) == 1)
+        assert not login.done(), "a bypass account logged in to a paused database"
+        console(bypass_proxy, "RESUME app")
+        with login.result(timeout=10) as reporter:
+            assert reporter.execute("SELECT 8").fetchone() == (8,)
