@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.baseline import base_name
 from bench.results import BenchResults, IdleMeasurement, Measurement
 
 log = logging.getLogger("pgtenant.bench.report")
@@ -102,6 +103,44 @@ def _ratio(summary: Summary, baseline: Summary | None) -> float | None:
     if baseline is None or not baseline.tps or summary.tps is None:
         return None
     return summary.tps / baseline.tps
+
+
+@dataclass(slots=True)
+class Comparison:
+    """One workload on a pgtenant target next to its ``@base`` twin: ratio = current /
+    baseline (TPS above 1 is faster; CPU and p50 below 1 are cheaper / quicker)."""
+
+    workload: str
+    target: str
+    current: Summary
+    base: Summary
+    tps_ratio: float | None
+    proxy_cpu_ratio: float | None
+    p50_ratio: float | None
+
+
+def _over(current: float | None, base: float | None) -> float | None:
+    return current / base if current is not None and base else None
+
+
+def compare_to_baseline(summaries: Sequence[Summary]) -> list[Comparison]:
+    """Current vs baseline for every (workload, target) that has an ``@base`` twin."""
+    by_key = {(s.workload, s.target): s for s in summaries}
+    comparisons = []
+    for s in summaries:
+        base = by_key.get((s.workload, base_name(s.target)))
+        if base is None:
+            continue
+        comparisons.append(Comparison(
+            workload=s.workload,
+            target=s.target,
+            current=s,
+            base=base,
+            tps_ratio=_over(s.tps, base.tps),
+            proxy_cpu_ratio=_over(s.proxy_cpu_us_per_tx, base.proxy_cpu_us_per_tx),
+            p50_ratio=_over(s.p50_ms, base.p50_ms),
+        ))
+    return comparisons
 
 
 def summarize_idle(results: BenchResults) -> list[IdleSummary]:
@@ -198,6 +237,7 @@ def markdown(results: BenchResults) -> str:
                 f"| {s.ok_runs}/{s.runs} |"
             )
         lines.append("")
+    lines += _baseline_section(results, summaries)
     if idle_summaries:
         lines += [
             "## Idle connections",
@@ -236,6 +276,35 @@ def markdown(results: BenchResults) -> str:
     return "\n".join(lines)
 
 
+def _baseline_section(results: BenchResults, summaries: Sequence[Summary]) -> list[str]:
+    comparisons = compare_to_baseline(summaries)
+    described = results.settings.get("baseline")
+    if not comparisons or not isinstance(described, dict):
+        return []
+    lines = [
+        f"## Current vs baseline ({described.get('spec')} = {described.get('revision')})",
+        "",
+        "Ratios are current / baseline of the medians: TPS above 1 is faster, CPU and p50 "
+        "below 1 are cheaper and quicker. Compare them with both spreads.",
+        "",
+        "| workload | target | TPS | base TPS | TPS x base | proxy CPU µs/tx | base µs/tx "
+        "| CPU x base | p50 ms | base p50 ms | p50 x base | spread / base spread |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in comparisons:
+        cur, base = c.current, c.base
+        lines.append(
+            f"| {c.workload} | {c.target} | {_fmt(cur.tps)} | {_fmt(base.tps)} "
+            f"| {_fmt(c.tps_ratio, '{:.3f}')} "
+            f"| {_fmt(cur.proxy_cpu_us_per_tx, '{:.1f}')} "
+            f"| {_fmt(base.proxy_cpu_us_per_tx, '{:.1f}')} "
+            f"| {_fmt(c.proxy_cpu_ratio, '{:.3f}')} "
+            f"| {_fmt(cur.p50_ms, '{:.3f}')} | {_fmt(base.p50_ms, '{:.3f}')} "
+            f"| {_fmt(c.p50_ratio, '{:.3f}')} | {_spread(cur)} / {_spread(base)} |"
+        )
+    return [*lines, ""]
+
+
 def _highlights(results: BenchResults, summaries: Sequence[Summary]) -> list[str]:
     lines: list[str] = []
     added = added_latency_us(summaries)
@@ -261,6 +330,12 @@ def write(results: BenchResults, directory: Path) -> None:
     document = dataclasses.asdict(results)
     document["summary"] = [dataclasses.asdict(s) for s in summarize(results)]
     document["idle_summary"] = [dataclasses.asdict(s) for s in summarize_idle(results)]
+    document["baseline_comparison"] = [
+        {"workload": c.workload, "target": c.target, "baseline_target": c.base.target,
+         "tps_ratio": c.tps_ratio, "proxy_cpu_ratio": c.proxy_cpu_ratio,
+         "p50_ratio": c.p50_ratio}
+        for c in compare_to_baseline(summarize(results))
+    ]
     document["added_p50_latency_us_at_1_client"] = added_latency_us(summarize(results))
     (directory / "results.json").write_text(json.dumps(document, indent=2) + "\n")
     chart(results, directory / "chart.png")

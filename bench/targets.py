@@ -25,6 +25,7 @@ from typing import IO, Literal
 
 import psycopg
 
+from bench.baseline import Baseline, serve_argv, serve_env, verify
 from bench.database import APP_DB, APP_USER, BenchDatabase
 from proxy.auth.jwt import mint_token
 from proxy.embedded import EmbeddedPostgresError, free_port, server_account
@@ -274,7 +275,8 @@ class _ProcessTarget(Target):
 
 
 class PgtenantTarget(_ProcessTarget):
-    """``pgtenant serve`` in session or transaction mode, as a subprocess."""
+    """``pgtenant serve`` in session or transaction mode, as a subprocess: this checkout's,
+    or with ``baseline`` the baseline's (same config, its own port)."""
 
     sets_tenant = True
 
@@ -289,8 +291,10 @@ class PgtenantTarget(_ProcessTarget):
         max_client_conn: int,
         jwt_secret: str,
         workers: int | None = None,
+        baseline: Baseline | None = None,
     ) -> None:
         self.name = name
+        self.baseline = baseline
         super().__init__(db, workdir)
         self.pool_mode: PoolMode = pool_mode
         # In session mode every logged-in client holds a server connection: thousands of
@@ -341,11 +345,20 @@ class PgtenantTarget(_ProcessTarget):
             JWT_SECRET_ENV: self._jwt_secret,
             UPSTREAM_PASSWORD_ENV: self.db.app_password,
         }
-        return spawn(
-            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(self.config_path)],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
+        args = ["serve", "--config", str(self.config_path)]
+        if self.baseline is not None:
+            # cwd too: the workers of [server] workers run `python -m proxy.cli` from it.
+            return spawn(serve_argv(self.baseline, args), env=serve_env(env), stdout=log_file,
+                         stderr=subprocess.STDOUT, cwd=self.baseline.source)
+        return spawn([sys.executable, "-m", "proxy.cli", *args], env=env, stdout=log_file,
+                     stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
+
+    def start(self) -> None:
+        """Start; a baseline must have reported (in its log) that it runs its own code."""
+        super().start()
+        if self.baseline is not None:
+            where = verify(self.baseline, self.log_path.read_text(errors="replace"), self.name)
+            log.info("%s runs %s", self.name, where)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -355,6 +368,7 @@ class PgtenantTarget(_ProcessTarget):
             "workers": self.workers if self.workers is not None else "default",
             "log_level": "warning",
             "restarts": self.restarts,
+            **({"baseline": self.baseline.revision} if self.baseline is not None else {}),
         }
 
 
