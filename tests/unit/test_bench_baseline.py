@@ -212,21 +212,38 @@ def test_report_shows_current_over_baseline_per_workload() -> None:
         results.measurements.append(_measurement("pgtenant-transaction", repeat, tps, 80, 1.8))
         results.measurements.append(
             _measurement("pgtenant-transaction@base", repeat, base_tps, 100, 2.0))
-    (comparison,) = report.compare_to_baseline(report.summarize(results))
+    (comparison,) = report.compare_to_baseline(results)
     assert comparison.target == "pgtenant-transaction"
     assert comparison.tps_ratio == pytest.approx(1.1)
+    assert comparison.tps_paired == pytest.approx([1.1, 1.1, 1.1])
     assert comparison.proxy_cpu_ratio == pytest.approx(0.8)
     assert comparison.p50_ratio == pytest.approx(0.9)
     text = report.markdown(results)
     assert "## Current vs baseline (main = abc123 old)" in text
-    assert ("| tenant-c32 | pgtenant-transaction | 1,100 | 1,000 | 1.100 | 80.0 | 100.0 "
-            "| 0.800 | 1.800 | 2.000 | 0.900 |") in text
+    assert ("| tenant-c32 | pgtenant-transaction | 1,100 | 1,000 | 1.100 | 1.100 (1.10-1.10) "
+            "| ±10% / ±10% | 80.0 | 100.0 | 0.800 | 0.800 (0.80-0.80) | 1.800 | 2.000 "
+            "| 0.900 |") in text
+
+
+def test_per_repeat_ratios_pair_measurements_of_the_same_repeat() -> None:
+    results = BenchResults(started_at="now")
+    # The machine slows down over the run; within each repeat current is 2x baseline.
+    for repeat, speed in enumerate([4000, 2000, 1000], 1):
+        results.measurements.append(_measurement("pgtenant-session", repeat, speed, 50, 1))
+        results.measurements.append(
+            _measurement("pgtenant-session@base", repeat, speed / 2, 100, 1))
+    failed = _measurement("pgtenant-session@base", 4, 10, 100, 1)
+    failed.ok = False
+    results.measurements += [_measurement("pgtenant-session", 4, 3000, 50, 1), failed]
+    (comparison,) = report.compare_to_baseline(results)
+    assert comparison.tps_paired == pytest.approx([2.0, 2.0, 2.0])
+    assert comparison.proxy_cpu_paired == pytest.approx([0.5, 0.5, 0.5])
 
 
 def test_report_has_no_baseline_section_without_twins() -> None:
     results = BenchResults(started_at="now", settings={"repeats": 1})
     results.measurements.append(_measurement("pgtenant-transaction", 1, 1000, 80, 1.8))
-    assert report.compare_to_baseline(report.summarize(results)) == []
+    assert report.compare_to_baseline(results) == []
     assert "Current vs baseline" not in report.markdown(results)
 
 
@@ -240,4 +257,5 @@ def test_results_json_carries_the_ratios(tmp_path: Path) -> None:
     assert document["baseline_comparison"] == [{
         "workload": "tenant-c32", "target": "pgtenant-session",
         "baseline_target": "pgtenant-session@base", "tps_ratio": 1.25,
-        "proxy_cpu_ratio": 0.9, "p50_ratio": 1.0}]
+        "proxy_cpu_ratio": 0.9, "p50_ratio": 1.0, "tps_ratios_per_repeat": [1.25],
+        "proxy_cpu_ratios_per_repeat": [0.9]}]
