@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import runner
-from bench.baseline import BaselineError
+from bench.baseline import BaselineError, locate
 from bench.workloads import GROUPS, QUICK_WORKLOADS, catalog, resolve
 
 _DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
@@ -66,8 +66,11 @@ def _options(args: argparse.Namespace) -> runner.Options:
     everything = catalog(tenant_clients=tenant_clients, idle_clients=idle_clients)
     spec = args.workloads or (QUICK_WORKLOADS if quick else ",".join(GROUPS))
     with_baseline = args.baseline is not None
-    if with_baseline and not args.baseline.strip():
-        raise ValueError("--baseline needs a git revision or a directory")
+    if with_baseline:
+        try:
+            locate(args.baseline)  # a typo fails here, before anything starts
+        except BaselineError as exc:
+            raise ValueError(str(exc)) from None
     targets = (runner.planned_targets([t.strip() for t in args.targets.split(",") if t.strip()],
                                       with_baseline=with_baseline)
                if args.targets else runner.default_targets(with_baseline=with_baseline))

@@ -86,22 +86,33 @@ def _git(*args: str, repo: Path = REPO) -> subprocess.CompletedProcess[bytes]:
                           env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
 
 
-def prepare(spec: str, workdir: Path, repo: Path = REPO) -> Baseline:
-    """Resolve ``spec`` (an existing directory, else a git revision of ``repo``) and make
-    its source available; a revision is exported into ``workdir/baseline`` (removed with
-    ``workdir``). Checks with :func:`preflight` that it runs its own code."""
+def locate(spec: str, repo: Path = REPO) -> Path | str:
+    """What ``spec`` names: an existing directory (a checkout with a proxy/ package), else
+    a git revision of ``repo``, returned as its full commit id."""
+    if not spec.strip():
+        raise BaselineError("--baseline needs a git revision or a directory")
     path = Path(spec).expanduser()
     if path.is_dir():
         source = path.resolve()
         if not (source / "proxy" / "__init__.py").is_file():
             raise BaselineError(f"--baseline {spec}: {source} has no proxy/ package")
-        baseline = Baseline(spec, source, git_revision(source), exported=False)
+        return source
+    resolved = _git("rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}", repo=repo)
+    if resolved.returncode != 0:
+        raise BaselineError(f"--baseline {spec}: neither a directory nor a git revision "
+                            f"of {repo}")
+    return resolved.stdout.decode().strip()
+
+
+def prepare(spec: str, workdir: Path, repo: Path = REPO) -> Baseline:
+    """Make the source ``spec`` names available (see :func:`locate`); a revision is
+    exported into ``workdir/baseline`` (removed with ``workdir``). Checks with
+    :func:`preflight` that it runs its own code."""
+    found = locate(spec, repo)
+    if isinstance(found, Path):
+        baseline = Baseline(spec, found, git_revision(found), exported=False)
     else:
-        resolved = _git("rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}", repo=repo)
-        if resolved.returncode != 0:
-            raise BaselineError(f"--baseline {spec}: neither a directory nor a git revision "
-                                f"of {repo}")
-        commit = resolved.stdout.decode().strip()
+        commit = found
         archive = _git("archive", "--format=tar", commit, repo=repo)
         if archive.returncode != 0:
             raise BaselineError(f"--baseline {spec}: git archive failed: "

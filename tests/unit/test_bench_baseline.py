@@ -98,6 +98,11 @@ def test_baseline_refuses_targets_without_a_pgtenant_twin(targets: str) -> None:
 def test_command_line_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--targets", "pgtenant-transaction@base", "--list"]) == 2
     assert "--baseline" in capsys.readouterr().err
+    # A baseline that names nothing fails before anything starts (--list is not reached).
+    for spec in ("no-such-revision-xyz", "", " "):
+        assert main(["--baseline", spec, "--list"]) == 2
+        captured = capsys.readouterr()
+        assert "--baseline" in captured.err and captured.out == ""
 
 
 # -- targets --------------------------------------------------------------------------------
