@@ -11,6 +11,9 @@ them from the working directory too).
 Which ``proxy`` package a child really imported is checked, not assumed: the bootstrap
 prints ``proxy.__file__`` and refuses to serve from anywhere else, a preflight runs it
 before the cluster starts, and the harness reads the line back after every start.
+
+Every pgtenant target starts through the same bootstrap, the current ones with this
+checkout as their directory: current and baseline differ only in the code they load.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from bench.environment import REPO, git_revision
 #: Target names ending in this run the baseline's pgtenant: ``pgtenant-transaction@base``.
 BASE_SUFFIX = "@base"
 #: The line the bootstrap writes to the proxy's log; the rest of the line is the path.
-IMPORT_MARKER = "pgtenant-bench baseline: proxy imported from "
+IMPORT_MARKER = "pgtenant-bench: proxy imported from "
 _PREFLIGHT_TIMEOUT = 120.0
 
 # Run as ``python -c BOOTSTRAP SOURCE ARGS...``: import ``proxy`` from SOURCE, say where
@@ -42,14 +45,15 @@ import proxy
 where = os.path.realpath(proxy.__file__)
 print({IMPORT_MARKER!r} + where, file=sys.stderr, flush=True)
 if not where.startswith(source + os.sep):
-    sys.exit(f"pgtenant-bench baseline: proxy is {{where}}, not under {{source}}: refused")
+    sys.exit(f"pgtenant-bench: proxy is {{where}}, not under {{source}}: refused")
 sys.argv = [os.path.join(source, "proxy", "cli.py"), *sys.argv[2:]]
 runpy.run_module("proxy.cli", run_name="__main__", alter_sys=True)
 """
 
 
 class BaselineError(RuntimeError):
-    """The baseline cannot be prepared or does not run its own code: the run stops."""
+    """The baseline cannot be prepared, or a pgtenant target does not run the code it
+    should: the run stops."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,13 +132,14 @@ def prepare(spec: str, workdir: Path, repo: Path = REPO) -> Baseline:
     return baseline
 
 
-def serve_argv(baseline: Baseline, args: Sequence[str]) -> list[str]:
-    """The command line that runs ``pgtenant ARGS`` from the baseline's source."""
-    return [sys.executable, "-c", BOOTSTRAP, str(baseline.source), *args]
+def serve_argv(source: Path, args: Sequence[str]) -> list[str]:
+    """The command line that runs ``pgtenant ARGS`` from ``source`` (run it with ``source``
+    as the working directory)."""
+    return [sys.executable, "-c", BOOTSTRAP, str(source), *args]
 
 
 def serve_env(base: dict[str, str]) -> dict[str, str]:
-    """The environment for a baseline process: without PYTHONSAFEPATH, which would keep
+    """The environment for a pgtenant process: without PYTHONSAFEPATH, which would keep
     ``python -m`` (the workers) from putting the working directory first on sys.path."""
     return {k: v for k, v in base.items() if k != "PYTHONSAFEPATH"}
 
@@ -148,13 +153,13 @@ def imported_from(output: str) -> str | None:
     return found
 
 
-def verify(baseline: Baseline, output: str, what: str) -> str:
-    """Raise BaselineError unless ``output`` shows ``proxy`` imported from the baseline."""
+def verify(source: Path, output: str, what: str) -> str:
+    """Raise BaselineError unless ``output`` shows ``proxy`` imported from ``source``."""
     where = imported_from(output)
-    root = os.path.realpath(baseline.source) + os.sep
+    root = os.path.realpath(source) + os.sep
     if where is None or not where.startswith(root):
         raise BaselineError(
-            f"{what} did not run the baseline's code: proxy imported from {where or '?'}, "
+            f"{what} did not run the code it should: proxy imported from {where or '?'}, "
             f"expected under {root}"
         )
     return where
@@ -163,10 +168,10 @@ def verify(baseline: Baseline, output: str, what: str) -> str:
 def preflight(baseline: Baseline) -> None:
     """Run ``pgtenant --help`` from the baseline: it must import the baseline's ``proxy``
     (and everything its command line needs) with this Python."""
-    done = subprocess.run(serve_argv(baseline, ["--help"]), cwd=baseline.source,
+    done = subprocess.run(serve_argv(baseline.source, ["--help"]), cwd=baseline.source,
                           env=serve_env(dict(os.environ)), capture_output=True, text=True,
                           timeout=_PREFLIGHT_TIMEOUT, check=False, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
         raise BaselineError(f"--baseline {baseline.spec}: 'pgtenant --help' failed "
                             f"(exit {done.returncode}): {done.stderr.strip()[-600:]}")
-    verify(baseline, done.stderr, f"--baseline {baseline.spec}")
+    verify(baseline.source, done.stderr, f"--baseline {baseline.spec}")

@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ import psycopg
 
 from bench.baseline import Baseline, serve_argv, serve_env, verify
 from bench.database import APP_DB, APP_USER, BenchDatabase
+from bench.environment import REPO
 from proxy.auth.jwt import mint_token
 from proxy.embedded import EmbeddedPostgresError, free_port, server_account
 
@@ -295,6 +295,8 @@ class PgtenantTarget(_ProcessTarget):
     ) -> None:
         self.name = name
         self.baseline = baseline
+        # The code this target runs: this checkout's, or the baseline's.
+        self.source = baseline.source if baseline is not None else REPO
         super().__init__(db, workdir)
         self.pool_mode: PoolMode = pool_mode
         # In session mode every logged-in client holds a server connection: thousands of
@@ -345,20 +347,17 @@ class PgtenantTarget(_ProcessTarget):
             JWT_SECRET_ENV: self._jwt_secret,
             UPSTREAM_PASSWORD_ENV: self.db.app_password,
         }
-        args = ["serve", "--config", str(self.config_path)]
-        if self.baseline is not None:
-            # cwd too: the workers of [server] workers run `python -m proxy.cli` from it.
-            return spawn(serve_argv(self.baseline, args), env=serve_env(env), stdout=log_file,
-                         stderr=subprocess.STDOUT, cwd=self.baseline.source)
-        return spawn([sys.executable, "-m", "proxy.cli", *args], env=env, stdout=log_file,
-                     stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
+        # Current and baseline start the same way; only the directory differs. It is the
+        # working directory too: the workers of [server] workers run `python -m proxy.cli`.
+        argv = serve_argv(self.source, ["serve", "--config", str(self.config_path)])
+        return spawn(argv, env=serve_env(env), stdout=log_file, stderr=subprocess.STDOUT,
+                     cwd=self.source)
 
     def start(self) -> None:
-        """Start; a baseline must have reported (in its log) that it runs its own code."""
+        """Start; the process must have reported (in its log) that it runs ``source``."""
         super().start()
-        if self.baseline is not None:
-            where = verify(self.baseline, self.log_path.read_text(errors="replace"), self.name)
-            log.info("%s runs %s", self.name, where)
+        where = verify(self.source, self.log_path.read_text(errors="replace"), self.name)
+        log.info("%s runs %s", self.name, where)
 
     def describe(self) -> dict[str, object]:
         return {

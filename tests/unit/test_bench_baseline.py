@@ -16,6 +16,7 @@ from bench import baseline, report
 from bench.__main__ import _options, _parser, main
 from bench.baseline import Baseline, BaselineError
 from bench.database import BenchDatabase, TenantRange
+from bench.environment import REPO
 from bench.results import BenchResults, Measurement
 from bench.runner import BenchRun, Options
 from bench.targets import PgtenantTarget, TargetUnavailable
@@ -115,6 +116,8 @@ def test_base_target_gets_the_same_config_and_the_baseline(tmp_path: Path) -> No
         current = cast(PgtenantTarget, run._make_target(name, "jwt-secret", 64, 2000))
         base = cast(PgtenantTarget, run._make_target(f"{name}@base", "jwt-secret", 64, 2000))
         assert current.baseline is None and base.baseline is version
+        # Both start through the same bootstrap; only the code's directory differs.
+        assert current.source == REPO and base.source == version.source
         assert base.name == f"{name}@base" and current.port != base.port
         assert base.config_text() == current.config_text().replace(
             f"127.0.0.1:{current.port}", f"127.0.0.1:{base.port}")
@@ -136,7 +139,7 @@ def test_base_target_launches_the_baseline_code(tmp_path: Path) -> None:
         process = target._launch(log_file)
     assert process.wait(30) == 0
     output = target.log_path.read_text()
-    assert baseline.verify(version, output, target.name) == str(source / "proxy/__init__.py")
+    assert baseline.verify(source, output, target.name) == str(source / "proxy/__init__.py")
     assert f"fake cli {source / 'proxy/__init__.py'} {source} serve --config " \
            f"{target.config_path}" in output
 
@@ -149,10 +152,10 @@ def test_git_revision_is_exported_and_runs_its_own_proxy(tmp_path: Path) -> None
     assert version.exported and version.source == tmp_path / "baseline"
     assert (version.source / "proxy" / "cli.py").is_file()
     assert not (version.source / ".git").exists()
-    done = subprocess.run(baseline.serve_argv(version, ["--help"]), cwd=version.source,
+    done = subprocess.run(baseline.serve_argv(version.source, ["--help"]), cwd=version.source,
                           capture_output=True, text=True, timeout=60, check=True)
     assert "serve" in done.stdout
-    baseline.verify(version, done.stderr, "preflight")
+    baseline.verify(version.source, done.stderr, "preflight")
 
 
 def test_checkout_path_is_used_in_place(tmp_path: Path) -> None:
@@ -178,7 +181,7 @@ def test_bootstrap_refuses_a_proxy_package_from_elsewhere(tmp_path: Path) -> Non
     source.mkdir()
     (source / "proxy").symlink_to(elsewhere / "proxy")
     version = Baseline("x", source, "x", exported=False)
-    done = subprocess.run(baseline.serve_argv(version, ["serve"]), cwd=source,
+    done = subprocess.run(baseline.serve_argv(source, ["serve"]), cwd=source,
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1 and "refused" in done.stderr
     assert "fake cli" not in done.stdout
@@ -187,17 +190,16 @@ def test_bootstrap_refuses_a_proxy_package_from_elsewhere(tmp_path: Path) -> Non
 
 
 def test_verify_needs_the_import_line(tmp_path: Path) -> None:
-    version = Baseline("x", tmp_path, "x", exported=False)
     with pytest.raises(BaselineError, match=r"imported from \?"):
-        baseline.verify(version, "serving on 127.0.0.1:6432\n", "t")
+        baseline.verify(tmp_path, "serving on 127.0.0.1:6432\n", "t")
     installed = f"{baseline.IMPORT_MARKER}{Path(sys.prefix) / 'proxy/__init__.py'}\n"
     with pytest.raises(BaselineError):
-        baseline.verify(version, installed, "t")
+        baseline.verify(tmp_path, installed, "t")
     # The last start counts: a log appended over restarts ends with the newest line.
     good = f"{baseline.IMPORT_MARKER}{os.path.realpath(tmp_path)}/proxy/__init__.py\n"
-    assert baseline.verify(version, installed + good, "t")
+    assert baseline.verify(tmp_path, installed + good, "t")
     with pytest.raises(BaselineError):
-        baseline.verify(version, good + installed, "t")
+        baseline.verify(tmp_path, good + installed, "t")
 
 
 # -- report ---------------------------------------------------------------------------------
