@@ -37,7 +37,7 @@ def one_connection_pool(clock: FakeClock) -> tuple[ServerPool, ServerConnection]
 async def lease(pool: ServerPool, tenant: str) -> ServerConnection:
     """Acquire for ``tenant`` and set the connection for it, as a client's first query does."""
     server = await pool.acquire(tenant)
-    server.tenant = tenant
+    server.tenant = server.owner = tenant  # what apply_context records (no socket here)
     return server
 
 
