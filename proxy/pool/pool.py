@@ -81,6 +81,7 @@ class ServerPool:
         self._role_checked = False
         self._refused: UpstreamRefusedError | None = None
         self._tasks = TaskSet()
+        self._clock: Callable[[], float] = time.monotonic  # the fairness rule's (tests set it)
 
     @property
     def size(self) -> int:
@@ -132,7 +133,7 @@ class ServerPool:
         waiter: asyncio.Future[ServerConnection] = loop.create_future()
         self.waiters.append(waiter)
         self._waiter_tenants[waiter] = tenant
-        self._waiter_since[waiter] = time.monotonic()
+        self._waiter_since[waiter] = self._clock()
         self.proxy_stats.wait_began(self.traffic, waiter)
         timeout = self.db.query_wait_timeout
         timer = loop.call_later(timeout, self._wait_timed_out, waiter) if timeout else None
@@ -328,7 +329,7 @@ class ServerPool:
             tenants = self._waiter_tenants
             oldest = self._waiter_since.get(waiters[0], 0.0)
             if (isinstance(server.owner, str) and len(waiters) > 1
-                    and time.monotonic() - oldest < _FAIR_WAIT):
+                    and self._clock() - oldest < _FAIR_WAIT):
                 for i, waiter in enumerate(itertools.islice(waiters, _AFFINITY_LOOKAHEAD)):
                     if not waiter.done() and tenants.get(waiter) == server.owner:
                         del waiters[i]

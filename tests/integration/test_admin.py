@@ -24,6 +24,7 @@ from tests.proxy_harness import (
     startup_refusal,
     token,
 )
+from tests.support import wait_for
 
 ADMIN = "admin"
 ADMIN_PASSWORD = "console-password-for-tests"
@@ -218,19 +219,16 @@ def test_pause_holds_a_new_transaction_and_resume_releases_it(
         assert simple(conn, "SHOW POOLS")[0]["paused"] == "yes"
 
         def run() -> None:
-            started = time.monotonic()
-            row = tenant.execute("SELECT count(*) FROM items").fetchone()
-            results.append((row, time.monotonic() - started))
+            results.append(tenant.execute("SELECT count(*) FROM items").fetchone())
 
         worker = threading.Thread(target=run)
         worker.start()
-        time.sleep(0.5)
+        wait_for(lambda: simple(conn, "SHOW POOLS")[0]["cl_waiting"] == "1",
+                 "the client waiting in the paused pool")
         assert not results, "a transaction started while the pool was paused"
-        pools = simple(conn, "SHOW POOLS")
-        assert pools[0]["cl_waiting"] == "1"
         simple(conn, "RESUME")
         worker.join(10)
-        assert results and results[0][1] >= 0.5  # type: ignore[index]
+        assert results  # held until RESUME, then served
         assert simple(conn, "SHOW POOLS")[0]["paused"] == "no"
 
 
