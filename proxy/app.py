@@ -151,6 +151,12 @@ class ProxyApp:
             # Other workers pass on the CancelRequests that belong to this one here.
             self._servers.append(await loop.create_unix_server(
                 lambda: ClientConnection(self), self.worker.cancel_socket()))
+            # The supervisor runs console commands on every worker through this socket.
+            from proxy.admin import control
+            from proxy.admin.console import AdminConsole
+
+            self._servers.append(await control.serve(self.worker.control_socket(),
+                                                     AdminConsole(self).run_local))
         if srv.unix_socket_dir:
             path = os.path.join(srv.unix_socket_dir, f".s.PGSQL.{port}")
             with contextlib.suppress(FileNotFoundError):
@@ -399,9 +405,16 @@ class ProxyApp:
                             "to this account", account.name, database, db.user)
             pool = ServerPool(db, self._service_passwords.get(account.name), self.stats)
             self.service_pools[key] = pool
+            main = self.pools.get(database)
+            if main is not None and main.paused:  # a PAUSE of the database holds it too
+                pool.pause()
             log.info("service account %s: pool for database %s as %s opened", account.name,
                      database, db.user)
         return pool
+
+    def pool_kind(self, pool: ServerPool) -> str:
+        """``tenant`` for a database's own pool, ``bypass`` for a bypass account's pool."""
+        return "tenant" if self.pools.get(pool.db.name) is pool else "bypass"
 
     def _reconfigure_service_pools(self, config: Config) -> None:
         """After a reload: keep the pools some bypass account still maps to, retire others."""
@@ -434,6 +447,8 @@ class ProxyApp:
 
     def next_client_id(self) -> int:
         self._client_ids += 1
+        if self.worker is not None:  # unique across workers: the low bits name the worker
+            return self._client_ids * MAX_WORKERS + self.worker.index
         return self._client_ids
 
     def client_connected(self, client: ClientConnection) -> None:

@@ -43,6 +43,7 @@ class ServerConfig:
     shutdown_timeout: float = 30.0           # seconds running transactions get on SIGTERM/SHUTDOWN
     workers: int = 1                         # proxy processes sharing the port (SO_REUSEPORT)
     log_format: str = "text"                 # "text" or "json" (one JSON object per line)
+    pause_timeout: float = 60.0              # seconds console PAUSE waits for leases; 0 = no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +331,7 @@ def _read_server(t: _Table) -> ServerConfig:
         shutdown_timeout=t.seconds("shutdown_timeout", d.shutdown_timeout),
         workers=t.integer("workers", d.workers, minimum=1, maximum=MAX_WORKERS),
         log_format=t.choice("log_format", d.log_format, LOG_FORMATS),
+        pause_timeout=t.seconds("pause_timeout", d.pause_timeout),
     )
     t.finish()
     return server

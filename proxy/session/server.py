@@ -60,10 +60,13 @@ ALL_TAGS = frozenset(range(256))
 _CONTEXT_CHANGING_TAGS = (b"SET", b"RESET", b"DISCARD ALL", b"DISCARD")
 
 # The scrub: everything one tenant's clients could have left on a backend, removed before
-# another tenant's client runs anything on it (DISCARD ALL, less DEALLOCATE ALL: the
-# proxy's own prepared statements survive when the last statement proves them intact).
-# One Query, so one implicit transaction: it applies whole or not at all. Names are
-# schema-qualified: RESET ALL restores the role's search_path, which is not ours to trust.
+# another tenant's client runs anything on it. Without statements of the proxy's own on
+# the backend, that is DISCARD ALL (one utility statement, the cheapest). With them, it
+# is DISCARD ALL less DEALLOCATE ALL: the proxy's statements survive when the last
+# statement proves them intact. One Query, so one implicit transaction: it applies whole
+# or not at all. Names are schema-qualified: RESET ALL restores the role's search_path,
+# which is not ours to trust.
+_DISCARD_ALL = messages.query("DISCARD ALL")
 SCRUB_SQL = (
     "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; RESET ROLE; UNLISTEN *; "
     "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; DISCARD SEQUENCES; "
@@ -541,10 +544,15 @@ class ServerConnection(asyncio.Protocol):
         """
         loop = asyncio.get_running_loop()
         if self.owner != context.tenant and self.owner is not NOBODY:
-            scrubbed: asyncio.Future[list[tuple[int, bytes]]] = loop.create_future()
-            self.send_internal(_SCRUB, Collect(scrubbed), corked=corked)
-            scrubbed.add_done_callback(self._scrubbed)
             self.scrubs += 1
+            if self.statements.by_key or self.statements.orphans:
+                checked: asyncio.Future[list[tuple[int, bytes]]] = loop.create_future()
+                self.send_internal(_SCRUB, Collect(checked), corked=corked)
+                checked.add_done_callback(self._scrubbed)
+            else:
+                discarded: asyncio.Future[dict[str, str] | None] = loop.create_future()
+                self.send_internal(_DISCARD_ALL, Skip(discarded), corked=corked)
+                discarded.add_done_callback(self._discarded)
         fut: asyncio.Future[dict[str, str] | None] = loop.create_future()
         self.send_internal(context.messages(self.backend_pid), Skip(fut), corked=corked)
         self.tenant = context.tenant
@@ -562,10 +570,7 @@ class ServerConnection(asyncio.Protocol):
         counts: list[int] = []
         for tag, body in fut.result():
             if tag == _E:
-                fields = messages.decode_error_fields(body)
-                log.warning("server #%s: the scrub between tenants failed (%s); closing it",
-                            self.id, fields.get("M", "?"))
-                self._fail("the scrub between tenants failed")
+                self._scrub_failed(messages.decode_error_fields(body))
                 return
             if tag == _S:
                 self._parameter_status(body, False)
@@ -580,6 +585,19 @@ class ServerConnection(asyncio.Protocol):
                      "deallocating all", self.id, counts)
             statements.clear()
             self.send_internal(_DEALLOCATE_ALL, Skip(None))
+
+    def _discarded(self, fut: asyncio.Future[dict[str, str] | None]) -> None:
+        """DISCARD ALL as the scrub: fail-closed like :meth:`_scrubbed`."""
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        error = fut.result()
+        if error is not None:
+            self._scrub_failed(error)
+
+    def _scrub_failed(self, error: dict[str, str]) -> None:
+        log.warning("server #%s: the scrub between tenants failed (%s); closing it",
+                    self.id, error.get("M", "?"))
+        self._fail("the scrub between tenants failed")
 
     def mark_context_unknown(self) -> None:
         """A client statement may have changed the tenant setting: re-set it (waiting

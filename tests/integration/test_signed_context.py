@@ -112,6 +112,28 @@ def test_a_forged_context_is_counted_and_re_set_for_the_next_client(
         proxy.stop()
 
 
+def test_a_captured_proof_does_not_survive_the_switch_to_another_tenant(
+        signed_db: Scratch) -> None:
+    """The attack run's class 3 under the signed policy, guard off: a temp view named like
+    the app's table copies every proof it sees; the scrub drops it before globex runs."""
+    proxy = _proxy(signed_db, pool_size=1, guard=False)
+    try:
+        with psycopg.connect(proxy.dsn("acme"), autocommit=True) as conn:
+            conn.execute("CREATE TEMP TABLE loot (proof text, pid int)")
+            conn.execute(
+                "CREATE FUNCTION pg_temp.grab() RETURNS boolean LANGUAGE sql AS $$ "
+                "INSERT INTO pg_temp.loot VALUES (current_setting('pgtenant.proof', true), "
+                "pg_backend_pid()); SELECT true $$")
+            conn.execute("CREATE TEMP VIEW docs AS SELECT * FROM public.docs "
+                         "WHERE pg_temp.grab()")
+        with psycopg.connect(proxy.dsn("globex")) as conn:
+            assert conn.execute("SELECT count(*) FROM docs").fetchone() == (2,)
+        with psycopg.connect(proxy.dsn("acme")) as conn:
+            assert conn.execute("SELECT to_regclass('pg_temp.loot')").fetchone() == (None,)
+    finally:
+        proxy.stop()
+
+
 def test_registry_refuses_suspended_and_unknown_tenants(signed_db: Scratch) -> None:
     with psycopg.connect(signed_db.dsn) as conn:
         set_status(conn, "globex", "suspended")
