@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 import subprocess
@@ -261,3 +262,20 @@ def call_in_loop(loop: Any, fn: Callable[[], T], timeout: float = 10) -> T:
 
     loop.call_soon_threadsafe(run)
     return fut.result(timeout=timeout)
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of the program ``name``. Missing, a test that needs it fails in CI
+    (``CI`` set, as ``.ci/run`` runs) and is skipped elsewhere with one line that says
+    which package to install."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    message = f"{name} is not installed (Debian package: {package}; .ci/run installs it)"
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)

@@ -19,6 +19,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from proxy.auth.errors import AuthReason
@@ -299,4 +300,5 @@ def make_registry(app: ProxyApp) -> CollectorRegistry:
     """A registry of its own (not the global one) holding the proxy's collector."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProxyCollector(app))
+    ProcessCollector(registry=registry)  # process_resident_memory_bytes, cpu, fds
     return registry
