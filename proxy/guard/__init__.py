@@ -75,27 +75,36 @@ tenant comparison is applied after); ``bench/guard_bench.py`` measures all three
 from proxy.guard.analysis import CLEAN, Analysis
 from proxy.guard.guard import SAFE_PARAM_TYPES, Guard
 from proxy.guard.prefilter import needs_inspection
+from proxy.guard.statements import PROXY_NAMESPACE, StatementPolicy
 from proxy.guard.verdict import (
     FUNCTION_CALL_REFUSAL,
     REFUSAL_KINDS,
     BindRule,
+    Execute,
     Param,
+    Prepare,
     Refusal,
     SettingWrite,
     Special,
+    StatementOp,
 )
 
 __all__ = [
     "CLEAN",
     "FUNCTION_CALL_REFUSAL",
+    "PROXY_NAMESPACE",
     "REFUSAL_KINDS",
     "SAFE_PARAM_TYPES",
     "Analysis",
     "BindRule",
+    "Execute",
     "Guard",
     "Param",
+    "Prepare",
     "Refusal",
     "SettingWrite",
     "Special",
+    "StatementOp",
+    "StatementPolicy",
     "needs_inspection",
 ]
