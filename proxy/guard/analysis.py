@@ -34,7 +34,7 @@ from typing import Any
 from pglast.parser import parse_plpgsql_json, parse_sql_json
 
 from proxy.guard.policy import GUARDED_SETTINGS, Deferred, SettingPolicy
-from proxy.guard.statements import NAME_MARKERS, StatementPolicy
+from proxy.guard.statements import StatementPolicy, names_in, names_refusable
 from proxy.guard.verdict import (
     Execute,
     Param,
@@ -192,14 +192,30 @@ class Analyzer:
         except Exception:  # pglast.parser.ParseError, or anything the C parser rejects
             self._unparsable(sql, self._mentions)
             return
-        stmts: list[Any] = json.loads(tree_json).get("stmts", ())
-        lowered = tree_json.lower()
-        self._statement_policy(found, stmts, lowered, depth=depth)
+        stmts: list[Any] | None = None
+        plain = self.statements.plain_statements(tree_json)
+        if plain is not None:  # the common case: no need to decode the tree for the policy
+            if "VariableSetStmt" in plain or "DiscardStmt" in plain:
+                found.changes_settings = True
+        else:
+            stmts = json.loads(tree_json).get("stmts", ())
+            self._statement_policy(found, stmts, depth=depth)
+        if names_refusable(tree_json):
+            names = names_in(tree_json)
+            if names is None:
+                stmts = json.loads(tree_json).get("stmts", ()) if stmts is None else stmts
+                names = _names(stmts)
+            for function in names[0]:
+                found.refuse(*self.statements.function(function))
+            for relation in names[1]:
+                refusal = self.statements.relation(relation)
+                found.refuse(refusal, refusal)
         present = [marker for marker in _MARKERS if marker in tree_json]
         if not present:
             return
         if present == ["SetStmt"] and not self._names_guarded_setting(tree_json):
             return  # SET of ordinary settings only (search_path, TimeZone, ...)
+        stmts = json.loads(tree_json).get("stmts", ()) if stmts is None else stmts
         encoded: bytes | None = None
         for raw in stmts:
             node = raw["stmt"]
@@ -218,8 +234,7 @@ class Analyzer:
                 stmt_text = chunk.decode(errors="replace")
             self._walk(found, node, persistent=root_persistent, depth=depth, text=stmt_text)
 
-    def _statement_policy(self, found: _Findings, stmts: list[Any], lowered: str, *,
-                          depth: int) -> None:
+    def _statement_policy(self, found: _Findings, stmts: list[Any], *, depth: int) -> None:
         """The tenant statement policy for each statement, and what it does to state."""
         statements = self.statements
         for raw in stmts:
@@ -233,13 +248,12 @@ class Analyzer:
             if depth == 0:
                 if kind == "ExplainStmt":  # EXPLAIN ANALYZE EXECUTE runs the statement
                     kind, fields = next(iter((fields.get("query") or {"": {}}).items()))
-                self._statement_op(found, kind, fields, lowered)
-        if any(marker in lowered for marker in NAME_MARKERS):
-            self._names(found, stmts)
+                self._statement_op(found, kind, fields)
 
-    def _statement_op(self, found: _Findings, kind: str, fields: Any, lowered: str) -> None:
+    def _statement_op(self, found: _Findings, kind: str, fields: Any) -> None:
         if kind == "PrepareStmt":
-            found.ops.append(Prepare(fields.get("name") or "", "set_config" in lowered))
+            writes = "set_config" in json.dumps(fields.get("query")).lower()
+            found.ops.append(Prepare(fields.get("name") or "", writes))
         elif kind == "ExecuteStmt":
             args: list[bytes | None] = []
             for node in fields.get("params") or ():
@@ -252,20 +266,6 @@ class Analyzer:
                     found.ops.append(Execute(fields.get("name") or "", None))
                     return
             found.ops.append(Execute(fields.get("name") or "", tuple(args)))
-
-    def _names(self, found: _Findings, stmts: list[Any]) -> None:
-        """Calls of refused functions and reads of refused relations, anywhere."""
-        statements = self.statements
-        for obj in _dicts(stmts):
-            names = obj.get("funcname")
-            if type(names) is list and names:
-                name = names[-1].get("String", {}).get("sval", "")
-                found.refuse(*statements.function(name))
-            relname = obj.get("relname")
-            if type(relname) is str:
-                refusal = statements.relation(relname)
-                if refusal is not None:
-                    found.refuse(refusal, refusal)
 
     def _names_guarded_setting(self, tree_json: str) -> bool:
         """Whether the parse tree mentions a setting that is not ordinary, in any case."""
@@ -573,6 +573,20 @@ def _dicts(root: Any) -> Iterator[dict[str, Any]]:
             stack.extend(v for v in obj.values() if type(v) is dict or type(v) is list)
         elif type(obj) is list:
             stack.extend(obj)
+
+
+def _names(stmts: list[Any]) -> tuple[list[str], list[str]]:
+    """Function names (without schema) and relation names anywhere in ``stmts``."""
+    functions: list[str] = []
+    relations: list[str] = []
+    for obj in _dicts(stmts):
+        names = obj.get("funcname")
+        if type(names) is list and names:
+            functions.append(str(names[-1].get("String", {}).get("sval", "")))
+        relname = obj.get("relname")
+        if type(relname) is str:
+            relations.append(relname)
+    return functions, relations
 
 
 def _def_elems(items: Iterable[Any]) -> dict[str, Any]:

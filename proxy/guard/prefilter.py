@@ -13,10 +13,11 @@ Harmless text, lower-cased:
   two-phase commit, SHOW, FETCH, MOVE, CLOSE. Keywords cannot be quoted or escaped;
 - it holds one statement: no ``;`` other than trailing ones (a ``;`` inside a string or
   comment only costs a parse);
-- it names nothing refused: no ``pg_``, ``lo_`` at the start of a word (every refused
-  catalog function and view, large objects), and none of :data:`_NAMES` anywhere
-  (``set_config``, query runners, ``u&`` which can spell any name with escapes,
-  ``prepared`` for COMMIT/ROLLBACK PREPARED, ...);
+- it names nothing refused: no ``pg_`` at the start of a word (every refused catalog
+  function and view, ``pg_settings``), no ``u&`` (a Unicode-escaped identifier can spell
+  any name), no ``prepared`` (COMMIT/ROLLBACK PREPARED); and, when it holds a ``(``
+  (every function call does), no name of :data:`_CALLS` (``set_config``, query runners,
+  dblink, ...) and no ``lo_`` at the start of a word (large objects);
 - unless it is an INSERT, no ``into`` (``SELECT ... INTO`` creates a table).
 
 "Start of a word" means not preceded by an ASCII letter, ``_`` or a non-ASCII character;
@@ -30,12 +31,13 @@ _FIRST_WORDS = frozenset({
     "commit", "end", "rollback", "abort", "savepoint", "release", "show", "fetch", "move",
     "close",
 })
-_NAMES = ("set_config", "pg_settings", "u&", "_to_xml", "ts_stat", "ts_rewrite", "dblink",
-          "loread", "lowrite", "crosstab", "connectby", "postgres_fdw", "prepared")
-_WORD_STARTS = ("pg_", "lo_")
+#: Functions: a call needs "(" after the name, so text without "(" cannot hold one.
+_CALLS = ("set_config", "_to_xml", "ts_stat", "ts_rewrite", "dblink", "loread", "lowrite",
+          "crosstab", "connectby", "postgres_fdw")
 # PostgreSQL's whitespace (scan.l); Python's str.isspace() knows more, which PostgreSQL
 # reads as identifier characters.
 _PG_SPACE = " \t\n\r\f\v"
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def _word_start(text: str, name: str) -> bool:
@@ -52,26 +54,25 @@ def _word_start(text: str, name: str) -> bool:
 
 def needs_inspection(sql: str) -> bool:
     """False only when ``sql`` is certainly one harmless statement (see module doc)."""
-    text = sql.lower()
-    body = text.lstrip(_PG_SPACE)
-    end = 0
-    size = len(body)
-    while end < size and "a" <= body[end] <= "z":
-        end += 1
-    first = body[:end]
-    if first not in _FIRST_WORDS:
+    body = sql.lower().lstrip(_PG_SPACE)
+    rest = body.lstrip(_LETTERS)
+    if body[:len(body) - len(rest)] not in _FIRST_WORDS:
         return True
-    if end < size:
-        after = body[end]
+    if rest:
+        after = rest[0]
         if ("0" <= after <= "9") or after == "_" or after == "$" or after >= "\x80":
             return True
     semicolon = body.find(";")
     if semicolon >= 0 and body[semicolon:].strip(_PG_SPACE + ";"):
         return True
-    for name in _NAMES:
-        if name in body:
+    if "u&" in body or "prepared" in body:
+        return True
+    if "pg_" in body and _word_start(body, "pg_"):  # catalog functions and views
+        return True
+    if "(" in body:
+        for name in _CALLS:
+            if name in body:
+                return True
+        if "lo_" in body and _word_start(body, "lo_"):  # large objects
             return True
-    for name in _WORD_STARTS:
-        if name in body and _word_start(body, name):
-            return True
-    return first != "insert" and "into" in body
+    return "into" in body and not body.startswith("insert")

@@ -23,6 +23,7 @@ Bypass identities (service accounts with no tenant) are not subject to this poli
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -43,6 +44,11 @@ _PLAIN = frozenset({
     "VariableSetStmt", "DiscardStmt", "ClosePortalStmt", "FetchStmt", "LockStmt",
     "CallStmt", "UnlistenStmt",
 })
+# A statement node in libpg_query's JSON is {"SelectStmt": {...}}; every top-level
+# statement is wrapped like this (RawStmt.stmt is a generic node). A quote inside a
+# string value is escaped, so string contents cannot end in 'Stmt":' (at worst they
+# add a kind that is not simple).
+_SIMPLE = _PLAIN | {"SelectStmt", "TransactionStmt"}
 _ROLE_ADMIN = {
     "CreateRoleStmt": "CREATE ROLE", "AlterRoleStmt": "ALTER ROLE",
     "AlterRoleSetStmt": "ALTER ROLE ... SET", "DropRoleStmt": "DROP ROLE",
@@ -114,10 +120,42 @@ _SESSION_LOCKS = frozenset({
     "pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock",
     "pg_try_advisory_lock_shared",
 })
-#: Every refused function or relation name contains one of these (lower-cased); a parse
-#: tree without any of them needs no walk for names.
-NAME_MARKERS = ("pg_", "dblink", "lo_", "loread", "lowrite", "postgres_fdw_", "_to_xml",
+#: Every refused function or relation name other than pg_* contains one of these; a
+#: parse tree without any of them, and without pg_ beyond pg_catalog, needs no walk for
+#: names. (A quoted upper-case spelling names another object, which is not refused.)
+NAME_MARKERS = ("dblink", "lo_", "loread", "lowrite", "postgres_fdw_", "_to_xml",
                 "connectby")
+
+
+_JSON_STRING = r'"((?:[^"\\]|\\.)*)"'
+_RELNAME = re.compile(r'"relname":' + _JSON_STRING)
+_FUNCNAME = re.compile(r'"funcname":\[((?:\{"String":\{"sval":"(?:[^"\\]|\\.)*"\}\},?)+)\]')
+_SVAL = re.compile(r'"sval":' + _JSON_STRING)
+
+
+def _unescape(raw: str) -> str:
+    return raw if "\\" not in raw else str(json.loads('"' + raw + '"'))
+
+
+def names_in(tree_json: str) -> tuple[list[str], list[str]] | None:
+    """The function names (without schema) and relation names in a parse tree (JSON),
+    read from the text without decoding the tree; None if the text does not have the
+    expected shape (then walk the decoded tree instead)."""
+    calls = _FUNCNAME.findall(tree_json)
+    relations = _RELNAME.findall(tree_json)
+    if (len(calls) != tree_json.count('"funcname":')
+            or len(relations) != tree_json.count('"relname":')):
+        return None
+    functions = [_unescape(_SVAL.findall(call)[-1]) for call in calls]
+    return functions, [_unescape(name) for name in relations]
+
+
+def names_refusable(tree_json: str) -> bool:
+    """Whether the parse tree (JSON) may call a refused function or read a refused
+    relation: then it is walked with :meth:`StatementPolicy.function` and ``relation``."""
+    if tree_json.count("pg_") > tree_json.count('"sval":"pg_catalog"'):
+        return True
+    return any(marker in tree_json for marker in NAME_MARKERS)
 
 _DDL_HINT = ("tenant connections run queries, DML, transaction control, cursors and COPY "
              "to or from the client; run schema changes with a service account")
@@ -193,6 +231,17 @@ class StatementPolicy:
         self._functions: dict[str, Verdicts] = {}
 
     # ---- statements -------------------------------------------------------------------
+
+    @staticmethod
+    def plain_statements(tree_json: str) -> set[str] | None:
+        """The statement types in a parse tree (JSON) when each is allowed in every pool
+        mode without a closer look (no SELECT ... INTO, no two-phase commit), else None."""
+        pieces = tree_json.split('Stmt":')
+        kinds = {piece[piece.rfind('"') + 1:] + "Stmt" for piece in pieces[:-1]}
+        kinds = {kind for kind in kinds if "A" <= kind[0] <= "Z"}  # not "selectStmt":
+        if kinds <= _SIMPLE and '"intoClause"' not in tree_json and "_PREPARE" not in tree_json:
+            return kinds
+        return None
 
     def statement(self, node: str, fields: Any) -> Verdicts:
         """Verdicts for one statement (``node`` is its parse-tree type, e.g. SelectStmt)."""
