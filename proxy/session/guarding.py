@@ -5,7 +5,9 @@ forwarded. A refused message gets PostgreSQL's own semantics: a refused Query (o
 FunctionCall) is replaced by a statement that raises the refusal on the server, so the
 client gets ErrorResponse + ReadyForQuery and an open transaction is aborted; after a
 refused Parse or Bind, messages up to Sync are dropped and the Sync is replaced by that
-statement (the batch fails as a whole, as it would in PostgreSQL).
+statement (the batch fails as a whole, as it would in PostgreSQL); a Flush while
+dropping sends that statement at once (the client waits for the error) and the Sync is
+then dropped.
 
 Protocol Parse and SQL PREPARE share one namespace of statement names in PostgreSQL, so
 the Bind rule of a statement (its set_config($n) writes) is checked for a Bind and for
@@ -43,8 +45,8 @@ class StreamGuard:
     """One client's guard state: Bind rules of its statements, and a batch being skipped."""
 
     __slots__ = ("_batch", "_bind_rules", "_guard", "_in_batch", "_known", "_on_refusal",
-                 "_on_state_change", "_parse_verdicts", "_refused_query", "_setting_writers",
-                 "_skipping", "_transaction_mode")
+                 "_on_state_change", "_parse_verdicts", "_raised", "_refused_query",
+                 "_setting_writers", "_skipping", "_transaction_mode")
 
     def __init__(self, guard: Guard, parse_verdicts: ParseVerdicts,
                  on_refusal: Callable[[Refusal, int], None], *,
@@ -68,6 +70,7 @@ class StreamGuard:
         self._batch: dict[str, tuple[BindRule | None, bool]] = {}
         self._in_batch = False                   # a message since Sync that may fail
         self._skipping = False                   # a refused Parse/Bind: drop up to Sync
+        self._raised = False                     # ... and its refusal already sent (Flush)
         self._refused_query = b""
 
     def filter(self, block: bytes, index: Index, tenant: str | None) -> tuple[bytes, Index]:
@@ -81,7 +84,15 @@ class StreamGuard:
                 if tag == _S:
                     self._skipping = False
                     self._end_batch()
+                    if not self._raised:
+                        parts.append(self._refused_query)
+                    self._raised = False
+                elif tag == _H and not self._raised:
+                    # The client waits for the error before its Sync (asyncpg prepares
+                    # with Parse, Describe, Flush): raise now; the Sync is then dropped,
+                    # the raise's ReadyForQuery standing in for the one it asks for.
                     parts.append(self._refused_query)
+                    self._raised = True
                 continue
             refusal = None
             if tag in GUARDED:

@@ -573,3 +573,19 @@ def test_prefilter_never_skips_what_the_analysis_would_flag(sql: str, lead: str)
     assert analysis.refusal is not None and analysis.refusal.kind == "unparsable", sql
     with pytest.raises(ParseError):
         parse_sql_json(sql)
+
+
+def test_a_refused_parse_before_flush_is_raised_at_the_flush() -> None:
+    # asyncpg prepares with Parse, Describe, Flush and waits for the answer before Sync.
+    stream = Stream()
+    out = stream.send(messages.parse("s", "TRUNCATE items"), messages.describe(b"S", "s"),
+                      messages.flush())
+    assert [frame[0] for frame in split_frames(out)] == [ord("Q")]
+    assert refused_query(out)
+    # Its Sync is dropped (the raise already answers with ReadyForQuery); then all is normal.
+    assert stream.send(messages.sync()) == b""
+    ok = messages.parse("", "SELECT 1") + messages.sync()
+    assert stream.send(ok) == ok
+    # Without a Flush the Sync itself becomes the raise, as before.
+    out = stream.send(messages.parse("t", "TRUNCATE items"), messages.sync())
+    assert [frame[0] for frame in split_frames(out)] == [ord("Q")]
