@@ -228,3 +228,15 @@ def test_allowed_functions_lets_a_named_function_through(
         conn.execute("SELECT pg_advisory_unlock(11)")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT pg_try_advisory_lock(11)")
+
+
+def test_listen_notify_in_session_mode_when_allowed(
+        tenancy_proxy: Callable[..., ThreadedProxy]) -> None:
+    # Refused by default (channels are shared by tenants); an operator may allow them.
+    proxy = tenancy_proxy("session", allow_listen_in_session_mode=True, allow_notify=True)
+    with psycopg.connect(proxy.dsn("acme"), autocommit=True) as listener, \
+            psycopg.connect(proxy.dsn("acme"), autocommit=True) as sender:
+        listener.execute("LISTEN ping")
+        sender.execute("NOTIFY ping, 'hi'")
+        note = next(listener.notifies(timeout=5))
+        assert (note.channel, note.payload) == ("ping", "hi")

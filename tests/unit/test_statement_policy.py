@@ -87,6 +87,7 @@ ALLOWED = [
     "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",  # asyncpg reset
     "SELECT nextval('items_id_seq')",
     "SELECT 'pg_stat_activity'::text",  # a string, not a read
+    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",  # no queries or state
 ]
 
 
