@@ -96,7 +96,8 @@ _SESSION_FUNCTIONS = frozenset({
 _SESSION_FUNCTION_PREFIXES = ("pg_stat_get_backend_", "pg_stat_reset", "pg_stat_statements")
 _SESSION_RELATIONS = frozenset({
     "pg_stat_activity", "pg_stat_statements", "pg_stat_statements_info",
-    "pg_prepared_statements", "pg_cursors", "pg_locks", "pg_stat_replication", "pg_stat_wal_receiver", "pg_stat_subscription",
+    "pg_prepared_statements", "pg_cursors", "pg_locks", "pg_stat_replication",
+    "pg_stat_wal_receiver", "pg_stat_subscription",
     "pg_backend_memory_contexts", "pg_prepared_xacts", "pg_replication_slots",
     "pg_stat_replication_slots", "pg_replication_origin_status",
 })
