@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pglast.parser import ParseError, parse_sql_json
 
-from proxy.config import TenancyConfig
+from proxy.config import ConfigError, TenancyConfig, parse_config
 from proxy.guard import (
     CLEAN,
     REFUSAL_KINDS,
@@ -590,3 +591,45 @@ def test_a_refused_parse_before_flush_is_raised_at_the_flush() -> None:
     # Without a Flush the Sync itself becomes the raise, as before.
     out = stream.send(messages.parse("t", "TRUNCATE items"), messages.sync())
     assert [frame[0] for frame in split_frames(out)] == [ord("Q")]
+
+
+# ---- configuration file -----------------------------------------------------------------
+
+CONFIG_BASE = """
+[auth.jwt]
+secret_env = "PGTENANT_JWT_SECRET"
+
+[databases.app]
+"""
+
+
+def test_tenancy_keys_are_read_with_secure_defaults() -> None:
+    default = parse_config(CONFIG_BASE).tenancy
+    assert (default.allow_ddl_in_session_mode, default.allow_listen_in_session_mode,
+            default.allow_notify, default.allowed_functions) == (False, False, False, ())
+    tenancy = parse_config(
+        "[tenancy]\nallow_ddl_in_session_mode = true\nallow_listen_in_session_mode = true\n"
+        "allow_notify = true\nallowed_functions = ['PG_Advisory_Lock', 'lo_get']\n"
+        + CONFIG_BASE).tenancy
+    assert tenancy.allow_ddl_in_session_mode and tenancy.allow_listen_in_session_mode
+    assert tenancy.allow_notify
+    assert tenancy.allowed_functions == ("pg_advisory_lock", "lo_get")
+
+
+@pytest.mark.parametrize(("toml", "key"), [
+    ("allow_notify = 'yes'\n", "tenancy.allow_notify"),
+    ("allowed_functions = ['pg_catalog.lo_get']\n", "tenancy.allowed_functions[0]"),
+    ("allowed_functions = ['lo_get()']\n", "tenancy.allowed_functions[0]"),
+    ("allowed_functions = 'lo_get'\n", "tenancy.allowed_functions"),
+    ("allow_ddl = true\n", "tenancy.allow_ddl"),
+])
+def test_bad_tenancy_keys_are_errors_naming_the_key(toml: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        parse_config("[tenancy]\n" + toml + CONFIG_BASE)
+
+
+def test_config_example_documents_the_statement_policy_keys() -> None:
+    text = (Path(__file__).parents[2] / "config.example.toml").read_text()
+    for key in ("allow_ddl_in_session_mode", "allow_listen_in_session_mode", "allow_notify",
+                "allowed_functions"):
+        assert f"# {key} = " in text
