@@ -4,9 +4,10 @@ Tenant clients share server connections (and, in transaction pooling, backends) 
 other tenants, so anything that leaves state on a backend, reaches other sessions or
 ignores row-level security is refused. Allowed: queries and DML, transaction control,
 SHOW, EXPLAIN of allowed statements, COPY to or from the client, cursors, SET/RESET
-(judged by :mod:`proxy.guard.policy`), DISCARD, DEALLOCATE, UNLISTEN, LOCK, CALL, and
-the staging temp table ``CREATE TEMP TABLE name (columns | LIKE table)``. Everything
-else, and calls of the functions and reads of the relations listed here, is refused.
+(judged by :mod:`proxy.guard.policy`), SET CONSTRAINTS, DISCARD, DEALLOCATE, UNLISTEN,
+LOCK, CALL, and the staging temp table ``CREATE TEMP TABLE name (columns | LIKE table)``.
+Everything else, and calls of the functions and reads of the relations listed here, is
+refused.
 
 CALL is allowed: a procedure runs with the caller's rights exactly like a function in a
 SELECT (which tenants may call anyway), tenants cannot create procedures, and its name
@@ -42,7 +43,7 @@ _CURSOR_OPT_HOLD = 0x0020
 _PLAIN = frozenset({
     "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "VariableShowStmt",
     "VariableSetStmt", "DiscardStmt", "ClosePortalStmt", "FetchStmt", "LockStmt",
-    "CallStmt", "UnlistenStmt",
+    "CallStmt", "UnlistenStmt", "ConstraintsSetStmt",
 })
 # A statement node in libpg_query's JSON is {"SelectStmt": {...}}; every top-level
 # statement is wrapped like this (RawStmt.stmt is a generic node). A quote inside a

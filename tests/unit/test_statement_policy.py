@@ -77,6 +77,7 @@ ALLOWED = [
     "CREATE TEMP TABLE staging (LIKE items) ON COMMIT DROP",
     "CREATE TEMPORARY TABLE staging (id int, name text NOT NULL) ON COMMIT DROP",
     "LOCK TABLE items IN SHARE MODE",
+    "SET CONSTRAINTS ALL DEFERRED",
     "CALL app_procedure(1, 'x')",
     "UNLISTEN *", "UNLISTEN orders",
     "SELECT pg_advisory_xact_lock(42)", "SELECT pg_try_advisory_xact_lock(1, 2)",
@@ -506,7 +507,7 @@ def test_parse_verdict_cache_keeps_pool_modes_apart() -> None:
 TX_ALLOWED_TYPES = {
     "SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "TransactionStmt",
     "VariableShowStmt", "VariableSetStmt", "DiscardStmt", "ClosePortalStmt", "FetchStmt",
-    "LockStmt", "CallStmt", "UnlistenStmt", "ExplainStmt", "CopyStmt", "DeclareCursorStmt",
+    "LockStmt", "CallStmt", "UnlistenStmt", "ConstraintsSetStmt", "ExplainStmt", "CopyStmt", "DeclareCursorStmt",
     "DeallocateStmt", "CreateStmt",
 }
 SESSION_ALLOWED_TYPES = TX_ALLOWED_TYPES | {"PrepareStmt", "ExecuteStmt"}
