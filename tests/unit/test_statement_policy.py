@@ -507,8 +507,8 @@ def test_parse_verdict_cache_keeps_pool_modes_apart() -> None:
 TX_ALLOWED_TYPES = {
     "SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "TransactionStmt",
     "VariableShowStmt", "VariableSetStmt", "DiscardStmt", "ClosePortalStmt", "FetchStmt",
-    "LockStmt", "CallStmt", "UnlistenStmt", "ConstraintsSetStmt", "ExplainStmt", "CopyStmt", "DeclareCursorStmt",
-    "DeallocateStmt", "CreateStmt",
+    "LockStmt", "CallStmt", "UnlistenStmt", "ConstraintsSetStmt", "ExplainStmt", "CopyStmt",
+    "DeclareCursorStmt", "DeallocateStmt", "CreateStmt",
 }
 SESSION_ALLOWED_TYPES = TX_ALLOWED_TYPES | {"PrepareStmt", "ExecuteStmt"}
 REFUSED_NAMES = {"pg_terminate_backend", "pg_cancel_backend", "pg_stat_activity", "pg_locks",
