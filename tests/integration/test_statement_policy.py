@@ -10,8 +10,9 @@ for COPY, cursors, SQL PREPARE in session mode) keep working.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -19,12 +20,10 @@ import psycopg
 import pytest
 
 from proxy.config import TenancyConfig
+from tests.integration.test_guard_attacks import WHO_AM_I, _me
 from tests.proxy_harness import ThreadedProxy, make_config
 
 pytestmark = pytest.mark.usefixtures("clean_items")
-
-WHO_AM_I = ("SELECT current_setting('app.current_tenant'), "
-            "(SELECT string_agg(DISTINCT tenant_id, ',') FROM items)")
 
 #: Refused in both pool modes.
 ATTACKS = [
@@ -72,12 +71,6 @@ TRANSACTION_ONLY = [
 ]
 
 
-def _me(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
-    row = conn.execute(WHO_AM_I).fetchone()
-    assert row is not None
-    return tuple(row)
-
-
 def _psycopg_refused(proxy: ThreadedProxy, sql: str) -> None:
     with psycopg.connect(proxy.dsn("acme"), autocommit=True) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege), \
@@ -95,21 +88,31 @@ def _psycopg_refused(proxy: ThreadedProxy, sql: str) -> None:
         assert _me(conn) == ("acme", "acme")
 
 
-def _asyncpg_refused(proxy: ThreadedProxy, sql: str) -> None:
+def _asyncpg_then_me(proxy: ThreadedProxy,
+                     attempt: Callable[[asyncpg.Connection[Any]], Awaitable[None]]
+                     ) -> tuple[str, str]:
+    """Run ``attempt`` on an asyncpg connection as acme; then who that connection is."""
     async def main() -> tuple[str, str]:
         conn = await asyncpg.connect(proxy.dsn("acme"), ssl=False)
         try:
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await conn.execute(sql)  # simple protocol
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await conn.fetch(sql)  # extended protocol (prepared)
+            await attempt(conn)
             row = await conn.fetchrow(WHO_AM_I)
             assert row is not None
             return row[0], row[1]
         finally:
             await conn.close()
 
-    assert asyncio.run(main()) == ("acme", "acme")
+    return asyncio.run(main())
+
+
+def _asyncpg_refused(proxy: ThreadedProxy, sql: str) -> None:
+    async def attempt(conn: asyncpg.Connection[Any]) -> None:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(sql)  # simple protocol
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetch(sql)  # extended protocol (prepared)
+
+    assert _asyncpg_then_me(proxy, attempt) == ("acme", "acme")
 
 
 @pytest.mark.parametrize("sql", ATTACKS)
@@ -147,26 +150,18 @@ def test_sql_execute_cannot_bind_another_tenant_to_a_protocol_statement(
         session_proxy: ThreadedProxy) -> None:
     # Parse and SQL PREPARE share one namespace: EXECUTE of a statement prepared through
     # the protocol is checked like a Bind of it.
-    async def main() -> tuple[str, str]:
-        conn = await asyncpg.connect(session_proxy.dsn("acme"), ssl=False)
-        try:
-            stmt = await conn.prepare(
-                "SELECT set_config('app.current_tenant', $1::text, false)")
-            name = stmt.get_name()
-            assert name
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await conn.execute(f"EXECUTE {name}('globex')")
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await conn.execute(f"EXECUTE {name}(current_user)")
-            await conn.execute(f"EXECUTE {name}('acme')")  # the own tenant: allowed
-            assert await stmt.fetchval("acme") == "acme"
-            row = await conn.fetchrow(WHO_AM_I)
-            assert row is not None
-            return row[0], row[1]
-        finally:
-            await conn.close()
+    async def attempt(conn: asyncpg.Connection[Any]) -> None:
+        stmt = await conn.prepare("SELECT set_config('app.current_tenant', $1::text, false)")
+        name = stmt.get_name()
+        assert name
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(f"EXECUTE {name}('globex')")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(f"EXECUTE {name}(current_user)")
+        await conn.execute(f"EXECUTE {name}('acme')")  # the own tenant: allowed
+        assert await stmt.fetchval("acme") == "acme"
 
-    assert asyncio.run(main()) == ("acme", "acme")
+    assert _asyncpg_then_me(session_proxy, attempt) == ("acme", "acme")
 
 
 def test_staging_temp_table_for_copy_works_in_transaction_mode(
@@ -188,53 +183,46 @@ def test_staging_temp_table_for_copy_works_in_transaction_mode(
                              ).fetchone() == (0,)
 
 
-@pytest.fixture
-def tenancy_proxy(app_db: Any) -> Iterator[Callable[..., ThreadedProxy]]:
-    """Factory: a proxy with ``[tenancy]`` overrides, in a given pool mode."""
-    started: list[ThreadedProxy] = []
-
-    def start(pool_mode: str, **tenancy: Any) -> ThreadedProxy:
-        config = make_config(app_db, pool_mode=pool_mode)
-        config = dataclasses.replace(config, tenancy=TenancyConfig(**tenancy))
-        proxy = ThreadedProxy(config).start()
-        started.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in started:
+@contextlib.contextmanager
+def tenancy_proxy(app_db: Any, pool_mode: str, **tenancy: Any) -> Iterator[ThreadedProxy]:
+    """A proxy with ``[tenancy]`` keys set, in ``pool_mode``."""
+    config = make_config(app_db, pool_mode=pool_mode)
+    proxy = ThreadedProxy(dataclasses.replace(config, tenancy=TenancyConfig(**tenancy)))
+    proxy.start()
+    try:
+        yield proxy
+    finally:
         proxy.stop()
 
 
-def test_allow_ddl_in_session_mode_only_relaxes_session_pools(
-        tenancy_proxy: Callable[..., ThreadedProxy]) -> None:
-    session = tenancy_proxy("session", allow_ddl_in_session_mode=True)
-    with psycopg.connect(session.dsn("acme"), autocommit=True) as conn:
+def test_allow_ddl_in_session_mode_only_relaxes_session_pools(app_db: Any) -> None:
+    with tenancy_proxy(app_db, "session", allow_ddl_in_session_mode=True) as session, \
+            psycopg.connect(session.dsn("acme"), autocommit=True) as conn:
         conn.execute("CREATE TEMP VIEW mine AS SELECT tenant_id FROM items")
         assert {row[0] for row in conn.execute("SELECT * FROM mine").fetchall()} == {"acme"}
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("TRUNCATE items")  # not DDL: still refused
-    transaction = tenancy_proxy("transaction", allow_ddl_in_session_mode=True)
-    with psycopg.connect(transaction.dsn("acme"), autocommit=True) as conn:
+    with tenancy_proxy(app_db, "transaction", allow_ddl_in_session_mode=True) as tx, \
+            psycopg.connect(tx.dsn("acme"), autocommit=True) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("CREATE TEMP VIEW mine AS SELECT 1")
         assert _me(conn) == ("acme", "acme")
 
 
-def test_allowed_functions_lets_a_named_function_through(
-        tenancy_proxy: Callable[..., ThreadedProxy]) -> None:
-    proxy = tenancy_proxy("transaction", allowed_functions=("pg_advisory_lock",))
-    with psycopg.connect(proxy.dsn("acme")) as conn:
+def test_allowed_functions_lets_a_named_function_through(app_db: Any) -> None:
+    with tenancy_proxy(app_db, "transaction", allowed_functions=("pg_advisory_lock",)
+                       ) as proxy, psycopg.connect(proxy.dsn("acme")) as conn:
         conn.execute("SELECT pg_advisory_lock(11)")
         conn.execute("SELECT pg_advisory_unlock(11)")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT pg_try_advisory_lock(11)")
 
 
-def test_listen_notify_in_session_mode_when_allowed(
-        tenancy_proxy: Callable[..., ThreadedProxy]) -> None:
+def test_listen_notify_in_session_mode_when_allowed(app_db: Any) -> None:
     # Refused by default (channels are shared by tenants); an operator may allow them.
-    proxy = tenancy_proxy("session", allow_listen_in_session_mode=True, allow_notify=True)
-    with psycopg.connect(proxy.dsn("acme"), autocommit=True) as listener, \
+    with tenancy_proxy(app_db, "session", allow_listen_in_session_mode=True,
+                       allow_notify=True) as proxy, \
+            psycopg.connect(proxy.dsn("acme"), autocommit=True) as listener, \
             psycopg.connect(proxy.dsn("acme"), autocommit=True) as sender:
         listener.execute("LISTEN ping")
         sender.execute("NOTIFY ping, 'hi'")
