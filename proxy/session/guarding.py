@@ -44,7 +44,7 @@ _PARSE_CACHE_LIMIT = 10_000
 class StreamGuard:
     """One client's guard state: Bind rules of its statements, and a batch being skipped."""
 
-    __slots__ = ("_batch", "_bind_rules", "_guard", "_in_batch", "_known", "_on_refusal",
+    __slots__ = ("_batch", "_bind_rules", "_guard", "_in_batch", "_on_refusal",
                  "_on_state_change", "_parse_verdicts", "_raised", "_refused_query",
                  "_setting_writers", "_skipping", "_transaction_mode")
 
@@ -64,7 +64,6 @@ class StreamGuard:
         # what the name had instead of replacing it: the old statement may still be there.
         self._bind_rules: dict[str, BindRule] = {}
         self._setting_writers: set[str] = set()
-        self._known: set[str] = set()            # every name the client ever defined
         # Definitions in the current batch (up to Sync): a Bind after them in the same
         # batch runs only if they took effect, so it is checked against them alone.
         self._batch: dict[str, tuple[BindRule | None, bool]] = {}
@@ -138,8 +137,9 @@ class StreamGuard:
             if isinstance(verdict, Refusal):
                 return verdict
             # The unnamed statement is dropped by any Parse of it that the server runs,
-            # and one that opens a batch always runs; a new name cannot exist yet.
-            certain = not self._in_batch if name == "" else name not in self._known
+            # and one that opens a batch always runs. A named one fails if the name
+            # exists, so it only adds to a rule the name still has.
+            certain = name == "" and not self._in_batch
             self._define(name, verdict, writes_settings, certain=certain)
             self._batch[name] = (verdict, writes_settings)
             return None
@@ -166,7 +166,6 @@ class StreamGuard:
     def _define(self, name: str, rule: BindRule | None, writes_settings: bool, *,
                 certain: bool) -> None:
         """Record a (re)definition of the statement ``name`` (see ``__init__``)."""
-        self._known.add(name)
         old = self._bind_rules.get(name)
         if certain or old is None:
             if rule is None:
@@ -203,8 +202,7 @@ class StreamGuard:
             if isinstance(op, Prepare):
                 # SQL PREPARE never writes a protected setting (refused as persistent),
                 # and fails when the name exists: it cannot replace a statement.
-                self._define(op.name, None, op.writes_settings,
-                             certain=op.name not in self._known)
+                self._define(op.name, None, op.writes_settings, certain=False)
                 prepared[op.name] = (None, op.writes_settings)
                 continue
             rule, writes_settings = prepared.get(op.name) or self._statement(op.name)
