@@ -541,9 +541,10 @@ def _names(sql: str) -> Iterator[str]:
         if isinstance(obj, list):
             stack.extend(obj)
         elif isinstance(obj, dict):
-            for key in ("relname", "sval"):
-                if isinstance(obj.get(key), str):
-                    yield obj[key].lower()
+            if isinstance(obj.get("relname"), str):
+                yield obj["relname"].lower()
+            if obj.get("funcname"):
+                yield obj["funcname"][-1]["String"]["sval"].lower()
             stack.extend(obj.values())
 
 
