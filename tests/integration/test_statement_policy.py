@@ -49,6 +49,7 @@ ATTACKS = [
     "SELECT * FROM pg_stat_get_activity(NULL)",
     "WITH a AS (SELECT pid FROM pg_stat_activity) SELECT count(*) FROM a",
     "SELECT pg_cancel_backend(1)",
+    "SELECT pg_terminate_backend(pg_backend_pid())",
     # roles and persistent settings
     "ALTER ROLE CURRENT_USER PASSWORD 'pwned'",
     "ALTER ROLE CURRENT_USER SET search_path = pg_temp, public",
