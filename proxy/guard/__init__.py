@@ -13,6 +13,7 @@ API
 - ``check_parse(sql, tenant, param_types=(), *, transaction_mode=False) -> Refusal |
   BindRule | None`` for a Parse ('P') message. A :class:`BindRule` means "allowed, but
   check every Bind of this statement": keep it with the prepared statement.
+  ``parse_verdict(analysis, ...)`` is the same for an analysis at hand.
 - ``check_bind(rule, params, formats) -> Refusal | None`` for each Bind ('B') of a
   statement that got a BindRule. ``params`` are the raw values (None = NULL), ``formats``
   the parameter format codes as sent.

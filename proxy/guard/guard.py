@@ -74,7 +74,14 @@ class Guard:
 
         ``param_types`` are the parameter type OIDs of the Parse message.
         """
-        analysis = self.analyze(sql)
+        return self.parse_verdict(self.analyze(sql), tenant, param_types,
+                                  transaction_mode=transaction_mode)
+
+    def parse_verdict(
+        self, analysis: Analysis, tenant: str | None, param_types: Sequence[int] = (), *,
+        transaction_mode: bool = False,
+    ) -> Refusal | BindRule | None:
+        """:meth:`check_parse` for an analysis already at hand."""
         if analysis is CLEAN:
             return None
         return self._apply(analysis, tenant, param_types=param_types,

@@ -127,12 +127,12 @@ class StreamGuard:
             hit = cache.get(key)
             if hit is None:
                 name, sql, types = messages.decode_parse(body)
-                guard = self._guard
-                verdict = guard.check_parse(sql, tenant, types,
-                                            transaction_mode=self._transaction_mode)
+                analysis = self._guard.analyze(sql)
+                verdict = self._guard.parse_verdict(analysis, tenant, types,
+                                                    transaction_mode=self._transaction_mode)
                 if len(cache) >= _PARSE_CACHE_LIMIT:
                     cache.clear()
-                hit = cache[key] = (name, verdict, guard.analyze(sql).changes_settings)
+                hit = cache[key] = (name, verdict, analysis.changes_settings)
             name, verdict, writes_settings = hit
             if isinstance(verdict, Refusal):
                 return verdict
