@@ -562,7 +562,8 @@ class ClientConnection(asyncio.Protocol):
         if self.app.guard is not None:
             if self._guard is None:
                 self._guard = StreamGuard(self.app.guard, self.app.parse_verdicts,
-                                          self._refused)
+                                          self._refused,
+                                          transaction_mode=self.transaction_mode)
             block, index = self._guard.filter(
                 block, index, self.identity.tenant if self.identity is not None else None)
         replies = 0
