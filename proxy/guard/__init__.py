@@ -56,8 +56,11 @@ Refused (SQLSTATE 42501):
 - ``SET ROLE`` / ``SET SESSION AUTHORIZATION`` (and set_config('role', ...)) unless the
   role is in ``allowed_roles``; ``NONE``, ``DEFAULT`` and ``RESET`` are allowed.
 - Writes to ``pg_settings`` (its rules call set_config).
-- ``standard_conforming_strings`` to off and ``client_encoding`` to anything but UTF-8:
-  either would make the server read the text differently from the guard.
+- ``standard_conforming_strings`` to off and ``client_encoding`` to a client-only
+  encoding (SJIS, BIG5, GBK, UHC, JOHAB, GB18030): either would make the server read the
+  text differently from the guard. Every server encoding (LATIN1, EUC_JP, WIN1252, ...)
+  is accepted: in those, bytes below 0x80 are always the ASCII characters they look like,
+  so the statement's structure is the same to the guard and to the server.
 - ``COPY ... TO/FROM PROGRAM``, ``ALTER SYSTEM``, ``LOAD``.
 - For tenant identities, dynamic SQL the guard cannot see (``EXECUTE`` of a computed
   string in a DO/function body, a query runner given a computed query).

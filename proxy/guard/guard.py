@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 
@@ -143,6 +144,8 @@ class Guard:
                 return _startup_refusal(raw_name)
             verdict = self.policy.judge("set", name, value, persistent=False, tenant=None)
             if isinstance(verdict, Refusal):
+                if verdict.kind == "parser_state":  # its own message says why
+                    return dataclasses.replace(verdict, kind="startup_option")
                 return _startup_refusal(raw_name)
         return None
 
@@ -187,7 +190,8 @@ class Guard:
                                                 tenant=Deferred.TENANT)
                     if isinstance(verdict, Refusal):
                         return verdict
-                    if tenant is None:  # no tenant of its own: no value can be right
+                    if tenant is None and self.policy.classify(name) is \
+                            SettingClass.PROTECTED:  # no tenant: no value can be right
                         return _unprovable(write)
                 pending.append(write)
                 continue
