@@ -43,6 +43,7 @@ class ServerConfig:
     shutdown_timeout: float = 30.0           # seconds running transactions get on SIGTERM/SHUTDOWN
     workers: int = 1                         # proxy processes sharing the port (SO_REUSEPORT)
     log_format: str = "text"                 # "text" or "json" (one JSON object per line)
+    pause_timeout: float = 60.0              # seconds console PAUSE waits for leases; 0 = no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,11 @@ class JwtConfig:
     secret_file: str | None = None           # HS*: file holding the shared secret
     public_key_file: str | None = None       # RS*/PS*/ES*/EdDSA: PEM public key
     jwks_file: str | None = None             # RS*/ES*/EdDSA: JWKS document (keys chosen by kid)
+    jwks_url: str | None = None              # ... or an identity provider's JWKS URL (HTTPS)
+    jwks_ca_file: str | None = None          # CA bundle for a private IdP's certificate
+    jwks_refresh_seconds: float = 300.0      # fetch the key set this often
+    jwks_min_refresh_seconds: float = 30.0   # unknown kid: fetch again at most this often
+    jwks_timeout_seconds: float = 5.0        # one fetch gives up after this
     tenant_claim: str = "tenant_id"
     issuer: str | None = None
     audience: str | None = None
@@ -78,6 +84,11 @@ class TenancyConfig:
     require_registered_tenant: bool = False  # refuse tenants not 'active' in pgtenant.tenants
     schema_per_tenant: bool = False          # also set search_path to the tenant's schema
     registry_cache_seconds: float = 10.0     # how long a registry answer is trusted
+    # Statement policy for tenant clients (deny by default; see README "Statement policy").
+    allow_ddl_in_session_mode: bool = False  # CREATE/ALTER/DROP/COMMENT, any temp table
+    allow_listen_in_session_mode: bool = False  # LISTEN (notifications cross tenants)
+    allow_notify: bool = False               # NOTIFY and pg_notify() in any pool mode
+    allowed_functions: tuple[str, ...] = ()  # refused functions tenants may call anyway
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +200,7 @@ _PORT = re.compile(r"[0-9]{1,5}")
 # name for a setting it does not know), e.g. app.current_tenant.
 _GUC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 _GUC_PREFIX = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]*\.)+")
+_FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 _T = TypeVar("_T")
 
@@ -331,6 +343,7 @@ def _read_server(t: _Table) -> ServerConfig:
         shutdown_timeout=t.seconds("shutdown_timeout", d.shutdown_timeout),
         workers=t.integer("workers", d.workers, minimum=1, maximum=MAX_WORKERS),
         log_format=t.choice("log_format", d.log_format, LOG_FORMATS),
+        pause_timeout=t.seconds("pause_timeout", d.pause_timeout),
     )
     t.finish()
     return server
@@ -439,6 +452,7 @@ def _read_jwt(t: _Table) -> JwtConfig:
     secret_file = t.optional_string("secret_file")
     public_key_file = t.optional_string("public_key_file")
     jwks_file = t.optional_string("jwks_file")
+    jwks_url = t.optional_string("jwks_url")
     # One key source, matching the algorithm family: an HMAC secret must never be
     # configured next to a public key, or a token could pick which one verifies it.
     sources = {
@@ -446,24 +460,35 @@ def _read_jwt(t: _Table) -> JwtConfig:
         "secret_file": secret_file,
         "public_key_file": public_key_file,
         "jwks_file": jwks_file,
+        "jwks_url": jwks_url,
     }
     if algorithms[0] in HMAC_ALGORITHMS:
-        first, second = "secret_env", "secret_file"
+        family: tuple[str, ...] = ("secret_env", "secret_file")
     else:
-        first, second = "public_key_file", "jwks_file"
+        family = ("public_key_file", "jwks_file", "jwks_url")
+    choices = " or ".join(family)
     for name, value in sources.items():
-        if value is not None and name not in (first, second):
-            raise t.error(name, f"not used by {algorithms[0]}; set {first} or {second}")
-    if sources[first] is None and sources[second] is None:
-        raise t.error(first, f"{algorithms[0]} needs a key: set {first} or {second}")
-    if sources[first] is not None and sources[second] is not None:
-        raise t.error(second, f"set {first} or {second}, not both")
+        if value is not None and name not in family:
+            raise t.error(name, f"not used by {algorithms[0]}; set {choices}")
+    chosen = [name for name in family if sources[name] is not None]
+    if not chosen:
+        raise t.error(family[0], f"{algorithms[0]} needs a key: set {choices}")
+    if len(chosen) > 1:
+        raise t.error(chosen[1], f"set {chosen[0]} or {chosen[1]}, not both")
+    if jwks_url is not None and not jwks_url.lower().startswith("https://"):
+        raise t.error("jwks_url", "must be an https:// URL (the keys decide who logs in)")
     jwt = JwtConfig(
         algorithms=algorithms,
         secret_env=secret_env,
         secret_file=secret_file,
         public_key_file=public_key_file,
         jwks_file=jwks_file,
+        jwks_url=jwks_url,
+        jwks_ca_file=t.optional_string("jwks_ca_file"),
+        jwks_refresh_seconds=t.seconds("jwks_refresh_seconds", d.jwks_refresh_seconds),
+        jwks_min_refresh_seconds=t.seconds("jwks_min_refresh_seconds",
+                                           d.jwks_min_refresh_seconds),
+        jwks_timeout_seconds=t.seconds("jwks_timeout_seconds", d.jwks_timeout_seconds),
         tenant_claim=t.string("tenant_claim", d.tenant_claim),
         issuer=t.optional_string("issuer"),
         audience=t.optional_string("audience"),
@@ -534,12 +559,27 @@ def _read_tenancy(t: _Table) -> TenancyConfig:
                                             d.require_registered_tenant),
         registry_cache_seconds=t.seconds("registry_cache_seconds", d.registry_cache_seconds),
         schema_per_tenant=t.boolean("schema_per_tenant", d.schema_per_tenant),
+        allow_ddl_in_session_mode=t.boolean("allow_ddl_in_session_mode",
+                                            d.allow_ddl_in_session_mode),
+        allow_listen_in_session_mode=t.boolean("allow_listen_in_session_mode",
+                                               d.allow_listen_in_session_mode),
+        allow_notify=t.boolean("allow_notify", d.allow_notify),
+        allowed_functions=_read_function_names(t, "allowed_functions", d.allowed_functions),
     )
     if not any(tenancy.proof_setting.lower().startswith(p.lower()) for p in prefixes):
         raise t.error("proof_setting", f"{_show(tenancy.proof_setting)} must start with one "
                       "of protected_prefixes, or clients could forge it")
     t.finish()
     return tenancy
+
+
+def _read_function_names(t: _Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    names = t.string_tuple(key, default)
+    for i, name in enumerate(names):
+        if not _FUNCTION_NAME.fullmatch(name):
+            raise t.error(f"{key}[{i}]", "expected a function name without schema or "
+                          f'arguments such as "pg_advisory_lock", got {_show(name)}')
+    return tuple(name.lower() for name in names)
 
 
 def _check_tenant_pattern(t: _Table, pattern: str) -> None:

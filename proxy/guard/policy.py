@@ -25,9 +25,27 @@ from proxy.config import TenancyConfig
 from proxy.guard.verdict import Param, Refusal, SettingValue, Special
 
 ROLE_SETTINGS = frozenset({"role", "session_authorization"})
+#: Client encodings in which every byte below 0x80 is the ASCII character it looks like
+#: (PostgreSQL's server encodings, by every name PostgreSQL accepts, cleaned as it cleans
+#: them: lower case, letters and digits only). Quotes, backslashes, semicolons and keywords
+#: then mean the same to the guard and to the server, whichever of these is in force.
+ASCII_SAFE_ENCODINGS = frozenset({
+    "utf8", "unicode", "sqlascii", "euccn", "eucjp", "eucjis2004", "euckr", "euctw",
+    "muleinternal", "koi8", "koi8r", "koi8u", "alt", "abc", "tcvn", "tcvn5712", "vscii", "win",
+    *(f"latin{n}" for n in range(1, 11)),
+    *(f"iso8859{n}" for n in range(1, 17) if n not in (11, 12)),
+    *(f"{p}{n}" for p in ("win", "windows") for n in (866, 874, *range(1250, 1259))),
+})
+#: Client-only encodings: a multibyte character's second byte can be ``\``, ``'`` or a
+#: letter, so the same bytes lex differently depending on which encoding is in force.
+CLIENT_ONLY_ENCODINGS = frozenset({
+    "sjis", "shiftjis", "mskanji", "win932", "windows932", "shiftjis2004", "big5", "win950",
+    "windows950", "gbk", "win936", "windows936", "uhc", "win949", "windows949", "johab",
+    "gb18030",
+})
 _SAFE_PARSER_VALUES = {
     "standard_conforming_strings": frozenset({"on", "true", "yes", "1"}),
-    "client_encoding": frozenset({"utf8", "unicode"}),
+    "client_encoding": ASCII_SAFE_ENCODINGS,
 }
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 #: Settings that are not ordinary whatever the configuration.
@@ -101,6 +119,9 @@ class SettingPolicy:
             return None
         if value is Special.DEFAULT:
             return None
+        if cls is SettingClass.PARSER and isinstance(value, Param) \
+                and tenant is Deferred.TENANT:
+            return Deferred.TENANT  # judged at Bind, with the value
         if cls is SettingClass.ROLE:
             if persistent:
                 return _persist_refusal(shown)
@@ -119,10 +140,20 @@ class SettingPolicy:
         # SettingClass.PARSER: a persisted safe value is as harmless as a session one.
         if isinstance(value, str) and self.is_safe_parser_value(name, value):
             return None
+        if isinstance(value, str) and _NOT_ALNUM.sub("", value.lower()) in \
+                CLIENT_ONLY_ENCODINGS and shown.lower() == "client_encoding":
+            return Refusal(
+                kind="parser_state",
+                message=f'client_encoding "{value.strip()}" is not supported through pgtenant',
+                hint="in this encoding a multibyte character can contain the byte of a quote "
+                "or backslash, so the SQL pgtenant inspects could differ from the SQL the "
+                "server runs; use UTF8 (or another server encoding)",
+            )
         return Refusal(
             kind="parser_state",
             message=f'permission denied to change "{shown}" through pgtenant',
-            hint="pgtenant inspects statements as UTF-8 with standard_conforming_strings on",
+            hint="pgtenant inspects statements with standard_conforming_strings on and an "
+            "ASCII-compatible client_encoding",
         )
 
     @staticmethod
