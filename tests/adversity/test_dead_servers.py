@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,8 +25,9 @@ import pytest
 
 from proxy.wire import messages
 from tests.adversity.faultproxy import FaultRelay
-from tests.adversity.rawclient import RawClient
 from tests.proxy_harness import ThreadedProxy, make_config
+from tests.rawclient import RawClient
+from tests.support import wait_for
 
 MODES = ["session", "transaction"]
 
@@ -115,11 +115,9 @@ def test_idle_server_that_died_is_replaced_before_the_client_sees_it(
     proxy.wait_until(lambda app: len(pool.idle) == 1)  # session mode: reset done
     relay.stall()
     superuser_conn.execute("SELECT pg_terminate_backend(%s)", (dead,))
-    deadline = time.monotonic() + 10
-    while superuser_conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
-                                 (dead,)).fetchone() != (0,):
-        assert time.monotonic() < deadline, "the backend did not end"
-        time.sleep(0.01)
+    wait_for(lambda: superuser_conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (dead,)).fetchone() == (0,),
+        "the terminated backend to end")
     outcome: dict[str, Any] = {}
 
     def client() -> None:

@@ -14,7 +14,6 @@ import contextlib
 import gc
 import random
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ import pytest
 from proxy import app as app_module
 from proxy.app import ProxyApp
 from tests.proxy_harness import ThreadedProxy
+from tests.support import wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_items")
 
@@ -37,14 +37,6 @@ POOL_SIZE = {"transaction": 1, "session": 2}
 def cancel_proxy(request: pytest.FixtureRequest,
                  start_proxy: Callable[..., ThreadedProxy]) -> ThreadedProxy:
     return start_proxy(pool_mode=request.param, pool_size=POOL_SIZE[request.param])
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 def _running(superuser: psycopg.Connection[Any], marker: str) -> bool:
@@ -118,7 +110,7 @@ def _cancel_round(proxy: ThreadedProxy, superuser: psycopg.Connection[Any],
 
         threads = [threading.Thread(target=run_acme), threading.Thread(target=run_globex)]
         threads[0].start()
-        _wait_for(lambda: _running(superuser, marker))
+        wait_for(lambda: _running(superuser, marker), f"statement {marker} to run")
         threads[1].start()
         if proxy.config.databases["app"].pool_mode == "transaction":
             proxy.wait_until(lambda app: bool(app.pools["app"].waiters))
