@@ -356,6 +356,9 @@ class ServerPool:
         """
         server.receiver = None
         server.pause_reading(False)
+        if server.ending:  # PostgreSQL said FATAL: the session is closing
+            self._close(server)
+            return
         if server.cancels:
             self._hold_while_cancelling(server)
             return

@@ -209,6 +209,7 @@ class ServerConnection(asyncio.Protocol):
         # lands), and the pool leases the connection to no one; after_cancel is called
         # when the last one is done.
         self.cancels = 0
+        self.ending = False  # PostgreSQL sent FATAL: never offered to anyone again
         self._held: list[bytes] = []
         self.after_cancel: Callable[[ServerConnection], None] | None = None
         # query_timeout: when the oldest outstanding client request was sent (0: none).
@@ -434,8 +435,13 @@ class ServerConnection(asyncio.Protocol):
             if unsolicited:
                 receiver.unsolicited(unsolicited)
         if going_away:
-            self._ended_by_server(going_away)
-            return
+            # PostgreSQL is closing this session. Idle in the pool: forget it now. With a
+            # client: it got the FATAL; the pool closes the connection when it comes back
+            # (a FATAL right after the client's last ReadyForQuery is not the client's).
+            self.ending = True
+            if receiver is None:
+                self._ended_by_server(going_away)
+                return
         if ready and self.waiting_since:
             self.waiting_since = time.monotonic() if pending else 0.0
         if ready and not pending:
