@@ -7,7 +7,10 @@ ReadyForQuery:
 - ``FORWARD``: the client's request; bytes go to the linked client as received;
 - ``SKIP``: the proxy's own request (tenant context, reset); bytes are dropped, errors
   are noted, and the entry's future is resolved when its ReadyForQuery arrives;
-- a ``Collect`` entry: the proxy's own query whose messages it wants to read.
+- a ``Collect`` entry: the proxy's own query whose messages it wants to read;
+- an ``Amend`` entry: the client's request, its reply forwarded message by message with
+  the changes of ``proxy.session.prepared`` (statement names the client never sees);
+- an ``Emit`` entry: a reply the proxy makes itself, written after the entry before it.
 
 A server connection may go back to the pool only when this queue is empty and the last
 ReadyForQuery said 'I' (``is_clean``).
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 from proxy.auth.errors import UpstreamAuthError
 from proxy.auth.upstream import UpstreamAuthenticator
 from proxy.session.context import TenantContext
-from proxy.session.prepared import Emit, ServerStatements
+from proxy.session.prepared import Amend, Emit, ServerStatements
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import BackendScanner
@@ -125,7 +128,7 @@ class Skip:
         self.error: dict[str, str] | None = None
 
 
-Entry = _Forward | Skip | Collect | Emit
+Entry = _Forward | Skip | Collect | Emit | Amend
 
 
 class ServerConnection(asyncio.Protocol):
@@ -310,6 +313,16 @@ class ServerConnection(asyncio.Protocol):
         ready = False
         for tag, end, body in events:
             head = pending[0] if pending else FORWARD
+            forwarded = head is FORWARD
+            if type(head) is Amend:
+                # Scanned with ALL_TAGS: every message is whole here, the first one
+                # possibly begun in an earlier chunk (held).
+                forwarded = True
+                piece = data[start:end]
+                if head.held:
+                    piece, head.held = head.held + piece, b""
+                out.append(head.message(tag, piece, body))
+                start = end
             if tag == _Z:
                 self.tx_status = body[:1]
                 if pending:
@@ -324,6 +337,8 @@ class ServerConnection(asyncio.Protocol):
                     head.future.set_result(head.error)
                 while pending and type(pending[0]) is Emit:
                     out.append(pending.popleft().data)  # type: ignore[union-attr]
+                if type(head) is Amend:
+                    self._restore_interest(None)
                 start = end
                 ready = True
                 continue
@@ -331,11 +346,15 @@ class ServerConnection(asyncio.Protocol):
                 head.messages.append((tag, body))
                 continue
             if tag == _S:
-                self._parameter_status(body, head is FORWARD)
+                self._parameter_status(body, forwarded)
             elif tag == _E:
                 if self.statements.unconfirmed:
                     self.statements.invalidate_unconfirmed()
-                if head is FORWARD:
+                if forwarded:
+                    if b"C0A000\x00" in body:
+                        # Maybe "cached plan must not change result type": a statement of
+                        # ours is stale; prepare each afresh when next used.
+                        self.statements.invalidate_all()
                     if receiver is not None:
                         receiver.server_error(body)
                 elif isinstance(head, Skip) and head.error is None:
@@ -343,7 +362,7 @@ class ServerConnection(asyncio.Protocol):
                         head.error = messages.decode_error_fields(body)
                     except ProtocolViolation:
                         head.error = {"M": "malformed error from upstream"}
-            elif tag == _C and head is FORWARD and body.startswith(_CONTEXT_CHANGING_TAGS):
+            elif tag == _C and forwarded and body.startswith(_CONTEXT_CHANGING_TAGS):
                 # The client ran SET/RESET/DISCARD: re-establish the context before its next
                 # transaction. After SET the tenant setting could hold anything; RESET and
                 # DISCARD can only restore the default.
@@ -353,11 +372,13 @@ class ServerConnection(asyncio.Protocol):
                     self.tenant = TenantState.UNKNOWN
                 elif body.startswith(b"DISCARD ALL"):
                     self._statements_cleared()
-            elif tag == _C and head is FORWARD and body.startswith(b"DEALLOCATE ALL"):
+            elif tag == _C and forwarded and body.startswith(b"DEALLOCATE ALL"):
                 self._statements_cleared()
         head = pending[0] if pending else FORWARD
         unsolicited = b""
-        if head is FORWARD and start < len(data):
+        if type(head) is Amend and start < len(data):
+            head.held += data[start:] if start else data
+        elif head is FORWARD and start < len(data):
             tail = data[start:] if start else data
             if pending or self.unsynced:
                 out.append(tail)
@@ -434,6 +455,8 @@ class ServerConnection(asyncio.Protocol):
                 if self.receiver is not None:
                     self.receiver.forward_to_client(entry.data)  # type: ignore[union-attr]
             else:
+                if type(entry) is Amend:
+                    self.scanner.interesting = ALL_TAGS  # it reads every reply message
                 pending.append(entry)
         self.unsynced = unsynced
         if data or self._corked:
@@ -470,6 +493,9 @@ class ServerConnection(asyncio.Protocol):
         self.transport.write(data)
 
     def _restore_interest(self, _fut: object) -> None:
+        for entry in self.pending:
+            if type(entry) is Amend or type(entry) is Collect:
+                return  # still reading every message for that one
         self.scanner.interesting = FORWARD_TAGS
 
     async def query(self, sql: str, params: list[bytes | None] | None = None
