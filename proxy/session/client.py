@@ -165,7 +165,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("_guard", "_idle_timeouts", "_idle_timer", "_leasing",
                  "_login_timer", "_queue", "_queue_batch_start", "_queue_named",
                  "_queue_replies", "_queued_bytes", "_reading_paused_for",
-                 "_service_login", "_skipping", "_tasks", "_tx_started", "_unsynced",
+                 "_rewriting", "_service_login", "_tasks", "_tx_started", "_unsynced",
                  "_writing_paused", "app",
                  "cancel_pid", "cancel_secret", "context", "database", "framer", "id",
                  "identity", "is_local", "peer", "pool", "server", "settings", "startup",
@@ -197,7 +197,7 @@ class ClientConnection(asyncio.Protocol):
         self._queue_batch_start = True  # the queue's first frame starts a batch
         # Transaction mode: the client's prepared statements by name.
         self.statements: dict[str, ClientStatement] | None = None
-        self._skipping = False          # a proxy-made error: drop messages up to Sync
+        self._rewriting = False         # a batch the proxy rewrites goes on until Sync
         self._guard: StreamGuard | None = None  # created at the first message after login
         self.traffic = _NO_TRAFFIC      # the database's counters, once it is known
         self.stats_tenant = "_unknown"  # the tenant label for counters
@@ -552,7 +552,7 @@ class ClientConnection(asyncio.Protocol):
                 block, index, self.identity.tenant if self.identity is not None else None)
         replies = 0
         unsynced = self._unsynced
-        named = self._skipping
+        named = self._rewriting
         statements = self.statements
         for tag, start, end in index:
             if tag == _S or tag == _Q or tag == _F:  # each ends in ReadyForQuery
@@ -743,14 +743,14 @@ class ClientConnection(asyncio.Protocol):
         """Transaction mode with named statements: see proxy.session.prepared."""
         assert self.statements is not None
         frames = [frame for block in blocks for frame in split_frames(block)]
-        if verify and batch_start and not self._skipping:
+        if verify and batch_start:
             keys = to_verify(frames, self.statements, server.statements)
             if keys:
                 self._verify(server, frames, keys)
                 return
         done = rewrite(frames, self.statements, server.statements, FORWARD,
-                       batch_start=batch_start, skipping=self._skipping)
-        self._skipping = done.skipping
+                       batch_start=batch_start)
+        self._rewriting = done.carry
         if batch_start:
             evict = server.statements.take_evictions(done.used)
             if evict:

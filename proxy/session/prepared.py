@@ -80,7 +80,10 @@ _COMPLETE_ALL = messages.command_complete("DEALLOCATE ALL")
 _DEALLOCATE_NOT_ALONE = messages.error_response(
     "0A000", "DEALLOCATE must be sent as a query of its own in transaction pooling mode",
     hint="send DEALLOCATE in a separate query, or close the statement with a Close message")
-_STALE = messages.error_response("0A000", "cached plan must not change result type")
+# As PostgreSQL sends it; drivers (asyncpg) recognise it by the routine field.
+_STALE = messages.frame(BackendTag.ERROR_RESPONSE, b"".join((
+    b"SERROR\x00VERROR\x00C0A000\x00Mcached plan must not change result type\x00",
+    b"Fplancache.c\x00RRevalidateCachedQuery\x00\x00")))
 
 _PARSE_COMPLETE = BackendTag.PARSE_COMPLETE
 _COMMAND_COMPLETE = BackendTag.COMMAND_COMPLETE
@@ -139,16 +142,19 @@ class Amend:
     the descriptions the client is told are remembered.
     """
 
-    __slots__ = ("_params", "_parses", "complete", "drop_completes", "drop_parses", "error",
-                 "held", "on_complete", "targets")
+    __slots__ = ("_params", "_parses", "complete", "drop_parses", "error", "held",
+                 "on_complete", "parses", "stand_in", "targets")
 
     def __init__(self) -> None:
+        self.parses = 0                     # Parse messages sent so far in its sub-batch
         self.drop_parses: set[int] = set()  # ordinals of ParseCompletes to drop
-        self.drop_completes = 0             # leading CommandCompletes to drop
-        self.complete: bytes | None = None  # replaces the CommandComplete that is kept
-        self.on_complete: Callable[[], object] | None = None  # the command succeeded
-        self.error: bytes | None = None     # replaces the error about MISSING
-        self.targets: list[tuple[ClientStatement | None, ServerStatement]] = []
+        self.stand_in = False               # drop the stand-in's CommandComplete PREPARE
+        self.complete: bytes | None = None  # replaces CommandComplete DEALLOCATE
+        self.on_complete: Callable[[], object] | None = None  # DEALLOCATE succeeded
+        # Replaces the error about MISSING: an ErrorResponse, or a quoted name to put there.
+        self.error: bytes | None = None
+        # Per Describe of a statement, in order: where its description goes (None: nowhere).
+        self.targets: list[tuple[ClientStatement | None, ServerStatement] | None] = []
         self.held = b""                     # a message split across chunks (server side)
         self._parses = 0
         self._params: bytes | None = None
@@ -159,16 +165,18 @@ class Amend:
             n = self._parses
             self._parses = n + 1
             return b"" if n in self.drop_parses else data
-        if tag == _COMMAND_COMPLETE:
-            if self.drop_completes:
-                self.drop_completes -= 1
+        if tag == _COMMAND_COMPLETE and self.stand_in:
+            if body == b"PREPARE\x00":
                 return b""
-            if self.on_complete is not None:
-                callback, self.on_complete = self.on_complete, None
-                callback()
-            return self.complete if self.complete is not None else data
+            if body == b"DEALLOCATE\x00":
+                self.stand_in = False
+                if self.on_complete is not None:
+                    self.on_complete()
+                return self.complete if self.complete is not None else data
         if tag == _ERROR:
             if self.error is not None and _MISSING_QUOTED in body:
+                if self.error[:1] == b'"':  # the client's name in PostgreSQL's own error
+                    return messages.frame(_ERROR, body.replace(_MISSING_QUOTED, self.error))
                 return self.error
         elif tag == _PARAMS:
             self._params = data
@@ -176,8 +184,9 @@ class Amend:
             # The answer to a Describe of a statement (a portal has no ParameterDescription).
             desc = description(self._params + data)
             self._params = None
-            if self.targets:
-                client_stmt, server_stmt = self.targets.pop(0)
+            target = self.targets.pop(0) if self.targets else None
+            if target is not None:
+                client_stmt, server_stmt = target
                 server_stmt.observed(desc)
                 if client_stmt is not None:
                     client_stmt.desc = desc
@@ -214,13 +223,17 @@ def description(data: bytes) -> bytes:
 class ServerStatements:
     """The proxy-named statements prepared on one server connection, least recent first."""
 
-    __slots__ = ("by_key", "limit", "orphans", "unconfirmed")
+    __slots__ = ("by_key", "limit", "open", "orphans", "skipping", "unconfirmed")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.by_key: OrderedDict[bytes, ServerStatement] = OrderedDict()
         self.orphans: list[str] = []          # names to close: replaced or evicted
         self.unconfirmed: list[bytes] = []    # keys whose Parse has not been answered yet
+        # The batch in progress (no Sync yet), continued by the next rewrite: the entry
+        # already queued for its reply, and whether the server skips to Sync (an error).
+        self.open: Amend | None = None
+        self.skipping = False
 
     def get(self, key: bytes) -> ServerStatement | None:
         stmt = self.by_key.get(key)
@@ -282,7 +295,9 @@ class Rewritten:
 
     data: bytes
     entries: list[object]                 # FORWARD / Amend / Emit, in reply order
-    skipping: bool = False                # an error: the server skips messages up to Sync
+    # The batch goes on (no Sync yet) with an entry queued or an error: the client's
+    # next messages must be rewritten too, whatever they are.
+    carry: bool = False
     used: set[bytes] = field(default_factory=set)
 
 
@@ -306,41 +321,81 @@ def needs_rewrite(tag: int, body: bytes) -> bool:
 
 
 def missing_error(name: str) -> bytes:
-    """PostgreSQL's ErrorResponse for a statement name that does not exist."""
-    return messages.error_response("26000", f'prepared statement "{name}" does not exist')
+    """For :attr:`Amend.error`: PostgreSQL's own 26000, with the client's ``name``."""
+    return f'"{name}"'.encode()
 
 
 class _Batch:
-    """Rewriting state for one client batch (see :func:`rewrite`)."""
+    """Rewriting state for one client batch (see :func:`rewrite`).
 
-    __slots__ = ("amend", "at_start", "client", "entries", "forward", "out", "parses",
-                 "server", "skipping", "used")
+    A sub-batch (up to a Sync) gets one pending entry: FORWARD, or an Amend when its reply
+    needs changes. A sub-batch that goes on in a later call gets an Amend queued at once,
+    so that every reply of it passes through one Amend and ParseCompletes can be counted
+    (``exact``); one begun before the proxy looked at it (``exact`` False) gets no change
+    that depends on counting.
+    """
+
+    __slots__ = ("amend", "at_start", "client", "entries", "exact", "forward", "out",
+                 "parses", "queued", "server", "skipping", "targets", "used")
 
     def __init__(self, client: dict[str, ClientStatement], server: ServerStatements,
-                 forward: object, at_start: bool, skipping: bool) -> None:
+                 forward: object, batch_start: bool) -> None:
         self.client = client
         self.server = server
         self.forward = forward
-        self.at_start = at_start    # nothing sent since the last Sync awaits a reply
-        self.skipping = skipping
+        self.at_start = batch_start  # nothing sent since the last Sync awaits a reply
+        self.skipping = server.skipping
+        self.amend = server.open     # the current sub-batch's reply changes
+        self.queued = self.amend is not None  # ... already in the pending queue
+        self.exact = batch_start or self.queued
+        self.parses = self.amend.parses if self.amend is not None else 0  # in the sub-batch
+        # Per Describe of a statement in the sub-batch: where its description goes.
+        self.targets: list[tuple[ClientStatement | None, ServerStatement] | None] = (
+            self.amend.targets if self.amend is not None else [])
         self.out: list[bytes] = []
         self.entries: list[object] = []
         self.used: set[bytes] = set()
-        self.amend: Amend | None = None  # the current sub-batch's reply changes
-        self.parses = 0                  # Parse messages sent in the current sub-batch
 
     def amended(self) -> Amend:
         if self.amend is None:
             self.amend = Amend()
+            self.amend.targets = self.targets
         return self.amend
+
+    def described(self, target: tuple[ClientStatement | None, ServerStatement] | None
+                  ) -> None:
+        """A Describe of a statement goes out; its description is captured if ``target``."""
+        if not self.exact:
+            return  # earlier Describes of this sub-batch are unknown: capture nothing
+        self.targets.append(target)
+        if target is not None:
+            self.amended()
 
     def synced(self, frame: bytes) -> None:
         """A Sync (or a message that answers with ReadyForQuery) ends the sub-batch."""
         self.out.append(frame)
-        self.entries.append(self.amend if self.amend is not None else self.forward)
+        if not self.queued:
+            self.entries.append(self.amend if self.amend is not None else self.forward)
         self.amend = None
+        self.queued = False
+        self.exact = True
         self.parses = 0
+        self.targets = []
         self.at_start = True
+
+    def finish(self) -> Rewritten:
+        """The messages end here; a sub-batch still open is continued by the next call."""
+        server = self.server
+        server.skipping = self.skipping
+        if self.at_start:
+            server.open = None
+        else:
+            amend = self.amended()
+            if not self.queued:
+                self.entries.append(amend)
+            amend.parses = self.parses
+            server.open = amend
+        return Rewritten(b"".join(self.out), self.entries, not self.at_start, self.used)
 
     def fail(self, error: bytes, frame: bytes | None = None) -> None:
         """Make the server fail here (a message about MISSING), then skip to Sync."""
@@ -351,35 +406,23 @@ class _Batch:
         self.at_start = False
         self.skipping = True
 
-    def send_parse(self, frame: bytes, *, drop: bool) -> None:
+    def send_parse(self, frame: bytes, *, drop: bool = False) -> None:
         if drop:
             self.amended().drop_parses.add(self.parses)
         self.parses += 1
         self.out.append(frame)
 
-    def target(self, stmt: ClientStatement, *, describe: bool = False) -> ServerStatement | None:
-        """The server statement for ``stmt``, prepared in line if missing; None when the
-        client must get 0A000 (what it was told no longer matches)."""
-        server_stmt = self.server.get(stmt.key)
-        if server_stmt is None:
-            server_stmt = self.server.add(stmt.key)
-            self.send_parse(_parse(server_stmt.name, stmt.key), drop=True)
-        elif (stmt.desc is not None and server_stmt.desc is not None
-              and server_stmt.desc != stmt.desc and not describe):
-            return None
-        return server_stmt
-
 
 def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
-            server: ServerStatements, forward: object, *, batch_start: bool,
-            skipping: bool = False) -> Rewritten:
+            server: ServerStatements, forward: object, *, batch_start: bool) -> Rewritten:
     """Rewrite framed client messages for ``server``; update the client's statements.
 
     ``batch_start``: the first frame starts a batch (no unsynced messages before it).
     ``forward`` is the pending-queue entry for a reply the client gets from the server
-    unchanged. ``skipping``: the server is skipping to Sync after an error the proxy made.
+    unchanged. A batch the previous call left open (``server.open``, ``server.skipping``)
+    is continued.
     """
-    batch = _Batch(client, server, forward, batch_start, skipping)
+    batch = _Batch(client, server, forward, batch_start)
     described: set[str] | None = None
     for frame in frames:
         tag = frame[0]
@@ -392,7 +435,7 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
         if tag == _P:
             name, rest_at = _split_cstr(body)
             if not name:
-                batch.send_parse(frame, drop=False)
+                batch.send_parse(frame)
                 batch.at_start = False
                 continue
             key = body[rest_at:]
@@ -407,7 +450,7 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
             if batch.at_start and name not in described and server.get(key) is not None:
                 batch.entries.append(Emit(messages.parse_complete()))
                 continue
-            batch.send_parse(_parse(server.add(key).name, key), drop=False)
+            batch.send_parse(_parse(server.add(key).name, key))
             batch.at_start = False
         elif tag == _B:
             portal, stmt_at = _split_cstr(body)
@@ -423,11 +466,12 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
         elif tag == _D and body[:1] == b"S":
             name, _ = _split_cstr(body, 1)
             if not name:
+                batch.described(None)
                 batch.out.append(frame)
             else:
                 target = _target(batch, name, describe=True)
                 if target is not None:
-                    batch.amended().targets.append((client[name], target))
+                    batch.described((client[name], target))
                     batch.out.append(messages.describe(b"S", target.name))
             batch.at_start = False
         elif tag == _C and body[:1] == b"S":
@@ -446,7 +490,7 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
         else:
             batch.out.append(frame)
             batch.at_start = False
-    return Rewritten(b"".join(batch.out), batch.entries, batch.skipping, batch.used)
+    return batch.finish()
 
 
 def _described(frames: Sequence[bytes]) -> set[str]:
@@ -462,14 +506,21 @@ def _target(batch: _Batch, name: str, describe: bool = False) -> ServerStatement
     """The server statement for the client's ``name``; None after making the server fail
     (an unknown name: 26000; a stale description: 0A000)."""
     stmt = batch.client.get(name)
-    if stmt is None:
+    if stmt is None or (not batch.exact and stmt.key not in batch.server.by_key):
+        # Unknown; or missing on this server within a batch begun before the proxy looked
+        # at it, where a Parse of ours cannot be hidden: 26000, the client may retry.
         frame = messages.describe(b"S", MISSING) if describe else None
         batch.fail(missing_error(name), frame)
         return None
     batch.used.add(stmt.key)
-    target = batch.target(stmt, describe=describe)
+    target = batch.server.get(stmt.key)
     if target is None:
-        batch.fail(_STALE)
+        target = batch.server.add(stmt.key)
+        batch.send_parse(_parse(target.name, stmt.key), drop=True)
+    elif (stmt.desc is not None and target.desc is not None and target.desc != stmt.desc
+          and not describe):
+        batch.fail(_STALE)  # what the client decodes with no longer holds
+        return None
     return target
 
 
@@ -549,12 +600,12 @@ def _deallocate(batch: _Batch, frame: bytes) -> None:
     name = quoted.replace(b'""', b'"').decode() if quoted else plain.decode().lower()
     amend = batch.amended()
     if not quoted and name == "all":
-        amend.drop_completes = 1
+        amend.stand_in = True
         amend.complete = _COMPLETE_ALL
         amend.on_complete = client.clear
         batch.synced(_STAND_IN)
     elif name in client:
-        amend.drop_completes = 1
+        amend.stand_in = True
         amend.on_complete = lambda: client.pop(name, None)
         batch.synced(_STAND_IN)
     else:
