@@ -56,7 +56,7 @@ _C = FrontendTag.CLOSE
 _S = FrontendTag.SYNC
 _Q = FrontendTag.QUERY
 _F = FrontendTag.FUNCTION_CALL
-_H = FrontendTag.FLUSH
+_E = FrontendTag.EXECUTE
 
 #: Every statement the proxy names starts with this; random per process so that no
 #: client can guess it, and starting with ``pgtenant_`` so SQL can refuse the namespace.
@@ -485,11 +485,11 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
             batch.synced(frame)
         elif tag == _Q:
             _deallocate(batch, frame)
-        elif tag == _H:
-            batch.out.append(frame)
-        else:
+        elif tag == _E:
             batch.out.append(frame)
             batch.at_start = False
+        else:  # Flush, CopyData/CopyDone/CopyFail: no batch begins
+            batch.out.append(frame)
     return batch.finish()
 
 

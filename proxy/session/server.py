@@ -535,6 +535,12 @@ class ServerConnection(asyncio.Protocol):
         return not (self.tenant is TenantState.PRISTINE or self.tenant == context.tenant)
 
     @property
+    def runs_client_request(self) -> bool:
+        """The next reply answers a client's request (not one of the proxy's own)."""
+        pending = self.pending
+        return bool(pending) and (pending[0] is FORWARD or type(pending[0]) is Amend)
+
+    @property
     def is_clean(self) -> bool:
         """Idle, nothing outstanding: the only state in which it may serve another client."""
         return (self.state is not ServerState.CLOSED and not self.pending
