@@ -38,11 +38,12 @@ evicted ones are closed in the next internal batch. This module is pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import secrets
 import struct
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -71,6 +72,8 @@ _names = itertools.count(1)
 _seen = itertools.count(1)
 
 _DEALLOCATE_WORD = re.compile(rb"deallocate", re.IGNORECASE)
+# An unnamed Parse's text that may be a DEALLOCATE (one statement: it begins with it).
+_MAYBE_DEALLOCATE = re.compile(rb"\x00\s*(?:deallocate|/\*|--)", re.IGNORECASE)
 _DEALLOCATE = re.compile(
     rb"\s*deallocate\s+(?:prepare\s+)?(?:\"((?:[^\"]|\"\")+)\"|([A-Za-z_][A-Za-z0-9_$]*))"
     rb"\s*;?\s*\x00$", re.IGNORECASE)
@@ -142,15 +145,16 @@ class Amend:
     the descriptions the client is told are remembered.
     """
 
-    __slots__ = ("_params", "_parses", "complete", "drop_parses", "error", "held",
-                 "on_complete", "parses", "stand_in", "targets")
+    __slots__ = ("_params", "_parses", "deallocations", "drop_parses", "drop_prepares",
+                 "error", "held", "parses", "targets")
 
     def __init__(self) -> None:
         self.parses = 0                     # Parse messages sent so far in its sub-batch
         self.drop_parses: set[int] = set()  # ordinals of ParseCompletes to drop
-        self.stand_in = False               # drop the stand-in's CommandComplete PREPARE
-        self.complete: bytes | None = None  # replaces CommandComplete DEALLOCATE
-        self.on_complete: Callable[[], object] | None = None  # DEALLOCATE succeeded
+        self.drop_prepares = 0              # the stand-ins' CommandCompletes PREPARE
+        # Per DEALLOCATE stand-in, in order: the CommandComplete to send instead (None: as
+        # is) and what to do once it succeeded.
+        self.deallocations: deque[tuple[bytes | None, Callable[[], object]]] = deque()
         # Replaces the error about MISSING: an ErrorResponse, or a quoted name to put there.
         self.error: bytes | None = None
         # Per Describe of a statement, in order: where its description goes (None: nowhere).
@@ -165,14 +169,14 @@ class Amend:
             n = self._parses
             self._parses = n + 1
             return b"" if n in self.drop_parses else data
-        if tag == _COMMAND_COMPLETE and self.stand_in:
-            if body == b"PREPARE\x00":
+        if tag == _COMMAND_COMPLETE:
+            if body == b"PREPARE\x00" and self.drop_prepares:
+                self.drop_prepares -= 1
                 return b""
-            if body == b"DEALLOCATE\x00":
-                self.stand_in = False
-                if self.on_complete is not None:
-                    self.on_complete()
-                return self.complete if self.complete is not None else data
+            if body == b"DEALLOCATE\x00" and self.deallocations:
+                complete, succeeded = self.deallocations.popleft()
+                succeeded()
+                return complete if complete is not None else data
         if tag == _ERROR:
             if self.error is not None and _MISSING_QUOTED in body:
                 if self.error[:1] == b'"':  # the client's name in PostgreSQL's own error
@@ -309,7 +313,7 @@ def _split_cstr(body: bytes, start: int = 0) -> tuple[str, int]:
 def needs_rewrite(tag: int, body: bytes) -> bool:
     """Whether a client message involves a named statement (or DEALLOCATE)."""
     if tag == _P:
-        return body[:1] != b"\x00"
+        return body[:1] != b"\x00" or _MAYBE_DEALLOCATE.match(body) is not None
     if tag == _B:
         portal_end = body.find(0)
         return portal_end >= 0 and body[portal_end + 1:portal_end + 2] not in (b"\x00", b"")
@@ -435,7 +439,10 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
         if tag == _P:
             name, rest_at = _split_cstr(body)
             if not name:
-                batch.send_parse(frame)
+                if _MAYBE_DEALLOCATE.match(body):
+                    _deallocate_parse(batch, frame)
+                else:
+                    batch.send_parse(frame)
                 batch.at_start = False
                 continue
             key = body[rest_at:]
@@ -587,38 +594,74 @@ def _deallocate(batch: _Batch, frame: bytes) -> None:
     answers as PostgreSQL would without touching the proxy's statements; other queries
     mentioning DEALLOCATE pass unless they hold a DEALLOCATE statement, refused."""
     body = frame[5:]
-    client = batch.client
     m = _DEALLOCATE.match(body)
     if m is None:
-        if _has_deallocate(body):
+        if _has_deallocate(body[:-1]):
             batch.amended().error = _DEALLOCATE_NOT_ALONE
             batch.synced(_MISSING_QUERY)
         else:
             batch.synced(frame)
         return
-    quoted, plain = m.groups()
-    name = quoted.replace(b'""', b'"').decode() if quoted else plain.decode().lower()
     amend = batch.amended()
-    if not quoted and name == "all":
-        amend.stand_in = True
-        amend.complete = _COMPLETE_ALL
-        amend.on_complete = client.clear
-        batch.synced(_STAND_IN)
-    elif name in client:
-        amend.stand_in = True
-        amend.on_complete = lambda: client.pop(name, None)
+    if _deallocation(batch, *m.groups()):
+        amend.drop_prepares += 1
         batch.synced(_STAND_IN)
     else:
-        amend.error = missing_error(name)
         batch.synced(_MISSING_QUERY)
 
 
-def _has_deallocate(body: bytes) -> bool:
+def _deallocate_parse(batch: _Batch, frame: bytes) -> None:
+    """An unnamed Parse of DEALLOCATE: as :func:`_deallocate`, for the extended protocol
+    (psycopg in pipeline mode). The stand-in deallocates a throwaway statement prepared
+    in line just before; its ParseComplete is dropped."""
+    body = frame[5:]
+    text_end = body.index(0, 1)
+    params = body[text_end + 1:]
+    m = _DEALLOCATE.match(body, 1, text_end + 1)
+    if m is None and not _has_deallocate(body[1:text_end]):
+        batch.send_parse(frame)
+        return
+    if m is None or not batch.exact:
+        # Comments before it, or after messages the proxy did not see: cannot be hidden.
+        batch.amended().error = _DEALLOCATE_NOT_ALONE
+        batch.send_parse(_parse("", f"DEALLOCATE {MISSING}", params))
+    elif _deallocation(batch, *m.groups()):
+        throwaway = f"{PREFIX}d{next(_names)}"
+        batch.server.orphans.append(throwaway)  # closed later if the DEALLOCATE fails
+        batch.send_parse(_parse(throwaway, "SELECT", b"\x00\x00"), drop=True)
+        batch.send_parse(_parse("", f"DEALLOCATE {throwaway}", params))
+    else:
+        batch.send_parse(_parse("", f"DEALLOCATE {MISSING}", params))
+
+
+def _deallocation(batch: _Batch, quoted: bytes | None, plain: bytes | None) -> bool:
+    """Prepare the reply changes for DEALLOCATE of ``quoted`` or ``plain``; True when it
+    is one of the client's names (or ALL), False for the 26000 of an unknown name."""
+    client = batch.client
+    amend = batch.amended()
+    if quoted:
+        name = quoted.replace(b'""', b'"').decode()
+    else:
+        assert plain is not None
+        name = plain.decode().lower()
+        if name == "all":
+            amend.deallocations.append((_COMPLETE_ALL, client.clear))
+            return True
+    if name in client:
+        amend.deallocations.append((None, functools.partial(client.pop, name, None)))
+        return True
+    amend.error = missing_error(name)
+    return False
+
+
+def _has_deallocate(text: bytes) -> bool:
     """Whether a query text holds a DEALLOCATE statement (not just the word)."""
+    if _DEALLOCATE_WORD.search(text) is None:
+        return False
     from pglast import parser
 
     try:
-        tree = parser.parse_sql_json(body[:-1].decode())
+        tree = parser.parse_sql_json(text.decode())
     except (parser.ParseError, UnicodeDecodeError):
         return False  # PostgreSQL reports the syntax error
     return '"DeallocateStmt"' in tree
@@ -633,5 +676,8 @@ def _cstr(s: str) -> bytes:
     return s.encode() + b"\x00"
 
 
-def _parse(name: str, key: bytes) -> bytes:
+def _parse(name: str, key: bytes | str, params: bytes = b"") -> bytes:
+    """A Parse of ``key`` (text and parameter types) or of a text with ``params``."""
+    if isinstance(key, str):
+        key = _cstr(key) + params
     return messages.frame(_P, _cstr(name) + key)

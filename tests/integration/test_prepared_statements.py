@@ -233,6 +233,32 @@ def test_deallocate_all_forgets_only_the_clients_statements(start_proxy: Start,
     assert tags(other.send(run("b"))) == "2DCZ"
 
 
+def test_deallocate_through_the_extended_protocol(start_proxy: Start, wire: Any) -> None:
+    # What libpq's PQsendQueryParams("DEALLOCATE name") sends (psycopg in pipeline mode).
+    proxy = start_proxy(pool_mode="transaction", pool_size=1)
+    w = wire(proxy)
+
+    def deallocate(sql: str) -> Replies:
+        return w.send(messages.parse("", sql), messages.bind("", "", []),
+                      messages.describe(b"P", ""), messages.execute(), messages.sync())
+
+    w.send(messages.parse("s1", "SELECT 1"), messages.parse("s2", "SELECT 2"),
+           messages.sync())
+    replies = deallocate("DEALLOCATE s1")
+    assert replies == [(b"1", b""), (b"2", b""), (b"n", b""), (b"C", b"DEALLOCATE\0"),
+                       (b"Z", b"I")]
+    replies = deallocate("deallocate s1")
+    assert tags(replies) == "12nEZ"
+    assert error(replies)["M"] == 'prepared statement "s1" does not exist'
+    assert deallocate("DEALLOCATE ALL")[3] == (b"C", b"DEALLOCATE ALL\0")
+    assert tags(w.send(run("s2"))) == "EZ"
+    names = proxy_names(w)
+    assert len(names) == 2  # the server keeps them for other clients
+    replies = deallocate(f"/* hidden */ DEALLOCATE {names[0]}")
+    assert error(replies)["C"] == "0A000"
+    assert proxy_names(w) == names
+
+
 def test_queries_that_only_mention_deallocate_pass(start_proxy: Start, wire: Any) -> None:
     proxy = start_proxy(pool_mode="transaction", pool_size=1)
     w = wire(proxy)
@@ -258,6 +284,9 @@ def test_psycopg_evicting_with_deallocate(start_proxy: Start,
                 conn.execute(f"SELECT {i}").fetchone()
         conn.execute("DEALLOCATE ALL")
         assert conn.execute("SELECT %s::int", (7,)).fetchone() == (7,)
+        with conn.pipeline():
+            curs = [conn.execute(f"SELECT {i} + %s", (i,)) for i in range(6)]
+        assert [cur.fetchone() for cur in curs] == [(2 * i,) for i in range(6)]
 
 
 # ---- stale statements after DDL --------------------------------------------------------
