@@ -164,29 +164,33 @@ class Amend:
         self._params: bytes | None = None
 
     def message(self, tag: int, data: bytes, body: bytes) -> bytes:
-        """What to forward for one whole reply message ``data`` (``body`` its body)."""
+        """What to forward for ``data``: reply bytes ending with one whole message of
+        type ``tag`` (``body`` its body), the bytes before it messages left as they are."""
         if tag == _PARSE_COMPLETE:
             n = self._parses
             self._parses = n + 1
-            return b"" if n in self.drop_parses else data
+            return data[:-5] if n in self.drop_parses else data
         if tag == _COMMAND_COMPLETE:
             if body == b"PREPARE\x00" and self.drop_prepares:
                 self.drop_prepares -= 1
-                return b""
+                return data[:-5 - len(body)]
             if body == b"DEALLOCATE\x00" and self.deallocations:
                 complete, succeeded = self.deallocations.popleft()
                 succeeded()
-                return complete if complete is not None else data
-        if tag == _ERROR:
+                if complete is not None:
+                    return data[:-5 - len(body)] + complete
+        elif tag == _ERROR:
             if self.error is not None and _MISSING_QUOTED in body:
+                before = data[:-5 - len(body)]
                 if self.error[:1] == b'"':  # the client's name in PostgreSQL's own error
-                    return messages.frame(_ERROR, body.replace(_MISSING_QUOTED, self.error))
-                return self.error
+                    return before + messages.frame(
+                        _ERROR, body.replace(_MISSING_QUOTED, self.error))
+                return before + self.error
         elif tag == _PARAMS:
-            self._params = data
+            self._params = data[-5 - len(body):]
         elif (tag == _ROWS or tag == _NO_DATA) and self._params is not None:
             # The answer to a Describe of a statement (a portal has no ParameterDescription).
-            desc = description(self._params + data)
+            desc = description(self._params + data[-5 - len(body):])
             self._params = None
             target = self.targets.pop(0) if self.targets else None
             if target is not None:

@@ -53,6 +53,9 @@ HANDSHAKE_TAGS = frozenset({
     BackendTag.NOTICE_RESPONSE, _Z, _E, _S,
 })
 ALL_TAGS = frozenset(range(256))
+# What an Amend entry changes or reads; other messages (rows above all) pass as bytes.
+AMEND_TAGS = FORWARD_TAGS | {BackendTag.PARSE_COMPLETE, BackendTag.PARAMETER_DESCRIPTION,
+                             BackendTag.ROW_DESCRIPTION, BackendTag.NO_DATA}
 
 # Command tags after which the session's settings (tenant included) may have changed.
 _CONTEXT_CHANGING_TAGS = (b"SET", b"RESET", b"DISCARD ALL", b"DISCARD")
@@ -315,8 +318,8 @@ class ServerConnection(asyncio.Protocol):
             head = pending[0] if pending else FORWARD
             forwarded = head is FORWARD
             if type(head) is Amend:
-                # Scanned with ALL_TAGS: every message is whole here, the first one
-                # possibly begun in an earlier chunk (held).
+                # The bytes since the last event end with this message, whole: a start
+                # received in an earlier chunk was held.
                 forwarded = True
                 piece = data[start:end]
                 if head.held:
@@ -377,7 +380,12 @@ class ServerConnection(asyncio.Protocol):
         head = pending[0] if pending else FORWARD
         unsolicited = b""
         if type(head) is Amend and start < len(data):
-            head.held += data[start:] if start else data
+            # Forward all but the start of a message the Amend may change.
+            tail = head.held + data[start:]
+            keep = min(self.scanner.partial_interesting(), len(tail))
+            head.held = tail[len(tail) - keep:] if keep else b""
+            if keep < len(tail):
+                out.append(tail[:len(tail) - keep])
         elif head is FORWARD and start < len(data):
             tail = data[start:] if start else data
             if pending or self.unsynced:
@@ -455,8 +463,8 @@ class ServerConnection(asyncio.Protocol):
                 if self.receiver is not None:
                     self.receiver.forward_to_client(entry.data)  # type: ignore[union-attr]
             else:
-                if type(entry) is Amend:
-                    self.scanner.interesting = ALL_TAGS  # it reads every reply message
+                if type(entry) is Amend and self.scanner.interesting is FORWARD_TAGS:
+                    self.scanner.interesting = AMEND_TAGS
                 pending.append(entry)
         self.unsynced = unsynced
         if data or self._corked:
@@ -493,10 +501,14 @@ class ServerConnection(asyncio.Protocol):
         self.transport.write(data)
 
     def _restore_interest(self, _fut: object) -> None:
+        interest: frozenset[int] = FORWARD_TAGS
         for entry in self.pending:
-            if type(entry) is Amend or type(entry) is Collect:
-                return  # still reading every message for that one
-        self.scanner.interesting = FORWARD_TAGS
+            if type(entry) is Collect:
+                interest = ALL_TAGS
+                break
+            if type(entry) is Amend:
+                interest = AMEND_TAGS
+        self.scanner.interesting = interest
 
     async def query(self, sql: str, params: list[bytes | None] | None = None
                     ) -> list[tuple[int, bytes]]:
