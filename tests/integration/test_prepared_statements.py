@@ -368,6 +368,38 @@ def test_asyncpg_type_change_after_ddl(start_proxy: Start, table_t: Any) -> None
     assert asyncio.run(main()) == [222, "222", "222", "222", "222"]
 
 
+def test_asyncpg_after_a_type_is_dropped_and_created_again(start_proxy: Start,
+                                                          superuser_conn: Any,
+                                                          app_db: Any) -> None:
+    # The type OID the client decodes with no longer exists (the "cache lookup failed for
+    # type" form): asyncpg re-prepares and introspects the new type.
+    def create(values: str, row: str) -> None:
+        superuser_conn.execute("DROP TABLE IF EXISTS t3")
+        superuser_conn.execute("DROP TYPE IF EXISTS mood")
+        superuser_conn.execute(f"CREATE TYPE mood AS ENUM ({values})")
+        superuser_conn.execute("CREATE TABLE t3 (m mood)")
+        superuser_conn.execute(f"INSERT INTO t3 VALUES ('{row}')")
+        superuser_conn.execute(f"GRANT SELECT ON t3 TO {app_db.user}")
+
+    create("'sad', 'happy'", "happy")
+    proxy = start_proxy(pool_mode="transaction", pool_size=2)
+
+    async def main() -> list[Any]:
+        conn = await asyncpg.connect(proxy.dsn("acme"), ssl=False)
+        try:
+            holder = _on_the_other_server(proxy, "acme")
+            first = await conn.fetchval("SELECT m FROM t3")
+            holder.commit()
+            create("'ok', 'sad', 'happy'", "ok")
+            after = [await conn.fetchval("SELECT m FROM t3") for _ in range(4)]
+            holder.close()
+            return [first, *after]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(main()) == ["happy", "ok", "ok", "ok", "ok"]
+
+
 def test_asyncpg_prepared_statement_object_gets_0A000(start_proxy: Start,
                                                       table_t: Any) -> None:
     # An explicit prepared statement cannot be re-prepared for the client: it gets the
