@@ -88,13 +88,9 @@ _STALE = messages.frame(BackendTag.ERROR_RESPONSE, b"".join((
     b"SERROR\x00VERROR\x00C0A000\x00Mcached plan must not change result type\x00",
     b"Fplancache.c\x00RRevalidateCachedQuery\x00\x00")))
 
-_PARSE_COMPLETE = BackendTag.PARSE_COMPLETE
-_COMMAND_COMPLETE = BackendTag.COMMAND_COMPLETE
-_ERROR = BackendTag.ERROR_RESPONSE
-_PARAMS = BackendTag.PARAMETER_DESCRIPTION
-_ROWS = BackendTag.ROW_DESCRIPTION
-_NO_DATA = BackendTag.NO_DATA
 _FIELD_TAIL = struct.Struct("!IhIhih")
+# What a Describe answers after ParameterDescription.
+_DESCRIPTIONS = (BackendTag.ROW_DESCRIPTION, BackendTag.NO_DATA)
 
 
 class ClientStatement:
@@ -166,11 +162,11 @@ class Amend:
     def message(self, tag: int, data: bytes, body: bytes) -> bytes:
         """What to forward for ``data``: reply bytes ending with one whole message of
         type ``tag`` (``body`` its body), the bytes before it messages left as they are."""
-        if tag == _PARSE_COMPLETE:
+        if tag == BackendTag.PARSE_COMPLETE:
             n = self._parses
             self._parses = n + 1
             return data[:-5] if n in self.drop_parses else data
-        if tag == _COMMAND_COMPLETE:
+        if tag == BackendTag.COMMAND_COMPLETE:
             if body == b"PREPARE\x00" and self.drop_prepares:
                 self.drop_prepares -= 1
                 return data[:-5 - len(body)]
@@ -179,16 +175,16 @@ class Amend:
                 succeeded()
                 if complete is not None:
                     return data[:-5 - len(body)] + complete
-        elif tag == _ERROR:
+        elif tag == BackendTag.ERROR_RESPONSE:
             if self.error is not None and _MISSING_QUOTED in body:
                 before = data[:-5 - len(body)]
                 if self.error[:1] == b'"':  # the client's name in PostgreSQL's own error
                     return before + messages.frame(
-                        _ERROR, body.replace(_MISSING_QUOTED, self.error))
+                        BackendTag.ERROR_RESPONSE, body.replace(_MISSING_QUOTED, self.error))
                 return before + self.error
-        elif tag == _PARAMS:
+        elif tag == BackendTag.PARAMETER_DESCRIPTION:
             self._params = data[-5 - len(body):]
-        elif (tag == _ROWS or tag == _NO_DATA) and self._params is not None:
+        elif tag in _DESCRIPTIONS and self._params is not None:
             # The answer to a Describe of a statement (a portal has no ParameterDescription).
             desc = description(self._params + data[-5 - len(body):])
             self._params = None
@@ -584,9 +580,9 @@ def verified(made: list[ServerStatement], replies: list[tuple[int, bytes]]) -> N
     params: bytes | None = None
     pending = iter(made)
     for tag, body in replies:
-        if tag == _PARAMS:
+        if tag == BackendTag.PARAMETER_DESCRIPTION:
             params = messages.frame(tag, body)
-        elif (tag == _ROWS or tag == _NO_DATA) and params is not None:
+        elif tag in _DESCRIPTIONS and params is not None:
             stmt = next(pending, None)
             if stmt is not None:
                 stmt.observed(description(params + messages.frame(tag, body)))

@@ -325,47 +325,45 @@ def _on_the_other_server(proxy: ThreadedProxy, tenant: str) -> Any:
     return holder
 
 
-def test_asyncpg_reprepares_after_ddl_on_another_server(start_proxy: Start,
-                                                        table_t: Any) -> None:
-    proxy = start_proxy(pool_mode="transaction", pool_size=2)
-
+def _asyncpg_across_ddl(proxy: ThreadedProxy, query: str, ddl: Callable[[], object],
+                        fetch: str = "fetchrow") -> list[Any]:
+    """Run ``query`` once on one server connection, ``ddl``, then 4 more times, the first
+    on the other connection (the one freed last): asyncpg decodes with what it was told
+    the first time unless it re-prepares."""
     async def main() -> list[Any]:
         conn = await asyncpg.connect(proxy.dsn("acme"), ssl=False)
+        run = getattr(conn, fetch)
         try:
             holder = _on_the_other_server(proxy, "acme")
-            first = dict(await conn.fetchrow("SELECT * FROM t"))
+            first = await run(query)
             holder.commit()  # that server is idle again, and the most recent
-            _change_t(table_t)
-            after = [dict(await conn.fetchrow("SELECT * FROM t")) for _ in range(4)]
+            ddl()
+            after = [await run(query) for _ in range(4)]
             holder.close()
             return [first, *after]
         finally:
             await conn.close()
 
-    rows = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_asyncpg_reprepares_after_ddl_on_another_server(start_proxy: Start,
+                                                        table_t: Any) -> None:
+    proxy = start_proxy(pool_mode="transaction", pool_size=2)
+    rows = [dict(r) for r in _asyncpg_across_ddl(proxy, "SELECT * FROM t",
+                                                 lambda: _change_t(table_t))]
     assert rows[0] == {"secret": 111, "public": 222}
     assert rows[1:] == [{"public": 222, "extra": 333}] * 4
     assert _servers_with(proxy, "SELECT * FROM t") == 2
 
 
 def test_asyncpg_type_change_after_ddl(start_proxy: Start, table_t: Any) -> None:
-    # A column's type changes (the ProtocolError / "cache lookup failed" forms).
+    # A column's type changes (the ProtocolError / "insufficient data" form).
     proxy = start_proxy(pool_mode="transaction", pool_size=2)
-
-    async def main() -> list[Any]:
-        conn = await asyncpg.connect(proxy.dsn("acme"), ssl=False)
-        try:
-            holder = _on_the_other_server(proxy, "acme")
-            first = await conn.fetchval("SELECT public FROM t")
-            holder.commit()
-            table_t.execute("ALTER TABLE t ALTER COLUMN public TYPE text")
-            after = [await conn.fetchval("SELECT public FROM t") for _ in range(4)]
-            holder.close()
-            return [first, *after]
-        finally:
-            await conn.close()
-
-    assert asyncio.run(main()) == [222, "222", "222", "222", "222"]
+    values = _asyncpg_across_ddl(
+        proxy, "SELECT public FROM t",
+        lambda: table_t.execute("ALTER TABLE t ALTER COLUMN public TYPE text"), "fetchval")
+    assert values == [222, "222", "222", "222", "222"]
 
 
 def test_asyncpg_after_a_type_is_dropped_and_created_again(start_proxy: Start,
@@ -383,21 +381,9 @@ def test_asyncpg_after_a_type_is_dropped_and_created_again(start_proxy: Start,
 
     create("'sad', 'happy'", "happy")
     proxy = start_proxy(pool_mode="transaction", pool_size=2)
-
-    async def main() -> list[Any]:
-        conn = await asyncpg.connect(proxy.dsn("acme"), ssl=False)
-        try:
-            holder = _on_the_other_server(proxy, "acme")
-            first = await conn.fetchval("SELECT m FROM t3")
-            holder.commit()
-            create("'ok', 'sad', 'happy'", "ok")
-            after = [await conn.fetchval("SELECT m FROM t3") for _ in range(4)]
-            holder.close()
-            return [first, *after]
-        finally:
-            await conn.close()
-
-    assert asyncio.run(main()) == ["happy", "ok", "ok", "ok", "ok"]
+    values = _asyncpg_across_ddl(proxy, "SELECT m FROM t3",
+                                 lambda: create("'ok', 'sad', 'happy'", "ok"), "fetchval")
+    assert values == ["happy", "ok", "ok", "ok", "ok"]
 
 
 def test_asyncpg_prepared_statement_object_gets_0A000(start_proxy: Start,

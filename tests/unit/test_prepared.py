@@ -126,12 +126,18 @@ def test_duplicate_parse_is_42P05_at_any_point_of_a_batch() -> None:
     assert client["s"].key == SELECT
 
 
+def _unnamed_then_bind(sql: str, name: str, client: dict[str, ClientStatement],
+                       server: ServerStatements) -> prepared.Rewritten:
+    """Parse of the unnamed statement, Bind of ``name`` ("" too), Execute, Sync."""
+    return rewrite(frames(messages.parse("", sql), messages.bind("", name, []),
+                          messages.execute(), messages.sync()),
+                   client, server, FORWARD, batch_start=True)
+
+
 def test_missing_statement_is_prepared_in_line_and_its_parse_complete_dropped() -> None:
     client = {"s": ClientStatement(SELECT)}
     server = ServerStatements(10)
-    done = rewrite(frames(messages.parse("", "SELECT 0"), messages.bind("", "s", []),
-                          messages.execute(), messages.sync()),
-                   client, server, FORWARD, batch_start=True)
+    done = _unnamed_then_bind("SELECT 0", "s", client, server)
     assert tags(done.data) == "PPBES"
     (amend,) = done.entries
     assert isinstance(amend, Amend) and amend.drop_parses == {1}
@@ -295,9 +301,7 @@ def test_deallocate_inside_a_multi_statement_query_is_refused() -> None:
 def test_deallocate_through_the_extended_protocol_uses_a_throwaway_statement() -> None:
     client = {"s1": ClientStatement(SELECT)}
     server = ServerStatements(10)
-    done = rewrite(frames(messages.parse("", "DEALLOCATE s1"), messages.bind("", "", []),
-                          messages.execute(), messages.sync()),
-                   client, server, FORWARD, batch_start=True)
+    done = _unnamed_then_bind("DEALLOCATE s1", "", client, server)
     assert tags(done.data) == "PPBES"
     (throwaway,) = names_in(done.data)
     assert throwaway in server.orphans  # closed later if the DEALLOCATE fails
