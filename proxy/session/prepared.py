@@ -73,7 +73,7 @@ _seen = itertools.count(1)
 
 _DEALLOCATE_WORD = re.compile(rb"deallocate", re.IGNORECASE)
 # An unnamed Parse's text that may be a DEALLOCATE (one statement: it begins with it).
-_MAYBE_DEALLOCATE = re.compile(rb"\x00\s*(?:deallocate|/\*|--)", re.IGNORECASE)
+_MAYBE_DEALLOCATE = re.compile(rb"\x00[\s;]*(?:deallocate|/\*|--)", re.IGNORECASE)
 _DEALLOCATE = re.compile(
     rb"\s*deallocate\s+(?:prepare\s+)?(?:\"((?:[^\"]|\"\")+)\"|([A-Za-z_][A-Za-z0-9_$]*))"
     rb"\s*;?\s*\x00$", re.IGNORECASE)
@@ -142,11 +142,15 @@ class Amend:
     """
 
     __slots__ = ("_params", "_parses", "deallocations", "drop_parses", "drop_prepares",
-                 "error", "held", "parses", "targets")
+                 "error", "held", "parsed", "parses", "targets")
 
     def __init__(self) -> None:
         self.parses = 0                     # Parse messages sent so far in its sub-batch
         self.drop_parses: set[int] = set()  # ordinals of ParseCompletes to drop
+        # The client's Parses not yet answered: (ordinal, the client's statements, name,
+        # statement); an error first means PostgreSQL never created them.
+        self.parsed: deque[tuple[int, dict[str, ClientStatement], str, ClientStatement]] = (
+            deque())
         self.drop_prepares = 0              # the stand-ins' CommandCompletes PREPARE
         # Per DEALLOCATE stand-in, in order: the CommandComplete to send instead (None: as
         # is) and what to do once it succeeded.
@@ -165,6 +169,8 @@ class Amend:
         if tag == BackendTag.PARSE_COMPLETE:
             n = self._parses
             self._parses = n + 1
+            if self.parsed and self.parsed[0][0] == n:
+                self.parsed.popleft()
             return data[:-5] if n in self.drop_parses else data
         if tag == BackendTag.COMMAND_COMPLETE:
             if body == b"PREPARE\x00" and self.drop_prepares:
@@ -176,6 +182,10 @@ class Amend:
                 if complete is not None:
                     return data[:-5 - len(body)] + complete
         elif tag == BackendTag.ERROR_RESPONSE:
+            while self.parsed:
+                _, client, name, stmt = self.parsed.popleft()
+                if client.get(name) is stmt:
+                    del client[name]
             if self.error is not None and _MISSING_QUOTED in body:
                 before = data[:-5 - len(body)]
                 if self.error[:1] == b'"':  # the client's name in PostgreSQL's own error
@@ -324,6 +334,16 @@ def needs_rewrite(tag: int, body: bytes) -> bool:
     return False
 
 
+def statements_lost(error: bytes) -> bool:
+    """Whether a server ErrorResponse body means statements of ours there are stale or
+    gone: 0A000 (cached plan must not change result type) or a 26000 not about
+    :data:`MISSING` (something the proxy did not see dropped one, e.g. DISCARD ALL run
+    by a function). The caller prepares each afresh when next used."""
+    if b"C0A000\x00" in error:
+        return True
+    return b"C26000\x00" in error and _MISSING_QUOTED not in error
+
+
 def missing_error(name: str) -> bytes:
     """For :attr:`Amend.error`: PostgreSQL's own 26000, with the client's ``name``."""
     return f'"{name}"'.encode()
@@ -451,12 +471,14 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
                 batch.fail(messages.error_response(
                     "42P05", f'prepared statement "{name}" already exists'))
                 continue
-            client[name] = ClientStatement(key)
+            stmt = client[name] = ClientStatement(key)
             if described is None:
                 described = _described(frames)
             if batch.at_start and name not in described and server.get(key) is not None:
                 batch.entries.append(Emit(messages.parse_complete()))
                 continue
+            if batch.exact:  # forgotten again if PostgreSQL refuses it
+                batch.amended().parsed.append((batch.parses, client, name, stmt))
             batch.send_parse(_parse(server.add(key).name, key))
             batch.at_start = False
         elif tag == _B:

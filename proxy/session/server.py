@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 from proxy.auth.errors import UpstreamAuthError
 from proxy.auth.upstream import UpstreamAuthenticator
 from proxy.session.context import TenantContext
-from proxy.session.prepared import Amend, Emit, ServerStatements
+from proxy.session.prepared import Amend, Emit, ServerStatements, statements_lost
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import BackendScanner
@@ -354,9 +354,7 @@ class ServerConnection(asyncio.Protocol):
                 if self.statements.unconfirmed:
                     self.statements.invalidate_unconfirmed()
                 if forwarded:
-                    if b"C0A000\x00" in body:
-                        # Maybe "cached plan must not change result type": a statement of
-                        # ours is stale; prepare each afresh when next used.
+                    if statements_lost(body):
                         self.statements.invalidate_all()
                     if receiver is not None:
                         receiver.server_error(body)

@@ -158,6 +158,27 @@ def test_sql_deallocate_cannot_drop_the_proxys_statements(start_proxy: Start,
     assert tags(victim.send(run("v"))) == "2DCZ"
 
 
+def test_a_statement_dropped_behind_the_proxys_back_is_prepared_again(start_proxy: Start,
+                                                                    wire: Any) -> None:
+    proxy = start_proxy(pool_mode="transaction", pool_size=1)
+    victim, other = wire(proxy, "globex"), wire(proxy, "acme")
+    victim.send(messages.parse("v", "SELECT 42"), messages.sync())
+    other.send(messages.query("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$"))
+    # One failure (PostgreSQL's own words), then the proxy prepares it again.
+    assert error(victim.send(run("v")))["C"] == "26000"
+    assert tags(victim.send(run("v"))) == "2DCZ"
+
+
+def test_a_name_whose_parse_failed_can_be_prepared(start_proxy: Start, wire: Any) -> None:
+    # pgx names statements by a hash of their text: a retry reuses the name.
+    proxy = start_proxy(pool_mode="transaction", pool_size=1)
+    w = wire(proxy)
+    replies = w.send(messages.parse("h", "SELECT * FROM not_yet_created"), messages.sync())
+    assert error(replies)["C"] == "42P01"
+    assert tags(w.send(messages.parse("h", "SELECT 7"), messages.sync())) == "1Z"
+    assert b"7" in w.send(run("h"))[1][1]
+
+
 def test_unknown_statement_aborts_the_transaction_like_postgresql(start_proxy: Start,
                                                                   wire: Any,
                                                                   app_db: Any) -> None:

@@ -77,6 +77,7 @@ def test_proxy_names_are_random_per_process_and_in_the_pgtenant_namespace() -> N
     (b"P", b"\x00SELECT 1\x00\x00\x00", False),
     (b"P", b"\x00  DEALLOCATE x\x00\x00\x00", True),
     (b"P", b"\x00/* c */ DEALLOCATE x\x00\x00\x00", True),
+    (b"P", b"\x00 ;; DEALLOCATE x\x00\x00\x00", True),
     (b"B", b"\x00s1\x00\x00\x00\x00\x00\x00\x00", True),
     (b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00", False),
     (b"D", b"Ss1\x00", True),
@@ -150,6 +151,30 @@ def test_missing_statement_is_prepared_in_line_and_its_parse_complete_dropped() 
                    client, server, FORWARD, batch_start=True)
     assert tags(done.data) == "BES" and done.entries == [FORWARD]
     assert names_in(done.data) == {server.by_key[SELECT].name}
+
+
+def test_a_parse_postgresql_refuses_leaves_the_name_free() -> None:
+    client: dict[str, ClientStatement] = {}
+    server = ServerStatements(10)
+    done = rewrite(frames(messages.parse("ok", "SELECT 1"), messages.parse("bad", "SELEC 1"),
+                          messages.parse("after", "SELECT 2"), messages.sync()),
+                   client, server, FORWARD, batch_start=True)
+    (amend,) = done.entries
+    assert isinstance(amend, Amend)
+    syntax = messages.error_response("42601", 'syntax error at or near "SELEC"')
+    out = _reply(amend, messages.parse_complete(), syntax, Z_IDLE)
+    assert out == messages.parse_complete() + syntax + Z_IDLE
+    assert list(client) == ["ok"]
+
+
+@pytest.mark.parametrize(("error", "lost"), [
+    (messages.error_response("0A000", "cached plan must not change result type"), True),
+    (messages.error_response("26000", f'prepared statement "{PREFIX}3" does not exist'), True),
+    (messages.error_response("26000", f'prepared statement "{MISSING}" does not exist'), False),
+    (messages.error_response("42601", "syntax error"), False),
+])
+def test_statements_lost(error: bytes, lost: bool) -> None:
+    assert prepared.statements_lost(error[5:]) is lost
 
 
 def test_parse_of_a_shared_statement_is_answered_by_the_proxy_unless_described() -> None:
@@ -310,6 +335,15 @@ def test_deallocate_through_the_extended_protocol_uses_a_throwaway_statement() -
     out = _reply(amend, messages.parse_complete(), messages.parse_complete(), backend(b"2"),
                  messages.command_complete("DEALLOCATE"), Z_IDLE)
     assert tags(out) == "12CZ" and client == {}
+
+
+@pytest.mark.parametrize("sql", ["/* c */ DEALLOCATE s1", ";DEALLOCATE s1"])
+def test_deallocate_in_an_unnamed_parse_that_hides_it_is_refused(sql: str) -> None:
+    done = _unnamed_then_bind(sql, "", {"s1": ClientStatement(SELECT)}, ServerStatements(10))
+    assert names_in(done.data) == {MISSING}
+    (amend,) = done.entries
+    assert isinstance(amend, Amend) and amend.error is not None
+    assert error_body(amend.error)["C"] == "0A000"
 
 
 # ---- the reply, through a server connection ---------------------------------------------
