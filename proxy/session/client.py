@@ -769,15 +769,16 @@ class ClientConnection(asyncio.Protocol):
         self._queue_named = True
         self._queue_batch_start = True
         self._leasing = True  # later messages queue behind these
-        fut.add_done_callback(functools.partial(self._verified, server, made))
+        fut.add_done_callback(functools.partial(self._verified, server, keys, made))
 
-    def _verified(self, server: ServerConnection, made: list[ServerStatement],
+    def _verified(self, server: ServerConnection, keys: list[bytes],
+                  made: list[ServerStatement],
                   fut: asyncio.Future[list[tuple[int, bytes]]]) -> None:
         if fut.cancelled() or fut.exception() is not None:
             self._leasing = False
             return  # the server is gone: server_lost reports it
-        verified(made, fut.result())
-        self._send_queued(server, verify=False)  # a failed prepare fails in line, again
+        verified(server.statements, keys, made, fut.result())
+        self._send_queued(server, verify=False)  # a failed prepare: its error, in line
 
     def statements_cleared(self) -> None:
         # DISCARD ALL / DEALLOCATE ALL ran for this client: its statements are gone too.

@@ -237,7 +237,7 @@ def description(data: bytes) -> bytes:
 class ServerStatements:
     """The proxy-named statements prepared on one server connection, least recent first."""
 
-    __slots__ = ("by_key", "limit", "open", "orphans", "skipping", "unconfirmed")
+    __slots__ = ("by_key", "failed", "limit", "open", "orphans", "skipping", "unconfirmed")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -248,6 +248,9 @@ class ServerStatements:
         # already queued for its reply, and whether the server skips to Sync (an error).
         self.open: Amend | None = None
         self.skipping = False
+        # Keys :func:`verify_batch` could not prepare, and PostgreSQL's error: the next
+        # rewrite answers the client's use of them with it.
+        self.failed: dict[bytes, bytes] = {}
 
     def get(self, key: bytes) -> ServerStatement | None:
         stmt = self.by_key.get(key)
@@ -411,6 +414,8 @@ class _Batch:
         """The messages end here; a sub-batch still open is continued by the next call."""
         server = self.server
         server.skipping = self.skipping
+        if server.failed:
+            server.failed.clear()  # they answered this batch only
         if self.at_start:
             server.open = None
         else:
@@ -544,6 +549,10 @@ def _target(batch: _Batch, name: str, describe: bool = False) -> ServerStatement
     batch.used.add(stmt.key)
     target = batch.server.get(stmt.key)
     if target is None:
+        error = batch.server.failed.get(stmt.key)
+        if error is not None:  # PostgreSQL's answer when the proxy just prepared it
+            batch.fail(error, messages.describe(b"S", MISSING) if describe else None)
+            return None
         target = batch.server.add(stmt.key)
         batch.send_parse(_parse(target.name, stmt.key), drop=True)
     elif (stmt.desc is not None and target.desc is not None and target.desc != stmt.desc
@@ -597,17 +606,30 @@ def verify_batch(server: ServerStatements, keys: list[bytes], keep: set[bytes]
     return b"".join(parts), made
 
 
-def verified(made: list[ServerStatement], replies: list[tuple[int, bytes]]) -> None:
-    """Record the descriptions in the replies to a :func:`verify_batch`."""
+def verified(server: ServerStatements, keys: list[bytes], made: list[ServerStatement],
+             replies: list[tuple[int, bytes]]) -> None:
+    """Record the descriptions in the replies to a :func:`verify_batch`, or the error of
+    the Parse that failed."""
     params: bytes | None = None
     pending = iter(made)
+    parsed = 0
     for tag, body in replies:
-        if tag == BackendTag.PARAMETER_DESCRIPTION:
+        if tag == BackendTag.PARSE_COMPLETE:
+            parsed += 1
+        elif tag == BackendTag.ERROR_RESPONSE:
+            # That Parse failed, the ones after it were skipped: none of them exists.
+            for key, lost in zip(keys[parsed:], made[parsed:], strict=True):
+                if server.by_key.get(key) is lost:
+                    del server.by_key[key]
+            if parsed < len(keys):
+                server.failed[keys[parsed]] = messages.frame(tag, body)
+            return
+        elif tag == BackendTag.PARAMETER_DESCRIPTION:
             params = messages.frame(tag, body)
         elif tag in _DESCRIPTIONS and params is not None:
-            stmt = next(pending, None)
-            if stmt is not None:
-                stmt.observed(description(params + messages.frame(tag, body)))
+            described = next(pending, None)
+            if described is not None:
+                described.observed(description(params + messages.frame(tag, body)))
             params = None
 
 

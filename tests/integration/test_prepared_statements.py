@@ -433,6 +433,29 @@ def test_asyncpg_prepared_statement_object_gets_0A000(start_proxy: Start,
     asyncio.run(main())
 
 
+def test_asyncpg_after_its_table_is_dropped(start_proxy: Start, table_t: Any) -> None:
+    # The proxy's own prepare fails inside the client's transaction: the client gets
+    # PostgreSQL's error for it, as it would on its own connection.
+    proxy = start_proxy(pool_mode="transaction", pool_size=2)
+
+    async def main() -> None:
+        conn = await asyncpg.connect(proxy.dsn("acme"), ssl=False)
+        try:
+            holder = _on_the_other_server(proxy, "acme")
+            await conn.fetchrow("SELECT * FROM t")
+            holder.commit()
+            table_t.execute("DROP TABLE t")
+            with pytest.raises(asyncpg.UndefinedTableError):
+                async with conn.transaction():
+                    await conn.fetchrow("SELECT * FROM t")
+            holder.close()
+            assert await conn.fetchval("SELECT 1") == 1
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
 def test_psycopg_after_ddl_on_another_server(start_proxy: Start, table_t: Any) -> None:
     proxy = start_proxy(pool_mode="transaction", pool_size=2)
     with psycopg.connect(proxy.dsn("acme"), prepare_threshold=0, autocommit=True) as conn:

@@ -227,7 +227,7 @@ def test_stale_description_gets_0A000_and_a_newer_one_a_fresh_statement() -> Non
     assert keys == [SELECT]
     data, made = verify_batch(server, keys, set())
     assert tags(data) == "PDS"
-    verified(made, [(ord("1"), b""), (ord("t"), PARAMS_NONE[5:]),
+    verified(server, keys, made, [(ord("1"), b""), (ord("t"), PARAMS_NONE[5:]),
                     (ord("T"), row_description(("public", 1, 2, 23),
                                                ("extra", 1, 3, 23))[5:]),
                     (ord("Z"), b"I")])
@@ -244,6 +244,22 @@ def test_stale_description_gets_0A000_and_a_newer_one_a_fresh_statement() -> Non
     client["s"].desc, client["s"].seen = new, made[0].seen + 1
     made[0].desc = old
     assert to_verify(batch, client, server) == [SELECT]
+
+
+def test_a_statement_that_no_longer_prepares_gets_postgresqls_error() -> None:
+    client = {"s": ClientStatement(SELECT)}
+    client["s"].desc, client["s"].seen = b"described", 1
+    server = ServerStatements(10)
+    batch = frames(messages.bind("", "s", []), messages.execute(), messages.sync())
+    keys = to_verify(batch, client, server)
+    _, made = verify_batch(server, keys, set())
+    gone = messages.error_response("42P01", 'relation "t" does not exist')
+    verified(server, keys, made, [(ord("E"), gone[5:]), (ord("Z"), b"I")])
+    done = rewrite(batch, client, server, FORWARD, batch_start=True)
+    assert names_in(done.data) == {MISSING}
+    (amend,) = done.entries
+    assert isinstance(amend, Amend) and amend.error == gone
+    assert server.failed == {} and server.by_key == {}  # answered this batch only
 
 
 def test_description_ignores_table_and_column_numbers() -> None:
