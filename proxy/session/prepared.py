@@ -131,6 +131,11 @@ class Emit:
         return f"Emit({self.data[:1]!r})"
 
 
+# See Amend.deallocations.
+Deallocation = tuple[bytes | None, Callable[[], object],
+                     tuple[int, str, "ServerStatements"] | None]
+
+
 class Amend:
     """A client's reply (up to one ReadyForQuery) forwarded with the proxy's changes.
 
@@ -153,8 +158,9 @@ class Amend:
             deque())
         self.drop_prepares = 0              # the stand-ins' CommandCompletes PREPARE
         # Per DEALLOCATE stand-in, in order: the CommandComplete to send instead (None: as
-        # is) and what to do once it succeeded.
-        self.deallocations: deque[tuple[bytes | None, Callable[[], object]]] = deque()
+        # is), what to do once it succeeded, and its throwaway statement (extended
+        # protocol: ParseComplete ordinal, name, where to close it if it outlives an error).
+        self.deallocations: deque[Deallocation] = deque()
         # Replaces the error about MISSING: an ErrorResponse, or a quoted name to put there.
         self.error: bytes | None = None
         # Per Describe of a statement, in order: where its description goes (None: nowhere).
@@ -177,11 +183,15 @@ class Amend:
                 self.drop_prepares -= 1
                 return data[:-5 - len(body)]
             if body == b"DEALLOCATE\x00" and self.deallocations:
-                complete, succeeded = self.deallocations.popleft()
+                complete, succeeded, _ = self.deallocations.popleft()
                 succeeded()
                 if complete is not None:
                     return data[:-5 - len(body)] + complete
         elif tag == BackendTag.ERROR_RESPONSE:
+            for _, _, throwaway in self.deallocations:
+                if throwaway is not None and throwaway[0] < self._parses:
+                    throwaway[2].orphans.append(throwaway[1])  # prepared, not deallocated
+            self.deallocations.clear()
             while self.parsed:
                 _, client, name, stmt = self.parsed.popleft()
                 if client.get(name) is stmt:
@@ -671,7 +681,9 @@ def _deallocate_parse(batch: _Batch, frame: bytes) -> None:
         batch.send_parse(_parse("", f"DEALLOCATE {MISSING}", params))
     elif _deallocation(batch, *m.groups()):
         throwaway = f"{PREFIX}d{next(_names)}"
-        batch.server.orphans.append(throwaway)  # closed later if the DEALLOCATE fails
+        amend = batch.amended()
+        complete, succeeded, _ = amend.deallocations[-1]
+        amend.deallocations[-1] = (complete, succeeded, (batch.parses, throwaway, batch.server))
         batch.send_parse(_parse(throwaway, "SELECT", b"\x00\x00"), drop=True)
         batch.send_parse(_parse("", f"DEALLOCATE {throwaway}", params))
     else:
@@ -689,10 +701,10 @@ def _deallocation(batch: _Batch, quoted: bytes | None, plain: bytes | None) -> b
         assert plain is not None
         name = plain.decode().lower()
         if name == "all":
-            amend.deallocations.append((_COMPLETE_ALL, client.clear))
+            amend.deallocations.append((_COMPLETE_ALL, client.clear, None))
             return True
     if name in client:
-        amend.deallocations.append((None, functools.partial(client.pop, name, None)))
+        amend.deallocations.append((None, functools.partial(client.pop, name, None), None))
         return True
     amend.error = missing_error(name)
     return False

@@ -344,13 +344,27 @@ def test_deallocate_through_the_extended_protocol_uses_a_throwaway_statement() -
     server = ServerStatements(10)
     done = _unnamed_then_bind("DEALLOCATE s1", "", client, server)
     assert tags(done.data) == "PPBES"
-    (throwaway,) = names_in(done.data)
-    assert throwaway in server.orphans  # closed later if the DEALLOCATE fails
+    assert len(names_in(done.data)) == 1  # the throwaway
+    assert server.orphans == []  # deallocated by the stand-in itself
     (amend,) = done.entries
     assert isinstance(amend, Amend)
     out = _reply(amend, messages.parse_complete(), messages.parse_complete(), backend(b"2"),
                  messages.command_complete("DEALLOCATE"), Z_IDLE)
     assert tags(out) == "12CZ" and client == {}
+
+
+def test_a_throwaway_left_by_an_error_is_closed_later() -> None:
+    client = {"s1": ClientStatement(SELECT)}
+    server = ServerStatements(10)
+    done = rewrite(frames(messages.parse("", "DEALLOCATE s1"), messages.bind("", "", [b"x"]),
+                          messages.execute(), messages.sync()),
+                   client, server, FORWARD, batch_start=True)
+    (throwaway,) = names_in(done.data)
+    (amend,) = done.entries
+    assert isinstance(amend, Amend)
+    bind_error = messages.error_response("08P01", "bind message supplies 1 parameters")
+    _reply(amend, messages.parse_complete(), messages.parse_complete(), bind_error, Z_IDLE)
+    assert server.orphans == [throwaway] and list(client) == ["s1"]
 
 
 @pytest.mark.parametrize("sql", ["/* c */ DEALLOCATE s1", ";DEALLOCATE s1"])
