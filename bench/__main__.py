@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import runner
+from bench.baseline import BaselineError, locate
 from bench.workloads import GROUPS, QUICK_WORKLOADS, catalog, resolve
 
 _DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results"
@@ -35,7 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--targets", help="comma-separated: "
                                           + ",".join((*runner.TARGET_NAMES,
                                                       runner.WORKERS_TARGET))
-                                          + " (default: all available)")
+                                          + "; with --baseline also NAME@base for the "
+                                            "pgtenant ones (default: all available)")
+    parser.add_argument("--baseline", metavar="REV_OR_PATH",
+                        help="also run another pgtenant version, a git revision of this "
+                             "repository (e.g. main, HEAD~3) or another checkout's path, as "
+                             "pgtenant-*@base targets with the same config, and report "
+                             "current/baseline ratios; pgtenant targets named in --targets "
+                             "without any @base one get their @base twin")
     parser.add_argument("--idle-clients", type=int,
                         help="clients of the idle test (default 10000; --quick: 1000)")
     parser.add_argument("--tenants", type=int, default=8, help="tenants (default 8)")
@@ -57,8 +65,15 @@ def _options(args: argparse.Namespace) -> runner.Options:
     tenant_clients = args.tenant_clients or (16 if quick else 32)
     everything = catalog(tenant_clients=tenant_clients, idle_clients=idle_clients)
     spec = args.workloads or (QUICK_WORKLOADS if quick else ",".join(GROUPS))
-    targets = (runner.planned_targets([t.strip() for t in args.targets.split(",") if t.strip()])
-               if args.targets else runner.default_targets())
+    with_baseline = args.baseline is not None
+    if with_baseline:
+        try:
+            locate(args.baseline)  # a typo fails here, before anything starts
+        except BaselineError as exc:
+            raise ValueError(str(exc)) from None
+    targets = (runner.planned_targets([t.strip() for t in args.targets.split(",") if t.strip()],
+                                      with_baseline=with_baseline)
+               if args.targets else runner.default_targets(with_baseline=with_baseline))
     duration = args.duration if args.duration is not None else (4.0 if quick else 20.0)
     repeats = args.repeats if args.repeats is not None else (1 if quick else 3)
     if duration < 1 or repeats < 1 or args.tenants < 1 or idle_clients < 1:
@@ -75,6 +90,7 @@ def _options(args: argparse.Namespace) -> runner.Options:
         warmup_seconds=1.0 if quick else 3.0,
         output_dir=args.output,
         quick=quick,
+        baseline=args.baseline,
     )
 
 
@@ -104,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; everything started was stopped", file=sys.stderr)
         return 130
+    except BaselineError as exc:
+        print(f"bench: baseline: {exc}", file=sys.stderr)
+        return 2
     print(f"results: {results}")
     return 0
 

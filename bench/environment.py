@@ -11,7 +11,7 @@ from pathlib import Path
 
 from proxy.embedded import find_bindir
 
-_REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _first_line(argv: list[str], env: dict[str, str] | None = None) -> str:
@@ -44,13 +44,14 @@ def _memory_gib() -> float | None:
     return None
 
 
-def _pgtenant_revision() -> str:
+def git_revision(repo: Path = REPO) -> str:
+    """The checkout's short commit, noting uncommitted changes under proxy/."""
     # Read-only git: GIT_OPTIONAL_LOCKS=0 keeps `status` from refreshing the index.
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-    revision = _first_line(["git", "-C", str(_REPO), "rev-parse", "--short", "HEAD"], env)
+    revision = _first_line(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], env)
     try:
         dirty = subprocess.run(
-            ["git", "-C", str(_REPO), "status", "--porcelain", "--", "proxy"],
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "proxy"],
             capture_output=True, text=True, timeout=10, check=False, env=env,
             stdin=subprocess.DEVNULL,
         ).stdout.strip()
@@ -70,8 +71,8 @@ def _uvloop_version() -> str:
 def proxy_source_fingerprint() -> str:
     """A short hash of proxy/*.py: pgtenant restarted mid-run loads whatever is there then."""
     digest = hashlib.sha256()
-    for path in sorted((_REPO / "proxy").rglob("*.py")):
-        digest.update(str(path.relative_to(_REPO)).encode())
+    for path in sorted((REPO / "proxy").rglob("*.py")):
+        digest.update(str(path.relative_to(REPO)).encode())
         try:
             digest.update(path.read_bytes())
         except OSError:
@@ -91,6 +92,6 @@ def describe_machine() -> dict[str, object]:
         "pgbench": _first_line(["pgbench", "--version"]),
         "python": sys.version.split()[0],
         "uvloop": _uvloop_version(),
-        "pgtenant": _pgtenant_revision(),
+        "pgtenant": git_revision(),
         "pgtenant_source": proxy_source_fingerprint(),
     }

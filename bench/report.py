@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.baseline import base_name
 from bench.results import BenchResults, IdleMeasurement, Measurement
 
 log = logging.getLogger("pgtenant.bench.report")
@@ -102,6 +103,65 @@ def _ratio(summary: Summary, baseline: Summary | None) -> float | None:
     if baseline is None or not baseline.tps or summary.tps is None:
         return None
     return summary.tps / baseline.tps
+
+
+@dataclass(slots=True)
+class Comparison:
+    """One workload on a pgtenant target next to its ``@base`` twin: ratio = current /
+    baseline (TPS above 1 is faster; CPU and p50 below 1 are cheaper / quicker).
+
+    ``*_ratio`` divides the medians; ``*_paired`` are the ratios within each repeat, where
+    the two ran back to back, so a slow drift of the machine cancels out."""
+
+    workload: str
+    target: str
+    current: Summary
+    base: Summary
+    tps_ratio: float | None
+    proxy_cpu_ratio: float | None
+    p50_ratio: float | None
+    tps_paired: list[float] = field(default_factory=list)
+    proxy_cpu_paired: list[float] = field(default_factory=list)
+
+
+def _over(current: float | None, base: float | None) -> float | None:
+    return current / base if current is not None and base else None
+
+
+def _paired(
+    runs: Sequence[Measurement], base_runs: Sequence[Measurement],
+    value: Callable[[Measurement], float | None],
+) -> list[float]:
+    base_by_repeat = {m.repeat: value(m) for m in base_runs if m.ok}
+    ratios = (_over(value(m), base_by_repeat.get(m.repeat)) for m in runs if m.ok)
+    return [r for r in ratios if r is not None]
+
+
+def compare_to_baseline(results: BenchResults) -> list[Comparison]:
+    """Current vs baseline for every (workload, target) that has an ``@base`` twin."""
+    summaries = summarize(results)
+    by_key = {(s.workload, s.target): s for s in summaries}
+    runs: dict[tuple[str, str], list[Measurement]] = {}
+    for m in results.measurements:
+        runs.setdefault((m.workload, m.target), []).append(m)
+    comparisons = []
+    for s in summaries:
+        base = by_key.get((s.workload, base_name(s.target)))
+        if base is None:
+            continue
+        mine, theirs = runs[(s.workload, s.target)], runs[(s.workload, base.target)]
+        comparisons.append(Comparison(
+            workload=s.workload,
+            target=s.target,
+            current=s,
+            base=base,
+            tps_ratio=_over(s.tps, base.tps),
+            proxy_cpu_ratio=_over(s.proxy_cpu_us_per_tx, base.proxy_cpu_us_per_tx),
+            p50_ratio=_over(s.p50_ms, base.p50_ms),
+            tps_paired=_paired(mine, theirs, lambda m: m.tps),
+            proxy_cpu_paired=_paired(mine, theirs, lambda m: m.proxy_cpu_us_per_tx),
+        ))
+    return comparisons
 
 
 def summarize_idle(results: BenchResults) -> list[IdleSummary]:
@@ -198,6 +258,7 @@ def markdown(results: BenchResults) -> str:
                 f"| {s.ok_runs}/{s.runs} |"
             )
         lines.append("")
+    lines += _baseline_section(results)
     if idle_summaries:
         lines += [
             "## Idle connections",
@@ -236,6 +297,49 @@ def markdown(results: BenchResults) -> str:
     return "\n".join(lines)
 
 
+def _paired_text(ratios: Sequence[float]) -> str:
+    """Median of the per-repeat ratios and their range: ``1.02 (0.97-1.05)``."""
+    if not ratios:
+        return "-"
+    middle = statistics.median(ratios)
+    if len(ratios) == 1:
+        return f"{middle:.3f}"
+    return f"{middle:.3f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
+def _baseline_section(results: BenchResults) -> list[str]:
+    comparisons = compare_to_baseline(results)
+    described = results.settings.get("baseline")
+    if not comparisons or not isinstance(described, dict):
+        return []
+    lines = [
+        f"## Current vs baseline ({described.get('spec')} = {described.get('revision')})",
+        "",
+        "x base = current / baseline of the medians: TPS above 1 is faster, CPU and p50 "
+        "below 1 are cheaper and quicker. per repeat = the median (and range) of the ratios "
+        "within each repeat, where the two ran back to back: a range that straddles 1 "
+        "means no measurable difference.",
+        "",
+        "| workload | target | TPS | base TPS | TPS x base | per repeat | spread / base "
+        "| proxy CPU µs/tx | base µs/tx | CPU x base | per repeat | p50 ms | base p50 ms "
+        "| p50 x base |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in comparisons:
+        cur, base = c.current, c.base
+        lines.append(
+            f"| {c.workload} | {c.target} | {_fmt(cur.tps)} | {_fmt(base.tps)} "
+            f"| {_fmt(c.tps_ratio, '{:.3f}')} | {_paired_text(c.tps_paired)} "
+            f"| {_spread(cur)} / {_spread(base)} "
+            f"| {_fmt(cur.proxy_cpu_us_per_tx, '{:.1f}')} "
+            f"| {_fmt(base.proxy_cpu_us_per_tx, '{:.1f}')} "
+            f"| {_fmt(c.proxy_cpu_ratio, '{:.3f}')} | {_paired_text(c.proxy_cpu_paired)} "
+            f"| {_fmt(cur.p50_ms, '{:.3f}')} | {_fmt(base.p50_ms, '{:.3f}')} "
+            f"| {_fmt(c.p50_ratio, '{:.3f}')} |"
+        )
+    return [*lines, ""]
+
+
 def _highlights(results: BenchResults, summaries: Sequence[Summary]) -> list[str]:
     lines: list[str] = []
     added = added_latency_us(summaries)
@@ -261,6 +365,13 @@ def write(results: BenchResults, directory: Path) -> None:
     document = dataclasses.asdict(results)
     document["summary"] = [dataclasses.asdict(s) for s in summarize(results)]
     document["idle_summary"] = [dataclasses.asdict(s) for s in summarize_idle(results)]
+    document["baseline_comparison"] = [
+        {"workload": c.workload, "target": c.target, "baseline_target": c.base.target,
+         "tps_ratio": c.tps_ratio, "proxy_cpu_ratio": c.proxy_cpu_ratio,
+         "p50_ratio": c.p50_ratio, "tps_ratios_per_repeat": c.tps_paired,
+         "proxy_cpu_ratios_per_repeat": c.proxy_cpu_paired}
+        for c in compare_to_baseline(results)
+    ]
     document["added_p50_latency_us_at_1_client"] = added_latency_us(summarize(results))
     (directory / "results.json").write_text(json.dumps(document, indent=2) + "\n")
     chart(results, directory / "chart.png")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import idle, pgbench, report
+from bench import baseline, idle, pgbench, report
 from bench.database import BenchDatabase, prepare, tenant_names
 from bench.environment import describe_machine, proxy_source_fingerprint
 from bench.procstat import cpu_seconds
@@ -46,6 +46,10 @@ log = logging.getLogger("pgtenant.bench")
 
 TARGET_NAMES = ("direct", "pgtenant-session", "pgtenant-transaction", "pgbouncer")
 WORKERS_TARGET = "pgtenant-workers2"
+#: Targets that run pgtenant serve: each has an ``@base`` twin with --baseline.
+PGTENANT_TARGETS = ("pgtenant-session", "pgtenant-transaction", WORKERS_TARGET)
+#: Twins added when --baseline is given without --targets.
+DEFAULT_BASE_TARGETS = ("pgtenant-session", "pgtenant-transaction")
 _WARMUP_CLIENTS = 4
 _PER_RUN_OVERHEAD = 2.0  # seconds around each pgbench run, for the time estimate
 
@@ -70,6 +74,7 @@ class Options:
     warmup_seconds: float
     output_dir: Path
     quick: bool
+    baseline: str | None = None  # --baseline: a git revision or a checkout's path
 
 
 def workers_supported() -> bool:
@@ -96,6 +101,7 @@ class BenchRun:
         self.results_dir = options.output_dir / self.stamp
         self.targets: list[Target] = []
         self.db: BenchDatabase | None = None
+        self.baseline: baseline.Baseline | None = None
         self.workdir = Path()
         self.scripts: tuple[Path, Path] = (Path(), Path())
         self._done = 0
@@ -116,7 +122,8 @@ class BenchRun:
             "rows_per_tenant": opts.rows_per_tenant,
             "idle_clients": opts.idle_clients,
             "quick": opts.quick,
-            "order": "interleaved: repeat > workload > target",
+            "order": "interleaved: repeat > workload > target, target order reversed "
+                     "every other repeat",
         }
         self.results.workloads = {w.name: w.summary for w in opts.workloads}
         try:
@@ -145,6 +152,11 @@ class BenchRun:
 
     def _setup(self, stack: contextlib.ExitStack) -> None:
         opts = self.options
+        if opts.baseline is not None:
+            # Before the cluster: a baseline that does not run its own code stops the run.
+            self.baseline = baseline.prepare(opts.baseline, self.workdir)
+            self.results.settings["baseline"] = self.baseline.describe()
+            log.info("baseline %s: %s", opts.baseline, self.baseline.revision)
         if any(w.kind == "idle" for w in opts.workloads):
             limit = idle.raise_open_files_limit(opts.idle_clients + 2048)
             if limit < opts.idle_clients + 256:
@@ -199,23 +211,30 @@ class BenchRun:
                                       max_client_conn=max_client_conn)
             self.results.machine["pgbouncer"] = bouncer.version
             return bouncer
-        if name == WORKERS_TARGET:
-            if not workers_supported():
+        # An @base twin gets the same settings and runs the baseline's code.
+        version = self.baseline if baseline.is_base(name) else None
+        if baseline.is_base(name) and version is None:
+            raise TargetUnavailable(f"{name}: needs --baseline")
+        kind = baseline.current_name(name)
+        if kind == WORKERS_TARGET:
+            # The baseline's own config loader decides whether it knows `workers`.
+            if version is None and not workers_supported():
                 raise TargetUnavailable("pgtenant workers = 2: not supported yet")
             return PgtenantTarget(db, self.workdir, name=name, pool_mode="transaction",
                                   pool_size=PROXY_POOL_SIZE, max_client_conn=max_client_conn,
-                                  jwt_secret=jwt_secret, workers=2)
-        mode = name.removeprefix("pgtenant-")
+                                  jwt_secret=jwt_secret, workers=2, baseline=version)
+        mode = kind.removeprefix("pgtenant-")
         if mode == "session":
             # Session mode pins a server connection per client: a pool smaller than the
             # client count would leave clients queued until query_wait_timeout.
             return PgtenantTarget(db, self.workdir, name=name, pool_mode="session",
                                   pool_size=max(PROXY_POOL_SIZE, max_clients),
-                                  max_client_conn=max_client_conn, jwt_secret=jwt_secret)
+                                  max_client_conn=max_client_conn, jwt_secret=jwt_secret,
+                                  baseline=version)
         if mode == "transaction":
             return PgtenantTarget(db, self.workdir, name=name, pool_mode="transaction",
                                   pool_size=PROXY_POOL_SIZE, max_client_conn=max_client_conn,
-                                  jwt_secret=jwt_secret)
+                                  jwt_secret=jwt_secret, baseline=version)
         raise TargetUnavailable(f"unknown target {name!r}")
 
     def _unavailable(self, name: str, reason: str) -> None:
@@ -239,7 +258,7 @@ class BenchRun:
             (repeat, workload, target)
             for repeat in range(1, opts.repeats + 1)
             for workload in opts.workloads
-            for target in self.targets
+            for target in interleaved(self.targets, repeat)
             if workload.runs_on(target)
         ]
         self._total = len(plan)
@@ -392,14 +411,42 @@ def run(options: Options) -> Path:
     return BenchRun(options).execute()
 
 
-def planned_targets(requested: Sequence[str]) -> tuple[str, ...]:
-    """Validate ``--targets``; the workers target joins the default set when supported."""
-    known = (*TARGET_NAMES, WORKERS_TARGET)
+def interleaved(targets: Sequence[Target], repeat: int) -> Sequence[Target]:
+    """The targets in run order for ``repeat`` (1-based): A B C, then C B A, … so that no
+    target always runs right after the same neighbour (matters for current vs @base)."""
+    return targets if repeat % 2 else targets[::-1]
+
+
+def _with_twins(names: Sequence[str], twins: Sequence[str]) -> tuple[str, ...]:
+    """``names`` with ``name@base`` right after each name in ``twins``."""
+    out: list[str] = []
+    for name in names:
+        out.append(name)
+        if name in twins:
+            out.append(baseline.base_name(name))
+    return tuple(out)
+
+
+def planned_targets(requested: Sequence[str], *, with_baseline: bool = False) -> tuple[str, ...]:
+    """Validate ``--targets``. With --baseline and no ``@base`` target named, each named
+    pgtenant target gets its ``@base`` twin; an ``@base`` target needs --baseline."""
+    known = (*TARGET_NAMES, WORKERS_TARGET, *map(baseline.base_name, PGTENANT_TARGETS))
     unknown = [name for name in requested if name not in known]
     if unknown:
         raise ValueError(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    return tuple(requested)
+    requested = tuple(dict.fromkeys(requested))
+    named_base = any(baseline.is_base(name) for name in requested)
+    if named_base and not with_baseline:
+        raise ValueError("@base targets need --baseline REV_OR_PATH")
+    if with_baseline and not named_base:
+        requested = _with_twins(requested, PGTENANT_TARGETS)
+        if not any(baseline.is_base(name) for name in requested):
+            raise ValueError("--baseline needs a pgtenant target in --targets")
+    return requested
 
 
-def default_targets() -> tuple[str, ...]:
-    return (*TARGET_NAMES, WORKERS_TARGET) if workers_supported() else TARGET_NAMES
+def default_targets(*, with_baseline: bool = False) -> tuple[str, ...]:
+    """Every target available; the workers target when supported, and with --baseline the
+    session and transaction targets' ``@base`` twins."""
+    names = (*TARGET_NAMES, WORKERS_TARGET) if workers_supported() else TARGET_NAMES
+    return _with_twins(names, DEFAULT_BASE_TARGETS) if with_baseline else names

@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -25,7 +24,9 @@ from typing import IO, Literal
 
 import psycopg
 
+from bench.baseline import Baseline, serve_argv, serve_env, verify
 from bench.database import APP_DB, APP_USER, BenchDatabase
+from bench.environment import REPO
 from proxy.auth.jwt import mint_token
 from proxy.embedded import EmbeddedPostgresError, free_port, server_account
 
@@ -274,7 +275,8 @@ class _ProcessTarget(Target):
 
 
 class PgtenantTarget(_ProcessTarget):
-    """``pgtenant serve`` in session or transaction mode, as a subprocess."""
+    """``pgtenant serve`` in session or transaction mode, as a subprocess: this checkout's,
+    or with ``baseline`` the baseline's (same config, its own port)."""
 
     sets_tenant = True
 
@@ -289,8 +291,12 @@ class PgtenantTarget(_ProcessTarget):
         max_client_conn: int,
         jwt_secret: str,
         workers: int | None = None,
+        baseline: Baseline | None = None,
     ) -> None:
         self.name = name
+        self.baseline = baseline
+        # The code this target runs: this checkout's, or the baseline's.
+        self.source = baseline.source if baseline is not None else REPO
         super().__init__(db, workdir)
         self.pool_mode: PoolMode = pool_mode
         # In session mode every logged-in client holds a server connection: thousands of
@@ -341,11 +347,17 @@ class PgtenantTarget(_ProcessTarget):
             JWT_SECRET_ENV: self._jwt_secret,
             UPSTREAM_PASSWORD_ENV: self.db.app_password,
         }
-        return spawn(
-            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(self.config_path)],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
+        # Current and baseline start the same way; only the directory differs. It is the
+        # working directory too: the workers of [server] workers run `python -m proxy.cli`.
+        argv = serve_argv(self.source, ["serve", "--config", str(self.config_path)])
+        return spawn(argv, env=serve_env(env), stdout=log_file, stderr=subprocess.STDOUT,
+                     cwd=self.source)
+
+    def start(self) -> None:
+        """Start; the process must have reported (in its log) that it runs ``source``."""
+        super().start()
+        where = verify(self.source, self.log_path.read_text(errors="replace"), self.name)
+        log.info("%s runs %s", self.name, where)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -355,6 +367,7 @@ class PgtenantTarget(_ProcessTarget):
             "workers": self.workers if self.workers is not None else "default",
             "log_level": "warning",
             "restarts": self.restarts,
+            **({"baseline": self.baseline.revision} if self.baseline is not None else {}),
         }
 
 

@@ -64,7 +64,46 @@ RULES: dict[str, Rule] = {r.code: r for r in (
     Rule("PGT015", "error", "policy uses an IMMUTABLE function",
          "mark the function STABLE: plans may cache an IMMUTABLE result, "
          "and with it another tenant's id"),
+    Rule("PGT016", "error", "app role has CREATEROLE",
+         "ALTER ROLE ... NOCREATEROLE: a CREATEROLE role can grant itself other roles "
+         "and change theirs"),
+    Rule("PGT017", "warning", "app role has CREATEDB",
+         "ALTER ROLE ... NOCREATEDB: any tenant could create (and fill) databases"),
+    Rule("PGT018", "error", "app role is a member of a privileged predefined role",
+         "REVOKE the predefined role FROM the app role: its rights (signalling other "
+         "sessions, server files and programs, all data) are every tenant's"),
+    Rule("PGT019", "error", "app role may create objects in a schema",
+         "REVOKE CREATE ON SCHEMA ... FROM the app role (and PUBLIC): what one tenant "
+         "creates there every tenant's session finds, first on a search_path"),
+    Rule("PGT020", "error", "app role owns a schema",
+         "ALTER SCHEMA ... OWNER TO another role: a schema's owner may create, "
+         "rename and drop anything in it"),
+    Rule("PGT021", "error", "app role may create schemas in the database",
+         "REVOKE CREATE ON DATABASE ... FROM the app role (and PUBLIC): a schema named "
+         "after the role comes first on the default search_path (\"$user\", public)"),
+    Rule("PGT022", "error", "app role owns the database",
+         "ALTER DATABASE ... OWNER TO another role: the owner may change every session's "
+         "settings (ALTER DATABASE ... SET) and owns schema public"),
+    Rule("PGT023", "warning", "every tenant may end the other tenants' sessions",
+         "REVOKE EXECUTE ON FUNCTION pg_terminate_backend(integer, bigint), "
+         "pg_cancel_backend(integer) FROM PUBLIC (policies install --create-role does): "
+         "a role may signal its own sessions, and all tenants share the app role"),
+    Rule("PGT024", "error", "app role may read or change the signing keys",
+         "REVOKE ALL ON pgtenant.keys FROM the app role (and do not grant it the owner "
+         "role): with a key, anyone can prove any tenant"),
+    Rule("PGT025", "warning", "setting stored on the app role",
+         "ALTER ROLE ... RESET the setting (as a superuser): every tenant's session starts "
+         "with it, and DISCARD ALL does not undo it; a tenant may have stored it with "
+         "ALTER ROLE CURRENT_USER SET"),
 )}
+
+#: Predefined roles whose rights the shared upstream role must not have (PGT018).
+#: pg_read_all_stats and pg_monitor are PGT013.
+PRIVILEGED_PREDEFINED_ROLES = (
+    "pg_execute_server_program", "pg_read_all_data", "pg_read_server_files",
+    "pg_signal_backend", "pg_write_all_data", "pg_write_server_files",
+)
+ACTIVITY_ROLES = ("pg_monitor", "pg_read_all_stats")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +120,12 @@ def _finding(code: str, obj: str, message: str | None = None) -> Finding:
     return Finding(code, rule.severity, obj, message or rule.title, rule.advice)
 
 
-_SYSTEM_SCHEMAS = (
-    "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgtenant')"
+#: A condition on ``pg_namespace AS n``: not PostgreSQL's own schemas (pgtenant's is in).
+NOT_SYSTEM_SCHEMA: LiteralString = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema')"
     " AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
 )
+_SYSTEM_SCHEMAS: LiteralString = NOT_SYSTEM_SCHEMA + " AND n.nspname <> 'pgtenant'"
 
 _TENANT_TABLES: LiteralString = (
     "SELECT c.oid, format('%%I.%%I', n.nspname, c.relname), c.relrowsecurity,"
@@ -158,9 +199,71 @@ _IMMUTABLE_POLICY_FUNCTIONS: LiteralString = (
 )
 
 _ROLE_FLAGS: LiteralString = (
-    "SELECT rolsuper, rolbypassrls,"
-    " pg_has_role(%(role)s, 'pg_read_all_stats', 'USAGE')"
-    " FROM pg_roles WHERE rolname = %(role)s"
+    "SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles"
+    " WHERE rolname = %(role)s"
+)
+
+# Membership as pg_has_role's MEMBER: direct or through other roles, and also without
+# INHERIT (a NOINHERIT member may still SET ROLE to it).
+_PREDEFINED_MEMBERSHIPS: LiteralString = (
+    "SELECT rolname FROM pg_roles WHERE rolname = ANY(%(roles)s)"
+    " AND pg_has_role(%(role)s, oid, 'MEMBER') ORDER BY 1"
+)
+
+# Every schema but the system's (pgtenant included: CREATE there shadows its objects).
+_SCHEMA_RIGHTS: LiteralString = (
+    "SELECT quote_ident(n.nspname), pg_has_role(%(role)s, n.nspowner, 'MEMBER'),"
+    " has_schema_privilege(%(role)s, n.oid, 'CREATE'),"
+    " n.nspowner = 'pg_database_owner'::regrole"
+    " FROM pg_namespace AS n WHERE " + NOT_SYSTEM_SCHEMA + " ORDER BY 1"
+)
+
+_DATABASE_RIGHTS: LiteralString = (
+    "SELECT quote_ident(d.datname), pg_has_role(%(role)s, d.datdba, 'MEMBER'),"
+    " has_database_privilege(%(role)s, d.oid, 'CREATE')"
+    " FROM pg_database AS d WHERE d.datname = current_database()"
+)
+
+#: Any role may signal backends of its own role, and EXECUTE on these is granted to
+#: PUBLIC by default (PGT023). The one-argument pg_terminate_backend is PostgreSQL 13's.
+SIGNAL_FUNCTIONS = (
+    "pg_catalog.pg_cancel_backend(integer)",
+    "pg_catalog.pg_terminate_backend(integer)",
+    "pg_catalog.pg_terminate_backend(integer, bigint)",
+)
+_SIGNAL_FUNCTIONS_EXECUTABLE: LiteralString = (
+    "SELECT f::text FROM (SELECT to_regprocedure(s) AS f FROM unnest(%(functions)s::text[])"
+    " AS s) AS x WHERE f IS NOT NULL AND has_function_privilege(%(role)s, f, 'EXECUTE')"
+    " ORDER BY 1"
+)
+
+_KEYS_EXPOSED: LiteralString = (
+    "SELECT has_table_privilege(%(role)s, c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')"
+    " OR has_any_column_privilege(%(role)s, c.oid, 'SELECT, INSERT, UPDATE')"
+    " OR pg_has_role(%(role)s, c.relowner, 'MEMBER')"
+    " FROM pg_class AS c WHERE c.oid = to_regclass('pgtenant.keys')"
+)
+
+# Settings stored on the role (in this database or all) that change what a tenant's
+# session is: the tenant context itself, the client's view of warnings, read-only mode.
+# The second column: stored for this database only (ALTER ROLE ... IN DATABASE).
+STORED_SESSION_SETTINGS: LiteralString = (
+    "SELECT s, rs.setdatabase <> 0 FROM pg_db_role_setting AS rs, unnest(rs.setconfig) AS s"
+    " WHERE rs.setrole = (SELECT oid FROM pg_roles WHERE rolname = %(role)s)"
+    " AND rs.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))"
+    " AND (lower(split_part(s, '=', 1)) ~ '^(app|pgtenant)[.]'"
+    "  OR lower(split_part(s, '=', 1)) IN ('client_min_messages',"
+    "   'default_transaction_read_only', 'role'))"
+    " ORDER BY 1"
+)
+
+# Tables under RLS without the tenant column: the role is confined on those too.
+_RLS_TABLES_WITHOUT_COLUMN: LiteralString = (
+    "SELECT c.oid, format('%%I.%%I', n.nspname, c.relname)"
+    " FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+    " WHERE c.relkind IN ('r', 'p') AND c.relrowsecurity AND " + _SYSTEM_SCHEMAS
+    + " AND NOT EXISTS (SELECT 1 FROM pg_attribute AS a WHERE a.attrelid = c.oid"
+    "   AND a.attname = %(column)s AND a.attnum > 0 AND NOT a.attisdropped) ORDER BY 2"
 )
 
 _TABLE_RIGHTS: LiteralString = (
@@ -224,27 +327,67 @@ def audit(
         for policy, function in conn.execute(_IMMUTABLE_POLICY_FUNCTIONS)
     )
     if app_role is not None:
-        found.extend(_audit_role(conn, app_role, tables))
-    return sorted(found, key=lambda f: (f.code, f.object, f.message))
+        confined = [*tables, *conn.execute(_RLS_TABLES_WITHOUT_COLUMN, column)]
+        found.extend(_audit_role(conn, app_role, confined))
+    return _sorted(found)
+
+
+def audit_role(
+    conn: psycopg.Connection[Any], role: str, *, tenant_column: str = "tenant_id"
+) -> list[Finding]:
+    """Only the findings about the proxy's upstream role ``role``, sorted."""
+    if not role_exists(conn, role):
+        raise PolicyError(f"app role {role} does not exist")
+    column = {"column": tenant_column}
+    confined = [*conn.execute(_TENANT_TABLES, column),
+                *conn.execute(_RLS_TABLES_WITHOUT_COLUMN, column)]
+    return _sorted(_audit_role(conn, role, confined))
+
+
+def _sorted(findings: list[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda f: (f.code, f.object, f.message))
 
 
 def _audit_role(
     conn: psycopg.Connection[Any], role: str, tables: Iterable[Sequence[Any]]
 ) -> list[Finding]:
     found: list[Finding] = []
-    superuser, bypassrls, all_stats = conn.execute(_ROLE_FLAGS, {"role": role}).fetchone() or (
-        False, False, False)
+    who = {"role": role}
+    superuser, bypassrls, createrole, createdb = conn.execute(
+        _ROLE_FLAGS, who).fetchone() or (False, False, False, False)
     if superuser:
-        found.append(_finding("PGT004", role))
+        # A superuser may do anything: the one finding about the role says it all.
+        return [_finding("PGT004", role)]
     if bypassrls:
         found.append(_finding("PGT005", role))
-    if all_stats and not superuser:
-        found.append(_finding("PGT013", role, f"{role} is a member of pg_read_all_stats"))
-    # A superuser may do anything and an owner everything on its table: the one finding
-    # about the role (or the ownership) says it all.
-    for oid, name, *_ in [] if superuser else tables:
+    if createrole:
+        found.append(_finding("PGT016", role))
+    if createdb:
+        found.append(_finding("PGT017", role))
+    activity = [r for (r,) in conn.execute(
+        _PREDEFINED_MEMBERSHIPS, {**who, "roles": list(ACTIVITY_ROLES)})]
+    if activity:
+        found.append(_finding("PGT013", role, f"{role} is a member of {', '.join(activity)}"))
+    found.extend(
+        _finding("PGT018", role, f"{role} is a member of {predefined}")
+        for (predefined,) in conn.execute(
+            _PREDEFINED_MEMBERSHIPS, {**who, "roles": list(PRIVILEGED_PREDEFINED_ROLES)}))
+    found.extend(_audit_schemas_and_database(conn, role))
+    signal = [f for (f,) in conn.execute(
+        _SIGNAL_FUNCTIONS_EXECUTABLE, {**who, "functions": list(SIGNAL_FUNCTIONS)})]
+    if signal:
+        found.append(_finding("PGT023", role, f"{role} may call {', '.join(signal)} on the "
+                                              "sessions of every tenant"))
+    if _scalar(conn.execute(_KEYS_EXPOSED, who)):
+        found.append(_finding("PGT024", "pgtenant.keys",
+                              f"{role} may read or change pgtenant.keys"))
+    found.extend(
+        _finding("PGT025", role, f"{role} has the stored setting {setting}")
+        for setting, _ in conn.execute(STORED_SESSION_SETTINGS, who))
+    # An owner may do everything on its table: the ownership finding says it all.
+    for oid, name, *_ in tables:
         owns, truncate, references = conn.execute(
-            _TABLE_RIGHTS, {"role": role, "oid": oid}).fetchone() or (False, False, False)
+            _TABLE_RIGHTS, {**who, "oid": oid}).fetchone() or (False, False, False)
         if owns:
             found.append(_finding("PGT006", name, f"{role} owns {name} or is in its owner role"))
             continue
@@ -252,11 +395,33 @@ def _audit_role(
             found.append(_finding("PGT009", name, f"{role} may TRUNCATE {name}"))
         if references:
             found.append(_finding("PGT010", name, f"{role} may reference {name} in a foreign key"))
-    track = str(_scalar(conn.execute(_TRACK_ACTIVITIES, {"role": role}))).lower()
+    track = str(_scalar(conn.execute(_TRACK_ACTIVITIES, who))).lower()
     if track in ("on", "true", "yes", "1"):
         found.append(_finding(
             "PGT012", role, f"track_activities is on for {role}: every tenant's session can "
             "read the other tenants' query text"))
+    return found
+
+
+def _audit_schemas_and_database(conn: psycopg.Connection[Any], role: str) -> list[Finding]:
+    """PGT019-PGT022. Every schema is checked, not only those on the role's search_path:
+    a schema off the path is still a place one tenant can leave objects for the others,
+    and a path is one ``SET search_path`` away."""
+    found: list[Finding] = []
+    database, owns_database, create_schemas = conn.execute(
+        _DATABASE_RIGHTS, {"role": role}).fetchone() or ("", False, False)
+    if owns_database:
+        found.append(_finding("PGT022", database, f"{role} owns database {database}"))
+    elif create_schemas:
+        found.append(_finding("PGT021", database, f"{role} may CREATE in database {database}"))
+    for schema, owns, create, database_owners in conn.execute(_SCHEMA_RIGHTS, {"role": role}):
+        if owns and database_owners and owns_database:
+            continue  # schema public of PostgreSQL 15+: PGT022 says it
+        if owns:
+            found.append(_finding("PGT020", schema, f"{role} owns schema {schema} or is in "
+                                                    "its owner role"))
+        elif create:
+            found.append(_finding("PGT019", schema, f"{role} may CREATE in schema {schema}"))
     return found
 
 

@@ -51,6 +51,14 @@ def _register_policies(subparsers: Any) -> None:
     _app_role_arg(p, "upstream role of the proxy, granted EXECUTE (repeatable)")
     p.add_argument("--owner-role", default=install.DEFAULT_OWNER_ROLE,
                    help="NOLOGIN role owning schema pgtenant (default: %(default)s)")
+    p.add_argument("--create-role", metavar="ROLE", default=None,
+                   help="create (or harden) the proxy's upstream role so that "
+                        "`policies check` passes; needs a superuser")
+    secret = p.add_mutually_exclusive_group()
+    secret.add_argument("--role-password-env", metavar="ENV",
+                        help="environment variable holding --create-role's password")
+    secret.add_argument("--role-password-file", metavar="PATH",
+                        help="file holding --create-role's password (one line)")
     p.set_defaults(func=_runner(_cmd_install))
 
     p = sub.add_parser("set-key", help="store or rotate the HMAC key of the signed context")
@@ -164,11 +172,48 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
 
 # -- the commands -------------------------------------------------------------------------
 
+def _role_password(args: argparse.Namespace) -> str | None:
+    """--create-role's password from the environment or a file, never the command line."""
+    if args.role_password_env:
+        value = os.environ.get(args.role_password_env)
+        if not value:
+            raise PolicyError(
+                f"environment variable {args.role_password_env} is not set or is empty")
+        return value
+    if args.role_password_file:
+        try:
+            with open(args.role_password_file, encoding="utf-8") as f:
+                value = f.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"cannot read {args.role_password_file}: "
+                              f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
+        if not value:
+            raise PolicyError(f"{args.role_password_file} holds no password")
+        return value
+    return None
+
+
 def _cmd_install(conn: psycopg.Connection[Any], args: argparse.Namespace) -> int:
-    warnings = install.install(conn, app_roles=args.app_role, owner_role=args.owner_role)
+    app_roles: list[str] = list(args.app_role)
+    password = _role_password(args)
+    if password is not None and args.create_role is None:
+        raise PolicyError("--role-password-env/--role-password-file need --create-role")
+    if args.create_role is not None:
+        created = install.harden_role(conn, args.create_role, password=password,
+                                      owner_role=args.owner_role)
+        note = "" if password is not None else (
+            " (no password: set one or use certificate authentication)" if created
+            else " (password unchanged)")
+        print(f"{'created' if created else 'hardened'} upstream role {args.create_role}{note}")
+        app_roles = list(dict.fromkeys([*app_roles, args.create_role]))
+    warnings = install.install(conn, app_roles=app_roles, owner_role=args.owner_role)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    roles = ", ".join(args.app_role) or "no app role (pass --app-role)"
+    if args.create_role is not None:
+        for finding in check.audit_role(conn, args.create_role):
+            print(f"warning: still to fix: {finding.code} {finding.object}: "
+                  f"{finding.message} ({finding.advice})", file=sys.stderr)
+    roles = ", ".join(app_roles) or "no app role (pass --app-role)"
     print(f"installed pgtenant in {conn.info.dbname} (owner {args.owner_role}; "
           f"EXECUTE granted to {roles})")
     if not install.active_key_ids(conn):

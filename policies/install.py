@@ -5,12 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
 
 from policies.catalog import PolicyError, require_installed, role_exists
+from policies.check import (
+    ACTIVITY_ROLES,
+    NOT_SYSTEM_SCHEMA,
+    PRIVILEGED_PREDEFINED_ROLES,
+    SIGNAL_FUNCTIONS,
+    STORED_SESSION_SETTINGS,
+)
 from policies.proof import key_id_for
 
 log = logging.getLogger("pgtenant.policies")
@@ -82,6 +89,83 @@ def install(
     log.info("installed pgtenant in %s (owner %s, app roles %s)",
              conn.info.dbname, owner_role, list(app_roles))
     return warnings
+
+
+# The schemas where the role holds CREATE of its own (not through PUBLIC).
+_SCHEMAS_GRANTING_CREATE: LiteralString = (
+    "SELECT n.nspname FROM pg_namespace AS n WHERE " + NOT_SYSTEM_SCHEMA
+    + " AND EXISTS (SELECT 1 FROM aclexplode(n.nspacl) AS a"
+    "   WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %s)"
+    "   AND a.privilege_type = 'CREATE') ORDER BY 1"
+)
+
+
+def harden_role(
+    conn: psycopg.Connection[Any],
+    role: str,
+    *,
+    password: str | None = None,
+    owner_role: str = DEFAULT_OWNER_ROLE,
+) -> bool:
+    """Create the proxy's upstream role ``role``, or bring an existing one to the state
+    ``policies check --app-role`` wants; idempotent, in the caller's transaction.
+
+    The role: LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOREPLICATION,
+    ``track_activities = off``, none of the predefined roles of PGT013/PGT018, no CREATE of
+    its own on the database or a schema, no stored session settings of PGT025. For the
+    whole database: ``REVOKE CREATE ON SCHEMA public FROM PUBLIC`` (already so in a new
+    PostgreSQL 15 database) and ``REVOKE EXECUTE`` on the backend-signalling functions
+    ``FROM PUBLIC`` (any role may signal its own sessions, and every tenant shares this
+    one). Ownership is never moved: ``check.audit_role`` tells what remains. Returns
+    whether the role was created.
+
+    ``password`` is sent as a SCRAM-SHA-256 verifier computed here, never in clear.
+    Needs a superuser (track_activities, the pg_catalog functions, role attributes).
+    """
+    superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    if not (superuser.fetchone() or (False,))[0]:
+        raise PolicyError("--create-role needs a superuser (it sets track_activities for "
+                          "the role and revokes rights from PUBLIC on pg_catalog functions)")
+    ident = sql.Identifier(role)
+    created = not role_exists(conn, role)
+    if created:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+    conn.execute(sql.SQL("ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS"
+                         " NOREPLICATION").format(ident))
+    if password is not None:
+        verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(),
+                                                b"scram-sha-256")
+        conn.execute("SET LOCAL log_statement = 'none'")
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            ident, sql.Literal(verifier.decode())))
+    conn.execute(sql.SQL("ALTER ROLE {} SET track_activities = off").format(ident))
+    for setting, this_database in conn.execute(STORED_SESSION_SETTINGS, {"role": role}
+                                               ).fetchall():
+        where = sql.SQL(" IN DATABASE {}").format(sql.Identifier(conn.info.dbname)) \
+            if this_database else sql.SQL("")
+        conn.execute(sql.SQL("ALTER ROLE {}{} RESET {}").format(
+            ident, where, sql.Identifier(*setting.split("=", 1)[0].split("."))))
+    granted = conn.execute(
+        "SELECT g.rolname FROM pg_auth_members AS m JOIN pg_roles AS g ON g.oid = m.roleid"
+        " WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = %s)"
+        " AND g.rolname = ANY(%s) ORDER BY 1",
+        [role, [*ACTIVITY_ROLES, *PRIVILEGED_PREDEFINED_ROLES, owner_role]]).fetchall()
+    for (group,) in granted:
+        conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(group), ident))
+    conn.execute(sql.SQL("REVOKE CREATE ON DATABASE {} FROM {}").format(
+        sql.Identifier(conn.info.dbname), ident))
+    for (schema,) in conn.execute(_SCHEMAS_GRANTING_CREATE, [role]).fetchall():
+        conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(
+            sql.Identifier(schema), ident))
+    if conn.execute("SELECT to_regnamespace('public')").fetchone() != (None,):
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    for signature in SIGNAL_FUNCTIONS:
+        row = conn.execute("SELECT to_regprocedure(%s)::oid", [signature]).fetchone()
+        if row and row[0] is not None:
+            conn.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM PUBLIC, {}").format(
+                sql.SQL(signature), ident))
+    log.info("hardened upstream role %s in %s (created: %s)", role, conn.info.dbname, created)
+    return created
 
 
 def set_key(

@@ -151,6 +151,12 @@ class ProxyApp:
             # Other workers pass on the CancelRequests that belong to this one here.
             self._servers.append(await loop.create_unix_server(
                 lambda: ClientConnection(self), self.worker.cancel_socket()))
+            # The supervisor runs console commands on every worker through this socket.
+            from proxy.admin import control
+            from proxy.admin.console import AdminConsole
+
+            self._servers.append(await control.serve(self.worker.control_socket(),
+                                                     AdminConsole(self).run_local))
         if srv.unix_socket_dir:
             path = os.path.join(srv.unix_socket_dir, f".s.PGSQL.{port}")
             with contextlib.suppress(FileNotFoundError):
@@ -165,6 +171,8 @@ class ProxyApp:
                 log.warning("listening on %s without TLS: only loopback clients can log in",
                             srv.listen)
         self._maintenance = loop.create_task(self._maintain())
+        if self.verifier.remote is not None:  # an identity provider's JWKS URL
+            await self.verifier.remote.start()
         # --- metrics endpoint ---
         if self.worker is not None:
             # Read (and aggregated) by the supervisor; bound last: it means "started".
@@ -214,6 +222,8 @@ class ProxyApp:
             client.fatal("57P01", "terminating connection due to administrator command")
         if self._maintenance is not None:
             self._maintenance.cancel()
+        if self.verifier.remote is not None:
+            await self.verifier.remote.stop()
         for pool in [*self.pools.values(), *self.service_pools.values(),
                      *self._retired_pools]:
             await pool.close()
@@ -316,7 +326,7 @@ class ProxyApp:
         passwords = {name: resolve_secret(db.password_env, db.password_file,
                                           f"databases.{name}.password")
                      for name, db in new.databases.items()}
-        verifier = JwtVerifier.from_config(new.auth.jwt, new.tenancy)
+        verifier = JwtVerifier.from_config(new.auth.jwt, new.tenancy, previous=self.verifier)
         service_passwords = self._resolve_service_passwords(new)
         restart_only = ("listen", "unix_socket_dir", "metrics_listen", "log_level",
                         "workers", "log_format")
@@ -332,6 +342,12 @@ class ProxyApp:
 
         def apply() -> None:
             self.config = config
+            old_remote, new_remote = self.verifier.remote, verifier.remote
+            if old_remote is not new_remote:  # a new JWKS source: swap the refreshers
+                if old_remote is not None:
+                    old_remote.stop_soon()
+                if new_remote is not None:
+                    new_remote.start_soon()
             self.verifier = verifier
             self.client_ssl_context = ssl_context
             for name, db in config.databases.items():
@@ -389,9 +405,16 @@ class ProxyApp:
                             "to this account", account.name, database, db.user)
             pool = ServerPool(db, self._service_passwords.get(account.name), self.stats)
             self.service_pools[key] = pool
+            main = self.pools.get(database)
+            if main is not None and main.paused:  # a PAUSE of the database holds it too
+                pool.pause()
             log.info("service account %s: pool for database %s as %s opened", account.name,
                      database, db.user)
         return pool
+
+    def pool_kind(self, pool: ServerPool) -> str:
+        """``tenant`` for a database's own pool, ``bypass`` for a bypass account's pool."""
+        return "tenant" if self.pools.get(pool.db.name) is pool else "bypass"
 
     def _reconfigure_service_pools(self, config: Config) -> None:
         """After a reload: keep the pools some bypass account still maps to, retire others."""
@@ -424,6 +447,8 @@ class ProxyApp:
 
     def next_client_id(self) -> int:
         self._client_ids += 1
+        if self.worker is not None:  # unique across workers: the low bits name the worker
+            return self._client_ids * MAX_WORKERS + self.worker.index
         return self._client_ids
 
     def client_connected(self, client: ClientConnection) -> None:

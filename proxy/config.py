@@ -43,6 +43,7 @@ class ServerConfig:
     shutdown_timeout: float = 30.0           # seconds running transactions get on SIGTERM/SHUTDOWN
     workers: int = 1                         # proxy processes sharing the port (SO_REUSEPORT)
     log_format: str = "text"                 # "text" or "json" (one JSON object per line)
+    pause_timeout: float = 60.0              # seconds console PAUSE waits for leases; 0 = no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,11 @@ class JwtConfig:
     secret_file: str | None = None           # HS*: file holding the shared secret
     public_key_file: str | None = None       # RS*/PS*/ES*/EdDSA: PEM public key
     jwks_file: str | None = None             # RS*/ES*/EdDSA: JWKS document (keys chosen by kid)
+    jwks_url: str | None = None              # ... or an identity provider's JWKS URL (HTTPS)
+    jwks_ca_file: str | None = None          # CA bundle for a private IdP's certificate
+    jwks_refresh_seconds: float = 300.0      # fetch the key set this often
+    jwks_min_refresh_seconds: float = 30.0   # unknown kid: fetch again at most this often
+    jwks_timeout_seconds: float = 5.0        # one fetch gives up after this
     tenant_claim: str = "tenant_id"
     issuer: str | None = None
     audience: str | None = None
@@ -325,6 +331,7 @@ def _read_server(t: _Table) -> ServerConfig:
         shutdown_timeout=t.seconds("shutdown_timeout", d.shutdown_timeout),
         workers=t.integer("workers", d.workers, minimum=1, maximum=MAX_WORKERS),
         log_format=t.choice("log_format", d.log_format, LOG_FORMATS),
+        pause_timeout=t.seconds("pause_timeout", d.pause_timeout),
     )
     t.finish()
     return server
@@ -433,6 +440,7 @@ def _read_jwt(t: _Table) -> JwtConfig:
     secret_file = t.optional_string("secret_file")
     public_key_file = t.optional_string("public_key_file")
     jwks_file = t.optional_string("jwks_file")
+    jwks_url = t.optional_string("jwks_url")
     # One key source, matching the algorithm family: an HMAC secret must never be
     # configured next to a public key, or a token could pick which one verifies it.
     sources = {
@@ -440,24 +448,35 @@ def _read_jwt(t: _Table) -> JwtConfig:
         "secret_file": secret_file,
         "public_key_file": public_key_file,
         "jwks_file": jwks_file,
+        "jwks_url": jwks_url,
     }
     if algorithms[0] in HMAC_ALGORITHMS:
-        first, second = "secret_env", "secret_file"
+        family: tuple[str, ...] = ("secret_env", "secret_file")
     else:
-        first, second = "public_key_file", "jwks_file"
+        family = ("public_key_file", "jwks_file", "jwks_url")
+    choices = " or ".join(family)
     for name, value in sources.items():
-        if value is not None and name not in (first, second):
-            raise t.error(name, f"not used by {algorithms[0]}; set {first} or {second}")
-    if sources[first] is None and sources[second] is None:
-        raise t.error(first, f"{algorithms[0]} needs a key: set {first} or {second}")
-    if sources[first] is not None and sources[second] is not None:
-        raise t.error(second, f"set {first} or {second}, not both")
+        if value is not None and name not in family:
+            raise t.error(name, f"not used by {algorithms[0]}; set {choices}")
+    chosen = [name for name in family if sources[name] is not None]
+    if not chosen:
+        raise t.error(family[0], f"{algorithms[0]} needs a key: set {choices}")
+    if len(chosen) > 1:
+        raise t.error(chosen[1], f"set {chosen[0]} or {chosen[1]}, not both")
+    if jwks_url is not None and not jwks_url.lower().startswith("https://"):
+        raise t.error("jwks_url", "must be an https:// URL (the keys decide who logs in)")
     jwt = JwtConfig(
         algorithms=algorithms,
         secret_env=secret_env,
         secret_file=secret_file,
         public_key_file=public_key_file,
         jwks_file=jwks_file,
+        jwks_url=jwks_url,
+        jwks_ca_file=t.optional_string("jwks_ca_file"),
+        jwks_refresh_seconds=t.seconds("jwks_refresh_seconds", d.jwks_refresh_seconds),
+        jwks_min_refresh_seconds=t.seconds("jwks_min_refresh_seconds",
+                                           d.jwks_min_refresh_seconds),
+        jwks_timeout_seconds=t.seconds("jwks_timeout_seconds", d.jwks_timeout_seconds),
         tenant_claim=t.string("tenant_claim", d.tenant_claim),
         issuer=t.optional_string("issuer"),
         audience=t.optional_string("audience"),

@@ -9,13 +9,17 @@ The supervisor
   exits 0 once all have exited after a shutdown;
 - restarts a worker that dies unexpectedly, after a growing delay (:data:`RESTART_DELAYS`);
   a worker that fails before it ever started (bad config, port taken) stops everything;
-- serves ``metrics_listen`` itself, aggregating the workers (:mod:`proxy.metrics.aggregate`).
+- serves ``metrics_listen`` itself, aggregating the workers (:mod:`proxy.metrics.aggregate`);
+- runs the admin console's commands that concern every worker (:mod:`proxy.admin.cluster`),
+  sent by the console of the worker an admin is connected to; a worker it restarts is
+  paused like the others if they are paused.
 
 Workers talk to each other and to the supervisor through Unix sockets in a private
-runtime directory (mode 0700): ``metrics-i.sock`` (worker i's operations endpoint) and
-``cancel-i.sock`` (worker i's own listener, which takes the CancelRequests that the
-kernel delivered to another worker: the cancel key's process id names the worker, see
-:meth:`WorkerRole.owner_of`).
+runtime directory (mode 0700): ``metrics-i.sock`` (worker i's operations endpoint),
+``control-i.sock`` and ``control.sock`` (the console's control channel, worker i's and
+the supervisor's) and ``cancel-i.sock`` (worker i's own listener, which takes the
+CancelRequests that the kernel delivered to another worker: the cancel key's process id
+names the worker, see :meth:`WorkerRole.owner_of`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import tempfile
 from dataclasses import dataclass
 
 from proxy.config import MAX_WORKERS, Config, parse_listen
+from proxy.tasks import TaskSet
 
 log = logging.getLogger("pgtenant.supervisor")
 
@@ -56,6 +61,13 @@ class WorkerRole:
     def cancel_socket(self, index: int | None = None) -> str:
         return cancel_socket(self.runtime_dir, self.index if index is None else index)
 
+    def control_socket(self, index: int | None = None) -> str:
+        return control_socket(self.runtime_dir, self.index if index is None else index)
+
+    def supervisor_socket(self) -> str:
+        """Where this worker's admin console sends commands meant for every worker."""
+        return supervisor_socket(self.runtime_dir)
+
     def cancel_pid(self, random_part: int) -> int:
         """A BackendKeyData process id that names this worker in its low bits."""
         return random_part * MAX_WORKERS + self.index
@@ -72,6 +84,14 @@ def metrics_socket(runtime_dir: str, index: int) -> str:
 
 def cancel_socket(runtime_dir: str, index: int) -> str:
     return os.path.join(runtime_dir, f"cancel-{index}.sock")
+
+
+def control_socket(runtime_dir: str, index: int) -> str:
+    return os.path.join(runtime_dir, f"control-{index}.sock")
+
+
+def supervisor_socket(runtime_dir: str) -> str:
+    return os.path.join(runtime_dir, "control.sock")
 
 
 def check_address_free(listen: str) -> None:
@@ -105,11 +125,14 @@ class Supervisor:
         self._stopping = False
         self._stop_requested: asyncio.Event | None = None
         self._startup: list[asyncio.Future[int | None]] = []
+        self._tasks = TaskSet()
 
     # ---- running ------------------------------------------------------------------------
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; the exit status of ``pgtenant serve``."""
+        from proxy.admin import control
+        from proxy.admin.cluster import ClusterConsole
         from proxy.metrics.aggregate import SupervisorMetricsServer
 
         check_address_free(self.config.server.listen)
@@ -118,6 +141,8 @@ class Supervisor:
         self.runtime_dir = tempfile.mkdtemp(prefix="pgtenant-")
         os.chmod(self.runtime_dir, 0o700)
         metrics: SupervisorMetricsServer | None = None
+        cluster = ClusterConsole(self.worker_control_sockets, self.count, self.request_shutdown)
+        console = await control.serve(supervisor_socket(self.runtime_dir), cluster.run)
         self._startup = [loop.create_future() for _ in range(self.count)]
         keepers = [loop.create_task(self._keep(i)) for i in range(self.count)]
         for sig, handler in ((signal.SIGTERM, self.request_shutdown),
@@ -149,6 +174,8 @@ class Supervisor:
                     proc.kill()
             if metrics is not None:
                 await metrics.stop()
+            console.close()
+            self._tasks.cancel_all()
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
         log.info("stopped")
         return status
@@ -157,6 +184,28 @@ class Supervisor:
         """``(index, socket)`` of each worker that has started and still runs."""
         return [(i, metrics_socket(self.runtime_dir, i)) for i in sorted(self._procs)
                 if self._started.get(i) and self._procs[i].returncode is None]
+
+    def worker_control_sockets(self) -> list[tuple[int, str]]:
+        """``(index, control socket)`` of each worker that has started and still runs."""
+        return [(i, control_socket(self.runtime_dir, i)) for i, _ in
+                self.worker_metrics_sockets()]
+
+    async def _pause_like_the_others(self, index: int) -> None:
+        """A restarted worker pauses the databases the running workers have paused."""
+        from proxy.admin import control
+
+        others = [path for i, path in self.worker_control_sockets() if i != index]
+        if not others:
+            return
+        try:
+            pools = await control.ask_briefly(others[0], "SHOW POOLS")
+            assert pools.columns is not None
+            name, paused = pools.columns.index("database"), pools.columns.index("paused")
+            for database in sorted({str(r[name]) for r in pools.rows if r[paused] == "yes"}):
+                log.info("worker %d restarted while %s is paused: pausing it", index, database)
+                await control.ask(control_socket(self.runtime_dir, index), f"PAUSE {database}")
+        except Exception as exc:
+            log.error("could not pause restarted worker %d like the others: %r", index, exc)
 
     def request_shutdown(self) -> None:
         """Ask every worker to shut down gracefully (again: to stop waiting)."""
@@ -185,7 +234,8 @@ class Supervisor:
         failures = 0
         while not self._stopping:
             for path in (metrics_socket(self.runtime_dir, index),
-                         cancel_socket(self.runtime_dir, index)):
+                         cancel_socket(self.runtime_dir, index),
+                         control_socket(self.runtime_dir, index)):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             self._started[index] = False
@@ -198,6 +248,8 @@ class Supervisor:
                 self._startup[index].set_result(None if started else (proc.returncode or 1))
                 if not started:
                     return
+            elif started:
+                self._tasks.spawn(self._pause_like_the_others(index))
             code = await proc.wait()
             if self._stopping:
                 if code != 0:

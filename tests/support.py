@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 import subprocess
@@ -29,7 +30,9 @@ __all__ = [
     "rss_kib",
     "run",
     "self_signed_cert",
+    "wait_for",
     "wait_for_port",
+    "wait_for_query",
 ]
 
 
@@ -45,6 +48,24 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
                 raise TimeoutError(f"nothing accepted connections on {host}:{port} "
                                    f"within {timeout}s ({exc})") from exc
         time.sleep(0.02)
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Return once ``condition()`` is true (polled); AssertionError naming ``what`` after
+    ``timeout`` seconds. For tests that must not assume something happened in time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
+        time.sleep(0.01)
+
+
+def wait_for_query(superuser_dsn: str, sql: str, timeout: float = 10.0) -> None:
+    """Return once a backend runs ``sql`` (pg_stat_activity, as a superuser): the statement
+    reached PostgreSQL and is executing. AssertionError after ``timeout`` seconds."""
+    with psycopg.connect(superuser_dsn, autocommit=True) as su:
+        wait_for(lambda: su.execute("SELECT count(*) FROM pg_stat_activity WHERE query = %s "
+                                    "AND state = 'active'", (sql,)).fetchone() != (0,),
+                 f"{sql!r} running on the server", timeout)
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
@@ -241,3 +262,20 @@ def call_in_loop(loop: Any, fn: Callable[[], T], timeout: float = 10) -> T:
 
     loop.call_soon_threadsafe(run)
     return fut.result(timeout=timeout)
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of the program ``name``. Missing, a test that needs it fails in CI
+    (``CI`` set, as ``.ci/run`` runs) and is skipped elsewhere with one line that says
+    which package to install."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    message = f"{name} is not installed (Debian package: {package}; .ci/run installs it)"
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)

@@ -1,4 +1,4 @@
-"""Admin console commands: SQL text in, PostgreSQL protocol bytes out.
+"""Admin console commands: SQL text in, an :class:`Answer` (rows or a tag) out.
 
 Pure dispatch over the proxy's state: no sockets here. Each command answers with real
 RowDescription/DataRow/CommandComplete messages (text columns), so psql renders tables
@@ -8,28 +8,44 @@ optional trailing ``;``, several may be separated by ``;``)::
     SHOW POOLS | CLIENTS | SERVERS | TENANTS | STATS | CONFIG | HELP
     PAUSE [db]   RESUME [db]   RELOAD   KILL_CLIENT id   SHUTDOWN
 
+Under a supervisor (``[server] workers`` > 1) the console of the worker an admin lands on
+sends every command but ``SHOW CONFIG``/``SHOW HELP``/``SET`` to the supervisor, which runs
+it on every worker (:mod:`proxy.admin.cluster`) and merges the answers.
 See ``docs/operations.md`` for what each column means.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from proxy.config import ConfigError
 from proxy.session.server import TenantState
+from proxy.tasks import TaskSet
 from proxy.wire import messages
 
 if TYPE_CHECKING:
     from proxy.app import ProxyApp
     from proxy.pool.pool import ServerPool
 
+log = logging.getLogger("pgtenant.admin")
+
 COMMANDS = ("SHOW POOLS", "SHOW CLIENTS", "SHOW SERVERS", "SHOW TENANTS", "SHOW STATS",
             "SHOW CONFIG", "SHOW HELP", "PAUSE [db]", "RESUME [db]", "RELOAD",
             "KILL_CLIENT id", "SHUTDOWN")
 _HINT = "commands: " + ", ".join(COMMANDS)
+SHOW_SUBJECTS = ("POOLS", "CLIENTS", "SERVERS", "TENANTS", "STATS", "CONFIG", "HELP")
+# Answered by the worker an admin is connected to, never gathered from all workers.
+LOCAL_ONLY = frozenset({("SHOW", "CONFIG"), ("SHOW", "HELP"), ("SET", None)})
+
+_background = TaskSet()  # fire-and-forget messages to the supervisor
+
+PAUSE_POLL = 0.02  # seconds between two looks at the pools a PAUSE waits for
 
 Row = list[str | None]
 
@@ -43,14 +59,77 @@ class ConsoleError(Exception):
         self.hint = hint
 
 
-def _table(columns: list[str], rows: Iterable[Row]) -> bytes:
-    out = [messages.row_description(columns)]
-    count = 0
-    for row in rows:
-        out.append(messages.data_row(row))
-        count += 1
-    out.append(messages.command_complete(f"SHOW {count}"))
-    return b"".join(out)
+@dataclass(slots=True)
+class Answer:
+    """What one command answers: a result set (``columns`` and ``rows``) or just a tag.
+
+    ``notices`` go out as NoticeResponses first. ``paused`` names the databases a PAUSE
+    newly paused (a coordinator resumes them if the PAUSE failed on another worker).
+    """
+
+    tag: str
+    columns: list[str] | None = None
+    rows: list[Row] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)
+
+    def encode(self) -> bytes:
+        out = [messages.notice_response("01000", n) for n in self.notices]
+        if self.columns is not None:
+            out.append(messages.row_description(self.columns))
+            out.extend(messages.data_row(row) for row in self.rows)
+        out.append(messages.command_complete(self.tag))
+        return b"".join(out)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Answer:
+        return cls(**data)
+
+
+class Command(NamedTuple):
+    """A parsed console statement: ``verb`` upper-cased, at most one argument."""
+
+    verb: str
+    arg: str | None
+    text: str
+
+
+def parse(statement: str) -> Command:
+    """The command in ``statement`` (one, without its ``;``), or ConsoleError 42601."""
+    words = statement.split()
+    verb = words[0].upper() if words else ""
+    args = words[1:]
+    if verb == "SHOW" and len(args) == 1 and args[0].upper() in SHOW_SUBJECTS:
+        return Command(verb, args[0].upper(), statement)
+    if verb in ("PAUSE", "RESUME") and len(args) <= 1:
+        return Command(verb, args[0] if args else None, statement)
+    if verb == "KILL_CLIENT" and len(args) == 1:
+        if not args[0].isascii() or not args[0].isdigit():
+            raise ConsoleError("42601", f"KILL_CLIENT expects a client id, got {args[0][:40]!r}",
+                               "the id column of SHOW CLIENTS")
+        return Command(verb, args[0], statement)
+    if verb in ("RELOAD", "SHUTDOWN") and not args:
+        return Command(verb, None, statement)
+    if verb == "SET":  # drivers and psql scripts set client options; nothing to do
+        return Command(verb, None, statement)
+    raise ConsoleError("42601", f"unknown admin console command: {statement[:80]!r}", _HINT)
+
+
+async def _tell_supervisor(path: str, statement: str) -> None:
+    from proxy.admin import control
+
+    try:
+        await control.ask_briefly(path, statement)
+    except (OSError, EOFError, ValueError, TimeoutError, ConsoleError) as exc:
+        log.error("the supervisor did not take %r: %r", statement, exc)
+
+
+def _table(columns: list[str], rows: Iterable[Row]) -> Answer:
+    listed = list(rows)
+    return Answer(f"SHOW {len(listed)}", columns, listed)
 
 
 def _seconds(value: float) -> str:
@@ -64,12 +143,13 @@ def _tenant_label(tenant: object) -> str | None:
 
 
 class AdminConsole:
-    """Runs console commands against one :class:`ProxyApp`."""
+    """Runs console commands against one :class:`ProxyApp` (and, under a supervisor,
+    through it against every worker)."""
 
     def __init__(self, app: ProxyApp, client_id: int = 0) -> None:
         self.app = app
         self.client_id = client_id  # the admin's own client id (SHOW CLIENTS marks it)
-        self._show: dict[str, Callable[[], bytes]] = {
+        self._show: dict[str, Callable[[], Answer]] = {
             "POOLS": self.show_pools,
             "CLIENTS": self.show_clients,
             "SERVERS": self.show_servers,
@@ -79,7 +159,7 @@ class AdminConsole:
             "HELP": self.show_help,
         }
 
-    def execute(self, sql: str) -> bytes:
+    async def execute(self, sql: str) -> bytes:
         """Run every ``;``-separated command of a simple Query; stop at the first error."""
         out: list[bytes] = []
         statements = [s.strip() for s in sql.split(";")]
@@ -88,39 +168,64 @@ class AdminConsole:
             return messages.empty_query_response()
         for statement in statements:
             try:
-                out.append(self.run(statement))
+                out.append((await self.run(statement)).encode())
             except ConsoleError as exc:
                 out.append(messages.error_response(exc.sqlstate, str(exc), hint=exc.hint))
                 break
         return b"".join(out)
 
-    def run(self, statement: str) -> bytes:
-        """One command, without its ``;``."""
-        words = statement.split()
-        verb = words[0].upper()
-        args = words[1:]
-        if verb == "SHOW" and len(args) == 1 and args[0].upper() in self._show:
-            return self._show[args[0].upper()]()
-        if verb in ("PAUSE", "RESUME") and len(args) <= 1:
-            return self.pause_or_resume(verb, args[0] if args else None)
-        if verb == "RELOAD" and not args:
+    async def run(self, statement: str) -> Answer:
+        """One command, without its ``;``: on this process, or on every worker."""
+        command = parse(statement)
+        worker = self.app.worker
+        if worker is None or (command.verb, command.arg) in LOCAL_ONLY:
+            return await self.run_local(statement)
+        from proxy.admin import control
+
+        if command.verb == "SHUTDOWN":
+            # After this answer is written (the task's current step), not before it.
+            asyncio.get_running_loop().call_soon(
+                _background.spawn, _tell_supervisor(worker.supervisor_socket(), statement))
+            return Answer("SHUTDOWN")
+        try:
+            answer = await control.ask(worker.supervisor_socket(), statement)
+        except (OSError, EOFError, ValueError) as exc:
+            raise ConsoleError("58000", f"the supervisor did not answer ({exc!r})",
+                               "a command that needs every worker cannot run now; "
+                               "signal the supervisor instead") from None
+        if command.arg == "CLIENTS" and answer.columns is not None:
+            mine, me = answer.columns.index("id"), answer.columns.index("self")
+            for row in answer.rows:
+                row[me] = "yes" if row[mine] == str(self.client_id) else "no"
+        return answer
+
+    async def run_local(self, statement: str) -> Answer:
+        """One command against this process only."""
+        command = parse(statement)
+        if command.verb == "SHOW":
+            assert command.arg is not None
+            return self._show[command.arg]()
+        if command.verb == "PAUSE":
+            return await self.pause(command.arg)
+        if command.verb == "RESUME":
+            return self.resume(command.arg)
+        if command.verb == "RELOAD":
             return self.reload()
-        if verb == "KILL_CLIENT" and len(args) == 1:
-            return self.kill_client(args[0])
-        if verb == "SHUTDOWN" and not args:
+        if command.verb == "KILL_CLIENT":
+            assert command.arg is not None
+            return self.kill_client(command.arg)
+        if command.verb == "SHUTDOWN":
             self.app.request_shutdown()
-            return messages.command_complete("SHUTDOWN")
-        if verb == "SET":  # drivers and psql scripts set client options; nothing to do
-            return messages.command_complete("SET")
-        raise ConsoleError("42601", f"unknown admin console command: {statement[:80]!r}",
-                           _HINT)
+            return Answer("SHUTDOWN")
+        return Answer("SET")
 
     # ---- SHOW -------------------------------------------------------------------------
 
     def _pools(self) -> list[ServerPool]:
-        return list(self.app.pools.values())
+        """Every pool: each database's own, then the bypass service accounts' pools."""
+        return [*self.app.pools.values(), *self.app.service_pools.values()]
 
-    def show_pools(self) -> bytes:
+    def show_pools(self) -> Answer:
         app = self.app
         now = time.monotonic()
         rows: list[Row] = []
@@ -134,12 +239,13 @@ class AdminConsole:
                 str(linked), str(waiting), str(len(clients) - linked - waiting),
                 str(len(pool.active)), str(len(pool.idle)), str(pool.connecting),
                 str(pool.db.pool_size), _seconds(pool.traffic.oldest_wait(now)),
+                pool.db.user, app.pool_kind(pool),
             ])
         return _table(["database", "pool_mode", "paused", "cl_active", "cl_waiting",
                        "cl_idle", "sv_active", "sv_idle", "sv_connecting", "pool_size",
-                       "maxwait"], rows)
+                       "maxwait", "user", "kind"], rows)
 
-    def show_clients(self) -> bytes:
+    def show_clients(self) -> Answer:
         rows: list[Row] = []
         for client in sorted(self.app.clients, key=lambda c: c.id):
             identity = client.identity
@@ -156,10 +262,11 @@ class AdminConsole:
         return _table(["id", "database", "tenant", "state", "addr", "tls", "server_pid",
                        "self"], rows)
 
-    def show_servers(self) -> bytes:
+    def show_servers(self) -> Answer:
         now = time.monotonic()
         rows: list[Row] = []
         for pool in self._pools():
+            kind = self.app.pool_kind(pool)
             for server in [*pool.active, *pool.idle]:
                 receiver = server.receiver
                 client_id = getattr(receiver, "id", None)
@@ -168,11 +275,12 @@ class AdminConsole:
                     _tenant_label(server.tenant),
                     None if client_id is None else str(client_id),
                     _seconds(now - server.created_at), _seconds(now - server.last_used),
+                    pool.db.user, kind,
                 ])
         return _table(["database", "backend_pid", "state", "tenant", "client_id", "age",
-                       "idle_for"], rows)
+                       "idle_for", "user", "kind"], rows)
 
-    def show_tenants(self) -> bytes:
+    def show_tenants(self) -> Answer:
         app = self.app
         connected: dict[str, list[int]] = {}
         for client in app.clients:
@@ -203,23 +311,28 @@ class AdminConsole:
         return _table(["tenant", "clients", "active", "queries", "transactions", "errors",
                        "wait_seconds", "violations", "violation_kinds"], rows)
 
-    def show_stats(self) -> bytes:
+    def show_stats(self) -> Answer:
+        # Traffic is counted per database; pool counters are summed over its pools (its
+        # own and those of bypass service accounts).
         rows: list[Row] = []
-        for pool in self._pools():
+        for name, pool in self.app.pools.items():
             traffic = pool.traffic
-            ps = pool.stats
+            pools = self._database_pools(name)
+            ps = [p.stats for p in pools]
             rows.append([
-                pool.db.name, str(traffic.queries), str(traffic.transactions),
+                name, str(traffic.queries), str(traffic.transactions),
                 str(traffic.errors), str(traffic.bytes_in), str(traffic.bytes_out),
-                str(ps.waits), _seconds(ps.wait_seconds_total), str(ps.acquire_timeouts),
-                str(ps.leases), str(ps.leases_with_context_set), str(ps.servers_opened),
-                str(ps.servers_closed),
+                str(sum(s.waits for s in ps)),
+                _seconds(sum(s.wait_seconds_total for s in ps)),
+                str(sum(s.acquire_timeouts for s in ps)), str(sum(s.leases for s in ps)),
+                str(sum(s.leases_with_context_set for s in ps)),
+                str(sum(s.servers_opened for s in ps)), str(sum(s.servers_closed for s in ps)),
             ])
         return _table(["database", "queries", "transactions", "errors", "bytes_in",
                        "bytes_out", "waits", "wait_seconds", "wait_timeouts", "leases",
                        "context_sets", "servers_opened", "servers_closed"], rows)
 
-    def show_config(self) -> bytes:
+    def show_config(self) -> Answer:
         config = self.app.config
         rows: list[Row] = [["path", config.path]]
 
@@ -241,39 +354,86 @@ class AdminConsole:
         rows.append(["admin.users", ", ".join(sorted(config.admin.users)) or None])
         return _table(["key", "value"], rows)
 
-    def show_help(self) -> bytes:
+    def show_help(self) -> Answer:
         return _table(["command"], ([c] for c in COMMANDS))
 
-    # ---- actions ----------------------------------------------------------------------
+    # ---- PAUSE, RESUME ------------------------------------------------------------------
 
-    def pause_or_resume(self, verb: str, database: str | None) -> bytes:
-        pools = self._pools()
-        if database is not None:
-            pool = self.app.pools.get(database)
-            if pool is None:
-                raise ConsoleError("3D000", f"database \"{database}\" does not exist",
-                                   "name one of: " + ", ".join(self.app.pools))
-            pools = [pool]
+    def _database_pools(self, database: str | None) -> list[ServerPool]:
+        """The pools PAUSE/RESUME ``database`` act on: its own and its bypass accounts'."""
+        app = self.app
+        if database is None:
+            return self._pools()
+        pool = app.pools.get(database)
+        if pool is None:
+            raise ConsoleError("3D000", f"database \"{database}\" does not exist",
+                               "name one of: " + ", ".join(app.pools))
+        return [pool, *(p for (name, _), p in app.service_pools.items() if name == database)]
+
+    async def pause(self, database: str | None) -> Answer:
+        """Hold new transactions, wait until no server connection is in use, close the idle
+        ones. Waits at most [server] pause_timeout (0: no limit); a PAUSE that fails, is
+        interrupted by RESUME, or whose admin goes away, resumes what it paused."""
+        pools = self._database_pools(database)
+        newly = [p for p in pools if not p.paused]
         for pool in pools:
-            if verb == "PAUSE":
-                pool.pause()
-            else:
+            pool.pause()
+        limit = self.app.config.server.pause_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit if limit else None
+        try:
+            while True:
+                if not all(p.paused for p in pools):
+                    raise ConsoleError("57014", "PAUSE interrupted: RESUME was run while it "
+                                                "waited; the pause was undone")
+                busy = [p for p in pools if p.in_use]
+                if not busy:
+                    break
+                if deadline is not None and loop.time() >= deadline:
+                    raise ConsoleError(
+                        "57014", f"PAUSE did not complete within pause_timeout ({limit:g}s): "
+                                 f"{self._still_in_use(busy)}; the pause was undone",
+                        "let those transactions finish or end them with KILL_CLIENT, then "
+                        "PAUSE again ([server] pause_timeout = 0 waits without limit)")
+                await asyncio.sleep(PAUSE_POLL)
+        except BaseException:  # ConsoleError, or cancelled: the admin went away
+            for pool in newly:
                 pool.resume()
-        return messages.command_complete(verb)
+            log.info("PAUSE %s did not complete; resumed", database or "(all)")
+            raise
+        for pool in pools:
+            pool.disconnect_idle()
+        log.info("PAUSE %s complete: no server connection in use", database or "(all)")
+        return Answer("PAUSE", paused=sorted({p.db.name for p in newly}))
 
-    def reload(self) -> bytes:
+    def _still_in_use(self, busy: list[ServerPool]) -> str:
+        parts = []
+        for pool in busy:
+            holders = sorted(c.id for c in self.app.clients
+                             if c.pool is pool and c.server is not None)
+            held = (f" (client{'s' if len(holders) > 1 else ''} "
+                    f"{', '.join(map(str, holders[:10]))})" if holders else "")
+            parts.append(f"database \"{pool.db.name}\" ({self.app.pool_kind(pool)} pool) "
+                         f"has {pool.in_use} server connection(s) in use{held}")
+        return "; ".join(parts)
+
+    def resume(self, database: str | None) -> Answer:
+        for pool in self._database_pools(database):
+            pool.resume()
+        return Answer("RESUME")
+
+    # ---- RELOAD, KILL_CLIENT ------------------------------------------------------------
+
+    def reload(self) -> Answer:
         try:
             self.app.reload()
         except ConfigError as exc:
             raise ConsoleError("F0000", f"configuration reload refused: {exc}",
                                "the previous configuration stays in effect") from None
-        return messages.command_complete("RELOAD")
+        return Answer("RELOAD")
 
-    def kill_client(self, text: str) -> bytes:
-        if not text.isascii() or not text.isdigit():
-            raise ConsoleError("42601", f"KILL_CLIENT expects a client id, got {text[:40]!r}",
-                               "the id column of SHOW CLIENTS")
+    def kill_client(self, text: str) -> Answer:
         if not self.app.kill_client(int(text)):
             raise ConsoleError("42704", f"no client with id {int(text)}",
                                "see SHOW CLIENTS")
-        return messages.command_complete("KILL_CLIENT")
+        return Answer("KILL_CLIENT")

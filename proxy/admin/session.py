@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections import deque
 from typing import TYPE_CHECKING
 
 from proxy.admin.console import AdminConsole
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from proxy.session.client import ClientConnection
 
 log = logging.getLogger("pgtenant.admin")
+
+# Messages queued behind a running command (a PAUSE may wait) before reading stops.
+_INBOX_HIGH_WATER = 64
 
 _EXTENDED = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
                        FrontendTag.EXECUTE, FrontendTag.CLOSE, FrontendTag.FLUSH})
@@ -67,6 +71,9 @@ class AdminSession(asyncio.Protocol):
         self.exchange: ScramExchange | None = None
         self.known_user = False
         self._skipping = False  # an extended-protocol batch is refused up to its Sync
+        # Commands run one at a time, in order, in one task (a PAUSE waits for transactions).
+        self._inbox: deque[tuple[int, bytes]] = deque()
+        self._running: asyncio.Task[None] | None = None
 
     def start(self, pending: bytes) -> None:
         client = self.client
@@ -96,6 +103,8 @@ class AdminSession(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._running is not None:
+            self._running.cancel()  # a waiting PAUSE is undone when its admin goes away
         self.client.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -108,7 +117,11 @@ class AdminSession(asyncio.Protocol):
 
     def _message(self, tag: int, body: bytes) -> None:
         if self.stage is _Stage.READY:
-            self._command(tag, body)
+            self._inbox.append((tag, body))
+            if self._running is None:
+                self._running = asyncio.get_running_loop().create_task(self._run_inbox())
+            elif len(self._inbox) == _INBOX_HIGH_WATER and self.client.transport is not None:
+                self.client.transport.pause_reading()
         elif tag != FrontendTag.PASSWORD:
             self.client.fatal("08P01", f"expected a SASL response, got type {chr(tag)!r}")
         elif self.stage is _Stage.SASL_INITIAL:
@@ -173,11 +186,24 @@ class AdminSession(asyncio.Protocol):
         log.info("client #%s (%s): admin console login as %r", client.id, client.peer,
                  self.user)
 
-    def _command(self, tag: int, body: bytes) -> None:
+    async def _run_inbox(self) -> None:
+        try:
+            while self._inbox and not self._closed():
+                tag, body = self._inbox.popleft()
+                if len(self._inbox) == _INBOX_HIGH_WATER - 1 and self.client.transport:
+                    self.client.transport.resume_reading()
+                await self._command(tag, body)
+        except Exception:
+            log.exception("client #%s: admin command failed", self.client.id)
+            self.client.fatal("XX000", "internal error in the admin console")
+        finally:
+            self._running = None
+
+    async def _command(self, tag: int, body: bytes) -> None:
         if tag == FrontendTag.QUERY:
             sql = messages.decode_query(body)
             log.info("client #%s: admin command %r", self.client.id, sql[:200])
-            self._write(self.console.execute(sql) + messages.ready_for_query(b"I"))
+            self._write(await self.console.execute(sql) + messages.ready_for_query(b"I"))
         elif tag == FrontendTag.SYNC:
             self._skipping = False
             self._write(messages.ready_for_query(b"I"))

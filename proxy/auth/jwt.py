@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from proxy.auth.errors import AuthError, AuthReason, AuthSqlState
 from proxy.auth.identity import Identity
+from proxy.auth.jwks import JwksSettings, RemoteJwks
 from proxy.config import (
     HMAC_ALGORITHMS,
     PUBLIC_KEY_ALGORITHMS,
@@ -97,6 +99,7 @@ class JwtVerifier:
         algorithms: tuple[str, ...],
         key: VerificationKey | None = None,
         jwks: dict[str | None, _Key] | None = None,
+        remote: RemoteJwks | None = None,
         tenant_claim: str,
         tenant_pattern: re.Pattern[str],
         issuer: str | None = None,
@@ -106,14 +109,19 @@ class JwtVerifier:
     ) -> None:
         if not algorithms or any(a.lower() == "none" for a in algorithms):
             raise ValueError("algorithms must be a non-empty allow-list without 'none'")
-        if (key is None) == (jwks is None):
-            raise ValueError("pass exactly one of key or jwks")
+        if sum(x is not None for x in (key, jwks, remote)) != 1:
+            raise ValueError("pass exactly one of key, jwks or remote")
         self._algorithms = frozenset(algorithms)
         # One configured key (secret or PEM) ignores the token's kid; a JWKS is indexed
-        # by kid, with None for a key published without one.
+        # by kid, with None for a key published without one; a remote JWKS is replaced
+        # whole by each refresh.
         self._key = key
         self._jwks = jwks or {}
+        self.remote = remote
         self._tenant_claim = tenant_claim
+        # "app_metadata.tenant_id": a claim nested in objects, for providers that put
+        # custom claims there (a top-level claim of that exact name wins).
+        self._tenant_path = tuple(tenant_claim.split(".")) if "." in tenant_claim else ()
         self._tenant_pattern = tenant_pattern
         self._issuer = issuer
         self._audience = audience
@@ -125,9 +133,13 @@ class JwtVerifier:
         }
 
     @classmethod
-    def from_config(cls, jwt: JwtConfig, tenancy: TenancyConfig) -> JwtVerifier:
-        """Load the key material named by ``jwt`` (secret, PEM public key or JWKS).
+    def from_config(cls, jwt: JwtConfig, tenancy: TenancyConfig,
+                    previous: JwtVerifier | None = None) -> JwtVerifier:
+        """Load the key material named by ``jwt`` (secret, PEM public key, JWKS file, or
+        a JWKS URL whose keys are fetched later: see :class:`RemoteJwks`).
 
+        ``previous`` (a reload): its remote key set is kept when the URL and its settings
+        did not change, so a reload never drops the keys logins depend on.
         Raises :class:`ConfigError` if the key is missing, unreadable, too weak, or of
         a kind the allowed algorithms cannot use.
         """
@@ -142,18 +154,30 @@ class JwtVerifier:
             )
         keys: dict[str | None, _Key] | None = None
         single: VerificationKey | None = None
+        remote: RemoteJwks | None = None
         if algorithms[0] in HMAC_ALGORITHMS:
             single = _load_secret(jwt, algorithms)
         elif jwt.public_key_file is not None:
             single = _load_public_key(jwt.public_key_file, algorithms)
         elif jwt.jwks_file is not None:
             keys = _load_jwks(jwt.jwks_file, algorithms)
+        elif jwt.jwks_url is not None:
+            settings = JwksSettings(jwt.jwks_url, jwt.jwks_ca_file, jwt.jwks_refresh_seconds,
+                                    jwt.jwks_min_refresh_seconds, jwt.jwks_timeout_seconds,
+                                    algorithms)
+            old = previous.remote if previous is not None else None
+            if old is not None and old.settings == settings:
+                remote = old
+            else:
+                remote = RemoteJwks(settings, _remote_parser(jwt.jwks_url, algorithms))
         else:
-            raise ConfigError("auth.jwt: no key configured (public_key_file or jwks_file)")
+            raise ConfigError("auth.jwt: no key configured "
+                              "(public_key_file, jwks_file or jwks_url)")
         return cls(
             algorithms=algorithms,
             key=single,
             jwks=keys,
+            remote=remote,
             tenant_claim=jwt.tenant_claim,
             tenant_pattern=re.compile(tenancy.tenant_pattern),
             issuer=jwt.issuer,
@@ -189,6 +213,8 @@ class JwtVerifier:
             ):
                 _fail("malformed", f"the token's {claim} claim is not a number")
         tenant = claims.get(self._tenant_claim)
+        if tenant is None and self._tenant_path:
+            tenant = _nested_claim(claims, self._tenant_path)
         if tenant is None:
             _fail("missing_tenant", f"the token has no {self._tenant_claim} claim", "28000")
         if not isinstance(tenant, str) or not self._tenant_pattern.fullmatch(tenant):
@@ -210,12 +236,13 @@ class JwtVerifier:
         if self._key is not None:
             entry = _Key(self._key, None)
         else:
+            jwks = self.remote.keys if self.remote is not None else self._jwks
             kid = header.get("kid")
-            entry = self._jwks.get(kid)
-            if entry is None and kid is None and len(self._jwks) == 1:
+            entry = jwks.get(kid)
+            if entry is None and kid is None and len(jwks) == 1:
                 # A one-key set needs no kid to choose; a kid that names no key is
                 # refused even then, as keys are selected by kid.
-                entry = next(iter(self._jwks.values()))
+                entry = next(iter(jwks.values()))
         if entry is None:
             _fail("no_key", "no configured key matches the token's key id")
         if entry.algorithm is not None and entry.algorithm != algorithm:
@@ -223,6 +250,17 @@ class JwtVerifier:
         if not key_fits_algorithm(entry.key, algorithm):
             _fail("no_key", "no configured key fits the token's signing algorithm")
         return entry.key
+
+    def may_refresh_for(self, token: str) -> bool:
+        """The token names a key id the remote set lacks, and the provider may be asked
+        again now (rate-limited): refresh, then verify once more."""
+        if self.remote is None:
+            return False
+        try:
+            kid = pyjwt.get_unverified_header(token).get("kid")
+        except pyjwt.PyJWTError:
+            return False
+        return isinstance(kid, str) and self.remote.may_refresh_for(kid)
 
     def _decode(self, token: str, key: VerificationKey, algorithm: str) -> dict[str, Any]:
         try:
@@ -364,6 +402,26 @@ def _check_public_key(key: object, algorithms: tuple[str, ...], what: str) -> Pu
     return key if any(key_fits_algorithm(key, a) for a in algorithms) else None
 
 
+def _nested_claim(claims: dict[str, Any], path: tuple[str, ...]) -> object:
+    value: object = claims
+    for part in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _remote_parser(url: str, algorithms: tuple[str, ...]
+                   ) -> Callable[[Any], dict[str | None, _Key]]:
+    """The check a fetched JWKS document gets: the one a jwks_file gets."""
+    def parse(document: Any) -> dict[str | None, _Key]:
+        try:
+            return _parse_jwks(document, algorithms, "auth.jwt.jwks_url", url)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return parse
+
+
 def _load_jwks(path: str, algorithms: tuple[str, ...]) -> dict[str | None, _Key]:
     what = "auth.jwt.jwks_file"
     try:
@@ -373,6 +431,11 @@ def _load_jwks(path: str, algorithms: tuple[str, ...]) -> dict[str | None, _Key]
         raise ConfigError(f"{what}: cannot read {path}: {e.strerror}") from None
     except ValueError:
         raise ConfigError(f"{what}: {path} is not valid JSON") from None
+    return _parse_jwks(document, algorithms, what, path)
+
+
+def _parse_jwks(document: Any, algorithms: tuple[str, ...], what: str, path: str
+                ) -> dict[str | None, _Key]:
     entries = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(entries, list):
         raise ConfigError(f'{what}: {path} is not a JWKS document (no "keys" array)')

@@ -19,6 +19,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from proxy.auth.errors import AuthReason
@@ -26,6 +27,11 @@ from proxy.stats import OTHER_TENANT, Histogram, TenantStats
 
 if TYPE_CHECKING:
     from proxy.app import ProxyApp
+    from proxy.pool.pool import ServerPool
+
+# Per-pool series: the database clients name, the upstream role the pool logs in as, and
+# the pool's kind (``tenant``: the database's own; ``bypass``: a bypass service account's).
+POOL_LABELS = ["database", "user", "kind"]
 
 
 def build_version() -> str:
@@ -78,16 +84,26 @@ class ProxyCollector(Collector):
 
     # ---- pools --------------------------------------------------------------------------
 
+    def _all_pools(self) -> list[tuple[list[str], ServerPool]]:
+        """``(labels, pool)`` of every pool: each database's own (kind ``tenant``), then
+        those of bypass service accounts (kind ``bypass``, labelled with their role)."""
+        app = self.app
+        return [([pool.db.name, pool.db.user, app.pool_kind(pool)], pool)
+                for pool in [*app.pools.values(), *app.service_pools.values()]]
+
     def _pools(self) -> Iterator[Metric]:
         servers = GaugeMetricFamily("pgtenant_server_connections",
                                     "Server connections by state.",
-                                    labels=["database", "state"])
+                                    labels=[*POOL_LABELS, "state"])
         size = GaugeMetricFamily("pgtenant_pool_size", "Configured pool_size.",
-                                 labels=["database"])
+                                 labels=POOL_LABELS)
         saturation = GaugeMetricFamily(
             "pgtenant_pool_saturation",
             "Leased server connections / pool_size (1 = every connection in use).",
-            labels=["database"])
+            labels=POOL_LABELS)
+        paused = GaugeMetricFamily(
+            "pgtenant_pool_paused", "1 while the pool is paused (console PAUSE), else 0.",
+            labels=POOL_LABELS)
         max_wait = GaugeMetricFamily(
             "pgtenant_pool_wait_max_seconds",
             "How long the longest current waiter for a server connection has waited.",
@@ -100,42 +116,45 @@ class ProxyCollector(Collector):
             "acquire_timeouts": CounterMetricFamily(
                 "pgtenant_pool_acquire_timeouts",
                 "Clients that gave up waiting for a server connection (query_wait_timeout).",
-                labels=["database"]),
+                labels=POOL_LABELS),
             "server_errors": CounterMetricFamily(
                 "pgtenant_server_errors",
-                "Failures to open or set up a server connection.", labels=["database"]),
+                "Failures to open or set up a server connection.", labels=POOL_LABELS),
             "servers_opened": CounterMetricFamily(
-                "pgtenant_servers_opened", "Server connections opened.", labels=["database"]),
+                "pgtenant_servers_opened", "Server connections opened.", labels=POOL_LABELS),
             "servers_closed": CounterMetricFamily(
-                "pgtenant_servers_closed", "Server connections closed.", labels=["database"]),
+                "pgtenant_servers_closed", "Server connections closed.", labels=POOL_LABELS),
             "leases": CounterMetricFamily(
                 "pgtenant_pool_leases",
-                "Server connections handed to a client.", labels=["database"]),
+                "Server connections handed to a client.", labels=POOL_LABELS),
             "leases_with_context_set": CounterMetricFamily(
                 "pgtenant_pool_context_sets",
                 "Times the tenant context had to be set on a leased connection "
-                "(leases minus these were served by tenant affinity).", labels=["database"]),
+                "(leases minus these were served by tenant affinity).", labels=POOL_LABELS),
         }
+        for labels, pool in self._all_pools():
+            active = len(pool.active)
+            servers.add_metric([*labels, "active"], active)
+            servers.add_metric([*labels, "idle"], len(pool.idle))
+            servers.add_metric([*labels, "connecting"], pool.connecting)
+            size.add_metric(labels, pool.db.pool_size)
+            saturation.add_metric(labels, active / pool.db.pool_size if pool.db.pool_size else 0)
+            paused.add_metric(labels, 1 if pool.paused else 0)
+            for field, family in counters.items():
+                family.add_metric(labels, getattr(pool.stats, field))
+        # Waits are timed per database (its own pool and its bypass pools together).
         stats = self.app.stats
         now = time.monotonic()
         for name, pool in self.app.pools.items():
-            labels = [name]
-            active = len(pool.active)
-            servers.add_metric([name, "active"], active)
-            servers.add_metric([name, "idle"], len(pool.idle))
-            servers.add_metric([name, "connecting"], pool.connecting)
-            size.add_metric(labels, pool.db.pool_size)
-            saturation.add_metric(labels, active / pool.db.pool_size if pool.db.pool_size else 0)
-            for field, family in counters.items():
-                family.add_metric(labels, getattr(pool.stats, field))
             traffic = stats.database(name)
             stats.reconcile_waits(traffic, pool.stats.waits, pool.stats.wait_seconds_total)
             hist = traffic.wait_seconds
-            waits.add_metric(labels, _histogram_buckets(hist), hist.sum)
-            max_wait.add_metric(labels, traffic.oldest_wait(now))
+            waits.add_metric([name], _histogram_buckets(hist), hist.sum)
+            max_wait.add_metric([name], traffic.oldest_wait(now))
         yield servers
         yield size
         yield saturation
+        yield paused
         yield max_wait
         yield waits
         yield from counters.values()
@@ -144,25 +163,28 @@ class ProxyCollector(Collector):
 
     def _clients(self) -> Iterator[Metric]:
         app = self.app
-        linked: dict[str, int] = dict.fromkeys(app.pools, 0)
-        total: dict[str, int] = dict.fromkeys(app.pools, 0)
+        pools = self._all_pools()
+        linked: dict[int, int] = {id(pool): 0 for _, pool in pools}
+        total: dict[int, int] = dict(linked)
         for client in app.clients:
-            db = client.database
-            if db in total:
-                total[db] += 1
+            key = id(client.pool)
+            if key in total:
+                total[key] += 1
                 if client.server is not None:
-                    linked[db] += 1
+                    linked[key] += 1
         clients = GaugeMetricFamily(
             "pgtenant_clients",
             "Client connections by state: active (linked to a server connection), "
-            "waiting (queued for one), idle (neither).",
-            labels=["database", "state"])
-        for name, pool in app.pools.items():
-            waiting = min(sum(1 for w in pool.waiters if not w.done()),
-                          total[name] - linked[name])
-            clients.add_metric([name, "active"], linked[name])
-            clients.add_metric([name, "waiting"], waiting)
-            clients.add_metric([name, "idle"], total[name] - linked[name] - waiting)
+            "waiting (queued for one, or for RESUME), idle (neither).",
+            labels=[*POOL_LABELS, "state"])
+        for labels, pool in pools:
+            key = id(pool)
+            idle = total[key] - linked[key]
+            waiting = min(sum(1 for w in pool.waiters if not w.done()) + pool.paused_waiting,
+                          idle)
+            clients.add_metric([*labels, "active"], linked[key])
+            clients.add_metric([*labels, "waiting"], waiting)
+            clients.add_metric([*labels, "idle"], idle - waiting)
         yield clients
         yield GaugeMetricFamily(
             "pgtenant_client_connections",
@@ -254,10 +276,29 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily("pgtenant_suspended_tenant_attempts",
                                   "Logins refused because the tenant is suspended.",
                                   value=security.suspended_tenant_attempts)
+        yield from self._jwks()
+
+    def _jwks(self) -> Iterator[Metric]:
+        """The identity provider's key set (only with auth.jwt.jwks_url)."""
+        remote = self.app.verifier.remote
+        if remote is None:
+            return
+        refreshes = CounterMetricFamily("pgtenant_jwks_refreshes",
+                                        "Fetches of the JWKS URL, by result.",
+                                        labels=["result"])
+        refreshes.add_metric(["ok"], remote.refreshes_ok)
+        refreshes.add_metric(["error"], remote.refreshes_failed)
+        yield refreshes
+        yield GaugeMetricFamily("pgtenant_jwks_keys", "Signing keys in the current set.",
+                                value=len(remote.keys))
+        yield GaugeMetricFamily("pgtenant_jwks_last_success_timestamp_seconds",
+                                "Unix time of the last good fetch (0: never).",
+                                value=remote.last_success_unix)
 
 
 def make_registry(app: ProxyApp) -> CollectorRegistry:
     """A registry of its own (not the global one) holding the proxy's collector."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProxyCollector(app))
+    ProcessCollector(registry=registry)  # process_resident_memory_bytes, cpu, fds
     return registry

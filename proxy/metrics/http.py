@@ -74,6 +74,9 @@ class ReadinessProbe:
             return False, "no databases configured"
         if all(pool.closed for pool in pools):
             return False, "shutting down"
+        remote = app.verifier.remote
+        if remote is not None and not remote.loaded:
+            return False, f"no JWT keys loaded from jwks_url yet ({remote.last_error})"
         results = await asyncio.gather(*(upstream_reachable(p.db) for p in pools))
         failures = [f"{p.db.name}: {err}" for p, err in zip(pools, results, strict=True)
                     if err is not None]

@@ -81,6 +81,7 @@ class ServerPool:
         self._role_checked = False
         self._refused: UpstreamRefusedError | None = None
         self._tasks = TaskSet()
+        self._clock: Callable[[], float] = time.monotonic  # the fairness rule's (tests set it)
 
     @property
     def size(self) -> int:
@@ -132,7 +133,7 @@ class ServerPool:
         waiter: asyncio.Future[ServerConnection] = loop.create_future()
         self.waiters.append(waiter)
         self._waiter_tenants[waiter] = tenant
-        self._waiter_since[waiter] = time.monotonic()
+        self._waiter_since[waiter] = self._clock()
         self.proxy_stats.wait_began(self.traffic, waiter)
         timeout = self.db.query_wait_timeout
         timer = loop.call_later(timeout, self._wait_timed_out, waiter) if timeout else None
@@ -155,7 +156,7 @@ class ServerPool:
     def _impatient(self, waiter: asyncio.Future[ServerConnection]) -> None:
         """A client that waited for a connection of its own tenant while others sat idle
         takes an idle one after all (_PATIENCE seconds later)."""
-        if waiter.done() or not self.idle:
+        if waiter.done() or not self.idle or self.paused:
             return
         server = self._take_idle(self._waiter_tenants.get(waiter), patient=False)
         if server is not None:
@@ -167,7 +168,7 @@ class ServerPool:
         """A client waited reserve_pool_timeout: open a connection beyond pool_size (up to
         reserve_pool_size more; maintenance closes it again once it is idle)."""
         db = self.db
-        if (waiter.done() or self.closed or self.connecting >= len(self.waiters)
+        if (waiter.done() or self.closed or self.paused or self.connecting >= len(self.waiters)
                 or self.size >= db.pool_size + db.reserve_pool_size):
             return
         log.info("database %s: a client waited %gs; opening a reserve connection",
@@ -214,7 +215,7 @@ class ServerPool:
         while idle:
             pick = -1
             for i in range(len(idle) - 1, -1, -1):
-                if idle[i].tenant == tenant:
+                if idle[i].owner == tenant:  # no scrub, usually no context set either
                     pick = i
                     break
             if pick < 0:
@@ -255,7 +256,7 @@ class ServerPool:
     def _grow(self) -> None:
         """Open connections for waiters while the pool has room."""
         while (self.connecting < len(self.waiters) and self.size < self.db.pool_size
-               and not self.closed):
+               and not self.closed and not self.paused):
             self.connecting += 1
             self._tasks.spawn(self._open())
 
@@ -324,13 +325,13 @@ class ServerPool:
         waiters = self.waiters
         while waiters and waiters[0].done():
             waiters.popleft()
-        if waiters:
+        if waiters and not self.paused:  # a paused pool keeps even early waiters waiting
             tenants = self._waiter_tenants
             oldest = self._waiter_since.get(waiters[0], 0.0)
-            if (isinstance(server.tenant, str) and len(waiters) > 1
-                    and time.monotonic() - oldest < _FAIR_WAIT):
+            if (isinstance(server.owner, str) and len(waiters) > 1
+                    and self._clock() - oldest < _FAIR_WAIT):
                 for i, waiter in enumerate(itertools.islice(waiters, _AFFINITY_LOOKAHEAD)):
-                    if not waiter.done() and tenants.get(waiter) == server.tenant:
+                    if not waiter.done() and tenants.get(waiter) == server.owner:
                         del waiters[i]
                         self._hand(server, waiter)
                         return
@@ -428,7 +429,7 @@ class ServerPool:
             too_idle = bool(idle_timeout) and now - server.last_used > idle_timeout
             if self._expired(server) or (too_idle and self.size > keep):
                 self._close(server)
-        missing = keep - self.size
+        missing = 0 if self.paused else keep - self.size
         for _ in range(max(0, missing)):
             self.connecting += 1
             self._tasks.spawn(self._open())
@@ -447,9 +448,10 @@ class ServerPool:
             await asyncio.wait(lost, timeout=2)
 
     # ---- pause, resume, reload (admin console, SIGHUP) --------------------------------
-    # PAUSE stops new leases: acquire() waits (up to query_wait_timeout) and try_acquire()
-    # answers None, while leases already made, and clients queued before the pause, go on.
-    # In session mode a lease lasts a whole client session, so only new logins wait.
+    # PAUSE stops new leases: acquire() waits (up to query_wait_timeout), try_acquire()
+    # answers None and queued waiters stay queued, while leases already made go on; no
+    # connection is opened. The console's PAUSE waits until in_use is 0, then calls
+    # disconnect_idle(). In session mode a lease lasts a whole client session.
 
     paused = False
     _resumed: asyncio.Event | None = None
@@ -470,6 +472,24 @@ class ServerPool:
                 self._resumed.set()
             self._resumed = None
             log.info("database %s: resumed", self.db.name)
+            # Clients queued before the pause: serve them from the idle list, then open.
+            parked, self.idle = self.idle, []
+            for server in parked:
+                if self._expired(server) or server.state is ServerState.CLOSED:
+                    self._close(server)
+                else:
+                    self._offer(server)
+            self._grow()
+
+    @property
+    def in_use(self) -> int:
+        """Server connections leased, being reset or being opened: what PAUSE waits for."""
+        return len(self.active) + self.connecting
+
+    def disconnect_idle(self) -> None:
+        """Close every idle server connection (a completed PAUSE: PostgreSQL may restart)."""
+        for server in list(self.idle):
+            self._close(server)
 
     @property
     def paused_waiting(self) -> int:

@@ -165,7 +165,8 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("_guard", "_idle_timeouts", "_idle_timer", "_leasing",
                  "_login_timer", "_queue", "_queue_batch_start", "_queue_named",
                  "_queue_replies", "_queued_bytes", "_reading_paused_for",
-                 "_rewriting", "_service_login", "_tasks", "_tx_started", "_unsynced",
+                 "_rewriting", "_service_login", "_tasks", "_touched", "_tx_started",
+                 "_unsynced",
                  "_writing_paused", "app",
                  "cancel_pid", "cancel_secret", "context", "database", "framer", "id",
                  "identity", "is_local", "peer", "pool", "server", "settings", "startup",
@@ -198,6 +199,7 @@ class ClientConnection(asyncio.Protocol):
         # Transaction mode: the client's prepared statements by name.
         self.statements: dict[str, ClientStatement] | None = None
         self._rewriting = False         # a batch the proxy rewrites goes on until Sync
+        self._touched = False  # what goes out next may change the tenant setting (guard)
         self._guard: StreamGuard | None = None  # created at the first message after login
         self.traffic = _NO_TRAFFIC      # the database's counters, once it is known
         self.stats_tenant = "_unknown"  # the tenant label for counters
@@ -400,11 +402,31 @@ class ClientConnection(asyncio.Protocol):
         except UnicodeDecodeError:
             raise ClientError("28P01", "password authentication failed: the password is not "
                               "a valid token") from None
+        verifier = self.app.verifier
         try:
-            identity = self.app.verifier.verify(token)
+            identity = verifier.verify(token)
         except AuthError as exc:
+            if exc.reason == "no_key" and verifier.may_refresh_for(token):
+                # A key id the identity provider's set lacks: it may have rotated.
+                self.state = ClientState.LOGIN  # buffer anything else the client sends
+                self._tasks.spawn(self._verify_after_refresh(token))
+                return
             self.app.auth_failed(self, exc)
             raise ClientError(exc.sqlstate, str(exc)) from None
+        self._authenticated(identity)
+
+    async def _verify_after_refresh(self, token: str) -> None:
+        verifier = self.app.verifier
+        assert verifier.remote is not None
+        await verifier.remote.refresh()
+        if self.state is not ClientState.LOGIN:
+            return
+        try:
+            identity = verifier.verify(token)
+        except AuthError as exc:
+            self.app.auth_failed(self, exc)
+            self.fatal(exc.sqlstate, str(exc))
+            return
         self._authenticated(identity)
 
     # --- service accounts ([users.NAME]): SCRAM-SHA-256, then the same login as a JWT ---
@@ -454,6 +476,18 @@ class ClientConnection(asyncio.Protocol):
             self.pool.release(server)
             return
         self._link(server)
+        # The context (and the scrub, when the server last served another tenant) first:
+        # even the proxy's own registry query runs on a clean backend.
+        if server.context == self.context:  # same tenant and settings: nothing to set
+            server.context = self.context
+        else:
+            try:
+                await self._apply_context(server)
+            except ClientError as exc:
+                self.fatal(exc.sqlstate, str(exc))
+                return
+            if self.state is not ClientState.LOGIN:
+                return
         if self.app.config.tenancy.require_registered_tenant and self.context.tenant:
             try:
                 status = await self._registry_status(server, self.context.tenant)
@@ -466,16 +500,6 @@ class ClientConnection(asyncio.Protocol):
                 log.info("client #%s (%s): tenant %s %s", self.id, self.peer,
                          self.context.tenant, what, extra=self._log_fields("tenant_refused"))
                 self.fatal("28000", f"tenant \"{self.context.tenant}\" {what}")
-                return
-        if server.context == self.context:  # same tenant and settings: nothing to set
-            server.context = self.context
-        else:
-            try:
-                await self._apply_context(server)
-            except ClientError as exc:
-                self.fatal(exc.sqlstate, str(exc))
-                return
-            if self.state is not ClientState.LOGIN:
                 return
         # Canonical spellings (client_encoding 'utf-8' → 'UTF8') as the server reports them.
         changed = False
@@ -568,6 +592,13 @@ class ClientConnection(asyncio.Protocol):
                 named = needs_rewrite(tag, block[start + 5:end])
         self._flush(block, replies, unsynced, named)
 
+    def _session_state_changed(self) -> None:
+        """The guard let through a message that may change session settings (an own-tenant
+        re-statement, set_config of another setting, ...): once it is sent, the proxy no
+        longer trusts its idea of the server's context and re-sets it before the next
+        transaction (defence in depth behind the guard's refusals)."""
+        self._touched = True
+
     def _refused(self, refusal: Refusal, tag: int) -> None:
         tenant = self.stats_tenant
         self.app.stats.record_violation(tenant, refusal.kind)
@@ -593,6 +624,9 @@ class ClientConnection(asyncio.Protocol):
                 self._send_rewritten(server, [block], batch_start)
             else:
                 server.send(block, replies, unsynced)
+            if self._touched:
+                self._touched = False
+                server.mark_context_unknown()
             return
         if not self._queue:
             self._queue_batch_start = batch_start
@@ -687,6 +721,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _context_set(self, server: ServerConnection,
                      fut: asyncio.Future[dict[str, str] | None]) -> None:
+        if self.server is not server:
+            return  # lost while the set was on its way: server_lost decided what follows
         if fut.cancelled() or fut.exception() is not None:
             self._leasing = False
             return  # the server is gone: server_lost reports it
@@ -714,6 +750,9 @@ class ClientConnection(asyncio.Protocol):
                 self._send_rewritten(server, frames, self._queue_batch_start, verify)
             else:
                 server.send(b"".join(frames), replies, self._unsynced)
+            if self._touched:
+                self._touched = False
+                server.mark_context_unknown()
         else:
             server.flush_cork()
         self._pause_reading("queue", False)
@@ -818,6 +857,15 @@ class ClientConnection(asyncio.Protocol):
             # PostgreSQL's own RLS refusal: a write aimed at another tenant's rows.
             stats.record_violation(self.stats_tenant, "rls_policy")
 
+    def forged_context(self) -> None:
+        """pgtenant.current_tenant() warned of a tenant setting its proof does not vouch
+        for: something set it past the guard. The server re-sets it (see ServerConnection);
+        here it is counted and logged."""
+        self.app.stats.record_violation(self.stats_tenant, "forged_context")
+        log.warning("client #%s (%s) tenant=%s: forged tenant context seen by the database",
+                    self.id, self.peer, self.stats_tenant,
+                    extra=self._log_fields("forged_context"))
+
     def server_ready(self, server: ServerConnection) -> None:
         """The server answered everything we sent (pending queue empty)."""
         if server.tx_status == b"I" and self._tx_started:
@@ -855,9 +903,19 @@ class ClientConnection(asyncio.Protocol):
                        "client_idle_timeout expired")
 
     def server_lost(self, server: ServerConnection, reason: str) -> None:
-        if self.server is server:
-            self.server = None
-            self.fatal("08006", f"server connection lost: {reason}")
+        if self.server is not server:
+            return
+        self.server = None
+        if (self._leasing and self._queue and self.transaction_mode
+                and self.state is ClientState.READY and self.pool is not None
+                and self.context is not None):
+            # It died (or failed its scrub) before any of the queued messages reached it:
+            # they go to another server, and the client never knows.
+            log.info("client #%s: server #%s lost before use (%s); leasing another",
+                     self.id, server.id, reason, extra=self._log_fields("server_replaced"))
+            self.pool.wait_for_server(self.context.tenant, self._leased)
+            return
+        self.fatal("08006", f"server connection lost: {reason}")
 
     def server_paused_writing(self, paused: bool) -> None:
         self._pause_reading("server", paused)

@@ -77,7 +77,8 @@ class TenantContext:
             pairs.append(proof)
         pairs.extend(self.settings)
         calls = ", ".join(
-            f"set_config(${2 * i + 1}, ${2 * i + 2}, false)" for i in range(len(pairs)))
+            f"pg_catalog.set_config(${2 * i + 1}, ${2 * i + 2}, false)"
+            for i in range(len(pairs)))
         params: list[bytes | None] = []
         for name, value in pairs:
             params.append(name.encode())

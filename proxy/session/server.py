@@ -46,8 +46,13 @@ _E = BackendTag.ERROR_RESPONSE
 _S = BackendTag.PARAMETER_STATUS
 _C = BackendTag.COMMAND_COMPLETE
 
+_N = BackendTag.NOTICE_RESPONSE
+
 # What the forwarding path needs to look at; every other message is only framed.
-FORWARD_TAGS = frozenset({_Z, _E, _S, _C})
+FORWARD_TAGS = frozenset({_Z, _E, _S, _C, _N})
+# The SQLSTATE of the WARNING pgtenant.current_tenant() raises when the tenant setting
+# holds a value its proof does not vouch for (policies/sql/install.sql).
+FORGED_CONTEXT_SQLSTATE = b"CPT401\x00"
 HANDSHAKE_TAGS = frozenset({
     BackendTag.AUTHENTICATION, BackendTag.BACKEND_KEY_DATA, BackendTag.NEGOTIATE_PROTOCOL_VERSION,
     BackendTag.NOTICE_RESPONSE, _Z, _E, _S,
@@ -59,6 +64,22 @@ AMEND_TAGS = FORWARD_TAGS | {BackendTag.PARSE_COMPLETE, BackendTag.PARAMETER_DES
 
 # Command tags after which the session's settings (tenant included) may have changed.
 _CONTEXT_CHANGING_TAGS = (b"SET", b"RESET", b"DISCARD ALL", b"DISCARD")
+
+# The scrub: everything one tenant's clients could have left on a backend, removed before
+# another tenant's client runs anything on it. Without statements of the proxy's own on
+# the backend, that is DISCARD ALL (one utility statement, the cheapest). With them, it
+# is DISCARD ALL less DEALLOCATE ALL: the proxy's statements survive when the last
+# statement proves them intact. One Query, so one implicit transaction: it applies whole
+# or not at all. Names are schema-qualified: RESET ALL restores the role's search_path,
+# which is not ours to trust.
+_DISCARD_ALL = messages.query("DISCARD ALL")
+SCRUB_SQL = (
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; RESET ROLE; UNLISTEN *; "
+    "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; DISCARD SEQUENCES; "
+    "DISCARD TEMP; SELECT pg_catalog.count(*) FILTER (WHERE from_sql), pg_catalog.count(*) "
+    "FROM pg_catalog.pg_prepared_statements")
+_SCRUB = messages.query(SCRUB_SQL)
+_DEALLOCATE_ALL = messages.query("DEALLOCATE ALL")
 
 
 class ServerState(enum.Enum):
@@ -73,6 +94,18 @@ class TenantState(enum.Enum):
 
     PRISTINE = "pristine"  # fresh or reset: the setting holds the role's default
     UNKNOWN = "unknown"    # something may have changed it: never pipeline in front of it
+
+
+class _Nobody:
+    """The owner of a server connection no client has used yet."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOBODY"
+
+
+NOBODY = _Nobody()
 
 
 class ServerError(Exception):
@@ -97,6 +130,7 @@ class Receiver(Protocol):
     def parameter_changed(self, name: str, value: str) -> None: ...
     def statements_cleared(self) -> None: ...
     def server_error(self, body: bytes) -> None: ...
+    def forged_context(self) -> None: ...
 
 
 class _Forward:
@@ -161,6 +195,10 @@ class ServerConnection(asyncio.Protocol):
         self.lost: asyncio.Future[None] | None = None  # done when the socket is closed
         self.tenant: str | TenantState | None = TenantState.PRISTINE
         self.context: TenantContext | None = None
+        # The tenant whose clients have used this backend since it was last scrubbed
+        # (None: a bypass identity). Another tenant gets it only after the scrub.
+        self.owner: str | _Nobody | None = NOBODY
+        self.scrubs = 0
         self.created_at = time.monotonic()
         self.last_used = self.created_at
         self._handshake: asyncio.Future[None] | None = None
@@ -375,6 +413,14 @@ class ServerConnection(asyncio.Protocol):
                     self._statements_cleared()
             elif tag == _C and forwarded and body.startswith(b"DEALLOCATE ALL"):
                 self._statements_cleared()
+            elif tag == _N and FORGED_CONTEXT_SQLSTATE in body:
+                # The database saw a tenant setting its proof does not vouch for: whatever
+                # the proxy believes, re-set the context before anything else runs here.
+                # Counted once per request (one warning per protected table it reads).
+                if self.tenant is not TenantState.UNKNOWN:
+                    self.mark_context_unknown()
+                    if forwarded and receiver is not None:
+                        receiver.forged_context()
         head = pending[0] if pending else FORWARD
         unsolicited = b""
         if type(head) is Amend and start < len(data):
@@ -481,7 +527,7 @@ class ServerConnection(asyncio.Protocol):
             entry.future.add_done_callback(self._restore_interest)
         self.pending.append(entry)
         if corked:
-            self._corked = data
+            self._corked += data
         else:
             self._write(data)
 
@@ -526,13 +572,74 @@ class ServerConnection(asyncio.Protocol):
 
     def apply_context(self, context: TenantContext, *, corked: bool = False
                       ) -> asyncio.Future[dict[str, str] | None]:
-        """Send the tenant context; the future gives None on success or the error fields."""
-        fut: asyncio.Future[dict[str, str] | None] = asyncio.get_running_loop().create_future()
+        """Send the tenant context; the future gives None on success or the error fields.
+
+        The one place a backend changes hands between tenants: when it last served
+        another tenant, the scrub goes first (callers wait for the future then, see
+        ``needs_wait_for_context``).
+        """
+        loop = asyncio.get_running_loop()
+        if self.owner != context.tenant and self.owner is not NOBODY:
+            self.scrubs += 1
+            if self.statements.by_key or self.statements.orphans:
+                checked: asyncio.Future[list[tuple[int, bytes]]] = loop.create_future()
+                self.send_internal(_SCRUB, Collect(checked), corked=corked)
+                checked.add_done_callback(self._scrubbed)
+            else:
+                discarded: asyncio.Future[dict[str, str] | None] = loop.create_future()
+                self.send_internal(_DISCARD_ALL, Skip(discarded), corked=corked)
+                discarded.add_done_callback(self._discarded)
+        fut: asyncio.Future[dict[str, str] | None] = loop.create_future()
         self.send_internal(context.messages(self.backend_pid), Skip(fut), corked=corked)
         self.tenant = context.tenant
         self.context = context
+        self.owner = context.tenant
         fut.add_done_callback(self._context_applied)
         return fut
+
+    def _scrubbed(self, fut: asyncio.Future[list[tuple[int, bytes]]]) -> None:
+        """Check the scrub's answer (before the context set's answer is acted on: both
+        futures resolve in reply order). Fail-closed: a scrub that did not complete
+        closes the backend, and the waiting client is told by ``server_lost``."""
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        counts: list[int] = []
+        for tag, body in fut.result():
+            if tag == _E:
+                self._scrub_failed(messages.decode_error_fields(body))
+                return
+            if tag == _S:
+                self._parameter_status(body, False)
+            elif tag == BackendTag.DATA_ROW:
+                counts = [int(v or b"-1") for v in messages.decode_data_row(body)]
+        statements = self.statements
+        expected = len(statements.by_key) + len(statements.orphans)
+        if counts != [0, expected]:
+            # SQL-level PREPARE, or the proxy's statements changed behind its back: none
+            # of them can be trusted. DEALLOCATE ALL goes out before the client's messages.
+            log.info("server #%s: prepared statements not as the proxy left them %s; "
+                     "deallocating all", self.id, counts)
+            statements.clear()
+            self.send_internal(_DEALLOCATE_ALL, Skip(None))
+
+    def _discarded(self, fut: asyncio.Future[dict[str, str] | None]) -> None:
+        """DISCARD ALL as the scrub: fail-closed like :meth:`_scrubbed`."""
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        error = fut.result()
+        if error is not None:
+            self._scrub_failed(error)
+
+    def _scrub_failed(self, error: dict[str, str]) -> None:
+        log.warning("server #%s: the scrub between tenants failed (%s); closing it",
+                    self.id, error.get("M", "?"))
+        self._fail("the scrub between tenants failed")
+
+    def mark_context_unknown(self) -> None:
+        """A client statement may have changed the tenant setting: re-set it (waiting
+        for the set) before anything else runs here."""
+        self.tenant = TenantState.UNKNOWN
+        self.context = None
 
     def _context_applied(self, fut: asyncio.Future[dict[str, str] | None]) -> None:
         if fut.cancelled() or fut.exception() is not None or fut.result() is not None:
@@ -541,7 +648,11 @@ class ServerConnection(asyncio.Protocol):
             self.context = None
 
     def needs_wait_for_context(self, context: TenantContext) -> bool:
-        """True when a failed context set could leave another tenant in place."""
+        """True when a failed context set could leave another tenant in place, or
+        another tenant's session state must be scrubbed first."""
+        owner = self.owner
+        if owner != context.tenant and owner is not NOBODY:
+            return True
         return not (self.tenant is TenantState.PRISTINE or self.tenant == context.tenant)
 
     @property

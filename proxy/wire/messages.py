@@ -460,6 +460,29 @@ def decode_parse(body: bytes) -> tuple[str, str, list[int]]:
     return name, sql, list(struct.unpack_from(f"!{n}I", body, pos))
 
 
+def decode_data_row(body: bytes) -> list[bytes | None]:
+    """DataRow → the column values as sent (None for NULL)."""
+    if len(body) < 2:
+        raise ProtocolViolation("DataRow message is truncated")
+    (n,) = _UINT16.unpack_from(body)
+    pos = 2
+    values: list[bytes | None] = []
+    for _ in range(n):
+        if len(body) - pos < 4:
+            raise ProtocolViolation("DataRow message is truncated")
+        (size,) = _INT32.unpack_from(body, pos)
+        pos += 4
+        if size == -1:
+            values.append(None)
+            continue
+        if size < 0 or pos + size > len(body):
+            raise ProtocolViolation("DataRow column has an invalid length")
+        values.append(bytes(body[pos:pos + size]))
+        pos += size
+    _expect_end(body, pos, "DataRow")
+    return values
+
+
 def decode_command_complete(body: bytes) -> str:
     """CommandComplete → the command tag."""
     return _only_cstr(body, "command tag")

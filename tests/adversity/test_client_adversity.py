@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.wire import messages
-from tests.proxy_harness import ThreadedProxy, startup_refusal, token
+from tests import rawclient
+from tests.proxy_harness import ThreadedProxy, startup_refusal
+from tests.support import wait_for_query
 
 FUZZ = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -38,19 +40,6 @@ def _drain(sock: socket.socket, quiet: float = 0.2) -> bytes:
     except (TimeoutError, ConnectionResetError):
         pass
     return got
-
-
-def _logged_in(port: int, tenant: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
-    sock.recv(64)
-    sock.sendall(messages.password_message(token(tenant).encode() + b"\0"))
-    got = b""
-    while not got.endswith(b"Z\x00\x00\x00\x05I"):
-        chunk = sock.recv(4096)
-        assert chunk, f"closed during login: {got!r}"
-        got += chunk
-    return sock
 
 
 def _answer_is_error_or_close(got: bytes) -> None:
@@ -131,7 +120,7 @@ def test_random_bytes_after_login_never_crash_or_dirty_a_server(
     @FUZZ
     @given(data=post_login_bytes)
     def one(data: bytes) -> None:
-        with _logged_in(fuzz_proxy.port, "acme") as sock:
+        with rawclient.logged_in(fuzz_proxy.port, "acme") as sock:
             sock.sendall(data)
             _answer_is_error_or_close(_drain(sock))
 
@@ -169,11 +158,11 @@ def test_max_client_conn_refuses_only_the_extra_clients(
 def test_client_that_stops_reading_blocks_no_one_else(
         start_proxy: Callable[..., ThreadedProxy], app_db: Any) -> None:
     proxy = start_proxy(pool_mode="transaction", pool_size=2)
-    with _logged_in(proxy.port, "acme") as stuck:
+    with rawclient.logged_in(proxy.port, "acme") as stuck:
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-        stuck.sendall(messages.query(
-            "SELECT repeat('x', 1000) FROM generate_series(1, 200000)"))  # ~200 MB, unread
-        time.sleep(0.5)
+        huge = "SELECT repeat('x', 1000) FROM generate_series(1, 200000)"  # ~200 MB
+        stuck.sendall(messages.query(huge))  # and never read
+        wait_for_query(app_db.superuser_dsn, huge)
         began = time.monotonic()
         with psycopg.connect(proxy.dsn("globex"), autocommit=True) as other:
             for _ in range(50):

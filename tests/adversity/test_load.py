@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.adversity.rawclient import RawClient
 from tests.proxy_harness import make_config, subprocess_proxy
+from tests.rawclient import RawClient
 from tests.support import rss_kib
 
 HELD_CLIENTS = 5000

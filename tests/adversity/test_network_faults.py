@@ -33,6 +33,7 @@ import pytest
 from proxy.config import Config
 from tests.adversity.faultproxy import FaultRelay
 from tests.proxy_harness import ThreadedProxy, make_config, startup_refusal, token
+from tests.support import wait_for_query
 
 # DatabaseConfig fields; server_connect_timeout is set after make_config, which would
 # take its "server_" prefix for a [server] key.
@@ -121,13 +122,14 @@ def _assert_healed(proxy: ThreadedProxy, clients: int = 6) -> None:
 
 @pytest.mark.parametrize("pool_mode", ["session", "transaction"])
 def test_cut_connections_give_08006_and_the_pool_heals(
-        relayed_proxy: Callable[..., ThreadedProxy], relay: FaultRelay, pool_mode: str) -> None:
+        relayed_proxy: Callable[..., ThreadedProxy], relay: FaultRelay, pool_mode: str,
+        app_db: Any) -> None:
     proxy = relayed_proxy(pool_mode=pool_mode, pool_size=4)
     with psycopg.connect(proxy.dsn("globex"), autocommit=True) as idle, \
             psycopg.connect(proxy.dsn("globex", dbname="direct"), autocommit=True) as direct:
         assert _tenant_of(idle) == "globex"
         thread, out = _in_thread(_sleeping_query(proxy))
-        time.sleep(0.5)
+        wait_for_query(app_db.superuser_dsn, "SELECT pg_sleep(30)")
         began = time.monotonic()
         assert relay.cut() >= 1
         thread.join(10)
@@ -148,14 +150,15 @@ def test_cut_connections_give_08006_and_the_pool_heals(
 
 @pytest.mark.parametrize("toward", ["proxy", "postgres"])
 def test_half_closed_server_connection_ends_the_query_with_08006(
-        relayed_proxy: Callable[..., ThreadedProxy], relay: FaultRelay, toward: str) -> None:
+        relayed_proxy: Callable[..., ThreadedProxy], relay: FaultRelay, toward: str,
+        app_db: Any) -> None:
     proxy = relayed_proxy(pool_mode="transaction", pool_size=2)
     with psycopg.connect(proxy.dsn("globex"), autocommit=True) as bystander:
         assert _tenant_of(bystander) == "globex"
         thread, out = _in_thread(_sleeping_query(proxy, seconds=2))
-        time.sleep(0.5)
+        wait_for_query(app_db.superuser_dsn, "SELECT pg_sleep(2)")
         began = time.monotonic()
-        relay.half_close(toward)  # type: ignore[arg-type]
+        links = relay.half_close(toward)  # type: ignore[arg-type]
         thread.join(10)
         assert not thread.is_alive()
         if toward == "proxy":
@@ -166,9 +169,10 @@ def test_half_closed_server_connection_ends_the_query_with_08006(
             # client (or the loss does, as 08006); the backend then exits.
             assert out.get("result") == ("",) or out["error"].sqlstate == "08006", out
             # That server connection went back to the pool with its backend about to exit
-            # on the EOF: give the EOF the moment it needs to reach the proxy. (Handing it
-            # out in that instant is a race no pooler can close without a check query.)
-            time.sleep(0.3)
+            # on the EOF: wait until the proxy has seen every half-closed one go. (Handing
+            # it out in that instant is a race no pooler can close without a check query.)
+            pool = proxy.app.pools["app"]  # type: ignore[union-attr]
+            proxy.wait_until(lambda app: pool.stats.servers_closed >= links)
         assert time.monotonic() - began < 4
         assert _tenant_of(bystander) == "globex"
     _assert_healed(proxy)

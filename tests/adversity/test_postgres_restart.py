@@ -19,7 +19,7 @@ import pytest
 
 from proxy.embedded import EmbeddedPostgres, provision_app
 from tests.proxy_harness import ThreadedProxy, make_config
-from tests.support import AppDatabase
+from tests.support import AppDatabase, wait_for
 
 pytestmark = pytest.mark.restarts_postgres
 
@@ -99,8 +99,7 @@ def test_restart_under_load(own_postgres: tuple[EmbeddedPostgres, AppDatabase],
     try:
         for worker in workers:
             worker.start()
-        time.sleep(1.0)
-        assert all(w.successes for w in workers), "no traffic before the restart"
+        wait_for(lambda: all(w.successes for w in workers), "traffic before the restart")
         restart_began = time.monotonic()
         server.restart(shutdown)  # type: ignore[arg-type]
         back = time.monotonic()

@@ -1,6 +1,7 @@
 """Soak: mixed tenant traffic in transaction mode; memory and fds flat, no cross-tenant leak.
 
-60 s in every run (``slow``); 10 minutes with ``-m soak``.
+Opt-in, like every ``soak`` test (tests/adversity/conftest.py leaves them out of the default
+run): ``./dev test -m soak`` runs the one-minute and the ten-minute soak.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.adversity.rawclient import RawClient
 from tests.proxy_harness import make_config, subprocess_proxy
+from tests.rawclient import RawClient
 from tests.support import rss_kib
 
 TENANTS = ("acme", "globex", "initech", "umbrella")
@@ -87,7 +88,7 @@ def _soak(app_db: Any, tmp_path: Path, seconds: float) -> None:
     assert fds_last <= fds_first + 4, "proxy leaks file descriptors"
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 def test_soak_one_minute(clean_items: Any, tmp_path: Path) -> None:
     _soak(clean_items, tmp_path, 60)
 

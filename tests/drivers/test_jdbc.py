@@ -1,45 +1,41 @@
 """pgJDBC through pgtenant: prepareThreshold crossing to named statements, batches,
 fetchSize portals, CopyManager, Statement.cancel() and setQueryTimeout.
 
-The scenarios live in jdbc/DriverScenarios.java, compiled here against the Debian
-package's driver (libpostgresql-jdbc-java; .ci/run installs it). Without java, javac or
-the jar these tests fail, never skip.
+The scenarios live in jdbc/DriverScenarios.java, compiled here against Debian's pgJDBC
+jar, which `./dev test` fetches (tests/drivers/toolchains.py). Without a JDK they skip
+with what to install, and fail in CI.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.drivers import toolchains
 from tests.drivers.tenancy import SEED_ROWS, TENANTS
 from tests.proxy_harness import ThreadedProxy, token
 from tests.support import run
 
 SOURCE = Path(__file__).parent / "jdbc" / "DriverScenarios.java"
-JDBC_JAR = Path(os.environ.get("PGTENANT_JDBC_JAR", "/usr/share/java/postgresql.jar"))
 
 
 @pytest.fixture(scope="module")
 def classpath(tmp_path_factory: pytest.TempPathFactory) -> str:
     """DriverScenarios compiled into a temporary directory, plus the driver's jar."""
-    assert shutil.which("javac") and shutil.which("java"), (
-        "a JDK is not installed (Debian: apt-get install default-jdk-headless)")
-    assert JDBC_JAR.is_file(), (
-        f"{JDBC_JAR} is missing (Debian: apt-get install libpostgresql-jdbc-java; "
-        ".ci/run does it)")
+    javac, _, jar = toolchains.jdk_and_jar()
     classes = tmp_path_factory.mktemp("jdbc")
-    run(["javac", "-d", str(classes), "-cp", str(JDBC_JAR), str(SOURCE)], timeout=120)
-    return f"{classes}{os.pathsep}{JDBC_JAR}"
+    run([javac, "-d", str(classes), "-cp", str(jar), str(SOURCE)], timeout=120)
+    return f"{classes}{os.pathsep}{jar}"
 
 
 def scenario(proxy: ThreadedProxy, classpath: str, name: str) -> dict[str, str]:
     """Run one scenario against ``proxy``; the ``key=value`` lines it printed."""
     env = {**os.environ, "PGTENANT_PORT": str(proxy.port),
            **{f"PGTENANT_TOKEN_{t.upper()}": token(t) for t in TENANTS}}
-    done = run(["java", "-Xshare:auto", "-XX:TieredStopAtLevel=1", "-cp", classpath,
+    _, java, _ = toolchains.jdk_and_jar()
+    done = run([java, "-Xshare:auto", "-XX:TieredStopAtLevel=1", "-cp", classpath,
                 "DriverScenarios", name], env=env, timeout=60)
     return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
 

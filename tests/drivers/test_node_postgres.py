@@ -1,34 +1,30 @@
 """node-postgres (pg, pg-copy-streams) through pgtenant: simple and extended queries,
 named statements, pipeline mode, pg.Pool, COPY, cancel and statement_timeout.
 
-The scenarios live in node/scenarios.js; `npm ci` in tests/drivers/node installs the
-packages (.ci/run does it). Without node or the packages these tests fail, never skip.
+The scenarios live in node/scenarios.js; `./dev test` installs their packages with
+`npm ci` (tests/drivers/toolchains.py). Without Node.js they skip with what to install,
+and fail in CI.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 
+from tests.drivers import toolchains
 from tests.drivers.tenancy import SEED_ROWS, TENANTS
 from tests.proxy_harness import ThreadedProxy, token
 from tests.support import run
 
-NODE_DIR = Path(__file__).parent / "node"
-
 
 def scenario(proxy: ThreadedProxy, name: str) -> Any:
     """Run ``node scenarios.js NAME`` against ``proxy``; the JSON it printed."""
-    node = shutil.which("node")
-    assert node, "node is not installed (Debian: apt-get install nodejs npm; .ci/run does it)"
-    assert (NODE_DIR / "node_modules" / "pg-copy-streams").is_dir(), (
-        f"node packages missing: run `npm ci` in {NODE_DIR} (.ci/run does it)")
+    node = toolchains.node()
     env = {**os.environ, "PGTENANT_PORT": str(proxy.port),
            **{f"PGTENANT_TOKEN_{t.upper()}": token(t) for t in TENANTS}}
-    done = run([node, "--no-deprecation", "scenarios.js", name], cwd=NODE_DIR, env=env, timeout=60)
+    done = run([node, "--no-deprecation", "scenarios.js", name], cwd=toolchains.NODE_DIR,
+               env=env, timeout=60)
     return json.loads(done.stdout)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import subprocess
 import threading
@@ -14,8 +15,16 @@ import pytest
 
 from proxy.admin.scram import ScramExchange, ScramFailed
 from proxy.auth.scram_verifier import make_scram_verifier, parse_scram_verifier
-from proxy.config import AdminConfig, AdminUserConfig
-from tests.proxy_harness import JWT_SECRET, ThreadedProxy, make_config, startup_refusal, token
+from proxy.config import AdminConfig, AdminUserConfig, ServiceAccountConfig
+from tests.proxy_harness import (
+    JWT_SECRET,
+    UPSTREAM_PASSWORD_ENV,
+    ThreadedProxy,
+    make_config,
+    startup_refusal,
+    token,
+)
+from tests.support import wait_for
 
 ADMIN = "admin"
 ADMIN_PASSWORD = "console-password-for-tests"
@@ -210,30 +219,122 @@ def test_pause_holds_a_new_transaction_and_resume_releases_it(
         assert simple(conn, "SHOW POOLS")[0]["paused"] == "yes"
 
         def run() -> None:
-            started = time.monotonic()
-            row = tenant.execute("SELECT count(*) FROM items").fetchone()
-            results.append((row, time.monotonic() - started))
+            results.append(tenant.execute("SELECT count(*) FROM items").fetchone())
 
         worker = threading.Thread(target=run)
         worker.start()
-        time.sleep(0.5)
+        wait_for(lambda: simple(conn, "SHOW POOLS")[0]["cl_waiting"] == "1",
+                 "the client waiting in the paused pool")
         assert not results, "a transaction started while the pool was paused"
-        pools = simple(conn, "SHOW POOLS")
-        assert pools[0]["cl_waiting"] == "1"
         simple(conn, "RESUME")
         worker.join(10)
-        assert results and results[0][1] >= 0.5  # type: ignore[index]
+        assert results  # held until RESUME, then served
         assert simple(conn, "SHOW POOLS")[0]["paused"] == "no"
 
 
-def test_pause_lets_a_running_transaction_finish(admin_proxy: ThreadedProxy) -> None:
+def test_pause_waits_until_a_running_transaction_commits(admin_proxy: ThreadedProxy) -> None:
+    app = admin_proxy.app
+    assert app is not None
     with psycopg.connect(admin_proxy.dsn("acme")) as tenant, \
-         psycopg.connect(admin_dsn(admin_proxy), autocommit=True) as conn:
+         concurrent.futures.ThreadPoolExecutor(2) as background:
         tenant.execute("SELECT 1")  # BEGIN: the transaction holds its server
-        simple(conn, "PAUSE")
-        assert tenant.execute("SELECT 2").fetchone() == (2,)
+        pausing = background.submit(console, admin_proxy, "PAUSE")
+        admin_proxy.wait_until(lambda a: a.pools["app"].paused)
+        time.sleep(0.3)
+        assert not pausing.done(), "PAUSE returned while a transaction held its server"
+        assert tenant.execute("SELECT 2").fetchone() == (2,)  # the transaction goes on
         tenant.commit()
-        simple(conn, "RESUME")
+        assert pausing.result(timeout=10) == []
+        pools = console(admin_proxy, "SHOW POOLS")[0]
+        # Nothing in use, and the idle connections closed: PostgreSQL may restart now.
+        assert (pools["paused"], pools["sv_active"], pools["sv_idle"]) == ("yes", "0", "0")
+
+        later = background.submit(lambda: tenant.execute("SELECT 3").fetchone())
+        admin_proxy.wait_until(lambda a: a.pools["app"].paused_waiting == 1)
+        assert not later.done(), "a new transaction started while the pool was paused"
+        assert console(admin_proxy, "SHOW POOLS")[0]["cl_waiting"] == "1"
+        console(admin_proxy, "RESUME")
+        assert later.result(timeout=10) == (3,)
+        tenant.commit()
+
+
+def test_a_client_queued_before_pause_waits_for_resume(
+        start_admin_proxy: Callable[..., ThreadedProxy]) -> None:
+    proxy = start_admin_proxy(pool_mode="transaction", pool_size=1)
+    with psycopg.connect(proxy.dsn("acme")) as holder, \
+         psycopg.connect(proxy.dsn("globex"), autocommit=True) as queued, \
+         concurrent.futures.ThreadPoolExecutor(2) as background:
+        holder.execute("SELECT 1")  # the pool's only server connection
+        later = background.submit(lambda: queued.execute("SELECT 7").fetchone())
+        proxy.wait_until(lambda a: len(a.pools["app"].waiters) == 1)
+        pausing = background.submit(console, proxy, "PAUSE")
+        proxy.wait_until(lambda a: a.pools["app"].paused)
+        holder.commit()  # its server comes back: not to the queued client, PAUSE completes
+        assert pausing.result(timeout=10) == []
+        assert not later.done(), "a client queued before PAUSE got a server while paused"
+        assert console(proxy, "SHOW POOLS")[0]["cl_waiting"] == "1"
+        console(proxy, "RESUME")
+        assert later.result(timeout=10) == (7,)
+
+
+def test_pause_times_out_names_the_holder_and_undoes_itself(
+        start_admin_proxy: Callable[..., ThreadedProxy]) -> None:
+    proxy = start_admin_proxy(pool_mode="transaction", pool_size=2, server_pause_timeout=0.3)
+    with psycopg.connect(proxy.dsn("acme")) as stuck, \
+         psycopg.connect(proxy.dsn("globex"), autocommit=True) as other:
+        stuck.execute("SELECT 1")  # idle in transaction: it holds its server
+        holder = next(c["id"] for c in console(proxy, "SHOW CLIENTS") if c["tenant"] == "acme")
+        with pytest.raises(psycopg.errors.QueryCanceled) as info:
+            console(proxy, "PAUSE app")
+        assert info.value.diag.sqlstate == "57014"
+        message = str(info.value)
+        assert "pause_timeout" in message and f"client {holder}" in message
+        assert "undone" in message and "KILL_CLIENT" in (info.value.diag.message_hint or "")
+        # Undone: nothing is paused, other clients go on at once.
+        assert console(proxy, "SHOW POOLS")[0]["paused"] == "no"
+        assert other.execute("SELECT 4").fetchone() == (4,)
+        stuck.commit()
+
+
+def test_resume_from_another_console_interrupts_a_waiting_pause(
+        admin_proxy: ThreadedProxy) -> None:
+    with psycopg.connect(admin_proxy.dsn("acme")) as tenant, \
+         concurrent.futures.ThreadPoolExecutor(1) as background:
+        tenant.execute("SELECT 1")
+        pausing = background.submit(console, admin_proxy, "PAUSE")
+        admin_proxy.wait_until(lambda a: a.pools["app"].paused)
+        console(admin_proxy, "RESUME")
+        with pytest.raises(psycopg.errors.QueryCanceled, match="interrupted"):
+            pausing.result(timeout=10)
+        assert console(admin_proxy, "SHOW POOLS")[0]["paused"] == "no"
+        tenant.commit()
+
+
+def test_an_admin_who_hangs_up_during_pause_leaves_nothing_paused(
+        admin_proxy: ThreadedProxy) -> None:
+    with psycopg.connect(admin_proxy.dsn("acme")) as tenant:
+        tenant.execute("SELECT 1")
+        admin = psycopg.connect(admin_dsn(admin_proxy), autocommit=True)
+        admin.pgconn.send_query(b"PAUSE")
+        admin_proxy.wait_until(lambda a: a.pools["app"].paused)
+        admin.close()
+        admin_proxy.wait_until(lambda a: not a.pools["app"].paused)
+        tenant.commit()
+
+
+def test_pause_in_session_mode_waits_for_sessions_to_end(
+        start_admin_proxy: Callable[..., ThreadedProxy]) -> None:
+    proxy = start_admin_proxy(pool_mode="session", pool_size=2)
+    with concurrent.futures.ThreadPoolExecutor(1) as background:
+        session = psycopg.connect(proxy.dsn("acme"), autocommit=True)
+        session.execute("SELECT 1")
+        pausing = background.submit(console, proxy, "PAUSE")
+        proxy.wait_until(lambda a: a.pools["app"].paused)
+        assert session.execute("SELECT 2").fetchone() == (2,)  # its lease is the session
+        assert not pausing.done()
+        session.close()
+        assert pausing.result(timeout=10) == []
+        console(proxy, "RESUME")
 
 
 def test_pause_of_an_unknown_database_is_3D000(admin_proxy: ThreadedProxy) -> None:
@@ -307,3 +408,97 @@ def test_console_works_over_tls(start_admin_proxy: Callable[..., ThreadedProxy],
         assert conn.pgconn.ssl_in_use
         clients = simple(conn, "SHOW CLIENTS")
         assert [c["tls"] for c in clients if c["self"] == "yes"] == ["yes"]
+
+
+# ---- bypass service accounts' pools ----------------------------------------------------
+
+REPORTER_PASSWORD = "reporter-scram-password-for-tests"
+
+
+@pytest.fixture
+def bypass_proxy(start_admin_proxy: Callable[..., ThreadedProxy], app_db: Any
+                 ) -> ThreadedProxy:
+    """A proxy with a bypass account whose pool logs in as the database's own role (the
+    labels must still tell the two pools apart)."""
+    proxy = start_admin_proxy(pool_mode="transaction", pool_size=2,
+                              server_metrics_listen="127.0.0.1:0")
+    app = proxy.app
+    assert app is not None
+    account = ServiceAccountConfig(
+        name="reporter", scram_verifier=make_scram_verifier(REPORTER_PASSWORD),
+        bypass_tenancy=True, upstream_user=app_db.user,
+        upstream_password_env=UPSTREAM_PASSWORD_ENV)
+    config = dataclasses.replace(app.config, users={"reporter": account})
+    proxy.call(lambda: app.reload(config))
+    return proxy
+
+
+def reporter_dsn(proxy: ThreadedProxy) -> str:
+    return (f"postgresql://reporter:{REPORTER_PASSWORD}@127.0.0.1:{proxy.port}/app"
+            "?sslmode=disable")
+
+
+def test_bypass_pools_show_in_show_pools_and_show_servers(bypass_proxy: ThreadedProxy,
+                                                          app_db: Any) -> None:
+    with psycopg.connect(reporter_dsn(bypass_proxy)) as reporter, \
+         psycopg.connect(bypass_proxy.dsn("acme"), autocommit=True) as tenant:
+        reporter.execute("SELECT 1")  # in a transaction: holds its bypass server
+        tenant.execute("SELECT 1")
+        pools = {p["kind"]: p for p in console(bypass_proxy, "SHOW POOLS")}
+        assert set(pools) == {"tenant", "bypass"}
+        assert pools["bypass"]["database"] == "app" and pools["bypass"]["user"] == app_db.user
+        assert (pools["bypass"]["cl_active"], pools["bypass"]["sv_active"]) == ("1", "1")
+        assert (pools["tenant"]["cl_active"], pools["tenant"]["sv_idle"]) == ("0", "1")
+        servers = {s["kind"]: s for s in console(bypass_proxy, "SHOW SERVERS")}
+        assert servers["bypass"]["state"] == "active" and servers["tenant"]["tenant"] == "acme"
+        reporter.commit()
+
+
+def test_bypass_pools_have_their_own_metric_series(bypass_proxy: ThreadedProxy,
+                                                   app_db: Any) -> None:
+    from tests.integration.test_metrics import scrape, value
+
+    with psycopg.connect(reporter_dsn(bypass_proxy), autocommit=True) as reporter:
+        for _ in range(3):
+            reporter.execute("SELECT 1")
+        samples = scrape(bypass_proxy)
+    bypass = {"database": "app", "user": app_db.user, "kind": "bypass"}
+    tenant = {**bypass, "kind": "tenant"}
+    assert value(samples, "pgtenant_pool_leases_total", **bypass) >= 3
+    assert value(samples, "pgtenant_pool_leases_total", **tenant) == 0
+    assert value(samples, "pgtenant_pool_size", **bypass) == 2
+    assert value(samples, "pgtenant_server_connections", **bypass, state="idle") == 1
+    assert value(samples, "pgtenant_clients", **bypass, state="idle") == 1
+    assert value(samples, "pgtenant_pool_paused", **bypass) == 0
+
+
+def test_pause_of_a_database_holds_its_bypass_pool_too(bypass_proxy: ThreadedProxy) -> None:
+    with psycopg.connect(reporter_dsn(bypass_proxy)) as reporter, \
+         concurrent.futures.ThreadPoolExecutor(2) as background:
+        reporter.execute("SELECT 1")
+        pausing = background.submit(console, bypass_proxy, "PAUSE app")
+        bypass_proxy.wait_until(lambda a: all(p.paused for p in a.service_pools.values()))
+        time.sleep(0.3)
+        assert not pausing.done(), "PAUSE app did not wait for the bypass pool's transaction"
+        reporter.commit()
+        assert pausing.result(timeout=10) == []
+        paused = {p["kind"]: p["paused"] for p in console(bypass_proxy, "SHOW POOLS")}
+        assert paused == {"tenant": "yes", "bypass": "yes"}
+        later = background.submit(lambda: reporter.execute("SELECT 5").fetchone())
+        bypass_proxy.wait_until(
+            lambda a: sum(p.paused_waiting for p in a.service_pools.values()) == 1)
+        console(bypass_proxy, "RESUME app")
+        assert later.result(timeout=10) == (5,)
+        reporter.commit()
+
+
+def test_a_bypass_pool_opened_during_pause_starts_paused(bypass_proxy: ThreadedProxy) -> None:
+    assert console(bypass_proxy, "PAUSE app") == []
+    with concurrent.futures.ThreadPoolExecutor(1) as background:
+        login = background.submit(psycopg.connect, reporter_dsn(bypass_proxy), autocommit=True)
+        bypass_proxy.wait_until(
+            lambda a: sum(p.paused_waiting for p in a.service_pools.values()) == 1)
+        assert not login.done(), "a bypass account logged in to a paused database"
+        console(bypass_proxy, "RESUME app")
+        with login.result(timeout=10) as reporter:
+            assert reporter.execute("SELECT 8").fetchone() == (8,)

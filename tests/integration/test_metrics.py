@@ -52,6 +52,11 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
+def app_pool(proxy: ThreadedProxy) -> dict[str, str]:
+    """The labels of database app's own pool (per-pool metrics carry user and kind)."""
+    return {"database": "app", "user": proxy.config.databases["app"].user, "kind": "tenant"}
+
+
 def raw_exchange(proxy: ThreadedProxy, data: bytes) -> bytes:
     """Send ``data`` on a fresh socket, half-close, return all the server answered."""
     with socket.create_connection(("127.0.0.1", metrics_port(proxy)), timeout=10) as sock:
@@ -101,11 +106,12 @@ def test_saturated_pool_shows_saturation_and_waiting_clients(start_proxy: StartP
     assert not errors
     assert len(served) == 3
 
-    assert value(saturated, "pgtenant_pool_saturation", database="app") == 1.0
-    assert value(saturated, "pgtenant_pool_size", database="app") == 2
-    assert value(saturated, "pgtenant_server_connections", database="app", state="active") == 2
-    assert value(saturated, "pgtenant_clients", database="app", state="waiting") == 3
-    assert value(saturated, "pgtenant_clients", database="app", state="active") == 2
+    pool = app_pool(proxy)
+    assert value(saturated, "pgtenant_pool_saturation", **pool) == 1.0
+    assert value(saturated, "pgtenant_pool_size", **pool) == 2
+    assert value(saturated, "pgtenant_server_connections", **pool, state="active") == 2
+    assert value(saturated, "pgtenant_clients", **pool, state="waiting") == 3
+    assert value(saturated, "pgtenant_clients", **pool, state="active") == 2
 
     after = scrape(proxy)
     waits_after = value(after, "pgtenant_pool_wait_seconds_count", database="app")
@@ -113,7 +119,7 @@ def test_saturated_pool_shows_saturation_and_waiting_clients(start_proxy: StartP
     assert value(after, "pgtenant_pool_wait_seconds_bucket", database="app",
                  le="+Inf") == waits_after
     assert value(after, "pgtenant_pool_wait_seconds_sum", database="app") > 0
-    assert value(after, "pgtenant_clients", database="app", state="waiting") == 0
+    assert value(after, "pgtenant_clients", **pool, state="waiting") == 0
 
 
 def test_bad_token_moves_auth_failures_by_one_with_its_reason(
@@ -142,6 +148,7 @@ def test_every_documented_family_is_exported(metrics_proxy: ThreadedProxy) -> No
         "pgtenant_uptime_seconds", "pgtenant_config_reloads_total",
         "pgtenant_config_reload_failures_total", "pgtenant_build_info",
         "pgtenant_server_connections", "pgtenant_pool_size", "pgtenant_pool_saturation",
+        "pgtenant_pool_paused",
         "pgtenant_pool_wait_max_seconds", "pgtenant_pool_wait_seconds_bucket",
         "pgtenant_pool_acquire_timeouts_total", "pgtenant_server_errors_total",
         "pgtenant_servers_opened_total", "pgtenant_servers_closed_total",
@@ -156,8 +163,8 @@ def test_every_documented_family_is_exported(metrics_proxy: ThreadedProxy) -> No
         "pgtenant_suspended_tenant_attempts_total",
     }
     assert expected <= names, sorted(expected - names)
-    assert value(samples, "pgtenant_servers_opened_total", database="app") >= 1
-    assert value(samples, "pgtenant_pool_leases_total", database="app") >= 1
+    assert value(samples, "pgtenant_servers_opened_total", **app_pool(metrics_proxy)) >= 1
+    assert value(samples, "pgtenant_pool_leases_total", **app_pool(metrics_proxy)) >= 1
     assert value(samples, "pgtenant_tenant_queries_total", tenant="_other") >= 0
     assert value(samples, "pgtenant_uptime_seconds") > 0
 

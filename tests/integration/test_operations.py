@@ -22,7 +22,7 @@ import pytest
 from proxy.auth.scram_verifier import make_scram_verifier
 from proxy.config import Config
 from tests.proxy_harness import launch_serve, make_config, token, write_config_file
-from tests.support import free_port
+from tests.support import free_port, wait_for, wait_for_query
 
 ADMIN_PASSWORD = "operations-console-password"
 VERIFIER = make_scram_verifier(ADMIN_PASSWORD)
@@ -124,7 +124,7 @@ def test_sighup_applies_a_new_pool_size_under_load_without_failed_queries(
         app_db: Any, tmp_path: Path) -> None:
     config = make_config(app_db, pool_mode="transaction", pool_size=4)
     with serve(config, tmp_path) as served, Load(served, clients=6) as load:
-        time.sleep(0.7)
+        wait_for(lambda: load.queries >= 30, "load before the reload")
         served.write_config(make_config(app_db, pool_mode="transaction", pool_size=2))
         served.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
@@ -132,10 +132,14 @@ def test_sighup_applies_a_new_pool_size_under_load_without_failed_queries(
             assert time.monotonic() < deadline, served.log()
             time.sleep(0.05)
         before = load.queries
-        time.sleep(1.5)  # maintenance closes idle connections beyond the new size
-        rows = served.console("SHOW POOLS")[0]
-        assert int(rows[6]) + int(rows[7]) + int(rows[8]) <= 2, rows  # sv_* <= pool_size
-        assert load.queries > before
+
+        def servers() -> int:  # sv_active + sv_idle + sv_used in SHOW POOLS
+            rows = served.console("SHOW POOLS")[0]
+            return int(rows[6]) + int(rows[7]) + int(rows[8])
+
+        # Maintenance closes idle connections beyond the new size.
+        wait_for(lambda: servers() <= 2, "server connections down to the new pool_size")
+        wait_for(lambda: load.queries > before, "load going on after the reload")
     assert not load.failures, load.failures
     assert "configuration reloaded" in served.log()
 
@@ -153,7 +157,7 @@ def test_an_invalid_config_is_refused_and_the_old_keeps_serving(
          Load(served, clients=2) as load:
         served.config_path.write_text("[server]\npool_size = 'not here'\n")
         served.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        wait_for(lambda: "configuration reload refused" in served.log(), "the refusal logged")
         assert served.proc.poll() is None
         assert served.pool_size() == 4
         # The console names the reason too, and the refusal is counted.
@@ -162,8 +166,7 @@ def test_an_invalid_config_is_refused_and_the_old_keeps_serving(
         assert info.value.diag.sqlstate == "F0000"
         assert "unknown key" in str(info.value)
         before = load.queries
-        time.sleep(0.3)
-        assert load.queries > before
+        wait_for(lambda: load.queries > before, "load going on after the refusal")
     assert not load.failures, load.failures
     log = served.log()
     assert "configuration reload refused" in log and "server.pool_size: unknown key" in log
@@ -231,9 +234,8 @@ def test_sigterm_lets_running_transactions_finish_then_sends_57P01(
 
         worker = threading.Thread(target=transaction)
         worker.start()
-        time.sleep(0.3)
+        wait_for_query(app_db.superuser_dsn, "SELECT pg_sleep(1)")  # in flight
         served.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
         _expect_admin_shutdown(idle)  # no transaction in flight: closed at once
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(served.dsn("acme"), connect_timeout=3)  # no longer accepting

@@ -132,15 +132,30 @@ def signed_tenant(conn: psycopg.Connection[Any]) -> str | None:
     return value
 
 
+#: What pgtenant.current_tenant() raises for a tenant without a valid proof (the proxy
+#: counts it): SQLSTATE, severity, message; nothing that names a tenant.
+FORGED_WARNING = ("PT401", "WARNING", "pgtenant: forged or unverifiable tenant context")
+
+
+def server_notices(conn: psycopg.Connection[Any]) -> list[tuple[str | None, ...]]:
+    """A list that fills with (SQLSTATE, severity, message) of every notice ``conn`` gets."""
+    notices: list[tuple[str | None, ...]] = []
+    conn.add_notice_handler(lambda d: notices.append(
+        (d.sqlstate, d.severity_nonlocalized, d.message_primary)))
+    return notices
+
+
 # -- the signed tenant context ------------------------------------------------------------
 
 def test_python_proof_is_what_the_sql_function_accepts(signed: Scratch) -> None:
     with signed.app() as conn:
+        notices = server_notices(conn)
         pid = conn.info.backend_pid
         set_context(conn, "acme", compute_proof(KEY_A, "acme", pid))
         assert signed_tenant(conn) == "acme"
         set_context(conn, "globex", compute_proof(KEY_A, "globex", pid))
         assert signed_tenant(conn) == "globex"
+    assert notices == []  # a valid context is silent
 
 
 @pytest.mark.parametrize("proof", [
@@ -150,10 +165,36 @@ def test_python_proof_is_what_the_sql_function_accepts(signed: Scratch) -> None:
     compute_proof(b"not the key, but long enough to be one!", "acme", 1),
     "acme",
 ])
-def test_missing_or_forged_proof_gives_null(signed: Scratch, proof: str | None) -> None:
+def test_missing_or_forged_proof_gives_null_and_a_warning(
+    signed: Scratch, proof: str | None
+) -> None:
     with signed.app() as conn:
+        notices = server_notices(conn)
         set_context(conn, "acme", proof)
         assert signed_tenant(conn) is None
+    assert notices == [FORGED_WARNING]
+
+
+def test_no_tenant_at_all_is_silent(signed: Scratch) -> None:
+    """Admin and service sessions set no tenant: NULL, and no forged-context warning."""
+    with signed.app() as conn:
+        notices = server_notices(conn)
+        assert signed_tenant(conn) is None
+        set_context(conn, "", compute_proof(KEY_A, "acme", conn.info.backend_pid))
+        assert signed_tenant(conn) is None
+        set_context(conn, "acme", compute_proof(KEY_A, "acme", conn.info.backend_pid))
+        conn.execute("DISCARD ALL")
+        assert signed_tenant(conn) is None
+    assert notices == []
+
+
+def test_forged_context_warning_survives_client_min_messages_notice(signed: Scratch) -> None:
+    with signed.app() as conn:
+        notices = server_notices(conn)
+        conn.execute("SET client_min_messages = notice")
+        set_context(conn, "globex", compute_proof(KEY_A, "acme", conn.info.backend_pid))
+        assert signed_tenant(conn) is None
+    assert notices == [FORGED_WARNING]
 
 
 def test_proof_for_another_tenant_or_backend_gives_null(signed: Scratch) -> None:
@@ -252,8 +293,11 @@ def test_app_role_setting_the_tenant_itself_sees_nothing_of_globex(signed: Scrat
     result = cli("policies", "protect", "--dsn", signed.dsn, "public.orders", "--signed")
     assert result.status == 0, result.err
     with signed.app() as conn:
+        notices = server_notices(conn)
         conn.execute("SELECT set_config('app.current_tenant', 'globex', false)")
         assert conn.execute("SELECT count(*) FROM public.orders").fetchone() == (0,)
+        # The policy's sub-select runs once per statement: one warning, not one per row.
+        assert notices == [FORGED_WARNING]
         assert conn.execute("SELECT count(*) FROM public.orders WHERE tenant_id = 'globex'"
                             ).fetchone() == (0,)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):  # WITH CHECK: NULL tenant

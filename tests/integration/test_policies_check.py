@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from policies.check import RULES
+from policies.check import PRIVILEGED_PREDEFINED_ROLES, RULES
 from policies.install import install
 from policies.protect import protect
 from tests.integration.test_policies import Scratch, cli, scratch_database
@@ -30,9 +30,12 @@ CREATE VIEW public.order_skus WITH (security_invoker = true) AS
 GRANT SELECT ON public.order_skus TO {app};
 CREATE TABLE public.countries (code text PRIMARY KEY, name text UNIQUE);
 ALTER ROLE {app} SET track_activities = off;
+REVOKE EXECUTE ON FUNCTION pg_cancel_backend(integer),
+    pg_terminate_backend(integer, bigint) FROM PUBLIC;
 """
 
 APP = "<app role>"
+DATABASE = "<database>"
 
 # code -> (the one mistake, the object the finding names)
 MISTAKES: dict[str, tuple[str, str]] = {
@@ -67,6 +70,18 @@ MISTAKES: dict[str, tuple[str, str]] = {
                " AS $$ SELECT current_setting('app.current_tenant', true) $$;"
                "CREATE POLICY fast ON public.orders USING (tenant_id = public.fast_tenant())",
                "public.orders policy fast"),
+    "PGT016": ("ALTER ROLE {app} CREATEROLE", APP),
+    "PGT017": ("ALTER ROLE {app} CREATEDB", APP),
+    "PGT018": ("GRANT pg_signal_backend TO {app}", APP),
+    "PGT019": ("GRANT CREATE ON SCHEMA public TO {app}", "public"),
+    "PGT020": ("CREATE SCHEMA scratchpad AUTHORIZATION {app}", "scratchpad"),
+    "PGT021": ("DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO {app}',"
+               " current_database()); END $$", DATABASE),
+    "PGT022": ("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I OWNER TO {app}',"
+               " current_database()); END $$", DATABASE),
+    "PGT023": ("GRANT EXECUTE ON FUNCTION pg_terminate_backend(integer, bigint) TO {app}", APP),
+    "PGT024": ("GRANT SELECT ON pgtenant.keys TO {app}", "pgtenant.keys"),
+    "PGT025": ("ALTER ROLE {app} SET default_transaction_read_only = on", APP),
 }
 
 
@@ -105,7 +120,7 @@ def test_each_mistake_is_found_with_its_code(clean: Scratch, code: str) -> None:
     clean.execute(mistake)
     status, findings = check_json(clean)
     assert status == 1
-    expected = clean.app_role if obj == APP else obj
+    expected = {APP: clean.app_role, DATABASE: clean.dbname}.get(obj, obj)
     assert [(f["code"], f["object"]) for f in findings] == [(code, expected)]
     finding = findings[0]
     assert finding["severity"] == RULES[code].severity
@@ -149,3 +164,66 @@ def test_without_app_role_the_role_checks_are_skipped(clean: Scratch) -> None:
 def test_unknown_app_role_is_an_error(clean: Scratch) -> None:
     result = cli("policies", "check", "--dsn", clean.dsn, "--app-role", "pgtenant_pol_nobody")
     assert result.status == 2 and "app role pgtenant_pol_nobody does not exist" in result.err
+
+
+# -- the shared upstream role --------------------------------------------------------------
+
+def found(db: Scratch) -> list[tuple[str, str, str]]:
+    _, findings = check_json(db)
+    return [(f["code"], f["object"], f["message"]) for f in findings]
+
+
+@pytest.mark.parametrize("predefined", PRIVILEGED_PREDEFINED_ROLES)
+def test_each_privileged_predefined_role_is_found(clean: Scratch, predefined: str) -> None:
+    clean.execute(f"GRANT {predefined} TO {{app}}")
+    codes = found(clean)
+    assert ("PGT018", clean.app_role, f"{clean.app_role} is a member of {predefined}") in codes
+    # Reading or writing all data reaches the signing keys too; nothing else is reported.
+    extra = {c for c, *_ in codes} - {"PGT018"}
+    assert extra == ({"PGT024"} if predefined.endswith("_all_data") else set())
+
+
+def test_membership_through_another_role_and_without_inherit_is_found(clean: Scratch) -> None:
+    group = f"{clean.app_role}_ops"
+    clean.execute(f"CREATE ROLE {group} NOLOGIN; GRANT pg_execute_server_program TO {group};"
+                  f"GRANT {group} TO {{app}}; ALTER ROLE {{app}} NOINHERIT")
+    try:
+        assert [c for c, *_ in found(clean)] == ["PGT018"]
+    finally:
+        clean.execute(f"DROP ROLE {group}")
+
+
+def test_pg_monitor_is_reported_as_activity_visibility(clean: Scratch) -> None:
+    clean.execute("GRANT pg_monitor TO {app}")
+    assert found(clean) == [
+        ("PGT013", clean.app_role, f"{clean.app_role} is a member of pg_monitor, "
+                                   "pg_read_all_stats")]
+
+
+def test_create_on_the_schema_named_after_the_role_is_found(clean: Scratch) -> None:
+    """The "$user" schema comes first on the default search_path."""
+    clean.execute("CREATE SCHEMA {app}; GRANT USAGE, CREATE ON SCHEMA {app} TO {app}")
+    assert [(c, o) for c, o, _ in found(clean)] == [("PGT019", clean.app_role)]
+
+
+def test_create_on_public_through_public_is_found(clean: Scratch) -> None:
+    """A database upgraded from PostgreSQL 14 or older keeps CREATE for PUBLIC."""
+    clean.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    assert [(c, o) for c, o, _ in found(clean)] == [("PGT019", "public")]
+
+
+def test_owning_a_table_under_rls_without_the_tenant_column_is_found(clean: Scratch) -> None:
+    clean.execute("CREATE TABLE public.ledger (org text);"
+                  "ALTER TABLE public.ledger ENABLE ROW LEVEL SECURITY;"
+                  "ALTER TABLE public.ledger FORCE ROW LEVEL SECURITY;"
+                  "CREATE POLICY org ON public.ledger"
+                  " USING (org = current_setting('app.current_tenant', true));"
+                  "ALTER TABLE public.ledger OWNER TO {app}")
+    assert [(c, o) for c, o, _ in found(clean)] == [("PGT006", "public.ledger")]
+
+
+def test_a_stored_forged_tenant_context_is_found(clean: Scratch) -> None:
+    clean.execute("ALTER ROLE {app} SET app.current_tenant = 'globex'")
+    assert found(clean) == [("PGT025", clean.app_role,
+                             f"{clean.app_role} has the stored setting "
+                             "app.current_tenant=globex")]

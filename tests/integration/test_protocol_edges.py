@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 import threading
 import time
@@ -14,73 +13,35 @@ import psycopg
 import pytest
 
 from proxy.wire import messages
+from tests import rawclient
 from tests.proxy_harness import ThreadedProxy, token
-
-
-def _connect_raw(proxy: ThreadedProxy) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-    return sock
-
-
-def _read_message(sock: socket.socket) -> tuple[bytes, bytes]:
-    header = _read_exact(sock, 5)
-    (length,) = struct.unpack("!i", header[1:])
-    return header[:1], _read_exact(sock, length - 4)
-
-
-def _read_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
-
-
-def _logged_in(proxy: ThreadedProxy, tenant: str) -> socket.socket:
-    """A raw socket past startup and authentication, at the first ReadyForQuery."""
-    sock = _connect_raw(proxy)
-    sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
-    _read_message(sock)
-    sock.sendall(messages.password_message(token(tenant).encode() + b"\0"))
-    _read_until(sock, b"Z")
-    return sock
-
-
-def _read_until(sock: socket.socket, last: bytes) -> list[tuple[bytes, bytes]]:
-    out = []
-    while True:
-        tag, body = _read_message(sock)
-        out.append((tag, body))
-        if tag == last:
-            return out
+from tests.support import wait_for_query
 
 
 def test_ssl_and_gssenc_requests_are_declined_without_tls(session_proxy: ThreadedProxy) -> None:
-    with _connect_raw(session_proxy) as sock:
+    with rawclient.connect(session_proxy.port) as sock:
         sock.sendall(struct.pack("!ii", 8, 80877104))  # GSSENCRequest
-        assert _read_exact(sock, 1) == b"N"
+        assert rawclient.read_exact(sock, 1) == b"N"
         sock.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest
-        assert _read_exact(sock, 1) == b"N"
+        assert rawclient.read_exact(sock, 1) == b"N"
         sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
-        tag, body = _read_message(sock)
+        tag, body = rawclient.read_message(sock)
         assert tag == b"R" and struct.unpack("!i", body)[0] == 3  # cleartext password
 
 
 def test_protocol_3_2_gets_negotiate_protocol_version(session_proxy: ThreadedProxy) -> None:
-    with _connect_raw(session_proxy) as sock:
+    with rawclient.connect(session_proxy.port) as sock:
         sock.sendall(messages.startup_message(
             {"user": "u", "database": "app", "_pq_.future_option": "on"}, protocol_minor=2))
-        tag, body = _read_message(sock)
+        tag, body = rawclient.read_message(sock)
         assert tag == b"v"
         assert messages.decode_negotiate_protocol_version(body) == (0, ["_pq_.future_option"])
-        tag, body = _read_message(sock)
+        tag, body = rawclient.read_message(sock)
         assert tag == b"R"
         sock.sendall(messages.password_message(token("acme").encode() + b"\0"))
         seen = set()
         while True:
-            tag, body = _read_message(sock)
+            tag, body = rawclient.read_message(sock)
             seen.add(tag)
             if tag == b"Z":
                 break
@@ -90,9 +51,9 @@ def test_protocol_3_2_gets_negotiate_protocol_version(session_proxy: ThreadedPro
 @pytest.mark.parametrize("length", [-5, 0, 3, 2**31 - 1])
 def test_bad_message_length_gets_protocol_violation(session_proxy: ThreadedProxy,
                                                     length: int) -> None:
-    with _logged_in(session_proxy, "acme") as sock:
+    with rawclient.logged_in(session_proxy.port, "acme") as sock:
         sock.sendall(b"Q" + struct.pack("!i", length))
-        tag, body = _read_message(sock)
+        tag, body = rawclient.read_message(sock)
         assert tag == b"E"
         assert messages.decode_error_fields(body)["C"] == "08P01"
         assert sock.recv(1) == b""
@@ -103,17 +64,17 @@ def test_bad_message_length_gets_protocol_violation(session_proxy: ThreadedProxy
 
 def test_bad_startup_packet_length_is_refused(session_proxy: ThreadedProxy) -> None:
     for packet in (struct.pack("!i", 4), struct.pack("!ii", 100000, 196608)):
-        with _connect_raw(session_proxy) as sock:
+        with rawclient.connect(session_proxy.port) as sock:
             sock.sendall(packet)
-            tag, body = _read_message(sock)
+            tag, body = rawclient.read_message(sock)
             assert tag == b"E" and messages.decode_error_fields(body)["C"] == "08P01"
 
 
 def test_login_timeout_ends_a_silent_client(start_proxy: Callable[..., ThreadedProxy]) -> None:
     proxy = start_proxy(server_client_login_timeout=0.5)
-    with _connect_raw(proxy) as sock:
+    with rawclient.connect(proxy.port) as sock:
         sock.sendall(b"\x00\x00")  # a trickled, never-finished startup packet
-        tag, body = _read_message(sock)
+        tag, body = rawclient.read_message(sock)
         assert tag == b"E" and messages.decode_error_fields(body)["C"] == "57014"
 
 
@@ -137,22 +98,23 @@ def test_flush_keeps_the_server_until_sync(start_proxy: Callable[..., ThreadedPr
     # with this client (replies included) until Sync, even while others want a server.
     proxy = start_proxy(pool_mode="transaction", pool_size=2)
     pool = proxy.app.pools["app"]  # type: ignore[union-attr]
-    with _logged_in(proxy, "acme") as sock, _logged_in(proxy, "globex") as other:
+    with (rawclient.logged_in(proxy.port, "acme") as sock,
+          rawclient.logged_in(proxy.port, "globex") as other):
         other.sendall(messages.query("BEGIN"))  # holds the one open server
-        _read_until(other, b"Z")
+        rawclient.read_until(other, b"Z")
         # A fresh server: its context set is pipelined in front of the batch.
         sock.sendall(messages.parse("", "SELECT current_setting('app.current_tenant')")
                      + messages.describe(b"S", "") + messages.flush())
-        assert [t for t, _ in _read_until(sock, b"T")] == [b"1", b"t", b"T"]
+        assert [t for t, _ in rawclient.read_until(sock, b"T")] == [b"1", b"t", b"T"]
         time.sleep(0.1)
         assert proxy.call(lambda: len(pool.active)) == 2
         other.sendall(messages.query("COMMIT"))
-        _read_until(other, b"Z")
+        rawclient.read_until(other, b"Z")
         for _ in range(5):  # the other client's transactions run on the other server
             other.sendall(messages.query("SELECT 1"))
-            _read_until(other, b"Z")
+            rawclient.read_until(other, b"Z")
         sock.sendall(messages.bind("", "", []) + messages.execute() + messages.sync())
-        replies = _read_until(sock, b"Z")
+        replies = rawclient.read_until(sock, b"Z")
         assert [t for t, _ in replies] == [b"2", b"D", b"C", b"Z"]
         assert b"acme" in replies[1][1]
         proxy.wait_until(lambda app: len(pool.active) == 0)
@@ -184,14 +146,12 @@ def test_cancel_reaches_only_its_own_query(proxy: ThreadedProxy) -> None:
     assert other_ok is True      # the other client's query was not cancelled
 
 
-def test_cancel_with_a_forged_key_cancels_nothing(proxy: ThreadedProxy) -> None:
+def test_cancel_with_a_forged_key_cancels_nothing(proxy: ThreadedProxy, app_db: Any) -> None:
     result: dict[str, Any] = {}
     thread = _running(proxy, proxy.dsn("acme"), "SELECT pg_sleep(1)", result)
-    deadline = time.monotonic() + 10
-    while "pid" not in result and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for_query(app_db.superuser_dsn, "SELECT pg_sleep(1)")
     for key in (b"\0\0\0\0", b"\xff\xff\xff\xff"):
-        with _connect_raw(proxy) as sock:
+        with rawclient.connect(proxy.port) as sock:
             sock.sendall(messages.cancel_request(result["pid"], key))
             assert sock.recv(1) == b""  # the proxy closes without an answer
     thread.join(10)
@@ -201,9 +161,9 @@ def test_cancel_with_a_forged_key_cancels_nothing(proxy: ThreadedProxy) -> None:
 def test_client_disconnect_mid_query_leaves_no_busy_server(
         start_proxy: Callable[..., ThreadedProxy], app_db: Any) -> None:
     proxy = start_proxy(pool_mode="session", pool_size=1)
-    with _logged_in(proxy, "acme") as sock:
+    with rawclient.logged_in(proxy.port, "acme") as sock:
         sock.sendall(messages.query("SELECT pg_sleep(30)"))
-        time.sleep(0.3)
+        wait_for_query(app_db.superuser_dsn, "SELECT pg_sleep(30)")
     # The only server connection was busy: it must be cancelled/closed, not handed out busy.
     started = time.monotonic()
     with psycopg.connect(proxy.dsn("globex")) as conn:
@@ -231,17 +191,30 @@ def test_wait_queue_times_out_with_57014(start_proxy: Callable[..., ThreadedProx
         assert holder.execute("SELECT 2").fetchone() == (2,)
 
 
-def test_fifo_waiter_gets_the_server_when_released(
+def test_waiting_clients_are_served_in_arrival_order(
         start_proxy: Callable[..., ThreadedProxy]) -> None:
+    # Tenants that the held server was never set for, so tenant affinity has no say.
     proxy = start_proxy(pool_mode="session", pool_size=1)
-    result: dict[str, Any] = {}
+    pool = proxy.app.pools["app"]  # type: ignore[union-attr]
+    arrivals = ["t1", "t2", "t3", "t4"]
+    served: list[str] = []
+
+    def client(tenant: str) -> None:
+        with psycopg.connect(proxy.dsn(tenant), autocommit=True) as conn:
+            row = conn.execute("SELECT current_setting('app.current_tenant')").fetchone()
+            served.append(row[0] if row else "")
+
     with psycopg.connect(proxy.dsn("acme")) as holder:
         holder.execute("SELECT 1")
-        thread = _running(proxy, proxy.dsn("globex"), "SELECT 1", result)
-        time.sleep(0.3)
-        assert "ok" not in result
-    thread.join(10)
-    assert result.get("ok") is True
+        threads = []
+        for queued, tenant in enumerate(arrivals, 1):
+            threads.append(threading.Thread(target=client, args=(tenant,)))
+            threads[-1].start()
+            proxy.wait_until(lambda app, queued=queued: len(pool.waiters) == queued)
+        assert served == []
+    for thread in threads:
+        thread.join(10)
+    assert served == arrivals
 
 
 def test_dead_server_connection_is_replaced(start_proxy: Callable[..., ThreadedProxy],
@@ -251,7 +224,8 @@ def test_dead_server_connection_is_replaced(start_proxy: Callable[..., ThreadedP
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         with psycopg.connect(app_db.superuser_dsn, autocommit=True) as su:
             su.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        time.sleep(0.3)
+        pool = proxy.app.pools["app"]  # type: ignore[union-attr]
+        proxy.wait_until(lambda app: not pool.idle)  # the proxy saw it die
         # The idle server died between transactions: the next one gets a fresh server.
         new_pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         assert new_pid != pid

@@ -45,11 +45,11 @@ def signed_db(postgres: PostgresServer) -> Iterator[Scratch]:
         yield db
 
 
-def _proxy(db: Scratch, **tenancy: Any) -> ThreadedProxy:
+def _proxy(db: Scratch, pool_size: int = 2, **tenancy: Any) -> ThreadedProxy:
     os.environ[KEY_ENV] = KEY.decode()
     app_db = AppDatabase(host=db.postgres.host, port=db.postgres.port, dbname=db.dbname,
                          user=db.app_role, password=db.app_password, superuser_dsn=db.dsn)
-    config = make_config(app_db, pool_mode="transaction", pool_size=2)
+    config = make_config(app_db, pool_mode="transaction", pool_size=pool_size)
     config = dataclasses.replace(config, tenancy=TenancyConfig(proof_key_env=KEY_ENV,
                                                                **tenancy))
     return ThreadedProxy(config).start()
@@ -81,6 +81,55 @@ def test_without_the_guard_a_forged_tenant_still_sees_nothing(signed_db: Scratch
         # The next client of that pooled connection gets a clean, proven context again.
         with psycopg.connect(proxy.dsn("globex")) as conn:
             assert conn.execute("SELECT count(*) FROM docs").fetchone() == (2,)
+    finally:
+        proxy.stop()
+
+
+def test_a_forged_context_is_counted_and_re_set_for_the_next_client(
+        signed_db: Scratch) -> None:
+    from prometheus_client import generate_latest
+
+    from proxy.metrics.collector import make_registry
+
+    proxy = _proxy(signed_db, pool_size=1, guard=False)
+    try:
+        warnings: list[str | None] = []
+        with psycopg.connect(proxy.dsn("acme"), autocommit=True) as conn:
+            conn.add_notice_handler(lambda diag: warnings.append(diag.sqlstate))
+            conn.execute("SELECT set_config('app.current_tenant', 'globex', false)")
+            assert conn.execute("SELECT count(*) FROM docs").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM docs").fetchone() == (1,)  # re-set
+        assert warnings == ["PT401"]
+        # The same tenant's next client on the one backend: its context was re-set.
+        with psycopg.connect(proxy.dsn("acme")) as conn:
+            assert conn.execute("SELECT count(*) FROM docs").fetchone() == (1,)
+        app = proxy.app
+        assert app is not None
+        text = proxy.call(lambda: generate_latest(make_registry(app)).decode())
+        assert ('pgtenant_rls_violation_attempts_total{kind="forged_context",tenant="acme"} 1.0'
+                in text)
+    finally:
+        proxy.stop()
+
+
+def test_a_captured_proof_does_not_survive_the_switch_to_another_tenant(
+        signed_db: Scratch) -> None:
+    """The attack run's class 3 under the signed policy, guard off: a temp view named like
+    the app's table copies every proof it sees; the scrub drops it before globex runs."""
+    proxy = _proxy(signed_db, pool_size=1, guard=False)
+    try:
+        with psycopg.connect(proxy.dsn("acme"), autocommit=True) as conn:
+            conn.execute("CREATE TEMP TABLE loot (proof text, pid int)")
+            conn.execute(
+                "CREATE FUNCTION pg_temp.grab() RETURNS boolean LANGUAGE sql AS $$ "
+                "INSERT INTO pg_temp.loot VALUES (current_setting('pgtenant.proof', true), "
+                "pg_backend_pid()); SELECT true $$")
+            conn.execute("CREATE TEMP VIEW docs AS SELECT * FROM public.docs "
+                         "WHERE pg_temp.grab()")
+        with psycopg.connect(proxy.dsn("globex")) as conn:
+            assert conn.execute("SELECT count(*) FROM docs").fetchone() == (2,)
+        with psycopg.connect(proxy.dsn("acme")) as conn:
+            assert conn.execute("SELECT to_regclass('pg_temp.loot')").fetchone() == (None,)
     finally:
         proxy.stop()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
 import subprocess
 import threading
 import time
@@ -18,6 +17,7 @@ import psycopg
 import pytest
 
 from proxy.wire import messages
+from tests import rawclient
 from tests.proxy_harness import ThreadedProxy, token
 
 pytestmark = pytest.mark.usefixtures("clean_items")
@@ -173,39 +173,34 @@ def test_psycopg_pipeline_mode(start_proxy: Start) -> None:
 def test_extended_protocol_statement_handling_by_bytes(start_proxy: Start) -> None:
     # What PostgreSQL would answer, even though the proxy renames statements.
     proxy = start_proxy(pool_mode="transaction", pool_size=2)
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-    with sock:
-        sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
-        _read_until(sock, b"R")
-        sock.sendall(messages.password_message(token("acme").encode() + b"\0"))
-        _read_until(sock, b"Z")
+    with rawclient.logged_in(proxy.port, "acme") as sock:
         parse = messages.parse("s1", "SELECT current_setting('app.current_tenant')")
         run = messages.bind("", "s1", []) + messages.execute() + messages.sync()
         sock.sendall(parse + messages.sync())
-        assert _tags(_read_until(sock, b"Z")) == "1Z"
+        assert _tags(rawclient.read_until(sock, b"Z")) == "1Z"
         sock.sendall(run)
-        replies = _read_until(sock, b"Z")
+        replies = rawclient.read_until(sock, b"Z")
         assert _tags(replies) == "2DCZ" and b"acme" in replies[1][1]
         # Same name again: 42P05, and the rest of the batch is skipped.
         sock.sendall(parse + run)
-        replies = _read_until(sock, b"Z")
+        replies = rawclient.read_until(sock, b"Z")
         assert _tags(replies) == "EZ"
         assert messages.decode_error_fields(replies[0][1])["C"] == "42P05"
         # Close, then the name is free; an unknown name is 26000 with the client's name.
         sock.sendall(messages.close(b"S", "s1") + messages.sync())
-        assert _tags(_read_until(sock, b"Z")) == "3Z"
+        assert _tags(rawclient.read_until(sock, b"Z")) == "3Z"
         sock.sendall(messages.bind("", "s1", []) + messages.execute() + messages.sync())
-        replies = _read_until(sock, b"Z")
+        replies = rawclient.read_until(sock, b"Z")
         fields = messages.decode_error_fields(replies[0][1])
         assert fields["C"] == "26000" and '"s1"' in fields["M"]
         # DEALLOCATE of a known name through the simple protocol.
         sock.sendall(parse + messages.sync())
-        _read_until(sock, b"Z")
+        rawclient.read_until(sock, b"Z")
         sock.sendall(messages.query("DEALLOCATE s1"))
-        replies = _read_until(sock, b"Z")
+        replies = rawclient.read_until(sock, b"Z")
         assert replies[-2][0] == b"C" and replies[-2][1].startswith(b"DEALLOCATE")
         sock.sendall(messages.query("DEALLOCATE s1"))
-        replies = _read_until(sock, b"Z")
+        replies = rawclient.read_until(sock, b"Z")
         assert messages.decode_error_fields(replies[0][1])["C"] == "26000"
 
 
@@ -227,19 +222,19 @@ def test_pgbench_prepared_with_40_clients_on_4_servers(start_proxy: Start,
 
 def test_client_gone_mid_transaction_leaves_no_dirty_server(start_proxy: Start) -> None:
     proxy = start_proxy(pool_mode="transaction", pool_size=1)
-    for unfinished in (
-        messages.query("BEGIN; INSERT INTO items (name) VALUES ('half-done')"),
-        # a pipeline cut before its Sync
-        messages.parse("", "INSERT INTO items (name) VALUES ('piped')") +
-        messages.bind("", "", []) + messages.execute() + messages.flush(),
+    for unfinished, executed in (
+        (messages.query("BEGIN; INSERT INTO items (name) VALUES ('half-done')"), b"Z"),
+        # a pipeline cut before its Sync: Flush brings the INSERT's CommandComplete
+        (messages.parse("", "INSERT INTO items (name) VALUES ('piped')") +
+         messages.bind("", "", []) + messages.execute() + messages.flush(), b"C"),
     ):
-        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-        sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
-        _read_until(sock, b"R")
-        sock.sendall(messages.password_message(token("acme").encode() + b"\0"))
-        _read_until(sock, b"Z")
+        sock = rawclient.logged_in(proxy.port, "acme")
         sock.sendall(unfinished)
-        time.sleep(0.3)
+        # The server ran the INSERT (its reply came back): the client leaves mid-transaction.
+        replies = rawclient.read_until(sock, executed)
+        assert b"E" not in [tag for tag, _ in replies]
+        if executed == b"Z":
+            assert replies[-1][1] == b"T"  # ReadyForQuery: in a transaction block
         sock.close()
         with psycopg.connect(proxy.dsn("globex"), autocommit=True) as conn:
             row = conn.execute("SELECT current_setting('app.current_tenant'), "
@@ -294,26 +289,6 @@ def test_terminated_backends_under_load(start_proxy: Start, app_db: Any) -> None
         assert conn.execute("SELECT current_setting('app.current_tenant')").fetchone() == ("acme",)
 
 
-def _read_until(sock: socket.socket, last: bytes) -> list[tuple[bytes, bytes]]:
-    out = []
-    while True:
-        header = _exact(sock, 5)
-        body = _exact(sock, int.from_bytes(header[1:], "big") - 4)
-        out.append((header[:1], body))
-        if header[:1] == last:
-            return out
-
-
-def _exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
-
-
 def _tags(replies: list[tuple[bytes, bytes]]) -> str:
     return "".join(t.decode() for t, _ in replies if t not in (b"S", b"N", b"t", b"T", b"n"))
 
@@ -324,7 +299,8 @@ def test_idle_transaction_timeout_ends_the_client_and_recovers_the_server(
     proxy = start_proxy(pool_mode=pool_mode, pool_size=1, idle_transaction_timeout=0.3)
     conn = psycopg.connect(proxy.dsn("acme"))
     conn.execute("INSERT INTO items (name) VALUES ('never-committed')")
-    time.sleep(0.8)
+    pool = _pool(proxy)
+    proxy.wait_until(lambda app: not pool.active)  # the timeout ended it and took its server
     with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
         conn.execute("SELECT 1")
     conn.close()
@@ -343,7 +319,8 @@ def test_client_idle_timeout_spares_busy_clients(start_proxy: Start) -> None:
     with psycopg.connect(proxy.dsn("globex"), autocommit=True) as busy:
         for _ in range(8):
             busy.execute("SELECT 1")
-            time.sleep(0.1)
+            time.sleep(0.1)  # busy for twice the timeout, a query every quarter of it
+        proxy.wait_until(lambda app: len(app.clients) == 1)  # the idle one was ended
         with pytest.raises(psycopg.OperationalError, match="idle-session timeout"):
             idle.execute("SELECT 1")
         assert busy.execute("SELECT 2").fetchone() == (2,)
@@ -364,7 +341,8 @@ def test_max_tenant_server_conns_keeps_a_noisy_tenant_from_taking_the_pool(
 
     thread = threading.Thread(target=second_acme)
     thread.start()
-    time.sleep(0.5)
+    pool = _pool(proxy)
+    proxy.wait_until(lambda app: len(pool.waiters) == 1)
     assert "acme" not in result  # waits although the pool has room
     with psycopg.connect(proxy.dsn("globex"), autocommit=True) as other:
         assert other.execute("SELECT 1").fetchone() == (1,)  # other tenants are served
@@ -403,28 +381,3 @@ def test_reserve_pool_serves_a_client_that_waited_too_long(start_proxy: Start) -
     assert proxy.call(lambda: pool.stats.reserve_opened) == 1
     proxy.wait_until(lambda app: pool.size <= 1, timeout=5)  # maintenance closes it again
 
-
-def test_tenant_affinity_does_not_starve_other_tenants(start_proxy: Start) -> None:
-    # One server connection, four tenants hammering it: affinity would keep handing it to
-    # whoever holds it; the fairness rule serves the oldest waiter after a short wait.
-    proxy = start_proxy(pool_mode="transaction", pool_size=1)
-    counts: dict[str, int] = {}
-
-    async def client(tenant: str, stop: float) -> None:
-        conn = await asyncpg.connect(proxy.dsn(tenant), ssl=False)
-        try:
-            while time.monotonic() < stop:
-                assert await conn.fetchval(
-                    "SELECT current_setting('app.current_tenant')") == tenant
-                counts[tenant] = counts.get(tenant, 0) + 1
-        finally:
-            await conn.close()
-
-    async def main() -> None:
-        stop = time.monotonic() + 2
-        await asyncio.gather(*[client(t, stop) for t in ("t1", "t2", "t3", "t4") * 2])
-
-    asyncio.run(main())
-    total = sum(counts.values())
-    assert total > 100
-    assert min(counts.values()) > total / 4 / 3, counts  # none below a third of its share

@@ -1,4 +1,9 @@
-"""``[server] workers = 2``: a real ``pgtenant serve`` supervisor with two worker processes."""
+"""``[server] workers = 2``: a real ``pgtenant serve`` supervisor with two worker processes.
+
+Tests that leave the supervisor as they found it share one (``served``, JSON logs, pool
+size 12); the killed-worker test, which leaves it restarted and whole again, comes last of
+those. SIGTERM and SIGHUP tests start their own.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from typing import Any
 
 import asyncpg
 import psycopg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import Config
@@ -72,6 +78,16 @@ class Supervised:
                     pids.append(int(entry))
         return sorted(pids)
 
+    def listeners(self) -> int:
+        """TCP sockets listening on the service port (Linux /proc/net)."""
+        count = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    local, state = line.split()[1], line.split()[3]
+                    count += state == "0A" and int(local.rpartition(":")[2], 16) == self.port
+        return count
+
     def wait_ready(self, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
         while self.get("/readyz")[0] != 200:
@@ -115,6 +131,14 @@ def two_workers(app_db: Any, **kw: Any) -> Config:
     return make_config(app_db, pool_mode="transaction", server_workers=2, **kw)
 
 
+@pytest.fixture(scope="module")
+def served(app_db: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]:
+    """One supervisor shared by the tests that leave it as they found it."""
+    config = two_workers(app_db, pool_size=12, server_log_format="json")
+    with supervise(config, tmp_path_factory.mktemp("workers")) as supervised:
+        yield supervised
+
+
 def query_tenant(dsn: str) -> str:
     with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
         row = conn.execute("SELECT current_setting('app.current_tenant')").fetchone()
@@ -123,21 +147,21 @@ def query_tenant(dsn: str) -> str:
 
 
 def test_short_connections_are_spread_over_both_workers_with_the_right_tenant(
-        app_db: Any, tmp_path: Path) -> None:
-    with supervise(two_workers(app_db), tmp_path) as served:
-        assert len(served.workers()) == 2
-        for i in range(40):
-            tenant = ("acme", "globex")[i % 2]
-            assert query_tenant(served.dsn(tenant)) == tenant
-        leases = served.samples("pgtenant_pool_leases_total")
-        assert set(leases) == {"0", "1"} and all(v > 0 for v in leases.values()), leases
-        assert sum(leases.values()) >= 40
-        assert served.samples("pgtenant_workers") == {"": 2.0}
-        assert served.get("/healthz") == (200, "ok\n")
-        assert served.get("/readyz") == (200, "ready\n")
+        served: Supervised) -> None:
+    assert len(served.workers()) == 2
+    before = sum(served.samples("pgtenant_pool_leases_total").values())
+    for i in range(40):
+        tenant = ("acme", "globex")[i % 2]
+        assert query_tenant(served.dsn(tenant)) == tenant
+    leases = served.samples("pgtenant_pool_leases_total")
+    assert set(leases) == {"0", "1"} and all(v > 0 for v in leases.values()), leases
+    assert sum(leases.values()) - before >= 40
+    assert served.samples("pgtenant_workers") == {"": 2.0}
+    assert served.get("/healthz") == (200, "ok\n")
+    assert served.get("/readyz") == (200, "ready\n")
 
 
-def test_cancel_works_whichever_worker_receives_it(app_db: Any, tmp_path: Path) -> None:
+def test_cancel_works_whichever_worker_receives_it(served: Supervised) -> None:
     async def cancel_by_timeout(dsn: str) -> int:
         conn = await asyncpg.connect(dsn, ssl=False)
         try:
@@ -157,11 +181,10 @@ def test_cancel_works_whichever_worker_receives_it(app_db: Any, tmp_path: Path) 
         return list(await asyncio.gather(*(cancel_by_timeout(served.dsn(t))
                                            for t in ["acme", "globex"] * 6)))
 
-    with supervise(two_workers(app_db, pool_size=12), tmp_path) as served:
-        owners = asyncio.run(main(served))
-        assert set(owners) == {0, 1}  # clients of both workers were cancelled
-        # 12 cancel connections, hashed over 2 workers: some landed on the other one.
-        assert "cancel request passed on to worker" in served.log()
+    owners = asyncio.run(main(served))
+    assert set(owners) == {0, 1}  # clients of both workers were cancelled
+    # 12 cancel connections, hashed over 2 workers: some landed on the other one.
+    assert "cancel request passed on to worker" in served.log()
 
 
 def test_sigterm_ends_every_worker_and_exits_zero(app_db: Any, tmp_path: Path) -> None:
@@ -176,37 +199,13 @@ def test_sigterm_ends_every_worker_and_exits_zero(app_db: Any, tmp_path: Path) -
                 f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[:1]
 
 
-def test_a_second_supervisor_on_the_same_port_refuses_to_start(
-        app_db: Any, tmp_path: Path) -> None:
-    with supervise(two_workers(app_db), tmp_path) as served:
-        second = subprocess.run(
-            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(served.config_path)],
-            capture_output=True, timeout=20, env=os.environ.copy())
-        assert second.returncode == 1, second.stderr
-        assert b"cannot listen" in second.stderr
-        assert query_tenant(served.dsn("acme")) == "acme"
-
-
-def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(
-        app_db: Any, tmp_path: Path) -> None:
-    with supervise(two_workers(app_db), tmp_path) as served:
-        before = served.workers()
-        os.kill(before[0], signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while before[0] in served.workers():  # until the kernel has closed its listener
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        for i in range(10):  # the other worker keeps taking new connections
-            tenant = ("acme", "globex")[i % 2]
-            assert query_tenant(served.dsn(tenant)) == tenant
-        deadline = time.monotonic() + 15
-        while len(served.workers()) != 2 or before[0] in served.workers():
-            assert time.monotonic() < deadline, served.log()
-            time.sleep(0.05)
-        served.wait_ready()
-        assert served.samples("pgtenant_worker_restarts_total") == {"": 1.0}
-        assert set(served.samples("pgtenant_uptime_seconds")) == {"0", "1"}
-        assert "exited unexpectedly" in served.log()
+def test_a_second_supervisor_on_the_same_port_refuses_to_start(served: Supervised) -> None:
+    second = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(served.config_path)],
+        capture_output=True, timeout=20, env=os.environ.copy())
+    assert second.returncode == 1, second.stderr
+    assert b"cannot listen" in second.stderr
+    assert query_tenant(served.dsn("acme")) == "acme"
 
 
 def test_sighup_reload_reaches_every_worker(app_db: Any, tmp_path: Path) -> None:
@@ -221,19 +220,18 @@ def test_sighup_reload_reaches_every_worker(app_db: Any, tmp_path: Path) -> None
         assert served.samples("pgtenant_pool_size") == {"0": 3.0, "1": 3.0}
 
 
-def test_json_logs_carry_context_and_never_the_token(app_db: Any, tmp_path: Path) -> None:
+def test_json_logs_carry_context_and_never_the_token(served: Supervised) -> None:
     bad_token = token("acme") + "x"  # a broken signature
-    with supervise(two_workers(app_db, server_log_format="json"), tmp_path) as served:
-        dsn = f"postgresql://tester:{bad_token}@127.0.0.1:{served.port}/app?sslmode=disable"
-        try:
-            psycopg.connect(dsn, connect_timeout=5).close()
-            raise AssertionError("a bad token was accepted")
-        except psycopg.OperationalError:
-            pass
-        deadline = time.monotonic() + 5
-        while '"auth_failed"' not in served.log():
-            assert time.monotonic() < deadline, served.log()
-            time.sleep(0.05)
+    dsn = f"postgresql://tester:{bad_token}@127.0.0.1:{served.port}/app?sslmode=disable"
+    try:
+        psycopg.connect(dsn, connect_timeout=5).close()
+        raise AssertionError("a bad token was accepted")
+    except psycopg.OperationalError:
+        pass
+    deadline = time.monotonic() + 5
+    while '"auth_failed"' not in served.log():
+        assert time.monotonic() < deadline, served.log()
+        time.sleep(0.05)
     text = served.log()
     assert bad_token not in text and bad_token.split(".")[2] not in text
     entries = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -241,3 +239,29 @@ def test_json_logs_carry_context_and_never_the_token(app_db: Any, tmp_path: Path
     assert refused and {"timestamp", "level", "logger", "message", "client_id",
                         "worker"} <= set(refused[0])
     assert refused[0]["level"] == "info" and refused[0]["logger"] == "pgtenant.app"
+
+
+def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(
+        served: Supervised) -> None:
+    restarts = served.samples("pgtenant_worker_restarts_total")[""]
+    before = served.workers()
+    assert served.listeners() == 2
+    os.kill(before[0], signal.SIGKILL)
+    # Until the kernel has closed the dead worker's listener, SO_REUSEPORT may still hand
+    # it a connection, which then dies with it; the process being gone does not mean the
+    # socket is (in gVisor the socket outlives the process by some milliseconds).
+    deadline = time.monotonic() + 5
+    while before[0] in served.workers() or served.listeners() != 1:
+        assert time.monotonic() < deadline, served.listeners()
+        time.sleep(0.005)
+    for i in range(10):  # the other worker keeps taking new connections
+        tenant = ("acme", "globex")[i % 2]
+        assert query_tenant(served.dsn(tenant)) == tenant
+    deadline = time.monotonic() + 15
+    while len(served.workers()) != 2 or before[0] in served.workers():
+        assert time.monotonic() < deadline, served.log()
+        time.sleep(0.05)
+    served.wait_ready()
+    assert served.samples("pgtenant_worker_restarts_total") == {"": restarts + 1}
+    assert set(served.samples("pgtenant_uptime_seconds")) == {"0", "1"}
+    assert "exited unexpectedly" in served.log()

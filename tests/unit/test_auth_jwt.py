@@ -539,3 +539,14 @@ def test_hand_built_config_cannot_bypass_the_allow_list_rules(
 ) -> None:
     with pytest.raises(ConfigError, match=r"^auth\.jwt\.algorithms: "):
         hs_verifier(algorithms=algorithms)
+
+
+def test_nested_tenant_claim_is_read_by_path(secret_env: None) -> None:
+    v = hs_verifier(tenant_claim="app_metadata.tenant_id")
+    nested = claims(tenant_id=None, app_metadata={"tenant_id": "globex"})
+    assert v.verify(pyjwt.encode(nested, SECRET, algorithm="HS256")).tenant == "globex"
+    # A top-level claim with the dotted name itself wins (Auth0-style namespaced claims).
+    flat = claims(**{"app_metadata.tenant_id": "acme", "app_metadata": {"tenant_id": "x"}})
+    assert v.verify(pyjwt.encode(flat, SECRET, algorithm="HS256")).tenant == "acme"
+    assert_refused(v, pyjwt.encode(claims(app_metadata="globex"), SECRET, algorithm="HS256"),
+                   "28000", "missing_tenant")

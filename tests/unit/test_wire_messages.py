@@ -210,6 +210,25 @@ def test_parameter_status_round_trip(name: str, value: str) -> None:
 
 
 @FAST
+@given(values=st.lists(st.none() | text, max_size=8))
+def test_data_row_round_trip(values: list[str | None]) -> None:
+    _, body = split(m.data_row(values))
+    assert m.decode_data_row(body) == [None if v is None else v.encode() for v in values]
+
+
+@pytest.mark.parametrize("body", [
+    b"",                                     # no column count
+    b"\x00\x01\x00\x00",                     # count 1, length cut
+    b"\x00\x01\x00\x00\x00\x05ab",             # column shorter than its length
+    b"\x00\x01\xff\xff\xff\xfe",               # negative length other than -1
+    b"\x00\x00\x00",                         # bytes after the last column
+])
+def test_data_row_rejects_malformed_bodies(body: bytes) -> None:
+    with pytest.raises(ProtocolViolation):
+        m.decode_data_row(body)
+
+
+@FAST
 @given(tag_text=text)
 def test_command_complete_round_trip(tag_text: str) -> None:
     _, body = split(m.command_complete(tag_text))

@@ -1,0 +1,106 @@
+"""Which waiting client a released server connection goes to, on a fake clock.
+
+Tenant affinity (a waiter whose tenant the connection already carries goes first) holds
+only while the oldest waiter has waited less than _FAIR_WAIT; past it the oldest waiter
+is served. The pool's fairness clock is swapped for one the test moves, so no verdict
+depends on how fast this machine happens to be. The connections are in-memory
+ServerConnection objects: the pool is full from the start, so it never opens a real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from proxy.config import DatabaseConfig
+from proxy.pool.pool import _FAIR_WAIT, ServerPool
+from proxy.session.server import ServerConnection
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def one_connection_pool(clock: FakeClock) -> tuple[ServerPool, ServerConnection]:
+    db = DatabaseConfig(name="app", pool_size=1, query_wait_timeout=0)
+    pool = ServerPool(db, password=None)
+    pool._clock = clock
+    server = ServerConnection(db)
+    pool._offer(server)  # idle: the pool is at pool_size
+    return pool, server
+
+
+async def lease(pool: ServerPool, tenant: str) -> ServerConnection:
+    """Acquire for ``tenant`` and set the connection for it, as a client's first query does."""
+    server = await pool.acquire(tenant)
+    server.tenant = server.owner = tenant  # what apply_context records (no socket here)
+    return server
+
+
+async def queued(pool: ServerPool, tenants: list[str]) -> list[asyncio.Task[ServerConnection]]:
+    """Clients of ``tenants`` waiting in this order."""
+    tasks = []
+    for tenant in tenants:
+        tasks.append(asyncio.ensure_future(lease(pool, tenant)))
+        await asyncio.sleep(0)  # the task runs up to its wait
+    assert len(pool.waiters) == len(tenants)
+    return tasks
+
+
+def served_after(waited: float) -> str | None:
+    """The tenant a t1 connection goes to when t2, t3, t1 have queued for ``waited``."""
+    async def scenario() -> str | None:
+        clock = FakeClock()
+        pool, server = one_connection_pool(clock)
+        held = await lease(pool, "t1")
+        waiting = await queued(pool, ["t2", "t3", "t1"])
+        clock.now += waited
+        pool.release(held)
+        tenant = server.lessee
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        return tenant
+
+    return asyncio.run(scenario())
+
+
+def test_a_connection_goes_to_a_waiter_of_its_tenant_within_the_fair_wait() -> None:
+    assert served_after(_FAIR_WAIT / 2) == "t1"
+
+
+def test_past_the_fair_wait_the_oldest_waiter_is_served_whatever_its_tenant() -> None:
+    assert served_after(_FAIR_WAIT * 1.5) == "t2"
+
+
+def test_tenant_affinity_does_not_starve_other_tenants() -> None:
+    # One server connection, four tenants with two clients each hammering it, every
+    # transaction 1 ms on the fake clock: affinity alone would keep handing the connection
+    # back and forth between the two clients of whichever tenant holds it.
+    transactions = 800
+    clock = FakeClock()
+    served: list[str] = []
+
+    async def client(pool: ServerPool, tenant: str) -> None:
+        while len(served) < transactions:
+            server = await lease(pool, tenant)
+            served.append(tenant)
+            clock.now += 0.001
+            await asyncio.sleep(0)  # the others queue meanwhile
+            pool.release(server)
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        pool, _ = one_connection_pool(clock)
+        clients = [client(pool, tenant) for tenant in ["t1", "t2", "t3", "t4"] * 2]
+        await asyncio.wait_for(asyncio.gather(*clients), timeout=60)
+
+    asyncio.run(main())
+    counts = Counter(served)
+    assert sorted(counts) == ["t1", "t2", "t3", "t4"]
+    total = sum(counts.values())
+    assert min(counts.values()) > total / 4 / 3, counts  # none below a third of its share
