@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python -m bench.guard_bench [--seconds S]``.
 
-Paths: statements the keyword pre-filter lets through without parsing, statements that
+Paths: statements the pre-filter (an allow-filter) lets through without parsing, statements that
 need the parser without the cache (cache_size=0) and from the cache, and attack
 statements (refused) uncached and cached. pglast's bare parse is shown for reference.
 """
@@ -31,14 +31,19 @@ PREFILTERED = [
     'SELECT "auth_user"."id", "auth_user"."username" FROM "auth_user" WHERE '
     '"auth_user"."username" = $1 LIMIT 21 OFFSET 40',
     "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
-    "BEGIN ISOLATION LEVEL READ COMMITTED",
-    "COMMIT",
-    "RESET ALL",
-]
-#: Ordinary statements that need the parser: session SETs, set_config, upserts.
-PARSED = [
     'INSERT INTO "public"."Item" ("sku","qty") VALUES ($1,$2) ON CONFLICT ("sku") DO UPDATE '
     'SET "qty" = EXCLUDED."qty" RETURNING "id"',
+    "BEGIN ISOLATION LEVEL READ COMMITTED",
+    "COMMIT",
+    "SHOW standard_conforming_strings",
+]
+#: Statements that need the parser: session SETs and resets, set_config, upserts,
+#: catalog reads (``pg_`` names), statements outside the pre-filter's allow-list.
+PARSED = [
+    "RESET ALL",
+    "DISCARD ALL",
+    "SELECT t.typname FROM pg_catalog.pg_type t WHERE t.oid = $1",
+    "COPY items (name) FROM STDIN",
     "SELECT set_config('search_path', 'public', false)",
     "SELECT set_config('app.current_tenant', 'acme', true)",
     "SET TIME ZONE 'UTC'",
@@ -49,6 +54,9 @@ ATTACKS = [
     "select * from (select set_config('app.current_tenant', 'globex', false)) s",
     "DO $$ BEGIN PERFORM set_config('app.current_tenant', 'globex', false); END $$",
     "SET ROLE postgres",
+    "CREATE TEMP VIEW items AS SELECT 1",
+    "SELECT * FROM pg_stat_activity",
+    "SELECT pg_terminate_backend(42)",
 ]
 
 

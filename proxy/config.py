@@ -84,6 +84,11 @@ class TenancyConfig:
     require_registered_tenant: bool = False  # refuse tenants not 'active' in pgtenant.tenants
     schema_per_tenant: bool = False          # also set search_path to the tenant's schema
     registry_cache_seconds: float = 10.0     # how long a registry answer is trusted
+    # Statement policy for tenant clients (deny by default; see README "Statement policy").
+    allow_ddl_in_session_mode: bool = False  # CREATE/ALTER/DROP/COMMENT, any temp table
+    allow_listen_in_session_mode: bool = False  # LISTEN (notifications cross tenants)
+    allow_notify: bool = False               # NOTIFY and pg_notify() in any pool mode
+    allowed_functions: tuple[str, ...] = ()  # refused functions tenants may call anyway
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +194,7 @@ _PORT = re.compile(r"[0-9]{1,5}")
 # name for a setting it does not know), e.g. app.current_tenant.
 _GUC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 _GUC_PREFIX = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]*\.)+")
+_FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 _T = TypeVar("_T")
 
@@ -547,12 +553,27 @@ def _read_tenancy(t: _Table) -> TenancyConfig:
                                             d.require_registered_tenant),
         registry_cache_seconds=t.seconds("registry_cache_seconds", d.registry_cache_seconds),
         schema_per_tenant=t.boolean("schema_per_tenant", d.schema_per_tenant),
+        allow_ddl_in_session_mode=t.boolean("allow_ddl_in_session_mode",
+                                            d.allow_ddl_in_session_mode),
+        allow_listen_in_session_mode=t.boolean("allow_listen_in_session_mode",
+                                               d.allow_listen_in_session_mode),
+        allow_notify=t.boolean("allow_notify", d.allow_notify),
+        allowed_functions=_read_function_names(t, "allowed_functions", d.allowed_functions),
     )
     if not any(tenancy.proof_setting.lower().startswith(p.lower()) for p in prefixes):
         raise t.error("proof_setting", f"{_show(tenancy.proof_setting)} must start with one "
                       "of protected_prefixes, or clients could forge it")
     t.finish()
     return tenancy
+
+
+def _read_function_names(t: _Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    names = t.string_tuple(key, default)
+    for i, name in enumerate(names):
+        if not _FUNCTION_NAME.fullmatch(name):
+            raise t.error(f"{key}[{i}]", "expected a function name without schema or "
+                          f'arguments such as "pg_advisory_lock", got {_show(name)}')
+    return tuple(name.lower() for name in names)
 
 
 def _check_tenant_pattern(t: _Table, pattern: str) -> None:

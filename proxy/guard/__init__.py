@@ -6,14 +6,19 @@ API
 ---
 ``Guard(tenancy, *, cache_size=4096, allowed_roles=frozenset())``
 
-- ``check_query(sql, tenant) -> Refusal | None`` for a Query ('Q') message; the text may
-  hold several statements, and any refused statement refuses the whole message.
-- ``check_parse(sql, tenant, param_types=()) -> Refusal | BindRule | None`` for a Parse
-  ('P') message. A :class:`BindRule` means "allowed, but check every Bind of this
-  statement": keep it with the prepared statement.
+- ``check_query(sql, tenant, *, transaction_mode=False) -> Refusal | None`` for a Query
+  ('Q') message; the text may hold several statements, and any refused statement refuses
+  the whole message. ``transaction_mode`` is the client's pool mode (see the statement
+  policy). ``query_verdict(analysis, tenant, ...)`` is the same for an analysis at hand.
+- ``check_parse(sql, tenant, param_types=(), *, transaction_mode=False) -> Refusal |
+  BindRule | None`` for a Parse ('P') message. A :class:`BindRule` means "allowed, but
+  check every Bind of this statement": keep it with the prepared statement.
+  ``parse_verdict(analysis, ...)`` is the same for an analysis at hand.
 - ``check_bind(rule, params, formats) -> Refusal | None`` for each Bind ('B') of a
   statement that got a BindRule. ``params`` are the raw values (None = NULL), ``formats``
   the parameter format codes as sent.
+- ``check_execute(rule, args) -> Refusal | None`` for SQL ``EXECUTE name(args)`` of such a
+  statement (``args`` the constant arguments as text, or None when one is not constant).
 - ``check_startup(settings) -> Refusal | None`` for the StartupMessage settings
   (parameters other than user/database, plus the parsed ``-c`` options).
 - :data:`FUNCTION_CALL_REFUSAL`: the answer for a FunctionCall ('F') message.
@@ -60,14 +65,24 @@ Refused (SQLSTATE 42501):
   role, authorization or PROGRAM (fail closed); other syntax errors are left to
   PostgreSQL (``None``).
 
+Statement policy (tenant clients only; :mod:`proxy.guard.statements`): deny by default.
+Queries, DML, transaction control, SHOW, EXPLAIN, COPY to/from the client, cursors,
+SET/RESET/DISCARD, DEALLOCATE, LOCK, UNLISTEN, CALL and staging temp tables run; DDL, DO,
+roles and grants, maintenance, TRUNCATE, LISTEN/NOTIFY, two-phase commit, COPY to/from
+files, calls of functions that signal or show other sessions (and reads of such views),
+dblink, large objects and server files are refused. In transaction mode also SQL
+PREPARE/EXECUTE, WITH HOLD cursors, session-level advisory locks and temp tables without
+ON COMMIT DROP. ``[tenancy]`` keys relax it. Statement names starting with ``pgtenant_``
+(the proxy's) and renames to dangerous names are refused for every identity.
+
 Allowed: ``SET`` / ``SET LOCAL`` / ``set_config`` of the tenant setting to the own tenant
 (a ``$n`` value in a Parse becomes a BindRule that requires the bound text to be the
 own tenant, NULL refused, binary format accepted because text's binary form is the same
 bytes, parameter types limited to text-like OIDs), ``RESET`` of anything, ``RESET
 ALL``, ``DISCARD ALL``, ``SET ... TO DEFAULT``, reading with ``current_setting``, and
-every statement that touches no protected setting: ordinary SET, DML, DDL.
+every statement that touches no protected setting and passes the statement policy.
 
-Performance: a keyword pre-filter (:mod:`proxy.guard.prefilter`) lets most statements
+Performance: an allow-filter (:mod:`proxy.guard.prefilter`) lets plain queries and DML
 skip the parser; parsed analyses are cached by text in an LRU (tenant-independent, the
 tenant comparison is applied after); ``bench/guard_bench.py`` measures all three paths.
 """
@@ -75,27 +90,36 @@ tenant comparison is applied after); ``bench/guard_bench.py`` measures all three
 from proxy.guard.analysis import CLEAN, Analysis
 from proxy.guard.guard import SAFE_PARAM_TYPES, Guard
 from proxy.guard.prefilter import needs_inspection
+from proxy.guard.statements import PROXY_NAMESPACE, StatementPolicy
 from proxy.guard.verdict import (
     FUNCTION_CALL_REFUSAL,
     REFUSAL_KINDS,
     BindRule,
+    Execute,
     Param,
+    Prepare,
     Refusal,
     SettingWrite,
     Special,
+    StatementOp,
 )
 
 __all__ = [
     "CLEAN",
     "FUNCTION_CALL_REFUSAL",
+    "PROXY_NAMESPACE",
     "REFUSAL_KINDS",
     "SAFE_PARAM_TYPES",
     "Analysis",
     "BindRule",
+    "Execute",
     "Guard",
     "Param",
+    "Prepare",
     "Refusal",
     "SettingWrite",
     "Special",
+    "StatementOp",
+    "StatementPolicy",
     "needs_inspection",
 ]

@@ -16,6 +16,11 @@ function, view, rule, policy, prepared statement, role or database setting) woul
 run for whoever uses the object, so there no protected write is allowed, whatever its
 value. Only a statement that runs now (SELECT, INSERT, UPDATE, DELETE, MERGE, EXPLAIN,
 COPY, DECLARE, CALL, DO, SET) may re-state the client's own tenant.
+
+Every statement, also inside strings and bodies, is judged by the tenant statement
+policy (:mod:`proxy.guard.statements`) too; its verdicts, one per pool mode, are kept
+apart because they apply to tenant clients only. The analysis also tells whether the
+text may change session settings, and which SQL PREPARE/EXECUTE it runs.
 """
 
 from __future__ import annotations
@@ -29,7 +34,17 @@ from typing import Any
 from pglast.parser import parse_plpgsql_json, parse_sql_json
 
 from proxy.guard.policy import GUARDED_SETTINGS, Deferred, SettingPolicy
-from proxy.guard.verdict import Param, Refusal, SettingValue, SettingWrite, Special
+from proxy.guard.statements import StatementPolicy, names_in, names_refusable
+from proxy.guard.verdict import (
+    Execute,
+    Param,
+    Prepare,
+    Refusal,
+    SettingValue,
+    SettingWrite,
+    Special,
+    StatementOp,
+)
 
 #: Statement types that run now; every other statement is a persistent context.
 _IMMEDIATE = frozenset({
@@ -42,6 +57,8 @@ _IMMEDIATE = frozenset({
 _QUERY_RUNNERS = {
     "query_to_xml": 0, "query_to_xmlschema": 0, "query_to_xml_and_xmlschema": 0,
     "ts_stat": 0, "ts_rewrite": 1,
+    # tablefunc's crosstab runs its text arguments as queries
+    "crosstab": 0, "crosstab2": 0, "crosstab3": 0, "crosstab4": 0,
 }
 #: Names that must not appear in a persistent object (aggregates, operators, casts and
 #: views can call set_config or a query runner, or expose pg_settings, by name alone).
@@ -57,7 +74,7 @@ _SET_CONFIG_ARGS = {"setting_name": 0, "new_value": 1, "is_local": 2}
 _MARKERS = (
     "set_config", "SetStmt", "setstmt", "is_program", "pg_settings", "DoStmt",
     "CreateFunctionStmt", "AlterSystemStmt", "LoadStmt", "query_to_xml", "ts_stat",
-    "ts_rewrite",
+    "ts_rewrite", "crosstab",
 )
 #: How many levels of SQL inside strings inside SQL are inspected before refusing.
 MAX_NESTING = 8
@@ -70,11 +87,19 @@ class Analysis:
     ``refusal``: refused for everyone. ``writes``: protected writes whose verdict needs
     the tenant or bound values. ``dynamic``: the text runs SQL computed at run time that
     the guard cannot see; refused for tenant identities (see :class:`~proxy.guard.Guard`).
+    ``session_refusal`` / ``transaction_refusal``: the statement policy's verdict for
+    tenant clients in each pool mode. ``changes_settings``: the text may change session
+    settings (SET, RESET, DISCARD, set_config). ``ops``: its top-level SQL PREPARE and
+    EXECUTE statements, in order.
     """
 
     refusal: Refusal | None = None
     writes: tuple[SettingWrite, ...] = ()
     dynamic: Refusal | None = None
+    session_refusal: Refusal | None = None
+    transaction_refusal: Refusal | None = None
+    changes_settings: bool = False
+    ops: tuple[StatementOp, ...] = ()
 
 
 #: The analysis of a text with nothing to refuse or check (shared instance).
@@ -102,13 +127,35 @@ class _Refused(Exception):
 class _Findings:
     writes: list[SettingWrite] = field(default_factory=list)
     dynamic: bool = False
+    session_refusal: Refusal | None = None
+    transaction_refusal: Refusal | None = None
+    changes_settings: bool = False
+    ops: list[StatementOp] = field(default_factory=list)
+
+    def refuse(self, session: Refusal | None, transaction: Refusal | None) -> None:
+        """Keep the first statement-policy refusal of each pool mode."""
+        if self.session_refusal is None:
+            self.session_refusal = session
+        if self.transaction_refusal is None:
+            self.transaction_refusal = transaction
+
+    def analysis(self) -> Analysis:
+        if not (self.writes or self.dynamic or self.session_refusal
+                or self.transaction_refusal or self.changes_settings or self.ops):
+            return CLEAN
+        return Analysis(
+            writes=tuple(self.writes), dynamic=_DYNAMIC if self.dynamic else None,
+            session_refusal=self.session_refusal,
+            transaction_refusal=self.transaction_refusal,
+            changes_settings=self.changes_settings, ops=tuple(self.ops))
 
 
 class Analyzer:
     """Builds :class:`Analysis` values for one setting policy. Holds no per-text state."""
 
-    def __init__(self, policy: SettingPolicy) -> None:
+    def __init__(self, policy: SettingPolicy, statements: StatementPolicy) -> None:
         self.policy = policy
+        self.statements = statements
         self._guarded_names = (policy.tenant_setting, *policy.prefixes, *GUARDED_SETTINGS)
         prefixes = "|".join(re.escape(p) for p in policy.prefixes)
         base = (
@@ -133,9 +180,7 @@ class Analyzer:
             return Analysis(refusal=exc.refusal)
         except RecursionError:  # json.loads on an absurdly deep tree
             return Analysis(refusal=_TOO_DEEP)
-        if not found.writes and not found.dynamic:
-            return CLEAN
-        return Analysis(writes=tuple(found.writes), dynamic=_DYNAMIC if found.dynamic else None)
+        return found.analysis()
 
     # ---- SQL text ---------------------------------------------------------------------
 
@@ -147,13 +192,32 @@ class Analyzer:
         except Exception:  # pglast.parser.ParseError, or anything the C parser rejects
             self._unparsable(sql, self._mentions)
             return
+        stmts: list[Any] | None = None
+        plain = self.statements.plain_statements(tree_json)
+        if plain is not None:  # the common case: no need to decode the tree for the policy
+            if "VariableSetStmt" in plain or "DiscardStmt" in plain:
+                found.changes_settings = True
+        else:
+            stmts = json.loads(tree_json).get("stmts", ())
+            self._statement_policy(found, stmts, depth=depth)
+        if names_refusable(tree_json):
+            names = names_in(tree_json)
+            if names is None:
+                stmts = json.loads(tree_json).get("stmts", ()) if stmts is None else stmts
+                names = _names(stmts)
+            for function in names[0]:
+                found.refuse(*self.statements.function(function))
+            for relation in names[1]:
+                refusal = self.statements.relation(relation)
+                found.refuse(refusal, refusal)
         present = [marker for marker in _MARKERS if marker in tree_json]
         if not present:
             return
         if present == ["SetStmt"] and not self._names_guarded_setting(tree_json):
             return  # SET of ordinary settings only (search_path, TimeZone, ...)
+        stmts = json.loads(tree_json).get("stmts", ()) if stmts is None else stmts
         encoded: bytes | None = None
-        for raw in json.loads(tree_json).get("stmts", ()):
+        for raw in stmts:
             node = raw["stmt"]
             kind, fields = next(iter(node.items()))
             root_persistent = persistent or kind not in _IMMEDIATE
@@ -169,6 +233,39 @@ class Analyzer:
                 chunk = encoded[start:start + length] if length else encoded[start:]
                 stmt_text = chunk.decode(errors="replace")
             self._walk(found, node, persistent=root_persistent, depth=depth, text=stmt_text)
+
+    def _statement_policy(self, found: _Findings, stmts: list[Any], *, depth: int) -> None:
+        """The tenant statement policy for each statement, and what it does to state."""
+        statements = self.statements
+        for raw in stmts:
+            kind, fields = next(iter(raw["stmt"].items()))
+            session, transaction = statements.statement(kind, fields)
+            if session is not None and session.kind == "proxy_statement":
+                raise _Refused(session)  # the proxy's own names: for every identity
+            found.refuse(session, transaction)
+            if kind in ("VariableSetStmt", "DiscardStmt"):
+                found.changes_settings = True
+            if depth == 0:
+                if kind == "ExplainStmt":  # EXPLAIN ANALYZE EXECUTE runs the statement
+                    kind, fields = next(iter((fields.get("query") or {"": {}}).items()))
+                self._statement_op(found, kind, fields)
+
+    def _statement_op(self, found: _Findings, kind: str, fields: Any) -> None:
+        if kind == "PrepareStmt":
+            writes = "set_config" in json.dumps(fields.get("query")).lower()
+            found.ops.append(Prepare(fields.get("name") or "", writes))
+        elif kind == "ExecuteStmt":
+            args: list[bytes | None] = []
+            for node in fields.get("params") or ():
+                value = self._value(node, 0)
+                if isinstance(value, str):
+                    args.append(value.encode())
+                elif value is Special.NULL:
+                    args.append(None)
+                else:
+                    found.ops.append(Execute(fields.get("name") or "", None))
+                    return
+            found.ops.append(Execute(fields.get("name") or "", tuple(args)))
 
     def _names_guarded_setting(self, tree_json: str) -> bool:
         """Whether the parse tree mentions a setting that is not ordinary, in any case."""
@@ -198,6 +295,8 @@ class Analyzer:
                 continue
             if persistent:
                 name = obj.get("sval")
+                if type(name) is not str or name not in _DANGEROUS_NAMES:
+                    name = obj.get("newname")  # ALTER ... RENAME TO set_config
                 if (type(name) is str and name in _DANGEROUS_NAMES) or (
                         obj.get("relname") == "pg_settings"):
                     raise _Refused(Refusal(
@@ -284,6 +383,7 @@ class Analyzer:
             return
         func = names[-1].get("String", {}).get("sval", "")
         if func == "set_config":
+            found.changes_settings = True
             self._set_config(found, call, persistent=persistent, depth=depth)
         elif func in _QUERY_RUNNERS:
             args = call.get("args") or ()
@@ -473,6 +573,20 @@ def _dicts(root: Any) -> Iterator[dict[str, Any]]:
             stack.extend(v for v in obj.values() if type(v) is dict or type(v) is list)
         elif type(obj) is list:
             stack.extend(obj)
+
+
+def _names(stmts: list[Any]) -> tuple[list[str], list[str]]:
+    """Function names (without schema) and relation names anywhere in ``stmts``."""
+    functions: list[str] = []
+    relations: list[str] = []
+    for obj in _dicts(stmts):
+        names = obj.get("funcname")
+        if type(names) is list and names:
+            functions.append(str(names[-1].get("String", {}).get("sval", "")))
+        relname = obj.get("relname")
+        if type(relname) is str:
+            relations.append(relname)
+    return functions, relations
 
 
 def _def_elems(items: Iterable[Any]) -> dict[str, Any]:

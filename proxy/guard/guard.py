@@ -9,6 +9,7 @@ from proxy.config import TenancyConfig
 from proxy.guard.analysis import CLEAN, Analysis, Analyzer
 from proxy.guard.policy import Deferred, SettingClass, SettingPolicy
 from proxy.guard.prefilter import needs_inspection
+from proxy.guard.statements import StatementPolicy
 from proxy.guard.verdict import BindRule, Param, Refusal, SettingValue, SettingWrite, Special
 
 #: Parameter type OIDs whose text and binary forms are the value's UTF-8 bytes and whose
@@ -33,7 +34,8 @@ class Guard:
         allowed_roles: frozenset[str] = frozenset(),
     ) -> None:
         self.policy = SettingPolicy(tenancy, allowed_roles)
-        self._analyzer = Analyzer(self.policy)
+        self.statements = StatementPolicy(tenancy)
+        self._analyzer = Analyzer(self.policy, self.statements)
         self._analyze: Callable[[str], Analysis] = self._analyzer.analyze
         if cache_size > 0:
             self._analyze = functools.lru_cache(maxsize=cache_size)(self._analyzer.analyze)
@@ -46,25 +48,44 @@ class Guard:
             return self._analyzer.analyze(sql)
         return self._analyze(sql)
 
-    def check_query(self, sql: str, tenant: str | None) -> Refusal | None:
-        """Verdict for a Query message (simple protocol; may hold several statements)."""
-        analysis = self.analyze(sql)
+    def check_query(self, sql: str, tenant: str | None, *,
+                    transaction_mode: bool = False) -> Refusal | None:
+        """Verdict for a Query message (simple protocol; may hold several statements).
+
+        ``transaction_mode``: the client's pool runs in transaction mode, where the
+        statement policy refuses what would outlive the transaction on the backend.
+        """
+        return self.query_verdict(self.analyze(sql), tenant, transaction_mode=transaction_mode)
+
+    def query_verdict(self, analysis: Analysis, tenant: str | None, *,
+                      transaction_mode: bool = False) -> Refusal | None:
+        """:meth:`check_query` for an analysis already at hand."""
         if analysis is CLEAN:
             return None
-        verdict = self._apply(analysis, tenant, param_types=None)
+        verdict = self._apply(analysis, tenant, param_types=None,
+                              transaction_mode=transaction_mode)
         return verdict if isinstance(verdict, Refusal) else None
 
     def check_parse(
-        self, sql: str, tenant: str | None, param_types: Sequence[int] = ()
+        self, sql: str, tenant: str | None, param_types: Sequence[int] = (), *,
+        transaction_mode: bool = False,
     ) -> Refusal | BindRule | None:
         """Verdict for a Parse message; a BindRule when Binds must be checked.
 
         ``param_types`` are the parameter type OIDs of the Parse message.
         """
-        analysis = self.analyze(sql)
+        return self.parse_verdict(self.analyze(sql), tenant, param_types,
+                                  transaction_mode=transaction_mode)
+
+    def parse_verdict(
+        self, analysis: Analysis, tenant: str | None, param_types: Sequence[int] = (), *,
+        transaction_mode: bool = False,
+    ) -> Refusal | BindRule | None:
+        """:meth:`check_parse` for an analysis already at hand."""
         if analysis is CLEAN:
             return None
-        return self._apply(analysis, tenant, param_types=param_types)
+        return self._apply(analysis, tenant, param_types=param_types,
+                           transaction_mode=transaction_mode)
 
     def check_bind(
         self, rule: BindRule, params: Sequence[bytes | None], formats: Sequence[int]
@@ -84,6 +105,17 @@ class Guard:
             if isinstance(verdict, Refusal):
                 return verdict
         return None
+
+    def check_execute(self, rule: BindRule, args: Sequence[bytes | None] | None
+                      ) -> Refusal | None:
+        """Verdict for SQL ``EXECUTE name(args)`` of a statement with a Bind rule.
+
+        ``args`` are the constant arguments in text form (None = NULL), or None when
+        some argument is not a constant: then nothing can be proven and it is refused.
+        """
+        if args is None:
+            return _unprovable(rule.writes[0]) if rule.writes else None
+        return self.check_bind(rule, args, ())
 
     def check_startup(self, settings: Mapping[str, str]) -> Refusal | None:
         """Verdict for the settings of a StartupMessage.
@@ -136,7 +168,8 @@ class Guard:
         )
 
     def _apply(
-        self, analysis: Analysis, tenant: str | None, *, param_types: Sequence[int] | None
+        self, analysis: Analysis, tenant: str | None, *, param_types: Sequence[int] | None,
+        transaction_mode: bool,
     ) -> Refusal | BindRule | None:
         if analysis.refusal is not None:
             return analysis.refusal
@@ -162,6 +195,13 @@ class Guard:
                                         tenant=tenant)
             if isinstance(verdict, Refusal):
                 return verdict
+        if tenant is not None:
+            # The statement policy, after the setting writes: a tenant switch attempt
+            # keeps its own kind (set_config, set_protected) whatever statement holds it.
+            policy = (analysis.transaction_refusal if transaction_mode
+                      else analysis.session_refusal)
+            if policy is not None:
+                return policy
         if pending:
             return BindRule(tenant=tenant, writes=tuple(pending))
         return None

@@ -1,81 +1,78 @@
-"""The cheap test in front of the parser: can this text possibly need a refusal?
+"""The cheap test in front of the parser: is this text certainly harmless?
 
-Every construct the guard refuses needs one of these in the (lower-cased) text, and
-none of them can be spelled without its letters (keywords cannot be quoted or escaped):
+With a deny-by-default statement policy this is an allow-filter: text skips the parser
+only when it is certainly one plain statement that every identity may run in every
+pool mode, that changes no setting and names nothing the guard refuses. Everything
+else is parsed (and the analysis cached by text). A false "needs inspection" costs a
+parse; a false "harmless" would be a hole, so every test below errs towards parsing.
 
-- ``set_config`` (also ``"set_config"``, ``pg_catalog.set_config``);
-- ``set`` as the first word of a statement (SET, SET ROLE, SET SESSION AUTHORIZATION):
-  only blanks or ``;`` before it. A ``set`` further into a statement is UPDATE's, or
-  belongs to ALTER ... SET or CREATE FUNCTION ... SET, which the words ``alter``,
-  ``function`` and ``procedure`` catch. When the text holds a comment (``--`` or
-  ``/*``), any ``set`` word counts, since a comment may stand between ``;`` and SET;
-- ``pg_settings`` (UPDATE on it calls set_config through a rule; views over it);
-- ``u&``: a Unicode-escaped identifier (``U&"s\\0065t_config"``) can spell any name;
-- the words ``program`` (COPY ... PROGRAM), ``alter`` (ALTER SYSTEM, ALTER ... SET),
-  ``load`` (LOAD), ``do``, ``function``, ``procedure`` (bodies that run SQL from strings,
-  where E'' escapes can hide anything);
-- ``query_to_xml``, ``ts_stat``, ``ts_rewrite``: core functions that run a query given
-  as text.
+Harmless text, lower-cased:
 
-"Word" means not preceded or followed by an identifier character (ASCII letter or
-digit, ``_``, or any non-ASCII character, as PostgreSQL's lexer sees them); ``$`` does
-not count, so ``$$do`` or ``do$$`` are treated as words (a false positive only costs a
-parse, never a miss). The protected prefixes themselves are not triggers: naming
-``app.x`` without one of the above cannot change it.
+- its first word (after PostgreSQL blanks only: a leading comment or parenthesis means
+  "parse") is one of :data:`_FIRST_WORDS`: queries, DML, transaction control without
+  two-phase commit, SHOW, FETCH, MOVE, CLOSE. Keywords cannot be quoted or escaped;
+- it holds one statement: no ``;`` other than trailing ones (a ``;`` inside a string or
+  comment only costs a parse);
+- it names nothing refused: no ``pg_`` at the start of a word (every refused catalog
+  function and view, ``pg_settings``), no ``u&`` (a Unicode-escaped identifier can spell
+  any name), no ``prepared`` (COMMIT/ROLLBACK PREPARED); and, when it holds a ``(``
+  (every function call does), no name of :data:`_CALLS` (``set_config``, query runners,
+  dblink, ...) and no ``lo_`` at the start of a word (large objects);
+- unless it is an INSERT, no ``into`` (``SELECT ... INTO`` creates a table).
+
+"Start of a word" means not preceded by an ASCII letter, ``_`` or a non-ASCII character;
+digits and ``$`` count as boundaries, so ``1pg_x`` or ``$pg_x`` are parsed.
 """
 
 from __future__ import annotations
 
-_NAMES = ("set_config", "pg_settings", "u&", "query_to_xml", "ts_stat", "ts_rewrite")
-_WORDS = ("do", "alter", "load", "program", "function", "procedure")
+_FIRST_WORDS = frozenset({
+    "select", "insert", "update", "delete", "with", "values", "table", "begin", "start",
+    "commit", "end", "rollback", "abort", "savepoint", "release", "show", "fetch", "move",
+    "close",
+})
+#: Functions: a call needs "(" after the name, so text without "(" cannot hold one.
+_CALLS = ("set_config", "_to_xml", "ts_stat", "ts_rewrite", "dblink", "loread", "lowrite",
+          "crosstab", "connectby", "postgres_fdw")
 # PostgreSQL's whitespace (scan.l); Python's str.isspace() knows more, which PostgreSQL
 # reads as identifier characters.
-_PG_SPACE = frozenset(" \t\n\r\f\v")
+_PG_SPACE = " \t\n\r\f\v"
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-def _ident(ch: str) -> bool:
-    return ("a" <= ch <= "z") or ("0" <= ch <= "9") or ch == "_" or ch >= "\x80"
-
-
-def _has_word(text: str, word: str) -> bool:
-    end = len(text)
-    at = text.find(word)
+def _word_start(text: str, name: str) -> bool:
+    at = text.find(name)
     while at >= 0:
-        after = at + len(word)
-        if (at == 0 or not _ident(text[at - 1])) and (after == end or not _ident(text[after])):
+        if at == 0:
             return True
-        at = text.find(word, at + 1)
-    return False
-
-
-def _has_statement_set(text: str) -> bool:
-    """A ``set`` word that may start a statement."""
-    anywhere = "--" in text or "/*" in text
-    end = len(text)
-    at = text.find("set")
-    while at >= 0:
-        after = at + 3
-        left = text[at - 1] if at else ";"
-        if not _ident(left) or "0" <= left <= "9":
-            if after == end or not _ident(text[after]):
-                if anywhere:
-                    return True
-                i = at - 1
-                while i >= 0 and text[i] in _PG_SPACE:
-                    i -= 1
-                if i < 0 or text[i] == ";":
-                    return True
-        at = text.find("set", after)
+        left = text[at - 1]
+        if not (("a" <= left <= "z") or left == "_" or left >= "\x80"):
+            return True
+        at = text.find(name, at + 1)
     return False
 
 
 def needs_inspection(sql: str) -> bool:
-    """False only when ``sql`` certainly holds nothing the guard could refuse."""
-    text = sql.lower()
-    for name in _NAMES:
-        if name in text:
+    """False only when ``sql`` is certainly one harmless statement (see module doc)."""
+    body = sql.lower().lstrip(_PG_SPACE)
+    rest = body.lstrip(_LETTERS)
+    if body[:len(body) - len(rest)] not in _FIRST_WORDS:
+        return True
+    if rest:
+        after = rest[0]
+        if ("0" <= after <= "9") or after == "_" or after == "$" or after >= "\x80":
             return True
-    for word in _WORDS:
-        if word in text and _has_word(text, word):
+    semicolon = body.find(";")
+    if semicolon >= 0 and body[semicolon:].strip(_PG_SPACE + ";"):
+        return True
+    if "u&" in body or "prepared" in body:
+        return True
+    if "pg_" in body and _word_start(body, "pg_"):  # catalog functions and views
+        return True
+    if "(" in body:
+        for name in _CALLS:
+            if name in body:
+                return True
+        if "lo_" in body and _word_start(body, "lo_"):  # large objects
             return True
-    return "set" in text and _has_statement_set(text)
+    return "into" in body and not body.startswith("insert")

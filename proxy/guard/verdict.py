@@ -42,6 +42,23 @@ REFUSAL_KINDS = (
     "unparsable",         # text the parser rejects that mentions protected things
     "startup_option",     # a protected setting or role in the startup packet
     "function_call",      # the FunctionCall ('F') protocol message
+    # Statement policy for tenant clients (deny by default; see proxy.guard.statements):
+    "statement",          # DDL or another statement outside the tenant allow-list
+    "do",                 # DO blocks
+    "role_admin",         # roles, grants, ALTER DATABASE, SECURITY LABEL, ...
+    "maintenance",        # VACUUM, ANALYZE, CLUSTER, REINDEX, CHECKPOINT, REFRESH MAT. VIEW
+    "truncate",           # TRUNCATE (ignores row-level security)
+    "copy_file",          # COPY to or from a file on the server
+    "two_phase",          # PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED
+    "temp_table",         # a temp table other than the staging form
+    "sql_prepare",        # SQL PREPARE/EXECUTE in transaction mode
+    "proxy_statement",    # a statement name in the proxy's own pgtenant_ namespace
+    "hold_cursor",        # DECLARE ... WITH HOLD in transaction mode
+    "notify",             # LISTEN, NOTIFY, pg_notify()
+    "session_lock",       # session-level advisory locks in transaction mode
+    "signal_backend",     # pg_terminate_backend(), pg_cancel_backend(), ...
+    "other_sessions",     # pg_stat_activity, pg_locks, pg_prepared_statements, ...
+    "function",           # other refused functions: dblink, large objects, server files
 )
 
 
@@ -100,3 +117,24 @@ FUNCTION_CALL_REFUSAL = Refusal(
     message="the FunctionCall protocol message is not allowed through pgtenant",
     hint="call the function with a SELECT statement instead",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """SQL ``PREPARE name AS ...`` (``writes_settings``: its statement writes settings)."""
+
+    name: str
+    writes_settings: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """SQL ``EXECUTE name(args)``; ``args`` are the constant arguments as they would be
+    bound in text format (None = NULL), or None when one of them is not a constant."""
+
+    name: str
+    args: tuple[bytes | None, ...] | None
+
+
+#: What a text does to the session's named statements, in statement order.
+StatementOp = Prepare | Execute

@@ -5,7 +5,14 @@ forwarded. A refused message gets PostgreSQL's own semantics: a refused Query (o
 FunctionCall) is replaced by a statement that raises the refusal on the server, so the
 client gets ErrorResponse + ReadyForQuery and an open transaction is aborted; after a
 refused Parse or Bind, messages up to Sync are dropped and the Sync is replaced by that
-statement (the batch fails as a whole, as it would in PostgreSQL).
+statement (the batch fails as a whole, as it would in PostgreSQL); a Flush while
+dropping sends that statement at once (the client waits for the error) and the Sync is
+then dropped.
+
+Protocol Parse and SQL PREPARE share one namespace of statement names in PostgreSQL, so
+the Bind rule of a statement (its set_config($n) writes) is checked for a Bind and for
+a SQL ``EXECUTE name(args)`` alike. The guard also tells the session, once per message,
+when a forwarded message may have changed session settings.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from proxy.guard import FUNCTION_CALL_REFUSAL, BindRule, Guard, Refusal
+from proxy.guard import CLEAN, FUNCTION_CALL_REFUSAL, BindRule, Guard, Prepare, Refusal
 from proxy.wire import messages
 from proxy.wire.framing import split_frames
 from proxy.wire.tags import FrontendTag
@@ -23,28 +30,46 @@ _S = FrontendTag.SYNC
 _F = FrontendTag.FUNCTION_CALL
 _PARSE = FrontendTag.PARSE
 _BIND = FrontendTag.BIND
+_H = FrontendTag.FLUSH
 GUARDED = frozenset({_Q, _PARSE, _BIND, _F})
 
 Index = list[tuple[int, int, int]]
-# Verdicts of Parse messages by (message body, tenant), shared by the clients of a proxy:
-# drivers send the same unnamed Parse over and over.
-ParseVerdicts = dict[tuple[bytes, str | None], tuple[str, Refusal | BindRule | None]]
+# Verdicts of Parse messages by (message body, tenant, transaction mode), shared by the
+# clients of a proxy: drivers send the same unnamed Parse over and over. The value is the
+# statement name, the verdict and whether the statement writes settings.
+ParseVerdicts = dict[tuple[bytes, str | None, bool], tuple[str, Refusal | BindRule | None, bool]]
 _PARSE_CACHE_LIMIT = 10_000
 
 
 class StreamGuard:
     """One client's guard state: Bind rules of its statements, and a batch being skipped."""
 
-    __slots__ = ("_bind_rules", "_guard", "_on_refusal", "_parse_verdicts", "_refused_query",
-                 "_skipping")
+    __slots__ = ("_batch", "_bind_rules", "_guard", "_in_batch", "_on_refusal",
+                 "_on_state_change", "_parse_verdicts", "_raised", "_refused_query",
+                 "_setting_writers", "_skipping", "_transaction_mode")
 
     def __init__(self, guard: Guard, parse_verdicts: ParseVerdicts,
-                 on_refusal: Callable[[Refusal, int], None]) -> None:
+                 on_refusal: Callable[[Refusal, int], None], *,
+                 transaction_mode: bool = False,
+                 on_state_change: Callable[[], None] | None = None) -> None:
         self._guard = guard
         self._parse_verdicts = parse_verdicts
         self._on_refusal = on_refusal            # counts and logs
-        self._bind_rules: dict[str, BindRule] = {}  # statement → what its Binds must pass
+        # Called once per forwarded message that may have changed session settings.
+        self._on_state_change = on_state_change
+        self._transaction_mode = transaction_mode  # the pool mode (statement policy)
+        # Statement name → what its Binds and EXECUTEs must pass, and the names whose
+        # statement writes settings. A (re)definition that may not have taken effect (the
+        # name may exist, or an earlier message of the batch may have failed) adds to
+        # what the name had instead of replacing it: the old statement may still be there.
+        self._bind_rules: dict[str, BindRule] = {}
+        self._setting_writers: set[str] = set()
+        # Definitions in the current batch (up to Sync): a Bind after them in the same
+        # batch runs only if they took effect, so it is checked against them alone.
+        self._batch: dict[str, tuple[BindRule | None, bool]] = {}
+        self._in_batch = False                   # a message since Sync that may fail
         self._skipping = False                   # a refused Parse/Bind: drop up to Sync
+        self._raised = False                     # ... and its refusal already sent (Flush)
         self._refused_query = b""
 
     def filter(self, block: bytes, index: Index, tenant: str | None) -> tuple[bytes, Index]:
@@ -57,11 +82,24 @@ class StreamGuard:
                     parts = [block[:start]] if start else []
                 if tag == _S:
                     self._skipping = False
+                    self._end_batch()
+                    if not self._raised:
+                        parts.append(self._refused_query)
+                    self._raised = False
+                elif tag == _H and not self._raised:
+                    # The client waits for the error before its Sync (asyncpg prepares
+                    # with Parse, Describe, Flush): raise now; the Sync is then dropped,
+                    # the raise's ReadyForQuery standing in for the one it asks for.
                     parts.append(self._refused_query)
+                    self._raised = True
                 continue
             refusal = None
             if tag in GUARDED:
                 refusal = self._check(tag, block[start + 5:end], tenant)
+            if tag == _S:
+                self._end_batch()
+            elif tag != _Q and tag != _H:
+                self._in_batch = True
             if refusal is None:
                 if parts is not None:
                     parts.append(block[start:end])
@@ -81,32 +119,105 @@ class StreamGuard:
 
     def _check(self, tag: int, body: bytes, tenant: str | None) -> Refusal | None:
         """The guard's verdict on one message (remembering Bind rules of Parses)."""
-        guard = self._guard
         if tag == _Q:
-            return guard.check_query(body[:-1].decode("utf-8", "replace"), tenant)
+            return self._check_query(body[:-1].decode("utf-8", "replace"), tenant)
         if tag == _PARSE:
             cache = self._parse_verdicts
-            key = (body, tenant)
+            key = (body, tenant, self._transaction_mode)
             hit = cache.get(key)
             if hit is None:
                 name, sql, types = messages.decode_parse(body)
+                analysis = self._guard.analyze(sql)
+                verdict = self._guard.parse_verdict(analysis, tenant, types,
+                                                    transaction_mode=self._transaction_mode)
                 if len(cache) >= _PARSE_CACHE_LIMIT:
                     cache.clear()
-                hit = cache[key] = (name, guard.check_parse(sql, tenant, types))
-            name, verdict = hit
-            if isinstance(verdict, BindRule):
-                self._bind_rules[name] = verdict
-                return None
-            self._bind_rules.pop(name, None)
-            return verdict
+                hit = cache[key] = (name, verdict, analysis.changes_settings)
+            name, verdict, writes_settings = hit
+            if isinstance(verdict, Refusal):
+                return verdict
+            # The unnamed statement is dropped by any Parse of it that the server runs,
+            # and one that opens a batch always runs. A named one fails if the name
+            # exists, so it only adds to a rule the name still has.
+            certain = name == "" and not self._in_batch
+            self._define(name, verdict, writes_settings, certain=certain)
+            self._batch[name] = (verdict, writes_settings)
+            return None
         if tag == _BIND:
-            if self._bind_rules:
+            if self._bind_rules or self._setting_writers:
                 _, statement, formats, params = messages.decode_bind(body)
-                rule = self._bind_rules.get(statement)
+                rule, writes_settings = self._statement(statement)
                 if rule is not None:
-                    return guard.check_bind(rule, params, formats)
+                    refusal = self._guard.check_bind(rule, params, formats)
+                    if refusal is not None:
+                        return refusal
+                if writes_settings:
+                    self._state_changed()
             return None
         return FUNCTION_CALL_REFUSAL
+
+    def _statement(self, name: str) -> tuple[BindRule | None, bool]:
+        """The rule and settings flag that a Bind or EXECUTE of ``name`` runs under."""
+        defined = self._batch.get(name)
+        if defined is not None:
+            return defined
+        return self._bind_rules.get(name), name in self._setting_writers
+
+    def _define(self, name: str, rule: BindRule | None, writes_settings: bool, *,
+                certain: bool) -> None:
+        """Record a (re)definition of the statement ``name`` (see ``__init__``)."""
+        old = self._bind_rules.get(name)
+        if certain or old is None:
+            if rule is None:
+                self._bind_rules.pop(name, None)
+            else:
+                self._bind_rules[name] = rule
+        elif rule is not None:
+            writes = old.writes + tuple(w for w in rule.writes if w not in old.writes)
+            self._bind_rules[name] = BindRule(tenant=rule.tenant, writes=writes)
+        if writes_settings:
+            self._setting_writers.add(name)
+        elif certain:
+            self._setting_writers.discard(name)
+
+    def _end_batch(self) -> None:
+        if self._batch:
+            self._batch.clear()
+        self._in_batch = False
+
+    def _check_query(self, sql: str, tenant: str | None) -> Refusal | None:
+        """A Query: the guard's verdict, then its SQL PREPARE/EXECUTE in order."""
+        guard = self._guard
+        analysis = guard.analyze(sql)
+        if analysis is CLEAN:
+            return None
+        refusal = guard.query_verdict(analysis, tenant, transaction_mode=self._transaction_mode)
+        if refusal is not None:
+            return refusal
+        changed = analysis.changes_settings
+        # A statement after a failed one in the same Query does not run, so an EXECUTE
+        # after a PREPARE of the same Query runs the prepared statement or nothing.
+        prepared: dict[str, tuple[BindRule | None, bool]] = {}
+        for op in analysis.ops:
+            if isinstance(op, Prepare):
+                # SQL PREPARE never writes a protected setting (refused as persistent),
+                # and fails when the name exists: it cannot replace a statement.
+                self._define(op.name, None, op.writes_settings, certain=False)
+                prepared[op.name] = (None, op.writes_settings)
+                continue
+            rule, writes_settings = prepared.get(op.name) or self._statement(op.name)
+            if rule is not None:
+                refusal = guard.check_execute(rule, op.args)
+                if refusal is not None:
+                    return refusal
+            changed = changed or writes_settings
+        if changed:
+            self._state_changed()
+        return None
+
+    def _state_changed(self) -> None:
+        if self._on_state_change is not None:
+            self._on_state_change()
 
 
 def refusal_query(refusal: Refusal) -> bytes:

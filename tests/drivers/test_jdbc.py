@@ -66,8 +66,8 @@ def test_prepare_threshold_crossing_to_named_statements(driver_proxy: ThreadedPr
         server_prepared = [out[f"client{client}.serverPrepared{r}"] for r in range(10)]
         assert server_prepared == ["false"] + ["true"] * 9
         assert out[f"client{client}.after"] == view(tenant)
-    if pool_mode == "session":  # the client's own server connection holds it under its name
-        assert out["client0.serverStatements"] == "S_1"
+    assert out["client0.serverStatements"] == "42501"  # pg_prepared_statements: refused
+    assert out["client0.afterRefusal"] == view("acme")
 
 
 def test_batches(driver_proxy: ThreadedProxy, classpath: str) -> None:

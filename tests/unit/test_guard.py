@@ -237,7 +237,6 @@ OWN_CONTEXT = [
     "SELECT set_config('app.current_tenant', 'acme', true)",
     "SELECT pg_catalog.set_config('app.current_tenant', 'acme'::text, true)",
     "BEGIN; SELECT set_config('app.current_tenant', 'acme', true); SELECT * FROM t; COMMIT",
-    "DO $$ BEGIN PERFORM set_config('app.current_tenant', 'acme', true); END $$",
     "RESET app.current_tenant",
     "RESET pgtenant.proof",
     "RESET ALL",
@@ -251,7 +250,6 @@ OWN_CONTEXT = [
     "SELECT current_setting('app.current_tenant')",
     "SELECT current_setting('app.current_tenant', true)",
     "SHOW app.current_tenant",
-    "ALTER ROLE app_user RESET app.current_tenant",
     "SET standard_conforming_strings = on",
     "SET client_encoding = 'UTF8'",
     "SET NAMES 'utf-8'",
@@ -262,6 +260,11 @@ OWN_CONTEXT = [
 @pytest.mark.parametrize("sql", OWN_CONTEXT)
 def test_own_context_and_resets_are_allowed(sql: str) -> None:
     assert GUARD.check_query(sql, OWN) is None
+
+
+def test_own_tenant_in_a_do_block_is_still_a_do_block() -> None:
+    sql = "DO $$ BEGIN PERFORM set_config('app.current_tenant', 'acme', true); END $$"
+    assert refused(sql).kind == "do"
 
 
 def test_bypass_identity_has_no_tenant_to_restate() -> None:
@@ -338,10 +341,29 @@ APP_SQL = [
     "RESET ALL",
     "DISCARD ALL",
     "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
-    "LISTEN orders_changed",
-    "NOTIFY orders_changed, 'x'",
     "DEALLOCATE ALL",
-    # DDL from migrations
+    "COPY items (name) FROM STDIN",
+    "COPY (SELECT * FROM items) TO STDOUT WITH (FORMAT csv)",
+    "select * from download_log where payload->>'program' = 'x'",
+    "SELECT set_config('app.current_tenant', 'acme', false)",
+]
+
+
+@pytest.mark.parametrize("sql", APP_SQL)
+def test_application_sql_is_allowed(sql: str) -> None:
+    assert GUARD.check_query(sql, OWN) is None
+    assert GUARD.check_parse(sql, OWN) is None
+
+
+#: What migrations and admin jobs run: allowed for bypass identities (the setting rules
+#: still apply), refused for tenants by the statement policy (kind in the second column).
+SERVICE_SQL = [
+    ("DO $$ BEGIN PERFORM set_config('search_path', 'public', true); END $$", "do"),
+    ("ALTER ROLE app_user RESET app.current_tenant", "role_admin"),
+    ("LISTEN orders_changed", "notify"),
+    ("NOTIFY orders_changed, 'x'", "notify"),
+]
+MIGRATION_SQL = [
     "CREATE TABLE items (id bigserial PRIMARY KEY, tenant_id text NOT NULL "
     "DEFAULT current_setting('app.current_tenant'), name text)",
     "ALTER TABLE items ADD COLUMN price numeric",
@@ -358,17 +380,17 @@ APP_SQL = [
     "AS 'SELECT 1'",
     "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_type WHERE typname = 'mood') THEN "
     "CREATE TYPE mood AS ENUM ('sad', 'ok'); END IF; END $$",
-    "COPY items (name) FROM STDIN",
-    "COPY (SELECT * FROM items) TO STDOUT WITH (FORMAT csv)",
-    "select * from download_log where payload->>'program' = 'x'",
-    "SELECT set_config('app.current_tenant', 'acme', false)",
 ]
+SERVICE_SQL += [(sql, "do" if sql.startswith("DO") else "statement") for sql in MIGRATION_SQL]
 
 
-@pytest.mark.parametrize("sql", APP_SQL)
-def test_application_sql_is_allowed(sql: str) -> None:
-    assert GUARD.check_query(sql, OWN) is None
-    assert GUARD.check_parse(sql, OWN) is None
+@pytest.mark.parametrize(("sql", "kind"), SERVICE_SQL, ids=[s[0][:60] for s in SERVICE_SQL])
+def test_service_sql_is_allowed_for_bypass_and_refused_for_tenants(sql: str, kind: str
+                                                                   ) -> None:
+    assert GUARD.check_query(sql, None) is None
+    assert GUARD.check_parse(sql, None) is None
+    assert refused(sql).kind == kind
+    assert GUARD.check_query(sql, OWN, transaction_mode=True) == refused(sql)
 
 
 def test_most_application_reads_skip_the_parser() -> None:
@@ -379,12 +401,11 @@ def test_most_application_reads_skip_the_parser() -> None:
         "BEGIN ISOLATION LEVEL READ COMMITTED",
         "SAVEPOINT sa_savepoint_1",
         "COMMIT",
-        "RESET ALL",
-        "DISCARD ALL",
         "SELECT 1 FROM app_asset ORDER BY created OFFSET 10",
         "UPDATE users SET name = $1, updated_at = now() WHERE users.id = $2",
         'UPDATE "t" SET "settings" = $1 WHERE "reset" = $2',
-        "LISTEN orders_changed",
+        "show standard_conforming_strings",
+        "COMMIT;",
     ]
     for sql in skipped:
         assert not needs_inspection(sql), sql
@@ -569,7 +590,8 @@ SQL_PIECES = st.sampled_from([
 @settings(max_examples=600, deadline=None)
 @given(st.lists(SQL_PIECES, max_size=14).map("".join), st.sampled_from(["", " ", ";"]))
 def test_prefilter_has_no_false_negatives(sql: str, lead: str) -> None:
-    # Whatever the analyzer would flag, the pre-filter must send to it.
+    # Whatever the analyzer would flag (refusal, setting change, statement policy in
+    # either pool mode), the pre-filter must send to it.
     sql = lead + sql
     analysis = UNCACHED._analyzer.analyze(sql)
     if analysis is CLEAN or needs_inspection(sql):
