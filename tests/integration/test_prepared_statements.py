@@ -5,11 +5,16 @@ The proxy renames every client statement to one of its own per server connection
 reach a statement the proxy named (another client's, maybe another tenant's); DEALLOCATE
 answers exactly as PostgreSQL; and a statement prepared again on another server after a
 schema change never hands a client rows it would decode with a stale description.
+
+Tests that play the attacker (reading pg_prepared_statements, running a DO block) start
+the proxy with the SQL guard off: this layer must hold alone. With it on, the guard
+refuses those statements first (tests/integration/test_statement_policy.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,9 +23,10 @@ import asyncpg
 import psycopg
 import pytest
 
+from proxy.config import TenancyConfig
 from proxy.session import prepared
 from proxy.wire import messages
-from tests.proxy_harness import ThreadedProxy, token
+from tests.proxy_harness import ThreadedProxy, make_config, token
 
 pytestmark = pytest.mark.usefixtures("clean_items")
 
@@ -67,6 +73,16 @@ class Wire:
 
 
 @pytest.fixture
+def unguarded(app_db: Any) -> Iterator[ThreadedProxy]:
+    """Transaction mode on one server connection, SQL guard off."""
+    config = make_config(app_db, pool_mode="transaction", pool_size=1)
+    proxy = ThreadedProxy(dataclasses.replace(config, tenancy=TenancyConfig(guard=False)))
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
 def wire(start_proxy: Start) -> Iterator[Callable[..., Wire]]:
     opened: list[Wire] = []
 
@@ -107,8 +123,8 @@ def proxy_names(w: Wire) -> list[str]:
 # ---- proxy-owned names are untouchable -------------------------------------------------
 
 
-def test_proxy_statement_names_are_unguessable(start_proxy: Start, wire: Any) -> None:
-    proxy = start_proxy(pool_mode="transaction", pool_size=1)
+def test_proxy_statement_names_are_unguessable(unguarded: ThreadedProxy, wire: Any) -> None:
+    proxy = unguarded
     w = wire(proxy)
     w.send(messages.parse("s1", "SELECT 1"), messages.sync())
     (name,) = proxy_names(w)
@@ -116,8 +132,8 @@ def test_proxy_statement_names_are_unguessable(start_proxy: Start, wire: Any) ->
     assert len(prepared.PREFIX) == len("pgtenant_") + 16 + 1
 
 
-def test_client_cannot_bind_another_clients_statement(start_proxy: Start, wire: Any) -> None:
-    proxy = start_proxy(pool_mode="transaction", pool_size=1)
+def test_client_cannot_bind_another_clients_statement(unguarded: ThreadedProxy, wire: Any) -> None:
+    proxy = unguarded
     victim, attacker = wire(proxy, "globex"), wire(proxy, "acme")
     victim.send(messages.parse("v", "SELECT 'globex secret statement'"), messages.sync())
     (name,) = proxy_names(attacker)
@@ -141,9 +157,9 @@ def test_client_cannot_bind_another_clients_statement(start_proxy: Start, wire: 
     assert tags(replies) == "2DCZ" and b"globex secret statement" in replies[1][1]
 
 
-def test_sql_deallocate_cannot_drop_the_proxys_statements(start_proxy: Start,
+def test_sql_deallocate_cannot_drop_the_proxys_statements(unguarded: ThreadedProxy,
                                                           wire: Any) -> None:
-    proxy = start_proxy(pool_mode="transaction", pool_size=1)
+    proxy = unguarded
     victim, attacker = wire(proxy, "globex"), wire(proxy, "acme")
     victim.send(messages.parse("v", "SELECT 42"), messages.sync())
     (name,) = proxy_names(attacker)
@@ -158,10 +174,10 @@ def test_sql_deallocate_cannot_drop_the_proxys_statements(start_proxy: Start,
     assert tags(victim.send(run("v"))) == "2DCZ"
 
 
-def test_a_statement_dropped_behind_the_proxys_back_is_prepared_again(start_proxy: Start,
-                                                                    wire: Any) -> None:
+def test_a_statement_dropped_behind_the_proxys_back_is_prepared_again(unguarded: ThreadedProxy,
+                                                                      wire: Any) -> None:
     # Same tenant: no scrub between the two (a tenant switch would re-check them all).
-    proxy = start_proxy(pool_mode="transaction", pool_size=1)
+    proxy = unguarded
     victim, other = wire(proxy, "globex"), wire(proxy, "globex")
     victim.send(messages.parse("v", "SELECT 42"), messages.sync())
     other.send(messages.query("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$"))
@@ -208,9 +224,9 @@ def test_unknown_statement_aborts_the_transaction_like_postgresql(start_proxy: S
 
 @pytest.mark.parametrize("sql", ["DEALLOCATE s1", "deallocate prepare S1;",
                                  '  DEALLOCATE "s1"  '])
-def test_deallocate_answers_one_command_complete(start_proxy: Start, wire: Any,
+def test_deallocate_answers_one_command_complete(unguarded: ThreadedProxy, wire: Any,
                                                  sql: str) -> None:
-    proxy = start_proxy(pool_mode="transaction", pool_size=1)
+    proxy = unguarded
     w = wire(proxy)
     w.send(messages.parse("s1", "SELECT 1"), messages.sync())
     replies = w.send(messages.query(sql))
@@ -242,9 +258,9 @@ def test_deallocate_keeps_postgresql_transaction_semantics(start_proxy: Start,
     assert tags(w.send(run("s1"))) == "EZ"
 
 
-def test_deallocate_all_forgets_only_the_clients_statements(start_proxy: Start,
+def test_deallocate_all_forgets_only_the_clients_statements(unguarded: ThreadedProxy,
                                                             wire: Any) -> None:
-    proxy = start_proxy(pool_mode="transaction", pool_size=1)
+    proxy = unguarded
     mine, other = wire(proxy), wire(proxy, "globex")
     mine.send(messages.parse("a", "SELECT 'a'"), messages.sync())
     other.send(messages.parse("b", "SELECT 'b'"), messages.sync())
@@ -255,9 +271,9 @@ def test_deallocate_all_forgets_only_the_clients_statements(start_proxy: Start,
     assert tags(other.send(run("b"))) == "2DCZ"
 
 
-def test_deallocate_through_the_extended_protocol(start_proxy: Start, wire: Any) -> None:
+def test_deallocate_through_the_extended_protocol(unguarded: ThreadedProxy, wire: Any) -> None:
     # What libpq's PQsendQueryParams("DEALLOCATE name") sends (psycopg in pipeline mode).
-    proxy = start_proxy(pool_mode="transaction", pool_size=1)
+    proxy = unguarded
     w = wire(proxy)
 
     def deallocate(sql: str) -> Replies:
