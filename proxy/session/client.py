@@ -790,7 +790,8 @@ class ClientConnection(asyncio.Protocol):
                 self._verify(server, frames, keys)
                 return
         done = rewrite(frames, self.statements, server.statements, FORWARD,
-                       batch_start=batch_start)
+                       batch_start=batch_start,
+                       aborted=server.tx_status == b"E" and not server.pending)
         self._rewriting = done.carry
         if batch_start:
             evict = server.statements.take_evictions(done.used)

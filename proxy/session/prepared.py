@@ -83,6 +83,9 @@ _COMPLETE_ALL = messages.command_complete("DEALLOCATE ALL")
 _DEALLOCATE_NOT_ALONE = messages.error_response(
     "0A000", "DEALLOCATE must be sent as a query of its own in transaction pooling mode",
     hint="send DEALLOCATE in a separate query, or close the statement with a Close message")
+_ABORTED = messages.frame(BackendTag.ERROR_RESPONSE, b"".join((
+    b"SERROR\x00VERROR\x00C25P02\x00Mcurrent transaction is aborted, commands ignored ",
+    b"until end of transaction block\x00Fpostgres.c\x00Rexec_parse_message\x00\x00")))
 # As PostgreSQL sends it; drivers (asyncpg) recognise it by the routine field.
 _STALE = messages.frame(BackendTag.ERROR_RESPONSE, b"".join((
     b"SERROR\x00VERROR\x00C0A000\x00Mcached plan must not change result type\x00",
@@ -453,10 +456,13 @@ class _Batch:
 
 
 def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
-            server: ServerStatements, forward: object, *, batch_start: bool) -> Rewritten:
+            server: ServerStatements, forward: object, *, batch_start: bool,
+            aborted: bool = False) -> Rewritten:
     """Rewrite framed client messages for ``server``; update the client's statements.
 
     ``batch_start``: the first frame starts a batch (no unsynced messages before it).
+    ``aborted``: the server is known to be in a failed transaction block (then a Parse is
+    refused, never answered by the proxy).
     ``forward`` is the pending-queue entry for a reply the client gets from the server
     unchanged. A batch the previous call left open (``server.open``, ``server.skipping``)
     is continued.
@@ -486,12 +492,16 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
                 batch.fail(messages.error_response(
                     "42P05", f'prepared statement "{name}" already exists'))
                 continue
-            stmt = client[name] = ClientStatement(key)
             if described is None:
                 described = _described(frames)
             if batch.at_start and name not in described and server.get(key) is not None:
+                if aborted:
+                    batch.fail(_ABORTED)
+                    continue
+                client[name] = ClientStatement(key)
                 batch.entries.append(Emit(messages.parse_complete()))
                 continue
+            stmt = client[name] = ClientStatement(key)
             if batch.exact:  # forgotten again if PostgreSQL refuses it
                 batch.amended().parsed.append((batch.parses, client, name, stmt))
             batch.send_parse(_parse(server.add(key).name, key))

@@ -209,7 +209,11 @@ def test_unknown_statement_aborts_the_transaction_like_postgresql(start_proxy: S
     w.send(messages.parse("s", "SELECT 1"), messages.sync())
     replies = w.send(messages.parse("s", "SELECT 2"), messages.sync())
     assert error(replies)["C"] == "42P05" and status(replies) == b"E"
+    # A Parse in the failed transaction, of a text the server already has ("s").
+    replies = w.send(messages.parse("mine", "SELECT 1"), messages.sync())
+    assert error(replies)["C"] == "25P02" and status(replies) == b"E"
     assert status(w.send(messages.query("ROLLBACK"))) == b"I"
+    assert tags(w.send(messages.parse("mine", "SELECT 1"), messages.sync())) == "1Z"
     # PostgreSQL itself, for comparison.
     with psycopg.connect(app_db.upstream_dsn) as direct:
         pgconn = direct.pgconn

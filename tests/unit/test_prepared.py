@@ -194,6 +194,18 @@ def test_parse_of_a_shared_statement_is_answered_by_the_proxy_unless_described()
     assert done.carry and isinstance(done.entries[0], Amend)
 
 
+def test_parse_of_a_shared_statement_in_an_aborted_transaction_is_refused() -> None:
+    server = ServerStatements(10)
+    server.add(SELECT)
+    client: dict[str, ClientStatement] = {}
+    done = rewrite(frames(messages.parse("a", "SELECT * FROM t"), messages.sync()),
+                   client, server, FORWARD, batch_start=True, aborted=True)
+    assert names_in(done.data) == {MISSING} and client == {}
+    (amend,) = done.entries
+    assert isinstance(amend, Amend) and amend.error is not None
+    assert error_body(amend.error)["C"] == "25P02"
+
+
 def test_a_batch_left_open_keeps_one_entry_across_rewrites() -> None:
     # asyncpg: Parse + Describe + Flush, then (after the reply) Bind + Execute + Sync.
     client: dict[str, ClientStatement] = {}
