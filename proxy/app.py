@@ -29,7 +29,7 @@ from proxy.metrics.http import MetricsServer
 from proxy.pool.pool import ServerPool
 from proxy.session.client import ClientConnection
 from proxy.session.guarding import ParseVerdicts
-from proxy.session.server import FORWARD, ServerConnection
+from proxy.session.server import ServerConnection
 from proxy.stats import ProxyStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
@@ -518,7 +518,7 @@ class ProxyApp:
         Never the proxy's own context set (a cancelled set could leave the previous
         context in place), never an idle server that may already serve someone else.
         """
-        if not server.pending or server.pending[0] is not FORWARD:
+        if not server.runs_client_request:
             return
         self._cancel_tasks.spawn(
             self._send_cancel(server.db.host, server.db.port, server.backend_pid,
