@@ -331,9 +331,14 @@ class Rewritten:
     used: set[bytes] = field(default_factory=set)
 
 
+# Statement and portal names are bytes in the client's encoding (which need not be UTF-8):
+# they are decoded so that they encode back to exactly the same bytes.
+_NAMES = "surrogateescape"
+
+
 def _split_cstr(body: bytes, start: int = 0) -> tuple[str, int]:
     end = body.index(0, start)
-    return body[start:end].decode(), end + 1
+    return body[start:end].decode("utf-8", _NAMES), end + 1
 
 
 def needs_rewrite(tag: int, body: bytes) -> bool:
@@ -362,7 +367,7 @@ def statements_lost(error: bytes) -> bool:
 
 def missing_error(name: str) -> bytes:
     """For :attr:`Amend.error`: PostgreSQL's own 26000, with the client's ``name``."""
-    return f'"{name}"'.encode()
+    return f'"{name}"'.encode("utf-8", _NAMES)
 
 
 class _Batch:
@@ -552,7 +557,7 @@ def _described(frames: Sequence[bytes]) -> set[str]:
     out = set()
     for frame in frames:
         if frame[0] == _D and frame[5:6] == b"S":
-            out.add(frame[6:frame.index(0, 6)].decode())
+            out.add(frame[6:frame.index(0, 6)].decode("utf-8", _NAMES))
     return out
 
 
@@ -600,7 +605,7 @@ def to_verify(frames: Sequence[bytes], client: dict[str, ClientStatement],
             start = 6
         else:
             continue
-        name = frame[start:frame.index(0, start)].decode()
+        name = frame[start:frame.index(0, start)].decode("utf-8", _NAMES)
         stmt = client.get(name)
         if stmt is None or stmt.desc is None or stmt.key in keys:
             continue
@@ -706,10 +711,10 @@ def _deallocation(batch: _Batch, quoted: bytes | None, plain: bytes | None) -> b
     client = batch.client
     amend = batch.amended()
     if quoted:
-        name = quoted.replace(b'""', b'"').decode()
+        name = quoted.replace(b'""', b'"').decode("utf-8", _NAMES)
     else:
         assert plain is not None
-        name = plain.decode().lower()
+        name = plain.decode("utf-8", _NAMES).lower()
         if name == "all":
             amend.deallocations.append((_COMPLETE_ALL, client.clear, None))
             return True
@@ -727,8 +732,10 @@ def _has_deallocate(text: bytes) -> bool:
     from pglast import parser
 
     try:
-        tree = parser.parse_sql_json(text.decode())
-    except (parser.ParseError, UnicodeDecodeError):
+        # Bytes not valid UTF-8 (another client encoding) only ever stand inside names
+        # and strings: replaced, the statement's structure is the same.
+        tree = parser.parse_sql_json(text.decode("utf-8", "replace"))
+    except parser.ParseError:
         return False  # PostgreSQL reports the syntax error
     return '"DeallocateStmt"' in tree
 
@@ -739,7 +746,7 @@ def internal_batch(evict: list[str]) -> bytes:
 
 
 def _cstr(s: str) -> bytes:
-    return s.encode() + b"\x00"
+    return s.encode("utf-8", _NAMES) + b"\x00"
 
 
 def _parse(name: str, key: bytes | str, params: bytes = b"") -> bytes:

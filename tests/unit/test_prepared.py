@@ -28,6 +28,7 @@ from proxy.session.prepared import (
 from proxy.session.server import FORWARD, FORWARD_TAGS, ServerConnection, ServerState
 from proxy.wire import messages
 from proxy.wire.framing import BackendScanner, split_frames
+from proxy.wire.tags import FrontendTag
 
 SELECT = prepared._cstr("SELECT * FROM t") + b"\x00\x00"  # a Parse key: text, no types
 Z_IDLE = messages.ready_for_query(b"I")
@@ -112,6 +113,27 @@ def test_unknown_statement_fails_on_the_server_under_a_name_no_client_has() -> N
     swapped = amend.message(server_error[0], server_error, server_error[5:])
     assert error_body(swapped)["M"] == f'prepared statement "{victim}" does not exist'
     assert not done.carry
+
+
+def test_names_that_are_not_utf8_keep_their_bytes() -> None:
+    """Names are bytes in the client's encoding (LATIN9 here): never a decoding error, and
+    the client's own name comes back byte for byte (found by the adversity fuzzer)."""
+    name = "caf\udce9"  # b"caf\xe9" decoded as the proxy decodes names
+    raw = b"caf\xe9"
+    parse = messages.frame(FrontendTag.PARSE, raw + b"\x00SELECT 1\x00\x00\x00")
+    bind = messages.frame(FrontendTag.BIND, b"p\xff\x00" + raw + b"\x00" + bytes(6))
+    client: dict[str, ClientStatement] = {}
+    server = ServerStatements(10)
+    execute = messages.frame(FrontendTag.EXECUTE, b"p\xff\x00\x00\x00\x00\x00")
+    done = rewrite([parse, bind, execute, messages.sync()], client, server, FORWARD,
+                   batch_start=True)
+    assert name in client
+    assert b"p\xff\x00" in done.data  # the portal name went out as sent
+    unknown = rewrite([bind.replace(raw, b"na\xefve"), messages.sync()], client, server,
+                      FORWARD, batch_start=True)
+    amend = unknown.entries[0]
+    assert isinstance(amend, Amend) and amend.error is not None
+    assert b'"na\xefve"' in amend.error
 
 
 def test_duplicate_parse_is_42P05_at_any_point_of_a_batch() -> None:
