@@ -29,7 +29,7 @@ from proxy.metrics.http import MetricsServer
 from proxy.pool.pool import ServerPool
 from proxy.session.client import ClientConnection
 from proxy.session.guarding import ParseVerdicts
-from proxy.session.server import FORWARD, ServerConnection, ServerState
+from proxy.session.server import ServerConnection, ServerState
 from proxy.stats import ProxyStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
@@ -528,8 +528,7 @@ class ProxyApp:
         nothing new and is leased to no one (PgBouncer does the same), so the cancel
         cannot reach a statement that was not running when it was asked for.
         """
-        if (not server.pending or server.pending[0] is not FORWARD
-                or server.state is ServerState.CLOSED):
+        if not server.runs_client_request or server.state is ServerState.CLOSED:
             return None
         server.cancel_started()
         return self._cancel_tasks.spawn(self._cancel_backend(server))

@@ -33,8 +33,17 @@ from proxy.guard import Refusal
 from proxy.pool.pool import PoolTimeoutError, ServerPool
 from proxy.session.context import TenantContext
 from proxy.session.guarding import StreamGuard
-from proxy.session.prepared import internal_batch, needs_rewrite, rewrite
-from proxy.session.server import FORWARD, ServerConnection, ServerError, Skip
+from proxy.session.prepared import (
+    ClientStatement,
+    ServerStatement,
+    internal_batch,
+    needs_rewrite,
+    rewrite,
+    to_verify,
+    verified,
+    verify_batch,
+)
+from proxy.session.server import FORWARD, Collect, ServerConnection, ServerError, Skip
 from proxy.stats import TrafficStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
@@ -162,7 +171,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("_guard", "_idle_timeouts", "_idle_timer", "_leasing",
                  "_login_timer", "_queue", "_queue_batch_start", "_queue_named",
                  "_queue_replies", "_queued_bytes", "_reading_paused_for",
-                 "_service_login", "_skipping", "_tasks", "_touched", "_tx_started",
+                 "_rewriting", "_service_login", "_tasks", "_touched", "_tx_started",
                  "_unsynced",
                  "_writing_paused", "app",
                  "cancel_pid", "cancel_secret", "context", "database", "framer", "id",
@@ -193,9 +202,9 @@ class ClientConnection(asyncio.Protocol):
         self._queue_replies = 0
         self._queue_named = False       # the queue holds named-statement messages
         self._queue_batch_start = True  # the queue's first frame starts a batch
-        # Transaction mode: the client's prepared statements (name → Parse key).
-        self.statements: dict[str, bytes] | None = None
-        self._skipping = False          # a proxy-made error: drop messages up to Sync
+        # Transaction mode: the client's prepared statements by name.
+        self.statements: dict[str, ClientStatement] | None = None
+        self._rewriting = False         # a batch the proxy rewrites goes on until Sync
         self._touched = False  # what goes out next may change the tenant setting (guard)
         self._guard: StreamGuard | None = None  # created at the first message after login
         self.traffic = _NO_TRAFFIC      # the database's counters, once it is known
@@ -583,7 +592,7 @@ class ClientConnection(asyncio.Protocol):
                 block, index, self.identity.tenant if self.identity is not None else None)
         replies = 0
         unsynced = self._unsynced
-        named = self._skipping
+        named = self._rewriting
         statements = self.statements
         for tag, start, end in index:
             if tag == _S or tag == _Q or tag == _F:  # each ends in ReadyForQuery
@@ -747,7 +756,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._send_queued(server)
 
-    def _send_queued(self, server: ServerConnection) -> None:
+    def _send_queued(self, server: ServerConnection, verify: bool = True) -> None:
         self._leasing = False
         if self.server is not server or self.state is ClientState.CLOSED:
             return
@@ -760,7 +769,7 @@ class ClientConnection(asyncio.Protocol):
             self._queue_named = False
             self._queued_bytes = 0
             if named:
-                self._send_rewritten(server, frames, self._queue_batch_start)
+                self._send_rewritten(server, frames, self._queue_batch_start, verify)
             else:
                 server.send(b"".join(frames), replies, self._unsynced)
             if self._touched:
@@ -791,22 +800,51 @@ class ClientConnection(asyncio.Protocol):
             self.fatal("08006", f"could not set the session context: {error.get('M', '')}")
 
     def _send_rewritten(self, server: ServerConnection, blocks: list[bytes],
-                        batch_start: bool) -> None:
+                        batch_start: bool, verify: bool = True) -> None:
         """Transaction mode with named statements: see proxy.session.prepared."""
         assert self.statements is not None
         frames = [frame for block in blocks for frame in split_frames(block)]
         try:
+            if verify and batch_start:
+                keys = to_verify(frames, self.statements, server.statements)
+                if keys:
+                    self._verify(server, frames, keys)
+                    return
             done = rewrite(frames, self.statements, server.statements, FORWARD,
-                           batch_start=batch_start, skipping=self._skipping)
-        except ValueError:  # a name without its terminator, or not UTF-8
+                           batch_start=batch_start,
+                           aborted=server.tx_status == b"E" and not server.pending)
+        except ValueError:  # a name without its terminator
             self.fatal("08P01", "invalid message format: malformed statement or portal name")
             return
-        self._skipping = done.skipping
+        self._rewriting = done.carry
         if batch_start:
             evict = server.statements.take_evictions(done.used)
-            if done.prepare or evict:
-                server.send_internal(internal_batch(done.prepare, evict), Skip(None))
+            if evict:
+                server.send_internal(internal_batch(evict), Skip(None))
         server.send_entries(done.data, done.entries, self._unsynced)  # type: ignore[arg-type]
+
+    def _verify(self, server: ServerConnection, frames: list[bytes], keys: list[bytes]
+                ) -> None:
+        """Prepare and describe statements the client described elsewhere before sending
+        ``frames`` (held in the queue meanwhile): what it decodes with must still hold."""
+        data, made = verify_batch(server.statements, keys, set(keys))
+        fut: asyncio.Future[list[tuple[int, bytes]]] = (
+            asyncio.get_running_loop().create_future())
+        server.send_internal(data, Collect(fut))
+        self._queue.insert(0, b"".join(frames))
+        self._queue_named = True
+        self._queue_batch_start = True
+        self._leasing = True  # later messages queue behind these
+        fut.add_done_callback(functools.partial(self._verified, server, keys, made))
+
+    def _verified(self, server: ServerConnection, keys: list[bytes],
+                  made: list[ServerStatement],
+                  fut: asyncio.Future[list[tuple[int, bytes]]]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self._leasing = False
+            return  # the server is gone: server_lost reports it
+        verified(server.statements, keys, made, fut.result())
+        self._send_queued(server, verify=False)  # a failed prepare: its error, in line
 
     def statements_cleared(self) -> None:
         # DISCARD ALL / DEALLOCATE ALL ran for this client: its statements are gone too.

@@ -4,23 +4,33 @@ A client's statement names mean nothing on a pooled server connection: the next
 transaction may run on another one. So, like PgBouncer since 1.21, the proxy keeps each
 client's statements (name → the Parse message's text and parameter types, the *key*) and
 gives each server connection statements of its own, named by the proxy and shared by
-every client that prepares the same key. A client's batch is rewritten before it goes out:
+every client that prepares the same key. A client's batch is rewritten before it goes out.
+
+No name a client chose ever reaches a server: the proxy's names start with a prefix that
+is random per process (:data:`PREFIX`), and a client message naming a statement the client
+does not have is replaced by one naming :data:`MISSING` (never prepared), whose 26000 error
+the reply amendment (:class:`Amend`) turns into the error PostgreSQL would have sent with
+the client's name. The server thus fails at the same point of the batch as PostgreSQL
+would, and the transaction status the client sees is the server's own.
 
 - ``Parse(name, …)``: remembered for the client. If the server already has the key and
-  the Parse starts a batch (nothing before it awaits a reply), the proxy answers
-  ParseComplete itself; otherwise the Parse goes out under a new proxy name.
+  the Parse starts a batch, the proxy answers ParseComplete itself; otherwise (or when the
+  client also describes it in the batch: it is preparing, and gets a fresh server
+  statement) the Parse goes out under a new proxy name. A name the client already has:
+  42P05, as PostgreSQL.
 - ``Bind``/``Describe`` of a named statement: renamed. A statement the server lacks is
-  prepared first, in an internal batch of the proxy's own sent just before the client's
-  (only when the client's data starts a batch; mid-batch, the statement keeps the
-  client's name and PostgreSQL answers 26000, which the client can retry).
-- ``Close`` of a named statement: forgotten for the client; the server keeps its copy
-  for other clients. Answered by the proxy at the start of a batch, otherwise sent as a
-  Close of a name that does not exist (which PostgreSQL answers with CloseComplete).
-- ``Parse`` of a name the client already has, at the start of a batch: ErrorResponse
-  42P05 as PostgreSQL would send, then the client's messages up to Sync are dropped.
-- ``DEALLOCATE name`` (simple query) of a known statement: forgotten, and the query is
-  replaced by one that prepares and deallocates a throwaway statement, so the client
-  still sees a DEALLOCATE command tag.
+  prepared in line, just before, and its ParseComplete dropped from the reply.
+- ``Close`` of a named statement: forgotten for the client; the server keeps its copy.
+- ``DEALLOCATE`` (simple query): answered as PostgreSQL would, one CommandComplete, through
+  a stand-in that never touches the proxy's statements (see :func:`deallocate`).
+
+Stale statements: a client that described a statement (``Describe`` S: the result and
+parameter types it will decode with) gets data only from a server statement with the same
+description. The proxy captures descriptions from the replies the client gets and from a
+Describe of its own when it prepares a statement for such a client on another server
+(:func:`verify_batch`, waited for). When they differ the client gets PostgreSQL's
+``0A000 cached plan must not change result type`` and re-prepares; whichever description
+was seen later is the current one, so the re-prepare gets a fresh server statement.
 
 Each server connection keeps at most ``max_prepared_statements`` statements (LRU); the
 evicted ones are closed in the next internal batch. This module is pure: no I/O.
@@ -28,14 +38,17 @@ evicted ones are closed in the next internal batch. This module is pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
-from collections import OrderedDict
-from collections.abc import Sequence
+import secrets
+import struct
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from proxy.wire import messages
-from proxy.wire.tags import FrontendTag
+from proxy.wire.tags import BackendTag, FrontendTag
 
 _P = FrontendTag.PARSE
 _B = FrontendTag.BIND
@@ -44,16 +57,69 @@ _C = FrontendTag.CLOSE
 _S = FrontendTag.SYNC
 _Q = FrontendTag.QUERY
 _F = FrontendTag.FUNCTION_CALL
-_H = FrontendTag.FLUSH
+_E = FrontendTag.EXECUTE
 
+#: Every statement the proxy names starts with this; random per process so that no
+#: client can guess it, and starting with ``pgtenant_`` so SQL can refuse the namespace.
+PREFIX = f"pgtenant_{secrets.token_hex(8)}_"
+#: A statement that never exists: Bind/Describe/DEALLOCATE of it fails with 26000.
+MISSING = PREFIX + "missing"
+_MISSING_QUOTED = f'"{MISSING}"'.encode()
+# The throwaway statement of the DEALLOCATE stand-in.
+_THROWAWAY = PREFIX + "deallocate"
 _names = itertools.count(1)
-# A statement name no client statement is ever renamed to (Close of it is a no-op).
-_NO_SUCH_STATEMENT = "pgtenant_no_such_statement"
+# Order in which descriptions were seen: the later one reflects the newer schema.
+_seen = itertools.count(1)
+
+_DEALLOCATE_WORD = re.compile(rb"deallocate", re.IGNORECASE)
+# An unnamed Parse's text that may be a DEALLOCATE (one statement: it begins with it).
+_MAYBE_DEALLOCATE = re.compile(rb"\x00[\s;]*(?:deallocate|/\*|--)", re.IGNORECASE)
 _DEALLOCATE = re.compile(
     rb"\s*deallocate\s+(?:prepare\s+)?(?:\"((?:[^\"]|\"\")+)\"|([A-Za-z_][A-Za-z0-9_$]*))"
     rb"\s*;?\s*\x00$", re.IGNORECASE)
-_DEALLOCATE_STAND_IN = messages.query(
-    "PREPARE pgtenant_deallocate AS SELECT; DEALLOCATE pgtenant_deallocate")
+_STAND_IN = messages.query(f"PREPARE {_THROWAWAY} AS SELECT; DEALLOCATE {_THROWAWAY}")
+_MISSING_QUERY = messages.query(f"DEALLOCATE {MISSING}")
+_COMPLETE_ALL = messages.command_complete("DEALLOCATE ALL")
+_DEALLOCATE_NOT_ALONE = messages.error_response(
+    "0A000", "DEALLOCATE must be sent as a query of its own in transaction pooling mode",
+    hint="send DEALLOCATE in a separate query, or close the statement with a Close message")
+_ABORTED = messages.frame(BackendTag.ERROR_RESPONSE, b"".join((
+    b"SERROR\x00VERROR\x00C25P02\x00Mcurrent transaction is aborted, commands ignored ",
+    b"until end of transaction block\x00Fpostgres.c\x00Rexec_parse_message\x00\x00")))
+# As PostgreSQL sends it; drivers (asyncpg) recognise it by the routine field.
+_STALE = messages.frame(BackendTag.ERROR_RESPONSE, b"".join((
+    b"SERROR\x00VERROR\x00C0A000\x00Mcached plan must not change result type\x00",
+    b"Fplancache.c\x00RRevalidateCachedQuery\x00\x00")))
+
+_FIELD_TAIL = struct.Struct("!IhIhih")
+# What a Describe answers after ParameterDescription.
+_DESCRIPTIONS = (BackendTag.ROW_DESCRIPTION, BackendTag.NO_DATA)
+
+
+class ClientStatement:
+    """One of a client's statements: its key and the description it was told, if any."""
+
+    __slots__ = ("desc", "key", "seen")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.desc: bytes | None = None  # ParameterDescription + RowDescription/NoData
+        self.seen = 0                   # when desc was observed (see _seen)
+
+
+class ServerStatement:
+    """A statement the proxy prepared on one server connection."""
+
+    __slots__ = ("desc", "name", "seen")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.desc: bytes | None = None  # as for ClientStatement, None until observed
+        self.seen = 0
+
+    def observed(self, desc: bytes) -> None:
+        self.desc = desc
+        self.seen = next(_seen)
 
 
 class Emit:
@@ -68,32 +134,152 @@ class Emit:
         return f"Emit({self.data[:1]!r})"
 
 
+# See Amend.deallocations.
+Deallocation = tuple[bytes | None, Callable[[], object],
+                     tuple[int, str, "ServerStatements"] | None]
+
+
+class Amend:
+    """A client's reply (up to one ReadyForQuery) forwarded with the proxy's changes.
+
+    The server connection hands it every reply message whole (``message``), in order,
+    and forwards what it returns: the ParseCompletes of statements the proxy prepared in
+    line are dropped, a stand-in's extra CommandComplete is dropped or renamed, the 26000
+    about :data:`MISSING` becomes the error PostgreSQL would have sent the client, and
+    the descriptions the client is told are remembered.
+    """
+
+    __slots__ = ("_params", "_parses", "deallocations", "drop_parses", "drop_prepares",
+                 "error", "held", "parsed", "parses", "targets")
+
+    def __init__(self) -> None:
+        self.parses = 0                     # Parse messages sent so far in its sub-batch
+        self.drop_parses: set[int] = set()  # ordinals of ParseCompletes to drop
+        # The client's Parses not yet answered: (ordinal, the client's statements, name,
+        # statement); an error first means PostgreSQL never created them.
+        self.parsed: deque[tuple[int, dict[str, ClientStatement], str, ClientStatement]] = (
+            deque())
+        self.drop_prepares = 0              # the stand-ins' CommandCompletes PREPARE
+        # Per DEALLOCATE stand-in, in order: the CommandComplete to send instead (None: as
+        # is), what to do once it succeeded, and its throwaway statement (extended
+        # protocol: ParseComplete ordinal, name, where to close it if it outlives an error).
+        self.deallocations: deque[Deallocation] = deque()
+        # Replaces the error about MISSING: an ErrorResponse, or a quoted name to put there.
+        self.error: bytes | None = None
+        # Per Describe of a statement, in order: where its description goes (None: nowhere).
+        self.targets: list[tuple[ClientStatement | None, ServerStatement] | None] = []
+        self.held = b""                     # a message split across chunks (server side)
+        self._parses = 0
+        self._params: bytes | None = None
+
+    def message(self, tag: int, data: bytes, body: bytes) -> bytes:
+        """What to forward for ``data``: reply bytes ending with one whole message of
+        type ``tag`` (``body`` its body), the bytes before it messages left as they are."""
+        if tag == BackendTag.PARSE_COMPLETE:
+            n = self._parses
+            self._parses = n + 1
+            if self.parsed and self.parsed[0][0] == n:
+                self.parsed.popleft()
+            return data[:-5] if n in self.drop_parses else data
+        if tag == BackendTag.COMMAND_COMPLETE:
+            if body == b"PREPARE\x00" and self.drop_prepares:
+                self.drop_prepares -= 1
+                return data[:-5 - len(body)]
+            if body == b"DEALLOCATE\x00" and self.deallocations:
+                complete, succeeded, _ = self.deallocations.popleft()
+                succeeded()
+                if complete is not None:
+                    return data[:-5 - len(body)] + complete
+        elif tag == BackendTag.ERROR_RESPONSE:
+            for _, _, throwaway in self.deallocations:
+                if throwaway is not None and throwaway[0] < self._parses:
+                    throwaway[2].orphans.append(throwaway[1])  # prepared, not deallocated
+            self.deallocations.clear()
+            while self.parsed:
+                _, client, name, stmt = self.parsed.popleft()
+                if client.get(name) is stmt:
+                    del client[name]
+            if self.error is not None and _MISSING_QUOTED in body:
+                before = data[:-5 - len(body)]
+                if self.error[:1] == b'"':  # the client's name in PostgreSQL's own error
+                    return before + messages.frame(
+                        BackendTag.ERROR_RESPONSE, body.replace(_MISSING_QUOTED, self.error))
+                return before + self.error
+        elif tag == BackendTag.PARAMETER_DESCRIPTION:
+            self._params = data[-5 - len(body):]
+        elif tag in _DESCRIPTIONS and self._params is not None:
+            # The answer to a Describe of a statement (a portal has no ParameterDescription).
+            desc = description(self._params + data[-5 - len(body):])
+            self._params = None
+            target = self.targets.pop(0) if self.targets else None
+            if target is not None:
+                client_stmt, server_stmt = target
+                server_stmt.observed(desc)
+                if client_stmt is not None:
+                    client_stmt.desc = desc
+                    client_stmt.seen = server_stmt.seen
+        return data
+
+    def __repr__(self) -> str:
+        return "Amend()"
+
+
+def description(data: bytes) -> bytes:
+    """ParameterDescription + RowDescription/NoData, without what may change harmlessly.
+
+    Column names, types, type modifiers and parameter types are kept; the source table
+    OID and column number of each result column are zeroed (a recreated table changes
+    them, not what the client decodes).
+    """
+    plen = int.from_bytes(data[1:5], "big") + 1
+    rows = data[plen:]
+    if rows[:1] != b"T":
+        return data
+    out = bytearray(data[:plen + 7])
+    pos = 7
+    count = int.from_bytes(rows[5:7], "big")
+    for _ in range(count):
+        end = rows.index(0, pos) + 1
+        _table, _column, type_oid, size, modifier, fmt = _FIELD_TAIL.unpack_from(rows, end)
+        out += rows[pos:end]
+        out += _FIELD_TAIL.pack(0, 0, type_oid, size, modifier, fmt)
+        pos = end + _FIELD_TAIL.size
+    return bytes(out)
+
+
 class ServerStatements:
     """The proxy-named statements prepared on one server connection, least recent first."""
 
-    __slots__ = ("by_key", "limit", "orphans", "unconfirmed")
+    __slots__ = ("by_key", "failed", "limit", "open", "orphans", "skipping", "unconfirmed")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.by_key: OrderedDict[bytes, str] = OrderedDict()
+        self.by_key: OrderedDict[bytes, ServerStatement] = OrderedDict()
         self.orphans: list[str] = []          # names to close: replaced or evicted
         self.unconfirmed: list[bytes] = []    # keys whose Parse has not been answered yet
+        # The batch in progress (no Sync yet), continued by the next rewrite: the entry
+        # already queued for its reply, and whether the server skips to Sync (an error).
+        self.open: Amend | None = None
+        self.skipping = False
+        # Keys :func:`verify_batch` could not prepare, and PostgreSQL's error: the next
+        # rewrite answers the client's use of them with it.
+        self.failed: dict[bytes, bytes] = {}
 
-    def get(self, key: bytes) -> str | None:
-        name = self.by_key.get(key)
-        if name is not None:
+    def get(self, key: bytes) -> ServerStatement | None:
+        stmt = self.by_key.get(key)
+        if stmt is not None:
             self.by_key.move_to_end(key)
-        return name
+        return stmt
 
-    def add(self, key: bytes) -> str:
-        """A new proxy name for ``key`` on this server (the caller sends the Parse)."""
+    def add(self, key: bytes) -> ServerStatement:
+        """A new proxy-named statement for ``key`` (the caller sends the Parse)."""
         old = self.by_key.pop(key, None)
         if old is not None:
-            self.orphans.append(old)
-        name = f"pgtenant_{next(_names)}"
-        self.by_key[key] = name
+            self.orphans.append(old.name)
+        stmt = ServerStatement(f"{PREFIX}{next(_names)}")
+        self.by_key[key] = stmt
         self.unconfirmed.append(key)
-        return name
+        return stmt
 
     def confirm(self) -> None:
         """Everything sent so far was answered without an error."""
@@ -102,9 +288,15 @@ class ServerStatements:
     def invalidate_unconfirmed(self) -> None:
         """An error came back: any Parse not yet confirmed may have failed."""
         for key in self.unconfirmed:
-            name = self.by_key.pop(key, None)
-            if name is not None:
-                self.orphans.append(name)
+            stmt = self.by_key.pop(key, None)
+            if stmt is not None:
+                self.orphans.append(stmt.name)
+        self.unconfirmed.clear()
+
+    def invalidate_all(self) -> None:
+        """A statement went stale (0A000): prepare every statement afresh when next used."""
+        self.orphans.extend(stmt.name for stmt in self.by_key.values())
+        self.by_key.clear()
         self.unconfirmed.clear()
 
     def clear(self) -> None:
@@ -122,7 +314,7 @@ class ServerStatements:
                 if excess <= 0:
                     break
                 if key not in keep:
-                    out.append(self.by_key.pop(key))
+                    out.append(self.by_key.pop(key).name)
                     excess -= 1
         return out
 
@@ -132,145 +324,433 @@ class Rewritten:
     """A client batch made fit for one server connection."""
 
     data: bytes
-    entries: list[object]                 # FORWARD / Emit, in reply order
-    prepare: bytes = b""                  # Close/Parse messages for an internal batch
-    skipping: bool = False                # a proxy-made error: drop messages up to Sync
+    entries: list[object]                 # FORWARD / Amend / Emit, in reply order
+    # The batch goes on (no Sync yet) with an entry queued or an error: the client's
+    # next messages must be rewritten too, whatever they are.
+    carry: bool = False
     used: set[bytes] = field(default_factory=set)
+
+
+# Statement and portal names are bytes in the client's encoding (which need not be UTF-8):
+# they are decoded so that they encode back to exactly the same bytes.
+_NAMES = "surrogateescape"
 
 
 def _split_cstr(body: bytes, start: int = 0) -> tuple[str, int]:
     end = body.index(0, start)
-    return body[start:end].decode(), end + 1
+    return body[start:end].decode("utf-8", _NAMES), end + 1
 
 
 def needs_rewrite(tag: int, body: bytes) -> bool:
     """Whether a client message involves a named statement (or DEALLOCATE)."""
     if tag == _P:
-        return body[:1] != b"\x00"
+        return body[:1] != b"\x00" or _MAYBE_DEALLOCATE.match(body) is not None
     if tag == _B:
         portal_end = body.find(0)
         return portal_end >= 0 and body[portal_end + 1:portal_end + 2] not in (b"\x00", b"")
     if tag == _D or tag == _C:
         return body[:1] == b"S" and body[1:2] != b"\x00"
     if tag == _Q:
-        return body[:24].lstrip()[:10].lower() == b"deallocate"
+        return _DEALLOCATE_WORD.search(body) is not None
     return False
 
 
-def rewrite(frames: Sequence[bytes], client: dict[str, bytes], server: ServerStatements,
-            forward: object, *, batch_start: bool, skipping: bool = False) -> Rewritten:
+def statements_lost(error: bytes) -> bool:
+    """Whether a server ErrorResponse body means statements of ours there are stale or
+    gone: 0A000 (cached plan must not change result type) or a 26000 not about
+    :data:`MISSING` (something the proxy did not see dropped one, e.g. DISCARD ALL run
+    by a function). The caller prepares each afresh when next used."""
+    if b"C0A000\x00" in error:
+        return True
+    return b"C26000\x00" in error and _MISSING_QUOTED not in error
+
+
+def missing_error(name: str) -> bytes:
+    """For :attr:`Amend.error`: PostgreSQL's own 26000, with the client's ``name``."""
+    return f'"{name}"'.encode("utf-8", _NAMES)
+
+
+class _Batch:
+    """Rewriting state for one client batch (see :func:`rewrite`).
+
+    A sub-batch (up to a Sync) gets one pending entry: FORWARD, or an Amend when its reply
+    needs changes. A sub-batch that goes on in a later call gets an Amend queued at once,
+    so that every reply of it passes through one Amend and ParseCompletes can be counted
+    (``exact``); one begun before the proxy looked at it (``exact`` False) gets no change
+    that depends on counting.
+    """
+
+    __slots__ = ("amend", "at_start", "client", "entries", "exact", "forward", "out",
+                 "parses", "queued", "server", "skipping", "targets", "used")
+
+    def __init__(self, client: dict[str, ClientStatement], server: ServerStatements,
+                 forward: object, batch_start: bool) -> None:
+        self.client = client
+        self.server = server
+        self.forward = forward
+        self.at_start = batch_start  # nothing sent since the last Sync awaits a reply
+        self.skipping = server.skipping
+        self.amend = server.open     # the current sub-batch's reply changes
+        self.queued = self.amend is not None  # ... already in the pending queue
+        self.exact = batch_start or self.queued
+        self.parses = self.amend.parses if self.amend is not None else 0  # in the sub-batch
+        # Per Describe of a statement in the sub-batch: where its description goes.
+        self.targets: list[tuple[ClientStatement | None, ServerStatement] | None] = (
+            self.amend.targets if self.amend is not None else [])
+        self.out: list[bytes] = []
+        self.entries: list[object] = []
+        self.used: set[bytes] = set()
+
+    def amended(self) -> Amend:
+        if self.amend is None:
+            self.amend = Amend()
+            self.amend.targets = self.targets
+        return self.amend
+
+    def described(self, target: tuple[ClientStatement | None, ServerStatement] | None
+                  ) -> None:
+        """A Describe of a statement goes out; its description is captured if ``target``."""
+        if not self.exact:
+            return  # earlier Describes of this sub-batch are unknown: capture nothing
+        self.targets.append(target)
+        if target is not None:
+            self.amended()
+
+    def synced(self, frame: bytes) -> None:
+        """A Sync (or a message that answers with ReadyForQuery) ends the sub-batch."""
+        self.out.append(frame)
+        if not self.queued:
+            self.entries.append(self.amend if self.amend is not None else self.forward)
+        self.amend = None
+        self.queued = False
+        self.exact = True
+        self.parses = 0
+        self.targets = []
+        self.at_start = True
+
+    def finish(self) -> Rewritten:
+        """The messages end here; a sub-batch still open is continued by the next call."""
+        server = self.server
+        server.skipping = self.skipping
+        if server.failed:
+            server.failed.clear()  # they answered this batch only
+        if self.at_start:
+            server.open = None
+        else:
+            amend = self.amended()
+            if not self.queued:
+                self.entries.append(amend)
+            amend.parses = self.parses
+            server.open = amend
+        return Rewritten(b"".join(self.out), self.entries, not self.at_start, self.used)
+
+    def fail(self, error: bytes, frame: bytes | None = None) -> None:
+        """Make the server fail here (a message about MISSING), then skip to Sync."""
+        if frame is None:
+            frame = messages.bind("", MISSING, [])
+        self.out.append(frame)
+        self.amended().error = error
+        self.at_start = False
+        self.skipping = True
+
+    def send_parse(self, frame: bytes, *, drop: bool = False) -> None:
+        if drop:
+            self.amended().drop_parses.add(self.parses)
+        self.parses += 1
+        self.out.append(frame)
+
+
+def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
+            server: ServerStatements, forward: object, *, batch_start: bool,
+            aborted: bool = False) -> Rewritten:
     """Rewrite framed client messages for ``server``; update the client's statements.
 
     ``batch_start``: the first frame starts a batch (no unsynced messages before it).
-    ``forward`` is the pending-queue entry for a reply the client gets from the server.
-    ``skipping``: a proxy-made error earlier in this batch; messages up to Sync are dropped.
+    ``aborted``: the server is known to be in a failed transaction block (then a Parse is
+    refused, never answered by the proxy).
+    ``forward`` is the pending-queue entry for a reply the client gets from the server
+    unchanged. A batch the previous call left open (``server.open``, ``server.skipping``)
+    is continued.
     """
-    out: list[bytes] = []
-    entries: list[object] = []
-    prepare: list[bytes] = []
-    used: set[bytes] = set()
-    at_start = batch_start      # nothing sent since the last Sync awaits a reply
+    batch = _Batch(client, server, forward, batch_start)
+    described: set[str] | None = None
     for frame in frames:
         tag = frame[0]
         body = frame[5:]
-        if skipping:
+        if batch.skipping:
             if tag == _S:
-                skipping = False
-                out.append(frame)
-                entries.append(forward)
-                at_start = True
+                batch.skipping = False
+                batch.synced(frame)
             continue
         if tag == _P:
             name, rest_at = _split_cstr(body)
             if not name:
-                out.append(frame)
-                at_start = False
+                if _MAYBE_DEALLOCATE.match(body):
+                    _deallocate_parse(batch, frame)
+                else:
+                    batch.send_parse(frame)
+                batch.at_start = False
                 continue
             key = body[rest_at:]
-            used.add(key)
-            if name in client and at_start:
-                entries.append(Emit(messages.error_response(
-                    "42P05", f'prepared statement "{name}" already exists')))
-                skipping = True
+            batch.used.add(key)
+            if name in client:
+                batch.fail(messages.error_response(
+                    "42P05", f'prepared statement "{name}" already exists'))
                 continue
-            client[name] = key
-            if at_start and server.get(key) is not None:
-                entries.append(Emit(messages.parse_complete()))
+            if described is None:
+                described = _described(frames)
+            if batch.at_start and name not in described and server.get(key) is not None:
+                if aborted:
+                    batch.fail(_ABORTED)
+                    continue
+                client[name] = ClientStatement(key)
+                batch.entries.append(Emit(messages.parse_complete()))
                 continue
-            out.append(messages.frame(_P, _cstr(server.add(key)) + key))
-            at_start = False
+            stmt = client[name] = ClientStatement(key)
+            if batch.exact:  # forgotten again if PostgreSQL refuses it
+                batch.amended().parsed.append((batch.parses, client, name, stmt))
+            batch.send_parse(_parse(server.add(key).name, key))
+            batch.at_start = False
         elif tag == _B:
             portal, stmt_at = _split_cstr(body)
-            stmt, rest_at = _split_cstr(body, stmt_at)
-            target = _server_name(stmt, client, server, prepare, used, batch_start)
-            out.append(frame if target == stmt else
-                       messages.frame(_B, _cstr(portal) + _cstr(target) + body[rest_at:]))
-            at_start = False
+            name, rest_at = _split_cstr(body, stmt_at)
+            if not name:
+                batch.out.append(frame)
+            else:
+                target = _target(batch, name)
+                if target is not None:
+                    batch.out.append(messages.frame(
+                        _B, _cstr(portal) + _cstr(target.name) + body[rest_at:]))
+            batch.at_start = False
         elif tag == _D and body[:1] == b"S":
-            stmt, _ = _split_cstr(body, 1)
-            target = _server_name(stmt, client, server, prepare, used, batch_start)
-            out.append(frame if target == stmt else messages.describe(b"S", target))
-            at_start = False
+            name, _ = _split_cstr(body, 1)
+            if not name:
+                batch.described(None)
+                batch.out.append(frame)
+            else:
+                target = _target(batch, name, describe=True)
+                if target is not None:
+                    batch.described((client[name], target))
+                    batch.out.append(messages.describe(b"S", target.name))
+            batch.at_start = False
         elif tag == _C and body[:1] == b"S":
-            stmt, _ = _split_cstr(body, 1)
-            if stmt and client.pop(stmt, None) is not None and at_start:
-                entries.append(Emit(messages.close_complete()))
+            name, _ = _split_cstr(body, 1)
+            if name and client.pop(name, None) is not None and batch.at_start:
+                batch.entries.append(Emit(messages.close_complete()))
                 continue
-            out.append(messages.close(b"S", _NO_SUCH_STATEMENT) if stmt else frame)
-            at_start = False
+            batch.out.append(messages.close(b"S", MISSING) if name else frame)
+            batch.at_start = False
         elif tag == _S or tag == _F:
-            out.append(frame)
-            entries.append(forward)
-            at_start = True
+            batch.synced(frame)
         elif tag == _Q:
-            out.append(_deallocate(body, client) or frame)
-            entries.append(forward)
-            at_start = True
-        elif tag == _H:
-            out.append(frame)
+            _deallocate(batch, frame)
+        elif tag == _E:
+            batch.out.append(frame)
+            batch.at_start = False
+        else:  # Flush, CopyData/CopyDone/CopyFail: no batch begins
+            batch.out.append(frame)
+    return batch.finish()
+
+
+def _described(frames: Sequence[bytes]) -> set[str]:
+    """Names the batch describes (Describe S): the client is preparing them."""
+    out = set()
+    for frame in frames:
+        if frame[0] == _D and frame[5:6] == b"S":
+            out.add(frame[6:frame.index(0, 6)].decode("utf-8", _NAMES))
+    return out
+
+
+def _target(batch: _Batch, name: str, describe: bool = False) -> ServerStatement | None:
+    """The server statement for the client's ``name``; None after making the server fail
+    (an unknown name: 26000; a stale description: 0A000)."""
+    stmt = batch.client.get(name)
+    if stmt is None or (not batch.exact and stmt.key not in batch.server.by_key):
+        # Unknown; or missing on this server within a batch begun before the proxy looked
+        # at it, where a Parse of ours cannot be hidden: 26000, the client may retry.
+        frame = messages.describe(b"S", MISSING) if describe else None
+        batch.fail(missing_error(name), frame)
+        return None
+    batch.used.add(stmt.key)
+    target = batch.server.get(stmt.key)
+    if target is None:
+        error = batch.server.failed.get(stmt.key)
+        if error is not None:  # PostgreSQL's answer when the proxy just prepared it
+            batch.fail(error, messages.describe(b"S", MISSING) if describe else None)
+            return None
+        target = batch.server.add(stmt.key)
+        batch.send_parse(_parse(target.name, stmt.key), drop=True)
+    elif (stmt.desc is not None and target.desc is not None and target.desc != stmt.desc
+          and not describe):
+        batch.fail(_STALE)  # what the client decodes with no longer holds
+        return None
+    return target
+
+
+def to_verify(frames: Sequence[bytes], client: dict[str, ClientStatement],
+              server: ServerStatements) -> list[bytes]:
+    """Keys to prepare and describe on ``server`` before the batch may be sent.
+
+    A client statement with a known description, bound or described in the batch, whose
+    server statement is missing, has no known description, or was described before the
+    client's own description was seen (it may be stale). Statements the batch itself
+    parses are not checked.
+    """
+    keys: list[bytes] = []
+    for frame in frames:
+        tag = frame[0]
+        if tag == _B:
+            start = frame.index(0, 5) + 1
+        elif tag == _D and frame[5:6] == b"S":
+            start = 6
         else:
-            out.append(frame)
-            at_start = False
-    return Rewritten(b"".join(out), entries, b"".join(prepare), skipping, used)
+            continue
+        name = frame[start:frame.index(0, start)].decode("utf-8", _NAMES)
+        stmt = client.get(name)
+        if stmt is None or stmt.desc is None or stmt.key in keys:
+            continue
+        server_stmt = server.by_key.get(stmt.key)
+        if (server_stmt is None or server_stmt.desc is None
+                or (server_stmt.desc != stmt.desc and server_stmt.seen < stmt.seen)):
+            keys.append(stmt.key)
+    return keys
 
 
-def _server_name(stmt: str, client: dict[str, bytes], server: ServerStatements,
-                 prepare: list[bytes], used: set[bytes], batch_start: bool) -> str:
-    """The server's name for the client's statement ``stmt`` (preparing it if need be)."""
-    if not stmt:
-        return stmt
-    key = client.get(stmt)
-    if key is None:
-        return stmt  # unknown: PostgreSQL reports 26000 with the client's own name
-    used.add(key)
-    name = server.get(key)
-    if name is not None:
-        return name
-    if not batch_start:
-        return stmt  # cannot prepare mid-batch: 26000, the client may retry
-    name = server.add(key)
-    prepare.append(messages.frame(_P, _cstr(name) + key))
-    return name
+def verify_batch(server: ServerStatements, keys: list[bytes], keep: set[bytes]
+                 ) -> tuple[bytes, list[ServerStatement]]:
+    """An internal batch preparing ``keys`` afresh and describing them, ending in Sync;
+    evictions are closed first. Returns the bytes and the new statements, in order."""
+    parts = [messages.close(b"S", name) for name in server.take_evictions(keep | set(keys))]
+    made = []
+    for key in keys:
+        stmt = server.add(key)
+        made.append(stmt)
+        parts.append(_parse(stmt.name, key))
+        parts.append(messages.describe(b"S", stmt.name))
+    parts.append(messages.sync())
+    return b"".join(parts), made
 
 
-def _deallocate(body: bytes, client: dict[str, bytes]) -> bytes | None:
-    """The stand-in for ``DEALLOCATE name`` of a statement the client has, else None."""
+def verified(server: ServerStatements, keys: list[bytes], made: list[ServerStatement],
+             replies: list[tuple[int, bytes]]) -> None:
+    """Record the descriptions in the replies to a :func:`verify_batch`, or the error of
+    the Parse that failed."""
+    params: bytes | None = None
+    pending = iter(made)
+    parsed = 0
+    for tag, body in replies:
+        if tag == BackendTag.PARSE_COMPLETE:
+            parsed += 1
+        elif tag == BackendTag.ERROR_RESPONSE:
+            # That Parse failed, the ones after it were skipped: none of them exists.
+            for key, lost in zip(keys[parsed:], made[parsed:], strict=True):
+                if server.by_key.get(key) is lost:
+                    del server.by_key[key]
+            if parsed < len(keys):
+                server.failed[keys[parsed]] = messages.frame(tag, body)
+            return
+        elif tag == BackendTag.PARAMETER_DESCRIPTION:
+            params = messages.frame(tag, body)
+        elif tag in _DESCRIPTIONS and params is not None:
+            described = next(pending, None)
+            if described is not None:
+                described.observed(description(params + messages.frame(tag, body)))
+            params = None
+
+
+def _deallocate(batch: _Batch, frame: bytes) -> None:
+    """A Query: DEALLOCATE of one of the client's names, or ALL, becomes a stand-in that
+    answers as PostgreSQL would without touching the proxy's statements; other queries
+    mentioning DEALLOCATE pass unless they hold a DEALLOCATE statement, refused."""
+    body = frame[5:]
     m = _DEALLOCATE.match(body)
     if m is None:
-        return None
-    quoted, plain = m.groups()
-    name = quoted.replace(b'""', b'"').decode() if quoted else plain.decode().lower()
-    if client.pop(name, None) is None:
-        return None
-    return _DEALLOCATE_STAND_IN
+        if _has_deallocate(body[:-1]):
+            batch.amended().error = _DEALLOCATE_NOT_ALONE
+            batch.synced(_MISSING_QUERY)
+        else:
+            batch.synced(frame)
+        return
+    amend = batch.amended()
+    if _deallocation(batch, *m.groups()):
+        amend.drop_prepares += 1
+        batch.synced(_STAND_IN)
+    else:
+        batch.synced(_MISSING_QUERY)
 
 
-def internal_batch(prepare: bytes, evict: list[str]) -> bytes:
-    """Close evicted statements and prepare missing ones, ending with Sync."""
-    closes = b"".join(messages.close(b"S", name) for name in evict)
-    return closes + prepare + messages.sync()
+def _deallocate_parse(batch: _Batch, frame: bytes) -> None:
+    """An unnamed Parse of DEALLOCATE: as :func:`_deallocate`, for the extended protocol
+    (psycopg in pipeline mode). The stand-in deallocates a throwaway statement prepared
+    in line just before; its ParseComplete is dropped."""
+    body = frame[5:]
+    text_end = body.index(0, 1)
+    params = body[text_end + 1:]
+    m = _DEALLOCATE.match(body, 1, text_end + 1)
+    if m is None and not _has_deallocate(body[1:text_end]):
+        batch.send_parse(frame)
+        return
+    if m is None or not batch.exact:
+        # Comments before it, or after messages the proxy did not see: cannot be hidden.
+        batch.amended().error = _DEALLOCATE_NOT_ALONE
+        batch.send_parse(_parse("", f"DEALLOCATE {MISSING}", params))
+    elif _deallocation(batch, *m.groups()):
+        throwaway = f"{PREFIX}d{next(_names)}"
+        amend = batch.amended()
+        complete, succeeded, _ = amend.deallocations[-1]
+        amend.deallocations[-1] = (complete, succeeded, (batch.parses, throwaway, batch.server))
+        batch.send_parse(_parse(throwaway, "SELECT", b"\x00\x00"), drop=True)
+        batch.send_parse(_parse("", f"DEALLOCATE {throwaway}", params))
+    else:
+        batch.send_parse(_parse("", f"DEALLOCATE {MISSING}", params))
+
+
+def _deallocation(batch: _Batch, quoted: bytes | None, plain: bytes | None) -> bool:
+    """Prepare the reply changes for DEALLOCATE of ``quoted`` or ``plain``; True when it
+    is one of the client's names (or ALL), False for the 26000 of an unknown name."""
+    client = batch.client
+    amend = batch.amended()
+    if quoted:
+        name = quoted.replace(b'""', b'"').decode("utf-8", _NAMES)
+    else:
+        assert plain is not None
+        name = plain.decode("utf-8", _NAMES).lower()
+        if name == "all":
+            amend.deallocations.append((_COMPLETE_ALL, client.clear, None))
+            return True
+    if name in client:
+        amend.deallocations.append((None, functools.partial(client.pop, name, None), None))
+        return True
+    amend.error = missing_error(name)
+    return False
+
+
+def _has_deallocate(text: bytes) -> bool:
+    """Whether a query text holds a DEALLOCATE statement (not just the word)."""
+    if _DEALLOCATE_WORD.search(text) is None:
+        return False
+    from pglast import parser
+
+    try:
+        # Bytes not valid UTF-8 (another client encoding) only ever stand inside names
+        # and strings: replaced, the statement's structure is the same.
+        tree = parser.parse_sql_json(text.decode("utf-8", "replace"))
+    except parser.ParseError:
+        return False  # PostgreSQL reports the syntax error
+    return '"DeallocateStmt"' in tree
+
+
+def internal_batch(evict: list[str]) -> bytes:
+    """Close evicted statements, ending with Sync."""
+    return b"".join(messages.close(b"S", name) for name in evict) + messages.sync()
 
 
 def _cstr(s: str) -> bytes:
-    return s.encode() + b"\x00"
+    return s.encode("utf-8", _NAMES) + b"\x00"
 
+
+def _parse(name: str, key: bytes | str, params: bytes = b"") -> bytes:
+    """A Parse of ``key`` (text and parameter types) or of a text with ``params``."""
+    if isinstance(key, str):
+        key = _cstr(key) + params
+    return messages.frame(_P, _cstr(name) + key)

@@ -7,7 +7,10 @@ ReadyForQuery:
 - ``FORWARD``: the client's request; bytes go to the linked client as received;
 - ``SKIP``: the proxy's own request (tenant context, reset); bytes are dropped, errors
   are noted, and the entry's future is resolved when its ReadyForQuery arrives;
-- a ``Collect`` entry: the proxy's own query whose messages it wants to read.
+- a ``Collect`` entry: the proxy's own query whose messages it wants to read;
+- an ``Amend`` entry: the client's request, its reply forwarded message by message with
+  the changes of ``proxy.session.prepared`` (statement names the client never sees);
+- an ``Emit`` entry: a reply the proxy makes itself, written after the entry before it.
 
 A server connection may go back to the pool only when this queue is empty and the last
 ReadyForQuery said 'I' (``is_clean``).
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 from proxy.auth.errors import UpstreamAuthError
 from proxy.auth.upstream import UpstreamAuthenticator
 from proxy.session.context import TenantContext
-from proxy.session.prepared import Emit, ServerStatements
+from proxy.session.prepared import Amend, Emit, ServerStatements, statements_lost
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import BackendScanner
@@ -55,6 +58,9 @@ HANDSHAKE_TAGS = frozenset({
     BackendTag.NOTICE_RESPONSE, _Z, _E, _S,
 })
 ALL_TAGS = frozenset(range(256))
+# What an Amend entry changes or reads; other messages (rows above all) pass as bytes.
+AMEND_TAGS = FORWARD_TAGS | {BackendTag.PARSE_COMPLETE, BackendTag.PARAMETER_DESCRIPTION,
+                             BackendTag.ROW_DESCRIPTION, BackendTag.NO_DATA}
 # Bytes held back while a cancel is in flight beyond which the client stops being read.
 _HOLD_HIGH_WATER = 256 * 1024
 
@@ -162,7 +168,7 @@ class Skip:
         self.error: dict[str, str] | None = None
 
 
-Entry = _Forward | Skip | Collect | Emit
+Entry = _Forward | Skip | Collect | Emit | Amend
 
 
 class ServerConnection(asyncio.Protocol):
@@ -364,6 +370,16 @@ class ServerConnection(asyncio.Protocol):
         going_away = b""
         for tag, end, body in events:
             head = pending[0] if pending else FORWARD
+            forwarded = head is FORWARD
+            if type(head) is Amend:
+                # The bytes since the last event end with this message, whole: a start
+                # received in an earlier chunk was held.
+                forwarded = True
+                piece = data[start:end]
+                if head.held:
+                    piece, head.held = head.held + piece, b""
+                out.append(head.message(tag, piece, body))
+                start = end
             if tag == _Z:
                 self.tx_status = body[:1]
                 if pending:
@@ -378,6 +394,8 @@ class ServerConnection(asyncio.Protocol):
                     head.future.set_result(head.error)
                 while pending and type(pending[0]) is Emit:
                     out.append(pending.popleft().data)  # type: ignore[union-attr]
+                if type(head) is Amend:
+                    self._restore_interest(None)
                 start = end
                 ready = True
                 continue
@@ -385,13 +403,15 @@ class ServerConnection(asyncio.Protocol):
                 head.messages.append((tag, body))
                 continue
             if tag == _S:
-                self._parameter_status(body, head is FORWARD)
+                self._parameter_status(body, forwarded)
             elif tag == _E:
                 if b"\x00VFATAL\x00" in body or b"\x00VPANIC\x00" in body:
                     going_away = body  # PostgreSQL ends the session: never reuse it
                 if self.statements.unconfirmed:
                     self.statements.invalidate_unconfirmed()
-                if head is FORWARD:
+                if forwarded:
+                    if statements_lost(body):
+                        self.statements.invalidate_all()
                     if receiver is not None:
                         receiver.server_error(body)
                 elif isinstance(head, Skip) and head.error is None:
@@ -399,7 +419,7 @@ class ServerConnection(asyncio.Protocol):
                         head.error = messages.decode_error_fields(body)
                     except ProtocolViolation:
                         head.error = {"M": "malformed error from upstream"}
-            elif tag == _C and head is FORWARD and body.startswith(_CONTEXT_CHANGING_TAGS):
+            elif tag == _C and forwarded and body.startswith(_CONTEXT_CHANGING_TAGS):
                 # The client ran SET/RESET/DISCARD: re-establish the context before its next
                 # transaction. After SET the tenant setting could hold anything; RESET and
                 # DISCARD can only restore the default.
@@ -409,7 +429,7 @@ class ServerConnection(asyncio.Protocol):
                     self.tenant = TenantState.UNKNOWN
                 elif body.startswith(b"DISCARD ALL"):
                     self._statements_cleared()
-            elif tag == _C and head is FORWARD and body.startswith(b"DEALLOCATE ALL"):
+            elif tag == _C and forwarded and body.startswith(b"DEALLOCATE ALL"):
                 self._statements_cleared()
             elif tag == _N and FORGED_CONTEXT_SQLSTATE in body:
                 # The database saw a tenant setting its proof does not vouch for: whatever
@@ -417,11 +437,18 @@ class ServerConnection(asyncio.Protocol):
                 # Counted once per request (one warning per protected table it reads).
                 if self.tenant is not TenantState.UNKNOWN:
                     self.mark_context_unknown()
-                    if head is FORWARD and receiver is not None:
+                    if forwarded and receiver is not None:
                         receiver.forged_context()
         head = pending[0] if pending else FORWARD
         unsolicited = b""
-        if head is FORWARD and start < len(data):
+        if type(head) is Amend and start < len(data):
+            # Forward all but the start of a message the Amend may change.
+            tail = head.held + data[start:]
+            keep = min(self.scanner.partial_interesting(), len(tail))
+            head.held = tail[len(tail) - keep:] if keep else b""
+            if keep < len(tail):
+                out.append(tail[:len(tail) - keep])
+        elif head is FORWARD and start < len(data):
             tail = data[start:] if start else data
             if pending or self.unsynced:
                 out.append(tail)
@@ -510,6 +537,8 @@ class ServerConnection(asyncio.Protocol):
                 if self.receiver is not None:
                     self.receiver.forward_to_client(entry.data)  # type: ignore[union-attr]
             else:
+                if type(entry) is Amend and self.scanner.interesting is FORWARD_TAGS:
+                    self.scanner.interesting = AMEND_TAGS
                 pending.append(entry)
         if pending and self.db.query_timeout and not self.waiting_since:
             self._start_query_timer()
@@ -606,7 +635,14 @@ class ServerConnection(asyncio.Protocol):
         self._query_timer = asyncio.get_running_loop().call_later(left, self._query_timer_fired)
 
     def _restore_interest(self, _fut: object) -> None:
-        self.scanner.interesting = FORWARD_TAGS
+        interest: frozenset[int] = FORWARD_TAGS
+        for entry in self.pending:
+            if type(entry) is Collect:
+                interest = ALL_TAGS
+                break
+            if type(entry) is Amend:
+                interest = AMEND_TAGS
+        self.scanner.interesting = interest
 
     async def query(self, sql: str, params: list[bytes | None] | None = None
                     ) -> list[tuple[int, bytes]]:
@@ -708,6 +744,12 @@ class ServerConnection(asyncio.Protocol):
         if owner != context.tenant and owner is not NOBODY:
             return True
         return not (self.tenant is TenantState.PRISTINE or self.tenant == context.tenant)
+
+    @property
+    def runs_client_request(self) -> bool:
+        """The next reply answers a client's request (not one of the proxy's own)."""
+        pending = self.pending
+        return bool(pending) and (pending[0] is FORWARD or type(pending[0]) is Amend)
 
     @property
     def is_clean(self) -> bool:

@@ -188,6 +188,15 @@ class BackendScanner:
         """True when no message is partially received."""
         return self._remaining == 0 and not self._header
 
+    def partial_interesting(self) -> int:
+        """How many bytes of a not yet complete interesting message were received (0 when
+        none is partial): a caller that may rewrite such a message holds them back."""
+        if self._body is not None:
+            return _HEADER_SIZE + len(self._body)
+        if self._header and self._header[0] in self.interesting:
+            return len(self._header)
+        return 0
+
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
         """Scan one chunk; return the interesting messages that complete in it."""
         if self._error is not None:

@@ -205,9 +205,13 @@ def test_prepared_statement_hijack_runs_the_victims_own_sql(tx_proxy: ThreadedPr
                 "SELECT name FROM pg_prepared_statements WHERE NOT from_sql")]
             assert names, "the proxy's statement should be on the shared backend"
             for name in names:
-                conn.execute(f'DEALLOCATE "{name}"')
-                conn.execute(f'PREPARE "{name}"(bigint) AS '
-                             "SELECT 'hijacked-' || $1::text AS name")
+                # Refused: not the attacker's statement (proxy/session/prepared.py), and
+                # the name is taken on the backend.
+                with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+                    conn.execute(f'DEALLOCATE "{name}"')
+                with pytest.raises(psycopg.Error):
+                    conn.execute(f'PREPARE "{name}"(bigint) AS '
+                                 "SELECT 'hijacked-' || $1::text AS name")
         assert [r[0] for r in victim.execute(sql, (0,))] == VICTIM_ROWS
         assert [r[0] for r in victim.execute(sql, (4,))] == VICTIM_ROWS[1:]
 
