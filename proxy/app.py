@@ -29,7 +29,7 @@ from proxy.metrics.http import MetricsServer
 from proxy.pool.pool import ServerPool
 from proxy.session.client import ClientConnection
 from proxy.session.guarding import ParseVerdicts
-from proxy.session.server import ServerConnection
+from proxy.session.server import ServerConnection, ServerState
 from proxy.stats import ProxyStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
@@ -45,6 +45,8 @@ _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 _ADMIN_SHUTDOWN = "terminating connection due to administrator command"
+# How long a CancelRequest may take, until PostgreSQL (or another worker) closes it.
+_CANCEL_TIMEOUT = 5.0
 
 
 class _DrainingReceiver:
@@ -491,10 +493,14 @@ class ProxyApp:
         self._cancel_keys[pid] = client
         return pid, secrets.token_bytes(4)
 
-    def cancel(self, pid: int, secret: bytes) -> None:
+    def cancel(self, pid: int, secret: bytes) -> asyncio.Future[None] | None:
         """Forward a CancelRequest to the backend running this client's request, if any.
 
         Under a supervisor, a key issued by another worker is passed on to that worker.
+        Returns a future that is done once the cancel has been handled (PostgreSQL closed
+        the cancel connection), or None when there is nothing to cancel. Only then may the
+        client's cancel connection be closed: libpq and asyncpg take that close to mean
+        "processed" and send their next statement.
         """
         worker = self.worker
         if worker is not None and worker.owner_of(pid) != worker.index:
@@ -502,32 +508,45 @@ class ProxyApp:
             if owner < worker.count:
                 log.info("cancel request passed on to worker %d", owner,
                          extra={"event": "cancel_passed_on"})
-                self._cancel_tasks.spawn(self._pass_cancel(worker.cancel_socket(owner),
-                                                           pid, secret))
-            return
+                return self._cancel_tasks.spawn(self._pass_cancel(worker.cancel_socket(owner),
+                                                                  pid, secret))
+            return None
         client = self._cancel_keys.get(pid)
         if client is None or not hmac.compare_digest(client.cancel_secret, secret):
             log.info("cancel request with an unknown key ignored")
-            return
+            return None
         if client.server is not None:
-            self.cancel_server(client.server)
+            return self.cancel_server(client.server)
+        return None
 
-    def cancel_server(self, server: ServerConnection) -> None:
+    def cancel_server(self, server: ServerConnection) -> asyncio.Future[None] | None:
         """Cancel what the server runs, but only while it runs a client's request.
 
         Never the proxy's own context set (a cancelled set could leave the previous
         context in place), never an idle server that may already serve someone else.
+        From now until PostgreSQL has closed the cancel connection the server runs
+        nothing new and is leased to no one (PgBouncer does the same), so the cancel
+        cannot reach a statement that was not running when it was asked for.
         """
-        if not server.runs_client_request:
-            return
-        self._cancel_tasks.spawn(
-            self._send_cancel(server.db.host, server.db.port, server.backend_pid,
-                              server.backend_key))
+        if not server.runs_client_request or server.state is ServerState.CLOSED:
+            return None
+        server.cancel_started()
+        return self._cancel_tasks.spawn(self._cancel_backend(server))
 
-    async def _send_cancel(self, host: str, port: int, pid: int, key: bytes) -> None:
+    async def _cancel_backend(self, server: ServerConnection) -> None:
         """A CancelRequest to PostgreSQL (``host`` starting with "/" is a socket dir)."""
-        path = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else None
-        await self._deliver_cancel(path, (host, port), pid, key)
+        db = server.db
+        path = f"{db.host}/.s.PGSQL.{db.port}" if db.host.startswith("/") else None
+        settled = False
+        try:
+            settled = await self._deliver_cancel(path, (db.host, db.port), server.backend_pid,
+                                                 server.backend_key)
+        finally:
+            if not settled:
+                # Sent, but not known to have landed: it could still interrupt whatever
+                # runs next, so this backend serves no one again.
+                server.close()
+            server.cancel_finished()
 
     async def _pass_cancel(self, path: str, pid: int, key: bytes) -> None:
         """A CancelRequest on to the worker listening on Unix socket ``path``."""
@@ -535,17 +554,31 @@ class ProxyApp:
 
     @staticmethod
     async def _deliver_cancel(path: str | None, address: tuple[str, int] | None, pid: int,
-                              key: bytes) -> None:
+                              key: bytes) -> bool:
+        """Send a CancelRequest and wait for the other side to close the connection.
+
+        True when the request is settled: closed by the other side (it has been acted
+        on), or never sent at all.
+        """
+        writer: asyncio.StreamWriter | None = None
+        sent = False
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(_CANCEL_TIMEOUT):
                 if path is not None:
                     reader, writer = await asyncio.open_unix_connection(path)
                 else:
                     assert address is not None
                     reader, writer = await asyncio.open_connection(*address)
+                sent = True
                 writer.write(messages.cancel_request(pid, key))
                 await writer.drain()
                 await reader.read()  # the other side closes when done
-                writer.close()
+            return True
+        except ConnectionResetError:
+            return True  # closed, if abruptly: done with the request
         except (OSError, TimeoutError) as exc:
             log.warning("could not forward cancel request to %s: %s", path or address, exc)
+            return not sent
+        finally:
+            if writer is not None:
+                writer.close()

@@ -117,6 +117,12 @@ class DatabaseConfig:
     client_idle_timeout: float = 0.0         # 0 = disabled
     server_reset_query: str = "DISCARD ALL"  # session mode: run when a client leaves
     allow_privileged_upstream: bool = False
+    # An idle server unused this long is checked (an empty query) before it is leased;
+    # 0 = check before every lease from the idle pool (PgBouncer's server_check_delay).
+    server_check_delay: float = 30.0
+    # A request without its reply for this long is cancelled; if the server does not
+    # answer the cancel either, its connection is closed. 0 = disabled.
+    query_timeout: float = 0.0
 
     @property
     def upstream_dbname(self) -> str:
@@ -659,6 +665,8 @@ def _read_database(t: _Table, name: str) -> DatabaseConfig:
         allow_privileged_upstream=t.boolean(
             "allow_privileged_upstream", d.allow_privileged_upstream
         ),
+        server_check_delay=t.seconds("server_check_delay", d.server_check_delay),
+        query_timeout=t.seconds("query_timeout", d.query_timeout),
     )
     t.finish()
     return db

@@ -58,6 +58,7 @@ class PoolStats:
     wait_seconds_total: float = 0.0
     waits: int = 0
     reserve_opened: int = 0   # connections opened beyond pool_size (reserve_pool_size)
+    servers_failed_check: int = 0  # idle connections found dead by server_check_delay
 
 
 class ServerPool:
@@ -228,9 +229,42 @@ class ServerPool:
             if self._expired(server):
                 self._close(server)
                 continue
+            if self._needs_check(server):
+                self._check(server)
+                return None  # the caller waits; the checked server is offered to waiters
             self._lease_to(server, tenant)
             return server
         return None
+
+    # ---- server_check_delay: idle servers are checked before they are leased -----------
+
+    def _needs_check(self, server: ServerConnection) -> bool:
+        return time.monotonic() - server.last_used >= self.db.server_check_delay
+
+    def _check(self, server: ServerConnection) -> None:
+        """Out of the idle list until an empty query proves the backend alive (PostgreSQL
+        may have ended it while it sat idle); then offered like a released one. A dead one
+        is closed and replaced, before any client byte was written to it."""
+        server.state = ServerState.ACTIVE
+        self.active.add(server)
+        self._tasks.spawn(self._check_then_offer(server))
+
+    async def _check_then_offer(self, server: ServerConnection) -> None:
+        fut: asyncio.Future[dict[str, str] | None] = asyncio.get_running_loop().create_future()
+        server.send_internal(messages.query(""), Skip(fut))
+        try:
+            async with asyncio.timeout(self.db.server_connect_timeout):
+                error = await fut
+        except (TimeoutError, ServerError) as exc:
+            error = {"M": str(exc) or "no answer"}
+        self.active.discard(server)
+        if error is not None or not server.is_clean:
+            self.stats.servers_failed_check += 1
+            log.info("database %s: an idle server connection failed its check (%s); "
+                     "replaced", self.db.name, error.get("M") if error else "not idle")
+            self._close(server)
+            return
+        self._offer(server)
 
     def _fair_share(self) -> int:
         """Server connections per tenant if the pool were split among the tenants using it."""
@@ -322,6 +356,12 @@ class ServerPool:
         """
         server.receiver = None
         server.pause_reading(False)
+        if server.ending:  # PostgreSQL said FATAL: the session is closing
+            self._close(server)
+            return
+        if server.cancels:
+            self._hold_while_cancelling(server)
+            return
         waiters = self.waiters
         while waiters and waiters[0].done():
             waiters.popleft()
@@ -347,6 +387,23 @@ class ServerPool:
         server.state = ServerState.IDLE
         server.last_used = time.monotonic()
         self.idle.append(server)
+
+    def _hold_while_cancelling(self, server: ServerConnection) -> None:
+        """A cancel for this backend is in flight: lease it to no one (the cancel would
+        interrupt whatever runs when it lands) until PostgreSQL has closed the cancel
+        connection; then offer it."""
+        server.state = ServerState.ACTIVE
+        self.active.add(server)
+        server.after_cancel = self._cancel_done
+
+    def _cancel_done(self, server: ServerConnection) -> None:
+        self.active.discard(server)
+        if server.state is ServerState.CLOSED:
+            return  # _on_closed forgot it
+        if self.closed or self._expired(server):
+            self._close(server)
+            return
+        self._offer(server)
 
     def _hand(self, server: ServerConnection, waiter: asyncio.Future[ServerConnection]) -> None:
         self._lease_to(server, self._waiter_tenants.get(waiter))

@@ -76,6 +76,11 @@ _MAYBE_NAMED = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCR
 _EXTENDED = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
                        FrontendTag.EXECUTE, FrontendTag.CLOSE, FrontendTag.FLUSH})
 
+# Outside COPY FROM STDIN PostgreSQL ignores these; every other tag gets an answer.
+_COPY_TAGS = frozenset({FrontendTag.COPY_DATA, FrontendTag.COPY_DONE, FrontendTag.COPY_FAIL})
+# query_timeout: how long the server may take to answer the proxy's cancel, at most.
+_QUERY_TIMEOUT_GRACE = 5.0
+
 # Startup parameters that are connection plumbing, not session settings.
 _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
 # Pause reading from the client when this much is queued waiting for a server.
@@ -104,6 +109,7 @@ class ClientState(enum.Enum):
     AUTH = "auth"
     LOGIN = "login"
     READY = "ready"
+    CANCEL = "cancel"  # a cancel connection waiting for its request to be handled
     CLOSED = "closed"
 
 
@@ -288,11 +294,19 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(packet, GSSENCRequest):
                 self._write(b"N")
             elif isinstance(packet, CancelRequest):
-                self.app.cancel(packet.process_id, packet.secret_key)
-                self._close_transport()
+                self._cancel_request(packet)
                 return
             elif isinstance(packet, StartupMessage):
                 self._startup_message(packet)
+
+    def _cancel_request(self, packet: CancelRequest) -> None:
+        """Pass the cancel on; close this connection only once it has been handled."""
+        done = self.app.cancel(packet.process_id, packet.secret_key)
+        if done is None or done.done():
+            self._close_transport()
+            return
+        self.state = ClientState.CANCEL  # nothing more is read from it
+        done.add_done_callback(lambda _: self._close_transport())
 
     def _ssl_request(self) -> None:
         ctx = self.app.client_ssl_context
@@ -590,6 +604,12 @@ class ClientConnection(asyncio.Protocol):
                 self._flush(block[:start], replies, unsynced, named)
                 self._close_transport()
                 return
+            elif tag not in _COPY_TAGS:
+                # PostgreSQL would end the session for it (and a pooled backend with it):
+                # answer as it would, without forwarding it.
+                self._flush(block[:start], replies, unsynced, named)
+                self.fatal("08P01", f"invalid frontend message type {tag}")
+                return
             if statements is not None and not named and tag in _MAYBE_NAMED:
                 named = needs_rewrite(tag, block[start + 5:end])
         self._flush(block, replies, unsynced, named)
@@ -784,14 +804,18 @@ class ClientConnection(asyncio.Protocol):
         """Transaction mode with named statements: see proxy.session.prepared."""
         assert self.statements is not None
         frames = [frame for block in blocks for frame in split_frames(block)]
-        if verify and batch_start:
-            keys = to_verify(frames, self.statements, server.statements)
-            if keys:
-                self._verify(server, frames, keys)
-                return
-        done = rewrite(frames, self.statements, server.statements, FORWARD,
-                       batch_start=batch_start,
-                       aborted=server.tx_status == b"E" and not server.pending)
+        try:
+            if verify and batch_start:
+                keys = to_verify(frames, self.statements, server.statements)
+                if keys:
+                    self._verify(server, frames, keys)
+                    return
+            done = rewrite(frames, self.statements, server.statements, FORWARD,
+                           batch_start=batch_start,
+                           aborted=server.tx_status == b"E" and not server.pending)
+        except ValueError:  # a name without its terminator
+            self.fatal("08P01", "invalid message format: malformed statement or portal name")
+            return
         self._rewriting = done.carry
         if batch_start:
             evict = server.statements.take_evictions(done.used)
@@ -919,6 +943,25 @@ class ClientConnection(asyncio.Protocol):
             self.pool.wait_for_server(self.context.tenant, self._leased)
             return
         self.fatal("08006", f"server connection lost: {reason}")
+
+    def query_timed_out(self, server: ServerConnection) -> None:
+        """query_timeout: a request of ours waited that long for its reply. Cancel it (the
+        client gets PostgreSQL's 57014); if the server does not answer within a grace
+        period either, close it and end this client with FATAL 08006."""
+        if self.server is not server:
+            return
+        timeout = server.db.query_timeout
+        log.warning("client #%s (%s): no reply within query_timeout (%gs); cancelling",
+                    self.id, self.peer, timeout, extra=self._log_fields("query_timeout"))
+        self.app.cancel_server(server)
+        asyncio.get_running_loop().call_later(
+            min(timeout, _QUERY_TIMEOUT_GRACE), self._query_timeout_grace_over, server,
+            server.waiting_since)
+
+    def _query_timeout_grace_over(self, server: ServerConnection, since: float) -> None:
+        if self.server is server and server.waiting_since == since:
+            self.fatal("08006", f"query_timeout ({server.db.query_timeout:g}s) expired and "
+                       "the server did not answer the cancel; its connection was closed")
 
     def server_paused_writing(self, paused: bool) -> None:
         self._pause_reading("server", paused)

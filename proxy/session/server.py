@@ -61,6 +61,8 @@ ALL_TAGS = frozenset(range(256))
 # What an Amend entry changes or reads; other messages (rows above all) pass as bytes.
 AMEND_TAGS = FORWARD_TAGS | {BackendTag.PARSE_COMPLETE, BackendTag.PARAMETER_DESCRIPTION,
                              BackendTag.ROW_DESCRIPTION, BackendTag.NO_DATA}
+# Bytes held back while a cancel is in flight beyond which the client stops being read.
+_HOLD_HIGH_WATER = 256 * 1024
 
 # Command tags after which the session's settings (tenant included) may have changed.
 _CONTEXT_CHANGING_TAGS = (b"SET", b"RESET", b"DISCARD ALL", b"DISCARD")
@@ -131,6 +133,7 @@ class Receiver(Protocol):
     def statements_cleared(self) -> None: ...
     def server_error(self, body: bytes) -> None: ...
     def forged_context(self) -> None: ...
+    def query_timed_out(self, server: ServerConnection) -> None: ...
 
 
 class _Forward:
@@ -207,6 +210,18 @@ class ServerConnection(asyncio.Protocol):
         self._paused_reading = False
         # Set by the pool; called once when the connection is gone for good.
         self.on_closed: Callable[[ServerConnection], None] | None = None
+        # CancelRequests sent to PostgreSQL for this backend and not yet closed by it. While
+        # any is in flight nothing new is written (a cancel interrupts whatever runs when it
+        # lands), and the pool leases the connection to no one; after_cancel is called
+        # when the last one is done.
+        self.cancels = 0
+        self.ending = False  # PostgreSQL sent FATAL: never offered to anyone again
+        self._held: list[bytes] = []
+        self.after_cancel: Callable[[ServerConnection], None] | None = None
+        # query_timeout: when the oldest outstanding client request was sent (0: none).
+        self.waiting_since = 0.0
+        self._timed_out = 0.0
+        self._query_timer: asyncio.TimerHandle | None = None
 
     # ---- connecting -------------------------------------------------------------------
 
@@ -352,6 +367,7 @@ class ServerConnection(asyncio.Protocol):
         out: list[bytes] = []
         start = 0
         ready = False
+        going_away = b""
         for tag, end, body in events:
             head = pending[0] if pending else FORWARD
             forwarded = head is FORWARD
@@ -389,6 +405,8 @@ class ServerConnection(asyncio.Protocol):
             if tag == _S:
                 self._parameter_status(body, forwarded)
             elif tag == _E:
+                if b"\x00VFATAL\x00" in body or b"\x00VPANIC\x00" in body:
+                    going_away = body  # PostgreSQL ends the session: never reuse it
                 if self.statements.unconfirmed:
                     self.statements.invalidate_unconfirmed()
                 if forwarded:
@@ -443,6 +461,16 @@ class ServerConnection(asyncio.Protocol):
                 receiver.forward_to_client(out[0] if len(out) == 1 else b"".join(out))
             if unsolicited:
                 receiver.unsolicited(unsolicited)
+        if going_away:
+            # PostgreSQL is closing this session. Idle in the pool: forget it now. With a
+            # client: it got the FATAL; the pool closes the connection when it comes back
+            # (a FATAL right after the client's last ReadyForQuery is not the client's).
+            self.ending = True
+            if receiver is None:
+                self._ended_by_server(going_away)
+                return
+        if ready and self.waiting_since:
+            self.waiting_since = time.monotonic() if pending else 0.0
         if ready and not pending:
             if self.statements.unconfirmed:
                 self.statements.confirm()
@@ -494,6 +522,8 @@ class ServerConnection(asyncio.Protocol):
         assert self.transport is not None
         if expected_replies:
             self.pending.extend([FORWARD] * expected_replies)
+            if self.db.query_timeout and not self.waiting_since:
+                self._start_query_timer()
         self.unsynced = unsynced
         self._write(data)
 
@@ -510,6 +540,8 @@ class ServerConnection(asyncio.Protocol):
                 if type(entry) is Amend and self.scanner.interesting is FORWARD_TAGS:
                     self.scanner.interesting = AMEND_TAGS
                 pending.append(entry)
+        if pending and self.db.query_timeout and not self.waiting_since:
+            self._start_query_timer()
         self.unsynced = unsynced
         if data or self._corked:
             self._write(data)
@@ -542,7 +574,65 @@ class ServerConnection(asyncio.Protocol):
         if corked:
             self._corked = b""
             data = corked + data
+        if self.cancels:
+            self._hold(data)
+            return
         self.transport.write(data)
+
+    # ---- cancel requests in flight -----------------------------------------------------
+
+    def cancel_started(self) -> None:
+        """A CancelRequest for this backend is on its way: write nothing new until
+        :meth:`cancel_finished` (PostgreSQL has closed the cancel connection)."""
+        self.cancels += 1
+
+    def cancel_finished(self) -> None:
+        """PostgreSQL closed the cancel connection (or it was never sent): what was
+        written meanwhile goes out now; the pool may lease the connection again."""
+        self.cancels -= 1
+        if self.cancels:
+            return
+        held, self._held = self._held, []
+        if held and self.state is not ServerState.CLOSED and self.transport is not None \
+                and not self.transport.is_closing():
+            self.transport.write(b"".join(held))
+        if sum(map(len, held)) > _HOLD_HIGH_WATER:
+            self.resume_writing()
+        callback, self.after_cancel = self.after_cancel, None
+        if callback is not None:
+            callback(self)
+
+    def _hold(self, data: bytes) -> None:
+        held = self._held
+        before = sum(map(len, held))
+        held.append(data)
+        if before <= _HOLD_HIGH_WATER < before + len(data):
+            self.pause_writing()  # backpressure: stop reading from the client meanwhile
+
+    # ---- query_timeout -----------------------------------------------------------------
+
+    def _start_query_timer(self) -> None:
+        self.waiting_since = time.monotonic()
+        if self._query_timer is None:
+            self._query_timer = asyncio.get_running_loop().call_later(
+                self.db.query_timeout, self._query_timer_fired)
+
+    def _query_timer_fired(self) -> None:
+        """One timer per connection, re-armed lazily: cheap when replies come in time."""
+        self._query_timer = None
+        since = self.waiting_since
+        if not since or self.state is ServerState.CLOSED:
+            return
+        timeout = self.db.query_timeout
+        left = since + timeout - time.monotonic()
+        if left <= 0:
+            if since != self._timed_out and self.receiver is not None:
+                self._timed_out = since  # told once per request
+                self.receiver.query_timed_out(self)
+            left = timeout
+        # Runs while anything is outstanding (a pipeline's next request starts the clock
+        # again at each ReadyForQuery).
+        self._query_timer = asyncio.get_running_loop().call_later(left, self._query_timer_fired)
 
     def _restore_interest(self, _fut: object) -> None:
         interest: frozenset[int] = FORWARD_TAGS
@@ -686,8 +776,18 @@ class ServerConnection(asyncio.Protocol):
                 self.transport.write(messages.terminate())
             self.transport.close()
 
+    def _ended_by_server(self, body: bytes) -> None:
+        try:
+            message = messages.decode_error_fields(body).get("M", "")
+        except ProtocolViolation:
+            message = "malformed error"
+        self._fail(f"upstream ended the session: {message}")
+
     def _fail(self, reason: str) -> None:
         self.state = ServerState.CLOSED
+        if self._query_timer is not None:
+            self._query_timer.cancel()
+            self._query_timer = None
         if self.transport is not None:
             self.transport.close()
         for entry in self.pending:

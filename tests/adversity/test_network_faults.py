@@ -10,11 +10,11 @@ What the proxy promises, and what these tests hold it to:
   clears, the next query succeeds on its first try;
 - clients of an unaffected upstream keep working throughout.
 
-A *stalled* in-flight query (the network black-holes bytes, sockets stay open) is the
-one case the proxy cannot detect: it has no per-query network timeout, and PostgreSQL's
-``statement_timeout`` cannot reach the client through a stalled path. The client's own
-timeout is the remedy; the test checks that a client giving up (timeout, then close)
-releases everything and that the pool heals once the network does.
+A *stalled* in-flight query (the network black-holes bytes, sockets stay open) is
+detected only with ``query_timeout`` (off by default; see test_dead_servers.py), since
+PostgreSQL's ``statement_timeout`` cannot reach the client through a stalled path. Without
+it the client's own timeout is the remedy; the test checks that a client giving up
+(timeout, then close) releases everything and that the pool heals once the network does.
 """
 
 from __future__ import annotations
