@@ -33,11 +33,21 @@ def test_each_tenant_reads_and_writes_only_its_rows(driver_proxy: ThreadedProxy)
 
 def test_async_connections_run_concurrently_each_in_its_tenant(
         driver_proxy: ThreadedProxy) -> None:
+    clients = [t for t in TENANTS for _ in range(2)]
+    inserted = asyncio.Event()
+    pending = len(clients)
+
     async def client(tenant: str) -> list[tuple[Any, ...]]:
+        nonlocal pending
         seen = []
         async with await psycopg.AsyncConnection.connect(driver_proxy.dsn(tenant),
                                                          autocommit=True) as conn:
             await conn.execute("INSERT INTO items (name) VALUES (%s)", (f"{tenant}-async",))
+            # Both clients of a tenant have inserted before either counts its rows.
+            pending -= 1
+            if not pending:
+                inserted.set()
+            await inserted.wait()
             for i in range(10):
                 cur = await conn.execute(
                     "SELECT current_setting('app.current_tenant'), tenant_id, %s::int "
@@ -49,10 +59,9 @@ def test_async_connections_run_concurrently_each_in_its_tenant(
         return seen
 
     async def main() -> list[list[tuple[Any, ...]]]:
-        return await asyncio.gather(*[client(t) for t in TENANTS for _ in range(2)])
+        return await asyncio.gather(*[client(t) for t in clients])
 
-    for tenant, seen in zip([t for t in TENANTS for _ in range(2)], asyncio.run(main()),
-                            strict=True):
+    for tenant, seen in zip(clients, asyncio.run(main()), strict=True):
         assert seen[:-1] and all(row[:2] == (tenant, tenant) for row in seen[:-1])
         assert seen[-1] == own_view(tenant, SEED_ROWS + 2)
 
