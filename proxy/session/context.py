@@ -16,9 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from policies.proof import compute_proof
+from proxy.session.prepared import PREFIX
 from proxy.wire import messages
 
 _TEXT_OID = 25
+#: The statement the context set is prepared as (in the proxy's random namespace).
+CONTEXT_STATEMENT = f"{PREFIX}context"
 
 
 _INTERN_LIMIT = 100_000
@@ -83,10 +86,16 @@ class TenantContext:
         for name, value in pairs:
             params.append(name.encode())
             params.append(value.encode())
+        # A statement of the proxy's own name, not the unnamed one: a client may rely on
+        # its unnamed statement surviving from one batch to the next (asyncpg does, while
+        # it introspects types), and the set can run between two of its batches. Closed
+        # first and last, so a set that failed halfway leaves nothing that blocks the next.
         return b"".join((
-            messages.parse("", f"SELECT {calls}", [_TEXT_OID] * len(params)),
-            messages.bind("", "", params),
+            messages.close(b"S", CONTEXT_STATEMENT),
+            messages.parse(CONTEXT_STATEMENT, f"SELECT {calls}", [_TEXT_OID] * len(params)),
+            messages.bind("", CONTEXT_STATEMENT, params),
             messages.execute("", 0),
+            messages.close(b"S", CONTEXT_STATEMENT),
             messages.sync(),
         ))
 

@@ -263,3 +263,27 @@ def test_unix_socket_listener(start_proxy: Callable[..., ThreadedProxy], tmp_pat
     with psycopg.connect(host=str(tmp_path), port=port, user="u", dbname="app",
                          password=token("acme")) as conn:
         assert conn.execute("SELECT current_setting('app.current_tenant')").fetchone() == ("acme",)
+
+
+def test_the_clients_unnamed_statement_survives_a_context_re_set(
+        session_proxy: ThreadedProxy) -> None:
+    """The unnamed statement lives until the client's next unnamed Parse, across batches;
+    the proxy re-sets the context between two batches after a settings change (asyncpg's
+    set_config('jit', ...) around type introspection) and must not use the unnamed
+    statement for that (found with asyncpg's own test_introspection suite)."""
+    sock = rawclient.logged_in(session_proxy.port, "acme")
+    try:
+        sock.sendall(messages.parse("", "SELECT $1::int + 1, current_setting('app.current_tenant')")
+                     + messages.sync())
+        assert [t for t, _ in rawclient.read_until(sock, b"Z")] == [b"1", b"Z"]
+        # Through a named statement, as asyncpg does (a simple Query would itself drop the
+        # unnamed statement, in PostgreSQL too).
+        sock.sendall(messages.parse("jit", "SELECT set_config('jit', 'off', false)")
+                     + messages.bind("", "jit", []) + messages.execute() + messages.sync())
+        rawclient.read_until(sock, b"Z")
+        sock.sendall(messages.bind("", "", [b"41"]) + messages.execute() + messages.sync())
+        replies = rawclient.read_until(sock, b"Z")
+        assert [t for t, _ in replies] == [b"2", b"D", b"C", b"Z"], replies
+        assert b"42" in replies[1][1] and b"acme" in replies[1][1]
+    finally:
+        sock.close()
