@@ -247,13 +247,26 @@ def description(data: bytes) -> bytes:
     return bytes(out)
 
 
+# Bumped by every DDL a client runs through the proxy (ALTER/CREATE/DROP command tags):
+# statements prepared before it are prepared afresh at their next use, on every server
+# connection. One int, read per lookup.
+_schema = [0]
+
+
+def schema_changed() -> None:
+    """A client ran DDL: no statement prepared before now is reused."""
+    _schema[0] += 1
+
+
 class ServerStatements:
     """The proxy-named statements prepared on one server connection, least recent first."""
 
-    __slots__ = ("by_key", "failed", "limit", "open", "orphans", "skipping", "unconfirmed")
+    __slots__ = ("by_key", "failed", "limit", "open", "orphans", "schema", "skipping",
+                 "unconfirmed")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.schema = _schema[0]  # the schema generation its statements were prepared in
         self.by_key: OrderedDict[bytes, ServerStatement] = OrderedDict()
         self.orphans: list[str] = []          # names to close: replaced or evicted
         self.unconfirmed: list[bytes] = []    # keys whose Parse has not been answered yet
@@ -264,6 +277,14 @@ class ServerStatements:
         # Keys :func:`verify_batch` could not prepare, and PostgreSQL's error: the next
         # rewrite answers the client's use of them with it.
         self.failed: dict[bytes, bytes] = {}
+
+    def follow_schema(self) -> None:
+        """At a batch start: after DDL (:func:`schema_changed`), forget every statement
+        prepared before it (closed with the next evictions, prepared again when used)."""
+        if self.schema != _schema[0]:
+            self.schema = _schema[0]
+            if self.by_key:
+                self.invalidate_all()
 
     def get(self, key: bytes) -> ServerStatement | None:
         stmt = self.by_key.get(key)
@@ -472,6 +493,8 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
     unchanged. A batch the previous call left open (``server.open``, ``server.skipping``)
     is continued.
     """
+    if batch_start:
+        server.follow_schema()
     batch = _Batch(client, server, forward, batch_start)
     described: set[str] | None = None
     for frame in frames:
@@ -596,6 +619,7 @@ def to_verify(frames: Sequence[bytes], client: dict[str, ClientStatement],
     client's own description was seen (it may be stale). Statements the batch itself
     parses are not checked.
     """
+    server.follow_schema()
     keys: list[bytes] = []
     for frame in frames:
         tag = frame[0]

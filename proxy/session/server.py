@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Protocol
 from proxy.auth.errors import UpstreamAuthError
 from proxy.auth.upstream import UpstreamAuthenticator
 from proxy.session.context import TenantContext
-from proxy.session.prepared import Amend, Emit, ServerStatements, statements_lost
+from proxy.session.prepared import (
+    Amend,
+    Emit,
+    ServerStatements,
+    schema_changed,
+    statements_lost,
+)
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import BackendScanner
@@ -66,6 +72,8 @@ _HOLD_HIGH_WATER = 256 * 1024
 
 # Command tags after which the session's settings (tenant included) may have changed.
 _CONTEXT_CHANGING_TAGS = (b"SET", b"RESET", b"DISCARD ALL", b"DISCARD")
+# Command tags after which prepared statements may no longer match the schema.
+_SCHEMA_CHANGING_TAGS = (b"ALTER ", b"CREATE ", b"DROP ")
 
 # The scrub: everything one tenant's clients could have left on a backend, removed before
 # another tenant's client runs anything on it. Without statements of the proxy's own on
@@ -431,6 +439,11 @@ class ServerConnection(asyncio.Protocol):
                     self._statements_cleared()
             elif tag == _C and forwarded and body.startswith(b"DEALLOCATE ALL"):
                 self._statements_cleared()
+            elif tag == _C and forwarded and body.startswith(_SCHEMA_CHANGING_TAGS):
+                # DDL: statements prepared before it may describe what no longer is, on
+                # every server connection; each prepares afresh at its next use, as a
+                # driver that re-prepares after DDL expects (psycopg does).
+                schema_changed()
             elif tag == _N and FORGED_CONTEXT_SQLSTATE in body:
                 # The database saw a tenant setting its proof does not vouch for: whatever
                 # the proxy believes, re-set the context before anything else runs here.

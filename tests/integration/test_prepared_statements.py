@@ -494,3 +494,17 @@ def test_psycopg_after_ddl_on_another_server(start_proxy: Start, table_t: Any) -
         holder.close()
     assert got
     assert all(row == {"public": 222, "extra": 333} for row in got)
+
+
+def test_ddl_through_the_proxy_makes_every_statement_fresh(unguarded: ThreadedProxy) -> None:
+    """psycopg re-prepares after DDL and expects the new shape without an error, as it gets
+    directly (psycopg's test_alter_table_clears_state): the proxy's shared statement of the
+    same text must not be reused after an ALTER seen through the proxy."""
+    with psycopg.connect(unguarded.dsn("acme"), autocommit=True, prepare_threshold=0) as conn:
+        conn.execute("CREATE TEMP TABLE altered (id serial PRIMARY KEY, data text)")
+        conn.execute("INSERT INTO altered (data) VALUES (%s)", ["foo"])
+        query = "SELECT * FROM altered ORDER BY id"
+        assert [r[1] for r in conn.execute(query)] == ["foo"]
+        conn.execute("ALTER TABLE altered ADD data2 text")
+        conn.execute("INSERT INTO altered (data) VALUES (%s)", ["bar"])
+        assert [r[1:] for r in conn.execute(query)] == [("foo", None), ("bar", None)]
