@@ -7,11 +7,12 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -197,9 +198,19 @@ def subprocess_proxy(config: Config,
     try:
         yield proc, port
     finally:
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes], children: Sequence[int] = ()) -> None:
+    """SIGTERM ``proc`` (if it still runs), SIGKILL it after 15 s; then SIGKILL the
+    ``children`` it may have left behind (a supervisor's workers)."""
+    if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -25,7 +25,13 @@ import pytest
 from proxy.auth.scram_verifier import make_scram_verifier
 from proxy.config import Config
 from proxy.supervisor import WorkerRole
-from tests.proxy_harness import launch_serve, make_config, token, write_config_file
+from tests.proxy_harness import (
+    launch_serve,
+    make_config,
+    stop_process,
+    token,
+    write_config_file,
+)
 from tests.support import free_port
 
 ADMIN_PASSWORD = "workers-console-password"
@@ -114,16 +120,7 @@ def supervise(config: Config, workdir: Path) -> Iterator[Supervised]:
         yield served
     finally:
         children += served.workers()
-        if served.proc.poll() is None:
-            served.proc.terminate()
-            try:
-                served.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                served.proc.kill()
-                served.proc.wait(10)
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_process(served.proc, children)
 
 
 def worker_of(conn: psycopg.Connection[Any]) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.proxy_harness import ThreadedProxy, make_config, startup_refusal
+from tests.proxy_harness import ThreadedProxy, make_config, startup_refusal, stop_process
 from tests.support import AppDatabase, free_port, require_tool
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -92,12 +92,7 @@ class Prometheus:
         raise AssertionError(f"Prometheus did not become ready:\n{self.log.read_text()}")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def load(proxy: ThreadedProxy, stop: threading.Event) -> None:
