@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,12 +19,14 @@ import psycopg
 import pytest
 
 from proxy.embedded import EmbeddedPostgres, EmbeddedPostgresError, provision_app, reset_items
+from tests.drivers.toolchains import in_ci
 from tests.support import AppDatabase, ExternalPostgres, PostgresServer
 
 pytest_plugins = ["tests.proxy_fixtures"]
 
 TEST_DSN_ENV = "PGTENANT_TEST_DSN"
 RESTARTS_POSTGRES = "restarts_postgres"
+REQUIRES_PROGRAMS = "requires_programs"
 
 # Distinctive names: with PGTENANT_TEST_DSN these are created on somebody else's server.
 APP_DBNAME = "pgtenant_test"
@@ -34,12 +37,18 @@ TENANTS = ("acme", "globex")
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
+        f"{REQUIRES_PROGRAMS}(package, *programs): skipped outside CI when a program is "
+        "missing (CI fails instead)",
+    )
+    config.addinivalue_line(
+        "markers",
         f"{RESTARTS_POSTGRES}: the test restarts PostgreSQL (skipped only when "
         f"{TEST_DSN_ENV} names a server the suite does not own)",
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _skip_without_programs(items)
     if not os.environ.get(TEST_DSN_ENV):
         return
     skip = pytest.mark.skip(
@@ -48,6 +57,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker(RESTARTS_POSTGRES):
             item.add_marker(skip)
+
+
+def _skip_without_programs(items: list[pytest.Item]) -> None:
+    """Tests marked ``requires_programs(package, *programs)`` are skipped at collection when
+    a program is missing, with one line naming the Debian package -- except in CI, where
+    they run and fail (tests.support.require_tool), as the driver toolchains do."""
+    if in_ci():
+        return
+    for item in items:
+        marker = item.get_closest_marker(REQUIRES_PROGRAMS)
+        if marker is None:
+            continue
+        package, *programs = marker.args
+        missing = [p for p in programs if shutil.which(p) is None]
+        if missing:
+            item.add_marker(pytest.mark.skip(
+                reason=f"{', '.join(missing)} not installed (Debian package: {package})"))
 
 
 @pytest.fixture(scope="session")

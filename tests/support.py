@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import socket
 import subprocess
@@ -265,17 +264,16 @@ def call_in_loop(loop: Any, fn: Callable[[], T], timeout: float = 10) -> T:
 
 
 def require_tool(name: str, package: str) -> str:
-    """The path of the program ``name``. Missing, a test that needs it fails in CI
-    (``CI`` set, as ``.ci/run`` runs) and is skipped elsewhere with one line that says
-    which package to install."""
+    """The path of the program ``name``, or a failure naming the package to install.
+
+    Only CI gets here with it missing: elsewhere tests/conftest.py has skipped the tests
+    marked ``requires_programs`` at collection, with one line saying what to install."""
     import shutil
 
     import pytest
 
     path = shutil.which(name)
-    if path is not None:
-        return path
-    message = f"{name} is not installed (Debian package: {package}; .ci/run installs it)"
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    if path is None:
+        pytest.fail(f"{name} is not installed (Debian package: {package}; .ci/run installs "
+                    "it)", pytrace=False)
+    return path

@@ -31,17 +31,23 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 DASHBOARD = DEPLOY / "grafana" / "pgtenant.json"
 
 
+#: The tests that run promtool or a Prometheus server (Debian package prometheus).
+needs_prometheus = pytest.mark.requires_programs("prometheus", "prometheus", "promtool")
+
+
 @pytest.fixture(scope="module")
 def promtool() -> str:
     return require_tool("promtool", "prometheus")
 
 
+@needs_prometheus
 def test_alert_rules_are_valid(promtool: str) -> None:
     done = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@needs_prometheus
 def test_every_alert_has_a_passing_unit_test(promtool: str) -> None:
     rules = ALERTS.read_text()
     tests = (DEPLOY / "prometheus" / "alerts_test.yml").read_text()
@@ -151,6 +157,7 @@ def scraped(app_db: AppDatabase, tmp_path: Path) -> Iterator[Prometheus]:
 
 
 @pytest.mark.slow
+@needs_prometheus
 def test_every_dashboard_panel_returns_data(scraped: Prometheus) -> None:
     empty = []
     for title, expr in dashboard_expressions():
