@@ -231,13 +231,13 @@ class AdminConsole:
         rows: list[Row] = []
         for pool in self._pools():
             clients = [c for c in app.clients if c.pool is pool]
-            linked = sum(1 for c in clients if c.server is not None)
+            linked = sum(1 for c in clients if c.is_active)
             waiting = sum(1 for w in pool.waiters if not w.done()) + pool.paused_waiting
             waiting = min(waiting, len(clients) - linked)
             rows.append([
                 pool.db.name, pool.db.pool_mode, "yes" if pool.paused else "no",
                 str(linked), str(waiting), str(len(clients) - linked - waiting),
-                str(len(pool.active)), str(len(pool.idle)), str(pool.connecting),
+                str(len(pool.active)), str(pool.idle_count), str(pool.connecting),
                 str(pool.db.pool_size), _seconds(pool.traffic.oldest_wait(now)),
                 pool.db.user, app.pool_kind(pool),
             ])
@@ -267,7 +267,7 @@ class AdminConsole:
         rows: list[Row] = []
         for pool in self._pools():
             kind = self.app.pool_kind(pool)
-            for server in [*pool.active, *pool.idle]:
+            for server in [*pool.active, *pool.kept, *pool.idle]:
                 receiver = server.receiver
                 client_id = getattr(receiver, "id", None)
                 rows.append([
@@ -290,7 +290,7 @@ class AdminConsole:
             tenant = identity.tenant if identity.tenant is not None else "_bypass"
             counts = connected.setdefault(tenant, [0, 0])
             counts[0] += 1
-            counts[1] += client.server is not None
+            counts[1] += client.is_active
         # Read-only look at every tracked tenant (export() would re-rank metric labels).
         tracked = app.stats.tenants._tenants
         rows: list[Row] = []

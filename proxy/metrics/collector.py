@@ -127,6 +127,19 @@ class ProxyCollector(Collector):
             "leases": CounterMetricFamily(
                 "pgtenant_pool_leases",
                 "Server connections handed to a client.", labels=POOL_LABELS),
+            "kept_reuses": CounterMetricFamily(
+                "pgtenant_pool_kept_reuses",
+                "Transactions served by the server connection their client kept since its "
+                "last transaction (no lease needed: nobody else was waiting).",
+                labels=POOL_LABELS),
+            "kept_reclaimed": CounterMetricFamily(
+                "pgtenant_pool_kept_reclaimed",
+                "Kept server connections the pool took back for another client, PAUSE or "
+                "maintenance.", labels=POOL_LABELS),
+            "servers_failed_check": CounterMetricFamily(
+                "pgtenant_servers_failed_check",
+                "Idle server connections found dead by the server_check_delay check.",
+                labels=POOL_LABELS),
             "leases_with_context_set": CounterMetricFamily(
                 "pgtenant_pool_context_sets",
                 "Times the tenant context had to be set on a leased connection "
@@ -135,7 +148,7 @@ class ProxyCollector(Collector):
         for labels, pool in self._all_pools():
             active = len(pool.active)
             servers.add_metric([*labels, "active"], active)
-            servers.add_metric([*labels, "idle"], len(pool.idle))
+            servers.add_metric([*labels, "idle"], pool.idle_count)
             servers.add_metric([*labels, "connecting"], pool.connecting)
             size.add_metric(labels, pool.db.pool_size)
             saturation.add_metric(labels, active / pool.db.pool_size if pool.db.pool_size else 0)
@@ -170,7 +183,7 @@ class ProxyCollector(Collector):
             key = id(client.pool)
             if key in total:
                 total[key] += 1
-                if client.server is not None:
+                if client.is_active:
                     linked[key] += 1
         clients = GaugeMetricFamily(
             "pgtenant_clients",

@@ -1,9 +1,16 @@
 """Server connection pool for one configured database.
 
 Invariant (PgBouncer's ``objects.c``): each server connection is in exactly one of
-``connecting`` (a count), ``idle`` (LIFO stack, warm caches first) or ``active`` (leased),
-and only :meth:`ServerPool._offer` and :meth:`ServerPool.release` move it. Waiting clients
-are served FIFO; a waiter that already timed out is never handed a connection.
+``connecting`` (a count), ``idle`` (LIFO stack, warm caches first), ``kept`` (idle, still
+linked to the transaction-mode client it last served) or ``active`` (leased), and only
+:meth:`ServerPool._offer` and :meth:`ServerPool.release` move it. Waiting clients are
+served FIFO; a waiter that already timed out is never handed a connection.
+
+Kept servers: a transaction-mode client whose transaction ended keeps its (clean) server
+while nobody else needs one, so its next transaction costs no lease at all. They are idle
+in every other respect: the pool takes one back the moment a lease finds no idle server
+or a client starts waiting, PAUSE and maintenance take them back, and one that dies is
+forgotten without its client noticing.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ class PoolStats:
     waits: int = 0
     reserve_opened: int = 0   # connections opened beyond pool_size (reserve_pool_size)
     servers_failed_check: int = 0  # idle connections found dead by server_check_delay
+    kept_reuses: int = 0      # transactions served by the server their client kept
+    kept_reclaimed: int = 0   # kept servers taken back for another client (or PAUSE)
 
 
 class ServerPool:
@@ -72,6 +81,8 @@ class ServerPool:
         self.traffic = self.proxy_stats.database(db.name)
         self.idle: list[ServerConnection] = []
         self.active: set[ServerConnection] = set()
+        # Idle but still linked to their last client (oldest first): see the module doc.
+        self.kept: dict[ServerConnection, None] = {}
         self.connecting = 0
         self.waiters: deque[asyncio.Future[ServerConnection]] = deque()
         self._waiter_tenants: dict[asyncio.Future[ServerConnection], str | None] = {}
@@ -86,7 +97,13 @@ class ServerPool:
 
     @property
     def size(self) -> int:
-        return len(self.idle) + len(self.active) + self.connecting
+        return len(self.idle) + len(self.kept) + len(self.active) + self.connecting
+
+    @property
+    def idle_count(self) -> int:
+        """Idle server connections, kept ones included (what SHOW POOLS and metrics call
+        idle: any client may have them)."""
+        return len(self.idle) + len(self.kept)
 
     # ---- acquire ----------------------------------------------------------------------
 
@@ -144,6 +161,8 @@ class ServerPool:
                    if self.db.reserve_pool_size else None)
         waiter.add_done_callback(functools.partial(
             self._wait_done, tenant, time.monotonic(), (timer, patience, reserve), callback))
+        if self.kept and not self.paused:
+            self._reclaim_for_waiters()
         self._grow()
         return waiter
 
@@ -200,6 +219,8 @@ class ServerPool:
         """An idle connection right now, or None (none idle, or others wait first)."""
         if self.waiters or self._refused is not None or self.closed or self.paused:
             return None
+        if not self.idle and self.kept:
+            return self._take_kept(tenant)
         return self._take_idle(tenant)
 
     def _take_idle(self, tenant: str | None, *, patient: bool = True
@@ -235,6 +256,85 @@ class ServerPool:
             self._lease_to(server, tenant)
             return server
         return None
+
+    # ---- kept servers (transaction mode): linked to their last client while unneeded ---
+
+    def keep(self, server: ServerConnection) -> bool:
+        """The client ``server`` serves ended its transaction: keep the two linked (True)
+        when nobody else needs a server; False: the client must release it.
+
+        Not kept: when clients wait, the pool is paused or closing, the server must be
+        reset (a client ran SET), checked before each lease (server_check_delay = 0),
+        ends or has a cancel in flight.
+        """
+        if (self.waiters or self.paused or self.closed or server.session_dirty
+                or server.ending or server.cancels or not self.db.server_check_delay):
+            return False
+        self.active.discard(server)
+        server.state = ServerState.KEPT
+        self.kept[server] = None
+        return True
+
+    def resume_kept(self, server: ServerConnection, now: float) -> bool:
+        """The client of a kept server starts a transaction at ``now``: True, and the
+        server is active for it. False when an idle server would not be leased as it is
+        (unused for server_check_delay: it is checked first; past server_lifetime): the
+        client releases it and leases as usual."""
+        db = self.db
+        if (now - server.last_used >= db.server_check_delay
+                or (db.server_lifetime and now - server.created_at > db.server_lifetime)):
+            return False
+        del self.kept[server]
+        server.state = ServerState.ACTIVE
+        self.active.add(server)
+        self.stats.kept_reuses += 1
+        return True
+
+    def _take_kept(self, tenant: str | None) -> ServerConnection | None:
+        """Take a kept server back from its client for a lease to ``tenant``. None when
+        the tenant may not have one (max_tenant_server_conns)."""
+        cap = self.db.max_tenant_server_conns
+        if cap and tenant is not None and self._held.get(tenant, 0) >= cap:
+            return None
+        server = self._pick_kept(tenant)
+        self._unlink_kept(server)
+        self._lease_to(server, tenant)
+        return server
+
+    def _pick_kept(self, tenant: str | None) -> ServerConnection:
+        """The kept server to take back for ``tenant``: one it already carries (no scrub,
+        no context set), else the longest unused."""
+        for server in self.kept:
+            if server.owner == tenant:
+                return server
+        return next(iter(self.kept))
+
+    def _unlink_kept(self, server: ServerConnection) -> None:
+        """Take a kept server back from its client; the caller leases or offers it."""
+        del self.kept[server]
+        self._unlease(server)
+        receiver, server.receiver = server.receiver, None
+        if receiver is not None:
+            receiver.server_reclaimed(server)
+        self.stats.kept_reclaimed += 1
+
+    def _reclaim_for_waiters(self) -> None:
+        """Clients wait: kept servers go back to the pool for them, the oldest waiter's
+        tenant's first."""
+        while self.kept:
+            head = next((w for w in self.waiters if not w.done()), None)
+            if head is None:
+                return
+            server = self._pick_kept(self._waiter_tenants.get(head))
+            self._unlink_kept(server)
+            self._offer(server)
+
+    def reclaim_kept(self, servers: list[ServerConnection] | None = None) -> None:
+        """These kept servers (default: all) back to the pool (PAUSE, maintenance)."""
+        for server in list(self.kept) if servers is None else servers:
+            if server in self.kept:
+                self._unlink_kept(server)
+                self._offer(server)
 
     # ---- server_check_delay: idle servers are checked before they are leased -----------
 
@@ -417,6 +517,8 @@ class ServerPool:
         (session mode, when a client leaves).
         """
         self.active.discard(server)
+        if self.kept.pop(server, 0) is None:  # kept for a client that is leaving
+            server.state = ServerState.ACTIVE
         self._unlease(server)
         server.receiver = None
         if not server.is_clean or self.closed or self._expired(server):
@@ -453,6 +555,7 @@ class ServerPool:
 
     def _close(self, server: ServerConnection) -> None:
         self.active.discard(server)
+        self.kept.pop(server, None)
         self._unlease(server)
         if server in self.idle:
             self.idle.remove(server)
@@ -465,6 +568,7 @@ class ServerPool:
     def _on_closed(self, server: ServerConnection) -> None:
         """A connection died on its own (server restart, network): forget it."""
         self.active.discard(server)
+        self.kept.pop(server, None)
         self._unlease(server)
         if server in self.idle:
             self.idle.remove(server)
@@ -482,6 +586,11 @@ class ServerPool:
         now = time.monotonic()
         keep = self.db.min_pool_size
         idle_timeout = self.db.server_idle_timeout
+        # A kept server unused as long as an idle one is checked or closed after is
+        # treated as one (this runs every second: kept servers follow within a second).
+        limit = min(self.db.server_check_delay, idle_timeout or math.inf)
+        self.reclaim_kept([s for s in self.kept
+                           if now - s.last_used >= limit or self._expired(s)])
         for server in list(self.idle):
             too_idle = bool(idle_timeout) and now - server.last_used > idle_timeout
             if self._expired(server) or (too_idle and self.size > keep):
@@ -495,7 +604,7 @@ class ServerPool:
         """Close every connection (shutdown)."""
         self.closed = True
         self._fail_waiters(ServerError("the proxy is shutting down", "57P01"))
-        servers = [*self.idle, *self.active]
+        servers = [*self.idle, *self.kept, *self.active]
         for server in servers:
             self._close(server)
         self._tasks.cancel_all()
@@ -519,6 +628,7 @@ class ServerPool:
         if not self.paused:
             self.paused = True
             self._resumed = asyncio.Event()
+            self.reclaim_kept()
             log.info("database %s: paused", self.db.name)
 
     def resume(self) -> None:
@@ -593,6 +703,7 @@ class ServerPool:
         if moved:
             self._role_checked = False
             self._refused = None
+            self.reclaim_kept()
             for server in list(self.idle):
                 self._close(server)
             for server in self.active:

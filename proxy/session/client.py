@@ -43,7 +43,14 @@ from proxy.session.prepared import (
     verified,
     verify_batch,
 )
-from proxy.session.server import FORWARD, Collect, ServerConnection, ServerError, Skip
+from proxy.session.server import (
+    FORWARD,
+    Collect,
+    ServerConnection,
+    ServerError,
+    ServerState,
+    Skip,
+)
 from proxy.stats import TrafficStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
@@ -220,6 +227,13 @@ class ClientConnection(asyncio.Protocol):
         self._login_timer: asyncio.TimerHandle | None = None
         self._tasks = TaskSet(self._internal_error)
         self._service_login: ServiceAccountLogin | None = None  # a [users.NAME] SCRAM login
+
+    @property
+    def is_active(self) -> bool:
+        """Linked to a server connection that works for it (one it kept between
+        transactions does not count: the client is idle)."""
+        server = self.server
+        return server is not None and server.state is not ServerState.KEPT
 
     def __repr__(self) -> str:
         tenant = self.identity.tenant if self.identity else None
@@ -639,6 +653,11 @@ class ClientConnection(asyncio.Protocol):
         if not self._tx_started:
             self._tx_started = time.monotonic()
         server = self.server
+        if server is not None and server.state is ServerState.KEPT:
+            assert self.pool is not None
+            if not self.pool.resume_kept(server, self._tx_started):
+                self._release_server()
+                server = None
         if server is None and not self._queue and not self._leasing:
             server = self._lease_now()
         if server is not None and not self._queue and self._context_ready(server):
@@ -896,12 +915,15 @@ class ClientConnection(asyncio.Protocol):
     def server_ready(self, server: ServerConnection) -> None:
         """The server answered everything we sent (pending queue empty)."""
         if server.tx_status == b"I" and self._tx_started:
+            # last_used: when the server's ReadyForQuery came in (one clock read for both)
             self.app.stats.record_transaction(self.traffic, self.stats_tenant,
-                                              time.monotonic() - self._tx_started)
+                                              server.last_used - self._tx_started)
             self._tx_started = 0.0
         if (self.transaction_mode and server.is_clean and not self._queue
                 and self.state is ClientState.READY):
-            self._release_server()
+            assert self.pool is not None
+            if not self.pool.keep(server):  # kept while nobody else needs a server
+                self._release_server()
         if self._idle_timeouts and not self._queue and not server.unsynced:
             self._arm_idle_timer(server.tx_status)
 
@@ -928,6 +950,12 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.fatal("57P05", "terminating connection due to idle-session timeout",
                        "client_idle_timeout expired")
+
+    def server_reclaimed(self, server: ServerConnection) -> None:
+        """The pool took back the server this client kept between transactions (or it
+        died there): the next transaction leases one, as if it had been released."""
+        if self.server is server:
+            self.server = None
 
     def server_lost(self, server: ServerConnection, reason: str) -> None:
         if self.server is not server:

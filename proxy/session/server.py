@@ -96,6 +96,7 @@ class ServerState(enum.Enum):
     CONNECTING = "connecting"
     IDLE = "idle"          # in the pool
     ACTIVE = "active"      # leased to a client
+    KEPT = "kept"          # idle, still linked to its last client (transaction mode)
     CLOSED = "closed"
 
 
@@ -139,6 +140,7 @@ class Receiver(Protocol):
     def server_paused_writing(self, paused: bool) -> None: ...
     def parameter_changed(self, name: str, value: str) -> None: ...
     def statements_cleared(self) -> None: ...
+    def server_reclaimed(self, server: ServerConnection) -> None: ...
     def server_error(self, body: bytes) -> None: ...
     def forged_context(self) -> None: ...
     def query_timed_out(self, server: ServerConnection) -> None: ...
@@ -475,11 +477,12 @@ class ServerConnection(asyncio.Protocol):
             if unsolicited:
                 receiver.unsolicited(unsolicited)
         if going_away:
-            # PostgreSQL is closing this session. Idle in the pool: forget it now. With a
-            # client: it got the FATAL; the pool closes the connection when it comes back
-            # (a FATAL right after the client's last ReadyForQuery is not the client's).
+            # PostgreSQL is closing this session. Idle in the pool (or kept): forget it
+            # now. With a client: it got the FATAL; the pool closes the connection when
+            # it comes back (a FATAL right after the client's last ReadyForQuery is not
+            # the client's).
             self.ending = True
-            if receiver is None:
+            if receiver is None or self.state is ServerState.KEPT:
                 self._ended_by_server(going_away)
                 return
         if ready and self.waiting_since:
@@ -797,6 +800,7 @@ class ServerConnection(asyncio.Protocol):
         self._fail(f"upstream ended the session: {message}")
 
     def _fail(self, reason: str) -> None:
+        kept = self.state is ServerState.KEPT
         self.state = ServerState.CLOSED
         if self._query_timer is not None:
             self._query_timer.cancel()
@@ -810,7 +814,11 @@ class ServerConnection(asyncio.Protocol):
         self.pending.clear()
         receiver = self.receiver
         if receiver is not None:
-            receiver.server_lost(self, reason)
+            if kept:  # idle between its client's transactions: as if idle in the pool
+                self.receiver = None
+                receiver.server_reclaimed(self)
+            else:
+                receiver.server_lost(self, reason)
         if self.on_closed is not None:
             callback, self.on_closed = self.on_closed, None
             callback(self)
