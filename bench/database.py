@@ -2,7 +2,7 @@
 
 pgbench's own tables (``pgbench -i``, owned by the superuser) have no RLS and serve the
 select-only, tpcb-like and connection-storm workloads. ``items`` (from
-:func:`proxy.embedded.provision_app`, RLS on ``app.current_tenant``) is grown to
+:func:`proxy.devtools.provisioning.provision_app`, RLS on ``app.current_tenant``) is grown to
 ``rows_per_tenant`` rows for each tenant, inserted tenant by tenant so that each
 tenant's ids form one contiguous range the tenant workload draws from.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from proxy.embedded import EmbeddedPostgres, provision_app
+from proxy.devtools import EmbeddedPostgres, provision_app
 
 log = logging.getLogger("pgtenant.bench.database")
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from proxy.embedded import find_bindir
+from proxy.devtools import find_bindir
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -40,7 +40,7 @@ from bench.targets import (
 )
 from bench.workloads import Workload, invocations, write_scripts
 from proxy.config import ServerConfig
-from proxy.embedded import EmbeddedPostgres
+from proxy.devtools import EmbeddedPostgres
 
 log = logging.getLogger("pgtenant.bench")
 

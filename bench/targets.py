@@ -28,7 +28,7 @@ from bench.baseline import Baseline, serve_argv, serve_env, verify
 from bench.database import APP_DB, APP_USER, BenchDatabase
 from bench.environment import REPO
 from proxy.auth.jwt import mint_token
-from proxy.embedded import EmbeddedPostgresError, free_port, server_account
+from proxy.devtools import EmbeddedPostgresError, free_port, server_account
 
 log = logging.getLogger("pgtenant.bench.targets")
 

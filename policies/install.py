@@ -18,7 +18,7 @@ from policies.check import (
     SIGNAL_FUNCTIONS,
     STORED_SESSION_SETTINGS,
 )
-from policies.proof import key_id_for
+from proxy.tenancy.proof import key_id_for
 
 log = logging.getLogger("pgtenant.policies")
 

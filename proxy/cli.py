@@ -132,10 +132,10 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from proxy.demo import run_demo
+    from proxy.devtools.demo import run_demo
 
     setup_logging("warning")
-    return _run(lambda: run_demo(port=args.port))
+    return _run(lambda: run_demo(serve, port=args.port))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """Fixtures for every test directory: the PostgreSQL server and the demo app database.
 
-The suite starts its own throwaway cluster (``proxy.embedded.EmbeddedPostgres``) the
+The suite starts its own throwaway cluster (``proxy.devtools.EmbeddedPostgres``) the
 first time a test asks for it, unless ``PGTENANT_TEST_DSN`` names an existing server (a
 superuser DSN). A test that cannot reach PostgreSQL fails; it never skips. The one skip
 allowed: tests marked ``restarts_postgres`` when the server is not ours to restart.
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from proxy.embedded import EmbeddedPostgres, EmbeddedPostgresError, provision_app, reset_items
+from proxy.devtools import EmbeddedPostgres, EmbeddedPostgresError, provision_app, reset_items
 from tests.drivers.toolchains import in_ci
 from tests.support import AppDatabase, ExternalPostgres, PostgresServer
 

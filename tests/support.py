@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from proxy.embedded import DEFAULT_TENANTS, ShutdownMode, free_port
+from proxy.devtools import DEFAULT_TENANTS, ShutdownMode, free_port
 
 T = TypeVar("T")
 

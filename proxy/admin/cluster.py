@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from proxy.admin import control
-from proxy.admin.console import Answer, ConsoleError, parse
+from proxy.admin.commands import Answer, ConsoleError, parse
 from proxy.config import MAX_WORKERS
 from proxy.tasks import TaskSet
 

@@ -1,6 +1,7 @@
-"""Admin console commands: SQL text in, an :class:`Answer` (rows or a tag) out.
+"""Admin console commands run against one proxy process: SQL text in, an Answer out.
 
-Pure dispatch over the proxy's state: no sockets here. Each command answers with real
+Dispatch over the proxy's state (the statements themselves are parsed by
+:mod:`proxy.admin.commands`). Each command answers with real
 RowDescription/DataRow/CommandComplete messages (text columns), so psql renders tables
 and drivers read rows; the session adds ReadyForQuery. Commands (case-insensitive, an
 optional trailing ``;``, several may be separated by ``;``)::
@@ -21,9 +22,17 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
+from proxy.admin import control
+from proxy.admin.commands import (
+    COMMANDS,
+    LOCAL_ONLY,
+    Answer,
+    ConsoleError,
+    Row,
+    parse,
+)
 from proxy.config import ConfigError
 from proxy.session.server import TenantState
 from proxy.tasks import TaskSet
@@ -35,92 +44,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgtenant.admin")
 
-COMMANDS = ("SHOW POOLS", "SHOW CLIENTS", "SHOW SERVERS", "SHOW TENANTS", "SHOW STATS",
-            "SHOW CONFIG", "SHOW HELP", "PAUSE [db]", "RESUME [db]", "RELOAD",
-            "KILL_CLIENT id", "SHUTDOWN")
-_HINT = "commands: " + ", ".join(COMMANDS)
-SHOW_SUBJECTS = ("POOLS", "CLIENTS", "SERVERS", "TENANTS", "STATS", "CONFIG", "HELP")
-# Answered by the worker an admin is connected to, never gathered from all workers.
-LOCAL_ONLY = frozenset({("SHOW", "CONFIG"), ("SHOW", "HELP"), ("SET", None)})
-
 _background = TaskSet()  # fire-and-forget messages to the supervisor
 
 PAUSE_POLL = 0.02  # seconds between two looks at the pools a PAUSE waits for
 
-Row = list[str | None]
-
-
-class ConsoleError(Exception):
-    """A command the console refuses; becomes an ErrorResponse (the session goes on)."""
-
-    def __init__(self, sqlstate: str, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.hint = hint
-
-
-@dataclass(slots=True)
-class Answer:
-    """What one command answers: a result set (``columns`` and ``rows``) or just a tag.
-
-    ``notices`` go out as NoticeResponses first. ``paused`` names the databases a PAUSE
-    newly paused (a coordinator resumes them if the PAUSE failed on another worker).
-    """
-
-    tag: str
-    columns: list[str] | None = None
-    rows: list[Row] = field(default_factory=list)
-    notices: list[str] = field(default_factory=list)
-    paused: list[str] = field(default_factory=list)
-
-    def encode(self) -> bytes:
-        out = [messages.notice_response("01000", n) for n in self.notices]
-        if self.columns is not None:
-            out.append(messages.row_description(self.columns))
-            out.extend(messages.data_row(row) for row in self.rows)
-        out.append(messages.command_complete(self.tag))
-        return b"".join(out)
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Answer:
-        return cls(**data)
-
-
-class Command(NamedTuple):
-    """A parsed console statement: ``verb`` upper-cased, at most one argument."""
-
-    verb: str
-    arg: str | None
-    text: str
-
-
-def parse(statement: str) -> Command:
-    """The command in ``statement`` (one, without its ``;``), or ConsoleError 42601."""
-    words = statement.split()
-    verb = words[0].upper() if words else ""
-    args = words[1:]
-    if verb == "SHOW" and len(args) == 1 and args[0].upper() in SHOW_SUBJECTS:
-        return Command(verb, args[0].upper(), statement)
-    if verb in ("PAUSE", "RESUME") and len(args) <= 1:
-        return Command(verb, args[0] if args else None, statement)
-    if verb == "KILL_CLIENT" and len(args) == 1:
-        if not args[0].isascii() or not args[0].isdigit():
-            raise ConsoleError("42601", f"KILL_CLIENT expects a client id, got {args[0][:40]!r}",
-                               "the id column of SHOW CLIENTS")
-        return Command(verb, args[0], statement)
-    if verb in ("RELOAD", "SHUTDOWN") and not args:
-        return Command(verb, None, statement)
-    if verb == "SET":  # drivers and psql scripts set client options; nothing to do
-        return Command(verb, None, statement)
-    raise ConsoleError("42601", f"unknown admin console command: {statement[:80]!r}", _HINT)
-
 
 async def _tell_supervisor(path: str, statement: str) -> None:
-    from proxy.admin import control
-
     try:
         await control.ask_briefly(path, statement)
     except (OSError, EOFError, ValueError, TimeoutError, ConsoleError) as exc:
@@ -180,8 +109,6 @@ class AdminConsole:
         worker = self.app.worker
         if worker is None or (command.verb, command.arg) in LOCAL_ONLY:
             return await self.run_local(statement)
-        from proxy.admin import control
-
         if command.verb == "SHUTDOWN":
             # After this answer is written (the task's current step), not before it.
             asyncio.get_running_loop().call_soon(

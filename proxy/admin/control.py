@@ -3,7 +3,7 @@
 One JSON line each way over a Unix socket in the supervisor's private runtime directory
 (mode 0700, like the cancel and metrics sockets): the asker sends
 ``{"statement": "SHOW POOLS"}``, the server answers ``{"answer": {...}}`` (an
-:class:`~proxy.admin.console.Answer`) or ``{"error": {"sqlstate", "message", "hint"}}``
+:class:`~proxy.admin.commands.Answer`) or ``{"error": {"sqlstate", "message", "hint"}}``
 and closes. Used twice: a worker's console asks the supervisor's ``control.sock``; the
 supervisor asks each worker's ``control-i.sock``.
 
@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 
-from proxy.admin.console import Answer, ConsoleError
+from proxy.admin.commands import Answer, ConsoleError
 
 log = logging.getLogger("pgtenant.admin")
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from proxy.admin.console import AdminConsole
 from proxy.auth.scram_server import MECHANISM, ScramExchange, ScramFailed, mock_secret
-from proxy.auth.scram_verifier import parse_scram_verifier
+from proxy.config.scram_verifier import parse_scram_verifier
 from proxy.session.client import ClientState
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation

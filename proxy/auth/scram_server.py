@@ -4,7 +4,7 @@ Sans-I/O: :class:`ScramExchange` takes the client's messages as text and returns
 server's. Why not scramp's ``ScramServer``: libpq sends an empty SCRAM user name
 (``n=,``) because PostgreSQL takes the user from the startup packet, and scramp refuses
 an empty one. The keys come from a PostgreSQL-format verifier
-(:func:`proxy.auth.scram_verifier.parse_scram_verifier`), so the password is never stored.
+(:func:`proxy.config.scram_verifier.parse_scram_verifier`), so the password is never stored.
 
 An unknown user gets a mock exchange (a stable fake salt, a key nothing matches), as
 PostgreSQL does, so the answer does not tell which user names exist.

@@ -15,8 +15,8 @@ from __future__ import annotations
 from proxy.auth.errors import AuthError
 from proxy.auth.identity import Identity
 from proxy.auth.scram_server import MECHANISM, ScramExchange, ScramFailed
-from proxy.auth.scram_verifier import parse_scram_verifier
 from proxy.config import ServiceAccountConfig
+from proxy.config.scram_verifier import parse_scram_verifier
 from proxy.wire import messages
 
 

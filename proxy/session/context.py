@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from policies.proof import compute_proof
 from proxy.session.prepared import PREFIX
+from proxy.tenancy.proof import compute_proof
 from proxy.wire import messages
 
 _TEXT_OID = 25

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.embedded import EmbeddedPostgres, provision_app
+from proxy.devtools import EmbeddedPostgres, provision_app
 from tests.proxy_harness import ThreadedProxy, make_config
 from tests.support import AppDatabase, wait_for
 

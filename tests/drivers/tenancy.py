@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 TENANTS = ("acme", "globex")
-SEED_ROWS = 3  # per tenant, see proxy.embedded.reset_items
+SEED_ROWS = 3  # per tenant, see proxy.devtools.provisioning.reset_items
 
 # One row: (the tenant setting, the distinct tenant_ids of the visible rows, their count).
 WHO_AM_I = ("SELECT current_setting('app.current_tenant'), "

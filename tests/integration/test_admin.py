@@ -13,9 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.admin.scram import ScramExchange, ScramFailed
-from proxy.auth.scram_verifier import make_scram_verifier, parse_scram_verifier
+from proxy.auth.scram_server import ScramExchange, ScramFailed
 from proxy.config import AdminConfig, AdminUserConfig, ServiceAccountConfig
+from proxy.config.scram_verifier import make_scram_verifier, parse_scram_verifier
 from tests.proxy_harness import (
     JWT_SECRET,
     UPSTREAM_PASSWORD_ENV,

@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.auth.scram_verifier import make_scram_verifier
 from proxy.config import Config
+from proxy.config.scram_verifier import make_scram_verifier
 from proxy.supervisor import WorkerRole
 from tests.proxy_harness import (
     launch_serve,

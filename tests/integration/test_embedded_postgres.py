@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from proxy.embedded import provision_app
+from proxy.devtools import provision_app
 from tests.support import AppDatabase, PostgresServer
 
 Conn = psycopg.Connection[Any]

@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.auth.scram_verifier import make_scram_verifier
 from proxy.config import Config
+from proxy.config.scram_verifier import make_scram_verifier
 from tests.proxy_harness import launch_serve, make_config, token, write_config_file
 from tests.support import free_port, wait_for, wait_for_query
 

@@ -22,10 +22,10 @@ from psycopg import sql
 
 from policies.catalog import resolve_table
 from policies.install import set_key
-from policies.proof import compute_proof
 from policies.protect import protect, table_state
 from policies.registry import TENANT_STATUS_SQL, tenant_status
 from proxy.cli import main
+from proxy.tenancy.proof import compute_proof
 from tests.support import PostgresServer, run
 
 KEY_A = b"a" * 16 + secrets.token_bytes(16)

@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.auth.scram_verifier import make_scram_verifier
 from proxy.config import AdminConfig, AdminUserConfig, ServiceAccountConfig
+from proxy.config.scram_verifier import make_scram_verifier
 from tests.proxy_harness import ThreadedProxy, make_config, startup_refusal, token
 
 pytestmark = pytest.mark.usefixtures("clean_items")

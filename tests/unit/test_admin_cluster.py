@@ -14,7 +14,7 @@ import pytest
 
 from proxy.admin import control
 from proxy.admin.cluster import ClusterConsole
-from proxy.admin.console import Answer, ConsoleError, parse
+from proxy.admin.commands import Answer, ConsoleError, parse
 
 Script = Callable[[str], Awaitable[Answer]]
 

@@ -12,8 +12,8 @@ import pytest
 import scramp
 
 from proxy.auth.errors import UpstreamAuthError
-from proxy.auth.scram_verifier import make_scram_verifier, parse_scram_verifier
 from proxy.auth.upstream import UpstreamAuthenticator, md5_password
+from proxy.config.scram_verifier import make_scram_verifier, parse_scram_verifier
 
 USER = "app_user"
 PASSWORD = "pa55 wörd"

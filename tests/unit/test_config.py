@@ -485,8 +485,8 @@ def test_log_format_is_text_or_json(config_file) -> None:
 
 
 def test_admin_users_are_loaded_with_their_verifier(config_file) -> None:
-    from proxy.auth.scram_verifier import make_scram_verifier
     from proxy.config import AdminConfig
+    from proxy.config.scram_verifier import make_scram_verifier
 
     assert config_file(MINIMAL).admin == AdminConfig()
     verifier = make_scram_verifier("admin-password")
@@ -522,7 +522,7 @@ def test_bad_admin_users_name_their_key(config_file, table: str, expected: str) 
 
 
 def _verifier() -> str:
-    from proxy.auth.scram_verifier import make_scram_verifier
+    from proxy.config.scram_verifier import make_scram_verifier
 
     return make_scram_verifier("service-password", salt=b"0123456789abcdef")
 

@@ -10,9 +10,9 @@ import pytest
 
 from policies.catalog import PolicyError
 from policies.check import RULES, Finding, exit_status, render_json, render_table
-from policies.proof import compute_proof, key_id_for, proof_message
 from policies.registry import migration_files, schema_for, validate_tenant_id
 from proxy.cli import build_parser, main
+from proxy.tenancy.proof import compute_proof, key_id_for, proof_message
 
 
 def test_proof_matches_an_independent_hmac() -> None:

@@ -10,26 +10,22 @@ directory) only the superuser is trusted. Settings suit a small test box (no fsy
 full-page writes, asynchronous commit): a crash or ``stop("immediate")`` may lose the
 last fraction of a second of commits, which throwaway data can afford.
 
-:func:`provision_app` creates the demo application database: an upstream role that is
-neither superuser nor BYPASSRLS, and an ``items`` table confined by Row-Level Security
-to ``current_setting('app.current_tenant')``.
+Where the binaries come from and which OS user runs them: :mod:`proxy.devtools.host`.
+The demo application database inside it: :mod:`proxy.devtools.provisioning`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pwd
-import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -39,7 +35,14 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 from psycopg.abc import Params
-from psycopg.conninfo import make_conninfo
+
+from proxy.devtools.host import (
+    EmbeddedPostgresError,
+    find_bindir,
+    free_port,
+    server_account,
+    server_environment,
+)
 
 log = logging.getLogger("pgtenant.embedded")
 
@@ -67,74 +70,15 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
 }
 """Server settings of every embedded cluster; ``EmbeddedPostgres(settings=...)`` overrides."""
 
-DEFAULT_TENANTS: tuple[str, ...] = ("acme", "globex")
-SEED_ITEMS_PER_TENANT = 3
-
 _STARTUP_TIMEOUT = 30.0
 _STOP_TIMEOUT = 60.0
 _PORT_ATTEMPTS = 3
 _LOG_TAIL_LINES = 40
-_SERVER_OS_USER = "postgres"
-_DEBIAN_BINDIRS = Path("/usr/lib/postgresql")
-
-
-class EmbeddedPostgresError(RuntimeError):
-    """The cluster could not be created, started or stopped; the message says why."""
 
 
 class _PortInUseError(EmbeddedPostgresError):
     """Another process took the port between our probe and the postmaster's bind."""
 
-
-def find_bindir() -> Path:
-    """Return the directory holding ``initdb`` and ``postgres``.
-
-    Looked up in order: ``$PGTENANT_PG_BINDIR``, ``pg_config --bindir``, the newest
-    ``/usr/lib/postgresql/*/bin`` (Debian/Ubuntu layout), then ``PATH``.
-    """
-    configured = os.environ.get("PGTENANT_PG_BINDIR")
-    if configured:
-        if _has_server_binaries(Path(configured)):
-            return Path(configured)
-        raise EmbeddedPostgresError(
-            f"PGTENANT_PG_BINDIR={configured} does not contain executable initdb and postgres"
-        )
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        try:
-            done = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True,
-                stdin=subprocess.DEVNULL,
-            )
-        except (OSError, subprocess.SubprocessError):
-            pass  # a broken pg_config is not fatal: the other places may still have a server
-        else:
-            # On Debian, pg_config comes with libpq-dev and may name a server that is not installed.
-            if _has_server_binaries(Path(done.stdout.strip())):
-                return Path(done.stdout.strip())
-    versioned = sorted(
-        (bindir for bindir in _DEBIAN_BINDIRS.glob("*/bin") if _has_server_binaries(bindir)),
-        key=lambda bindir: _version_key(bindir.parent.name),
-        reverse=True,
-    )
-    if versioned:
-        return versioned[0]
-    initdb = shutil.which("initdb")
-    if initdb and _has_server_binaries(Path(initdb).parent):
-        return Path(initdb).parent
-    raise EmbeddedPostgresError(
-        "PostgreSQL server binaries (initdb, postgres) not found in $PGTENANT_PG_BINDIR, "
-        "pg_config --bindir, /usr/lib/postgresql/*/bin or PATH; install them "
-        "(Debian/Ubuntu: apt-get install postgresql) or set PGTENANT_PG_BINDIR"
-    )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the kernel's choice for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass(slots=True)
@@ -410,7 +354,7 @@ class EmbeddedPostgres:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
-                env=_server_environment(),
+                env=server_environment(),
                 start_new_session=True,  # a terminal's Ctrl-C is for us; close() stops the server
                 user=self._uid,
                 group=self._gid,
@@ -460,7 +404,7 @@ class EmbeddedPostgres:
             text=True,
             stdin=subprocess.DEVNULL,
             cwd=self.root,  # initdb fails when it cannot read the current directory
-            env=_server_environment(),
+            env=server_environment(),
             timeout=120,
             user=self._uid,
             group=self._gid,
@@ -504,34 +448,6 @@ def _stop_process(cluster: _Cluster, sig: signal.Signals) -> None:
             log.warning("postgres (pid %s) ignored %s for %ss", process.pid, current.name, timeout)
 
 
-def server_account() -> tuple[int, int] | None:
-    """(uid, gid) of the OS user PostgreSQL runs as when we are root, else None."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        account = pwd.getpwnam(_SERVER_OS_USER)
-    except KeyError:
-        raise EmbeddedPostgresError(
-            f"PostgreSQL refuses to run as root and there is no {_SERVER_OS_USER!r} OS user to "
-            f"run it as: install the server package (it creates one), "
-            f"run `useradd --system {_SERVER_OS_USER}`, or run as an unprivileged user"
-        ) from None
-    return account.pw_uid, account.pw_gid
-
-
-def _server_environment() -> dict[str, str]:
-    # libpq-style PG* variables (PGDATA, PGPORT, ...) must not steer the throwaway server.
-    return {name: value for name, value in os.environ.items() if not name.startswith("PG")}
-
-
-def _has_server_binaries(bindir: Path) -> bool:
-    return all(os.access(bindir / program, os.X_OK) for program in ("initdb", "postgres"))
-
-
-def _version_key(name: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", name)) or (-1,)
-
-
 def _quote_setting(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace("'", "''")
     return f"'{escaped}'"
@@ -539,106 +455,3 @@ def _quote_setting(value: str) -> str:
 
 def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:]) or "(empty)"
-
-
-# -- the demo application database -------------------------------------------------------
-
-_APP_SCHEMA = """\
-CREATE EXTENSION IF NOT EXISTS pgcrypto;
-CREATE TABLE IF NOT EXISTS public.items (
-    id         bigserial PRIMARY KEY,
-    tenant_id  text NOT NULL DEFAULT current_setting('app.current_tenant', true),
-    name       text NOT NULL,
-    created_at timestamptz DEFAULT now()
-);
-ALTER TABLE public.items OWNER TO CURRENT_USER;
-CREATE INDEX IF NOT EXISTS items_tenant_id_idx ON public.items (tenant_id);
-ALTER TABLE public.items ENABLE ROW LEVEL SECURITY;
-ALTER TABLE public.items FORCE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS tenant_isolation ON public.items;
-CREATE POLICY tenant_isolation ON public.items
-    USING (tenant_id = current_setting('app.current_tenant', true))
-    WITH CHECK (tenant_id = current_setting('app.current_tenant', true));
-GRANT SELECT, INSERT, UPDATE, DELETE ON public.items TO {app_user};
-GRANT USAGE ON SEQUENCE public.items_id_seq TO {app_user};
-"""
-
-# Adds whichever seed rows are missing, in a stable order (acme-item-1 gets id 1 after a reset).
-_SEED_ITEMS = """\
-INSERT INTO public.items (tenant_id, name)
-SELECT seed.tenant_id, seed.name
-FROM (
-    SELECT tenant.id AS tenant_id, tenant.id || '-item-' || n AS name, tenant.position, n
-    FROM unnest(%(tenants)s::text[]) WITH ORDINALITY AS tenant(id, position),
-         generate_series(1, %(per_tenant)s) AS n
-) AS seed
-WHERE NOT EXISTS (
-    SELECT 1 FROM public.items AS item
-    WHERE item.tenant_id = seed.tenant_id AND item.name = seed.name
-)
-ORDER BY seed.position, seed.n
-"""
-
-
-def provision_app(
-    superuser_dsn: str,
-    *,
-    dbname: str = "app",
-    app_user: str = "app_user",
-    app_password: str,
-    tenants: Sequence[str] = DEFAULT_TENANTS,
-) -> None:
-    """Create (or bring back to the expected state) the demo application database.
-
-    Idempotent. ``app_user`` is the upstream role the proxy logs in as: LOGIN, not
-    superuser, not BYPASSRLS, with a SCRAM-SHA-256 password (hashed here, so the
-    password itself never reaches the server). ``items`` belongs to the superuser, has
-    RLS enabled and forced, and one policy ``tenant_isolation`` that confines every
-    statement to ``current_setting('app.current_tenant', true)``. Each tenant gets
-    :data:`SEED_ITEMS_PER_TENANT` rows named ``<tenant>-item-<n>``.
-    """
-    with psycopg.connect(superuser_dsn, autocommit=True) as conn:
-        _ensure_database(conn, dbname)
-        _ensure_login_role(conn, app_user, app_password)
-    with psycopg.connect(make_conninfo(superuser_dsn, dbname=dbname)) as conn:
-        conn.execute(sql.SQL(_APP_SCHEMA).format(app_user=sql.Identifier(app_user)))
-        _seed_items(conn, tenants)
-    log.info("provisioned database %s for role %s, tenants %s", dbname, app_user, list(tenants))
-
-
-def reset_items(
-    superuser_dsn: str, *, dbname: str = "app", tenants: Sequence[str] = DEFAULT_TENANTS
-) -> None:
-    """Put ``items`` back to exactly the seed rows, ids restarting at 1."""
-    with psycopg.connect(make_conninfo(superuser_dsn, dbname=dbname)) as conn:
-        # A connection left open inside a transaction would otherwise block TRUNCATE forever.
-        conn.execute("SET LOCAL lock_timeout = '10s'")
-        conn.execute("TRUNCATE public.items RESTART IDENTITY")
-        _seed_items(conn, tenants)
-
-
-def _seed_items(conn: psycopg.Connection[Any], tenants: Iterable[str]) -> None:
-    conn.execute(_SEED_ITEMS, {"tenants": list(tenants), "per_tenant": SEED_ITEMS_PER_TENANT})
-
-
-def _ensure_database(conn: psycopg.Connection[Any], dbname: str) -> None:
-    if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone():
-        return
-    try:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    except psycopg.errors.DuplicateDatabase:
-        pass  # created concurrently by another provisioner: same result
-
-
-def _ensure_login_role(conn: psycopg.Connection[Any], role: str, password: str) -> None:
-    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
-    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
-    statement = sql.SQL(
-        "{} ROLE {} WITH LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION"
-        " PASSWORD {}"
-    ).format(
-        sql.SQL("ALTER" if exists else "CREATE"),
-        sql.Identifier(role),
-        sql.Literal(verifier.decode()),
-    )
-    conn.execute(statement)

@@ -6,12 +6,19 @@ import asyncio
 import os
 import secrets
 import shlex
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from proxy.auth.jwt import mint_token
 from proxy.config import AuthConfig, Config, DatabaseConfig, JwtConfig, ServerConfig
-from proxy.embedded import EmbeddedPostgres, provision_app
+from proxy.devtools.cluster import EmbeddedPostgres
+from proxy.devtools.provisioning import provision_app
 
 DEMO_TENANTS = ("acme", "globex")
+
+#: How the demo runs the proxy: ``proxy.cli.serve`` (passed in, so this module sits below
+#: the command line instead of importing it back).
+Serve = Callable[[Config, Callable[[Any], None]], Awaitable[int]]
 
 
 def demo_config(pg_host: str, pg_port: int, listen_port: int) -> Config:
@@ -27,10 +34,8 @@ def demo_config(pg_host: str, pg_port: int, listen_port: int) -> Config:
     )
 
 
-async def run_demo(port: int = 6432) -> int:
+async def run_demo(serve: Serve, port: int = 6432) -> int:
     """Start everything, print a psql line per tenant, run until Ctrl-C."""
-    from proxy.cli import serve
-
     jwt_secret = secrets.token_urlsafe(32)
     upstream_password = secrets.token_urlsafe(16)
     os.environ["PGTENANT_DEMO_JWT_SECRET"] = jwt_secret
