@@ -43,7 +43,7 @@ MIN_SERVER_VERSION = 130000
 INSTALL_HINT = ("pip install -e '.[testcontainers]' "
                 "(or .venv/bin/pip install 'testcontainers[postgres]>=4')")
 _CONTAINER_PORT = 5432
-_SUPERUSER = "postgres"
+CONTAINER_SUPERUSER = "postgres"  # the image's POSTGRES_USER
 # The image's entrypoint creates the superuser and this database; the suite expects both.
 _DBNAME = "postgres"
 _CONNECT_TIMEOUT = 15.0
@@ -138,8 +138,8 @@ def container_postgres(image: str = DEFAULT_IMAGE) -> Iterator[ExternalPostgres]
         # ResourceWarning would fail the session long after this message.
         warnings.simplefilter("ignore", ResourceWarning)
         try:
-            container = container_class(image, username=_SUPERUSER, password=password,
-                                        dbname=_DBNAME)
+            container = container_class(image, username=CONTAINER_SUPERUSER,
+                                        password=password, dbname=_DBNAME)
         except DockerException as exc:
             no_engine = _first_line(exc)
         if no_engine is not None:
@@ -154,7 +154,8 @@ def container_postgres(image: str = DEFAULT_IMAGE) -> Iterator[ExternalPostgres]
             container.start()
             dsn = libpq_uri({"host": container.get_container_host_ip(),
                              "port": container.get_exposed_port(_CONTAINER_PORT),
-                             "user": _SUPERUSER, "password": password, "dbname": _DBNAME})
+                             "user": CONTAINER_SUPERUSER, "password": password,
+                             "dbname": _DBNAME})
         except (DockerException, RuntimeError, TimeoutError) as exc:
             raise PostgresSourceError(
                 f"could not start the {image} container with testcontainers: "

@@ -1,10 +1,11 @@
 """``PGTENANT_TEST_PG``: choosing the session's PostgreSQL, and the testcontainers path run
 against a fake testcontainers and a fake Docker (this machine has no Docker engine).
 
-The fake container is honest about what a container does: it starts a real PostgreSQL
-(from the machine's binaries) with the settings of the container's ``postgres -c ...``
-command and the superuser password the container was given, and publishes its port. So
-the server the suite gets is reached only through the DSN built from the container.
+The fake container is honest about what the suite gets from a container: it "publishes"
+the session's own PostgreSQL, on which it creates the container's superuser with the
+password the container was given (and drops it when the container stops). So the server
+the suite gets is reached only through the DSN built from the container's host, port,
+user and password.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from proxy.embedded import EmbeddedPostgres
+from proxy.embedded import DEFAULT_SETTINGS
 from tests import pgsource
 from tests.conftest import pytest_configure
 from tests.support import PostgresServer
@@ -38,6 +40,7 @@ class FakeDockerError(Exception):
 class FakeDocker:
     """The engine behind the fake testcontainers: what was asked of it."""
 
+    host_server: PostgresServer
     engine_up: bool = True
     pull_error: str | None = None
     containers: list[FakePostgresContainer] = field(default_factory=list)
@@ -57,7 +60,6 @@ class FakePostgresContainer:
         self.image, self.port = image, port
         self.username, self.password, self.dbname = username, password, dbname
         self.command: list[str] = []
-        self.server: EmbeddedPostgres | None = None
         self.started = self.stopped = False
         self.docker.containers.append(self)
 
@@ -68,38 +70,35 @@ class FakePostgresContainer:
     def start(self) -> FakePostgresContainer:
         if self.docker.pull_error:
             raise FakeDockerError(self.docker.pull_error)
-        # The image's entrypoint: POSTGRES_USER is the superuser and owns POSTGRES_DB.
-        assert (self.username, self.dbname) == ("postgres", "postgres")
-        assert self.command[0] == "postgres"
-        flags = self.command[2::2]
-        assert self.command[1::2] == ["-c"] * len(flags)
-        settings = dict(flag.split("=", 1) for flag in flags)
-        self.server = EmbeddedPostgres(settings=settings)
-        self.server.start()
+        # The image's entrypoint: POSTGRES_USER is a superuser; POSTGRES_DB exists.
+        assert self.dbname == "postgres" and self.username is not None
+        with psycopg.connect(self.docker.host_server.superuser_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} SUPERUSER LOGIN PASSWORD {}").format(
+                sql.Identifier(self.username), sql.Literal(self.password)))
         self.started = True
-        with psycopg.connect(self.server.superuser_dsn, autocommit=True) as conn:
-            conn.execute(psycopg.sql.SQL("ALTER ROLE postgres PASSWORD {}").format(
-                psycopg.sql.Literal(self.password)))
         return self
 
     def get_container_host_ip(self) -> str:
-        assert self.server is not None, "the container is not running"
-        return self.server.host
+        assert self.started, "the container is not running"
+        return self.docker.host_server.host
 
     def get_exposed_port(self, port: int) -> int:
-        assert self.server is not None and port == self.port
-        return self.server.port
+        assert self.started and port == self.port
+        return self.docker.host_server.port
 
     def stop(self) -> None:
         self.stopped = True
-        if self.server is not None:
-            self.server.close()
+        if self.started:
+            with psycopg.connect(self.docker.host_server.superuser_dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(self.username)))
 
 
 @pytest.fixture
-def fake_docker(monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
-    """A fake testcontainers (the current module layout) and docker in sys.modules."""
-    docker = FakeDocker()
+def fake_docker(monkeypatch: pytest.MonkeyPatch, postgres: PostgresServer) -> FakeDocker:
+    """A fake testcontainers (the current module layout) and docker in sys.modules, and
+    a container superuser of its own name, so the session's superuser is not the one used."""
+    monkeypatch.setattr(pgsource, "CONTAINER_SUPERUSER", "pgsource_container_superuser")
+    docker = FakeDocker(postgres)
     container_class = type("PostgresContainer", (FakePostgresContainer,), {"docker": docker})
     modules = {
         "docker": types.ModuleType("docker"),
@@ -140,7 +139,7 @@ def test_testcontainers_session_uses_the_dsn_built_from_the_container(
         session.close()
     [container] = fake_docker.containers
     assert container.stopped
-    with pytest.raises(psycopg.OperationalError):
+    with pytest.raises(psycopg.OperationalError, match="authentication failed"):
         psycopg.connect(server.superuser_dsn, connect_timeout=2).close()
 
 
@@ -148,22 +147,23 @@ def _check_served_by(fake_docker: FakeDocker, server: PostgresServer) -> None:
     [container] = fake_docker.containers
     assert container.image == "postgres:13-alpine"
     assert container.started and not container.stopped
-    assert container.server is not None
+    # The embedded cluster's settings, as the image's `postgres -c name=value` arguments.
+    assert container.command == ["postgres", *(
+        arg for name, value in DEFAULT_SETTINGS.items() for arg in ("-c", f"{name}={value}"))]
+    host = fake_docker.host_server
     assert conninfo_to_dict(server.superuser_dsn) == {
-        "host": container.server.host, "port": str(container.server.port),
-        "user": "postgres", "password": container.password, "dbname": "postgres",
+        "host": host.host, "port": str(host.port), "user": "pgsource_container_superuser",
+        "password": container.password, "dbname": "postgres",
     }
-    assert container.password != container.server.superuser_password
-    assert (server.superuser, server.superuser_password) == ("postgres", container.password)
-    # What the suite needs: a superuser that creates roles and databases, and the
-    # embedded cluster's settings.
-    with psycopg.connect(server.superuser_dsn, autocommit=True) as conn:
-        assert conn.execute("SHOW max_connections").fetchone() == ("300",)
-        conn.execute("CREATE ROLE pgsource_probe LOGIN PASSWORD 'probe'")
-        conn.execute("CREATE DATABASE pgsource_probe OWNER pgsource_probe")
-    with psycopg.connect(server.dsn("pgsource_probe", "pgsource_probe", "probe")) as conn:
-        assert conn.execute("SELECT current_user, current_database()").fetchone() == (
-            "pgsource_probe", "pgsource_probe")
+    assert (server.host, server.port) == (host.host, host.port)
+    assert (server.superuser, server.superuser_password) == (
+        "pgsource_container_superuser", container.password)
+    # What the suite needs: the postgres database and a superuser (roles, databases).
+    with psycopg.connect(server.superuser_dsn) as conn:
+        assert conn.execute(
+            "SELECT current_user, current_database(), rolsuper FROM pg_roles "
+            "WHERE rolname = current_user").fetchone() == (
+                "pgsource_container_superuser", "postgres", True)
 
 
 def test_default_image_and_a_container_that_fails_to_start_is_removed(
@@ -195,6 +195,17 @@ def test_no_docker_engine_says_to_start_one(fake_docker: FakeDocker) -> None:
     assert message.startswith("PGTENANT_TEST_PG=testcontainers needs a running Docker engine "
                               "(start Docker, or set DOCKER_HOST to one): Error while fetching")
     assert fake_docker.containers == []
+
+
+def test_releases_before_the_community_package_are_found(
+    fake_docker: FakeDocker, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Older 4.x releases have PostgresContainer in testcontainers.postgres only."""
+    modern = sys.modules["testcontainers.community.postgres"]
+    monkeypatch.setitem(sys.modules, "testcontainers.community.postgres", None)
+    monkeypatch.setitem(sys.modules, "testcontainers.postgres", modern)
+    fake_docker.engine_up = False
+    assert "needs a running Docker engine" in _failure({})
 
 
 def test_missing_testcontainers_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
