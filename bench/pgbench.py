@@ -2,7 +2,7 @@
 
 Throughput and the transaction count come from pgbench's summary. Latency percentiles
 come from its per-transaction log (``--log``): every transaction's latency in
-microseconds, so p50 and p99 are exact rather than estimated from averages.
+microseconds, so p50, p90 and p99 are exact rather than estimated from averages.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class PgbenchOutcome:
     transactions: int
     failed_transactions: int
     p50_us: float | None
+    p90_us: float | None
     p99_us: float | None
     error: str | None
 
@@ -76,8 +77,9 @@ def _client_env(conn: ConnInfo) -> dict[str, str]:
     return {**inherited, **conn.env()}
 
 
-def _latencies(log_prefix: Path) -> list[int]:
-    """Per-transaction latencies (µs) from pgbench's logs; the log files are removed."""
+def read_transaction_logs(log_prefix: Path) -> list[int]:
+    """Per-transaction latencies (µs) from pgbench's logs (``PREFIX.PID`` and, with several
+    threads, ``PREFIX.PID.N``); the log files are removed."""
     latencies: list[int] = []
     for path in log_prefix.parent.glob(f"{log_prefix.name}.*"):
         with path.open() as log_file:
@@ -140,7 +142,7 @@ def _combine(
     for invocation, process, output, log_prefix in started:
         stdout = output.read_text(errors="replace")
         stderr = output.with_suffix(".err").read_text(errors="replace")
-        latencies += _latencies(log_prefix)
+        latencies += read_transaction_logs(log_prefix)
         tps_match = _TPS.search(stdout)
         processed = _PROCESSED.search(stdout)
         failed_match = _FAILED.search(stdout)
@@ -162,6 +164,7 @@ def _combine(
         transactions=transactions,
         failed_transactions=failed,
         p50_us=percentile(latencies, 0.50),
+        p90_us=percentile(latencies, 0.90),
         p99_us=percentile(latencies, 0.99),
         error="; ".join(errors) if errors else (None if transactions else "no transactions"),
     )

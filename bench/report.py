@@ -6,9 +6,10 @@ import dataclasses
 import json
 import logging
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.baseline import base_name
 from bench.results import BenchResults, IdleMeasurement, Measurement
@@ -34,6 +35,7 @@ class Summary:
     tps_min: float | None = None
     tps_max: float | None = None
     p50_ms: float | None = None
+    p90_ms: float | None = None
     p99_ms: float | None = None
     proxy_cpu_us_per_tx: float | None = None
     pg_cpu_us_per_tx: float | None = None
@@ -86,6 +88,7 @@ def summarize(results: BenchResults) -> list[Summary]:
             tps_min=min(tps) if tps else None,
             tps_max=max(tps) if tps else None,
             p50_ms=_median(m.p50_ms for m in good),
+            p90_ms=_median(m.p90_ms for m in good),
             p99_ms=_median(m.p99_ms for m in good),
             proxy_cpu_us_per_tx=_median(m.proxy_cpu_us_per_tx for m in good),
             pg_cpu_us_per_tx=_median(m.pg_cpu_us_per_tx for m in good),
@@ -244,16 +247,17 @@ def markdown(results: BenchResults) -> str:
         lines += [
             "## Throughput, latency and CPU (medians over the repeats)",
             "",
-            "| workload | target | TPS | spread | x PgBouncer | x direct | p50 ms | p99 ms "
-            "| proxy CPU µs/tx | PG CPU µs/tx | ok runs |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| workload | target | TPS | spread | x PgBouncer | x direct | p50 ms | p90 ms "
+            "| p99 ms | proxy CPU µs/tx | PG CPU µs/tx | ok runs |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for s in summaries:
             tps = _fmt(s.tps) if s.tps is not None else "**failed**"
             lines.append(
                 f"| {s.workload} | {s.target} | {tps} | {_spread(s)} "
                 f"| {_fmt(s.vs_pgbouncer, '{:.2f}')} | {_fmt(s.vs_direct, '{:.2f}')} "
-                f"| {_fmt(s.p50_ms, '{:.3f}')} | {_fmt(s.p99_ms, '{:.3f}')} "
+                f"| {_fmt(s.p50_ms, '{:.3f}')} | {_fmt(s.p90_ms, '{:.3f}')} "
+                f"| {_fmt(s.p99_ms, '{:.3f}')} "
                 f"| {_fmt(s.proxy_cpu_us_per_tx, '{:.1f}')} | {_fmt(s.pg_cpu_us_per_tx, '{:.1f}')} "
                 f"| {s.ok_runs}/{s.runs} |"
             )
@@ -379,14 +383,82 @@ def write(results: BenchResults, directory: Path) -> None:
     log.info("results written to %s", directory)
 
 
+@dataclass(frozen=True, slots=True)
+class LatencyRange:
+    """One target on one workload in the chart's latency-distribution panel (ms)."""
+
+    workload: str
+    target: str
+    position: float  # on the x axis: the workload's slot, shifted by the target's offset
+    p50_ms: float
+    p90_ms: float | None
+    p99_ms: float
+
+
+#: The latency percentiles the chart marks: label, matplotlib marker, value.
+LATENCY_MARKERS: tuple[tuple[str, str, Callable[[LatencyRange], float | None]], ...] = (
+    ("p50", "o", lambda r: r.p50_ms),
+    ("p90", "D", lambda r: r.p90_ms),
+    ("p99", "^", lambda r: r.p99_ms),
+)
+
+
+def _position(workload_index: int, target_index: int, targets: int) -> float:
+    """Where a target's bar (or latency range) stands in its workload's group on the x axis."""
+    width = 0.8 / max(1, targets)
+    return workload_index + (target_index - (targets - 1) / 2) * width
+
+
+def latency_ranges(
+    summaries: Sequence[Summary], workloads: Sequence[str], targets: Sequence[str],
+) -> list[LatencyRange]:
+    """The points of the latency-distribution panel: per workload and target that has
+    latencies (p50 and p99 above zero, for the log scale), at its bar's x position."""
+    by_key = {(s.workload, s.target): s for s in summaries}
+    ranges = []
+    for w_index, workload in enumerate(workloads):
+        for t_index, target in enumerate(targets):
+            s = by_key.get((workload, target))
+            if s is None or not s.p50_ms or not s.p99_ms:
+                continue
+            ranges.append(LatencyRange(
+                workload=workload, target=target,
+                position=_position(w_index, t_index, len(targets)),
+                p50_ms=s.p50_ms, p90_ms=s.p90_ms or None, p99_ms=s.p99_ms,
+            ))
+    return ranges
+
+
+def draw_latency_distribution(
+    axis: Any, ranges: Sequence[LatencyRange], colors: Mapping[str, str],
+) -> None:
+    """On a matplotlib axis: per target and workload a line from p50 to p99 in the target's
+    colour, with a marker at p50, p90 and p99 (a legend names the markers)."""
+    for r in ranges:
+        axis.vlines(r.position, r.p50_ms, r.p99_ms, colors=colors[r.target], linewidth=2.5)
+    for label, marker, value in LATENCY_MARKERS:
+        marked = [(r, y) for r in ranges if (y := value(r)) is not None]
+        axis.scatter([r.position for r, _ in marked], [y for _, y in marked], marker=marker,
+                     c=[colors[r.target] for r, _ in marked], s=28, zorder=3,
+                     edgecolors="black", linewidths=0.5)
+        axis.plot([], [], marker=marker, linestyle="none", color="white",
+                  markeredgecolor="black", label=label)  # the legend's entry
+    # Above the plot's top right corner, beside the title: never over the data.
+    axis.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize="small",
+                ncols=len(LATENCY_MARKERS), frameon=False, columnspacing=1.0,
+                handletextpad=0.2, borderaxespad=0.1)
+
+
 def chart(results: BenchResults, path: Path) -> None:
-    """Bars per workload and target (log scales): TPS vs direct, p99 latency, proxy CPU per
-    transaction; plus RSS per idle client when the idle test ran."""
+    """Per workload and target (log scales): TPS vs direct, the latency distribution (p50,
+    p90, p99) and proxy CPU per transaction; plus RSS per idle client when the idle test
+    ran."""
     try:
         import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+        from matplotlib import ticker  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         print("matplotlib missing: no chart (pip install matplotlib)", flush=True)
         return
@@ -399,25 +471,32 @@ def chart(results: BenchResults, path: Path) -> None:
     colors = {t: f"C{n}" for n, t in enumerate(targets)}
     by_key = {(s.workload, s.target): s for s in summaries}
     has_direct = any(s.target == BASELINE_DIRECT for s in summaries)
-    panels: list[tuple[str, Callable[[Summary], float | None]]] = [
+    width = 0.8 / max(1, len(targets))
+
+    def bars(value: Callable[[Summary], float | None]) -> Callable[[Any], None]:
+        def draw(axis: Any) -> None:
+            for index, target in enumerate(targets):
+                heights = [
+                    (value(by_key[(w, target)]) or 0.0) if (w, target) in by_key else 0.0
+                    for w in workloads
+                ]
+                positions = [_position(x, index, len(targets)) for x in range(len(workloads))]
+                axis.bar(positions, heights, width, label=target, color=colors[target])
+        return draw
+
+    ranges = latency_ranges(summaries, workloads, targets)
+    panels: list[tuple[str, Callable[[Any], None]]] = [
         ("TPS relative to direct (log)" if has_direct else "TPS (log)",
-         (lambda s: s.vs_direct) if has_direct else (lambda s: s.tps)),
-        ("p99 latency, ms (log)", lambda s: s.p99_ms),
-        ("proxy CPU per transaction, µs (log)", lambda s: s.proxy_cpu_us_per_tx),
+         bars((lambda s: s.vs_direct) if has_direct else (lambda s: s.tps))),
+        ("latency per transaction, p50 to p99, ms (log)",
+         lambda axis: draw_latency_distribution(axis, ranges, colors)),
+        ("proxy CPU per transaction, µs (log)", bars(lambda s: s.proxy_cpu_us_per_tx)),
     ] if summaries else []
     rows = len(panels) + (1 if idle else 0)
     figure, axes = plt.subplots(rows, 1, figsize=(max(9, 1.2 * len(workloads)), 3.6 * rows),
                                 squeeze=False)
-    width = 0.8 / max(1, len(targets))
-    for axis, (title, value) in zip(axes[:, 0], panels, strict=False):
-        for index, target in enumerate(targets):
-            heights = [
-                (value(by_key[(w, target)]) or 0.0) if (w, target) in by_key else 0.0
-                for w in workloads
-            ]
-            positions = [x + (index - (len(targets) - 1) / 2) * width
-                         for x in range(len(workloads))]
-            axis.bar(positions, heights, width, label=target, color=colors[target])
+    for axis, (title, draw) in zip(axes[:, 0], panels, strict=False):
+        draw(axis)
         axis.set_yscale("log")
         axis.set_title(title)
         axis.grid(axis="y", which="both", alpha=0.3)
@@ -425,6 +504,12 @@ def chart(results: BenchResults, path: Path) -> None:
                         fontsize="small")
     if panels and has_direct:
         axes[0, 0].axhline(1.0, color="black", linewidth=0.8)
+    if panels:
+        # Latencies read as plain milliseconds (0.2, 0.5, 1, 2, 5), not powers of ten.
+        latency_axis = axes[1, 0]
+        latency_axis.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        latency_axis.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        latency_axis.yaxis.set_minor_formatter(ticker.NullFormatter())
     if idle:
         axis = axes[-1, 0]
         axis.bar([i.target for i in idle],

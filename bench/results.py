@@ -22,6 +22,7 @@ class Measurement:
     tps: float | None
     transactions: int
     p50_ms: float | None
+    p90_ms: float | None
     p99_ms: float | None
     proxy_cpu_us_per_tx: float | None  # the proxy process tree (none for direct)
     pg_cpu_us_per_tx: float | None  # the postmaster and all its backends

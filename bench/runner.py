@@ -325,6 +325,7 @@ class BenchRun:
             tps=outcome.tps if ok else None,
             transactions=outcome.transactions,
             p50_ms=outcome.p50_us / 1000 if outcome.p50_us is not None else None,
+            p90_ms=outcome.p90_us / 1000 if outcome.p90_us is not None else None,
             p99_ms=outcome.p99_us / 1000 if outcome.p99_us is not None else None,
             proxy_cpu_us_per_tx=proxy_cpu * per_tx if per_tx and target.proxy_pids() else None,
             pg_cpu_us_per_tx=pg_cpu * per_tx if per_tx else None,

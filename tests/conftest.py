@@ -2,8 +2,9 @@
 
 The suite starts its own throwaway cluster (``proxy.devtools.EmbeddedPostgres``) the
 first time a test asks for it, unless ``PGTENANT_TEST_DSN`` names an existing server (a
-superuser DSN). A test that cannot reach PostgreSQL fails; it never skips. The one skip
-allowed: tests marked ``restarts_postgres`` when the server is not ours to restart.
+superuser DSN) or ``PGTENANT_TEST_PG=testcontainers`` asks for a container (tests/pgsource.py).
+A test that cannot reach PostgreSQL fails; it never skips. The one skip allowed: tests
+marked ``restarts_postgres`` when the server is not ours to restart.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import psycopg
 import pytest
 
 from proxy.devtools import EmbeddedPostgres, EmbeddedPostgresError, provision_app, reset_items
+from tests import pgsource
 from tests.drivers.toolchains import in_ci
 from tests.support import AppDatabase, ExternalPostgres, PostgresServer
 
@@ -35,6 +37,10 @@ TENANTS = ("acme", "globex")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    try:
+        pgsource.selected(os.environ)
+    except pgsource.PostgresSourceError as exc:
+        raise pytest.UsageError(str(exc)) from None
     config.addinivalue_line(
         "markers",
         f"{REQUIRES_PROGRAMS}(package, *programs): skipped outside CI when a program is "
@@ -42,18 +48,17 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
-        f"{RESTARTS_POSTGRES}: the test restarts PostgreSQL (skipped only when "
-        f"{TEST_DSN_ENV} names a server the suite does not own)",
+        f"{RESTARTS_POSTGRES}: the test restarts PostgreSQL (skipped only when the server "
+        f"comes from {TEST_DSN_ENV} or testcontainers: not ours to restart)",
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _skip_without_programs(items)
-    if not os.environ.get(TEST_DSN_ENV):
+    if pgsource.restartable(os.environ):
         return
-    skip = pytest.mark.skip(
-        reason=f"restarts PostgreSQL, and {TEST_DSN_ENV} names a server this suite does not own"
-    )
+    skip = pytest.mark.skip(reason="restarts PostgreSQL, and the session's server (from "
+                            f"{TEST_DSN_ENV} or testcontainers) is not one it can restart")
     for item in items:
         if item.get_closest_marker(RESTARTS_POSTGRES):
             item.add_marker(skip)
@@ -78,7 +83,11 @@ def _skip_without_programs(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    """The PostgreSQL server for the whole session (ours, or the one in PGTENANT_TEST_DSN)."""
+    """The PostgreSQL server for the whole session (ours, the one in PGTENANT_TEST_DSN, or
+    a testcontainers container)."""
+    if pgsource.selected(os.environ) == pgsource.TESTCONTAINERS:
+        yield from pgsource.container_session(os.environ)
+        return
     external_dsn = os.environ.get(TEST_DSN_ENV)
     # pytest.fail is called outside the except blocks: the reason alone, no chained traceback.
     problem: Exception | None = None

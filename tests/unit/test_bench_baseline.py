@@ -208,8 +208,8 @@ def test_verify_needs_the_import_line(tmp_path: Path) -> None:
 def _measurement(target: str, repeat: int, tps: float, cpu: float, p50: float) -> Measurement:
     return Measurement(workload="tenant-c32", target=target, repeat=repeat, started_at="",
                        ok=True, error=None, tps=tps, transactions=int(tps * 10), p50_ms=p50,
-                       p99_ms=p50 * 3, proxy_cpu_us_per_tx=cpu, pg_cpu_us_per_tx=50.0,
-                       client_cpu_us_per_tx=20.0)
+                       p90_ms=p50 * 2, p99_ms=p50 * 3, proxy_cpu_us_per_tx=cpu,
+                       pg_cpu_us_per_tx=50.0, client_cpu_us_per_tx=20.0)
 
 
 def test_report_shows_current_over_baseline_per_workload() -> None:
