@@ -279,6 +279,14 @@ class Result:
     tag: str
 
 
+class PostgresError(LookupError):
+    """What the fake PostgreSQL answers with an ErrorResponse."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
 def statement_result(sql: str, params: Sequence[bytes | None], abalance: bytes) -> Result:
     """PostgreSQL's answer to the statements of this benchmark; anything else is an error."""
     text = sql.strip().rstrip(";").strip()
@@ -293,7 +301,7 @@ def statement_result(sql: str, params: Sequence[bytes | None], abalance: bytes) 
     if lowered in ("discard all", "reset all", "deallocate all"):
         return Result((), (), {"discard all": "DISCARD ALL", "reset all": "RESET",
                                "deallocate all": "DEALLOCATE ALL"}[lowered])
-    raise LookupError(f"engine bench fake PostgreSQL does not know: {text[:200]!r}")
+    raise PostgresError("42601", f"engine bench fake PostgreSQL does not know: {text[:200]!r}")
 
 
 class FakePostgres:
@@ -376,7 +384,7 @@ class FakePostgres:
                 return self._query(body[:-1].decode())
             return self._extended(tag, body)
         except LookupError as exc:
-            reply = error_response("26000" if "statement" in str(exc) else "42601", str(exc))
+            reply = error_response(getattr(exc, "sqlstate", "XX000"), str(exc))
             if tag == b"Q":
                 return reply + READY_IDLE
             self._failed = True
@@ -397,7 +405,7 @@ class FakePostgres:
             name, rest = _split_cstr(body)
             sql, rest = _split_cstr(rest)
             if name and name in self.statements:
-                raise LookupError(f'prepared statement "{name}" already exists')
+                raise PostgresError("42P05", f'prepared statement "{name}" already exists')
             statement_result(sql, (b"",) * 64, self.abalance)  # known, or an error now
             (nparams,) = struct.unpack_from("!H", rest, 0)
             self.statements[name] = (sql, sql.count("$"))
@@ -406,7 +414,8 @@ class FakePostgres:
             portal, rest = _split_cstr(body)
             statement, rest = _split_cstr(rest)
             if statement not in self.statements:
-                raise LookupError(f'prepared statement "{statement}" does not exist')
+                raise PostgresError("26000",
+                                    f'prepared statement "{statement}" does not exist')
             (nformats,) = struct.unpack_from("!H", rest, 0)
             at = 2 + 2 * nformats
             (nparams,) = struct.unpack_from("!H", rest, at)
@@ -426,7 +435,7 @@ class FakePostgres:
             kind, name = body[:1], body[1:-1].decode()
             if kind == b"S":
                 if name not in self.statements:
-                    raise LookupError(f'prepared statement "{name}" does not exist')
+                    raise PostgresError("26000", f'prepared statement "{name}" does not exist')
                 sql, nparams = self.statements[name]
                 params_desc = _msg(b"t", struct.pack("!H", nparams)
                                    + struct.pack("!I", _TEXT_OID) * nparams)
@@ -448,12 +457,13 @@ class FakePostgres:
             return CLOSE_COMPLETE
         if tag == b"H":
             return b""
-        raise LookupError(f"engine bench fake PostgreSQL: message {tag!r} not supported")
+        raise PostgresError("08P01",
+                            f"engine bench fake PostgreSQL: message {tag!r} not supported")
 
     def _portal(self, name: str) -> tuple[str, tuple[bytes | None, ...]]:
         portal = self._portals.get(name)
         if portal is None:
-            raise LookupError(f'portal "{name}" does not exist')
+            raise PostgresError("34000", f'portal "{name}" does not exist')
         return portal
 
 
@@ -522,7 +532,8 @@ class FakeTransport:
 
 class FakeServerTransport(FakeTransport):
     """A server connection's socket: writes go to its FakePostgres, whose reply waits
-    in the engine's outbox until the current callback has returned."""
+    in the engine's outbox until the current callback has returned (``sync`` delivery),
+    or is delivered by a callback of the event loop (``loop`` delivery)."""
 
     def __init__(self, protocol: _Receiving, engine: Engine, postgres: FakePostgres) -> None:
         super().__init__(protocol, ("127.0.0.1", 5432))
@@ -535,17 +546,29 @@ class FakeServerTransport(FakeTransport):
         reply = self.postgres.receive(data)
         if reply:
             if not self.chunks:
-                self.engine.outbox.append(self)
+                if self.engine.through_loop:
+                    asyncio.get_running_loop().call_soon(self.deliver)
+                else:
+                    self.engine.outbox.append(self)
             self.chunks.append(reply)
+
+    def deliver(self) -> None:
+        """One ``data_received`` with everything the server has sent since the last."""
+        chunks = self.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        if data and not self.closed:
+            self.protocol.data_received(data)
 
 
 class Engine:
     """Delivers the fake servers' replies to the proxy, one callback per connection."""
 
-    def __init__(self, abalance: bytes = ABALANCE) -> None:
+    def __init__(self, abalance: bytes = ABALANCE, delivery: str = "sync") -> None:
         self.outbox: list[FakeServerTransport] = []
         self.servers: list[FakeServerTransport] = []
         self.abalance = abalance
+        self.through_loop = delivery == "loop"
 
     def server_transport(self, protocol: _Receiving) -> FakeServerTransport:
         transport = FakeServerTransport(
@@ -558,11 +581,7 @@ class Engine:
         while self.outbox:
             batch, self.outbox = self.outbox, []
             for transport in batch:
-                chunks = transport.chunks
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                if not transport.closed:
-                    transport.protocol.data_received(data)
+                transport.deliver()
 
 
 # ======================================================================================
@@ -615,14 +634,16 @@ class WorkloadResult:
     pool_mode: str
     protocol: str
     transactions: int           # per repeat
-    repeats_us: list[float]     # µs per transaction, one per repeat
+    repeats_us: list[float]     # CPU µs per transaction (this thread), one per repeat
     us_per_tx: float            # median of repeats_us
+    wall_us_per_tx: float       # median of the repeats' wall time per transaction
     proxy_calls_per_tx: float   # Python function calls in proxy/ (profiled run)
     builtin_calls_per_tx: float  # builtins (C functions, methods) called by proxy/ code
     all_calls_per_tx: float     # every Python function call, the harness's included
-    loop_waits_per_tx: float    # times a reply needed the event loop to run (0 = synchronous)
+    loop_waits_per_tx: float    # extra event-loop passes a reply needed (0: none)
     checked: int                # transactions whose reply was compared byte for byte
     servers_opened: int
+    delivery: str = "sync"      # server replies: after each callback, or by the event loop
     top_calls: list[tuple[str, float]] = dataclasses.field(default_factory=list)
 
 
@@ -637,10 +658,11 @@ class _Client:
 class _Run:
     """One workload on one ProxyApp: log in, warm up, then timed blocks of rounds."""
 
-    def __init__(self, workload: Workload, guard: bool, abalance: bytes) -> None:
+    def __init__(self, workload: Workload, guard: bool, abalance: bytes,
+                 delivery: str = "sync") -> None:
         self.workload = workload
         self.guard = guard
-        self.engine = Engine(abalance)
+        self.engine = Engine(abalance, delivery)
         self.request, self.expected = _request_and_reply(workload.protocol, ABALANCE)
         self.clients: list[_Client] = []
         self.app: Any = None
@@ -687,9 +709,12 @@ class _Run:
         request = self.request
         expected = self.expected
         pump = self.engine.pump
+        through_loop = self.engine.through_loop
         for _ in range(rounds):
             for client in clients:
                 client.protocol.data_received(request)
+            if through_loop:
+                await asyncio.sleep(0)  # one pass of the loop delivers the replies
             pump()
             for client in clients:
                 chunks = client.transport.chunks
@@ -701,6 +726,21 @@ class _Run:
         # Whatever the transactions left for the loop (future callbacks) runs in the block.
         await asyncio.sleep(0)
         pump()
+
+    async def timed(self, rounds: int, repeats: int) -> tuple[list[float], list[float]]:
+        """``repeats`` blocks of ``rounds``: CPU time of this thread (what the proxy
+        spends: a shared machine's other processes do not count) and wall time, in µs
+        per transaction."""
+        cpu: list[float] = []
+        wall: list[float] = []
+        per_block = rounds * len(self.clients) * 1000
+        for _ in range(repeats):
+            gc.collect()
+            started_cpu, started = time.thread_time_ns(), time.perf_counter_ns()
+            await self.block(rounds)
+            cpu.append((time.thread_time_ns() - started_cpu) / per_block)
+            wall.append((time.perf_counter_ns() - started) / per_block)
+        return cpu, wall
 
     async def _complete(self, client: _Client) -> None:
         """A reply that did not arrive whole at once: check it, or let the loop run
@@ -813,20 +853,16 @@ class _CallCounter:
 
 
 async def _measure(workload: Workload, guard: bool, transactions: int, repeats: int,
-                   warmup: int, detail: int, abalance: bytes) -> WorkloadResult:
-    run = _Run(workload, guard, abalance)
+                   warmup: int, detail: int, abalance: bytes, delivery: str
+                   ) -> WorkloadResult:
+    run = _Run(workload, guard, abalance, delivery)
     await run.start()
     try:
         clients = workload.clients
         rounds = max(1, transactions // clients)
         await run.block(max(1, warmup // clients))
         run.loop_waits = 0
-        timings: list[float] = []
-        for _ in range(repeats):
-            gc.collect()
-            start = time.perf_counter_ns()
-            await run.block(rounds)
-            timings.append((time.perf_counter_ns() - start) / 1000 / (rounds * clients))
+        cpu, wall = await run.timed(rounds, repeats)
         waits = run.loop_waits
         profiled_rounds = max(1, min(rounds, 2000 // clients))
         counter = _CallCounter(detail > 0)
@@ -839,19 +875,20 @@ async def _measure(workload: Workload, guard: bool, transactions: int, repeats: 
         top = [(name, count / profiled) for name, count in counter.functions.most_common(detail)]
         return WorkloadResult(
             workload=workload.name, guard=guard, clients=clients, pool_mode=workload.pool_mode,
-            protocol=workload.protocol, transactions=rounds * clients, repeats_us=timings,
-            us_per_tx=statistics.median(timings), proxy_calls_per_tx=counter.proxy / profiled,
+            protocol=workload.protocol, transactions=rounds * clients, repeats_us=cpu,
+            us_per_tx=statistics.median(cpu), wall_us_per_tx=statistics.median(wall),
+            proxy_calls_per_tx=counter.proxy / profiled,
             builtin_calls_per_tx=counter.builtin / profiled,
             all_calls_per_tx=counter.total / profiled,
             loop_waits_per_tx=waits / (repeats * rounds * clients), checked=run.checked,
-            servers_opened=len(run.engine.servers), top_calls=top)
+            servers_opened=len(run.engine.servers), delivery=delivery, top_calls=top)
     finally:
         await run.stop()
 
 
-async def _measure_harness(transactions: int, repeats: int) -> WorkloadResult:
+async def _measure_harness(transactions: int, repeats: int, delivery: str) -> WorkloadResult:
     """The same rounds with a stand-in that only passes bytes: the harness's own share."""
-    engine = Engine()
+    engine = Engine(ABALANCE, delivery)
 
     class Relay:
         """Client side: what a client sends goes to the server as is."""
@@ -883,39 +920,38 @@ async def _measure_harness(transactions: int, repeats: int) -> WorkloadResult:
     run = _Run(Workload("harness", "simple", 1, "transaction"), False, ABALANCE)
     run.engine = engine
     run.clients = [_Client(relay, transport)]  # type: ignore[arg-type]
-    timings = []
-    for _ in range(repeats):
-        gc.collect()
-        start = time.perf_counter_ns()
-        await run.block(transactions)
-        timings.append((time.perf_counter_ns() - start) / 1000 / transactions)
+    cpu, wall = await run.timed(transactions, repeats)
     assert run.loop_waits == 0
     return WorkloadResult(
         workload="harness (no proxy)", guard=False, clients=1, pool_mode="-", protocol="simple",
-        transactions=transactions, repeats_us=timings, us_per_tx=statistics.median(timings),
+        transactions=transactions, repeats_us=cpu, us_per_tx=statistics.median(cpu),
+        wall_us_per_tx=statistics.median(wall),
         proxy_calls_per_tx=0.0, builtin_calls_per_tx=0.0, all_calls_per_tx=0.0,
-        loop_waits_per_tx=0.0, checked=run.checked, servers_opened=0)
+        loop_waits_per_tx=0.0, checked=run.checked, servers_opened=0, delivery=delivery)
 
 
 def run_engine(workloads: Sequence[Workload], guards: Sequence[bool], transactions: int,
                repeats: int, *, warmup: int = 500, detail: int = 0,
-               abalance: bytes = ABALANCE, harness: bool = True,
+               abalance: bytes = ABALANCE, harness: bool = True, delivery: str = "sync",
                progress: Callable[[WorkloadResult], None] | None = None
                ) -> list[WorkloadResult]:
     """Measure each workload with the guard on and/or off; raises EngineBenchError when a
     reply is not what PostgreSQL would send. ``abalance``: the value the fake PostgreSQL
-    returns (anything but ``ABALANCE`` makes every check fail: the checks are real)."""
+    returns (anything but ``ABALANCE`` makes every check fail: the checks are real).
+    ``delivery``: ``sync`` (server replies right after each callback, no event loop in
+    between: the proxy's cost alone) or ``loop`` (by ``call_soon``, one loop pass per
+    round: the loop's share included)."""
 
     async def main() -> list[WorkloadResult]:
         results = []
         if harness:
-            results.append(await _measure_harness(transactions, repeats))
+            results.append(await _measure_harness(transactions, repeats, delivery))
             if progress is not None:
                 progress(results[-1])
         for workload in workloads:
             for guard in guards:
                 results.append(await _measure(workload, guard, transactions, repeats,
-                                              warmup, detail, abalance))
+                                              warmup, detail, abalance, delivery))
                 if progress is not None:
                     progress(results[-1])
         return results
@@ -938,11 +974,11 @@ def _row(result: WorkloadResult) -> str:
     every = f"{result.all_calls_per_tx:.1f}" if proxy else "-"
     waits = f"{result.loop_waits_per_tx:.3f}" if proxy else "-"
     return (f"{result.workload:<20} {guard:>5} {result.us_per_tx:>7.2f} {spread:>13} "
-            f"{calls:>7} {builtins:>7} {every:>7} {waits:>6}")
+            f"{result.wall_us_per_tx:>7.2f} {calls:>6} {builtins:>6} {every:>6} {waits:>6}")
 
 
-_HEADER = (f"{'workload':<20} {'guard':>5} {'us/tx':>7} {'range':>13} "
-           f"{'py':>7} {'C':>7} {'all py':>7} {'loop':>6}")
+_HEADER = (f"{'workload':<20} {'guard':>5} {'cpu us':>7} {'cpu range':>13} {'wall us':>7} "
+           f"{'py':>6} {'C':>6} {'all py':>6} {'loop':>6}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -959,6 +995,10 @@ def _parser() -> argparse.ArgumentParser:
                              + ", ".join(w.name for w in WORKLOADS))
     parser.add_argument("--guard", choices=("on", "off", "both"), default="both",
                         help="SQL guard on (the default config), off, or both (default)")
+    parser.add_argument("--delivery", choices=("sync", "loop"), default="sync",
+                        help="server replies delivered right after each callback (sync, "
+                             "default: the proxy alone) or by the event loop (loop: "
+                             "call_soon, one loop pass per round)")
     parser.add_argument("--calls", type=int, default=0, metavar="N",
                         help="also list the N proxy functions called most per transaction")
     parser.add_argument("--output", nargs="?", type=Path, const=_RESULTS_DIR, default=None,
@@ -995,7 +1035,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"pgtenant engine bench: {kind} build"
           + (f" ({len(compiled)} compiled modules)" if compiled else "")
           + f", Python {platform.python_version()}, {repeats} x {transactions} transactions, "
-          "median us per transaction")
+          f"{args.delivery} delivery")
     print(_HEADER)
 
     def progress(result: WorkloadResult) -> None:
@@ -1005,14 +1045,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         results = run_engine(workloads, guards, transactions, repeats, detail=args.calls,
-                             progress=progress)
+                             delivery=args.delivery, progress=progress)
     except EngineBenchError as exc:
         print(f"bench.engine: {exc}", file=sys.stderr)
         return 1
-    print("us/tx: wall time per transaction, harness included (its own row); calls per "
-          "transaction: py = Python functions in proxy/ (a compiled module's are not seen), "
+    print("Per transaction: cpu us = CPU time of the bench thread (median, and range, of the "
+          "repeats), wall us = wall time (median), both with the harness's share (its own "
+          "row); calls: py = Python functions in proxy/ (a compiled module's are not seen), "
           "C = builtins called from them, all py = every Python function (harness too); "
-          "loop = replies per transaction that needed a pass of the event loop")
+          "loop = extra event-loop passes per transaction a reply needed (0: none)")
     if args.output is not None:
         path = _output_path(args.output)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -1023,7 +1064,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "compiled_modules": compiled,
             "python": platform.python_version(),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-            "settings": {"transactions": transactions, "repeats": repeats},
+            "settings": {"transactions": transactions, "repeats": repeats,
+                         "delivery": args.delivery},
             "results": [dataclasses.asdict(r) for r in results],
         }
         path.write_text(json.dumps(document, indent=2) + "\n")
