@@ -34,6 +34,7 @@ import gc
 import json
 import os
 import platform
+import re
 import secrets
 import statistics
 import struct
@@ -117,7 +118,7 @@ async def stop_app(app: Any) -> None:
 
 def compiled_modules() -> list[str]:
     """The proxy modules loaded from a compiled extension (mypyc), sorted."""
-    import proxy.wire.framing  # noqa: F401  (the module the build check names)
+    import proxy.app  # noqa: F401  (imports every module the bench runs)
 
     return sorted(name for name, module in list(sys.modules.items())
                   if name.split(".")[0] == "proxy"
@@ -222,7 +223,6 @@ def terminate() -> bytes:
 
 _INT4_OID = 23
 _TEXT_OID = 25
-_BOOL_OID = 16
 
 PARSE_COMPLETE = _msg(b"1")
 BIND_COMPLETE = _msg(b"2")
@@ -320,16 +320,14 @@ class FakePostgres:
         self._portals: dict[str, tuple[str, tuple[bytes | None, ...]]] = {}
         self._failed = False  # an error in an extended batch: skip to Sync
         self._memo: dict[bytes, bytes] = {}
-        self.requests = 0
-        self.memo_hits = 0
+        self.computed = 0  # requests answered by the model, not from the memo
 
     def receive(self, data: bytes) -> bytes:
         """Bytes the proxy wrote → the bytes PostgreSQL sends back."""
-        self.requests += 1
         reply = self._memo.get(data)
         if reply is not None and not self._buffer:
-            self.memo_hits += 1
             return reply
+        self.computed += 1
         before = self._state()
         reply = self._answer(data)
         if self._state() == before and not self._buffer:
@@ -407,8 +405,7 @@ class FakePostgres:
             if name and name in self.statements:
                 raise PostgresError("42P05", f'prepared statement "{name}" already exists')
             statement_result(sql, (b"",) * 64, self.abalance)  # known, or an error now
-            (nparams,) = struct.unpack_from("!H", rest, 0)
-            self.statements[name] = (sql, sql.count("$"))
+            self.statements[name] = (sql, len(set(re.findall(r"\$(\d+)", sql))))
             return PARSE_COMPLETE
         if tag == b"B":
             portal, rest = _split_cstr(body)
@@ -643,6 +640,7 @@ class WorkloadResult:
     loop_waits_per_tx: float    # extra event-loop passes a reply needed (0: none)
     checked: int                # transactions whose reply was compared byte for byte
     servers_opened: int
+    fake_replies_computed: int  # fake PostgreSQL replies not from its memo (whole run)
     delivery: str = "sync"      # server replies: after each callback, or by the event loop
     top_calls: list[tuple[str, float]] = dataclasses.field(default_factory=list)
 
@@ -881,7 +879,9 @@ async def _measure(workload: Workload, guard: bool, transactions: int, repeats: 
             builtin_calls_per_tx=counter.builtin / profiled,
             all_calls_per_tx=counter.total / profiled,
             loop_waits_per_tx=waits / (repeats * rounds * clients), checked=run.checked,
-            servers_opened=len(run.engine.servers), delivery=delivery, top_calls=top)
+            servers_opened=len(run.engine.servers),
+            fake_replies_computed=sum(t.postgres.computed for t in run.engine.servers),
+            delivery=delivery, top_calls=top)
     finally:
         await run.stop()
 
@@ -927,7 +927,8 @@ async def _measure_harness(transactions: int, repeats: int, delivery: str) -> Wo
         transactions=transactions, repeats_us=cpu, us_per_tx=statistics.median(cpu),
         wall_us_per_tx=statistics.median(wall),
         proxy_calls_per_tx=0.0, builtin_calls_per_tx=0.0, all_calls_per_tx=0.0,
-        loop_waits_per_tx=0.0, checked=run.checked, servers_opened=0, delivery=delivery)
+        loop_waits_per_tx=0.0, checked=run.checked, servers_opened=0,
+        fake_replies_computed=server.postgres.computed, delivery=delivery)
 
 
 def run_engine(workloads: Sequence[Workload], guards: Sequence[bool], transactions: int,
