@@ -9,17 +9,19 @@ fake answers every request with the bytes PostgreSQL would send, from a per-conn
 memo once it has seen a request, so the time measured is the proxy's Python (and this
 file's small harness, measured on its own as the ``harness`` row).
 
-Delivery is synchronous like a socket callback: a client's bytes go in with one
+Delivery is synchronous like socket callbacks: a client's bytes go in with one
 ``data_received`` call; the server replies the proxy wrote during that call are
-delivered afterwards, one ``data_received`` per server connection, then the next
-client's. With 8 clients a round sends all 8 requests first (8 leases), then delivers
-the 8 replies: the pool works as under ``pgbench -c 8``. Each transaction's reply is
-compared byte for byte with what PostgreSQL would send the client (RowDescription,
-DataRow, CommandComplete, ReadyForQuery), so an error path cannot pass for a measurement.
+delivered afterwards, one ``data_received`` per server connection (``--delivery loop``:
+by ``call_soon``, through the event loop). With 8 clients a round sends all 8
+requests first (8 leases), then delivers the 8 replies: the pool works as under
+``pgbench -c 8``. Each transaction's reply is compared byte for byte with what
+PostgreSQL would send the client (RowDescription, DataRow, CommandComplete,
+ReadyForQuery), so an error path cannot pass for a measurement.
 
-Reported per workload: µs per transaction (median over repeats of wall time for a block
-of transactions), proxy Python calls per transaction (``sys.setprofile``, one extra run;
-a compiled module's functions do not count), and whether the proxy runs compiled.
+Reported per workload: CPU µs per transaction (this thread's CPU time for a block of
+transactions, median over repeats; wall time beside it), proxy Python calls per
+transaction (``sys.setprofile``, one extra run; a compiled module's functions do not
+count), and whether the proxy runs compiled.
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+import uvloop
+
+import proxy
+import proxy.wire.framing
+from proxy.app import ProxyApp
+from proxy.auth.jwt import mint_token
+from proxy.config import parse_config
+from proxy.session.client import ClientConnection
+from proxy.session.server import ServerConnection
+
 _RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 TENANT = "acme"
@@ -66,10 +78,13 @@ class EngineBenchError(Exception):
 # - ProxyApp(config): the app, never started (no listener is bound).
 # - ClientConnection(app): one client, an asyncio.Protocol fed by a fake transport.
 # - The event loop's create_connection: ServerConnection.connect() opens its socket
-#   through it; NoSocketLoop hands it a fake transport to the fake PostgreSQL instead.
+#   through it; NoSocketLoop hands it a fake transport to the fake PostgreSQL instead
+#   (for a ServerConnection protocol only: anything else is refused).
 #   Everything after (handshake, the pool's role check, leases, context sets) is the
 #   proxy's own code talking to FakePostgres. No proxy class is patched, so this works
 #   the same on a compiled (mypyc) build.
+# - statement_result() (below) knows the proxy's own statements by their text: the
+#   context set (set_config), the pool's role check (rolbypassrls), DISCARD/RESET ALL.
 # ======================================================================================
 
 _JWT_SECRET_ENV = "PGTENANT_ENGINE_BENCH_JWT_SECRET"
@@ -93,68 +108,45 @@ pool_size = 20
 """
 
 
-def build_app(pool_mode: str, guard: bool) -> tuple[Any, str]:
+def build_app(pool_mode: str, guard: bool) -> tuple[ProxyApp, str]:
     """A ProxyApp for database ``app`` in ``pool_mode``, and a valid JWT for TENANT."""
-    from proxy.app import ProxyApp
-    from proxy.auth.jwt import mint_token
-    from proxy.config import parse_config
-
     secret = os.environ.setdefault(_JWT_SECRET_ENV, secrets.token_hex(32))
     config = parse_config(_config_toml(pool_mode, guard), "<engine bench>")
     return ProxyApp(config), mint_token(secret, TENANT)
 
 
-def new_client(app: Any) -> asyncio.Protocol:
+def new_client(app: ProxyApp) -> asyncio.Protocol:
     """One client connection of ``app``, not yet connected."""
-    from proxy.session.client import ClientConnection
-
-    client: asyncio.Protocol = ClientConnection(app)
-    return client
+    return ClientConnection(app)
 
 
-async def stop_app(app: Any) -> None:
+async def stop_app(app: ProxyApp) -> None:
     await app.stop()
 
 
 def compiled_modules() -> list[str]:
     """The proxy modules loaded from a compiled extension (mypyc), sorted."""
-    import proxy.app  # noqa: F401  (imports every module the bench runs)
-
     return sorted(name for name, module in list(sys.modules.items())
                   if name.split(".")[0] == "proxy"
                   and str(getattr(module, "__file__", "") or "").endswith((".so", ".pyd")))
 
 
 def build_kind() -> str:
-    import proxy.wire.framing
-
     return "compiled" if str(proxy.wire.framing.__file__).endswith((".so", ".pyd")) else "pure"
 
 
 def proxy_source_dir() -> str:
-    import proxy
-
     return os.path.dirname(os.path.abspath(str(proxy.__file__))) + os.sep
 
 
-def _loop_base() -> type[asyncio.AbstractEventLoop]:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency of the proxy
-        return asyncio.SelectorEventLoop
-    return uvloop.Loop
-
-
-class NoSocketLoop(_loop_base()):  # type: ignore[misc]
+class NoSocketLoop(uvloop.Loop):
     """The proxy's loop (uvloop) whose outgoing connections go to FakePostgres."""
 
     engine: Engine | None = None
 
-    async def create_connection(self, protocol_factory: Callable[[], asyncio.Protocol],
-                                host: str | None = None, port: int | None = None,
-                                **kwargs: Any) -> tuple[asyncio.Transport, asyncio.Protocol]:
-        from proxy.session.server import ServerConnection
-
+    async def create_connection(  # type: ignore[override]
+            self, protocol_factory: Callable[[], asyncio.Protocol], host: str | None = None,
+            port: int | None = None, **kwargs: Any) -> tuple[asyncio.Transport, asyncio.Protocol]:
         protocol = protocol_factory()
         if self.engine is None or not isinstance(protocol, ServerConnection):
             raise OSError(f"engine bench: no sockets ({host}:{port})")
@@ -162,8 +154,9 @@ class NoSocketLoop(_loop_base()):  # type: ignore[misc]
         protocol.connection_made(transport)  # type: ignore[arg-type]
         return transport, protocol  # type: ignore[return-value]
 
-    async def create_unix_connection(self, protocol_factory: Callable[[], asyncio.Protocol],
-                                     path: str | None = None, **kwargs: Any) -> Any:
+    async def create_unix_connection(  # type: ignore[override]
+            self, protocol_factory: Callable[[], asyncio.Protocol], path: str | None = None,
+            **kwargs: Any) -> Any:
         raise OSError(f"engine bench: no sockets ({path})")
 
 
@@ -606,10 +599,10 @@ WORKLOADS = (
 )
 
 
-def _request_and_reply(protocol: str, abalance: bytes) -> tuple[bytes, bytes]:
+def _request_and_reply(protocol: str) -> tuple[bytes, bytes]:
     """One pgbench -S transaction as the client sends it, and PostgreSQL's exact reply."""
     columns = row_description((("abalance", _INT4_OID),))
-    rows = data_row((abalance,)) + command_complete("SELECT 1") + READY_IDLE
+    rows = data_row((ABALANCE,)) + command_complete("SELECT 1") + READY_IDLE
     aid = [str(AID).encode()]
     if protocol == "simple":
         return query(SELECT_SIMPLE), columns + rows
@@ -661,9 +654,9 @@ class _Run:
         self.workload = workload
         self.guard = guard
         self.engine = Engine(abalance, delivery)
-        self.request, self.expected = _request_and_reply(workload.protocol, ABALANCE)
+        self.request, self.expected = _request_and_reply(workload.protocol)
         self.clients: list[_Client] = []
-        self.app: Any = None
+        self.app: ProxyApp | None = None
         self.loop_waits = 0
         self.checked = 0
 
@@ -696,7 +689,8 @@ class _Run:
         for client in self.clients:
             client.protocol.data_received(terminate())
         await asyncio.sleep(0)
-        await stop_app(self.app)
+        if self.app is not None:
+            await stop_app(self.app)
         loop = asyncio.get_running_loop()
         assert isinstance(loop, NoSocketLoop)
         loop.engine = None
