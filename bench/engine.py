@@ -73,7 +73,8 @@ class EngineBenchError(Exception):
 
 
 # ======================================================================================
-# Adapter: every place this file touches the proxy. When proxy internals move, fix here.
+# Adapter: every place this file touches the proxy (with the proxy imports at the top of
+# the file). When proxy internals move, fix here.
 #
 # - ProxyApp(config): the app, never started (no listener is bound).
 # - ClientConnection(app): one client, an asyncio.Protocol fed by a fake transport.
