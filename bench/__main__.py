@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=_DEFAULT_OUTPUT,
                         help="results parent directory (default bench/results)")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
+    parser.add_argument("--engine", action="store_true",
+                        help="instead: the in-process engine benchmark (no sockets, no "
+                             "PostgreSQL); the other options are its own, see "
+                             "./dev bench --engine --help")
     return parser
 
 
@@ -101,6 +105,12 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--engine" in argv:
+        from bench import engine
+
+        argv.remove("--engine")
+        return engine.main(argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")

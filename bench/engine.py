@@ -1,0 +1,1084 @@
+"""The proxy's own cost per transaction, in process: no sockets, no PostgreSQL.
+
+Run: ``./dev bench --engine`` or ``.venv/bin/python -m bench.engine [--help]``.
+
+The real :class:`proxy.app.ProxyApp`, its client connections (fed through their
+``asyncio.Protocol`` callbacks from fake transports) and its pool, whose server
+connections log in to a fake PostgreSQL in this file through the real handshake. The
+fake answers every request with the bytes PostgreSQL would send, from a per-connection
+memo once it has seen a request, so the time measured is the proxy's Python (and this
+file's small harness, measured on its own as the ``harness`` row).
+
+Delivery is synchronous like socket callbacks: a client's bytes go in with one
+``data_received`` call; the server replies the proxy wrote during that call are
+delivered afterwards, one ``data_received`` per server connection (``--delivery loop``:
+by ``call_soon``, through the event loop). With 8 clients a round sends all 8
+requests first (8 leases), then delivers the 8 replies: the pool works as under
+``pgbench -c 8``. Each transaction's reply is compared byte for byte with what
+PostgreSQL would send the client (RowDescription, DataRow, CommandComplete,
+ReadyForQuery), so an error path cannot pass for a measurement.
+
+Reported per workload: CPU µs per transaction (this thread's CPU time for a block of
+transactions, median over repeats; wall time beside it), proxy Python calls per
+transaction (``sys.setprofile``, one extra run; a compiled module's functions do not
+count), and whether the proxy runs compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import functools
+import gc
+import json
+import os
+import platform
+import re
+import secrets
+import statistics
+import struct
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import uvloop
+
+import proxy
+import proxy.wire.framing
+from proxy.app import ProxyApp
+from proxy.auth.jwt import mint_token
+from proxy.config import parse_config
+from proxy.session.client import ClientConnection
+from proxy.session.server import ServerConnection
+
+_RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+TENANT = "acme"
+AID = 123
+ABALANCE = b"0"  # pgbench_accounts.abalance after pgbench -i
+SELECT_SIMPLE = f"SELECT abalance FROM pgbench_accounts WHERE aid = {AID};"
+SELECT_PARAM = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+PREPARED_NAME = "P0_1"
+
+
+class EngineBenchError(Exception):
+    """The proxy did not answer as PostgreSQL would: the run measured nothing valid."""
+
+
+# ======================================================================================
+# Adapter: every place this file touches the proxy (with the proxy imports at the top of
+# the file). When proxy internals move, fix here.
+#
+# - ProxyApp(config): the app, never started (no listener is bound).
+# - ClientConnection(app): one client, an asyncio.Protocol fed by a fake transport.
+# - The event loop's create_connection: ServerConnection.connect() opens its socket
+#   through it; NoSocketLoop hands it a fake transport to the fake PostgreSQL instead
+#   (for a ServerConnection protocol only: anything else is refused).
+#   Everything after (handshake, the pool's role check, leases, context sets) is the
+#   proxy's own code talking to FakePostgres. No proxy class is patched, so this works
+#   the same on a compiled (mypyc) build.
+# - statement_result() (below) knows the proxy's own statements by their text: the
+#   context set (set_config), the pool's role check (rolbypassrls), DISCARD/RESET ALL.
+# ======================================================================================
+
+_JWT_SECRET_ENV = "PGTENANT_ENGINE_BENCH_JWT_SECRET"
+
+
+def _config_toml(pool_mode: str, guard: bool) -> str:
+    return f"""
+[server]
+listen = "127.0.0.1:0"
+[auth.jwt]
+secret_env = "{_JWT_SECRET_ENV}"
+[tenancy]
+guard = {"true" if guard else "false"}
+[databases.app]
+host = "127.0.0.1"
+port = 5432
+user = "app_user"
+sslmode = "disable"
+pool_mode = "{pool_mode}"
+pool_size = 20
+"""
+
+
+def build_app(pool_mode: str, guard: bool) -> tuple[ProxyApp, str]:
+    """A ProxyApp for database ``app`` in ``pool_mode``, and a valid JWT for TENANT."""
+    secret = os.environ.setdefault(_JWT_SECRET_ENV, secrets.token_hex(32))
+    config = parse_config(_config_toml(pool_mode, guard), "<engine bench>")
+    return ProxyApp(config), mint_token(secret, TENANT)
+
+
+def new_client(app: ProxyApp) -> asyncio.Protocol:
+    """One client connection of ``app``, not yet connected."""
+    return ClientConnection(app)
+
+
+async def stop_app(app: ProxyApp) -> None:
+    await app.stop()
+
+
+def compiled_modules() -> list[str]:
+    """The proxy modules loaded from a compiled extension (mypyc), sorted."""
+    return sorted(name for name, module in list(sys.modules.items())
+                  if name.split(".")[0] == "proxy"
+                  and str(getattr(module, "__file__", "") or "").endswith((".so", ".pyd")))
+
+
+def build_kind() -> str:
+    return "compiled" if str(proxy.wire.framing.__file__).endswith((".so", ".pyd")) else "pure"
+
+
+def proxy_source_dir() -> str:
+    return os.path.dirname(os.path.abspath(str(proxy.__file__))) + os.sep
+
+
+class NoSocketLoop(uvloop.Loop):
+    """The proxy's loop (uvloop) whose outgoing connections go to FakePostgres."""
+
+    engine: Engine | None = None
+
+    async def create_connection(  # type: ignore[override]
+            self, protocol_factory: Callable[[], asyncio.Protocol], host: str | None = None,
+            port: int | None = None, **kwargs: Any) -> tuple[asyncio.Transport, asyncio.Protocol]:
+        protocol = protocol_factory()
+        if self.engine is None or not isinstance(protocol, ServerConnection):
+            raise OSError(f"engine bench: no sockets ({host}:{port})")
+        transport = self.engine.server_transport(protocol)
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        return transport, protocol  # type: ignore[return-value]
+
+    async def create_unix_connection(  # type: ignore[override]
+            self, protocol_factory: Callable[[], asyncio.Protocol], path: str | None = None,
+            **kwargs: Any) -> Any:
+        raise OSError(f"engine bench: no sockets ({path})")
+
+
+# ======================================================================================
+# Protocol v3 bytes (written here, not taken from proxy.wire: the fake must not share
+# the proxy's encoder).
+# ======================================================================================
+
+
+def _msg(tag: bytes, body: bytes = b"") -> bytes:
+    return tag + struct.pack("!I", len(body) + 4) + body
+
+
+def _cstr(text: str | bytes) -> bytes:
+    return (text.encode() if isinstance(text, str) else text) + b"\x00"
+
+
+def startup_message(params: dict[str, str]) -> bytes:
+    body = struct.pack("!I", 196608) + b"".join(_cstr(k) + _cstr(v) for k, v in params.items())
+    return struct.pack("!I", len(body) + 5) + body + b"\x00"
+
+
+def password_message(password: str) -> bytes:
+    return _msg(b"p", _cstr(password))
+
+
+def query(sql: str) -> bytes:
+    return _msg(b"Q", _cstr(sql))
+
+
+def parse(name: str, sql: str) -> bytes:
+    return _msg(b"P", _cstr(name) + _cstr(sql) + struct.pack("!H", 0))
+
+
+def bind(portal: str, statement: str, params: Sequence[bytes]) -> bytes:
+    body = [_cstr(portal), _cstr(statement), struct.pack("!HH", 0, len(params))]
+    body.extend(struct.pack("!i", len(p)) + p for p in params)
+    body.append(struct.pack("!H", 0))
+    return _msg(b"B", b"".join(body))
+
+
+def describe(kind: bytes, name: str) -> bytes:
+    return _msg(b"D", kind + _cstr(name))
+
+
+def execute(portal: str = "") -> bytes:
+    return _msg(b"E", _cstr(portal) + struct.pack("!i", 0))
+
+
+def sync() -> bytes:
+    return _msg(b"S")
+
+
+def terminate() -> bytes:
+    return _msg(b"X")
+
+
+_INT4_OID = 23
+_TEXT_OID = 25
+
+PARSE_COMPLETE = _msg(b"1")
+BIND_COMPLETE = _msg(b"2")
+CLOSE_COMPLETE = _msg(b"3")
+NO_DATA = _msg(b"n")
+EMPTY_QUERY = _msg(b"I")
+READY_IDLE = _msg(b"Z", b"I")
+
+
+def row_description(columns: Sequence[tuple[str, int]]) -> bytes:
+    body = [struct.pack("!H", len(columns))]
+    for name, oid in columns:
+        size = 4 if oid == _INT4_OID else -1
+        body.append(_cstr(name) + struct.pack("!IhIhih", 0, 0, oid, size, -1, 0))
+    return _msg(b"T", b"".join(body))
+
+
+def data_row(values: Sequence[bytes | None]) -> bytes:
+    body = [struct.pack("!H", len(values))]
+    body.extend(struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+                for v in values)
+    return _msg(b"D", b"".join(body))
+
+
+def command_complete(tag: str) -> bytes:
+    return _msg(b"C", _cstr(tag))
+
+
+def error_response(sqlstate: str, message: str) -> bytes:
+    return _msg(b"E", b"SERROR\x00VERROR\x00C" + _cstr(sqlstate) + b"M" + _cstr(message)
+                + b"\x00")
+
+
+# ======================================================================================
+# A fake PostgreSQL backend: the replies PostgreSQL 15 gives to what the proxy sends.
+# ======================================================================================
+
+_SERVER_PARAMS = {
+    "application_name": "", "client_encoding": "UTF8", "DateStyle": "ISO, MDY",
+    "default_transaction_read_only": "off", "in_hot_standby": "off",
+    "integer_datetimes": "on", "IntervalStyle": "postgres", "is_superuser": "off",
+    "server_encoding": "UTF8", "server_version": "15.0 (engine bench)",
+    "session_authorization": "app_user", "standard_conforming_strings": "on",
+    "TimeZone": "UTC",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Result:
+    """What a statement returns: columns (name, type oid), rows, CommandComplete tag."""
+
+    columns: tuple[tuple[str, int], ...]
+    rows: tuple[tuple[bytes | None, ...], ...]
+    tag: str
+
+
+class PostgresError(LookupError):
+    """What the fake PostgreSQL answers with an ErrorResponse."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def statement_result(sql: str, params: Sequence[bytes | None], abalance: bytes) -> Result:
+    """PostgreSQL's answer to the statements of this benchmark; anything else is an error."""
+    text = sql.strip().rstrip(";").strip()
+    lowered = text.lower()
+    if lowered.startswith("select abalance from pgbench_accounts where aid ="):
+        return Result((("abalance", _INT4_OID),), ((abalance,),), "SELECT 1")
+    if "set_config(" in lowered:  # the proxy's tenant context: one column per setting
+        values = tuple(params[1::2])
+        return Result(tuple(("set_config", _TEXT_OID) for _ in values), (values,), "SELECT 1")
+    if "rolbypassrls" in lowered:  # the pool's check of the upstream role
+        return Result((("?column?", _TEXT_OID),), ((b"false false",),), "SELECT 1")
+    if lowered in ("discard all", "reset all", "deallocate all"):
+        return Result((), (), {"discard all": "DISCARD ALL", "reset all": "RESET",
+                               "deallocate all": "DEALLOCATE ALL"}[lowered])
+    raise PostgresError("42601", f"engine bench fake PostgreSQL does not know: {text[:200]!r}")
+
+
+class FakePostgres:
+    """One backend: startup, simple and extended protocol, named statements and portals.
+
+    Replies are computed once per distinct request in a given state of the named
+    statements, then served from a memo: the fake's cost stays out of the measurement.
+    """
+
+    def __init__(self, backend_pid: int, abalance: bytes = ABALANCE) -> None:
+        self.backend_pid = backend_pid
+        self.abalance = abalance
+        self._buffer = b""
+        self._started = False
+        self.statements: dict[str, tuple[str, int]] = {}  # name → (sql, parameter count)
+        self._portals: dict[str, tuple[str, tuple[bytes | None, ...]]] = {}
+        self._failed = False  # an error in an extended batch: skip to Sync
+        self._memo: dict[bytes, bytes] = {}
+        self.computed = 0  # requests answered by the model, not from the memo
+
+    def receive(self, data: bytes) -> bytes:
+        """Bytes the proxy wrote → the bytes PostgreSQL sends back."""
+        reply = self._memo.get(data)
+        if reply is not None and not self._buffer:
+            return reply
+        self.computed += 1
+        before = self._state()
+        reply = self._answer(data)
+        if self._state() == before and not self._buffer:
+            self._memo[data] = reply
+        else:
+            self._memo.clear()
+        return reply
+
+    def _state(self) -> tuple[object, ...]:
+        return (dict(self.statements), dict(self._portals), self._failed, self._started)
+
+    def _answer(self, data: bytes) -> bytes:
+        buf = self._buffer + data
+        out: list[bytes] = []
+        pos = 0
+        if not self._started:
+            if len(buf) < 4:
+                self._buffer = buf
+                return b""
+            (length,) = struct.unpack_from("!I", buf, 0)
+            if len(buf) < length:
+                self._buffer = buf
+                return b""
+            self._started = True
+            pos = length
+            out.append(_msg(b"R", struct.pack("!I", 0)))  # trust: AuthenticationOk
+            out.extend(_msg(b"S", _cstr(k) + _cstr(v)) for k, v in _SERVER_PARAMS.items())
+            out.append(_msg(b"K", struct.pack("!I", self.backend_pid) + b"key!"))
+            out.append(READY_IDLE)
+        while len(buf) - pos >= 5:
+            tag = buf[pos:pos + 1]
+            (length,) = struct.unpack_from("!I", buf, pos + 1)
+            if len(buf) - pos < length + 1:
+                break
+            body = buf[pos + 5:pos + 1 + length]
+            pos += 1 + length
+            out.append(self._message(tag, body))
+        self._buffer = buf[pos:]
+        return b"".join(out)
+
+    def _message(self, tag: bytes, body: bytes) -> bytes:
+        if tag == b"S":
+            self._failed = False
+            self._portals.clear()  # the implicit transaction ends
+            return READY_IDLE
+        if tag == b"X":
+            return b""
+        if self._failed:
+            return b""  # PostgreSQL skips to the next Sync after an error
+        try:
+            if tag == b"Q":
+                return self._query(body[:-1].decode())
+            return self._extended(tag, body)
+        except LookupError as exc:
+            reply = error_response(getattr(exc, "sqlstate", "XX000"), str(exc))
+            if tag == b"Q":
+                return reply + READY_IDLE
+            self._failed = True
+            return reply
+
+    def _query(self, sql: str) -> bytes:
+        if not sql.strip():
+            return EMPTY_QUERY + READY_IDLE
+        result = statement_result(sql, (), self.abalance)
+        out = [row_description(result.columns)] if result.columns else []
+        out.extend(data_row(row) for row in result.rows)
+        out.append(command_complete(result.tag))
+        out.append(READY_IDLE)
+        return b"".join(out)
+
+    def _extended(self, tag: bytes, body: bytes) -> bytes:
+        if tag == b"P":
+            name, rest = _split_cstr(body)
+            sql, rest = _split_cstr(rest)
+            if name and name in self.statements:
+                raise PostgresError("42P05", f'prepared statement "{name}" already exists')
+            statement_result(sql, (b"",) * 64, self.abalance)  # known, or an error now
+            self.statements[name] = (sql, len(set(re.findall(r"\$(\d+)", sql))))
+            return PARSE_COMPLETE
+        if tag == b"B":
+            portal, rest = _split_cstr(body)
+            statement, rest = _split_cstr(rest)
+            if statement not in self.statements:
+                raise PostgresError("26000",
+                                    f'prepared statement "{statement}" does not exist')
+            (nformats,) = struct.unpack_from("!H", rest, 0)
+            at = 2 + 2 * nformats
+            (nparams,) = struct.unpack_from("!H", rest, at)
+            at += 2
+            values: list[bytes | None] = []
+            for _ in range(nparams):
+                (size,) = struct.unpack_from("!i", rest, at)
+                at += 4
+                if size < 0:
+                    values.append(None)
+                else:
+                    values.append(rest[at:at + size])
+                    at += size
+            self._portals[portal] = (self.statements[statement][0], tuple(values))
+            return BIND_COMPLETE
+        if tag == b"D":
+            kind, name = body[:1], body[1:-1].decode()
+            if kind == b"S":
+                if name not in self.statements:
+                    raise PostgresError("26000", f'prepared statement "{name}" does not exist')
+                sql, nparams = self.statements[name]
+                params_desc = _msg(b"t", struct.pack("!H", nparams)
+                                   + struct.pack("!I", _TEXT_OID) * nparams)
+                result = statement_result(sql, (b"",) * 64, self.abalance)
+                return params_desc + (row_description(result.columns) if result.columns
+                                      else NO_DATA)
+            sql, params = self._portal(name)
+            result = statement_result(sql, params, self.abalance)
+            return row_description(result.columns) if result.columns else NO_DATA
+        if tag == b"E":
+            name, _rest = _split_cstr(body)
+            sql, params = self._portal(name)
+            result = statement_result(sql, params, self.abalance)
+            return b"".join([*(data_row(row) for row in result.rows),
+                             command_complete(result.tag)])
+        if tag == b"C":
+            kind, name = body[:1], body[1:-1].decode()
+            (self.statements if kind == b"S" else self._portals).pop(name, None)
+            return CLOSE_COMPLETE
+        if tag == b"H":
+            return b""
+        raise PostgresError("08P01",
+                            f"engine bench fake PostgreSQL: message {tag!r} not supported")
+
+    def _portal(self, name: str) -> tuple[str, tuple[bytes | None, ...]]:
+        portal = self._portals.get(name)
+        if portal is None:
+            raise PostgresError("34000", f'portal "{name}" does not exist')
+        return portal
+
+
+def _split_cstr(data: bytes) -> tuple[str, bytes]:
+    end = data.index(b"\x00")
+    return data[:end].decode(), data[end + 1:]
+
+
+# ======================================================================================
+# Fake transports and the engine that delivers bytes between them.
+# ======================================================================================
+
+
+class _Receiving(Protocol):
+    def data_received(self, data: bytes) -> None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+
+class FakeTransport:
+    """What the proxy uses of an asyncio transport; writes are recorded."""
+
+    def __init__(self, protocol: _Receiving, peer: tuple[str, int]) -> None:
+        self.protocol = protocol
+        self.peer = peer
+        self.chunks: list[bytes] = []
+        self.closed = False
+        self.reading_paused = False
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.chunks.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+
+    def is_reading(self) -> bool:
+        return not self.reading_paused
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self.peer
+        if name == "sockname":
+            return ("127.0.0.1", 6432)
+        return default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        return None
+
+
+class FakeServerTransport(FakeTransport):
+    """A server connection's socket: writes go to its FakePostgres, whose reply waits
+    in the engine's outbox until the current callback has returned (``sync`` delivery),
+    or is delivered by a callback of the event loop (``loop`` delivery)."""
+
+    def __init__(self, protocol: _Receiving, engine: Engine, postgres: FakePostgres) -> None:
+        super().__init__(protocol, ("127.0.0.1", 5432))
+        self.engine = engine
+        self.postgres = postgres
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        reply = self.postgres.receive(data)
+        if reply:
+            if not self.chunks:
+                if self.engine.through_loop:
+                    asyncio.get_running_loop().call_soon(self.deliver)
+                else:
+                    self.engine.outbox.append(self)
+            self.chunks.append(reply)
+
+    def deliver(self) -> None:
+        """One ``data_received`` with everything the server has sent since the last."""
+        chunks = self.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        if data and not self.closed:
+            self.protocol.data_received(data)
+
+
+class Engine:
+    """Delivers the fake servers' replies to the proxy, one callback per connection."""
+
+    def __init__(self, abalance: bytes = ABALANCE, delivery: str = "sync") -> None:
+        self.outbox: list[FakeServerTransport] = []
+        self.servers: list[FakeServerTransport] = []
+        self.abalance = abalance
+        self.through_loop = delivery == "loop"
+
+    def server_transport(self, protocol: _Receiving) -> FakeServerTransport:
+        transport = FakeServerTransport(
+            protocol, self, FakePostgres(10_000 + len(self.servers), self.abalance))
+        self.servers.append(transport)
+        return transport
+
+    def pump(self) -> None:
+        """Deliver every reply written so far, and those the deliveries cause."""
+        while self.outbox:
+            batch, self.outbox = self.outbox, []
+            for transport in batch:
+                transport.deliver()
+
+
+# ======================================================================================
+# Workloads
+# ======================================================================================
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Workload:
+    name: str
+    protocol: str       # simple | extended | prepared
+    clients: int
+    pool_mode: str      # transaction | session
+
+
+WORKLOADS = (
+    Workload("simple-c1", "simple", 1, "transaction"),
+    Workload("simple-c8", "simple", 8, "transaction"),
+    Workload("extended-c1", "extended", 1, "transaction"),
+    Workload("extended-c8", "extended", 8, "transaction"),
+    Workload("prepared-c1", "prepared", 1, "transaction"),
+    Workload("prepared-c8", "prepared", 8, "transaction"),
+    Workload("session-simple-c1", "simple", 1, "session"),
+    Workload("session-simple-c8", "simple", 8, "session"),
+)
+
+
+def _request_and_reply(protocol: str) -> tuple[bytes, bytes]:
+    """One pgbench -S transaction as the client sends it, and PostgreSQL's exact reply."""
+    columns = row_description((("abalance", _INT4_OID),))
+    rows = data_row((ABALANCE,)) + command_complete("SELECT 1") + READY_IDLE
+    aid = [str(AID).encode()]
+    if protocol == "simple":
+        return query(SELECT_SIMPLE), columns + rows
+    if protocol == "extended":
+        request = (parse("", SELECT_PARAM) + bind("", "", aid) + describe(b"P", "")
+                   + execute() + sync())
+        return request, PARSE_COMPLETE + BIND_COMPLETE + columns + rows
+    if protocol == "prepared":
+        request = bind("", PREPARED_NAME, aid) + describe(b"P", "") + execute() + sync()
+        return request, BIND_COMPLETE + columns + rows
+    raise ValueError(f"unknown protocol {protocol!r}")
+
+
+@dataclasses.dataclass(slots=True)
+class WorkloadResult:
+    workload: str
+    guard: bool
+    clients: int
+    pool_mode: str
+    protocol: str
+    transactions: int           # per repeat
+    repeats_us: list[float]     # CPU µs per transaction (this thread), one per repeat
+    us_per_tx: float            # median of repeats_us
+    wall_us_per_tx: float       # median of the repeats' wall time per transaction
+    proxy_calls_per_tx: float   # Python function calls in proxy/ (profiled run)
+    builtin_calls_per_tx: float  # builtins (C functions, methods) called by proxy/ code
+    all_calls_per_tx: float     # every Python function call, the harness's included
+    loop_waits_per_tx: float    # extra event-loop passes a reply needed (0: none)
+    checked: int                # transactions whose reply was compared byte for byte
+    servers_opened: int
+    fake_replies_computed: int  # fake PostgreSQL replies not from its memo (whole run)
+    delivery: str = "sync"      # server replies: after each callback, or by the event loop
+    top_calls: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+
+
+class _Client:
+    __slots__ = ("protocol", "transport")
+
+    def __init__(self, protocol: asyncio.Protocol, transport: FakeTransport) -> None:
+        self.protocol = protocol
+        self.transport = transport
+
+
+class _Run:
+    """One workload on one ProxyApp: log in, warm up, then timed blocks of rounds."""
+
+    def __init__(self, workload: Workload, guard: bool, abalance: bytes,
+                 delivery: str = "sync") -> None:
+        self.workload = workload
+        self.guard = guard
+        self.engine = Engine(abalance, delivery)
+        self.request, self.expected = _request_and_reply(workload.protocol)
+        self.clients: list[_Client] = []
+        self.app: ProxyApp | None = None
+        self.loop_waits = 0
+        self.checked = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, NoSocketLoop), "run under NoSocketLoop"
+        loop.engine = self.engine
+        self.app, token = build_app(self.workload.pool_mode, self.guard)
+        for i in range(self.workload.clients):
+            protocol = new_client(self.app)
+            transport = FakeTransport(protocol, ("127.0.0.1", 40_000 + i))
+            protocol.connection_made(transport)  # type: ignore[arg-type]
+            client = _Client(protocol, transport)
+            self.clients.append(client)
+            protocol.data_received(startup_message({"user": "bench", "database": "app"}))
+            self._expect(client, _msg(b"R", struct.pack("!I", 3)), "AuthenticationCleartext")
+            protocol.data_received(password_message(token))
+            await self._settle(functools.partial(_ends_with_ready, transport), "login")
+            greeting = self._take(client)
+            if not greeting.startswith(_msg(b"R", struct.pack("!I", 0))) \
+                    or b"E" in _tags(greeting):
+                raise EngineBenchError(f"login failed: {_describe(greeting)}")
+            if self.workload.protocol == "prepared":  # pgbench -M prepared prepares first
+                protocol.data_received(parse(PREPARED_NAME, SELECT_PARAM) + sync())
+                await self._settle(functools.partial(_ends_with_ready, transport),
+                                   "prepare")
+                self._expect(client, PARSE_COMPLETE + READY_IDLE, "Parse of P0_1")
+
+    async def stop(self) -> None:
+        for client in self.clients:
+            client.protocol.data_received(terminate())
+        await asyncio.sleep(0)
+        if self.app is not None:
+            await stop_app(self.app)
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, NoSocketLoop)
+        loop.engine = None
+
+    async def block(self, rounds: int) -> None:
+        """``rounds`` rounds: every client sends one transaction, then replies arrive."""
+        clients = self.clients
+        request = self.request
+        expected = self.expected
+        pump = self.engine.pump
+        through_loop = self.engine.through_loop
+        for _ in range(rounds):
+            for client in clients:
+                client.protocol.data_received(request)
+            if through_loop:
+                await asyncio.sleep(0)  # one pass of the loop delivers the replies
+            pump()
+            for client in clients:
+                chunks = client.transport.chunks
+                if len(chunks) == 1 and chunks[0] == expected:
+                    chunks.clear()
+                    continue
+                await self._complete(client)
+        self.checked += rounds * len(clients)
+        # Whatever the transactions left for the loop (future callbacks) runs in the block.
+        await asyncio.sleep(0)
+        pump()
+
+    async def timed(self, rounds: int, repeats: int) -> tuple[list[float], list[float]]:
+        """``repeats`` blocks of ``rounds``: CPU time of this thread (what the proxy
+        spends: a shared machine's other processes do not count) and wall time, in µs
+        per transaction."""
+        cpu: list[float] = []
+        wall: list[float] = []
+        per_block = rounds * len(self.clients) * 1000
+        for _ in range(repeats):
+            gc.collect()
+            started_cpu, started = time.thread_time_ns(), time.perf_counter_ns()
+            await self.block(rounds)
+            cpu.append((time.thread_time_ns() - started_cpu) / per_block)
+            wall.append((time.perf_counter_ns() - started) / per_block)
+        return cpu, wall
+
+    async def _complete(self, client: _Client) -> None:
+        """A reply that did not arrive whole at once: check it, or let the loop run
+        until more of it arrives (counted in ``loop_waits``)."""
+        expected = self.expected
+        transport = client.transport
+        chunks = transport.chunks
+        while True:
+            got = b"".join(chunks)
+            if got == expected:
+                chunks.clear()
+                return
+            if len(got) >= len(expected) or not expected.startswith(got) or transport.closed:
+                raise EngineBenchError(
+                    f"{self.workload.name}: wrong reply: {_describe(got)}; expected "
+                    f"{_describe(expected)}")
+            self.loop_waits += 1
+            await self._settle(functools.partial(_more_than, transport, len(got)),
+                               "transaction")
+
+    async def _settle(self, done: Callable[[], bool], what: str, limit: float = 10.0
+                      ) -> None:
+        """Deliver replies and run the event loop until ``done()``, for ``limit`` s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while True:
+            self.engine.pump()
+            if done():
+                return
+            if loop.time() > deadline:
+                raise EngineBenchError(f"{self.workload.name}: no reply to {what} within "
+                                       f"{limit:g}s")
+            await asyncio.sleep(0.0005)
+
+    def _take(self, client: _Client) -> bytes:
+        data = b"".join(client.transport.chunks)
+        client.transport.chunks.clear()
+        return data
+
+    def _expect(self, client: _Client, expected: bytes, what: str) -> None:
+        got = self._take(client)
+        if got != expected:
+            raise EngineBenchError(f"{self.workload.name}: {what}: got {_describe(got)}, "
+                                   f"expected {_describe(expected)}")
+
+
+def _more_than(transport: FakeTransport, size: int) -> bool:
+    return sum(map(len, transport.chunks)) > size or transport.closed
+
+
+def _ends_with_ready(transport: FakeTransport) -> bool:
+    data = b"".join(transport.chunks)
+    return transport.closed or data.endswith(READY_IDLE) or b"E" in _tags(data)
+
+
+def _tags(data: bytes) -> bytes:
+    """The tag bytes of the whole messages in ``data``."""
+    tags = bytearray()
+    pos = 0
+    while len(data) - pos >= 5:
+        (length,) = struct.unpack_from("!I", data, pos + 1)
+        tags += data[pos:pos + 1]
+        pos += 1 + length
+    return bytes(tags)
+
+
+def _describe(data: bytes) -> str:
+    """Tags of the messages, and the message of any ErrorResponse."""
+    text = _tags(data).decode("latin-1")
+    pos = data.find(b"\x00M")
+    if b"E" in _tags(data) and pos >= 0:
+        text += " (" + data[pos + 2:data.find(b"\x00", pos + 2)].decode(errors="replace") + ")"
+    return repr(text) if data else "nothing"
+
+
+# ======================================================================================
+# Measuring
+# ======================================================================================
+
+
+class _CallCounter:
+    """``sys.setprofile`` hook: Python function calls in proxy/ and in all, and calls of
+    builtins (C functions and methods) made by proxy/ code."""
+
+    def __init__(self, detail: bool) -> None:
+        self.proxy_dir = proxy_source_dir()
+        self.proxy = 0
+        self.builtin = 0
+        self.total = 0
+        self.detail = detail
+        self.functions: Counter[str] = Counter()
+        self._in_proxy: dict[Any, bool] = {}
+
+    def __call__(self, frame: FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            self.total += 1
+        elif event != "c_call":
+            return
+        code = frame.f_code
+        inside = self._in_proxy.get(code)
+        if inside is None:
+            inside = self._in_proxy[code] = code.co_filename.startswith(self.proxy_dir)
+        if inside and event == "c_call":  # a builtin called by proxy code
+            self.builtin += 1
+        elif inside:
+            self.proxy += 1
+            if self.detail:
+                module = code.co_filename[len(self.proxy_dir):]
+                self.functions[f"{module}:{code.co_firstlineno} {code.co_qualname}"] += 1
+
+
+async def _measure(workload: Workload, guard: bool, transactions: int, repeats: int,
+                   warmup: int, detail: int, abalance: bytes, delivery: str
+                   ) -> WorkloadResult:
+    run = _Run(workload, guard, abalance, delivery)
+    await run.start()
+    try:
+        clients = workload.clients
+        rounds = max(1, transactions // clients)
+        await run.block(max(1, warmup // clients))
+        run.loop_waits = 0
+        cpu, wall = await run.timed(rounds, repeats)
+        waits = run.loop_waits
+        profiled_rounds = max(1, min(rounds, 2000 // clients))
+        counter = _CallCounter(detail > 0)
+        sys.setprofile(counter)
+        try:
+            await run.block(profiled_rounds)
+        finally:
+            sys.setprofile(None)
+        profiled = profiled_rounds * clients
+        top = [(name, count / profiled) for name, count in counter.functions.most_common(detail)]
+        return WorkloadResult(
+            workload=workload.name, guard=guard, clients=clients, pool_mode=workload.pool_mode,
+            protocol=workload.protocol, transactions=rounds * clients, repeats_us=cpu,
+            us_per_tx=statistics.median(cpu), wall_us_per_tx=statistics.median(wall),
+            proxy_calls_per_tx=counter.proxy / profiled,
+            builtin_calls_per_tx=counter.builtin / profiled,
+            all_calls_per_tx=counter.total / profiled,
+            loop_waits_per_tx=waits / (repeats * rounds * clients), checked=run.checked,
+            servers_opened=len(run.engine.servers),
+            fake_replies_computed=sum(t.postgres.computed for t in run.engine.servers),
+            delivery=delivery, top_calls=top)
+    finally:
+        await run.stop()
+
+
+async def _measure_harness(transactions: int, repeats: int, delivery: str) -> WorkloadResult:
+    """The same rounds with a stand-in that only passes bytes: the harness's own share."""
+    engine = Engine(ABALANCE, delivery)
+
+    class Relay:
+        """Client side: what a client sends goes to the server as is."""
+
+        def __init__(self, server: FakeServerTransport) -> None:
+            self.server = server
+
+        def data_received(self, data: bytes) -> None:
+            self.server.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            return None
+
+    class Back(Relay):
+        """Server side: what the server answers goes to the client as is."""
+
+        def __init__(self) -> None:
+            self.client: FakeTransport | None = None
+
+        def data_received(self, data: bytes) -> None:
+            assert self.client is not None
+            self.client.write(data)
+
+    back = Back()
+    server = FakeServerTransport(back, engine, FakePostgres(1))
+    server.postgres.receive(startup_message({"user": "bench"}))
+    relay = Relay(server)
+    transport = back.client = FakeTransport(relay, ("127.0.0.1", 1))
+    run = _Run(Workload("harness", "simple", 1, "transaction"), False, ABALANCE)
+    run.engine = engine
+    run.clients = [_Client(relay, transport)]  # type: ignore[arg-type]
+    cpu, wall = await run.timed(transactions, repeats)
+    assert run.loop_waits == 0
+    return WorkloadResult(
+        workload="harness (no proxy)", guard=False, clients=1, pool_mode="-", protocol="simple",
+        transactions=transactions, repeats_us=cpu, us_per_tx=statistics.median(cpu),
+        wall_us_per_tx=statistics.median(wall),
+        proxy_calls_per_tx=0.0, builtin_calls_per_tx=0.0, all_calls_per_tx=0.0,
+        loop_waits_per_tx=0.0, checked=run.checked, servers_opened=0,
+        fake_replies_computed=server.postgres.computed, delivery=delivery)
+
+
+def run_engine(workloads: Sequence[Workload], guards: Sequence[bool], transactions: int,
+               repeats: int, *, warmup: int = 500, detail: int = 0,
+               abalance: bytes = ABALANCE, harness: bool = True, delivery: str = "sync",
+               progress: Callable[[WorkloadResult], None] | None = None
+               ) -> list[WorkloadResult]:
+    """Measure each workload with the guard on and/or off; raises EngineBenchError when a
+    reply is not what PostgreSQL would send. ``abalance``: the value the fake PostgreSQL
+    returns (anything but ``ABALANCE`` makes every check fail: the checks are real).
+    ``delivery``: ``sync`` (server replies right after each callback, no event loop in
+    between: the proxy's cost alone) or ``loop`` (by ``call_soon``, one loop pass per
+    round: the loop's share included)."""
+
+    async def main() -> list[WorkloadResult]:
+        results = []
+        if harness:
+            results.append(await _measure_harness(transactions, repeats, delivery))
+            if progress is not None:
+                progress(results[-1])
+        for workload in workloads:
+            for guard in guards:
+                results.append(await _measure(workload, guard, transactions, repeats,
+                                              warmup, detail, abalance, delivery))
+                if progress is not None:
+                    progress(results[-1])
+        return results
+
+    with asyncio.Runner(loop_factory=NoSocketLoop) as runner:
+        return runner.run(main())
+
+
+# ======================================================================================
+# Command line
+# ======================================================================================
+
+
+def _row(result: WorkloadResult) -> str:
+    spread = f"{min(result.repeats_us):.2f}-{max(result.repeats_us):.2f}"
+    guard = "-" if result.pool_mode == "-" else ("on" if result.guard else "off")
+    proxy = result.pool_mode != "-"
+    calls = f"{result.proxy_calls_per_tx:.1f}" if proxy else "-"
+    builtins = f"{result.builtin_calls_per_tx:.1f}" if proxy else "-"
+    every = f"{result.all_calls_per_tx:.1f}" if proxy else "-"
+    waits = f"{result.loop_waits_per_tx:.3f}" if proxy else "-"
+    return (f"{result.workload:<20} {guard:>5} {result.us_per_tx:>7.2f} {spread:>13} "
+            f"{result.wall_us_per_tx:>7.2f} {calls:>6} {builtins:>6} {every:>6} {waits:>6}")
+
+
+_HEADER = (f"{'workload':<20} {'guard':>5} {'cpu us':>7} {'cpu range':>13} {'wall us':>7} "
+           f"{'py':>6} {'C':>6} {'all py':>6} {'loop':>6}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.engine",
+        description="The proxy's own cost per transaction (pgbench -S shaped), in process: "
+                    "real ProxyApp, client and server connections, fake transports and a "
+                    "fake PostgreSQL; no sockets. Also: ./dev bench --engine.")
+    parser.add_argument("--transactions", type=int, default=20_000,
+                        help="transactions per timed repeat (default 20000)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (default 5)")
+    parser.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS),
+                        help="comma-separated (default all): "
+                             + ", ".join(w.name for w in WORKLOADS))
+    parser.add_argument("--guard", choices=("on", "off", "both"), default="both",
+                        help="SQL guard on (the default config), off, or both (default)")
+    parser.add_argument("--delivery", choices=("sync", "loop"), default="sync",
+                        help="server replies delivered right after each callback (sync, "
+                             "default: the proxy alone) or by the event loop (loop: "
+                             "call_soon, one loop pass per round)")
+    parser.add_argument("--calls", type=int, default=0, metavar="N",
+                        help="also list the N proxy functions called most per transaction")
+    parser.add_argument("--output", nargs="?", type=Path, const=_RESULTS_DIR, default=None,
+                        metavar="PATH",
+                        help="write JSON: a file, or a directory for engine-<date>.json "
+                             "(without PATH: bench/results/)")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 repeats x 2000 transactions (a smoke run)")
+    return parser
+
+
+def _output_path(output: Path) -> Path:
+    if output.suffix == ".json":
+        return output
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+    return output / f"engine-{stamp}.json"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    names = {w.name: w for w in WORKLOADS}
+    try:
+        workloads = [names[n.strip()] for n in args.workloads.split(",") if n.strip()]
+    except KeyError as exc:
+        print(f"bench.engine: unknown workload {exc}", file=sys.stderr)
+        return 2
+    transactions, repeats = (2000, 2) if args.quick else (args.transactions, args.repeats)
+    if transactions < 8 or repeats < 1:
+        print("bench.engine: --transactions must be >= 8 and --repeats >= 1", file=sys.stderr)
+        return 2
+    guards = {"on": [True], "off": [False], "both": [True, False]}[args.guard]
+    kind = build_kind()
+    compiled = compiled_modules()
+    print(f"pgtenant engine bench: {kind} build"
+          + (f" ({len(compiled)} compiled modules)" if compiled else "")
+          + f", Python {platform.python_version()}, {repeats} x {transactions} transactions, "
+          f"{args.delivery} delivery")
+    print(_HEADER)
+
+    def progress(result: WorkloadResult) -> None:
+        print(_row(result), flush=True)
+        for name, per_tx in result.top_calls:
+            print(f"    {per_tx:6.2f}  {name}")
+
+    try:
+        results = run_engine(workloads, guards, transactions, repeats, detail=args.calls,
+                             delivery=args.delivery, progress=progress)
+    except EngineBenchError as exc:
+        print(f"bench.engine: {exc}", file=sys.stderr)
+        return 1
+    print("Per transaction: cpu us = CPU time of the bench thread (median, and range, of the "
+          "repeats), wall us = wall time (median), both with the harness's share (its own "
+          "row); calls: py = Python functions in proxy/ (a compiled module's are not seen), "
+          "C = builtins called from them, all py = every Python function (harness too); "
+          "loop = extra event-loop passes per transaction a reply needed (0: none)")
+    if args.output is not None:
+        path = _output_path(args.output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        document = {
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "commit": _git_commit(),
+            "build": kind,
+            "compiled_modules": compiled,
+            "python": platform.python_version(),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "settings": {"transactions": transactions, "repeats": repeats,
+                         "delivery": args.delivery},
+            "results": [dataclasses.asdict(r) for r in results],
+        }
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"results: {path}")
+    return 0
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10, check=False)
+        if out.returncode == 0:
+            return out.stdout.strip()
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The engine bench (``bench/engine.py``): the whole client → pool → server path of the real
+proxy, in process, against a fake PostgreSQL, with every reply checked byte for byte.
+A sockets-free test of that path too. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import engine
+from bench.__main__ import main as bench_main
+
+
+@pytest.mark.parametrize("workload", engine.WORKLOADS, ids=lambda w: w.name)
+def test_each_workload_gets_postgres_replies_with_the_guard_on_and_off(
+        workload: engine.Workload) -> None:
+    results = engine.run_engine([workload], [True, False], transactions=200, repeats=1,
+                                warmup=40, harness=False)
+    assert [r.guard for r in results] == [True, False]
+    for result in results:
+        assert result.transactions == 200
+        # warm-up, the timed repeat and the profiled run: every reply compared
+        assert result.checked >= 2 * result.transactions
+        # interleaved clients each hold a server at once: one server per client
+        assert result.servers_opened == workload.clients
+        # the fake PostgreSQL answers from its memo: its cost stays out of the numbers
+        assert result.fake_replies_computed < result.transactions / 4
+        assert result.proxy_calls_per_tx > 0
+        assert result.us_per_tx > 0
+
+
+@pytest.mark.parametrize("name", ["simple-c8", "prepared-c8", "session-simple-c1"])
+def test_replies_delivered_by_the_event_loop_are_checked_too(name: str) -> None:
+    chosen = [w for w in engine.WORKLOADS if w.name == name]
+    (result,) = engine.run_engine(chosen, [True], transactions=80, repeats=1, warmup=16,
+                                  delivery="loop", harness=False)
+    assert result.delivery == "loop"
+    assert result.checked >= 2 * result.transactions
+
+
+def test_a_wrong_data_row_fails_the_run() -> None:
+    """The check is real: a fake PostgreSQL whose row differs from the expected one."""
+    with pytest.raises(engine.EngineBenchError, match="wrong reply"):
+        engine.run_engine([engine.WORKLOADS[0]], [True], transactions=16, repeats=1,
+                          warmup=8, abalance=b"42", harness=False)
+
+
+def test_an_error_reply_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ErrorResponse instead of the rows (here: PostgreSQL does not know the table)
+    is a failed run, not a fast measurement."""
+    known = engine.statement_result
+
+    def no_pgbench_tables(sql: str, params: object, abalance: bytes) -> engine.Result:
+        if "pgbench_accounts" in sql:
+            raise LookupError('relation "pgbench_accounts" does not exist')
+        return known(sql, params, abalance)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "statement_result", no_pgbench_tables)
+    for workload in ("simple-c1", "extended-c8"):
+        chosen = [w for w in engine.WORKLOADS if w.name == workload]
+        with pytest.raises(engine.EngineBenchError, match="pgbench_accounts"):
+            engine.run_engine(chosen, [False], transactions=16, repeats=1, warmup=8,
+                              harness=False)
+
+
+def test_dev_bench_engine_prints_the_table_and_writes_json_when_asked(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "engine.json"
+    assert bench_main(["--engine", "--transactions", "16", "--repeats", "1", "--workloads",
+                       "simple-c8", "--guard", "on", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "pure build" in printed or "compiled build" in printed
+    assert "simple-c8" in printed and "harness (no proxy)" in printed
+    document = json.loads(out.read_text())
+    assert document["build"] in ("pure", "compiled")
+    assert [r["workload"] for r in document["results"]] == ["harness (no proxy)", "simple-c8"]
+    assert document["results"][1]["guard"] is True
+
+
+def test_without_output_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(engine, "_RESULTS_DIR", tmp_path)
+    assert engine.main(["--transactions", "8", "--repeats", "1", "--workloads",
+                        "session-simple-c1", "--guard", "off"]) == 0
+    assert list(tmp_path.iterdir()) == []
+    assert "session-simple-c1" in capsys.readouterr().out
