@@ -49,6 +49,41 @@ FORGED_HEADERS = {"X-Tenant-Id": "globex", "X-Forwarded-Tenant": "globex"}
 NO_ENGINE = str(EXAMPLE / "prisma" / "no-engine.sh")
 
 
+# The per-request tenant extension teams delete (examples/nestjs-prisma/README.md), run
+# against acme's DATABASE_URL: what happens to it while it is still deployed.
+OLD_EXTENSION = r"""
+const { PrismaClient } = require('./dist/generated/prisma/client.js');
+const { PrismaPg } = require('@prisma/adapter-pg');
+const prisma = new PrismaClient({
+  adapter: new PrismaPg({ connectionString: process.env.DATABASE_URL }) });
+function forTenant(tenantId) {
+  return prisma.$extends({ query: { $allModels: {
+    async $allOperations({ args, query }) {
+      const [, result] = await prisma.$transaction([
+        prisma.$executeRaw`SELECT set_config('app.current_tenant', ${tenantId}, TRUE)`,
+        query(args)]);
+      return result;
+    } } } });
+}
+function sqlState(error) {  // as src/row-level-security.filter.ts finds it
+  for (let e = error; e; e = e.meta?.driverAdapterError ?? e.cause) {
+    if (typeof e.originalCode === 'string') return e.originalCode;
+  }
+  return String(error);
+}
+(async () => {
+  const out = {};
+  for (const tenant of ['acme', 'globex']) {
+    try {
+      out[tenant] = (await forTenant(tenant).note.findMany()).map((n) => n.tenantId);
+    } catch (e) { out[tenant] = sqlState(e); }
+  }
+  await prisma.$disconnect();
+  console.log(JSON.stringify(out));
+})();
+"""
+
+
 @dataclasses.dataclass(frozen=True)
 class Service:
     tenant: str
@@ -136,9 +171,8 @@ def services(built_example: Path, migrated: None, notes_proxy: ThreadedProxy,
     try:
         for tenant in TENANTS:
             port = free_port()
-            database_url = (f"postgresql://notes:{token(tenant)}@127.0.0.1:{notes_proxy.port}"
-                            f"/app?sslmode=disable")
-            env = {"PATH": os.environ.get("PATH", ""), "DATABASE_URL": database_url,
+            env = {"PATH": os.environ.get("PATH", ""),
+                   "DATABASE_URL": database_url(notes_proxy, tenant),
                    "HOST": "127.0.0.1", "PORT": str(port), "NODE_ENV": "production"}
             log = logs / f"{tenant}.log"
             with log.open("wb") as out:
@@ -160,6 +194,11 @@ def services(built_example: Path, migrated: None, notes_proxy: ThreadedProxy,
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+def database_url(proxy: ThreadedProxy, tenant: str) -> str:
+    """The service's only configuration: the tenant's JWT as the password."""
+    return f"postgresql://notes:{token(tenant)}@127.0.0.1:{proxy.port}/app?sslmode=disable"
 
 
 def rows_in_database(notes_database: str) -> list[tuple[str, str]]:
@@ -220,3 +259,19 @@ def test_forged_tenant_hints_change_nothing(services: dict[str, Service],
     status, notes = globex.call("GET", "/notes")
     assert status == 200 and "acme-with-header" not in {n["body"] for n in notes}
     assert {n["tenantId"] for n in notes} == {"globex"}
+
+
+def test_the_old_tenant_extension_passes_only_for_its_own_tenant(
+        services: dict[str, Service], notes_proxy: ThreadedProxy) -> None:
+    """While the per-request ``set_config`` extension is still deployed, naming the
+    connection's own tenant passes (pgtenant's guard lets it through) and naming another
+    is refused with 42501 before anything runs."""
+    status, _ = services["acme"].call("POST", "/notes", {"body": "acme-before-cutover"})
+    assert status == 201
+    node, _ = toolchains.node_and_npm()
+    env = {"PATH": os.environ.get("PATH", ""),
+           "DATABASE_URL": database_url(notes_proxy, "acme")}
+    done = run([node, "-e", OLD_EXTENSION], cwd=EXAMPLE, env=env, timeout=60)
+    out = json.loads(done.stdout)
+    assert out["globex"] == "42501"
+    assert out["acme"] and set(out["acme"]) == {"acme"}

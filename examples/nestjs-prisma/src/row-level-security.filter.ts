@@ -3,13 +3,18 @@ import { BaseExceptionFilter } from '@nestjs/core';
 
 const INSUFFICIENT_PRIVILEGE = '42501';
 
-/** PostgreSQL's SQLSTATE behind a Prisma error, whichever layer wrapped it. */
+/**
+ * PostgreSQL's SQLSTATE behind a Prisma error: @prisma/adapter-pg keeps it as
+ * `originalCode` on the DriverAdapterError's cause, which the client either throws as is
+ * or wraps in a PrismaClientKnownRequestError (`meta.driverAdapterError`).
+ */
 function sqlState(error: unknown): string | undefined {
-  for (let e = error, depth = 0; e !== null && typeof e === 'object' && depth < 5; depth++) {
-    const { originalCode, code, cause } = e as Record<string, unknown>;
+  let e: unknown = error;
+  for (let depth = 0; e !== null && typeof e === 'object' && depth < 5; depth++) {
+    const { originalCode, meta, cause } = e as Record<string, unknown>;
     if (typeof originalCode === 'string') return originalCode;
-    if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return code;
-    e = cause;
+    const wrapped = (meta as Record<string, unknown> | undefined)?.driverAdapterError;
+    e = wrapped ?? cause;
   }
   return undefined;
 }
