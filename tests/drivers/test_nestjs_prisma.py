@@ -49,9 +49,10 @@ FORGED_HEADERS = {"X-Tenant-Id": "globex", "X-Forwarded-Tenant": "globex"}
 NO_ENGINE = str(EXAMPLE / "prisma" / "no-engine.sh")
 
 
-# The per-request tenant extension teams delete (examples/nestjs-prisma/README.md), run
-# against acme's DATABASE_URL: what happens to it while it is still deployed.
-OLD_EXTENSION = r"""
+# Against acme's DATABASE_URL: the per-request tenant extension teams delete
+# (examples/nestjs-prisma/README.md), as while it is still deployed, and an interactive
+# transaction.
+PRISMA_SCRIPT = r"""
 const { PrismaClient } = require('./dist/generated/prisma/client.js');
 const { PrismaPg } = require('@prisma/adapter-pg');
 const prisma = new PrismaClient({
@@ -72,12 +73,17 @@ function sqlState(error) {  // as src/row-level-security.filter.ts finds it
   return String(error);
 }
 (async () => {
-  const out = {};
+  const out = { extension: {} };
   for (const tenant of ['acme', 'globex']) {
     try {
-      out[tenant] = (await forTenant(tenant).note.findMany()).map((n) => n.tenantId);
-    } catch (e) { out[tenant] = sqlState(e); }
+      out.extension[tenant] = (await forTenant(tenant).note.findMany()).map((n) => n.tenantId);
+    } catch (e) { out.extension[tenant] = sqlState(e); }
   }
+  out.interactive = await prisma.$transaction(async (tx) => {
+    const note = await tx.note.create({ data: { body: 'acme-interactive' } });
+    const seen = await tx.note.findMany();
+    return { created: note.tenantId, seen: [...new Set(seen.map((n) => n.tenantId))] };
+  });
   await prisma.$disconnect();
   console.log(JSON.stringify(out));
 })();
@@ -261,17 +267,19 @@ def test_forged_tenant_hints_change_nothing(services: dict[str, Service],
     assert {n["tenantId"] for n in notes} == {"globex"}
 
 
-def test_the_old_tenant_extension_passes_only_for_its_own_tenant(
+def test_old_tenant_extension_and_interactive_transaction(
         services: dict[str, Service], notes_proxy: ThreadedProxy) -> None:
     """While the per-request ``set_config`` extension is still deployed, naming the
     connection's own tenant passes (pgtenant's guard lets it through) and naming another
-    is refused with 42501 before anything runs."""
+    is refused with 42501 before anything runs. An interactive transaction stays on one
+    server connection and in the tenant."""
     status, _ = services["acme"].call("POST", "/notes", {"body": "acme-before-cutover"})
     assert status == 201
     node, _ = toolchains.node_and_npm()
     env = {"PATH": os.environ.get("PATH", ""),
            "DATABASE_URL": database_url(notes_proxy, "acme")}
-    done = run([node, "-e", OLD_EXTENSION], cwd=EXAMPLE, env=env, timeout=60)
+    done = run([node, "-e", PRISMA_SCRIPT], cwd=EXAMPLE, env=env, timeout=60)
     out = json.loads(done.stdout)
-    assert out["globex"] == "42501"
-    assert out["acme"] and set(out["acme"]) == {"acme"}
+    assert out["extension"]["globex"] == "42501"
+    assert out["extension"]["acme"] and set(out["extension"]["acme"]) == {"acme"}
+    assert out["interactive"] == {"created": "acme", "seen": ["acme"]}

@@ -73,7 +73,8 @@ def node_missing() -> str | None:
 def nestjs_missing() -> str | None:
     """What the NestJS + Prisma example's test lacks here (what to install), or None."""
     if not (shutil.which("node") and shutil.which("npm")):
-        return "the NestJS + Prisma example needs Node.js and npm (Debian: apt-get install nodejs npm)"
+        return ("the NestJS + Prisma example needs Node.js and npm "
+                "(Debian: apt-get install nodejs npm)")
     if not node_packages_current(NESTJS_DIR):
         return (f"node packages missing or stale in {NESTJS_DIR}: `./dev test` runs `npm ci` "
                 "there (needs npm and the npm registry)")
