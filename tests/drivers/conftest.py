@@ -18,7 +18,8 @@ from tests.support import AppDatabase
 
 POOL_SIZE = {"session": 8, "transaction": 2}
 TOOLCHAINS = {"test_node_postgres.py": toolchains.node_missing,
-              "test_jdbc.py": toolchains.jdbc_missing}
+              "test_jdbc.py": toolchains.jdbc_missing,
+              "test_nestjs_prisma.py": toolchains.nestjs_missing}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -3,8 +3,10 @@
 Node.js/npm and a JDK are system packages (Debian: ``nodejs npm default-jdk-headless``).
 Everything else ``./dev test`` fetches itself, without root, by running this module first:
 
-- the node packages: ``npm ci`` in tests/drivers/node, again only when package-lock.json
-  changed (a stamp in node_modules remembers the lock it installed);
+- the node packages: ``npm ci`` in tests/drivers/node and in examples/nestjs-prisma (the
+  latter with ``--ignore-scripts``: Prisma's install scripts would download Rust engines
+  from binaries.prisma.sh, which its client does not need), again only when a
+  package-lock.json changed (a stamp in node_modules remembers the lock it installed);
 - the pgJDBC jar: Debian's ``libpostgresql-jdbc-java`` (the driver the distribution
   ships), downloaded with ``apt-get download`` and unpacked into ``.venv/drivers``.
 
@@ -28,8 +30,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = Path(__file__).parent / "node"
-NODE_MODULES = NODE_DIR / "node_modules"
-NODE_STAMP = NODE_MODULES / ".pgtenant-package-lock"
+STAMP_NAME = ".pgtenant-package-lock"
+NESTJS_DIR = ROOT / "examples" / "nestjs-prisma"
 SYSTEM_JAR = Path("/usr/share/java/postgresql.jar")
 CACHED_JAR = ROOT / ".venv" / "drivers" / "postgresql.jar"
 JDBC_PACKAGE = "libpostgresql-jdbc-java"
@@ -68,6 +70,17 @@ def node_missing() -> str | None:
     return None
 
 
+def nestjs_missing() -> str | None:
+    """What the NestJS + Prisma example's test lacks here (what to install), or None."""
+    if not (shutil.which("node") and shutil.which("npm")):
+        return ("the NestJS + Prisma example needs Node.js and npm "
+                "(Debian: apt-get install nodejs npm)")
+    if not node_packages_current(NESTJS_DIR):
+        return (f"node packages missing or stale in {NESTJS_DIR}: `./dev test` runs `npm ci` "
+                "there (needs npm and the npm registry)")
+    return None
+
+
 def require(missing: str | None) -> None:
     """Fail a driver test whose toolchain is missing. Only CI gets here with one missing:
     elsewhere tests/drivers/conftest.py has skipped those tests at collection."""
@@ -91,29 +104,40 @@ def node() -> str:
     return binary
 
 
-def lock_digest() -> str:
-    return hashlib.sha1((NODE_DIR / "package-lock.json").read_bytes()).hexdigest()
+def node_and_npm() -> tuple[str, str]:
+    """``(node, npm)`` for the NestJS + Prisma example, its packages installed."""
+    require(nestjs_missing())
+    node, npm = shutil.which("node"), shutil.which("npm")
+    assert node and npm
+    return node, npm
 
 
-def node_packages_current() -> bool:
-    return NODE_STAMP.is_file() and NODE_STAMP.read_text().strip() == lock_digest()
+def lock_digest(directory: Path = NODE_DIR) -> str:
+    return hashlib.sha1((directory / "package-lock.json").read_bytes()).hexdigest()
+
+
+def node_packages_current(directory: Path = NODE_DIR) -> bool:
+    stamp = directory / "node_modules" / STAMP_NAME
+    return stamp.is_file() and stamp.read_text().strip() == lock_digest(directory)
 
 
 # ---- bootstrap (python -m tests.drivers.toolchains, run by ./dev test) -----------------
 
-def install_node_packages() -> None:
+def install_node_packages(directory: Path = NODE_DIR, *extra_args: str) -> None:
     npm = shutil.which("npm")
-    if npm is None or node_packages_current():
+    if npm is None or node_packages_current(directory):
         return  # no npm: the node tests say what to install
-    print("driver tests: npm ci in tests/drivers/node (first run, or package-lock.json "
-          "changed)", file=sys.stderr)
-    done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                          cwd=NODE_DIR, stdin=subprocess.DEVNULL, capture_output=True,
+    where = directory.relative_to(ROOT)
+    print(f"driver tests: npm ci in {where} (first run, or package-lock.json changed)",
+          file=sys.stderr)
+    done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error",
+                           *extra_args],
+                          cwd=directory, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, check=False)
     if done.returncode != 0:
-        print(f"driver tests: npm ci failed: {_last_line(done)}", file=sys.stderr)
+        print(f"driver tests: npm ci in {where} failed: {_last_line(done)}", file=sys.stderr)
         return
-    NODE_STAMP.write_text(lock_digest() + "\n")
+    (directory / "node_modules" / STAMP_NAME).write_text(lock_digest(directory) + "\n")
 
 
 def fetch_jdbc_jar() -> None:
@@ -148,4 +172,5 @@ def _last_line(done: subprocess.CompletedProcess[str]) -> str:
 
 if __name__ == "__main__":
     install_node_packages()
+    install_node_packages(NESTJS_DIR, "--ignore-scripts")
     fetch_jdbc_jar()
