@@ -61,3 +61,19 @@ def compiled() -> bool:
 def describe() -> str:
     """One phrase for the start-up log line."""
     return "compiled (mypyc)" if compiled() else "pure Python"
+
+
+def main(argv: list[str]) -> int:
+    """``python -m proxy.build [--require-compiled]``: print which build is imported (and
+    from where); with ``--require-compiled``, fail unless every listed module is compiled."""
+    pure = [name for name in COMPILED_MODULES if not is_compiled_module(name)]
+    package = sys.modules["proxy"].__file__
+    print(f"pgtenant {describe()} build, imported from {package}")
+    if "--require-compiled" in argv and pure:
+        print(f"not compiled: {', '.join(pure)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

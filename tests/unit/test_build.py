@@ -1,0 +1,104 @@
+"""The two builds (docs/building.md): which one runs, how it is reported, and when the
+wheel build asks for mypyc. ``./dev test`` runs the suite on the pure build and
+``./dev test-compiled`` on the compiled wheel; each tells these tests which to expect."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+import proxy
+from proxy import build
+from proxy.metrics.collector import ProxyCollector
+
+REPO = Path(__file__).resolve().parents[2]
+# What the session layer, pool and app are being rebuilt on: they stay interpreted.
+INTERPRETED = ("proxy.session.client", "proxy.session.server", "proxy.pool.pool", "proxy.app",
+               "proxy.config", "proxy.embedded", "proxy.cli", "proxy.build")
+
+
+def _backend() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "pgtenant_build", REPO / "build_backend" / "pgtenant_build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_listed_module_is_built_the_same_way() -> None:
+    compiled = {name: build.is_compiled_module(name) for name in build.COMPILED_MODULES}
+    assert set(compiled.values()) == {build.compiled()}, compiled
+
+
+def test_the_running_build_is_the_one_the_runner_built() -> None:
+    expected = os.environ.get("PGTENANT_EXPECT_BUILD")
+    if expected is None:  # plain pytest: a source checkout is imported as Python
+        source_checkout = (Path(proxy.__file__).resolve().parents[1] / "setup.py").is_file()
+        assert not (source_checkout and build.compiled())
+    else:
+        assert expected in ("compiled", "pure")
+        assert build.compiled() == (expected == "compiled")
+    if build.compiled():  # the installed package, never the checkout's proxy/
+        assert Path(proxy.__file__).resolve().parents[1] != REPO
+
+
+def test_module_list_names_modules_of_the_package_and_leaves_the_glue_interpreted() -> None:
+    for name in build.COMPILED_MODULES:
+        assert importlib.util.find_spec(name) is not None, name
+    assert not set(build.COMPILED_MODULES) & set(INTERPRETED)
+    for name in INTERPRETED:
+        assert not build.is_compiled_module(name), name
+
+
+def test_build_info_metric_says_whether_it_runs_compiled() -> None:
+    stats = SimpleNamespace(uptime=lambda: 1.0, config_reloads=0, config_reload_failures=0)
+    collector = ProxyCollector(cast(Any, SimpleNamespace(stats=stats)))
+    [info] = [family for family in collector._process() if family.name == "pgtenant_build_info"]
+    [sample] = info.samples
+    assert sample.labels["compiled"] == ("true" if build.compiled() else "false")
+    assert sample.labels["version"] and sample.value == 1
+
+
+def test_command_line_check_fails_on_a_pure_build(capsys: pytest.CaptureFixture[str]) -> None:
+    status = build.main(["--require-compiled"])
+    out, err = capsys.readouterr()
+    assert status == (0 if build.compiled() else 1)
+    assert ("compiled (mypyc) build" if build.compiled() else "pure Python build") in out
+    assert ("not compiled: proxy.wire.errors" in err) != build.compiled()
+
+
+def test_wheel_build_asks_for_mypyc_only_when_it_will_compile(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = _backend()
+    monkeypatch.setattr(backend, "_setuptools", SimpleNamespace(
+        get_requires_for_build_wheel=lambda settings: ["wheel"]))
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("PGTENANT_PURE", raising=False)
+    monkeypatch.setenv("CC", sys.executable)  # any executable stands in for a compiler
+    assert backend.compile_wanted()[0]
+    requires = backend.get_requires_for_build_wheel()
+    assert requires[0] == "wheel" and any(r.startswith("mypy[mypyc]") for r in requires)
+    assert any(r.startswith("pglast") for r in requires)  # mypy sees the real types
+
+    monkeypatch.setenv("PGTENANT_PURE", "1")
+    assert backend.compile_wanted() == (False, "PGTENANT_PURE is set")
+    assert backend.get_requires_for_build_wheel() == ["wheel"]
+
+    monkeypatch.setenv("PGTENANT_PURE", "0")
+    monkeypatch.setenv("CC", "/nonexistent/cc -O2")
+    assert backend.compile_wanted() == (False, "no C compiler found")
+    assert backend.get_requires_for_build_wheel() == ["wheel"]
+
+
+def test_editable_install_never_asks_for_mypyc() -> None:
+    backend = _backend()
+    # The editable hook is setuptools' own, untouched: no mypy download for ./dev.
+    hook = backend.get_requires_for_build_editable
+    assert hook is backend._setuptools.get_requires_for_build_editable
