@@ -13,11 +13,10 @@ CommandComplete and ReadyForQuery 'I', as PostgreSQL answers pgbench's
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from bench.guard_bench import per_call_us
 from proxy import build
 from proxy.config import TenancyConfig
 from proxy.guard import Guard
@@ -41,19 +40,6 @@ def pgbench_select_stream(n: int) -> tuple[list[bytes], list[bytes]]:
     reply = (messages.row_description(["abalance"]) + messages.data_row(["0"])
              + messages.command_complete("SELECT 1") + messages.ready_for_query(b"I"))
     return client, [reply] * n
-
-
-def _per_tx_us(step: Callable[[int], None], n: int, seconds: float) -> float:
-    """Median over rounds of the mean µs per transaction."""
-    rounds: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while True:
-        start = time.perf_counter_ns()
-        for i in range(n):
-            step(i)
-        rounds.append((time.perf_counter_ns() - start) / n / 1000)
-        if time.perf_counter() > deadline and len(rounds) >= 5:
-            return statistics.median(rounds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("ProxyStats record_queries + transaction", count),
         ("all four", all_of_it),
     ]:
-        print(f"{label:<44} {_per_tx_us(step, n, seconds):>8.2f}")
+        print(f"{label:<44} {per_call_us(step, range(n), seconds):>8.2f}")
     return 0
 
 
