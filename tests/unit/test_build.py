@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pkgutil
 import sys
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any, cast
@@ -18,9 +20,6 @@ from proxy import build
 from proxy.metrics.collector import ProxyCollector
 
 REPO = Path(__file__).resolve().parents[2]
-# What the session layer, pool and app are being rebuilt on: they stay interpreted.
-INTERPRETED = ("proxy.session.client", "proxy.session.server", "proxy.pool.pool", "proxy.app",
-               "proxy.config", "proxy.embedded", "proxy.cli", "proxy.build")
 
 
 def _backend() -> ModuleType:
@@ -49,12 +48,15 @@ def test_the_running_build_is_the_one_the_runner_built() -> None:
         assert Path(proxy.__file__).resolve().parents[1] != REPO
 
 
-def test_module_list_names_modules_of_the_package_and_leaves_the_glue_interpreted() -> None:
-    for name in build.COMPILED_MODULES:
-        assert importlib.util.find_spec(name) is not None, name
-    assert not set(build.COMPILED_MODULES) & set(INTERPRETED)
-    for name in INTERPRETED:
-        assert not build.is_compiled_module(name), name
+def test_exactly_the_listed_modules_are_compiled_and_all_exist() -> None:
+    modules = {info.name for info in pkgutil.walk_packages(proxy.__path__, "proxy.")}
+    assert set(build.COMPILED_MODULES) <= modules
+    assert "proxy.build" not in build.COMPILED_MODULES  # setup.py executes it as a script
+    for name in sorted(modules):
+        spec = importlib.util.find_spec(name)  # where it loads from, without running it
+        assert spec is not None and spec.origin is not None, name
+        native = spec.origin.endswith(tuple(EXTENSION_SUFFIXES))
+        assert native == (build.compiled() and name in build.COMPILED_MODULES), name
 
 
 def test_build_info_metric_says_whether_it_runs_compiled() -> None:
