@@ -4,7 +4,10 @@ wheel build asks for mypyc. ``./dev test`` runs the suite on the pure build and
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.util
+import inspect
 import os
 import pkgutil
 import sys
@@ -57,6 +60,56 @@ def test_exactly_the_listed_modules_are_compiled_and_all_exist() -> None:
         assert spec is not None and spec.origin is not None, name
         native = spec.origin.endswith(tuple(EXTENSION_SUFFIXES))
         assert native == (build.compiled() and name in build.COMPILED_MODULES), name
+
+
+def _compiled_sources() -> list[tuple[str, ast.Module]]:
+    """The source tree of each listed module (from the checkout: a wheel has it too)."""
+    return [(name, ast.parse((REPO / (name.replace(".", "/") + ".py")).read_text()))
+            for name in build.COMPILED_MODULES]
+
+
+def test_no_interpreted_class_subclasses_a_compiled_one() -> None:
+    # mypyc refuses (TypeError at import) an interpreted subclass of a compiled class.
+    compiled = set(build.COMPILED_MODULES)
+    for info in pkgutil.walk_packages(proxy.__path__, "proxy."):
+        if info.name in compiled:
+            continue
+        module = importlib.import_module(info.name)
+        for cls in vars(module).values():
+            if inspect.isclass(cls) and cls.__module__ == info.name:
+                bases = [base for base in cls.__mro__[1:] if base.__module__ in compiled]
+                assert not bases, f"{cls.__qualname__} ({info.name}) subclasses {bases}"
+
+
+def test_exception_classes_of_compiled_modules_keep_class_attributes_as_classvars() -> None:
+    # mypyc drops a plain class-level default of an Exception subclass (ClassVar keeps it).
+    for name, tree in _compiled_sources():
+        module = importlib.import_module(name)
+        for node in tree.body:
+            cls = getattr(module, node.name, None) if isinstance(node, ast.ClassDef) else None
+            if not (inspect.isclass(cls) and issubclass(cls, BaseException)):
+                continue
+            assert isinstance(node, ast.ClassDef)
+            for item in node.body:
+                plain = isinstance(item, ast.Assign) or (
+                    isinstance(item, ast.AnnAssign) and item.value is not None
+                    and "ClassVar" not in ast.unparse(item.annotation))
+                assert not plain, f"{name}.{node.name}: {ast.unparse(item)} needs ClassVar"
+
+
+def test_compiled_modules_do_not_bind_one_name_to_two_exception_types() -> None:
+    # `except A as e` beside `except B as e` in one function: mypyc gives `e` A's type and
+    # raises TypeError when B is caught.
+    for name, tree in _compiled_sources():
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            caught: dict[str, set[str]] = {}
+            for node in ast.walk(func):
+                if isinstance(node, ast.ExceptHandler) and node.name and node.type:
+                    caught.setdefault(node.name, set()).add(ast.unparse(node.type))
+            for var, types in caught.items():
+                assert len(types) == 1, f"{name}.{func.name}: `as {var}` binds {sorted(types)}"
 
 
 def test_build_info_metric_says_whether_it_runs_compiled() -> None:
