@@ -130,13 +130,16 @@ def test_command_line_check_fails_on_a_pure_build(capsys: pytest.CaptureFixture[
 
 
 def test_wheel_build_asks_for_mypyc_only_when_it_will_compile(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     backend = _backend()
     monkeypatch.setattr(backend, "_setuptools", SimpleNamespace(
         get_requires_for_build_wheel=lambda settings: ["wheel"]))
     monkeypatch.chdir(REPO)
     monkeypatch.delenv("PGTENANT_PURE", raising=False)
     monkeypatch.setenv("CC", sys.executable)  # any executable stands in for a compiler
+    (tmp_path / "Python.h").touch()  # whether or not this machine has python3-dev
+    monkeypatch.setattr(backend, "sysconfig", SimpleNamespace(
+        get_config_var=lambda name: None, get_paths=lambda: {"include": str(tmp_path)}))
     assert backend.compile_wanted()[0]
     requires = backend.get_requires_for_build_wheel()
     assert requires[0] == "wheel" and any(r.startswith("mypy[mypyc]") for r in requires)
@@ -150,6 +153,10 @@ def test_wheel_build_asks_for_mypyc_only_when_it_will_compile(
     monkeypatch.setenv("CC", "/nonexistent/cc -O2")
     assert backend.compile_wanted() == (False, "no C compiler found")
     assert backend.get_requires_for_build_wheel() == ["wheel"]
+
+    monkeypatch.setenv("CC", sys.executable)
+    (tmp_path / "Python.h").unlink()
+    assert backend.compile_wanted() == (False, f"no Python headers ({tmp_path}/Python.h)")
 
 
 def test_editable_install_never_asks_for_mypyc() -> None:
