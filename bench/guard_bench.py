@@ -14,6 +14,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from pglast.parser import parse_sql_json
 
@@ -21,6 +22,7 @@ from proxy.config import TenancyConfig
 from proxy.guard import Guard, needs_inspection
 
 TENANT = "acme"
+T = TypeVar("T")
 
 #: Typical ORM statements with no trigger word: the pre-filter skips the parser.
 PREFILTERED = [
@@ -60,8 +62,7 @@ ATTACKS = [
 ]
 
 
-def _per_call_us(fn: Callable[[str], object], statements: Sequence[str], seconds: float
-                 ) -> float:
+def per_call_us(fn: Callable[[T], object], statements: Sequence[T], seconds: float) -> float:
     """Median over rounds of the mean µs per call, cycling through ``statements``."""
     rounds: list[float] = []
     deadline = time.perf_counter() + seconds
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print(f"{'path':<36} {'us/statement':>12}")
     for label, fn, statements in rows:
-        print(f"{label:<36} {_per_call_us(fn, statements, seconds):>12.2f}")
+        print(f"{label:<36} {per_call_us(fn, statements, seconds):>12.2f}")
     return 0
 
 

@@ -41,7 +41,10 @@ async def serve(config: Config, ready: Callable[[Any], None] | None = None,
     supervisor, which passes it on), and shuts down if the supervisor disappears.
     """
     from proxy.app import ProxyApp
+    from proxy.build import describe
+    from proxy.metrics.collector import build_version
 
+    log.info("pgtenant %s, %s build", build_version(), describe())
     app = ProxyApp(config, worker)
     await app.start()
     if ready is not None:

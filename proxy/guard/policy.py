@@ -49,7 +49,7 @@ _SAFE_PARSER_VALUES = {
 }
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 #: Settings that are not ordinary whatever the configuration.
-GUARDED_SETTINGS = ROLE_SETTINGS | _SAFE_PARSER_VALUES.keys()
+GUARDED_SETTINGS = ROLE_SETTINGS | frozenset(_SAFE_PARSER_VALUES)
 
 
 class SettingClass(enum.Enum):

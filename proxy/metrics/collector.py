@@ -22,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from proxy import build
 from proxy.auth.errors import AuthReason
 from proxy.stats import OTHER_TENANT, Histogram, TenantStats
 
@@ -52,6 +53,7 @@ class ProxyCollector(Collector):
     def __init__(self, app: ProxyApp) -> None:
         self.app = app
         self.version = build_version()
+        self.compiled = "true" if build.compiled() else "false"
 
     def collect(self) -> Iterator[Metric]:
         yield from self._process()
@@ -77,9 +79,10 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily("pgtenant_config_reload_failures",
                                   "Configuration reloads refused (the old config stays).",
                                   value=stats.config_reload_failures)
-        info = GaugeMetricFamily("pgtenant_build_info", "pgtenant version (value is 1).",
-                                 labels=["version"])
-        info.add_metric([self.version], 1)
+        info = GaugeMetricFamily("pgtenant_build_info",
+                                 "pgtenant version and whether it runs compiled (value is 1).",
+                                 labels=["version", "compiled"])
+        info.add_metric([self.version, self.compiled], 1)
         yield info
 
     # ---- pools --------------------------------------------------------------------------

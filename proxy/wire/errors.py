@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class ProtocolViolation(Exception):
     """The peer sent bytes that are not valid protocol v3.
@@ -12,4 +14,5 @@ class ProtocolViolation(Exception):
     UnicodeDecodeError escapes), so callers catch exactly this.
     """
 
-    sqlstate = "08P01"
+    # ClassVar: mypyc drops a plain class-level default on an Exception subclass.
+    sqlstate: ClassVar[str] = "08P01"

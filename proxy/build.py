@@ -1,0 +1,79 @@
+"""Which build of pgtenant is running: compiled with mypyc, or pure Python.
+
+``pip install .`` compiles the modules in :data:`COMPILED_MODULES` with mypyc when a C
+compiler is present (``setup.py`` reads the list from this file, so it is kept in one
+place); an editable install, ``PGTENANT_PURE=1`` or a machine without a compiler gives
+the same modules as plain Python. Both builds run the same typed source and pass the same
+tests (``docs/building.md``). The proxy logs which one runs and exports it as
+``pgtenant_build_info{compiled=...}``.
+
+This module imports only the standard library: ``setup.py`` executes it before pgtenant's
+dependencies are installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES
+
+# The hot modules: per message (wire), per statement (guard, session helpers) and per
+# transaction (stats). Modules being rewritten or that hold the asyncio glue (session
+# client/server, pool, app) stay interpreted for now; add a module here to compile it.
+# Traps to avoid in a compiled module: an interpreted subclass of a compiled class,
+# tests that monkeypatch a compiled class's methods, class-level defaults on Exception
+# subclasses (use ClassVar), sibling ``except A as e`` / ``except B as e`` of
+# different types binding one name.
+COMPILED_MODULES: tuple[str, ...] = (
+    "proxy.wire.errors",
+    "proxy.wire.tags",
+    "proxy.wire.framing",
+    "proxy.wire.startup",
+    "proxy.wire.messages",
+    "proxy.guard.verdict",
+    "proxy.guard.prefilter",
+    "proxy.guard.policy",
+    "proxy.guard.statements",
+    "proxy.guard.analysis",
+    "proxy.guard.guard",
+    "proxy.session.prepared",
+    "proxy.session.context",
+    "proxy.session.guarding",
+    "proxy.stats",
+)
+
+# The module whose file tells the build apart: the framer runs on every client message.
+_PROBE = "proxy.wire.framing"
+
+
+def is_compiled_module(name: str) -> bool:
+    """Whether the module ``name`` was loaded from a native extension (``.so``/``.pyd``)."""
+    module = sys.modules.get(name) or importlib.import_module(name)
+    path = getattr(module, "__file__", None) or ""
+    return path.endswith(tuple(EXTENSION_SUFFIXES))
+
+
+def compiled() -> bool:
+    """Whether this process runs the mypyc-compiled build."""
+    return is_compiled_module(_PROBE)
+
+
+def describe() -> str:
+    """One phrase for the start-up log line."""
+    return "compiled (mypyc)" if compiled() else "pure Python"
+
+
+def main(argv: list[str]) -> int:
+    """``python -m proxy.build [--require-compiled]``: print which build is imported (and
+    from where); with ``--require-compiled``, fail unless every listed module is compiled."""
+    pure = [name for name in COMPILED_MODULES if not is_compiled_module(name)]
+    package = sys.modules["proxy"].__file__
+    print(f"pgtenant {describe()} build, imported from {package}")
+    if "--require-compiled" in argv and pure:
+        print(f"not compiled: {', '.join(pure)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
