@@ -19,6 +19,7 @@ from difflib import get_close_matches
 from typing import Any, Literal, TypeVar, cast, get_args
 
 from proxy.auth.scram_verifier import parse_scram_verifier
+from proxy.placement import Placement, read_placements  # --- placement ---
 
 PoolMode = Literal["session", "transaction"]
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
@@ -173,6 +174,7 @@ class Config:
     databases: dict[str, DatabaseConfig] = field(default_factory=dict)
     admin: AdminConfig = field(default_factory=AdminConfig)
     users: dict[str, ServiceAccountConfig] = field(default_factory=dict)
+    placement: dict[str, Placement] = field(default_factory=dict)  # --- placement ---
 
 
 # --------------------------------------------------------------------------------------
@@ -296,7 +298,8 @@ def parse_config(text: str, source: str = "<string>") -> Config:
 
 def _build_config(data: dict[str, Any], source: str) -> Config:
     root = _Table(source, (), data,
-                  {"server", "auth", "tenancy", "databases", "admin", "users"})
+                  {"server", "auth", "tenancy", "databases", "admin", "users",
+                   "placement"})  # --- placement ---
     server = _read_server(root.table("server", _field_names(ServerConfig)))
     auth_table = root.table("auth", {"jwt"})
     jwt = _read_jwt(auth_table.table("jwt", _field_names(JwtConfig)))
@@ -305,6 +308,12 @@ def _build_config(data: dict[str, Any], source: str) -> Config:
     databases = _read_databases(root)
     admin = _read_admin(root.table("admin", {"users"}))
     users = _read_service_accounts(root, tenancy, databases)
+    # --- placement (proxy/placement.py) ---
+    try:
+        placement = read_placements(root.raw("placement"), databases, tenancy.tenant_pattern)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    # --- end placement ---
     root.finish()
     return Config(
         path=source,
@@ -314,6 +323,7 @@ def _build_config(data: dict[str, Any], source: str) -> Config:
         databases=databases,
         admin=admin,
         users=users,
+        placement=placement,  # --- placement ---
     )
 
 
