@@ -32,6 +32,7 @@ direct connections during the move.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ _FOREIGN_KEYS: LiteralString = (
     "SELECT conrelid::int8, confrelid::int8 FROM pg_constraint WHERE contype = 'f'"
     " AND conrelid = ANY(%s) AND confrelid = ANY(%s) AND conrelid <> confrelid"
 )
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
 # Both sides render values the same way, so the checksums compare.
 _SAME_TEXT = ("SET LOCAL TimeZone = 'UTC'", "SET LOCAL DateStyle = 'ISO, YMD'",
               "SET LOCAL IntervalStyle = 'postgres'", "SET LOCAL extra_float_digits = 3",
@@ -82,8 +84,9 @@ class MovedTable:
 
     @property
     def name(self) -> str:
-        """Schema-qualified, quoted as in SQL."""
-        return self.ident.as_string(None)
+        """Schema-qualified, quoted where SQL needs it (as format('%I.%I') does)."""
+        return ".".join(p if _PLAIN_NAME.fullmatch(p) else sql.Identifier(p).as_string(None)
+                        for p in (self.schema, self.table))
 
 
 @dataclass(slots=True)
