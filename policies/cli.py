@@ -313,9 +313,12 @@ def _cmd_tenants_list(conn: psycopg.Connection[Any], args: argparse.Namespace) -
         (t.id, t.status, t.created_at.strftime("%Y-%m-%d %H:%M:%S%z"), t.schema_name or "-",
          t.placement or "-")
         for t in tenants]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    if not any(t.placement for t in tenants):  # no placement across clusters: as before
+        rows = [r[:4] for r in rows]
+    last = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(last)]
     for r in rows:
-        print("  ".join([*(r[i].ljust(widths[i]) for i in range(4)), r[4]]))
+        print("  ".join([*(r[i].ljust(widths[i]) for i in range(last)), r[last]]))
     return EXIT_OK
 
 
