@@ -4,17 +4,25 @@ the proxy's role, ``tenants create --placement`` and an upgrade of an older regi
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from policies.install import install_sql
 from proxy.placement import PLACEMENT_SQL
-from tests.integration.test_policies import Scratch, cli, installed, scratch  # noqa: F401
+from tests.integration.test_policies import Scratch, cli, installed, scratch_database
+from tests.support import PostgresServer
 
 
-def test_tenants_carry_a_placement_the_app_role_can_look_up(scratch: Scratch) -> None:
-    installed(scratch)
+@pytest.fixture
+def registry_db(postgres: PostgresServer) -> Iterator[Scratch]:
+    with scratch_database(postgres) as db:
+        yield installed(db)
+
+
+def test_tenants_carry_a_placement_the_app_role_can_look_up(registry_db: Scratch) -> None:
+    scratch = registry_db
     assert cli("tenants", "create", "acme", "--dsn", scratch.dsn).status == 0
     created = cli("tenants", "create", "initech", "--placement", "app_us", "--dsn", scratch.dsn)
     assert created.status == 0 and "on app_us" in created.out
@@ -31,8 +39,8 @@ def test_tenants_carry_a_placement_the_app_role_can_look_up(scratch: Scratch) ->
             conn.execute("SELECT placement FROM pgtenant.tenants")
 
 
-def test_install_upgrades_an_older_registry_and_keeps_its_tenants(scratch: Scratch) -> None:
-    installed(scratch)
+def test_install_upgrades_an_older_registry_and_keeps_its_tenants(registry_db: Scratch) -> None:
+    scratch = registry_db
     with scratch.admin() as conn:  # the registry as installs before placement made it
         conn.execute("DROP FUNCTION pgtenant.tenant_placement(text)")
         conn.execute("ALTER TABLE pgtenant.tenants DROP COLUMN placement")
