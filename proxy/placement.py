@@ -27,10 +27,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import psycopg
-from psycopg.conninfo import make_conninfo
-
 if TYPE_CHECKING:
+    import psycopg
+
     from proxy.config import Config, DatabaseConfig
     from proxy.pool.pool import ServerPool
     from proxy.session.context import TenantContext
@@ -161,8 +160,15 @@ class _Answer:
     expires: float
 
 
+class _RegistryUnreadable(Exception):
+    """The registry could not be queried (connection refused, lost, or an error)."""
+
+
 class _Registry:
-    """One connection to a registry entry's database, for placement lookups."""
+    """One connection to a registry entry's database, for placement lookups.
+
+    psycopg is imported on first use: a proxy without placement never loads it.
+    """
 
     def __init__(self, db: DatabaseConfig, password: str | None) -> None:
         self.db = db
@@ -172,6 +178,8 @@ class _Registry:
 
     async def lookup(self, tenant: str) -> tuple[str | None, str | None]:
         """(status, placement) of ``tenant``; (None, None) when it is not registered."""
+        import psycopg
+
         async with self._lock:
             for attempt in (1, 2):  # a connection the server closed is opened again once
                 try:
@@ -179,13 +187,18 @@ class _Registry:
                     cur = await conn.execute(PLACEMENT_SQL, [tenant])
                     row = await cur.fetchone()
                     return (row[0], row[1]) if row else (None, None)
-                except psycopg.OperationalError:
+                except psycopg.OperationalError as exc:
                     await self.close()
                     if attempt == 2:
-                        raise
+                        raise _RegistryUnreadable(str(exc)) from None
+                except psycopg.Error as exc:
+                    raise _RegistryUnreadable(str(exc)) from None
         raise AssertionError("unreachable")
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        import psycopg
+        from psycopg.conninfo import make_conninfo
+
         if self._conn is None or self._conn.closed:
             db = self.db
             params: dict[str, Any] = {
@@ -204,7 +217,7 @@ class _Registry:
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(psycopg.Error, OSError):
+            with contextlib.suppress(Exception):
                 await conn.close()
 
 
@@ -279,7 +292,7 @@ class PlacementRouter:
         if placement.registry is not None:
             try:
                 status, registered = await self._registry(placement.registry).lookup(tenant)
-            except psycopg.Error as exc:
+            except _RegistryUnreadable as exc:
                 log.warning("placement %s: cannot read the registry in %s: %s",
                             placement.name, placement.registry, exc)
                 raise PlacementRefused("08006", "could not read the tenant registry") from None

@@ -30,7 +30,7 @@ from proxy.config import parse_config
 from proxy.embedded import EmbeddedPostgres, provision_app
 from tests.integration.test_metrics import scrape, value
 from tests.proxy_harness import JWT_SECRET, JWT_SECRET_ENV, ThreadedProxy, startup_refusal
-from tests.support import PostgresServer, wait_for
+from tests.support import PostgresServer, free_port, wait_for
 
 PASSWORD_ENV = "PGTENANT_TEST_PLACEMENT_PASSWORD"
 ITEM = "SELECT id, tenant_id, name, created_at::text FROM items"
@@ -221,6 +221,25 @@ def test_a_moving_tenant_is_refused_with_57p03(clusters: Clusters) -> None:
         assert port == clusters.a.port
 
 
+def test_an_unreachable_registry_refuses_placed_logins_only(clusters: Clusters) -> None:
+    down = f"""
+[databases.registry_down]
+port = {free_port()}
+sslmode = "disable"
+server_connect_timeout = 2
+"""
+    text = config_text(clusters, "transaction").replace('registry = "app_a"',
+                                                        'registry = "registry_down"')
+    os.environ[JWT_SECRET_ENV] = JWT_SECRET
+    os.environ[PASSWORD_ENV] = clusters.password
+    proxy = ThreadedProxy(parse_config(text + down, "<placement test>")).start()
+    try:  # fail closed: no guess at the tenant's cluster
+        assert startup_refusal(proxy.dsn("initech")) == (
+            "08006", "could not read the tenant registry")
+    finally:
+        proxy.stop()
+
+
 def test_registry_refusals_hold_on_every_cluster(clusters: Clusters) -> None:
     with clusters.admin("a") as conn:
         conn.execute("UPDATE pgtenant.tenants SET status = 'suspended' WHERE id = 'initech'")
@@ -245,9 +264,10 @@ def _keep_writing(proxy: ThreadedProxy, tenant: str, stop: threading.Event,
         errors.append(exc)
 
 
+@pytest.mark.parametrize("pool_mode", ["session", "transaction"])
 def test_move_keeps_every_row_and_the_tenants_clients_follow(
-        clusters: Clusters, tmp_path: Path) -> None:
-    with placed_proxy(clusters) as proxy:
+        clusters: Clusters, tmp_path: Path, pool_mode: str) -> None:
+    with placed_proxy(clusters, pool_mode) as proxy:
         with psycopg.connect(proxy.dsn("acme"), autocommit=True) as conn:
             conn.execute("INSERT INTO items (name, created_at) VALUES"
                          " ('quote '' and \"double\"', '2001-02-03 04:05:06.789+07'),"
