@@ -309,7 +309,7 @@ def _cmd_tenants_list(conn: psycopg.Connection[Any], args: argparse.Namespace) -
     if args.json:
         print(json.dumps([_tenant_dict(t) for t in tenants], indent=2))
         return EXIT_OK
-    rows = [("ID", "STATUS", "CREATED", "SCHEMA", "PLACEMENT")] + [
+    rows: list[tuple[str, ...]] = [("ID", "STATUS", "CREATED", "SCHEMA", "PLACEMENT")] + [
         (t.id, t.status, t.created_at.strftime("%Y-%m-%d %H:%M:%S%z"), t.schema_name or "-",
          t.placement or "-")
         for t in tenants]
