@@ -309,10 +309,9 @@ def _cmd_tenants_list(conn: psycopg.Connection[Any], args: argparse.Namespace) -
     if args.json:
         print(json.dumps([_tenant_dict(t) for t in tenants], indent=2))
         return EXIT_OK
-    rows: list[tuple[str, ...]] = [("ID", "STATUS", "CREATED", "SCHEMA", "PLACEMENT")] + [
-        (t.id, t.status, t.created_at.strftime("%Y-%m-%d %H:%M:%S%z"), t.schema_name or "-",
-         t.placement or "-")
-        for t in tenants]
+    rows: list[tuple[str, ...]] = [("ID", "STATUS", "CREATED", "SCHEMA", "PLACEMENT")]
+    rows.extend((t.id, t.status, t.created_at.strftime("%Y-%m-%d %H:%M:%S%z"),
+                 t.schema_name or "-", t.placement or "-") for t in tenants)
     if not any(t.placement for t in tenants):  # no placement across clusters: as before
         rows = [r[:4] for r in rows]
     last = len(rows[0]) - 1
