@@ -221,7 +221,24 @@ def test_a_moving_tenant_is_refused_with_57p03(clusters: Clusters) -> None:
         assert port == clusters.a.port
 
 
-def test_an_unreachable_registry_refuses_placed_logins_only(clusters: Clusters) -> None:
+def test_the_registry_cannot_send_a_tenant_outside_the_placements_entries(
+        clusters: Clusters) -> None:
+    with clusters.admin("a") as conn:
+        conn.execute("UPDATE pgtenant.tenants SET placement = 'registry_down'"
+                     " WHERE id = 'initech'")
+    down = f"\n[databases.registry_down]\nport = {free_port()}\nsslmode = \"disable\"\n"
+    os.environ[JWT_SECRET_ENV] = JWT_SECRET
+    os.environ[PASSWORD_ENV] = clusters.password
+    text = config_text(clusters, "transaction") + down
+    proxy = ThreadedProxy(parse_config(text, "<placement test>")).start()
+    try:
+        sqlstate, message = startup_refusal(proxy.dsn("initech"))
+        assert sqlstate == "3D000" and 'not an entry of "app"' in message
+    finally:
+        proxy.stop()
+
+
+def test_an_unreachable_registry_fails_placed_logins_closed(clusters: Clusters) -> None:
     down = f"""
 [databases.registry_down]
 port = {free_port()}
