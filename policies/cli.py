@@ -17,10 +17,15 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from policies import check, install, protect, registry
+from policies import check, install, move, protect, registry
 from policies.catalog import PolicyError
+from proxy.config import ConfigError, load_config
+from proxy.config.model import Placement
 
 ADMIN_DSN_ENV = "PGTENANT_ADMIN_DSN"
+#: ``tenants move``: the admin DSN of entry NAME is in $PGTENANT_ADMIN_DSN_<NAME> (upper
+#: case, anything but letters and digits as "_"), e.g. PGTENANT_ADMIN_DSN_APP_EU.
+ENTRY_DSN_ENV_PREFIX = ADMIN_DSN_ENV + "_"
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
 Command = Callable[[psycopg.Connection[Any], argparse.Namespace], int]
@@ -101,6 +106,9 @@ def _register_tenants(subparsers: Any) -> None:
     p.add_argument("--migrations", metavar="DIR",
                    help="run DIR/*.sql in name order inside the new schema")
     _app_role_arg(p, "role granted USAGE on the new schema (repeatable)")
+    p.add_argument("--placement", metavar="ENTRY", default=None,
+                   help="the [databases] entry holding its rows (default: the placement's "
+                        "default entry)")
     p.set_defaults(func=_runner(_cmd_tenants_create))
 
     p = sub.add_parser("list", help="list tenants")
@@ -120,6 +128,25 @@ def _register_tenants(subparsers: Any) -> None:
     p.add_argument("--drop-schema", action="store_true",
                    help="also drop its schema and everything in it")
     p.set_defaults(func=_runner(_cmd_tenants_delete))
+
+    p = sub.add_parser("move", help="move a tenant's rows to another cluster of its "
+                                    "placement (docs/scale-out.md)")
+    p.add_argument("tenant")
+    p.add_argument("--to", required=True, metavar="ENTRY",
+                   help="the [databases] entry (cluster) to move the tenant to")
+    p.add_argument("--config", required=True, metavar="FILE",
+                   help="the proxies' config: placements, entries, registry_cache_seconds")
+    p.add_argument("--placement", default=None, metavar="NAME",
+                   help="the [placement.NAME] (default: the one ENTRY belongs to)")
+    p.add_argument("--column", default="tenant_id", help="tenant column (default: %(default)s)")
+    p.add_argument("--drain-seconds", type=float, default=None, metavar="S",
+                   help="wait after marking the tenant moving (default: the config's "
+                        "registry_cache_seconds + 5; never less than it)")
+    p.add_argument("--lock-timeout", type=float, default=5.0, metavar="S",
+                   help="longest wait for open write transactions (default: %(default)s)")
+    p.add_argument("--keep-source", action="store_true",
+                   help="leave the rows on the old cluster (unreachable through the proxy)")
+    p.set_defaults(func=_cmd_tenants_move)
 
 
 # -- running a command --------------------------------------------------------------------
@@ -157,17 +184,26 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
         dsn = args.dsn or os.environ.get(ADMIN_DSN_ENV)
         if not dsn:
             return _fail(f"no database: pass --dsn or set ${ADMIN_DSN_ENV}")
-        try:
+
+        def in_transaction() -> int:
             with _connect(dsn) as conn, conn.transaction():
                 return command(conn, args)
-        except PolicyError as exc:
-            return _fail(str(exc))
-        except psycopg.errors.InsufficientPrivilege as exc:
-            return _fail(f"{exc.diag.message_primary} (connect as a more privileged role)")
-        except psycopg.Error as exc:
-            return _fail(exc.diag.message_primary or str(exc).strip())
+
+        return _guarded(in_transaction)
 
     return run
+
+
+def _guarded(action: Callable[[], int]) -> int:
+    """Run ``action``; turn the errors a user can fix into a message and exit status 2."""
+    try:
+        return action()
+    except PolicyError as exc:
+        return _fail(str(exc))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        return _fail(f"{exc.diag.message_primary} (connect as a more privileged role)")
+    except psycopg.Error as exc:
+        return _fail(exc.diag.message_primary or str(exc).strip())
 
 
 # -- the commands -------------------------------------------------------------------------
@@ -254,13 +290,16 @@ def _cmd_check(conn: psycopg.Connection[Any], args: argparse.Namespace) -> int:
 
 def _tenant_dict(tenant: registry.Tenant) -> dict[str, Any]:
     return {"id": tenant.id, "status": tenant.status,
-            "created_at": tenant.created_at.isoformat(), "schema_name": tenant.schema_name}
+            "created_at": tenant.created_at.isoformat(), "schema_name": tenant.schema_name,
+            "placement": tenant.placement}
 
 
 def _cmd_tenants_create(conn: psycopg.Connection[Any], args: argparse.Namespace) -> int:
     tenant = registry.create_tenant(conn, args.tenant, schema=args.schema,
-                                    migrations=args.migrations, app_roles=args.app_role)
+                                    migrations=args.migrations, app_roles=args.app_role,
+                                    placement=args.placement)
     where = f" with schema {tenant.schema_name}" if tenant.schema_name else ""
+    where += f" on {tenant.placement}" if tenant.placement else ""
     print(f"created tenant {tenant.id}{where}")
     return EXIT_OK
 
@@ -270,12 +309,15 @@ def _cmd_tenants_list(conn: psycopg.Connection[Any], args: argparse.Namespace) -
     if args.json:
         print(json.dumps([_tenant_dict(t) for t in tenants], indent=2))
         return EXIT_OK
-    rows = [("ID", "STATUS", "CREATED", "SCHEMA")] + [
-        (t.id, t.status, t.created_at.strftime("%Y-%m-%d %H:%M:%S%z"), t.schema_name or "-")
-        for t in tenants]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    rows: list[tuple[str, ...]] = [("ID", "STATUS", "CREATED", "SCHEMA", "PLACEMENT")]
+    rows.extend((t.id, t.status, t.created_at.strftime("%Y-%m-%d %H:%M:%S%z"),
+                 t.schema_name or "-", t.placement or "-") for t in tenants)
+    if not any(t.placement for t in tenants):  # no placement across clusters: as before
+        rows = [r[:4] for r in rows]
+    last = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(last)]
     for r in rows:
-        print("  ".join([*(r[i].ljust(widths[i]) for i in range(3)), r[3]]))
+        print("  ".join([*(r[i].ljust(widths[i]) for i in range(last)), r[last]]))
     return EXIT_OK
 
 
@@ -291,3 +333,65 @@ def _cmd_tenants_delete(conn: psycopg.Connection[Any], args: argparse.Namespace)
     if tenant.schema_name and not args.drop_schema:
         print(f"schema {tenant.schema_name} was kept (pass --drop-schema to drop it)")
     return EXIT_OK
+
+
+# -- tenants move (policies/move.py) -------------------------------------------------------
+
+def entry_dsn_env(entry: str) -> str:
+    """The environment variable holding the admin DSN of [databases] entry ``entry``."""
+    return ENTRY_DSN_ENV_PREFIX + "".join(c if c.isalnum() else "_" for c in entry.upper())
+
+
+def _connect_entry(entry: str) -> psycopg.Connection[Any]:
+    variable = entry_dsn_env(entry)
+    dsn = os.environ.get(variable)
+    if not dsn:
+        raise PolicyError(f"no admin DSN for entry {entry}: set ${variable}")
+    return _connect(dsn)
+
+
+def _placement_for(placements: dict[str, Placement], name: str | None, entry: str
+                   ) -> Placement:
+    if name is not None:
+        if name not in placements:
+            raise PolicyError(f"the config has no [placement.{name}]")
+        return placements[name]
+    for placement in placements.values():
+        if entry in placement.entries:
+            return placement
+    raise PolicyError(f"{entry} is not an entry of any [placement.NAME] in the config")
+
+
+def _cmd_tenants_move(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    cache = config.tenancy.registry_cache_seconds
+    drain = cache + 5 if args.drain_seconds is None else args.drain_seconds
+    if drain < cache:
+        return _fail(f"--drain-seconds {drain:g} is shorter than registry_cache_seconds "
+                     f"({cache:g}): a proxy could still route a new login to the old cluster")
+
+    def run() -> int:
+        placement = _placement_for(config.placement, args.placement, args.to)
+        if placement.registry is None:
+            raise PolicyError(f"[placement.{placement.name}] has no registry entry: the "
+                              "move records the tenant's new placement there")
+        with _connect_entry(placement.registry) as conn:
+            result = move.move_tenant(
+                conn, _connect_entry, placement, args.tenant, args.to, column=args.column,
+                setting=config.tenancy.setting, drain_seconds=drain,
+                lock_timeout=args.lock_timeout, keep_source=args.keep_source,
+                report=print)
+        for table in result.tables:
+            stale = f" ({table.stale} stale rows replaced)" if table.stale else ""
+            print(f"  {table.name}: {table.rows} rows{stale}")
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        kept = "deleted" if result.source_deleted else "kept (--keep-source)"
+        print(f"moved tenant {result.tenant} from {result.source} to {result.destination}; "
+              f"rows on {result.source} {kept}")
+        return EXIT_OK
+
+    return _guarded(run)

@@ -77,8 +77,8 @@ def install(
         grantee = sql.Identifier(role)
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA pgtenant TO {}").format(grantee))
         conn.execute(sql.SQL(
-            "GRANT EXECUTE ON FUNCTION pgtenant.current_tenant(), pgtenant.tenant_status(text)"
-            " TO {}").format(grantee))
+            "GRANT EXECUTE ON FUNCTION pgtenant.current_tenant(), pgtenant.tenant_status(text),"
+            " pgtenant.tenant_placement(text) TO {}").format(grantee))
         flags = conn.execute(
             "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s", [role]
         ).fetchone()

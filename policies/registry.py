@@ -20,7 +20,7 @@ from psycopg import sql
 from policies.catalog import PolicyError
 from proxy.config import TenancyConfig
 
-TenantStatus = Literal["active", "suspended"]
+TenantStatus = Literal["active", "suspended", "moving"]
 
 #: For the proxy (extended protocol, ``$1`` = tenant id): 'active', 'suspended' or NULL
 #: for an unknown tenant. ``pgtenant.tenant_status`` is SECURITY DEFINER, so the app role
@@ -29,6 +29,7 @@ TENANT_STATUS_SQL = "SELECT pgtenant.tenant_status($1)"
 
 TENANT_ID_PATTERN = TenancyConfig().tenant_pattern
 SCHEMA_PREFIX = "tenant_"
+_COLUMNS = "id, status, created_at, schema_name, placement"
 _MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1; longer names are truncated
 
 
@@ -38,6 +39,7 @@ class Tenant:
     status: TenantStatus
     created_at: datetime.datetime
     schema_name: str | None
+    placement: str | None = None  # the [databases] entry holding its rows; None: default
 
 
 def validate_tenant_id(tenant: str, pattern: str = TENANT_ID_PATTERN) -> str:
@@ -103,10 +105,12 @@ def create_tenant(
     schema: bool = False,
     migrations: str | Path | None = None,
     app_roles: Sequence[str] = (),
+    placement: str | None = None,
 ) -> Tenant:
     """Register ``tenant``; with ``schema``, create schema ``tenant_<id>`` (USAGE granted
     to ``app_roles``) and run the migrations in it (``search_path`` set to that schema
-    only). All in one transaction: on any error nothing remains.
+    only); ``placement`` names the [databases] entry holding its rows (see
+    docs/scale-out.md). All in one transaction: on any error nothing remains.
     """
     validate_tenant_id(tenant)
     if migrations is not None and not schema:
@@ -117,9 +121,9 @@ def create_tenant(
     with conn.transaction():
         try:
             row = conn.execute(
-                "INSERT INTO pgtenant.tenants (id, schema_name) VALUES (%s, %s)"
-                " RETURNING id, status, created_at, schema_name",
-                [tenant, schema_name],
+                "INSERT INTO pgtenant.tenants (id, schema_name, placement) VALUES (%s, %s, %s)"
+                " RETURNING " + _COLUMNS,
+                [tenant, schema_name, placement],
             ).fetchone()
         except psycopg.errors.UniqueViolation:
             raise PolicyError(f"tenant {tenant} already exists") from None
@@ -146,7 +150,7 @@ def create_tenant(
 def list_tenants(conn: psycopg.Connection[Any]) -> list[Tenant]:
     _require_registry(conn)
     rows = conn.execute(
-        "SELECT id, status, created_at, schema_name FROM pgtenant.tenants ORDER BY id"
+        "SELECT " + _COLUMNS + " FROM pgtenant.tenants ORDER BY id"
     ).fetchall()
     return [Tenant(*row) for row in rows]
 
@@ -157,7 +161,7 @@ def set_status(conn: psycopg.Connection[Any], tenant: str, status: TenantStatus)
     _require_registry(conn)
     row = conn.execute(
         "UPDATE pgtenant.tenants SET status = %s WHERE id = %s"
-        " RETURNING id, status, created_at, schema_name",
+        " RETURNING " + _COLUMNS,
         [status, tenant],
     ).fetchone()
     if row is None:
@@ -175,7 +179,7 @@ def delete_tenant(
     with conn.transaction():
         row = conn.execute(
             "DELETE FROM pgtenant.tenants WHERE id = %s"
-            " RETURNING id, status, created_at, schema_name",
+            " RETURNING " + _COLUMNS,
             [tenant],
         ).fetchone()
         if row is None:

@@ -26,6 +26,7 @@ from proxy.config import (
 )
 from proxy.guard import Guard
 from proxy.metrics.http import MetricsServer
+from proxy.placement import PlacementRouter  # --- placement ---
 from proxy.pool.pool import ServerPool
 from proxy.session.client import ClientConnection
 from proxy.session.guarding import ParseVerdicts
@@ -106,6 +107,10 @@ class ProxyApp:
             password = resolve_secret(db.password_env, db.password_file,
                                       f"databases.{name}.password")
             self.pools[name] = ServerPool(db, password, self.stats)
+        # --- placement: the tenant's cluster, chosen at login (proxy/placement.py) ---
+        self.router = PlacementRouter(self, lambda db: resolve_secret(
+            db.password_env, db.password_file, f"databases.{db.name}.password"),
+            self.end_after_transaction)
         # --- service accounts: bypass_tenancy pools, (database, upstream_user) → pool ---
         # Never in self.pools (clients pick those by database name); created on first use.
         self.service_pools: dict[tuple[str, str], ServerPool] = {}
@@ -226,6 +231,7 @@ class ProxyApp:
             self._maintenance.cancel()
         if self.verifier.remote is not None:
             await self.verifier.remote.stop()
+        await self.router.close()  # --- placement ---
         for pool in [*self.pools.values(), *self.service_pools.values(),
                      *self._retired_pools]:
             await pool.close()
@@ -445,6 +451,15 @@ class ProxyApp:
                 return True
         return False
 
+    # --- placement: a moved tenant's client goes once its transaction is over ---
+    def end_after_transaction(self, client: ClientConnection) -> None:
+        """FATAL 57P01 now when the client has no transaction running, else right after."""
+        if self._in_transaction(client):
+            _DrainingReceiver.install(client)
+        else:
+            client.fatal("57P01", _ADMIN_SHUTDOWN)
+    # --- end placement ---
+
     # ---- clients ----------------------------------------------------------------------
 
     def next_client_id(self) -> int:
@@ -459,6 +474,7 @@ class ProxyApp:
 
     def client_disconnected(self, client: ClientConnection) -> None:
         self.clients.discard(client)
+        self.router.forget(client)  # --- placement ---
         if self._cancel_keys.get(client.cancel_pid) is client:
             del self._cancel_keys[client.cancel_pid]
 

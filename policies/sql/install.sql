@@ -21,12 +21,19 @@ REVOKE ALL ON pgtenant.keys FROM PUBLIC;
 -- The tenant registry (`pgtenant tenants ...`).
 CREATE TABLE IF NOT EXISTS pgtenant.tenants (
     id          text PRIMARY KEY CHECK (id ~ '^[A-Za-z0-9_-]{{1,63}}$'),
-    status      text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended')),
+    status      text NOT NULL DEFAULT 'active',
     created_at  timestamptz NOT NULL DEFAULT now(),
     schema_name text NULL
 );
 ALTER TABLE pgtenant.tenants OWNER TO {owner};
 REVOKE ALL ON pgtenant.tenants FROM PUBLIC;
+-- Placement across clusters (docs/scale-out.md): the [databases] entry holding the
+-- tenant's rows (NULL: the placement's default), and status 'moving' while
+-- `pgtenant tenants move` copies them. Added in place for registries made before.
+ALTER TABLE pgtenant.tenants ADD COLUMN IF NOT EXISTS placement text NULL;
+ALTER TABLE pgtenant.tenants DROP CONSTRAINT IF EXISTS tenants_status_check;
+ALTER TABLE pgtenant.tenants ADD CONSTRAINT tenants_status_check
+    CHECK (status IN ('active', 'suspended', 'moving'));
 
 -- The tenant, only when pgtenant.proof is HMAC-SHA256(key, tenant || ':' || backend pid)
 -- for an active key; NULL otherwise. A proof is bound to one server process, so a
@@ -78,3 +85,15 @@ AS $fn$
 $fn$;
 ALTER FUNCTION pgtenant.tenant_status(text) OWNER TO {owner};
 REVOKE ALL ON FUNCTION pgtenant.tenant_status(text) FROM PUBLIC;
+
+-- The registry status and placement of one tenant; no row when it is unknown. For the
+-- proxy's placement lookups (proxy/placement.py), like tenant_status above.
+CREATE OR REPLACE FUNCTION pgtenant.tenant_placement(tenant text)
+    RETURNS TABLE (status text, placement text)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pgtenant, pg_temp
+AS $fn$
+    SELECT t.status, t.placement FROM pgtenant.tenants AS t WHERE t.id = tenant
+$fn$;
+ALTER FUNCTION pgtenant.tenant_placement(text) OWNER TO {owner};
+REVOKE ALL ON FUNCTION pgtenant.tenant_placement(text) FROM PUBLIC;

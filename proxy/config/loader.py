@@ -19,6 +19,7 @@ from proxy.config.model import (
     ServerConfig,
     TenancyConfig,
 )
+from proxy.config.placement import read_placements
 from proxy.config.sections import read_databases, read_server, read_tenancy
 from proxy.config.toml_table import TomlTable, field_names
 
@@ -52,7 +53,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
 
 def _build_config(data: dict[str, Any], source: str) -> Config:
     root = TomlTable(source, (), data,
-                  {"server", "auth", "tenancy", "databases", "admin", "users"})
+                  {"server", "auth", "tenancy", "databases", "admin", "users", "placement"})
     server = read_server(root.table("server", field_names(ServerConfig)))
     auth_table = root.table("auth", {"jwt"})
     jwt = read_jwt(auth_table.table("jwt", field_names(JwtConfig)))
@@ -61,6 +62,10 @@ def _build_config(data: dict[str, Any], source: str) -> Config:
     databases = read_databases(root)
     admin = read_admin(root.table("admin", {"users"}))
     users = read_service_accounts(root, tenancy, databases)
+    try:
+        placement = read_placements(root.raw("placement"), databases, tenancy.tenant_pattern)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     root.finish()
     return Config(
         path=source,
@@ -70,5 +75,6 @@ def _build_config(data: dict[str, Any], source: str) -> Config:
         databases=databases,
         admin=admin,
         users=users,
+        placement=placement,
     )
 

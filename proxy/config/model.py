@@ -7,6 +7,7 @@ here reads a file; :mod:`proxy.config.loader` builds these objects from TOML.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -154,6 +155,21 @@ class ServiceAccountConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Placement:
+    """``[placement.NAME]``: the clusters (database entries) behind one database name."""
+
+    name: str                                 # the database name clients connect to
+    entries: tuple[str, ...]                  # [databases.*] entries that may hold tenants
+    default: str                              # entry of tenants placed nowhere else
+    registry: str | None = None               # entry whose pgtenant.tenants places tenants
+    tenants: Mapping[str, str] = field(default_factory=dict)  # static tenant -> entry
+
+    def entry_for(self, tenant: str, registered: str | None) -> str:
+        """The tenant's entry: the registry's placement, else the static map, else default."""
+        return registered or self.tenants.get(tenant) or self.default
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str = "<defaults>"
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -162,6 +178,7 @@ class Config:
     databases: dict[str, DatabaseConfig] = field(default_factory=dict)
     admin: AdminConfig = field(default_factory=AdminConfig)
     users: dict[str, ServiceAccountConfig] = field(default_factory=dict)
+    placement: dict[str, Placement] = field(default_factory=dict)
 
 
 #: JWS algorithms verified with a shared secret (RFC 7518 §3.2).

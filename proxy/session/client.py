@@ -30,6 +30,7 @@ from proxy.auth.identity import Identity
 from proxy.auth.service_accounts import ServiceAccountLogin
 from proxy.config import ADMIN_DATABASE
 from proxy.guard import Refusal
+from proxy.placement import PlacementRefused  # --- placement ---
 from proxy.pool.pool import PoolTimeoutError, ServerPool
 from proxy.session.context import TenantContext
 from proxy.session.guarding import StreamGuard
@@ -371,7 +372,7 @@ class ClientConnection(asyncio.Protocol):
             open_admin_session(self, user, self.startup.remaining())
             return
         # --- end admin console ---
-        pool = app.pools.get(self.database)
+        pool = app.router.front_pool(self.database)  # --- placement --- (was app.pools.get)
         if pool is None:
             raise ClientError("3D000", f"database \"{self.database}\" does not exist",
                               "the database name must be one configured in pgtenant")
@@ -473,7 +474,9 @@ class ClientConnection(asyncio.Protocol):
         self._service_login = None
         if identity.bypass_tenancy:
             # Its own upstream role and pool, never the database's default pool.
-            self.pool = self.app.service_pool(self.database, login.account)
+            # --- placement --- (was self.database: it may name a placement, not an entry)
+            assert self.pool is not None
+            self.pool = self.app.service_pool(self.pool.db.name, login.account)
         self._authenticated(identity)
     # --- end service accounts ---
 
@@ -495,6 +498,15 @@ class ClientConnection(asyncio.Protocol):
     async def _login(self) -> None:
         """Lease a server, give it our context, greet the client with its parameters."""
         assert self.pool is not None and self.context is not None
+        # --- placement (proxy/placement.py): the tenant's own cluster, known only now ---
+        try:
+            placed = await self.app.router.place(self)
+        except PlacementRefused as exc:
+            self.fatal(exc.sqlstate, str(exc))
+            return
+        if placed is not None:
+            self.pool, self.traffic = placed, placed.traffic
+        # --- end placement ---
         try:
             server = await self.pool.acquire(self.context.tenant)
         except (PoolTimeoutError, ServerError) as exc:
@@ -516,7 +528,8 @@ class ClientConnection(asyncio.Protocol):
                 return
             if self.state is not ClientState.LOGIN:
                 return
-        if self.app.config.tenancy.require_registered_tenant and self.context.tenant:
+        if (self.app.config.tenancy.require_registered_tenant and self.context.tenant
+                and placed is None):  # --- placement --- (the router checked the registry)
             try:
                 status = await self._registry_status(server, self.context.tenant)
             except ServerError as exc:

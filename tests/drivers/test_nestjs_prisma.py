@@ -29,10 +29,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from proxy.auth.scram_verifier import make_scram_verifier
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from proxy.auth.scram_verifier import make_scram_verifier
 from proxy.config import ServiceAccountConfig
 from tests.drivers import toolchains
 from tests.drivers.tenancy import TENANTS
