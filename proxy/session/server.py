@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 import ssl
 import time
@@ -181,14 +182,14 @@ class Skip:
 Entry = _Forward | Skip | Collect | Emit | Amend
 
 
+_server_ids = itertools.count(1)
+
+
 class ServerConnection(asyncio.Protocol):
     """One PostgreSQL backend connection owned by a pool."""
 
-    _next_id = 0
-
     def __init__(self, db: DatabaseConfig) -> None:
-        ServerConnection._next_id += 1
-        self.id = ServerConnection._next_id
+        self.id = next(_server_ids)
         self.db = db
         self.state = ServerState.CONNECTING
         self.transport: asyncio.Transport | None = None

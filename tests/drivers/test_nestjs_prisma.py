@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from proxy.auth.scram_verifier import make_scram_verifier
+from proxy.config.scram_verifier import make_scram_verifier
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
