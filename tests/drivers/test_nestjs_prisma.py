@@ -29,11 +29,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from proxy.config.scram_verifier import make_scram_verifier
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from proxy.config import ServiceAccountConfig
+from proxy.config.scram_verifier import make_scram_verifier
 from tests.drivers import toolchains
 from tests.drivers.tenancy import TENANTS
 from tests.proxy_harness import ThreadedProxy, make_config, token
