@@ -18,8 +18,8 @@ import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 
 # The hot modules: per message (wire), per statement (guard, session helpers) and per
-# transaction (stats). Modules being rewritten or that hold the asyncio glue (session
-# client/server, pool, app) stay interpreted for now; add a module here to compile it.
+# transaction (stats, the client and server connections, the pool). The app, admin,
+# metrics and startup-only code stay interpreted; add a module here to compile it.
 # Traps to avoid in a compiled module: an interpreted subclass of a compiled class,
 # tests that monkeypatch a compiled class's methods, class-level defaults on Exception
 # subclasses (use ClassVar), sibling ``except A as e`` / ``except B as e`` of
@@ -40,6 +40,9 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.session.context",
     "proxy.session.guarding",
     "proxy.stats",
+    "proxy.session.server",
+    "proxy.session.client",
+    "proxy.pool.pool",
 )
 
 # The module whose file tells the build apart: the framer runs on every client message.

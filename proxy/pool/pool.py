@@ -39,7 +39,9 @@ log = logging.getLogger("pgtenant.pool")
 class PoolTimeoutError(Exception):
     """No server connection became available within query_wait_timeout."""
 
-    sqlstate = "57014"
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = "57014"
 
 
 class UpstreamRefusedError(ServerError):

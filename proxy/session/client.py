@@ -273,10 +273,10 @@ class ClientConnection(asyncio.Protocol):
                     self._password_message()
                 elif self.framer.buffered() > _QUEUE_HIGH_WATER:
                     self._pause_reading("queue", True)
-        except ProtocolViolation as exc:
-            self.fatal("08P01", str(exc))
-        except ClientError as exc:
-            self.fatal(exc.sqlstate, str(exc), exc.hint)
+        except ProtocolViolation as violation:
+            self.fatal("08P01", str(violation))
+        except ClientError as error:
+            self.fatal(error.sqlstate, str(error), error.hint)
 
     def eof_received(self) -> bool:
         return False
@@ -501,16 +501,16 @@ class ClientConnection(asyncio.Protocol):
         # --- placement (proxy/placement.py): the tenant's own cluster, known only now ---
         try:
             placed = await self.app.router.place(self)
-        except PlacementRefused as exc:
-            self.fatal(exc.sqlstate, str(exc))
+        except PlacementRefused as refused:
+            self.fatal(refused.sqlstate, str(refused))
             return
         if placed is not None:
             self.pool, self.traffic = placed, placed.traffic
         # --- end placement ---
         try:
             server = await self.pool.acquire(self.context.tenant)
-        except (PoolTimeoutError, ServerError) as exc:
-            self.fatal(exc.sqlstate, str(exc))
+        except (PoolTimeoutError, ServerError) as no_server:
+            self.fatal(no_server.sqlstate, str(no_server))
             return
         if self.state is not ClientState.LOGIN:
             self.pool.release(server)
@@ -523,8 +523,8 @@ class ClientConnection(asyncio.Protocol):
         else:
             try:
                 await self._apply_context(server)
-            except ClientError as exc:
-                self.fatal(exc.sqlstate, str(exc))
+            except ClientError as not_set:
+                self.fatal(not_set.sqlstate, str(not_set))
                 return
             if self.state is not ClientState.LOGIN:
                 return
@@ -532,8 +532,8 @@ class ClientConnection(asyncio.Protocol):
                 and placed is None):  # --- placement --- (the router checked the registry)
             try:
                 status = await self._registry_status(server, self.context.tenant)
-            except ServerError as exc:
-                self.fatal(exc.sqlstate, str(exc))
+            except ServerError as no_registry:
+                self.fatal(no_registry.sqlstate, str(no_registry))
                 return
             if status != "active":
                 self.app.stats.security.suspended_tenant_attempts += 1

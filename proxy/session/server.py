@@ -123,12 +123,9 @@ NOBODY = _Nobody()
 class ServerError(Exception):
     """The server connection failed or refused the proxy; safe to show to the client."""
 
-    sqlstate = "08006"
-
     def __init__(self, message: str, sqlstate: str | None = None) -> None:
         super().__init__(message)
-        if sqlstate:
-            self.sqlstate = sqlstate
+        self.sqlstate = sqlstate or "08006"
 
 
 class Receiver(Protocol):
@@ -255,10 +252,10 @@ class ServerConnection(asyncio.Protocol):
             raise ServerError(
                 f"could not connect to upstream {db.host}:{db.port} within "
                 f"server_connect_timeout ({db.server_connect_timeout:g}s)") from None
-        except OSError as exc:
+        except OSError as os_error:
             server.close()
             raise ServerError(f"could not connect to upstream {db.host}:{db.port}: "
-                              f"{exc.strerror or exc}") from None
+                              f"{os_error.strerror or os_error}") from None
         except (ServerError, UpstreamAuthError, ProtocolViolation, ssl.SSLError) as exc:
             server.close()
             if isinstance(exc, ServerError):

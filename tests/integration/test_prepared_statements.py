@@ -355,7 +355,7 @@ def _servers_with(proxy: ThreadedProxy, text: str) -> int:
         assert proxy.app is not None
         pool = proxy.app.pools["app"]
         return sum(any(text.encode() in key for key in server.statements.by_key)
-                   for server in [*pool.idle, *pool.active])
+                   for server in [*pool.idle, *pool.kept, *pool.active])
     return proxy.call(count)
 
 
@@ -378,7 +378,10 @@ def _asyncpg_across_ddl(proxy: ThreadedProxy, query: str, ddl: Callable[[], obje
         try:
             holder = _on_the_other_server(proxy, "acme")
             first = await run(query)
-            holder.commit()  # that server is idle again, and the most recent
+            holder.commit()
+            # Both servers back to the idle list (nobody waits, so each client had kept
+            # its own): the holder's is the most recent, the next lease takes it.
+            proxy.call(proxy.app.pools["app"].reclaim_kept)  # type: ignore[union-attr]
             ddl()
             after = [await run(query) for _ in range(4)]
             holder.close()

@@ -27,7 +27,8 @@ def test_each_workload_gets_postgres_replies_with_the_guard_on_and_off(
         assert result.servers_opened == workload.clients
         # the fake PostgreSQL answers from its memo: its cost stays out of the numbers
         assert result.fake_replies_computed < result.transactions / 4
-        assert result.proxy_calls_per_tx > 0
+        # a compiled build's own functions are invisible to the profiler
+        assert result.proxy_calls_per_tx > 0 or engine.compiled_modules()
         assert result.us_per_tx > 0
 
 
