@@ -54,9 +54,9 @@ import proxy
 import proxy.wire.framing
 from proxy.app import ProxyApp
 from proxy.auth.jwt import mint_token
+from proxy.backend.server import ServerConnection
 from proxy.config import parse_config
-from proxy.session.client import ClientConnection
-from proxy.session.server import ServerConnection
+from proxy.frontend.client import ClientConnection
 
 _RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -19,15 +19,15 @@ from collections.abc import Sequence
 from bench.guard_bench import per_call_us
 from proxy import build
 from proxy.config import TenancyConfig
+from proxy.frontend.guarding import StreamGuard
 from proxy.guard import Guard
-from proxy.session.guarding import StreamGuard
 from proxy.stats import ProxyStats
 from proxy.wire import messages
 from proxy.wire.framing import BackendScanner, FrontendFramer
 from proxy.wire.tags import BackendTag
 
 TENANT = "acme"
-# The tags the relay looks at on the server stream (proxy/session/server.py FORWARD_TAGS).
+# The tags the relay looks at on the server stream (proxy/backend/server.py FORWARD_TAGS).
 FORWARD_TAGS = frozenset({BackendTag.READY_FOR_QUERY, BackendTag.ERROR_RESPONSE,
                           BackendTag.PARAMETER_STATUS, BackendTag.COMMAND_COMPLETE,
                           BackendTag.NOTICE_RESPONSE})

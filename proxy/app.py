@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from proxy.auth.jwt import JwtVerifier
+from proxy.backend.server import ServerConnection, ServerState
 from proxy.config import (
     MAX_WORKERS,
     Config,
@@ -24,20 +25,19 @@ from proxy.config import (
     parse_listen,
     resolve_secret,
 )
+from proxy.frontend.client import ClientConnection
+from proxy.frontend.guarding import ParseVerdicts
 from proxy.guard import Guard
 from proxy.metrics.http import MetricsServer
 from proxy.placement import PlacementRouter  # --- placement ---
 from proxy.pool.pool import ServerPool
-from proxy.session.client import ClientConnection
-from proxy.session.guarding import ParseVerdicts
-from proxy.session.server import ServerConnection, ServerState
 from proxy.stats import ProxyStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
 
 if TYPE_CHECKING:
     from proxy.auth.errors import AuthError
-    from proxy.session.server import Receiver
+    from proxy.backend.server import Receiver
     from proxy.supervisor import WorkerRole
 
 log = logging.getLogger("pgtenant.app")

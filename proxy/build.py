@@ -36,12 +36,12 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.guard.statements",
     "proxy.guard.analysis",
     "proxy.guard.guard",
-    "proxy.session.prepared",
-    "proxy.session.context",
-    "proxy.session.guarding",
+    "proxy.backend.prepared",
+    "proxy.backend.context",
+    "proxy.frontend.guarding",
     "proxy.stats",
-    "proxy.session.server",
-    "proxy.session.client",
+    "proxy.backend.server",
+    "proxy.frontend.client",
     "proxy.pool.pool",
 )
 

@@ -57,7 +57,7 @@ class _Tenanted(Protocol):
 
 
 class PlacedClient(Protocol):
-    """What the router reads of a client (``proxy.session.client.ClientConnection``)."""
+    """What the router reads of a client (``proxy.frontend.client.ClientConnection``)."""
 
     @property
     def database(self) -> str: ...

@@ -33,8 +33,8 @@ from proxy.admin.commands import (
     Row,
     parse,
 )
+from proxy.backend.server import TenantState
 from proxy.config import ConfigError
-from proxy.session.server import TenantState
 from proxy.tasks import TaskSet
 from proxy.wire import messages
 

@@ -1,6 +1,6 @@
 """The admin console's connection: SCRAM-SHA-256 login, then simple-Query commands.
 
-A :class:`~proxy.session.client.ClientConnection` whose startup packet names database
+A :class:`~proxy.frontend.client.ClientConnection` whose startup packet names database
 ``pgtenant`` hands its transport over (:func:`open_admin_session`); from then on this
 protocol reads the socket. The ClientConnection stays registered with the app, so the
 admin shows in SHOW CLIENTS, KILL_CLIENT and shutdown reach it, and its login timeout
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING
 from proxy.admin.console import AdminConsole
 from proxy.auth.scram_server import MECHANISM, ScramExchange, ScramFailed, mock_secret
 from proxy.config.scram_verifier import parse_scram_verifier
-from proxy.session.client import ClientState
+from proxy.frontend.client import ClientState
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import FrontendFramer
 from proxy.wire.tags import FrontendTag
 
 if TYPE_CHECKING:
-    from proxy.session.client import ClientConnection
+    from proxy.frontend.client import ClientConnection
 
 log = logging.getLogger("pgtenant.admin")
 

@@ -26,8 +26,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from proxy.backend.server import ServerConnection, ServerError, ServerState, Skip, TenantState
 from proxy.config import DatabaseConfig
-from proxy.session.server import ServerConnection, ServerError, ServerState, Skip, TenantState
 from proxy.stats import ProxyStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages

@@ -205,7 +205,7 @@ def test_prepared_statement_hijack_runs_the_victims_own_sql(tx_proxy: ThreadedPr
                 "SELECT name FROM pg_prepared_statements WHERE NOT from_sql")]
             assert names, "the proxy's statement should be on the shared backend"
             for name in names:
-                # Refused: not the attacker's statement (proxy/session/prepared.py), and
+                # Refused: not the attacker's statement (proxy/backend/prepared.py), and
                 # the name is taken on the backend.
                 with pytest.raises(psycopg.errors.InvalidSqlStatementName):
                     conn.execute(f'DEALLOCATE "{name}"')

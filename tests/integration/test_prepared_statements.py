@@ -1,7 +1,7 @@
 """Named prepared statements in transaction mode: what PostgreSQL itself would answer.
 
 The proxy renames every client statement to one of its own per server connection
-(proxy/session/prepared.py). These tests hold it to three promises: a client can never
+(proxy/backend/prepared.py). These tests hold it to three promises: a client can never
 reach a statement the proxy named (another client's, maybe another tenant's); DEALLOCATE
 answers exactly as PostgreSQL; and a statement prepared again on another server after a
 schema change never hands a client rows it would decode with a stale description.
@@ -23,8 +23,8 @@ import asyncpg
 import psycopg
 import pytest
 
+from proxy.backend import prepared
 from proxy.config import TenancyConfig
-from proxy.session import prepared
 from proxy.wire import messages
 from tests.proxy_harness import ThreadedProxy, make_config, token
 

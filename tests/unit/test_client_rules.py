@@ -9,7 +9,7 @@ import pytest
 
 from proxy.app import ProxyApp
 from proxy.config import AuthConfig, Config, DatabaseConfig, JwtConfig, ServerConfig
-from proxy.session.client import ClientConnection, is_loopback
+from proxy.frontend.client import ClientConnection, is_loopback
 from proxy.wire import messages
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+from proxy.backend.server import ServerConnection
 from proxy.config import DatabaseConfig
 from proxy.pool.pool import _FAIR_WAIT, ServerPool
-from proxy.session.server import ServerConnection
 
 
 class FakeClock:

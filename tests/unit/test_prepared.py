@@ -1,4 +1,4 @@
-"""proxy.session.prepared, byte by byte: what a client's batch becomes on a server, and
+"""proxy.backend.prepared, byte by byte: what a client's batch becomes on a server, and
 what the client gets back (the Amend entry, fed through a ServerConnection whole and one
 byte at a time)."""
 
@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from proxy.config import DatabaseConfig
-from proxy.session import prepared
-from proxy.session.prepared import (
+from proxy.backend import prepared
+from proxy.backend.prepared import (
     MISSING,
     PREFIX,
     Amend,
@@ -25,7 +24,8 @@ from proxy.session.prepared import (
     verified,
     verify_batch,
 )
-from proxy.session.server import FORWARD, FORWARD_TAGS, ServerConnection, ServerState
+from proxy.backend.server import FORWARD, FORWARD_TAGS, ServerConnection, ServerState
+from proxy.config import DatabaseConfig
 from proxy.wire import messages
 from proxy.wire.framing import BackendScanner, split_frames
 from proxy.wire.tags import FrontendTag

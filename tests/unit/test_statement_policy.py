@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pglast.parser import ParseError, parse_sql_json
 
 from proxy.config import ConfigError, TenancyConfig, parse_config
+from proxy.frontend.guarding import StreamGuard
 from proxy.guard import (
     CLEAN,
     REFUSAL_KINDS,
@@ -30,7 +31,6 @@ from proxy.guard import (
     Refusal,
     needs_inspection,
 )
-from proxy.session.guarding import StreamGuard
 from proxy.wire import messages
 from proxy.wire.framing import split_frames
 

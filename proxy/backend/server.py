@@ -9,7 +9,7 @@ ReadyForQuery:
   are noted, and the entry's future is resolved when its ReadyForQuery arrives;
 - a ``Collect`` entry: the proxy's own query whose messages it wants to read;
 - an ``Amend`` entry: the client's request, its reply forwarded message by message with
-  the changes of ``proxy.session.prepared`` (statement names the client never sees);
+  the changes of ``proxy.backend.prepared`` (statement names the client never sees);
 - an ``Emit`` entry: a reply the proxy makes itself, written after the entry before it.
 
 A server connection may go back to the pool only when this queue is empty and the last
@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from proxy.auth.errors import UpstreamAuthError
 from proxy.auth.upstream import UpstreamAuthenticator
-from proxy.session.context import TenantContext
-from proxy.session.prepared import (
+from proxy.backend.context import TenantContext
+from proxy.backend.prepared import (
     Amend,
     Emit,
     ServerStatements,

@@ -10,7 +10,7 @@ Where the tenant is set: :meth:`ClientConnection._context_ready` (pipelined, whe
 set could not leave another tenant in place) and :meth:`ClientConnection._deliver` (a
 switch from another tenant waits for the set) — before any client message is written to
 a server connection whose context is not this client's; the bytes are built in one
-place, ``proxy.session.context``.
+place, ``proxy.backend.context``.
 Where a server goes back to the pool: :meth:`ClientConnection._release_server`.
 """
 
@@ -28,13 +28,8 @@ from typing import TYPE_CHECKING
 from proxy.auth.errors import AuthError
 from proxy.auth.identity import Identity
 from proxy.auth.service_accounts import ServiceAccountLogin
-from proxy.config import ADMIN_DATABASE
-from proxy.guard import Refusal
-from proxy.placement import PlacementRefused  # --- placement ---
-from proxy.pool.pool import PoolTimeoutError, ServerPool
-from proxy.session.context import TenantContext
-from proxy.session.guarding import StreamGuard
-from proxy.session.prepared import (
+from proxy.backend.context import TenantContext
+from proxy.backend.prepared import (
     ClientStatement,
     ServerStatement,
     internal_batch,
@@ -44,7 +39,7 @@ from proxy.session.prepared import (
     verified,
     verify_batch,
 )
-from proxy.session.server import (
+from proxy.backend.server import (
     FORWARD,
     Collect,
     ServerConnection,
@@ -52,6 +47,11 @@ from proxy.session.server import (
     ServerState,
     Skip,
 )
+from proxy.config import ADMIN_DATABASE
+from proxy.frontend.guarding import StreamGuard
+from proxy.guard import Refusal
+from proxy.placement import PlacementRefused  # --- placement ---
+from proxy.pool.pool import PoolTimeoutError, ServerPool
 from proxy.stats import TrafficStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
@@ -833,7 +833,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _send_rewritten(self, server: ServerConnection, blocks: list[bytes],
                         batch_start: bool, verify: bool = True) -> None:
-        """Transaction mode with named statements: see proxy.session.prepared."""
+        """Transaction mode with named statements: see proxy.backend.prepared."""
         assert self.statements is not None
         frames = [frame for block in blocks for frame in split_frames(block)]
         try:
