@@ -12,8 +12,8 @@ leave another tenant in place; ``Lease.set_context`` sends one the client waits 
 login and on a switch from another tenant) — before any client message is written to a
 server connection whose context is not this client's; the bytes are built in one place,
 ``proxy.backend.context``. Where a server goes back to the pool: the lease too
-(``Lease.release``, here only through :meth:`ClientConnection._release_server`;
-``Lease.keep`` between transactions).
+(``Lease.release``; ``Lease.keep`` between transactions). A linked client ends its lease
+in :meth:`ClientConnection._release_server`.
 """
 
 from __future__ import annotations
@@ -562,7 +562,7 @@ class ClientConnection(asyncio.Protocol):
                 changed = True
         if changed:
             self.context = self.context.with_settings(self.settings)
-            lease.adopt_context(self.context)
+            lease.context_changed(self.context)
         self.cancel_pid, self.cancel_secret = self.app.register_cancel_key(self)
         greeting = [messages.authentication_ok()]
         greeting.extend(messages.parameter_status(k, v) for k, v in server.params.items())
@@ -1016,7 +1016,7 @@ class ClientConnection(asyncio.Protocol):
             self.settings[name] = value
             self.context = self.context.with_settings(self.settings)
             if self.lease is not None:
-                self.lease.adopt_context(self.context)
+                self.lease.context_changed(self.context)
 
     def _release_server(self) -> None:
         """The one place this client ends its lease (``Lease.release``: the server goes

@@ -128,7 +128,7 @@ class Lease:
             self.pool.stats.leases_with_context_set += 1
         return server.apply_context(context)
 
-    def adopt_context(self, context: TenantContext) -> None:
+    def context_changed(self, context: TenantContext) -> None:
         """The client's context changed to ``context`` through this server (settings the
         server reported, as it spells them): the server carries it already."""
         self.server.adopt_context(context)
