@@ -1,27 +1,32 @@
 """The Lease's decisions, without sockets: when the tenant context is pipelined, when the
 client waits for it, and how a server goes back to the pool.
 
-The lease is driven against a stub server (the fields and methods it reads) and a stub
-pool; the tenant-state transitions themselves are ServerConnection's, checked on a real
-one whose transport only records what is written.
+The lease is driven against a stub pool and a ServerConnection that has no socket: its
+transport only records what is written (a stub in place of the server would not do: in
+the compiled build a Lease accepts only a real ServerConnection). A pipelined set is
+corked (held for the client's next write), a waited one written at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import pytest
 
 from proxy.backend.context import TenantContext
 from proxy.backend.server import (
+    FORWARD,
     NOBODY,
     PRISTINE,
     UNKNOWN,
     ServerConnection,
     ServerState,
+    Skip,
     Stale,
     TenantState,
+    _Nobody,
 )
 from proxy.config import DatabaseConfig
 from proxy.pool.lease import Lease
@@ -32,41 +37,20 @@ ACME = TenantContext(SETTING, "acme")
 GLOBEX = TenantContext(SETTING, "globex")
 
 
-class StubServer:
-    """What a lease reads of a server connection; apply_context records the call."""
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
 
-    def __init__(self, state: TenantState = PRISTINE, owner: object = NOBODY) -> None:
-        self.state = ServerState.ACTIVE
-        self.tenant_state = state
-        self.owner = owner
-        self.pending: list[object] = []
-        self.tx_status = b"I"
-        self.unsynced = False
-        self.sets: list[tuple[TenantContext, bool]] = []
-        self.futures: list[asyncio.Future[dict[str, str] | None]] = []
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
 
-    @property
-    def is_clean(self) -> bool:
-        return not self.pending and self.tx_status == b"I" and not self.unsynced
-
-    def apply_context(self, context: TenantContext, *, corked: bool = False
-                      ) -> asyncio.Future[dict[str, str] | None]:
-        self.sets.append((context, corked))
-        self.tenant_state = context
-        self.owner = context.tenant
-        fut: asyncio.Future[dict[str, str] | None] = asyncio.Future(loop=_LOOP)
-        self.futures.append(fut)
-        return fut
-
-    def adopt_context(self, context: TenantContext) -> None:
-        if isinstance(self.tenant_state, TenantContext):
-            self.tenant_state = context
-
-    def mark_context_unknown(self) -> None:
-        self.tenant_state = UNKNOWN
+    def is_closing(self) -> bool:
+        return False
 
 
 class StubPool:
+    """What a lease asks of its pool (``Lender``), answering as told and recording it."""
+
     def __init__(self, *, keeps: bool = True, resumes: bool = True) -> None:
         self.stats = PoolStats()
         self.keeps = keeps
@@ -89,40 +73,61 @@ class StubPool:
         self.calls.append(("take_back", reset))
 
 
-_LOOP = asyncio.new_event_loop()
+def idle_server(state: TenantState = PRISTINE, owner: str | _Nobody | None = NOBODY
+                ) -> tuple[ServerConnection, RecordingTransport]:
+    """A leased, idle server connection believed to be in ``state``, used by ``owner``."""
+    server = ServerConnection(DatabaseConfig(name="app"))
+    transport = RecordingTransport()
+    server.transport = cast(asyncio.Transport, transport)
+    server.state = ServerState.ACTIVE
+    server.tenant_state = state
+    server.owner = owner
+    return server, transport
 
 
-def teardown_module() -> None:
-    _LOOP.close()
-
-
-def lent(server: StubServer, pool: StubPool | None = None) -> tuple[Lease, StubPool]:
+def lent(server: ServerConnection, pool: StubPool | None = None) -> tuple[Lease, StubPool]:
     pool = pool or StubPool()
-    return Lease(pool, cast(ServerConnection, server)), pool
+    return Lease(pool, server), pool
+
+
+def sets(server: ServerConnection) -> int:
+    """Context sets (and scrubs) sent: the proxy's own requests awaiting their reply."""
+    return sum(1 for entry in server.pending if isinstance(entry, Skip))
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(scenario())  # apply_context needs a running loop for its futures
 
 
 # ---- pipelined or waited ------------------------------------------------------------------
 
 
 def test_a_server_set_for_the_clients_context_needs_no_set() -> None:
-    server = StubServer(ACME, owner="acme")
+    server, transport = idle_server(ACME, owner="acme")
     lease, pool = lent(server)
     assert lease.begin(ACME, 1.0) is True
-    assert server.sets == [] and pool.stats.leases_with_context_set == 0
+    assert sets(server) == 0 and transport.written == []
+    assert pool.stats.leases_with_context_set == 0
 
 
 def test_a_pristine_server_gets_the_context_pipelined_in_front_of_the_messages() -> None:
-    server = StubServer()
-    lease, pool = lent(server)
-    told: list[object] = []
-    lease.on_pipelined_set = told.append
-    assert lease.context_ready(ACME) is True
-    assert server.sets == [(ACME, True)]  # corked: same write as the client's messages
-    assert server.tenant_state is ACME and server.owner == "acme"
-    assert pool.stats.leases_with_context_set == 1
-    server.futures[0].set_result({"M": "failed"})
-    _LOOP.run_until_complete(asyncio.sleep(0))
-    assert told == [server.futures[0]]  # the client hears how the pipelined set went
+    async def scenario() -> None:
+        server, transport = idle_server()
+        lease, pool = lent(server)
+        told: list[object] = []
+        lease.on_pipelined_set = told.append
+        assert lease.context_ready(ACME) is True
+        assert sets(server) == 1 and transport.written == []  # corked: with the messages
+        assert server.tenant_state is ACME and server.owner == "acme"
+        assert pool.stats.leases_with_context_set == 1
+        entry = server.pending[0]
+        assert isinstance(entry, Skip) and entry.future is not None
+        entry.future.set_result({"M": "failed"})
+        await asyncio.sleep(0)
+        assert told == [entry.future]  # the client hears how the pipelined set went
+        assert server.tenant_state is UNKNOWN
+
+    run(scenario)
 
 
 @pytest.mark.parametrize("state", [PRISTINE, Stale("acme"), TenantContext(SETTING, "acme",
@@ -130,9 +135,14 @@ def test_a_pristine_server_gets_the_context_pipelined_in_front_of_the_messages()
 def test_the_same_tenants_server_is_set_pipelined(state: TenantState) -> None:
     # Stale: the client's RESET left acme or the default; a context of acme with other
     # settings: only the settings differ. A failed set cannot leave another tenant.
-    lease, _ = lent(StubServer(state, owner="acme"))
-    assert lease.must_wait(ACME) is False
-    assert lease.context_ready(ACME) is True
+    async def scenario() -> None:
+        server, transport = idle_server(state, owner="acme")
+        lease, _ = lent(server)
+        assert lease.must_wait(ACME) is False
+        assert lease.context_ready(ACME) is True
+        assert sets(server) == 1 and transport.written == []
+
+    run(scenario)
 
 
 @pytest.mark.parametrize(("state", "owner"), [
@@ -140,58 +150,78 @@ def test_the_same_tenants_server_is_set_pipelined(state: TenantState) -> None:
     (PRISTINE, "globex"),        # reset, but another tenant's session ran on it
     (UNKNOWN, "acme"),           # a statement may have changed the setting
     (Stale("globex"), "acme"),   # the setting may still hold another tenant
-    (TenantContext(SETTING, None), NOBODY),  # set for a bypass identity
+    (TenantContext(SETTING, None), None),  # set for a bypass identity
 ])
 def test_the_client_waits_for_the_set_when_a_failure_could_leave_another_tenant(
-        state: TenantState, owner: object) -> None:
-    server = StubServer(state, owner=owner)
-    lease, pool = lent(server)
-    assert lease.must_wait(ACME) is True
-    assert lease.begin(ACME, 1.0) is False
-    assert server.sets == []  # nothing pipelined
-    fut = lease.set_context(ACME)
-    assert fut is server.futures[0] and server.sets == [(ACME, False)]
-    assert pool.stats.leases_with_context_set == 1
+        state: TenantState, owner: str | None) -> None:
+    async def scenario() -> None:
+        server, transport = idle_server(state, owner=owner)
+        lease, pool = lent(server)
+        assert lease.must_wait(ACME) is True
+        assert lease.begin(ACME, 1.0) is False
+        assert sets(server) == 0  # nothing pipelined
+        fut = lease.set_context(ACME)
+        assert fut is not None and transport.written  # sent now, for the client to wait on
+        scrubbed = owner != "acme"
+        assert sets(server) == 1 + scrubbed
+        assert (b"DISCARD ALL" in b"".join(transport.written)) == scrubbed
+        assert server.tenant_state is ACME and server.owner == "acme"
+        assert pool.stats.leases_with_context_set == 1
+
+    run(scenario)
 
 
 def test_an_equal_context_from_another_client_is_adopted_without_a_set() -> None:
     other_clients = TenantContext(SETTING, "acme")
     assert other_clients == ACME and other_clients is not ACME
-    server = StubServer(other_clients, owner="acme")
+    server, _ = idle_server(other_clients, owner="acme")
     lease, _ = lent(server)
     assert lease.context_ready(ACME) is True
-    assert server.tenant_state is ACME and server.sets == []  # next time: identity
+    assert server.tenant_state is ACME and sets(server) == 0  # next time: identity
 
 
 def test_inside_a_transaction_nothing_is_checked_or_set() -> None:
-    server = StubServer(UNKNOWN, owner="globex")
+    server, _ = idle_server(UNKNOWN, owner="globex")
     server.tx_status = b"T"
     lease, _ = lent(server)
-    assert lease.context_ready(ACME) is True and server.sets == []
+    assert lease.context_ready(ACME) is True and sets(server) == 0
 
 
 def test_login_waits_for_its_set_uncounted_and_skips_an_equal_one() -> None:
-    server = StubServer()
-    lease, pool = lent(server)
-    assert lease.set_context(ACME, counted=False) is not None
-    assert pool.stats.leases_with_context_set == 0
-    assert lease.set_context(TenantContext(SETTING, "acme"), counted=False) is None
-    assert len(server.sets) == 1
+    async def scenario() -> None:
+        server, _ = idle_server()
+        lease, pool = lent(server)
+        assert lease.set_context(ACME, counted=False) is not None
+        assert pool.stats.leases_with_context_set == 0
+        assert lease.set_context(TenantContext(SETTING, "acme"), counted=False) is None
+        assert sets(server) == 1
+
+    run(scenario)
 
 
 def test_guard_touched_messages_make_the_next_set_a_waited_one() -> None:
-    server = StubServer(ACME, owner="acme")
+    server, _ = idle_server(ACME, owner="acme")
     lease, _ = lent(server)
     lease.context_touched()
     assert server.tenant_state is UNKNOWN
     assert lease.begin(ACME, 1.0) is False
 
 
+def test_settings_the_server_reports_never_vouch_for_an_unknown_tenant() -> None:
+    server, _ = idle_server(UNKNOWN, owner="acme")
+    lease, _ = lent(server)
+    lease.context_changed(ACME)  # a ParameterStatus after a guard-flagged statement
+    assert server.tenant_state is UNKNOWN
+    server.tenant_state = GLOBEX
+    lease.context_changed(ACME)
+    assert server.tenant_state is ACME
+
+
 # ---- back to the pool ---------------------------------------------------------------------
 
 
 def test_a_kept_server_is_resumed_before_its_context_is_checked() -> None:
-    server = StubServer(ACME, owner="acme")
+    server, _ = idle_server(ACME, owner="acme")
     server.state = ServerState.KEPT
     lease, pool = lent(server)
     assert lease.begin(ACME, 5.0) is True
@@ -199,23 +229,23 @@ def test_a_kept_server_is_resumed_before_its_context_is_checked() -> None:
 
 
 def test_a_kept_server_the_pool_would_not_lease_as_it_is_is_given_up() -> None:
-    server = StubServer()
+    server, _ = idle_server()
     server.state = ServerState.KEPT
     lease, _ = lent(server, StubPool(resumes=False))
     assert lease.begin(ACME, 5.0) is None
-    assert server.sets == []  # no context set on a server about to go back
+    assert sets(server) == 0  # no context set on a server about to go back
 
 
 def test_a_server_inside_the_transaction_stays_without_asking_the_pool() -> None:
-    server = StubServer(ACME, owner="acme")
-    server.pending.append(object())
+    server, _ = idle_server(ACME, owner="acme")
+    server.pending.append(FORWARD)
     lease, pool = lent(server)
     assert lease.keep() is True and pool.calls == []
 
 
 @pytest.mark.parametrize("keeps", [True, False])
 def test_at_the_end_of_a_transaction_the_pool_decides_whether_it_is_kept(keeps: bool) -> None:
-    server = StubServer(ACME, owner="acme")
+    server, _ = idle_server(ACME, owner="acme")
     lease, pool = lent(server, StubPool(keeps=keeps))
     assert lease.keep() is keeps
     assert pool.calls == [("keep", server)]
@@ -224,7 +254,8 @@ def test_at_the_end_of_a_transaction_the_pool_decides_whether_it_is_kept(keeps: 
 
 @pytest.mark.parametrize("reset", [True, False])
 def test_release_gives_the_server_back_with_or_without_the_reset(reset: bool) -> None:
-    lease, pool = lent(StubServer())
+    server, _ = idle_server()
+    lease, pool = lent(server)
     lease.release(reset=reset)
     assert pool.calls == [("take_back", reset)]
 
@@ -232,28 +263,9 @@ def test_release_gives_the_server_back_with_or_without_the_reset(reset: bool) ->
 # ---- the tenant state on a real ServerConnection ------------------------------------------
 
 
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        return False
-
-
-def real_server() -> tuple[ServerConnection, RecordingTransport]:
-    server = ServerConnection(DatabaseConfig(name="app"))
-    transport = RecordingTransport()
-    server.transport = cast(asyncio.Transport, transport)
-    server.state = ServerState.ACTIVE
-    return server, transport
-
-
 def test_tenant_state_transitions() -> None:
     async def scenario() -> None:
-        server, transport = real_server()
+        server, transport = idle_server()
         assert server.tenant_state is PRISTINE and server.owner is NOBODY
         fut = server.apply_context(ACME)
         assert server.tenant_state is ACME and server.owner == "acme"
