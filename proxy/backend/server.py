@@ -14,6 +14,10 @@ ReadyForQuery:
 
 A server connection may go back to the pool only when this queue is empty and the last
 ReadyForQuery said 'I' (``is_clean``).
+
+What the proxy knows of the tenant setting on the backend is one value,
+``tenant_state`` (see :data:`TenantState`); the context set and the scrub are sent by
+:meth:`ServerConnection.apply_context`, whose only caller is ``proxy.pool.lease.Lease``.
 """
 
 from __future__ import annotations
