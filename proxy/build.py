@@ -42,6 +42,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.stats",
     "proxy.backend.server",
     "proxy.frontend.client",
+    "proxy.pool.lease",
     "proxy.pool.pool",
 )
 

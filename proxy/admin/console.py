@@ -33,7 +33,7 @@ from proxy.admin.commands import (
     Row,
     parse,
 )
-from proxy.backend.server import TenantState
+from proxy.backend.server import ContextMark, TenantState
 from proxy.config import ConfigError
 from proxy.tasks import TaskSet
 from proxy.wire import messages
@@ -65,10 +65,12 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}"
 
 
-def _tenant_label(tenant: object) -> str | None:
-    if isinstance(tenant, TenantState):
-        return f"({tenant.value})"
-    return None if tenant is None else str(tenant)
+def _tenant_label(state: TenantState) -> str | None:
+    """SHOW SERVERS' tenant: the tenant the setting holds (also after a client's RESET:
+    that tenant or the default), ``(pristine)`` or ``(unknown)``; NULL for bypass."""
+    if isinstance(state, ContextMark):
+        return f"({state.value})"
+    return state.tenant
 
 
 class AdminConsole:
@@ -199,7 +201,7 @@ class AdminConsole:
                 client_id = getattr(receiver, "id", None)
                 rows.append([
                     pool.db.name, str(server.backend_pid), server.state.value,
-                    _tenant_label(server.tenant),
+                    _tenant_label(server.tenant_state),
                     None if client_id is None else str(client_id),
                     _seconds(now - server.created_at), _seconds(now - server.last_used),
                     pool.db.user, kind,

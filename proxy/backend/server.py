@@ -14,6 +14,10 @@ ReadyForQuery:
 
 A server connection may go back to the pool only when this queue is empty and the last
 ReadyForQuery said 'I' (``is_clean``).
+
+What the proxy knows of the tenant setting on the backend is one value,
+``tenant_state`` (see :data:`TenantState`); the context set and the scrub are sent by
+:meth:`ServerConnection.apply_context`, whose only caller is ``proxy.pool.lease.Lease``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, final
 
 from proxy.auth.errors import UpstreamAuthError
 from proxy.auth.upstream import UpstreamAuthenticator
@@ -101,11 +105,46 @@ class ServerState(enum.Enum):
     CLOSED = "closed"
 
 
-class TenantState(enum.Enum):
-    """What the proxy knows of the tenant setting on the server, besides a tenant value."""
+class ContextMark(enum.Enum):
+    """The tenant states that carry no tenant (see :data:`TenantState`)."""
 
-    PRISTINE = "pristine"  # fresh or reset: the setting holds the role's default
-    UNKNOWN = "unknown"    # something may have changed it: never pipeline in front of it
+    PRISTINE = "pristine"  # fresh or reset by the pool: the setting holds the role's default
+    UNKNOWN = "unknown"    # something may have changed it: set it again, and wait, first
+
+
+PRISTINE = ContextMark.PRISTINE
+UNKNOWN = ContextMark.UNKNOWN
+
+
+@final
+class Stale:
+    """A client ran RESET or DISCARD after the proxy set ``tenant``: the tenant setting
+    holds that tenant or the role's default (never another tenant), the client's other
+    settings must be set again. The set may be pipelined for ``tenant``'s clients."""
+
+    __slots__ = ("tenant",)
+
+    def __init__(self, tenant: str | None) -> None:
+        self.tenant = tenant
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Stale and other.tenant == self.tenant
+
+    def __hash__(self) -> int:
+        return hash(self.tenant)
+
+    def __repr__(self) -> str:
+        return f"Stale({self.tenant!r})"
+
+
+# What the proxy knows of the tenant setting on a server connection, as one value:
+# PRISTINE; set to exactly a context (the TenantContext itself: no wrapper, so the hot
+# path is an identity check against the client's context); Stale(tenant); UNKNOWN.
+# Changed only through ServerConnection's named methods: apply_context (the Lease, the
+# only caller), adopt_context and mark_context_unknown (the Lease), the reply routing
+# (SET/RESET/DISCARD, the forged-context warning, a failed set) and reset_done (the
+# pool's reset).
+TenantState = TenantContext | Stale | ContextMark
 
 
 class _Nobody:
@@ -199,13 +238,15 @@ class ServerConnection(asyncio.Protocol):
         self.tx_status = b"I"
         self.unsynced = False
         self.lessee: str | None = None  # the tenant whose client holds it (pool bookkeeping)
-        # A client ran SET/RESET/DISCARD: its session state must not reach the next client.
+        # A client ran SET/RESET/DISCARD: settings beyond the context may differ from the
+        # role's defaults, so the pool resets it (RESET ALL) before another client. Set by
+        # the reply routing, cleared by reset_done; independent of tenant_state (a context
+        # set restores the client's settings, not the others).
         self.session_dirty = False
         self._corked = b""   # proxy bytes waiting to go out with the next client write
         self.statements = ServerStatements(db.max_prepared_statements)
         self.lost: asyncio.Future[None] | None = None  # done when the socket is closed
-        self.tenant: str | TenantState | None = TenantState.PRISTINE
-        self.context: TenantContext | None = None
+        self.tenant_state: TenantState = PRISTINE
         # The tenant whose clients have used this backend since it was last scrubbed
         # (None: a bypass identity). Another tenant gets it only after the scrub.
         self.owner: str | _Nobody | None = NOBODY
@@ -431,11 +472,8 @@ class ServerConnection(asyncio.Protocol):
                 # The client ran SET/RESET/DISCARD: re-establish the context before its next
                 # transaction. After SET the tenant setting could hold anything; RESET and
                 # DISCARD can only restore the default.
-                self.context = None
-                self.session_dirty = True
-                if body.startswith(b"SET"):
-                    self.tenant = TenantState.UNKNOWN
-                elif body.startswith(b"DISCARD ALL"):
+                self._session_changed(body.startswith(b"SET"))
+                if body.startswith(b"DISCARD ALL"):
                     self._statements_cleared()
             elif tag == _C and forwarded and body.startswith(b"DEALLOCATE ALL"):
                 self._statements_cleared()
@@ -448,7 +486,7 @@ class ServerConnection(asyncio.Protocol):
                 # The database saw a tenant setting its proof does not vouch for: whatever
                 # the proxy believes, re-set the context before anything else runs here.
                 # Counted once per request (one warning per protected table it reads).
-                if self.tenant is not TenantState.UNKNOWN:
+                if self.tenant_state is not UNKNOWN:
                     self.mark_context_unknown()
                     if forwarded and receiver is not None:
                         receiver.forged_context()
@@ -679,8 +717,8 @@ class ServerConnection(asyncio.Protocol):
         """Send the tenant context; the future gives None on success or the error fields.
 
         The one place a backend changes hands between tenants: when it last served
-        another tenant, the scrub goes first (callers wait for the future then, see
-        ``needs_wait_for_context``).
+        another tenant, the scrub goes first. Called only by ``proxy.pool.lease.Lease``,
+        which decides whether the client's messages may follow before the answer.
         """
         loop = asyncio.get_running_loop()
         if self.owner != context.tenant and self.owner is not NOBODY:
@@ -695,8 +733,7 @@ class ServerConnection(asyncio.Protocol):
                 discarded.add_done_callback(self._discarded)
         fut: asyncio.Future[dict[str, str] | None] = loop.create_future()
         self.send_internal(context.messages(self.backend_pid), Skip(fut), corked=corked)
-        self.tenant = context.tenant
-        self.context = context
+        self.tenant_state = context
         self.owner = context.tenant
         fut.add_done_callback(self._context_applied)
         return fut
@@ -740,24 +777,37 @@ class ServerConnection(asyncio.Protocol):
         self._fail("the scrub between tenants failed")
 
     def mark_context_unknown(self) -> None:
-        """A client statement may have changed the tenant setting: re-set it (waiting
-        for the set) before anything else runs here."""
-        self.tenant = TenantState.UNKNOWN
-        self.context = None
+        """A statement may have changed the tenant setting: re-set it (waiting for the
+        set) before anything else runs here."""
+        self.tenant_state = UNKNOWN
+
+    def adopt_context(self, context: TenantContext) -> None:
+        """The server, set to a context, carries ``context`` as well (an equal one, or
+        settings the server itself reported changing): record it as set. Any other
+        state stays: a context the proxy does not know to be set is set again."""
+        if type(self.tenant_state) is TenantContext:
+            self.tenant_state = context
+
+    def _session_changed(self, setting: bool) -> None:
+        """A client's SET (``setting``), RESET or DISCARD completed. After SET the tenant
+        setting could hold anything; RESET and DISCARD can only restore the default."""
+        self.session_dirty = True
+        state = self.tenant_state
+        if setting:
+            self.tenant_state = UNKNOWN
+        elif type(state) is TenantContext:
+            self.tenant_state = Stale(state.tenant)
+
+    def reset_done(self) -> None:
+        """The pool's reset query (RESET ALL, server_reset_query) completed: the session
+        holds the role's defaults again."""
+        self.tenant_state = PRISTINE
+        self.session_dirty = False
 
     def _context_applied(self, fut: asyncio.Future[dict[str, str] | None]) -> None:
         if fut.cancelled() or fut.exception() is not None or fut.result() is not None:
             # Failed: the setting is whatever it was before; never trust it again.
-            self.tenant = TenantState.UNKNOWN
-            self.context = None
-
-    def needs_wait_for_context(self, context: TenantContext) -> bool:
-        """True when a failed context set could leave another tenant in place, or
-        another tenant's session state must be scrubbed first."""
-        owner = self.owner
-        if owner != context.tenant and owner is not NOBODY:
-            return True
-        return not (self.tenant is TenantState.PRISTINE or self.tenant == context.tenant)
+            self.tenant_state = UNKNOWN
 
     @property
     def runs_client_request(self) -> bool:

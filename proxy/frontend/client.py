@@ -6,12 +6,14 @@ a server connection is leased and given the client's tenant context before the g
 → ReadyForQuery. Session mode keeps that server until the client leaves; transaction
 mode returns it on every ReadyForQuery 'I' and leases one again at the next message.
 
-Where the tenant is set: :meth:`ClientConnection._context_ready` (pipelined, when a failed
-set could not leave another tenant in place) and :meth:`ClientConnection._deliver` (a
-switch from another tenant waits for the set) — before any client message is written to
-a server connection whose context is not this client's; the bytes are built in one
-place, ``proxy.backend.context``.
-Where a server goes back to the pool: :meth:`ClientConnection._release_server`.
+The client holds its server as a ``proxy.pool.lease.Lease``. Where the tenant is set:
+the lease (``Lease.begin``/``context_ready`` pipeline the set when a failed one could not
+leave another tenant in place; ``Lease.set_context`` sends one the client waits for, at
+login and on a switch from another tenant) — before any client message is written to a
+server connection whose context is not this client's; the bytes are built in one place,
+``proxy.backend.context``. Where a server goes back to the pool: the lease too
+(``Lease.release``; ``Lease.keep`` between transactions). A linked client ends its lease
+in :meth:`ClientConnection._release_server`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from proxy.config import ADMIN_DATABASE
 from proxy.frontend.guarding import StreamGuard
 from proxy.guard import Refusal
 from proxy.placement import PlacementRefused  # --- placement ---
+from proxy.pool.lease import Lease
 from proxy.pool.pool import PoolTimeoutError, ServerPool
 from proxy.stats import TrafficStats
 from proxy.tasks import TaskSet
@@ -183,7 +186,7 @@ class ClientConnection(asyncio.Protocol):
                  "_unsynced",
                  "_writing_paused", "app",
                  "cancel_pid", "cancel_secret", "context", "database", "framer", "id",
-                 "identity", "is_local", "peer", "pool", "server", "settings", "startup",
+                 "identity", "is_local", "lease", "peer", "pool", "settings", "startup",
                  "state", "statements", "stats_tenant", "tls", "traffic", "transaction_mode",
                  "transport")
 
@@ -203,7 +206,7 @@ class ClientConnection(asyncio.Protocol):
         self.identity: Identity | None = None
         self.context: TenantContext | None = None
         self.settings: dict[str, str] = {}
-        self.server: ServerConnection | None = None
+        self.lease: Lease | None = None  # the server connection the pool lent it
         self.cancel_pid = 0
         self.cancel_secret = b""
         self._queue: list[bytes] = []   # message blocks waiting for a server
@@ -230,11 +233,21 @@ class ClientConnection(asyncio.Protocol):
         self._service_login: ServiceAccountLogin | None = None  # a [users.NAME] SCRAM login
 
     @property
+    def server(self) -> ServerConnection | None:
+        """The server connection its lease lends it, if any."""
+        lease = self.lease
+        return None if lease is None else lease.server
+
+    @property
     def is_active(self) -> bool:
         """Linked to a server connection that works for it (one it kept between
         transactions does not count: the client is idle)."""
-        server = self.server
-        return server is not None and server.state is not ServerState.KEPT
+        lease = self.lease
+        return lease is not None and lease.server.state is not ServerState.KEPT
+
+    def _holds(self, server: ServerConnection) -> bool:
+        lease = self.lease
+        return lease is not None and lease.server is server
 
     def __repr__(self) -> str:
         tenant = self.identity.tenant if self.identity else None
@@ -288,13 +301,13 @@ class ClientConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The client reads slower than the server sends: stop reading from the server.
         self._writing_paused = True
-        if self.server is not None:
-            self.server.pause_reading(True)
+        if self.lease is not None:
+            self.lease.server.pause_reading(True)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self.server is not None:
-            self.server.pause_reading(False)
+        if self.lease is not None:
+            self.lease.server.pause_reading(False)
 
     # ---- startup ----------------------------------------------------------------------
 
@@ -508,26 +521,24 @@ class ClientConnection(asyncio.Protocol):
             self.pool, self.traffic = placed, placed.traffic
         # --- end placement ---
         try:
-            server = await self.pool.acquire(self.context.tenant)
+            lease = await self.pool.acquire(self.context.tenant)
         except (PoolTimeoutError, ServerError) as no_server:
             self.fatal(no_server.sqlstate, str(no_server))
             return
         if self.state is not ClientState.LOGIN:
-            self.pool.release(server)
+            lease.release()
             return
-        self._link(server)
+        self._link(lease)
+        server = lease.server
         # The context (and the scrub, when the server last served another tenant) first:
         # even the proxy's own registry query runs on a clean backend.
-        if server.context == self.context:  # same tenant and settings: nothing to set
-            server.context = self.context
-        else:
-            try:
-                await self._apply_context(server)
-            except ClientError as not_set:
-                self.fatal(not_set.sqlstate, str(not_set))
-                return
-            if self.state is not ClientState.LOGIN:
-                return
+        try:
+            await self._apply_context(lease)
+        except ClientError as not_set:
+            self.fatal(not_set.sqlstate, str(not_set))
+            return
+        if self.state is not ClientState.LOGIN:
+            return
         if (self.app.config.tenancy.require_registered_tenant and self.context.tenant
                 and placed is None):  # --- placement --- (the router checked the registry)
             try:
@@ -551,7 +562,7 @@ class ClientConnection(asyncio.Protocol):
                 changed = True
         if changed:
             self.context = self.context.with_settings(self.settings)
-            server.context = self.context
+            lease.context_changed(self.context)
         self.cancel_pid, self.cancel_secret = self.app.register_cancel_key(self)
         greeting = [messages.authentication_ok()]
         greeting.extend(messages.parameter_status(k, v) for k, v in server.params.items())
@@ -665,22 +676,30 @@ class ClientConnection(asyncio.Protocol):
         self._unsynced = unsynced
         if not self._tx_started:
             self._tx_started = time.monotonic()
-        server = self.server
-        if server is not None and server.state is ServerState.KEPT:
-            assert self.pool is not None
-            if not self.pool.resume_kept(server, self._tx_started):
+        context = self.context
+        assert context is not None
+        lease = self.lease
+        ready: bool | None = False
+        if lease is not None and not self._queue:
+            # Resumes a kept server; sets the context, pipelined when it may be.
+            ready = lease.begin(context, self._tx_started)
+            if ready is None:  # kept, but not leasable as it is: lease another
                 self._release_server()
-                server = None
-        if server is None and not self._queue and not self._leasing:
-            server = self._lease_now()
-        if server is not None and not self._queue and self._context_ready(server):
+                lease = None
+        if lease is None and not self._queue and not self._leasing:
+            lease = self._lease_now()
+            if lease is not None:
+                ready = lease.context_ready(context)
+        if ready:
+            assert lease is not None
+            server = lease.server
             if named:
                 self._send_rewritten(server, [block], batch_start)
             else:
                 server.send(block, replies, unsynced)
             if self._touched:
                 self._touched = False
-                server.mark_context_unknown()
+                lease.context_touched()
             return
         if not self._queue:
             self._queue_batch_start = batch_start
@@ -693,55 +712,34 @@ class ClientConnection(asyncio.Protocol):
         if self._leasing:
             return
         self._leasing = True
-        if server is not None:
-            self._deliver(server)
+        if lease is not None:
+            self._deliver(lease)
         elif self.pool is not None and self.pool.paused:
             self._tasks.spawn(self._lease_when_resumed())
         else:
-            assert self.pool is not None and self.context is not None
-            self.pool.wait_for_server(self.context.tenant, self._leased)
+            assert self.pool is not None
+            self.pool.wait_for_server(context.tenant, self._leased)
 
-    def _lease_now(self) -> ServerConnection | None:
+    def _lease_now(self) -> Lease | None:
         """Transaction mode fast path: an idle server, when nobody is waiting for one."""
         assert self.pool is not None and self.context is not None
-        server = self.pool.try_acquire(self.context.tenant)
-        if server is not None:
-            self._link(server)
-        return server
-
-    def _context_ready(self, server: ServerConnection) -> bool:
-        """True when the client's messages may go to ``server`` now.
-
-        The context is (re)checked only between transactions, when the server is idle;
-        a set that can be pipelined is sent here, in front of the client's messages.
-        """
-        context = self.context
-        if server.context is context or not server.is_clean:
-            return True
-        assert context is not None and self.pool is not None
-        if server.context == context:  # set by another client of the same tenant
-            server.context = context
-            return True
-        if server.needs_wait_for_context(context):
-            return False
-        self.pool.stats.leases_with_context_set += 1
-        # Corked: the set goes out in the same write as the client's messages.
-        server.apply_context(context, corked=True).add_done_callback(
-            self._pipelined_context_done)
-        return True
+        lease = self.pool.try_acquire(self.context.tenant)
+        if lease is not None:
+            self._link(lease)
+        return lease
 
     async def _lease_when_resumed(self) -> None:
         """Transaction mode while the pool is paused (admin PAUSE): wait for RESUME."""
         assert self.pool is not None and self.context is not None
         try:
-            server = await self.pool.acquire(self.context.tenant)
+            lease = await self.pool.acquire(self.context.tenant)
         except (PoolTimeoutError, ServerError) as exc:
             self._leasing = False
             self.fatal(exc.sqlstate, str(exc))
             return
-        self._got_server(server)
+        self._got_server(lease)
 
-    def _leased(self, waiter: asyncio.Future[ServerConnection]) -> None:
+    def _leased(self, waiter: asyncio.Future[Lease]) -> None:
         """The pool decided our wait (transaction mode; no task involved)."""
         if waiter.cancelled():
             self._leasing = False
@@ -753,29 +751,29 @@ class ClientConnection(asyncio.Protocol):
             return
         self._got_server(waiter.result())
 
-    def _got_server(self, server: ServerConnection) -> None:
-        assert self.pool is not None
+    def _got_server(self, lease: Lease) -> None:
         if self.state is ClientState.CLOSED:
             self._leasing = False
-            self.pool.release(server)
+            lease.release()
             return
-        self._link(server)
-        self._deliver(server)
+        self._link(lease)
+        self._deliver(lease)
 
-    def _deliver(self, server: ServerConnection) -> None:
-        """Send the queued messages as soon as ``server`` carries our context."""
-        if self._context_ready(server):
+    def _deliver(self, lease: Lease) -> None:
+        """Send the queued messages as soon as the lent server carries our context."""
+        assert self.context is not None
+        server = lease.server
+        if lease.context_ready(self.context):
             self._send_queued(server)
             return
         # A switch from another tenant: the set must succeed before anything else runs.
-        assert self.pool is not None and self.context is not None
-        self.pool.stats.leases_with_context_set += 1
-        server.apply_context(self.context).add_done_callback(
-            functools.partial(self._context_set, server))
+        fut = lease.set_context(self.context)
+        assert fut is not None  # not ready, so not set
+        fut.add_done_callback(functools.partial(self._context_set, server))
 
     def _context_set(self, server: ServerConnection,
                      fut: asyncio.Future[dict[str, str] | None]) -> None:
-        if self.server is not server:
+        if not self._holds(server):
             return  # lost while the set was on its way: server_lost decided what follows
         if fut.cancelled() or fut.exception() is not None:
             self._leasing = False
@@ -790,7 +788,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _send_queued(self, server: ServerConnection, verify: bool = True) -> None:
         self._leasing = False
-        if self.server is not server or self.state is ClientState.CLOSED:
+        lease = self.lease
+        if lease is None or lease.server is not server or self.state is ClientState.CLOSED:
             return
         if self._queue:
             frames = self._queue
@@ -806,16 +805,19 @@ class ClientConnection(asyncio.Protocol):
                 server.send(b"".join(frames), replies, self._unsynced)
             if self._touched:
                 self._touched = False
-                server.mark_context_unknown()
+                lease.context_touched()
         else:
             server.flush_cork()
         self._pause_reading("queue", False)
 
-    async def _apply_context(self, server: ServerConnection) -> None:
-        """Set our context on ``server`` and wait for it (login)."""
+    async def _apply_context(self, lease: Lease) -> None:
+        """Set our context on the lent server and wait for it (login)."""
         assert self.context is not None
+        fut = lease.set_context(self.context, counted=False)
+        if fut is None:  # same tenant and settings: nothing to set
+            return
         try:
-            error = await server.apply_context(self.context)
+            error = await fut
         except ServerError as exc:
             raise ClientError(exc.sqlstate, str(exc)) from None
         if error is not None:
@@ -885,8 +887,10 @@ class ClientConnection(asyncio.Protocol):
 
     # ---- server side callbacks ----------------------------------------------------------
 
-    def _link(self, server: ServerConnection) -> None:
-        self.server = server
+    def _link(self, lease: Lease) -> None:
+        self.lease = lease
+        lease.on_pipelined_set = self._pipelined_context_done
+        server = lease.server
         server.receiver = self
         if self._writing_paused:
             server.pause_reading(True)
@@ -932,11 +936,10 @@ class ClientConnection(asyncio.Protocol):
             self.app.stats.record_transaction(self.traffic, self.stats_tenant,
                                               server.last_used - self._tx_started)
             self._tx_started = 0.0
-        if (self.transaction_mode and server.is_clean and not self._queue
-                and self.state is ClientState.READY):
-            assert self.pool is not None
-            if not self.pool.keep(server):  # kept while nobody else needs a server
-                self._release_server()
+        lease = self.lease
+        if (self.transaction_mode and not self._queue and self.state is ClientState.READY
+                and lease is not None and not lease.keep()):
+            self._release_server()  # its transaction is over and the pool wants it back
         if self._idle_timeouts and not self._queue and not server.unsynced:
             self._arm_idle_timer(server.tx_status)
 
@@ -967,13 +970,13 @@ class ClientConnection(asyncio.Protocol):
     def server_reclaimed(self, server: ServerConnection) -> None:
         """The pool took back the server this client kept between transactions (or it
         died there): the next transaction leases one, as if it had been released."""
-        if self.server is server:
-            self.server = None
+        if self._holds(server):
+            self.lease = None
 
     def server_lost(self, server: ServerConnection, reason: str) -> None:
-        if self.server is not server:
+        if not self._holds(server):
             return
-        self.server = None
+        self.lease = None
         if (self._leasing and self._queue and self.transaction_mode
                 and self.state is ClientState.READY and self.pool is not None
                 and self.context is not None):
@@ -989,7 +992,7 @@ class ClientConnection(asyncio.Protocol):
         """query_timeout: a request of ours waited that long for its reply. Cancel it (the
         client gets PostgreSQL's 57014); if the server does not answer within a grace
         period either, close it and end this client with FATAL 08006."""
-        if self.server is not server:
+        if not self._holds(server):
             return
         timeout = server.db.query_timeout
         log.warning("client #%s (%s): no reply within query_timeout (%gs); cancelling",
@@ -1000,7 +1003,7 @@ class ClientConnection(asyncio.Protocol):
             server.waiting_since)
 
     def _query_timeout_grace_over(self, server: ServerConnection, since: float) -> None:
-        if self.server is server and server.waiting_since == since:
+        if self._holds(server) and server.waiting_since == since:
             self.fatal("08006", f"query_timeout ({server.db.query_timeout:g}s) expired and "
                        "the server did not answer the cancel; its connection was closed")
 
@@ -1012,22 +1015,24 @@ class ClientConnection(asyncio.Protocol):
         if self.settings.get(name) != value and self.context is not None:
             self.settings[name] = value
             self.context = self.context.with_settings(self.settings)
-            if self.server is not None:
-                self.server.context = self.context
+            if self.lease is not None:
+                self.lease.context_changed(self.context)
 
     def _release_server(self) -> None:
-        """The one place this client gives its server connection back to the pool."""
-        server = self.server
-        if server is None or self.pool is None:
+        """The one place this client ends its lease (``Lease.release``: the server goes
+        back to the pool)."""
+        lease = self.lease
+        if lease is None:
             return
-        self.server = None
+        self.lease = None
+        server = lease.server
         if self._writing_paused:
             server.pause_reading(False)
         if not server.is_clean:
             # The client left mid-request: stop the backend's work before the pool closes it.
             self.app.cancel_server(server)
         # Session mode ends with a reset; a dirty server is closed by the pool.
-        self.pool.release(server, reset=not self.transaction_mode)
+        lease.release(reset=not self.transaction_mode)
 
     # ---- helpers ----------------------------------------------------------------------
 

@@ -2,9 +2,13 @@
 
 Invariant (PgBouncer's ``objects.c``): each server connection is in exactly one of
 ``connecting`` (a count), ``idle`` (LIFO stack, warm caches first), ``kept`` (idle, still
-linked to the transaction-mode client it last served) or ``active`` (leased), and only
-:meth:`ServerPool._offer` and :meth:`ServerPool.release` move it. Waiting clients are
-served FIFO; a waiter that already timed out is never handed a connection.
+linked to the transaction-mode client it last served) or ``active`` (leased). Waiting
+clients are served FIFO; a waiter that already timed out is never handed a connection.
+
+A client gets a server as a :class:`~proxy.pool.lease.Lease` (made in
+:meth:`ServerPool._lease_to`); the lease is the only way back: ``Lease.release`` calls
+:meth:`ServerPool.take_back`, ``Lease.keep`` and ``Lease.begin`` call :meth:`ServerPool.keep`
+and :meth:`ServerPool.resume_kept`.
 
 Kept servers: a transaction-mode client whose transaction ended keeps its (clean) server
 while nobody else needs one, so its next transaction costs no lease at all. They are idle
@@ -26,8 +30,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from proxy.backend.server import ServerConnection, ServerError, ServerState, Skip, TenantState
+from proxy.backend.server import ServerConnection, ServerError, ServerState, Skip
 from proxy.config import DatabaseConfig
+from proxy.pool.lease import Lease
 from proxy.stats import ProxyStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
@@ -86,9 +91,9 @@ class ServerPool:
         # Idle but still linked to their last client (oldest first): see the module doc.
         self.kept: dict[ServerConnection, None] = {}
         self.connecting = 0
-        self.waiters: deque[asyncio.Future[ServerConnection]] = deque()
-        self._waiter_tenants: dict[asyncio.Future[ServerConnection], str | None] = {}
-        self._waiter_since: dict[asyncio.Future[ServerConnection], float] = {}
+        self.waiters: deque[asyncio.Future[Lease]] = deque()
+        self._waiter_tenants: dict[asyncio.Future[Lease], str | None] = {}
+        self._waiter_since: dict[asyncio.Future[Lease], float] = {}
         self._held: dict[str, int] = {}   # tenant → server connections its clients hold
         self.stats = PoolStats()
         self.closed = False
@@ -109,7 +114,7 @@ class ServerPool:
 
     # ---- acquire ----------------------------------------------------------------------
 
-    async def acquire(self, tenant: str | None) -> ServerConnection:
+    async def acquire(self, tenant: str | None) -> Lease:
         """Lease a server connection, preferring one already set for ``tenant``."""
         if self._refused is not None:
             raise self._refused
@@ -117,15 +122,15 @@ class ServerPool:
             raise ServerError("the pool is shutting down", "57P01")
         if self.paused:
             await self._wait_resumed(tenant)
-        server = self.try_acquire(tenant)
-        if server is not None:
-            return server
-        done: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
+        lease = self.try_acquire(tenant)
+        if lease is not None:
+            return lease
+        done: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
 
-        def deliver(waiter: asyncio.Future[ServerConnection]) -> None:
+        def deliver(waiter: asyncio.Future[Lease]) -> None:
             if done.cancelled():  # the caller went away: give the connection back
                 if not waiter.cancelled() and waiter.exception() is None:
-                    self.release(waiter.result())
+                    waiter.result().release()
             elif waiter.cancelled():
                 done.cancel()
             elif (exc := waiter.exception()) is not None:
@@ -141,16 +146,16 @@ class ServerPool:
             raise
 
     def wait_for_server(self, tenant: str | None,
-                        callback: Callable[[asyncio.Future[ServerConnection]], None]
-                        ) -> asyncio.Future[ServerConnection]:
+                        callback: Callable[[asyncio.Future[Lease]], None]
+                        ) -> asyncio.Future[Lease]:
         """Queue for a server connection; ``callback(waiter)`` runs once it is decided.
 
-        The waiter holds the connection, or PoolTimeoutError after query_wait_timeout, or
+        The waiter holds the lease, or PoolTimeoutError after query_wait_timeout, or
         the error that failed the pool; cancel it to leave the queue. No task is created:
         this is the transaction-mode path when no idle connection fits.
         """
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[ServerConnection] = loop.create_future()
+        waiter: asyncio.Future[Lease] = loop.create_future()
         self.waiters.append(waiter)
         self._waiter_tenants[waiter] = tenant
         self._waiter_since[waiter] = self._clock()
@@ -168,25 +173,25 @@ class ServerPool:
         self._grow()
         return waiter
 
-    def _wait_timed_out(self, waiter: asyncio.Future[ServerConnection]) -> None:
+    def _wait_timed_out(self, waiter: asyncio.Future[Lease]) -> None:
         if not waiter.done():
             self.stats.acquire_timeouts += 1
             waiter.set_exception(PoolTimeoutError(
                 f"no server connection available for database \"{self.db.name}\" within "
                 f"query_wait_timeout ({self.db.query_wait_timeout:g}s)"))
 
-    def _impatient(self, waiter: asyncio.Future[ServerConnection]) -> None:
+    def _impatient(self, waiter: asyncio.Future[Lease]) -> None:
         """A client that waited for a connection of its own tenant while others sat idle
         takes an idle one after all (_PATIENCE seconds later)."""
         if waiter.done() or not self.idle or self.paused:
             return
-        server = self._take_idle(self._waiter_tenants.get(waiter), patient=False)
-        if server is not None:
+        lease = self._take_idle(self._waiter_tenants.get(waiter), patient=False)
+        if lease is not None:
             with contextlib.suppress(ValueError):
                 self.waiters.remove(waiter)  # served out of turn: leave the queue
-            waiter.set_result(server)
+            waiter.set_result(lease)
 
-    def _use_reserve(self, waiter: asyncio.Future[ServerConnection]) -> None:
+    def _use_reserve(self, waiter: asyncio.Future[Lease]) -> None:
         """A client waited reserve_pool_timeout: open a connection beyond pool_size (up to
         reserve_pool_size more; maintenance closes it again once it is idle)."""
         db = self.db
@@ -201,8 +206,8 @@ class ServerPool:
 
     def _wait_done(self, tenant: str | None, started: float,
                    timers: tuple[asyncio.TimerHandle | None, ...],
-                   callback: Callable[[asyncio.Future[ServerConnection]], None],
-                   waiter: asyncio.Future[ServerConnection]) -> None:
+                   callback: Callable[[asyncio.Future[Lease]], None],
+                   waiter: asyncio.Future[Lease]) -> None:
         for handle in timers:
             if handle is not None:
                 handle.cancel()
@@ -217,7 +222,7 @@ class ServerPool:
         self.proxy_stats.wait_ended(self.traffic, waiter, tenant, waited)
         callback(waiter)
 
-    def try_acquire(self, tenant: str | None) -> ServerConnection | None:
+    def try_acquire(self, tenant: str | None) -> Lease | None:
         """An idle connection right now, or None (none idle, or others wait first)."""
         if self.waiters or self._refused is not None or self.closed or self.paused:
             return None
@@ -225,8 +230,7 @@ class ServerPool:
             return self._take_kept(tenant)
         return self._take_idle(tenant)
 
-    def _take_idle(self, tenant: str | None, *, patient: bool = True
-                   ) -> ServerConnection | None:
+    def _take_idle(self, tenant: str | None, *, patient: bool = True) -> Lease | None:
         """An idle connection for ``tenant``: the most recent one already set for it, else
         (converting it costs a context set the client waits for) another tenant's, unless
         ``patient`` and the tenant already holds its fair share of the pool: then it waits
@@ -255,15 +259,15 @@ class ServerPool:
             if self._needs_check(server):
                 self._check(server)
                 return None  # the caller waits; the checked server is offered to waiters
-            self._lease_to(server, tenant)
-            return server
+            return self._lease_to(server, tenant)
         return None
 
     # ---- kept servers (transaction mode): linked to their last client while unneeded ---
 
     def keep(self, server: ServerConnection) -> bool:
         """The client ``server`` serves ended its transaction: keep the two linked (True)
-        when nobody else needs a server; False: the client must release it.
+        when nobody else needs a server; False: the client must release it. Called by
+        ``Lease.keep`` only.
 
         Not kept: when clients wait, the pool is paused or closing, the server must be
         reset (a client ran SET), checked before each lease (server_check_delay = 0),
@@ -281,7 +285,7 @@ class ServerPool:
         """The client of a kept server starts a transaction at ``now``: True, and the
         server is active for it. False when an idle server would not be leased as it is
         (unused for server_check_delay: it is checked first; past server_lifetime): the
-        client releases it and leases as usual."""
+        client releases it and leases as usual. Called by ``Lease.begin`` only."""
         db = self.db
         if (now - server.last_used >= db.server_check_delay
                 or (db.server_lifetime and now - server.created_at > db.server_lifetime)):
@@ -292,7 +296,7 @@ class ServerPool:
         self.stats.kept_reuses += 1
         return True
 
-    def _take_kept(self, tenant: str | None) -> ServerConnection | None:
+    def _take_kept(self, tenant: str | None) -> Lease | None:
         """Take a kept server back from its client for a lease to ``tenant``. None when
         the tenant may not have one (max_tenant_server_conns)."""
         cap = self.db.max_tenant_server_conns
@@ -300,8 +304,7 @@ class ServerPool:
             return None
         server = self._pick_kept(tenant)
         self._unlink_kept(server)
-        self._lease_to(server, tenant)
-        return server
+        return self._lease_to(server, tenant)
 
     def _pick_kept(self, tenant: str | None) -> ServerConnection:
         """The kept server to take back for ``tenant``: one it already carries (no scrub,
@@ -372,12 +375,14 @@ class ServerPool:
         """Server connections per tenant if the pool were split among the tenants using it."""
         return -(-self.db.pool_size // max(1, len(self._held)))
 
-    def _lease_to(self, server: ServerConnection, tenant: str | None) -> None:
+    def _lease_to(self, server: ServerConnection, tenant: str | None) -> Lease:
+        """Hand ``server`` out to a client of ``tenant``: the one place a lease begins."""
         server.state = ServerState.ACTIVE
         self.active.add(server)
         server.lessee = tenant
         if tenant is not None:
             self._held[tenant] = self._held.get(tenant, 0) + 1
+        return Lease(self, server)
 
     def _unlease(self, server: ServerConnection) -> None:
         tenant = server.lessee
@@ -507,12 +512,12 @@ class ServerPool:
             return
         self._offer(server)
 
-    def _hand(self, server: ServerConnection, waiter: asyncio.Future[ServerConnection]) -> None:
-        self._lease_to(server, self._waiter_tenants.get(waiter))
-        waiter.set_result(server)
+    def _hand(self, server: ServerConnection, waiter: asyncio.Future[Lease]) -> None:
+        waiter.set_result(self._lease_to(server, self._waiter_tenants.get(waiter)))
 
-    def release(self, server: ServerConnection, *, reset: bool = False) -> None:
-        """The one place a leased server connection comes back.
+    def take_back(self, server: ServerConnection, *, reset: bool = False) -> None:
+        """The one place a leased server connection comes back (``Lease.release``
+        calls it; nothing else does).
 
         Fail-closed: a connection with outstanding replies, an open transaction or a
         closed socket is closed, never reused. ``reset`` runs the server_reset_query first
@@ -550,9 +555,7 @@ class ServerPool:
                         self.db.name, error.get("M") if error else "not idle")
             self._close(server)
             return
-        server.tenant = TenantState.PRISTINE
-        server.context = None
-        server.session_dirty = False
+        server.reset_done()
         self._offer(server)
 
     def _close(self, server: ServerConnection) -> None:

@@ -240,3 +240,40 @@ def test_the_checker_sees_every_kind_of_import() -> None:
     assert {"proxy.devtools.demo", "proxy.supervisor", "policies.cli"} <= targets("proxy.cli")
     # So do imports under TYPE_CHECKING.
     assert "proxy.app" in targets("proxy.metrics.http")
+
+
+# Where the tenant is set and where a server goes back: one place each (proxy/pool/lease.py).
+# Calls by method name, anywhere in proxy/: only the lease makes them.
+LEASE_ONLY_CALLS = ("apply_context", "adopt_context", "take_back", "resume_kept")
+# Server fields only the server's own named methods assign.
+SERVER_OWN_FIELDS = ("tenant_state", "session_dirty", "owner")
+
+
+def _calls_and_assignments(module: str) -> Iterator[tuple[str, int, str]]:
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            yield "call", node.lineno, node.func.attr
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for target in targets:
+            if isinstance(target, ast.Attribute):
+                yield "assign", node.lineno, target.attr
+
+
+def test_only_the_lease_sets_the_tenant_and_gives_a_server_back() -> None:
+    found = []
+    for module in MODULES:
+        if not _under(module, "proxy"):
+            continue
+        for kind, line, name in _calls_and_assignments(module):
+            if kind == "call" and name in LEASE_ONLY_CALLS and module != "proxy.pool.lease":
+                found.append(f"{module}:{line} calls {name}")
+            if (kind == "assign" and name in SERVER_OWN_FIELDS
+                    and module != "proxy.backend.server"):
+                found.append(f"{module}:{line} assigns {name}")
+    assert not found, "\n".join(found)
+    assert "proxy.pool.pool" not in {t for _, t in imports_of("proxy.pool.lease")}

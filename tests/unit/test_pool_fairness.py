@@ -14,6 +14,7 @@ from collections import Counter
 
 from proxy.backend.server import ServerConnection
 from proxy.config import DatabaseConfig
+from proxy.pool.lease import Lease
 from proxy.pool.pool import _FAIR_WAIT, ServerPool
 
 
@@ -34,14 +35,14 @@ def one_connection_pool(clock: FakeClock) -> tuple[ServerPool, ServerConnection]
     return pool, server
 
 
-async def lease(pool: ServerPool, tenant: str) -> ServerConnection:
+async def lease(pool: ServerPool, tenant: str) -> Lease:
     """Acquire for ``tenant`` and set the connection for it, as a client's first query does."""
-    server = await pool.acquire(tenant)
-    server.tenant = server.owner = tenant  # what apply_context records (no socket here)
-    return server
+    held = await pool.acquire(tenant)
+    held.server.owner = tenant  # what apply_context records (no socket here)
+    return held
 
 
-async def queued(pool: ServerPool, tenants: list[str]) -> list[asyncio.Task[ServerConnection]]:
+async def queued(pool: ServerPool, tenants: list[str]) -> list[asyncio.Task[Lease]]:
     """Clients of ``tenants`` waiting in this order."""
     tasks = []
     for tenant in tenants:
@@ -59,7 +60,7 @@ def served_after(waited: float) -> str | None:
         held = await lease(pool, "t1")
         waiting = await queued(pool, ["t2", "t3", "t1"])
         clock.now += waited
-        pool.release(held)
+        held.release()
         tenant = server.lessee
         for task in waiting:
             task.cancel()
@@ -87,11 +88,11 @@ def test_tenant_affinity_does_not_starve_other_tenants() -> None:
 
     async def client(pool: ServerPool, tenant: str) -> None:
         while len(served) < transactions:
-            server = await lease(pool, tenant)
+            held = await lease(pool, tenant)
             served.append(tenant)
             clock.now += 0.001
             await asyncio.sleep(0)  # the others queue meanwhile
-            pool.release(server)
+            held.release()
             await asyncio.sleep(0)
 
     async def main() -> None:
