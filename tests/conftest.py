@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -150,3 +151,18 @@ def clean_items(app_db: AppDatabase) -> AppDatabase:
     """Reset ``items`` to the seed rows (ids 1-3 acme, 4-6 globex) before the test."""
     reset_items(app_db.superuser_dsn, dbname=app_db.dbname, tenants=app_db.tenants)
     return app_db
+
+
+# Direct connections to PostgreSQL (no proxy in between), for setting up and checking.
+@pytest.fixture
+def superuser_conn(app_db: AppDatabase) -> Iterator[psycopg.Connection[Any]]:
+    """The superuser in the app database, autocommit; sees every tenant's rows."""
+    with psycopg.connect(app_db.superuser_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def app_user_conn(app_db: AppDatabase) -> Iterator[psycopg.Connection[Any]]:
+    """The upstream app role straight to PostgreSQL, autocommit, no tenant set yet."""
+    with psycopg.connect(app_db.upstream_dsn, autocommit=True) as conn:
+        yield conn

@@ -70,6 +70,13 @@ def make_config(app_db: Any, **db_overrides: Any) -> Config:
     )
 
 
+def with_database_keys(config: Config, **keys: Any) -> Config:
+    """``config`` with keys of its ``app`` entry replaced: the ``server_*`` database keys
+    (server_check_delay, server_idle_timeout, ...) that make_config reads as [server]."""
+    app = dataclasses.replace(config.databases["app"], **keys)
+    return dataclasses.replace(config, databases={"app": app})
+
+
 class ThreadedProxy:
     """The proxy on its own event loop (uvloop) in a daemon thread."""
 

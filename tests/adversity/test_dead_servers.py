@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import struct
 import threading
@@ -25,7 +24,7 @@ import pytest
 
 from proxy.wire import messages
 from tests.adversity.faultproxy import FaultRelay
-from tests.proxy_harness import ThreadedProxy, make_config
+from tests.proxy_harness import ThreadedProxy, make_config, with_database_keys
 from tests.rawclient import RawClient
 from tests.support import wait_for
 
@@ -45,22 +44,16 @@ def relayed(app_db: Any, relay: FaultRelay) -> Iterator[Callable[..., ThreadedPr
 
     def start(server_check_delay: float = 30.0, **db: Any) -> ThreadedProxy:
         # make_config reads server_* keys as [server] ones: these two are set here.
-        config = make_config(app_db, host=relay.host, port=relay.port, **db)
-        app = dataclasses.replace(config.databases["app"], server_connect_timeout=5.0,
-                                  server_check_delay=server_check_delay)
-        proxy = ThreadedProxy(dataclasses.replace(config, databases={"app": app})).start()
+        config = with_database_keys(
+            make_config(app_db, host=relay.host, port=relay.port, **db),
+            server_connect_timeout=5.0, server_check_delay=server_check_delay)
+        proxy = ThreadedProxy(config).start()
         started.append(proxy)
         return proxy
 
     yield start
     for proxy in started:
         proxy.stop()
-
-
-@pytest.fixture
-def superuser_conn(app_db: Any) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(app_db.superuser_dsn, autocommit=True) as conn:
-        yield conn
 
 
 def _pool(proxy: ThreadedProxy) -> Any:

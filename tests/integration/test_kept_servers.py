@@ -7,7 +7,6 @@ without a word to its client when it dies, untouched by a cancel between transac
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.proxy_harness import ThreadedProxy, make_config
+from tests.proxy_harness import ThreadedProxy, make_config, with_database_keys
 from tests.support import wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_items")
@@ -27,21 +26,14 @@ def proxy_with(app_db: Any) -> Iterator[Callable[..., ThreadedProxy]]:
     started: list[ThreadedProxy] = []
 
     def start(**db: Any) -> ThreadedProxy:
-        config = make_config(app_db, pool_mode="transaction")
-        app = dataclasses.replace(config.databases["app"], **db)
-        proxy = ThreadedProxy(dataclasses.replace(config, databases={"app": app})).start()
+        config = with_database_keys(make_config(app_db, pool_mode="transaction"), **db)
+        proxy = ThreadedProxy(config).start()
         started.append(proxy)
         return proxy
 
     yield start
     for proxy in started:
         proxy.stop()
-
-
-@pytest.fixture
-def superuser(app_db: Any) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(app_db.superuser_dsn, autocommit=True) as conn:
-        yield conn
 
 
 def _pool(proxy: ThreadedProxy) -> Any:
@@ -130,12 +122,12 @@ def test_clients_waiting_get_kept_servers_at_once(
 
 def test_a_kept_server_that_dies_is_replaced_silently(
         proxy_with: Callable[..., ThreadedProxy],
-        superuser: psycopg.Connection[Any]) -> None:
+        superuser_conn: psycopg.Connection[Any]) -> None:
     proxy = proxy_with(pool_size=2)
     pool = _pool(proxy)
     with psycopg.connect(proxy.dsn("acme"), autocommit=True) as conn:
         dead, _ = _who(conn)
-        superuser.execute("SELECT pg_terminate_backend(%s)", (dead,))
+        superuser_conn.execute("SELECT pg_terminate_backend(%s)", (dead,))
         proxy.wait_until(lambda app: not pool.kept)
         backend, tenant = _who(conn)  # no error: as if the server had been idle
         assert tenant == "acme" and backend != dead
