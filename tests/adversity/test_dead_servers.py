@@ -24,7 +24,7 @@ import pytest
 
 from proxy.wire import messages
 from tests.adversity.faultproxy import FaultRelay
-from tests.proxy_harness import ThreadedProxy, make_config, with_database_keys
+from tests.proxy_harness import ThreadedProxy
 from tests.rawclient import RawClient
 from tests.support import wait_for
 
@@ -38,22 +38,14 @@ def relay(app_db: Any) -> Iterator[FaultRelay]:
 
 
 @pytest.fixture
-def relayed(app_db: Any, relay: FaultRelay) -> Iterator[Callable[..., ThreadedProxy]]:
+def relayed(start_proxy: Callable[..., ThreadedProxy], relay: FaultRelay
+            ) -> Callable[..., ThreadedProxy]:
     """Factory: a proxy whose database goes through ``relay``."""
-    started: list[ThreadedProxy] = []
-
     def start(server_check_delay: float = 30.0, **db: Any) -> ThreadedProxy:
-        # make_config reads server_* keys as [server] ones: these two are set here.
-        config = with_database_keys(
-            make_config(app_db, host=relay.host, port=relay.port, **db),
-            server_connect_timeout=5.0, server_check_delay=server_check_delay)
-        proxy = ThreadedProxy(config).start()
-        started.append(proxy)
-        return proxy
+        return start_proxy(host=relay.host, port=relay.port, **db, database={
+            "server_connect_timeout": 5.0, "server_check_delay": server_check_delay})
 
-    yield start
-    for proxy in started:
-        proxy.stop()
+    return start
 
 
 def _pool(proxy: ThreadedProxy) -> Any:

@@ -8,32 +8,22 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.proxy_harness import ThreadedProxy, make_config, with_database_keys
+from tests.proxy_harness import ThreadedProxy
 from tests.support import wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_items")
 
 
 @pytest.fixture
-def proxy_with(app_db: Any) -> Iterator[Callable[..., ThreadedProxy]]:
-    """Factory: a transaction-mode proxy; keyword arguments replace database keys."""
-    started: list[ThreadedProxy] = []
-
-    def start(**db: Any) -> ThreadedProxy:
-        config = with_database_keys(make_config(app_db, pool_mode="transaction"), **db)
-        proxy = ThreadedProxy(config).start()
-        started.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in started:
-        proxy.stop()
+def proxy_with(start_proxy: Callable[..., ThreadedProxy]) -> Callable[..., ThreadedProxy]:
+    """Factory: a transaction-mode proxy; keyword arguments set database keys."""
+    return lambda **db: start_proxy(pool_mode="transaction", database=db)
 
 
 def _pool(proxy: ThreadedProxy) -> Any:
