@@ -25,7 +25,8 @@ import ipaddress
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from proxy.auth.errors import AuthError
 from proxy.auth.identity import Identity
@@ -111,6 +112,7 @@ def is_loopback(host: str) -> bool:
 
 _NO_TRAFFIC = TrafficStats()  # placeholder counters before the database is known
 _NO_STARTUP = StartupFramer()  # shared placeholder once startup is over
+_SETTLED: dict[str, str] = {}  # shared placeholder for settings once in the context; never written
 _PAUSE_BITS = {"queue": 1, "server": 2}
 
 
@@ -229,7 +231,7 @@ class ClientConnection(asyncio.Protocol):
         self._writing_paused = False
         self._reading_paused_for = 0  # bits of _PAUSE_BITS: why reading is paused
         self._login_timer: asyncio.TimerHandle | None = None
-        self._tasks = TaskSet(self._internal_error)
+        self._tasks: TaskSet | None = None  # made at the first task (idle clients have none)
         self._service_login: ServiceAccountLogin | None = None  # a [users.NAME] SCRAM login
 
     @property
@@ -346,7 +348,7 @@ class ClientConnection(asyncio.Protocol):
             raise ClientError("08P01", "received unencrypted data after SSL request")
         self._write(b"S")
         self.state = ClientState.TLS
-        self._tasks.spawn(self._start_tls(ctx))
+        self._spawn(self._start_tls(ctx))
 
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
         assert self.transport is not None
@@ -451,7 +453,7 @@ class ClientConnection(asyncio.Protocol):
             if exc.reason == "no_key" and verifier.may_refresh_for(token):
                 # A key id the identity provider's set lacks: it may have rotated.
                 self.state = ClientState.LOGIN  # buffer anything else the client sends
-                self._tasks.spawn(self._verify_after_refresh(token))
+                self._spawn(self._verify_after_refresh(token))
                 return
             self.app.auth_failed(self, exc)
             raise ClientError(exc.sqlstate, str(exc)) from None
@@ -506,7 +508,7 @@ class ClientConnection(asyncio.Protocol):
             tenancy.setting, identity.tenant, self.settings, self.app.proof_key,
             tenancy.proof_setting)
         self.state = ClientState.LOGIN
-        self._tasks.spawn(self._login())
+        self._spawn(self._login())
 
     async def _login(self) -> None:
         """Lease a server, give it our context, greet the client with its parameters."""
@@ -573,6 +575,7 @@ class ClientConnection(asyncio.Protocol):
             self._login_timer.cancel()
             self._login_timer = None
         self.state = ClientState.READY
+        self.settings = _SETTLED  # from now on they live in self.context only
         if self.transaction_mode:
             self._release_server()
         db = self.pool.db
@@ -715,7 +718,7 @@ class ClientConnection(asyncio.Protocol):
         if lease is not None:
             self._deliver(lease)
         elif self.pool is not None and self.pool.paused:
-            self._tasks.spawn(self._lease_when_resumed())
+            self._spawn(self._lease_when_resumed())
         else:
             assert self.pool is not None
             self.pool.wait_for_server(context.tenant, self._leased)
@@ -1012,9 +1015,14 @@ class ClientConnection(asyncio.Protocol):
 
     def parameter_changed(self, name: str, value: str) -> None:
         # The client changed a reported setting (SET TimeZone ...): carry it to later servers.
-        if self.settings.get(name) != value and self.context is not None:
-            self.settings[name] = value
-            self.context = self.context.with_settings(self.settings)
+        # Its settings live in its context once it is logged in (self.settings is not kept).
+        context = self.context
+        if context is None:
+            return
+        settings = dict(context.settings)
+        if settings.get(name) != value:
+            settings[name] = value
+            self.context = context.with_settings(settings)
             if self.lease is not None:
                 self.lease.context_changed(self.context)
 
@@ -1049,6 +1057,12 @@ class ClientConnection(asyncio.Protocol):
             transport.pause_reading()
         else:
             transport.resume_reading()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = TaskSet(self._internal_error)
+        tasks.spawn(coro)
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -1085,6 +1099,7 @@ class ClientConnection(asyncio.Protocol):
             self._login_timer.cancel()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
-        self._tasks.cancel_all()
+        if self._tasks is not None:
+            self._tasks.cancel_all()
         self._release_server()
         self.app.client_disconnected(self)

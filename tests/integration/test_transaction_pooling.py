@@ -381,3 +381,16 @@ def test_reserve_pool_serves_a_client_that_waited_too_long(start_proxy: Start) -
     assert proxy.call(lambda: pool.stats.reserve_opened) == 1
     proxy.wait_until(lambda app: pool.size <= 1, timeout=5)  # maintenance closes it again
 
+
+
+def test_a_reported_setting_follows_the_client_to_every_server(start_proxy: Start) -> None:
+    # SET TimeZone is reported (ParameterStatus): the proxy carries it in the client's
+    # context to whichever server runs its next transaction, and to no other client.
+    proxy = start_proxy(pool_mode="transaction", pool_size=1)
+    with psycopg.connect(proxy.dsn("acme"), autocommit=True) as acme, \
+         psycopg.connect(proxy.dsn("globex"), autocommit=True) as globex:
+        default = globex.execute("SHOW TimeZone").fetchone()
+        acme.execute("SET TimeZone = 'Asia/Tokyo'")
+        for _ in range(3):  # one server: each turn it changes hands (and is reset)
+            assert acme.execute("SHOW TimeZone").fetchone() == ("Asia/Tokyo",)
+            assert globex.execute("SHOW TimeZone").fetchone() == default
