@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import engine
+from bench import engine, fakepg
 from bench.__main__ import main as bench_main
 
 
@@ -51,14 +51,14 @@ def test_a_wrong_data_row_fails_the_run() -> None:
 def test_an_error_reply_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """An ErrorResponse instead of the rows (here: PostgreSQL does not know the table)
     is a failed run, not a fast measurement."""
-    known = engine.statement_result
+    known = fakepg.statement_result
 
-    def no_pgbench_tables(sql: str, params: object, abalance: bytes) -> engine.Result:
+    def no_pgbench_tables(sql: str, params: object, abalance: bytes) -> fakepg.Result:
         if "pgbench_accounts" in sql:
             raise LookupError('relation "pgbench_accounts" does not exist')
         return known(sql, params, abalance)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(engine, "statement_result", no_pgbench_tables)
+    monkeypatch.setattr(fakepg, "statement_result", no_pgbench_tables)
     for workload in ("simple-c1", "extended-c8"):
         chosen = [w for w in engine.WORKLOADS if w.name == workload]
         with pytest.raises(engine.EngineBenchError, match="pgbench_accounts"):
