@@ -225,7 +225,10 @@ def test_dead_server_connection_is_replaced(start_proxy: Callable[..., ThreadedP
         with psycopg.connect(app_db.superuser_dsn, autocommit=True) as su:
             su.execute("SELECT pg_terminate_backend(%s)", (pid,))
         pool = proxy.app.pools["app"]  # type: ignore[union-attr]
-        proxy.wait_until(lambda app: not pool.idle)  # the proxy saw it die
+        # The proxy saw it die: gone from the pool (it was kept by this client, which
+        # counts as idle). Until then a query could still reach the dying backend, as it
+        # could an idle pooled one.
+        proxy.wait_until(lambda app: pool.size == 0)
         # The idle server died between transactions: the next one gets a fresh server.
         new_pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         assert new_pid != pid
