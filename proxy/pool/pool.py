@@ -163,7 +163,7 @@ class ServerPool:
         timeout = self.db.query_wait_timeout
         timer = loop.call_later(timeout, self._wait_timed_out, waiter) if timeout else None
         patience = (loop.call_later(_PATIENCE, self._impatient, waiter)
-                    if self.idle else None)
+                    if self.idle or self.kept else None)
         reserve = (loop.call_later(self.db.reserve_pool_timeout, self._use_reserve, waiter)
                    if self.db.reserve_pool_size else None)
         waiter.add_done_callback(functools.partial(
@@ -183,9 +183,12 @@ class ServerPool:
     def _impatient(self, waiter: asyncio.Future[Lease]) -> None:
         """A client that waited for a connection of its own tenant while others sat idle
         takes an idle one after all (_PATIENCE seconds later)."""
-        if waiter.done() or not self.idle or self.paused:
+        if waiter.done() or not (self.idle or self.kept) or self.paused:
             return
-        lease = self._take_idle(self._waiter_tenants.get(waiter), patient=False)
+        tenant = self._waiter_tenants.get(waiter)
+        lease = self._take_idle(tenant, patient=False)
+        if lease is None and self.kept:
+            lease = self._take_kept(tenant, patient=False)
         if lease is not None:
             with contextlib.suppress(ValueError):
                 self.waiters.remove(waiter)  # served out of turn: leave the queue
@@ -227,7 +230,7 @@ class ServerPool:
         if self.waiters or self._refused is not None or self.closed or self.paused:
             return None
         if not self.idle and self.kept:
-            return self._take_kept(tenant)
+            return self._take_kept(tenant, patient=True)
         return self._take_idle(tenant)
 
     def _take_idle(self, tenant: str | None, *, patient: bool = True) -> Lease | None:
@@ -296,23 +299,27 @@ class ServerPool:
         self.stats.kept_reuses += 1
         return True
 
-    def _take_kept(self, tenant: str | None) -> Lease | None:
-        """Take a kept server back from its client for a lease to ``tenant``. None when
-        the tenant may not have one (max_tenant_server_conns)."""
-        cap = self.db.max_tenant_server_conns
-        if cap and tenant is not None and self._held.get(tenant, 0) >= cap:
-            return None
-        server = self._pick_kept(tenant)
+    def _take_kept(self, tenant: str | None, *, patient: bool) -> Lease | None:
+        """Take a kept server back from its client for a lease to ``tenant``: one kept
+        for the same tenant (no scrub, usually no context set), else — unless ``patient``
+        and the tenant already holds its fair share, as for idle servers, or it holds
+        max_tenant_server_conns — the longest unused; else None."""
+        server = self._kept_of(tenant)
+        if server is None:  # (its own tenant's moves between its clients: no count changes)
+            held = self._held.get(tenant, 0) if tenant is not None else 0
+            cap = self.db.max_tenant_server_conns
+            if (cap and held >= cap) or (patient and held and held >= self._fair_share()):
+                return None
+            server = next(iter(self.kept))
         self._unlink_kept(server)
         return self._lease_to(server, tenant)
 
-    def _pick_kept(self, tenant: str | None) -> ServerConnection:
-        """The kept server to take back for ``tenant``: one it already carries (no scrub,
-        no context set), else the longest unused."""
+    def _kept_of(self, tenant: str | None) -> ServerConnection | None:
+        """A kept server that last served ``tenant`` (the longest unused first)."""
         for server in self.kept:
             if server.owner == tenant:
                 return server
-        return next(iter(self.kept))
+        return None
 
     def _unlink_kept(self, server: ServerConnection) -> None:
         """Take a kept server back from its client; the caller leases or offers it."""
@@ -324,15 +331,22 @@ class ServerPool:
         self.stats.kept_reclaimed += 1
 
     def _reclaim_for_waiters(self) -> None:
-        """Clients wait: kept servers go back to the pool for them, the oldest waiter's
-        tenant's first."""
-        while self.kept:
-            head = next((w for w in self.waiters if not w.done()), None)
-            if head is None:
+        """Clients wait: each gets a kept server of its own tenant at once, oldest waiter
+        first (no scrub). Another tenant's kept server goes to a waiter only after
+        _PATIENCE (``_impatient``), as an idle one would: taking it at once made most
+        transactions of a many-tenant workload change a backend's tenant."""
+        for waiter in list(self.waiters):
+            if not self.kept:
                 return
-            server = self._pick_kept(self._waiter_tenants.get(head))
+            if waiter.done():
+                continue
+            tenant = self._waiter_tenants.get(waiter)
+            server = self._kept_of(tenant)
+            if server is None:
+                continue
+            self.waiters.remove(waiter)
             self._unlink_kept(server)
-            self._offer(server)
+            self._hand(server, waiter)
 
     def reclaim_kept(self, servers: list[ServerConnection] | None = None) -> None:
         """These kept servers (default: all) back to the pool (PAUSE, maintenance)."""

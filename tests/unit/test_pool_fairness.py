@@ -105,3 +105,31 @@ def test_tenant_affinity_does_not_starve_other_tenants() -> None:
     assert sorted(counts) == ["t1", "t2", "t3", "t4"]
     total = sum(counts.values())
     assert min(counts.values()) > total / 4 / 3, counts  # none below a third of its share
+
+
+def test_a_kept_server_goes_at_once_to_its_tenant_and_to_another_only_after_patience(
+        ) -> None:
+    # Taking another tenant's kept server at once made about two transactions in three of
+    # a many-tenant workload change a backend's tenant (a scrub and a waited context set).
+    async def scenario() -> None:
+        db = DatabaseConfig(name="app", pool_size=2, query_wait_timeout=0)
+        pool = ServerPool(db, password=None)
+        for _ in range(2):
+            pool._offer(ServerConnection(db))
+        t1 = await lease(pool, "t1")
+        await lease(pool, "t2")
+        assert pool.keep(t1.server)  # t1's client is between transactions
+        # t2 holds its fair share (1 of 2): t1's kept server is not taken at once ...
+        assert pool.try_acquire("t2") is None
+        # ... while another client of t1 gets it at once (no scrub).
+        again = pool.try_acquire("t1")
+        assert again is not None and again.server is t1.server
+        assert pool.keep(again.server)
+        # A waiting client of t2 gets it after _PATIENCE, whatever the clock says.
+        waiter = asyncio.ensure_future(lease(pool, "t2"))
+        await asyncio.sleep(0)
+        assert not waiter.done() and pool.kept
+        got = await asyncio.wait_for(waiter, 5)
+        assert got.server is t1.server and not pool.kept
+
+    asyncio.run(scenario())
