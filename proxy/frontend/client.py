@@ -25,8 +25,7 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from proxy.auth.errors import AuthError
 from proxy.auth.identity import Identity
@@ -231,7 +230,7 @@ class ClientConnection(asyncio.Protocol):
         self._writing_paused = False
         self._reading_paused_for = 0  # bits of _PAUSE_BITS: why reading is paused
         self._login_timer: asyncio.TimerHandle | None = None
-        self._tasks: TaskSet | None = None  # made at the first task (idle clients have none)
+        self._tasks = TaskSet(self._internal_error)
         self._service_login: ServiceAccountLogin | None = None  # a [users.NAME] SCRAM login
 
     @property
@@ -348,7 +347,7 @@ class ClientConnection(asyncio.Protocol):
             raise ClientError("08P01", "received unencrypted data after SSL request")
         self._write(b"S")
         self.state = ClientState.TLS
-        self._spawn(self._start_tls(ctx))
+        self._tasks.spawn(self._start_tls(ctx))
 
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
         assert self.transport is not None
@@ -453,7 +452,7 @@ class ClientConnection(asyncio.Protocol):
             if exc.reason == "no_key" and verifier.may_refresh_for(token):
                 # A key id the identity provider's set lacks: it may have rotated.
                 self.state = ClientState.LOGIN  # buffer anything else the client sends
-                self._spawn(self._verify_after_refresh(token))
+                self._tasks.spawn(self._verify_after_refresh(token))
                 return
             self.app.auth_failed(self, exc)
             raise ClientError(exc.sqlstate, str(exc)) from None
@@ -508,7 +507,7 @@ class ClientConnection(asyncio.Protocol):
             tenancy.setting, identity.tenant, self.settings, self.app.proof_key,
             tenancy.proof_setting)
         self.state = ClientState.LOGIN
-        self._spawn(self._login())
+        self._tasks.spawn(self._login())
 
     async def _login(self) -> None:
         """Lease a server, give it our context, greet the client with its parameters."""
@@ -718,7 +717,7 @@ class ClientConnection(asyncio.Protocol):
         if lease is not None:
             self._deliver(lease)
         elif self.pool is not None and self.pool.paused:
-            self._spawn(self._lease_when_resumed())
+            self._tasks.spawn(self._lease_when_resumed())
         else:
             assert self.pool is not None
             self.pool.wait_for_server(context.tenant, self._leased)
@@ -1058,12 +1057,6 @@ class ClientConnection(asyncio.Protocol):
         else:
             transport.resume_reading()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        tasks = self._tasks
-        if tasks is None:
-            tasks = self._tasks = TaskSet(self._internal_error)
-        tasks.spawn(coro)
-
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -1099,7 +1092,6 @@ class ClientConnection(asyncio.Protocol):
             self._login_timer.cancel()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
-        if self._tasks is not None:
-            self._tasks.cancel_all()
+        self._tasks.cancel_all()
         self._release_server()
         self.app.client_disconnected(self)
