@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from proxy.auth.jwt import JwtVerifier
-from proxy.backend.server import ServerConnection, ServerState
+from proxy.backend.server import BackendSession, ServerConnection, ServerState
 from proxy.config import (
     MAX_WORKERS,
     Config,
@@ -70,7 +70,7 @@ class _DrainingReceiver:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
-    def server_ready(self, server: ServerConnection) -> None:
+    def server_ready(self, server: BackendSession) -> None:
         client = self._client
         client.server_ready(server)
         if server.is_clean:

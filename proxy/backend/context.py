@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from proxy.backend.prepared import PREFIX
+from proxy.backend.statements import PREFIX
 from proxy.tenancy.proof import compute_proof
 from proxy.wire import messages
 

@@ -32,10 +32,7 @@ from proxy.auth.identity import Identity
 from proxy.auth.service_accounts import ServiceAccountLogin
 from proxy.backend.context import TenantContext
 from proxy.backend.prepared import (
-    ClientStatement,
-    ServerStatement,
     internal_batch,
-    needs_rewrite,
     rewrite,
     to_verify,
     verified,
@@ -43,14 +40,17 @@ from proxy.backend.prepared import (
 )
 from proxy.backend.server import (
     FORWARD,
+    BackendSession,
     Collect,
     ServerConnection,
     ServerError,
     ServerState,
     Skip,
 )
+from proxy.backend.statements import ClientStatement, ServerStatement
 from proxy.config import ADMIN_DATABASE
 from proxy.frontend.guarding import StreamGuard
+from proxy.frontend.requests import NO_STOP, classify
 from proxy.guard import Refusal
 from proxy.placement import PlacementRefused  # --- placement ---
 from proxy.pool.lease import Lease
@@ -80,15 +80,6 @@ _S = FrontendTag.SYNC
 _F = FrontendTag.FUNCTION_CALL
 _X = FrontendTag.TERMINATE
 _P = FrontendTag.PASSWORD
-# Messages that may name a prepared statement (or DEALLOCATE one).
-_MAYBE_NAMED = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
-                          FrontendTag.CLOSE, FrontendTag.QUERY})
-# Extended-protocol messages: after them the server is mid-batch until the next Sync.
-_EXTENDED = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
-                       FrontendTag.EXECUTE, FrontendTag.CLOSE, FrontendTag.FLUSH})
-
-# Outside COPY FROM STDIN PostgreSQL ignores these; every other tag gets an answer.
-_COPY_TAGS = frozenset({FrontendTag.COPY_DATA, FrontendTag.COPY_DONE, FrontendTag.COPY_FAIL})
 # query_timeout: how long the server may take to answer the proxy's cancel, at most.
 _QUERY_TIMEOUT_GRACE = 5.0
 
@@ -246,7 +237,7 @@ class ClientConnection(asyncio.Protocol):
         lease = self.lease
         return lease is not None and lease.server.state is not ServerState.KEPT
 
-    def _holds(self, server: ServerConnection) -> bool:
+    def _holds(self, server: BackendSession) -> bool:
         lease = self.lease
         return lease is not None and lease.server is server
 
@@ -630,29 +621,15 @@ class ClientConnection(asyncio.Protocol):
                                           on_state_change=self._session_state_changed)
             block, index = self._guard.filter(
                 block, index, self.identity.tenant if self.identity is not None else None)
-        replies = 0
-        unsynced = self._unsynced
-        named = self._rewriting
-        statements = self.statements
-        for tag, start, end in index:
-            if tag == _S or tag == _Q or tag == _F:  # each ends in ReadyForQuery
-                replies += 1
-                unsynced = False
-            elif tag in _EXTENDED:
-                unsynced = True
-            elif tag == _X:
-                self._flush(block[:start], replies, unsynced, named)
-                self._close_transport()
-                return
-            elif tag not in _COPY_TAGS:
-                # PostgreSQL would end the session for it (and a pooled backend with it):
-                # answer as it would, without forwarding it.
-                self._flush(block[:start], replies, unsynced, named)
-                self.fatal("08P01", f"invalid frontend message type {tag}")
-                return
-            if statements is not None and not named and tag in _MAYBE_NAMED:
-                named = needs_rewrite(tag, block[start + 5:end])
+        block, replies, unsynced, named, stop = classify(
+            block, index, self._unsynced, self._rewriting, self.statements is not None)
         self._flush(block, replies, unsynced, named)
+        if stop == _X:
+            self._close_transport()
+        elif stop != NO_STOP:
+            # PostgreSQL would end the session for it (and a pooled backend with it):
+            # answer as it would, without forwarding it.
+            self.fatal("08P01", f"invalid frontend message type {stop}")
 
     def _session_state_changed(self) -> None:
         """The guard let through a message that may change session settings (an own-tenant
@@ -931,7 +908,7 @@ class ClientConnection(asyncio.Protocol):
                     self.id, self.peer, self.stats_tenant,
                     extra=self._log_fields("forged_context"))
 
-    def server_ready(self, server: ServerConnection) -> None:
+    def server_ready(self, server: BackendSession) -> None:
         """The server answered everything we sent (pending queue empty)."""
         if server.tx_status == b"I" and self._tx_started:
             # last_used: when the server's ReadyForQuery came in (one clock read for both)
@@ -969,13 +946,13 @@ class ClientConnection(asyncio.Protocol):
             self.fatal("57P05", "terminating connection due to idle-session timeout",
                        "client_idle_timeout expired")
 
-    def server_reclaimed(self, server: ServerConnection) -> None:
+    def server_reclaimed(self, server: BackendSession) -> None:
         """The pool took back the server this client kept between transactions (or it
         died there): the next transaction leases one, as if it had been released."""
         if self._holds(server):
             self.lease = None
 
-    def server_lost(self, server: ServerConnection, reason: str) -> None:
+    def server_lost(self, server: BackendSession, reason: str) -> None:
         if not self._holds(server):
             return
         self.lease = None
@@ -990,19 +967,21 @@ class ClientConnection(asyncio.Protocol):
             return
         self.fatal("08006", f"server connection lost: {reason}")
 
-    def query_timed_out(self, server: ServerConnection) -> None:
+    def query_timed_out(self, server: BackendSession) -> None:
         """query_timeout: a request of ours waited that long for its reply. Cancel it (the
         client gets PostgreSQL's 57014); if the server does not answer within a grace
         period either, close it and end this client with FATAL 08006."""
-        if not self._holds(server):
+        lease = self.lease
+        if lease is None or lease.server is not server:
             return
-        timeout = server.db.query_timeout
+        held = lease.server
+        timeout = held.db.query_timeout
         log.warning("client #%s (%s): no reply within query_timeout (%gs); cancelling",
                     self.id, self.peer, timeout, extra=self._log_fields("query_timeout"))
-        self.app.cancel_server(server)
+        self.app.cancel_server(held)
         asyncio.get_running_loop().call_later(
-            min(timeout, _QUERY_TIMEOUT_GRACE), self._query_timeout_grace_over, server,
-            server.waiting_since)
+            min(timeout, _QUERY_TIMEOUT_GRACE), self._query_timeout_grace_over, held,
+            held.waiting_since)
 
     def _query_timeout_grace_over(self, server: ServerConnection, since: float) -> None:
         if self._holds(server) and server.waiting_since == since:

@@ -23,7 +23,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy.backend import prepared
+from proxy.backend import statements as prepared
 from proxy.config import TenancyConfig
 from proxy.wire import messages
 from tests.proxy_harness import ThreadedProxy, make_config, token

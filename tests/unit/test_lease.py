@@ -16,6 +16,7 @@ from typing import Any, cast
 import pytest
 
 from proxy.backend.context import TenantContext
+from proxy.backend.routing import _Nobody
 from proxy.backend.server import (
     FORWARD,
     NOBODY,
@@ -26,7 +27,6 @@ from proxy.backend.server import (
     Skip,
     Stale,
     TenantState,
-    _Nobody,
 )
 from proxy.config import DatabaseConfig
 from proxy.pool.lease import Lease

@@ -9,15 +9,8 @@ from typing import Any
 
 import pytest
 
-from proxy.backend import prepared
+from proxy.backend import prepared, statements
 from proxy.backend.prepared import (
-    MISSING,
-    PREFIX,
-    Amend,
-    ClientStatement,
-    Emit,
-    ServerStatements,
-    description,
     needs_rewrite,
     rewrite,
     to_verify,
@@ -25,6 +18,15 @@ from proxy.backend.prepared import (
     verify_batch,
 )
 from proxy.backend.server import FORWARD, FORWARD_TAGS, ServerConnection, ServerState
+from proxy.backend.statements import (
+    MISSING,
+    PREFIX,
+    Amend,
+    ClientStatement,
+    Emit,
+    ServerStatements,
+    description,
+)
 from proxy.config import DatabaseConfig
 from proxy.wire import messages
 from proxy.wire.framing import BackendScanner, split_frames
@@ -58,7 +60,7 @@ def row_description(*columns: tuple[str, int, int, int]) -> bytes:
     """RowDescription of (name, table oid, attnum, type oid) columns."""
     body = len(columns).to_bytes(2, "big")
     for name, table, attnum, type_oid in columns:
-        body += prepared._cstr(name) + prepared._FIELD_TAIL.pack(table, attnum, type_oid, 4,
+        body += prepared._cstr(name) + statements._FIELD_TAIL.pack(table, attnum, type_oid, 4,
                                                                  -1, 0)
     return backend(b"T", body)
 
@@ -196,7 +198,7 @@ def test_a_parse_postgresql_refuses_leaves_the_name_free() -> None:
     (messages.error_response("42601", "syntax error"), False),
 ])
 def test_statements_lost(error: bytes, lost: bool) -> None:
-    assert prepared.statements_lost(error[5:]) is lost
+    assert statements.statements_lost(error[5:]) is lost
 
 
 def test_parse_of_a_shared_statement_is_answered_by_the_proxy_unless_described() -> None:

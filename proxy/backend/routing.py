@@ -1,0 +1,622 @@
+"""One backend's protocol state and its reply routing, without I/O: bytes in, calls out.
+
+:class:`BackendSession` is everything the proxy knows about one PostgreSQL session once
+it is logged in, and the rules that change it: what was asked and in which order (the
+pending-reply queue, PgBouncer's), what the last ReadyForQuery said, what the tenant
+setting holds (``tenant_state``), which prepared statements exist, whether a client
+changed settings. Bytes from the server go in through :meth:`BackendSession.data_received`;
+what follows goes out as calls on the linked client (:class:`Receiver`), on the futures
+of the proxy's own requests (any :class:`Outcome`) and as writes on a :class:`Transport`.
+Nothing here imports asyncio or reads a clock of its own (``clock`` is given), so the
+whole routing is driven by bytes in unit tests, byte by byte if need be, with a fake clock
+and a recording transport (``tests/unit/test_routing.py``).
+
+``proxy.backend.server.ServerConnection`` adds the I/O: connecting, TLS and
+authentication, the query timer, the tenant context set and scrub (which create futures).
+
+The pending-reply queue holds one entry per expected ReadyForQuery:
+
+- ``FORWARD``: the client's request; bytes go to the linked client as received;
+- ``Skip``: the proxy's own request (tenant context, reset); bytes are dropped, errors
+  are noted, and the entry's outcome is resolved when its ReadyForQuery arrives;
+- a ``Collect`` entry: the proxy's own query whose messages it wants to read;
+- an ``Amend`` entry: the client's request, its reply forwarded message by message with
+  the changes of ``proxy.backend.prepared`` (statement names the client never sees);
+- an ``Emit`` entry: a reply the proxy makes itself, written after the entry before it.
+
+A server connection may go back to the pool only when this queue is empty and the last
+ReadyForQuery said 'I' (``is_clean``).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar, final
+
+from proxy.backend.context import TenantContext
+from proxy.backend.statements import (
+    Amend,
+    Emit,
+    ServerStatements,
+    schema_changed,
+    statements_lost,
+)
+from proxy.wire import messages
+from proxy.wire.errors import ProtocolViolation
+from proxy.wire.framing import BackendScanner
+from proxy.wire.tags import BackendTag
+
+if TYPE_CHECKING:
+    from proxy.config import DatabaseConfig
+
+_Z = BackendTag.READY_FOR_QUERY
+_E = BackendTag.ERROR_RESPONSE
+_S = BackendTag.PARAMETER_STATUS
+_C = BackendTag.COMMAND_COMPLETE
+_N = BackendTag.NOTICE_RESPONSE
+
+# What the forwarding path needs to look at; every other message is only framed.
+FORWARD_TAGS = frozenset({_Z, _E, _S, _C, _N})
+# The SQLSTATE of the WARNING pgtenant.current_tenant() raises when the tenant setting
+# holds a value its proof does not vouch for (policies/sql/install.sql).
+FORGED_CONTEXT_SQLSTATE = b"CPT401\x00"
+HANDSHAKE_TAGS = frozenset({
+    BackendTag.AUTHENTICATION, BackendTag.BACKEND_KEY_DATA, BackendTag.NEGOTIATE_PROTOCOL_VERSION,
+    BackendTag.NOTICE_RESPONSE, _Z, _E, _S,
+})
+ALL_TAGS = frozenset(range(256))
+# What an Amend entry changes or reads; other messages (rows above all) pass as bytes.
+AMEND_TAGS = FORWARD_TAGS | {BackendTag.PARSE_COMPLETE, BackendTag.PARAMETER_DESCRIPTION,
+                             BackendTag.ROW_DESCRIPTION, BackendTag.NO_DATA}
+# Bytes held back while a cancel is in flight beyond which the client stops being read.
+HOLD_HIGH_WATER = 256 * 1024
+
+# Command tags after which the session's settings (tenant included) may have changed.
+_CONTEXT_CHANGING_TAGS = (b"SET", b"RESET", b"DISCARD ALL", b"DISCARD")
+# Command tags after which prepared statements may no longer match the schema.
+_SCHEMA_CHANGING_TAGS = (b"ALTER ", b"CREATE ", b"DROP ")
+
+
+class ServerState(enum.Enum):
+    CONNECTING = "connecting"
+    IDLE = "idle"          # in the pool
+    ACTIVE = "active"      # leased to a client
+    KEPT = "kept"          # idle, still linked to its last client (transaction mode)
+    CLOSED = "closed"
+
+
+class ContextMark(enum.Enum):
+    """The tenant states that carry no tenant (see :data:`TenantState`)."""
+
+    PRISTINE = "pristine"  # fresh or reset by the pool: the setting holds the role's default
+    UNKNOWN = "unknown"    # something may have changed it: set it again, and wait, first
+
+
+PRISTINE = ContextMark.PRISTINE
+UNKNOWN = ContextMark.UNKNOWN
+
+
+@final
+class Stale:
+    """A client ran RESET or DISCARD after the proxy set ``tenant``: the tenant setting
+    holds that tenant or the role's default (never another tenant), the client's other
+    settings must be set again. The set may be pipelined for ``tenant``'s clients."""
+
+    __slots__ = ("tenant",)
+
+    def __init__(self, tenant: str | None) -> None:
+        self.tenant = tenant
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Stale and other.tenant == self.tenant
+
+    def __hash__(self) -> int:
+        return hash(self.tenant)
+
+    def __repr__(self) -> str:
+        return f"Stale({self.tenant!r})"
+
+
+# What the proxy knows of the tenant setting on a server connection, as one value:
+# PRISTINE; set to exactly a context (the TenantContext itself: no wrapper, so the hot
+# path is an identity check against the client's context); Stale(tenant); UNKNOWN.
+# Changed only through BackendSession's named methods: apply_context (ServerConnection;
+# the Lease is its only caller), adopt_context and mark_context_unknown (the Lease), the
+# reply routing (SET/RESET/DISCARD, the forged-context warning, a failed set) and
+# reset_done (the pool's reset).
+TenantState = TenantContext | Stale | ContextMark
+
+
+class _Nobody:
+    """The owner of a server connection no client has used yet."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOBODY"
+
+
+NOBODY = _Nobody()
+
+
+class ServerError(Exception):
+    """The server connection failed or refused the proxy; safe to show to the client."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate or "08006"
+
+
+class Receiver(Protocol):
+    """The client side a server connection forwards to."""
+
+    def forward_to_client(self, data: bytes) -> None: ...
+    def unsolicited(self, data: bytes) -> None: ...
+    def server_ready(self, server: BackendSession) -> None: ...
+    def server_lost(self, server: BackendSession, reason: str) -> None: ...
+    def server_paused_writing(self, paused: bool) -> None: ...
+    def parameter_changed(self, name: str, value: str) -> None: ...
+    def statements_cleared(self) -> None: ...
+    def server_reclaimed(self, server: BackendSession) -> None: ...
+    def server_error(self, body: bytes) -> None: ...
+    def forged_context(self) -> None: ...
+    def query_timed_out(self, server: BackendSession) -> None: ...
+
+
+class Transport(Protocol):
+    """What the session writes to (an asyncio transport; a recorder in tests)."""
+
+    def write(self, data: bytes) -> None: ...
+    def is_closing(self) -> bool: ...
+    def close(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+_T_contra = TypeVar("_T_contra", contravariant=True)
+
+
+class Outcome(Protocol[_T_contra]):
+    """Where the answer to one of the proxy's own requests goes (an asyncio future)."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: _T_contra, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class _Forward:
+    """Queue entry for a client request: its reply goes to the client as received."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FORWARD"
+
+
+FORWARD = _Forward()
+
+
+class Collect:
+    """A proxy-issued query whose reply messages are gathered and handed to an outcome."""
+
+    __slots__ = ("future", "messages")
+
+    def __init__(self, future: Outcome[list[tuple[int, bytes]]]) -> None:
+        self.future = future
+        self.messages: list[tuple[int, bytes]] = []
+
+
+class Skip:
+    """A proxy-issued request whose reply is dropped; the outcome says whether it succeeded."""
+
+    __slots__ = ("error", "future")
+
+    def __init__(self, future: Outcome[dict[str, str] | None] | None) -> None:
+        self.future = future
+        self.error: dict[str, str] | None = None
+
+
+Entry = _Forward | Skip | Collect | Emit | Amend
+
+
+_server_ids = itertools.count(1)
+
+
+class BackendSession:
+    """One logged-in PostgreSQL session as the proxy sees it (see the module docstring)."""
+
+    def __init__(self, db: DatabaseConfig,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.id = next(_server_ids)
+        self.db = db
+        self.clock = clock
+        self.state = ServerState.CONNECTING
+        self.transport: Transport | None = None
+        self.scanner = BackendScanner(HANDSHAKE_TAGS)
+        self.handshaking = False  # messages go to _handshake_messages, not the routing
+        self.pending: deque[Entry] = deque()
+        self.receiver: Receiver | None = None
+        self.params: dict[str, str] = {}
+        self.backend_pid = 0
+        self.backend_key = b""
+        self.tx_status = b"I"
+        self.unsynced = False
+        self.lessee: str | None = None  # the tenant whose client holds it (pool bookkeeping)
+        # A client ran SET/RESET/DISCARD: settings beyond the context may differ from the
+        # role's defaults, so the pool resets it (RESET ALL) before another client. Set by
+        # the reply routing, cleared by reset_done; independent of tenant_state (a context
+        # set restores the client's settings, not the others).
+        self.session_dirty = False
+        self._corked = b""   # proxy bytes waiting to go out with the next client write
+        self.statements = ServerStatements(db.max_prepared_statements)
+        self.tenant_state: TenantState = PRISTINE
+        # The tenant whose clients have used this backend since it was last scrubbed
+        # (None: a bypass identity). Another tenant gets it only after the scrub.
+        self.owner: str | _Nobody | None = NOBODY
+        self.scrubs = 0
+        self.created_at = clock()
+        self.last_used = self.created_at
+        self._paused_reading = False
+        # CancelRequests sent to PostgreSQL for this backend and not yet closed by it. While
+        # any is in flight nothing new is written (a cancel interrupts whatever runs when it
+        # lands): it is held in _held (ServerConnection.cancel_finished writes it).
+        self.cancels = 0
+        self.ending = False  # PostgreSQL sent FATAL: never offered to anyone again
+        self._held: list[bytes] = []
+        # query_timeout: when the oldest outstanding client request was sent (0: none).
+        self.waiting_since = 0.0
+
+    # ---- bytes from the server ----------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.handshaking and self._before_startup(data):
+            return
+        try:
+            events = self.scanner.feed(data)
+        except ProtocolViolation as exc:
+            self._fail(f"protocol violation from upstream: {exc}")
+            return
+        if self.handshaking:
+            self._handshake_messages(events)
+            return
+        self._route(data, events)
+
+    def _before_startup(self, data: bytes) -> bool:
+        """Bytes before the startup exchange (ServerConnection: the answer to SSLRequest);
+        True when they were taken."""
+        return False
+
+    def _handshake_messages(self, events: list[tuple[int, int, bytes]]) -> None:
+        """Messages of the startup exchange (ServerConnection authenticates)."""
+        raise NotImplementedError
+
+    def _route(self, data: bytes, events: list[tuple[int, int, bytes]]) -> None:
+        """Route one chunk by the pending-reply queue: forward, skip or collect."""
+        receiver = self.receiver
+        pending = self.pending
+        if not events and (pending[0] is FORWARD if pending else self.unsynced):
+            # Hot path: a chunk in the middle of the client's reply.
+            if receiver is not None:
+                receiver.forward_to_client(data)
+            return
+        out: list[bytes] = []
+        start = 0
+        ready = False
+        going_away = b""
+        for tag, end, body in events:
+            head = pending[0] if pending else FORWARD
+            forwarded = head is FORWARD
+            if type(head) is Amend:
+                # The bytes since the last event end with this message, whole: a start
+                # received in an earlier chunk was held.
+                forwarded = True
+                piece = data[start:end]
+                if head.held:
+                    piece, head.held = head.held + piece, b""
+                out.append(head.message(tag, piece, body))
+                start = end
+            if tag == _Z:
+                self.tx_status = body[:1]
+                if pending:
+                    pending.popleft()
+                if head is FORWARD:
+                    out.append(data[start:end])
+                elif isinstance(head, Collect):
+                    head.messages.append((tag, body))
+                    self._restore_interest()
+                    if not head.future.done():
+                        head.future.set_result(head.messages)
+                elif isinstance(head, Skip) and head.future is not None and not head.future.done():
+                    head.future.set_result(head.error)
+                while pending and type(pending[0]) is Emit:
+                    out.append(pending.popleft().data)  # type: ignore[union-attr]
+                if type(head) is Amend:
+                    self._restore_interest()
+                start = end
+                ready = True
+                continue
+            if isinstance(head, Collect):
+                head.messages.append((tag, body))
+                continue
+            if tag == _S:
+                self._parameter_status(body, forwarded)
+            elif tag == _E:
+                if b"\x00VFATAL\x00" in body or b"\x00VPANIC\x00" in body:
+                    going_away = body  # PostgreSQL ends the session: never reuse it
+                if self.statements.unconfirmed:
+                    self.statements.invalidate_unconfirmed()
+                if forwarded:
+                    if statements_lost(body):
+                        self.statements.invalidate_all()
+                    if receiver is not None and (pending or self.unsynced):
+                        receiver.server_error(body)  # (an unsolicited one is no request's)
+                elif isinstance(head, Skip) and head.error is None:
+                    try:
+                        head.error = messages.decode_error_fields(body)
+                    except ProtocolViolation:
+                        head.error = {"M": "malformed error from upstream"}
+            elif tag == _C and forwarded and body.startswith(_CONTEXT_CHANGING_TAGS):
+                # The client ran SET/RESET/DISCARD: re-establish the context before its next
+                # transaction. After SET the tenant setting could hold anything; RESET and
+                # DISCARD can only restore the default.
+                self._session_changed(body.startswith(b"SET"))
+                if body.startswith(b"DISCARD ALL"):
+                    self._statements_cleared()
+            elif tag == _C and forwarded and body.startswith(b"DEALLOCATE ALL"):
+                self._statements_cleared()
+            elif tag == _C and forwarded and body.startswith(_SCHEMA_CHANGING_TAGS):
+                # DDL: statements prepared before it may describe what no longer is, on
+                # every server connection; each prepares afresh at its next use, as a
+                # driver that re-prepares after DDL expects (psycopg does).
+                schema_changed()
+            elif tag == _N and FORGED_CONTEXT_SQLSTATE in body:
+                # The database saw a tenant setting its proof does not vouch for: whatever
+                # the proxy believes, re-set the context before anything else runs here.
+                # Counted once per request (one warning per protected table it reads).
+                if self.tenant_state is not UNKNOWN:
+                    self.mark_context_unknown()
+                    if forwarded and receiver is not None:
+                        receiver.forged_context()
+        head = pending[0] if pending else FORWARD
+        unsolicited = b""
+        if type(head) is Amend and start < len(data):
+            # Forward all but the start of a message the Amend may change.
+            tail = head.held + data[start:]
+            keep = min(self.scanner.partial_interesting(), len(tail))
+            head.held = tail[len(tail) - keep:] if keep else b""
+            if keep < len(tail):
+                out.append(tail[:len(tail) - keep])
+        elif head is FORWARD and start < len(data):
+            tail = data[start:] if start else data
+            if pending or self.unsynced:
+                out.append(tail)
+            else:
+                # Nothing outstanding: no reply to anything the client sent (a NOTIFY, a
+                # notice, the FATAL of a backend going away); the receiver decides.
+                unsolicited = tail
+        if receiver is not None:
+            if out:
+                receiver.forward_to_client(out[0] if len(out) == 1 else b"".join(out))
+            if unsolicited:
+                receiver.unsolicited(unsolicited)
+        if going_away:
+            # PostgreSQL is closing this session. Idle in the pool (or kept): forget it
+            # now. With a client: it got the FATAL; the pool closes the connection when
+            # it comes back (a FATAL right after the client's last ReadyForQuery is not
+            # the client's).
+            self.ending = True
+            if receiver is None or self.state is ServerState.KEPT:
+                self._ended_by_server(going_away)
+                return
+        if ready and self.waiting_since:
+            self.waiting_since = self.clock() if pending else 0.0
+        if ready and not pending:
+            if self.statements.unconfirmed:
+                self.statements.confirm()
+            self.last_used = self.clock()
+            if receiver is not None:
+                receiver.server_ready(self)
+
+    def _statements_cleared(self) -> None:
+        self.statements.clear()
+        if self.receiver is not None:
+            self.receiver.statements_cleared()
+
+    def _parameter_status(self, body: bytes, forwarded: bool) -> None:
+        try:
+            name, value = messages.decode_parameter_status(body)
+        except ProtocolViolation:
+            return
+        self.params[name] = value
+        if forwarded and self.receiver is not None:
+            self.receiver.parameter_changed(name, value)
+
+    def _restore_interest(self) -> None:
+        """The scanner looks at what the entries still pending need to see."""
+        interest: frozenset[int] = FORWARD_TAGS
+        for entry in self.pending:
+            if type(entry) is Collect:
+                interest = ALL_TAGS
+                break
+            if type(entry) is Amend:
+                interest = AMEND_TAGS
+        self.scanner.interesting = interest
+
+    # ---- requests to the server -----------------------------------------------------------
+
+    def send(self, data: bytes, expected_replies: int, unsynced: bool = False) -> None:
+        """Write client messages; ``expected_replies`` ReadyForQuery replies will be forwarded.
+
+        ``unsynced``: the data ends in extended-protocol messages with no Sync after them
+        (a Flush, say): the server is mid-batch and must stay with this client until a
+        later Sync completes.
+        """
+        if expected_replies:
+            self.pending.extend([FORWARD] * expected_replies)
+            if self.db.query_timeout and not self.waiting_since:
+                self._start_query_timer()
+        self.unsynced = unsynced
+        self._write(data)
+
+    def send_entries(self, data: bytes, entries: list[Entry], unsynced: bool) -> None:
+        """Like ``send``, with the pending entries spelled out (replies the proxy makes
+        itself, ``Emit``, among the client's). An Emit with nothing before it goes now."""
+        pending = self.pending
+        for entry in entries:
+            if not pending and type(entry) is Emit and not self.unsynced:
+                if self.receiver is not None:
+                    self.receiver.forward_to_client(entry.data)  # type: ignore[union-attr]
+            else:
+                if type(entry) is Amend and self.scanner.interesting is FORWARD_TAGS:
+                    self.scanner.interesting = AMEND_TAGS
+                pending.append(entry)
+        if pending and self.db.query_timeout and not self.waiting_since:
+            self._start_query_timer()
+        self.unsynced = unsynced
+        if data or self._corked:
+            self._write(data)
+
+    def send_internal(self, data: bytes, entry: Skip | Collect, *, corked: bool = False
+                      ) -> None:
+        """Write a request of the proxy's own, ending in exactly one Sync or Query.
+
+        ``corked``: hold the bytes until the next send (the caller sends the client's
+        messages right after), so both go out in one write.
+        """
+        if isinstance(entry, Collect):
+            self.scanner.interesting = ALL_TAGS
+        self.pending.append(entry)
+        if corked:
+            self._corked += data
+        else:
+            self._write(data)
+
+    def flush_cork(self) -> None:
+        """Write corked bytes now (nothing of the client's followed them)."""
+        if self._corked:
+            self._write(b"")
+
+    def _write(self, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        corked = self._corked
+        if corked:
+            self._corked = b""
+            data = corked + data
+        if self.cancels:
+            self._hold(data)
+            return
+        transport.write(data)
+
+    def _start_query_timer(self) -> None:
+        """A client request went out with nothing outstanding: query_timeout starts."""
+        self.waiting_since = self.clock()
+
+    # ---- cancel requests in flight -----------------------------------------------------
+
+    def _hold(self, data: bytes) -> None:
+        held = self._held
+        before = sum(map(len, held))
+        held.append(data)
+        if before <= HOLD_HIGH_WATER < before + len(data) and self.receiver is not None:
+            # backpressure: stop reading from the client meanwhile
+            self.receiver.server_paused_writing(True)
+
+    # ---- the tenant setting ------------------------------------------------------------
+
+    def mark_context_unknown(self) -> None:
+        """A statement may have changed the tenant setting: re-set it (waiting for the
+        set) before anything else runs here."""
+        self.tenant_state = UNKNOWN
+
+    def adopt_context(self, context: TenantContext) -> None:
+        """The server, set to a context, carries ``context`` as well (an equal one, or
+        settings the server itself reported changing): record it as set. Any other
+        state stays: a context the proxy does not know to be set is set again."""
+        if type(self.tenant_state) is TenantContext:
+            self.tenant_state = context
+
+    def _session_changed(self, setting: bool) -> None:
+        """A client's SET (``setting``), RESET or DISCARD completed. After SET the tenant
+        setting could hold anything; RESET and DISCARD can only restore the default."""
+        self.session_dirty = True
+        state = self.tenant_state
+        if setting:
+            self.tenant_state = UNKNOWN
+        elif type(state) is TenantContext:
+            self.tenant_state = Stale(state.tenant)
+
+    def reset_done(self) -> None:
+        """The pool's reset query (RESET ALL, server_reset_query) completed: the session
+        holds the role's defaults again."""
+        self.tenant_state = PRISTINE
+        self.session_dirty = False
+
+    # ---- state ---------------------------------------------------------------------------
+
+    @property
+    def runs_client_request(self) -> bool:
+        """The next reply answers a client's request (not one of the proxy's own)."""
+        pending = self.pending
+        return bool(pending) and (pending[0] is FORWARD or type(pending[0]) is Amend)
+
+    @property
+    def is_clean(self) -> bool:
+        """Idle, nothing outstanding: the only state in which it may serve another client."""
+        return (self.state is not ServerState.CLOSED and not self.pending
+                and self.tx_status == b"I" and not self.unsynced)
+
+    def pause_reading(self, paused: bool) -> None:
+        transport = self.transport
+        if transport is None or paused == self._paused_reading:
+            return
+        self._paused_reading = paused
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def close(self) -> None:
+        """Close the connection (politely: Terminate first when it is usable)."""
+        if self.state is ServerState.CLOSED:
+            return
+        self.state = ServerState.CLOSED
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if not self.handshaking:
+                transport.write(messages.terminate())
+            transport.close()
+
+    def _ended_by_server(self, body: bytes) -> None:
+        try:
+            message = messages.decode_error_fields(body).get("M", "")
+        except ProtocolViolation:
+            message = "malformed error"
+        self._fail(f"upstream ended the session: {message}")
+
+    def _fail(self, reason: str) -> None:
+        """The session is gone: what waited on it fails, its client is told (and
+        ServerConnection tells the pool)."""
+        kept = self.state is ServerState.KEPT
+        self.state = ServerState.CLOSED
+        if self.transport is not None:
+            self.transport.close()
+        for entry in self.pending:
+            if isinstance(entry, (Skip, Collect)) and entry.future is not None \
+                    and not entry.future.done():
+                entry.future.set_exception(ServerError(reason))
+        self.pending.clear()
+        receiver = self.receiver
+        if receiver is not None:
+            if kept:  # idle between its client's transactions: as if idle in the pool
+                self.receiver = None
+                receiver.server_reclaimed(self)
+            else:
+                receiver.server_lost(self, reason)
+
+    def __repr__(self) -> str:
+        return f"<ServerConnection #{self.id} {self.state.value} pid={self.backend_pid}>"
