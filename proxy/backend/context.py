@@ -8,12 +8,16 @@ SQL text, and ``pg_stat_activity`` shows only the constant statement below.
 (terminated by its own Sync) it either commits entirely or leaves the connection as
 it was. Callers therefore only *pipeline* the context in front of client messages
 when the server connection carries no other tenant (see ``ServerConnection``).
+
+What the proxy knows of the tenant setting on a backend is one value, :data:`TenantState`.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import final
 
 from proxy.backend.statements import PREFIX
 from proxy.tenancy.proof import compute_proof
@@ -101,3 +105,57 @@ class TenantContext:
 
 
 _interned: dict[tuple[object, ...], TenantContext] = {}
+
+
+class ContextMark(enum.Enum):
+    """The tenant states that carry no tenant (see :data:`TenantState`)."""
+
+    PRISTINE = "pristine"  # fresh or reset by the pool: the setting holds the role's default
+    UNKNOWN = "unknown"    # something may have changed it: set it again, and wait, first
+
+
+PRISTINE = ContextMark.PRISTINE
+UNKNOWN = ContextMark.UNKNOWN
+
+
+@final
+class Stale:
+    """A client ran RESET or DISCARD after the proxy set ``tenant``: the tenant setting
+    holds that tenant or the role's default (never another tenant), the client's other
+    settings must be set again. The set may be pipelined for ``tenant``'s clients."""
+
+    __slots__ = ("tenant",)
+
+    def __init__(self, tenant: str | None) -> None:
+        self.tenant = tenant
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Stale and other.tenant == self.tenant
+
+    def __hash__(self) -> int:
+        return hash(self.tenant)
+
+    def __repr__(self) -> str:
+        return f"Stale({self.tenant!r})"
+
+
+# What the proxy knows of the tenant setting on a server connection, as one value:
+# PRISTINE; set to exactly a context (the TenantContext itself: no wrapper, so the hot
+# path is an identity check against the client's context); Stale(tenant); UNKNOWN.
+# Changed only through the named methods of proxy.backend.routing.BackendSession (the
+# reply routing: SET/RESET/DISCARD, the forged-context warning; mark_context_unknown,
+# adopt_context and reset_done) and ServerConnection.apply_context (a set, and a failed
+# one), which proxy.pool.lease.Lease alone calls.
+TenantState = TenantContext | Stale | ContextMark
+
+
+class _Nobody:
+    """The owner of a server connection no client has used yet."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOBODY"
+
+
+NOBODY = _Nobody()

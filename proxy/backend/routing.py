@@ -35,9 +35,17 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from proxy.backend.context import TenantContext
+from proxy.backend.context import (
+    NOBODY,
+    PRISTINE,
+    UNKNOWN,
+    Stale,
+    TenantContext,
+    TenantState,
+    _Nobody,
+)
 from proxy.backend.statements import (
     Amend,
     Emit,
@@ -87,60 +95,6 @@ class ServerState(enum.Enum):
     ACTIVE = "active"      # leased to a client
     KEPT = "kept"          # idle, still linked to its last client (transaction mode)
     CLOSED = "closed"
-
-
-class ContextMark(enum.Enum):
-    """The tenant states that carry no tenant (see :data:`TenantState`)."""
-
-    PRISTINE = "pristine"  # fresh or reset by the pool: the setting holds the role's default
-    UNKNOWN = "unknown"    # something may have changed it: set it again, and wait, first
-
-
-PRISTINE = ContextMark.PRISTINE
-UNKNOWN = ContextMark.UNKNOWN
-
-
-@final
-class Stale:
-    """A client ran RESET or DISCARD after the proxy set ``tenant``: the tenant setting
-    holds that tenant or the role's default (never another tenant), the client's other
-    settings must be set again. The set may be pipelined for ``tenant``'s clients."""
-
-    __slots__ = ("tenant",)
-
-    def __init__(self, tenant: str | None) -> None:
-        self.tenant = tenant
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is Stale and other.tenant == self.tenant
-
-    def __hash__(self) -> int:
-        return hash(self.tenant)
-
-    def __repr__(self) -> str:
-        return f"Stale({self.tenant!r})"
-
-
-# What the proxy knows of the tenant setting on a server connection, as one value:
-# PRISTINE; set to exactly a context (the TenantContext itself: no wrapper, so the hot
-# path is an identity check against the client's context); Stale(tenant); UNKNOWN.
-# Changed only through BackendSession's named methods: apply_context (ServerConnection;
-# the Lease is its only caller), adopt_context and mark_context_unknown (the Lease), the
-# reply routing (SET/RESET/DISCARD, the forged-context warning, a failed set) and
-# reset_done (the pool's reset).
-TenantState = TenantContext | Stale | ContextMark
-
-
-class _Nobody:
-    """The owner of a server connection no client has used yet."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NOBODY"
-
-
-NOBODY = _Nobody()
 
 
 class ServerError(Exception):

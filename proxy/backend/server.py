@@ -17,26 +17,28 @@ from typing import TYPE_CHECKING, cast
 
 from proxy.auth.errors import UpstreamAuthError
 from proxy.auth.upstream import UpstreamAuthenticator
-from proxy.backend.context import TenantContext
+from proxy.backend.context import (
+    NOBODY,
+    PRISTINE,
+    UNKNOWN,
+    ContextMark,
+    Stale,
+    TenantContext,
+    TenantState,
+)
 from proxy.backend.routing import (
     ALL_TAGS,
     AMEND_TAGS,
     FORWARD,
     FORWARD_TAGS,
     HOLD_HIGH_WATER,
-    NOBODY,
-    PRISTINE,
-    UNKNOWN,
     BackendSession,
     Collect,
-    ContextMark,
     Entry,
     Receiver,
     ServerError,
     ServerState,
     Skip,
-    Stale,
-    TenantState,
 )
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation

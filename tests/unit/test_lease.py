@@ -15,8 +15,7 @@ from typing import Any, cast
 
 import pytest
 
-from proxy.backend.context import TenantContext
-from proxy.backend.routing import _Nobody
+from proxy.backend.context import TenantContext, _Nobody
 from proxy.backend.server import (
     FORWARD,
     NOBODY,

@@ -14,19 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from proxy.backend.context import TenantContext
+from proxy.backend.context import PRISTINE, UNKNOWN, Stale, TenantContext
 from proxy.backend.routing import (
     ALL_TAGS,
     FORWARD_TAGS,
     HOLD_HIGH_WATER,
-    PRISTINE,
-    UNKNOWN,
     BackendSession,
     Collect,
     ServerError,
     ServerState,
     Skip,
-    Stale,
 )
 from proxy.config import DatabaseConfig
 from proxy.wire import messages
