@@ -144,9 +144,14 @@ def select_reply(value: str = "1") -> bytes:
             + messages.command_complete("SELECT 1"))
 
 
-def test_the_routing_imports_no_io() -> None:
-    """The sans-I/O rule, held by a test: routing.py imports no event loop, no socket."""
-    source = Path(__file__).parents[2] / "proxy" / "backend" / "routing.py"
+# The engine's pure modules: bytes in, calls out; no event loop, socket or thread.
+PURE_MODULES = ("backend/routing.py", "backend/context.py", "backend/statements.py",
+                "backend/prepared.py", "frontend/requests.py")
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_the_engine_core_imports_no_io(module: str) -> None:
+    source = Path(__file__).resolve().parents[2] / "proxy" / module
     imported: set[str] = set()
     for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
