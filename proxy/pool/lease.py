@@ -24,6 +24,7 @@ backend since its last scrub is ``ServerConnection.owner``, a separate fact.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
@@ -31,6 +32,8 @@ from proxy.backend.context import TenantContext
 from proxy.backend.server import NOBODY, PRISTINE, ServerConnection, ServerState, Stale
 
 ContextFuture = asyncio.Future[dict[str, str] | None]
+
+log = logging.getLogger("pgtenant.pool")
 
 
 class ContextSetCounter(Protocol):
@@ -52,11 +55,12 @@ class Lender(Protocol):
 class Lease:
     """One server connection lent to one client, from the pool's hand-off until release."""
 
-    __slots__ = ("on_pipelined_set", "pool", "server")
+    __slots__ = ("on_pipelined_set", "pool", "released", "server")
 
     def __init__(self, pool: Lender, server: ServerConnection) -> None:
         self.pool = pool
         self.server = server
+        self.released = False
         # Told how a context set sent in front of the client's messages went (the
         # client's messages ran after it: a failed one ends the client).
         self.on_pipelined_set: Callable[[ContextFuture], None] | None = None
@@ -155,5 +159,10 @@ class Lease:
     def release(self, *, reset: bool = False) -> None:
         """Give the server back; the lease is over. Fail-closed in the pool: a server
         with anything outstanding is closed, never reused. ``reset``: run the
-        server_reset_query first (session mode, the client left)."""
+        server_reset_query first (session mode, the client left). Once: a second call
+        does nothing (the server may already serve another client)."""
+        if self.released:
+            log.warning("%r released twice; the second release was ignored", self)
+            return
+        self.released = True
         self.pool.take_back(self.server, reset=reset)

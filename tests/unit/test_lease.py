@@ -259,6 +259,14 @@ def test_release_gives_the_server_back_with_or_without_the_reset(reset: bool) ->
     assert pool.calls == [("take_back", reset)]
 
 
+def test_a_lease_gives_its_server_back_once() -> None:
+    server, _ = idle_server()
+    lease, pool = lent(server)
+    lease.release()
+    lease.release(reset=True)  # a bug elsewhere: must not hand the server out twice
+    assert pool.calls == [("take_back", False)]
+
+
 # ---- the tenant state on a real ServerConnection ------------------------------------------
 
 
