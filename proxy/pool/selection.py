@@ -1,0 +1,227 @@
+"""Which server connection a client gets, and which waiting client a freed one goes to.
+
+Pure bookkeeping and decisions: no asyncio, no I/O, no clock. ``ServerPool`` owns one
+:class:`Selection`, tells it what moves (servers parked idle or kept, leases made and
+ended, clients starting and ending a wait) and asks it two questions: :meth:`Selection.take`
+(a client of a tenant wants a server now) and :meth:`Selection.waiter_for` (a server came
+back while clients wait). The pool checks what it is given (closed, expired, due for a
+check) and does the hand-off.
+
+Why tenants stay on their servers: a backend that changes tenant costs a scrub and a
+context set the client waits for. So a client gets a server its tenant already used
+whenever there is one; another tenant's only when its tenant holds less than its fair
+share of the pool (``pool_size`` split among the tenants holding or waiting), or when the
+pool's patience ran out (``patient=False``); and a server whose tenant's clients are still
+at work is parked for them rather than given to a tenant that already holds its share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator
+from typing import Generic, TypeVar
+
+from proxy.backend.server import NOBODY
+
+S = TypeVar("S", bound=Hashable)
+
+_ABSENT = object()
+
+
+class OwnerIndex(Generic[S]):
+    """Server connections in one pool state (idle or kept), oldest first, indexed by
+    owner (the tenant whose session the backend carries, or NOBODY): finding one of a
+    tenant's is a dict lookup. Iterates, counts and tests membership like a list."""
+
+    __slots__ = ("by_owner", "owner_of")
+
+    def __init__(self) -> None:
+        self.owner_of: dict[S, object] = {}
+        self.by_owner: dict[object, dict[S, None]] = {}
+
+    def __len__(self) -> int:
+        return len(self.owner_of)
+
+    def __bool__(self) -> bool:
+        return bool(self.owner_of)
+
+    def __iter__(self) -> Iterator[S]:
+        return iter(self.owner_of)
+
+    def __contains__(self, server: object) -> bool:
+        return server in self.owner_of
+
+    def __repr__(self) -> str:
+        return f"OwnerIndex({list(self.owner_of)!r})"
+
+    def add(self, server: S, owner: object) -> None:
+        """``server`` enters this state now (the newest); ``owner`` as it is now (it
+        does not change while the server is not leased)."""
+        self.owner_of[server] = owner
+        same = self.by_owner.get(owner)
+        if same is None:
+            self.by_owner[owner] = {server: None}
+        else:
+            same[server] = None
+
+    def discard(self, server: S) -> bool:
+        """Take ``server`` out; False when it was not here."""
+        owner = self.owner_of.pop(server, _ABSENT)
+        if owner is _ABSENT:
+            return False
+        same = self.by_owner[owner]
+        del same[server]
+        if not same:
+            del self.by_owner[owner]
+        return True
+
+    def oldest(self) -> S:
+        """The server here longest (the index must not be empty)."""
+        return next(iter(self.owner_of))
+
+    def oldest_of(self, owner: object) -> S | None:
+        same = self.by_owner.get(owner)
+        return next(iter(same)) if same else None
+
+
+class Selection(Generic[S]):
+    """The pool's idle and kept servers by owner, the servers each tenant's clients hold
+    and the clients each tenant has waiting; and the choices made from them."""
+
+    __slots__ = ("cap", "held", "idle", "kept", "pool_size", "waiting")
+
+    def __init__(self, pool_size: int, cap: int) -> None:
+        self.pool_size = pool_size
+        self.cap = cap  # max_tenant_server_conns (0: none)
+        self.idle: OwnerIndex[S] = OwnerIndex()
+        self.kept: OwnerIndex[S] = OwnerIndex()
+        self.held: dict[str, int] = {}     # tenant → servers its clients hold (kept too)
+        self.waiting: dict[str, int] = {}  # tenant → its clients in the wait queue
+
+    # ---- what moves ---------------------------------------------------------------------
+
+    def leased(self, tenant: str | None) -> None:
+        if tenant is not None:
+            self.held[tenant] = self.held.get(tenant, 0) + 1
+
+    def unleased(self, tenant: str | None) -> None:
+        if tenant is not None:
+            _decrement(self.held, tenant)
+
+    def wait_began(self, tenant: str | None) -> None:
+        if tenant is not None:
+            self.waiting[tenant] = self.waiting.get(tenant, 0) + 1
+
+    def wait_ended(self, tenant: str | None) -> None:
+        if tenant is not None:
+            _decrement(self.waiting, tenant)
+
+    # ---- the choices --------------------------------------------------------------------
+
+    def share(self) -> int:
+        """Servers each tenant may count on: pool_size split among the tenants whose
+        clients hold or wait for one (rounded down; at least one)."""
+        held = self.held
+        tenants = len(held) + sum(1 for t in self.waiting if t not in held)
+        return max(1, self.pool_size // max(1, tenants))
+
+    def take(self, tenant: str | None, *, patient: bool) -> S | None:
+        """The server a client of ``tenant`` gets now, taken out of idle or kept (the
+        caller leases it, or unlinks a kept one first); None: the client waits.
+
+        In order: the newest idle one its tenant used; the longest kept one (its
+        tenant's clients trade it among themselves); then — unless ``patient`` and the
+        tenant holds its share already, so one of its own comes back soon — one never
+        used, else one of the tenant with most servers beyond its share (idle before
+        kept: a kept server's client is likely to come back). Never a server more than
+        max_tenant_server_conns.
+        """
+        held = self.held.get(tenant, 0) if tenant is not None else 0
+        cap = self.cap
+        same = self.idle.by_owner.get(tenant)
+        if same and not (cap and held >= cap):  # the hot path: no scrub, no count change
+            newest = next(reversed(same))
+            self.idle.discard(newest)
+            return newest
+        server = self.kept.oldest_of(tenant)
+        if server is None:
+            if (cap and held >= cap) or (patient and held >= self.share()):
+                return None
+            server = self._convertible(self.idle)
+            if server is None:
+                server = self._convertible(self.kept)
+                if server is None:
+                    return None
+        if not self.idle.discard(server):
+            self.kept.discard(server)
+        return server
+
+    def _convertible(self, index: OwnerIndex[S]) -> S | None:
+        """The server in ``index`` whose change of tenant costs least: one never used;
+        else one of a tenant with no client holding or waiting; else one of the tenant
+        that has most beyond its share (held and parked together)."""
+        if not index:
+            return None
+        best: object = _ABSENT
+        most = -1
+        for owner, servers in index.by_owner.items():
+            if owner is NOBODY:
+                best = owner
+                break
+            if not isinstance(owner, str):  # a bypass identity's: nobody waits for it
+                surplus = self.pool_size + 1
+            else:
+                held = self.held.get(owner, 0)
+                surplus = (held + len(servers) if held or owner in self.waiting
+                           else self.pool_size + 1)
+            if surplus > most:
+                best, most = owner, surplus
+        return index.oldest_of(best)
+
+    def waiter_for(self, owner: object, tenants: list[str | None], overdue: bool) -> int:
+        """A server last used by ``owner`` came back while the clients of ``tenants``
+        wait (FIFO order): the index of the one that gets it, or -1 to park it idle for
+        ``owner``'s clients (their next transaction takes it without a scrub).
+
+        In order: the oldest waiter, when ``overdue`` (it waited long) and its tenant
+        holds less than its share; a waiter of ``owner`` whose tenant holds less than its
+        share; any waiter whose tenant does (FIFO: no tenant starves); a waiter of
+        ``owner``; the oldest waiter when no client of ``owner`` holds or waits for a
+        server (nobody comes back for it) or it was never used. Never beyond
+        max_tenant_server_conns.
+        """
+        share = self.share()
+        held = self.held
+        cap = self.cap
+        deprived = same = first = -1
+        for i, tenant in enumerate(tenants):
+            count = held.get(tenant, 0) if tenant is not None else 0
+            if cap and tenant is not None and count >= cap:
+                continue
+            short = count < share
+            if first < 0:
+                first = i
+                if overdue and short and i == 0:
+                    return 0
+            if tenant == owner:
+                if short:
+                    return i
+                if same < 0:
+                    same = i
+            elif short and deprived < 0:
+                deprived = i
+        if deprived >= 0:
+            return deprived
+        if same >= 0:
+            return same
+        if (owner is NOBODY or not isinstance(owner, str)
+                or (owner not in held and owner not in self.waiting)):
+            return first
+        return -1
+
+
+def _decrement(counts: dict[str, int], tenant: str) -> None:
+    left = counts.get(tenant, 0) - 1
+    if left > 0:
+        counts[tenant] = left
+    else:
+        counts.pop(tenant, None)
