@@ -213,8 +213,7 @@ class Selection(Generic[S]):
             return deprived
         if same >= 0:
             return same
-        if (owner is NOBODY or not isinstance(owner, str)
-                or (owner not in held and owner not in self.waiting)):
+        if owner is NOBODY or not isinstance(owner, str):
             return first
         return -1
 
