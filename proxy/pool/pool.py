@@ -167,12 +167,12 @@ class ServerPool:
         self.proxy_stats.wait_began(self.traffic, waiter)
         timeout = self.db.query_wait_timeout
         timer = loop.call_later(timeout, self._wait_timed_out, waiter) if timeout else None
-        patience = (loop.call_later(_PATIENCE, self._impatient, waiter)
-                    if self.idle or self.kept else None)
+        if (self.idle or self.kept) and self._parked_timer is None:
+            self._parked_timer = loop.call_later(_PATIENCE, self._serve_parked)
         reserve = (loop.call_later(self.db.reserve_pool_timeout, self._use_reserve, waiter)
                    if self.db.reserve_pool_size else None)
         waiter.add_done_callback(functools.partial(
-            self._wait_done, tenant, time.monotonic(), (timer, patience, reserve), callback))
+            self._wait_done, tenant, time.monotonic(), (timer, reserve), callback))
         if self.kept and not self.paused:
             self._reclaim_for_waiters()
         self._grow()
@@ -184,17 +184,6 @@ class ServerPool:
             waiter.set_exception(PoolTimeoutError(
                 f"no server connection available for database \"{self.db.name}\" within "
                 f"query_wait_timeout ({self.db.query_wait_timeout:g}s)"))
-
-    def _impatient(self, waiter: asyncio.Future[Lease]) -> None:
-        """A client that waited for a connection of its own tenant while others sat idle
-        takes an idle one after all (_PATIENCE seconds later)."""
-        if waiter.done() or not (self.idle or self.kept) or self.paused:
-            return
-        lease = self._take(self._waiter_tenants.get(waiter), patient=False)
-        if lease is not None:
-            with contextlib.suppress(ValueError):
-                self.waiters.remove(waiter)  # served out of turn: leave the queue
-            waiter.set_result(lease)
 
     def _use_reserve(self, waiter: asyncio.Future[Lease]) -> None:
         """A client waited reserve_pool_timeout: open a connection beyond pool_size (up to
@@ -240,7 +229,8 @@ class ServerPool:
         fits, or the chosen idle one is due for its check: it is offered after it)."""
         db = self.db
         while True:
-            server = self._sel.take(tenant, patient=patient)
+            now = time.monotonic()
+            server = self._sel.take(tenant, patient=patient, now=now)
             if server is None:
                 return None
             if server.state is ServerState.KEPT:
@@ -248,7 +238,6 @@ class ServerPool:
                 return self._lease_to(server, tenant)
             if server.state is ServerState.CLOSED:
                 continue
-            now = time.monotonic()
             if db.server_lifetime and now - server.created_at > db.server_lifetime:
                 self._close(server)
                 continue
@@ -273,7 +262,7 @@ class ServerPool:
             return False
         self.active.discard(server)
         server.state = ServerState.KEPT
-        self.kept.add(server, server.owner)
+        self.kept.add(server, server.owner, server.last_used)
         return True
 
     def resume_kept(self, server: ServerConnection, now: float) -> bool:
@@ -303,7 +292,7 @@ class ServerPool:
     def _reclaim_for_waiters(self) -> None:
         """Clients wait: each gets a kept server of its own tenant at once, oldest waiter
         first (no scrub). Another tenant's kept server goes to a waiter only after
-        _PATIENCE (``_impatient``), as an idle one would: taking it at once made most
+        _PATIENCE (``_serve_parked``), as an idle one would: taking it at once made most
         transactions of a many-tenant workload change a backend's tenant."""
         for waiter in list(self.waiters):
             if not self.kept:
@@ -459,11 +448,12 @@ class ServerPool:
                     _PATIENCE, self._serve_parked)
         server.state = ServerState.IDLE
         server.last_used = time.monotonic()
-        self.idle.add(server, server.owner)
+        self.idle.add(server, server.owner, server.last_used)
 
     def _serve_parked(self) -> None:
-        """Servers parked for their tenants' clients waited _PATIENCE while others
-        wait: the waiters take them (or kept ones), oldest first."""
+        """Clients waited _PATIENCE while servers sat idle or kept for other tenants'
+        clients: they take those :meth:`Selection.take` lets go, oldest waiter first;
+        again every _PATIENCE while both remain."""
         self._parked_timer = None
         if self.paused:
             return
@@ -475,6 +465,9 @@ class ServerPool:
                 if lease is not None:
                     self.waiters.remove(waiter)
                     waiter.set_result(lease)
+        if self.waiters and (self.idle or self.kept):
+            self._parked_timer = asyncio.get_running_loop().call_later(
+                _PATIENCE, self._serve_parked)
 
     def _hold_while_cancelling(self, server: ServerConnection) -> None:
         """A cancel for this backend is in flight: lease it to no one (the cancel would

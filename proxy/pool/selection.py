@@ -26,6 +26,10 @@ S = TypeVar("S", bound=Hashable)
 
 _ABSENT = object()
 
+# Seconds after which a server parked for its tenant's clients is another tenant's to
+# take even when its tenant holds no more than its share: they stopped coming back.
+QUIET = 0.05
+
 
 class OwnerIndex(Generic[S]):
     """Server connections in one pool state (idle or kept), oldest first, indexed by
@@ -36,7 +40,7 @@ class OwnerIndex(Generic[S]):
 
     def __init__(self) -> None:
         self.owner_of: dict[S, object] = {}
-        self.by_owner: dict[object, dict[S, None]] = {}
+        self.by_owner: dict[object, dict[S, float]] = {}  # owner → server → since
 
     def __len__(self) -> int:
         return len(self.owner_of)
@@ -53,15 +57,15 @@ class OwnerIndex(Generic[S]):
     def __repr__(self) -> str:
         return f"OwnerIndex({list(self.owner_of)!r})"
 
-    def add(self, server: S, owner: object) -> None:
-        """``server`` enters this state now (the newest); ``owner`` as it is now (it
-        does not change while the server is not leased)."""
+    def add(self, server: S, owner: object, since: float) -> None:
+        """``server`` enters this state at ``since`` (the newest); ``owner`` as it is
+        now (it does not change while the server is not leased)."""
         self.owner_of[server] = owner
         same = self.by_owner.get(owner)
         if same is None:
-            self.by_owner[owner] = {server: None}
+            self.by_owner[owner] = {server: since}
         else:
-            same[server] = None
+            same[server] = since
 
     def discard(self, server: S) -> bool:
         """Take ``server`` out; False when it was not here."""
@@ -117,14 +121,20 @@ class Selection(Generic[S]):
 
     # ---- the choices --------------------------------------------------------------------
 
-    def share(self) -> int:
+    def share(self, *, rounded_up: bool = False) -> int:
         """Servers each tenant may count on: pool_size split among the tenants whose
-        clients hold or wait for one (rounded down; at least one)."""
+        clients hold one, wait for one or have one parked for them (at least one)."""
         held = self.held
-        tenants = len(held) + sum(1 for t in self.waiting if t not in held)
-        return max(1, self.pool_size // max(1, tenants))
+        waiting = self.waiting
+        tenants = len(held) + sum(1 for t in waiting if t not in held)
+        for owner in self.idle.by_owner:
+            if isinstance(owner, str) and owner not in held and owner not in waiting:
+                tenants += 1
+        tenants = max(1, tenants)
+        share = -(-self.pool_size // tenants) if rounded_up else self.pool_size // tenants
+        return max(1, share)
 
-    def take(self, tenant: str | None, *, patient: bool) -> S | None:
+    def take(self, tenant: str | None, *, patient: bool, now: float) -> S | None:
         """The server a client of ``tenant`` gets now, taken out of idle or kept (the
         caller leases it, or unlinks a kept one first); None: the client waits.
 
@@ -132,8 +142,10 @@ class Selection(Generic[S]):
         tenant's clients trade it among themselves); then — unless ``patient`` and the
         tenant holds its share already, so one of its own comes back soon — one never
         used, else one of the tenant with most servers beyond its share (idle before
-        kept: a kept server's client is likely to come back). Never a server more than
-        max_tenant_server_conns.
+        kept: a kept server's client is likely to come back). Out of patience, an idle
+        server parked for a tenant that has no more than its share stays parked for
+        its clients (at work, they come back) unless they left it QUIET seconds ago.
+        Never a server more than max_tenant_server_conns.
         """
         held = self.held.get(tenant, 0) if tenant is not None else 0
         cap = self.cap
@@ -146,23 +158,25 @@ class Selection(Generic[S]):
         if server is None:
             if (cap and held >= cap) or (patient and held >= self.share()):
                 return None
-            server = self._convertible(self.idle)
+            floor = -1 if patient else self.share(rounded_up=True)
+            server = self._convertible(self.idle, floor, now - QUIET)
             if server is None:
-                server = self._convertible(self.kept)
+                server = self._convertible(self.kept, -1, now)
                 if server is None:
                     return None
         if not self.idle.discard(server):
             self.kept.discard(server)
         return server
 
-    def _convertible(self, index: OwnerIndex[S]) -> S | None:
+    def _convertible(self, index: OwnerIndex[S], floor: int, quiet: float) -> S | None:
         """The server in ``index`` whose change of tenant costs least: one never used;
-        else one of a tenant with no client holding or waiting; else one of the tenant
-        that has most beyond its share (held and parked together)."""
+        else one of the tenant that has most (held and parked idle together) if more
+        than ``floor``, or whose oldest there was parked before ``quiet``."""
         if not index:
             return None
         best: object = _ABSENT
-        most = -1
+        most = floor
+        parked = index is self.idle  # kept servers are counted in held already
         for owner, servers in index.by_owner.items():
             if owner is NOBODY:
                 best = owner
@@ -170,9 +184,9 @@ class Selection(Generic[S]):
             if not isinstance(owner, str):  # a bypass identity's: nobody waits for it
                 surplus = self.pool_size + 1
             else:
-                held = self.held.get(owner, 0)
-                surplus = (held + len(servers) if held or owner in self.waiting
-                           else self.pool_size + 1)
+                surplus = self.held.get(owner, 0) + (len(servers) if parked else 0)
+                if surplus <= floor and next(iter(servers.values())) < quiet:
+                    surplus = floor + 1  # its clients left it long ago
             if surplus > most:
                 best, most = owner, surplus
         return index.oldest_of(best)
@@ -183,10 +197,11 @@ class Selection(Generic[S]):
         ``owner``'s clients (their next transaction takes it without a scrub).
 
         In order: the oldest waiter, when ``overdue`` (it waited long) and its tenant
-        holds less than its share; a waiter of ``owner`` whose tenant holds less than its
-        share; any waiter whose tenant does (FIFO: no tenant starves); a waiter of
-        ``owner``; the oldest waiter when no client of ``owner`` holds or waits for a
-        server (nobody comes back for it) or it was never used. Never beyond
+        holds less than its share or no more than ``owner`` would keep (so servers
+        rotate between tenants the pool cannot split evenly, slowly); a waiter of
+        ``owner`` whose tenant holds less than its share; any waiter whose tenant does
+        (FIFO: no tenant starves); a waiter of ``owner``; the oldest waiter when the
+        server was never used (or by a bypass identity). Else -1. Never beyond
         max_tenant_server_conns.
         """
         share = self.share()
@@ -200,7 +215,7 @@ class Selection(Generic[S]):
             short = count < share
             if first < 0:
                 first = i
-                if overdue and short and i == 0:
+                if overdue and i == 0 and (short or count < self._owned(owner)):
                     return 0
             if tenant == owner:
                 if short:
@@ -216,6 +231,13 @@ class Selection(Generic[S]):
         if owner is NOBODY or not isinstance(owner, str):
             return first
         return -1
+
+
+    def _owned(self, owner: object) -> int:
+        """Servers ``owner``'s clients hold or have parked, and the one just freed."""
+        if not isinstance(owner, str):
+            return 0
+        return self.held.get(owner, 0) + len(self.idle.by_owner.get(owner, ())) + 1
 
 
 def _decrement(counts: dict[str, int], tenant: str) -> None:
