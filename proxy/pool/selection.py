@@ -197,17 +197,17 @@ class Selection(Generic[S]):
         ``owner``'s clients (their next transaction takes it without a scrub).
 
         In order: the oldest waiter, when ``overdue`` (it waited long) and its tenant
-        holds less than its share or no more than ``owner`` would keep (so servers
-        rotate between tenants the pool cannot split evenly, slowly); a waiter of
-        ``owner`` whose tenant holds less than its share; any waiter whose tenant does
-        (FIFO: no tenant starves); a waiter of ``owner``; the oldest waiter when the
-        server was never used (or by a bypass identity). Else -1. Never beyond
-        max_tenant_server_conns.
+        holds less than its share; a waiter of ``owner`` whose tenant holds less than
+        its share; any waiter whose tenant does (FIFO: no tenant starves); the oldest
+        waiter when ``overdue`` and its tenant holds no more than ``owner`` would keep
+        (servers rotate, slowly, between tenants the pool cannot split evenly); a
+        waiter of ``owner``; the oldest waiter when the server was never used (or by a
+        bypass identity). Else -1. Never beyond max_tenant_server_conns.
         """
         share = self.share()
         held = self.held
         cap = self.cap
-        deprived = same = first = -1
+        deprived = same = first = rotate = -1
         for i, tenant in enumerate(tenants):
             count = held.get(tenant, 0) if tenant is not None else 0
             if cap and tenant is not None and count >= cap:
@@ -215,8 +215,11 @@ class Selection(Generic[S]):
             short = count < share
             if first < 0:
                 first = i
-                if overdue and i == 0 and (short or count < self._owned(owner)):
-                    return 0
+                if overdue and i == 0:
+                    if short:
+                        return 0
+                    if count < self._owned(owner):
+                        rotate = 0
             if tenant == owner:
                 if short:
                     return i
@@ -226,6 +229,8 @@ class Selection(Generic[S]):
                 deprived = i
         if deprived >= 0:
             return deprived
+        if rotate >= 0:
+            return rotate
         if same >= 0:
             return same
         if owner is NOBODY or not isinstance(owner, str):
