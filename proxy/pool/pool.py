@@ -94,6 +94,7 @@ class ServerPool:
         self.active: set[ServerConnection] = set()
         # Idle but still linked to their last client (oldest first): see the module doc.
         self.kept: OwnerIndex[ServerConnection] = self._sel.kept
+        self._held = self._sel.held  # tenant → servers its clients hold (kept ones too)
         self.connecting = 0
         self.waiters: deque[asyncio.Future[Lease]] = deque()
         self._waiter_tenants: dict[asyncio.Future[Lease], str | None] = {}
@@ -346,12 +347,19 @@ class ServerPool:
         server.state = ServerState.ACTIVE
         self.active.add(server)
         server.lessee = tenant
-        self._sel.leased(tenant)
+        if tenant is not None:  # (inline: once per transaction)
+            self._held[tenant] = self._held.get(tenant, 0) + 1
         return Lease(self, server)
 
     def _unlease(self, server: ServerConnection) -> None:
-        self._sel.unleased(server.lessee)
+        tenant = server.lessee
         server.lessee = None
+        if tenant is not None:
+            left = self._held.get(tenant, 0) - 1
+            if left > 0:
+                self._held[tenant] = left
+            else:
+                self._held.pop(tenant, None)
 
     def _grow(self) -> None:
         """Open connections for waiters while the pool has room."""
@@ -498,11 +506,14 @@ class ServerPool:
         (session mode, when a client leaves).
         """
         self.active.discard(server)
-        if self.kept.discard(server):  # kept for a client that is leaving
+        if server.state is ServerState.KEPT:  # kept for a client that is leaving
+            self.kept.discard(server)
             server.state = ServerState.ACTIVE
         self._unlease(server)
         server.receiver = None
-        if not server.is_clean or self.closed or self._expired(server):
+        lifetime = self.db.server_lifetime  # (_expired inline: once per transaction)
+        if (not server.is_clean or self.closed
+                or (lifetime and time.monotonic() - server.created_at > lifetime)):
             self._close(server)
             return
         # Session mode: the client left, reset its session. Transaction mode: a client

@@ -98,18 +98,12 @@ class Selection(Generic[S]):
         self.cap = cap  # max_tenant_server_conns (0: none)
         self.idle: OwnerIndex[S] = OwnerIndex()
         self.kept: OwnerIndex[S] = OwnerIndex()
-        self.held: dict[str, int] = {}     # tenant → servers its clients hold (kept too)
+        # tenant → servers its clients hold (kept ones too): the pool counts its leases
+        # in it directly (once per transaction: no call).
+        self.held: dict[str, int] = {}
         self.waiting: dict[str, int] = {}  # tenant → its clients in the wait queue
 
     # ---- what moves ---------------------------------------------------------------------
-
-    def leased(self, tenant: str | None) -> None:
-        if tenant is not None:
-            self.held[tenant] = self.held.get(tenant, 0) + 1
-
-    def unleased(self, tenant: str | None) -> None:
-        if tenant is not None:
-            _decrement(self.held, tenant)
 
     def wait_began(self, tenant: str | None) -> None:
         if tenant is not None:
@@ -117,7 +111,11 @@ class Selection(Generic[S]):
 
     def wait_ended(self, tenant: str | None) -> None:
         if tenant is not None:
-            _decrement(self.waiting, tenant)
+            left = self.waiting.get(tenant, 0) - 1
+            if left > 0:
+                self.waiting[tenant] = left
+            else:
+                self.waiting.pop(tenant, None)
 
     # ---- the choices --------------------------------------------------------------------
 
@@ -149,10 +147,13 @@ class Selection(Generic[S]):
         """
         held = self.held.get(tenant, 0) if tenant is not None else 0
         cap = self.cap
-        same = self.idle.by_owner.get(tenant)
+        idle = self.idle
+        same = idle.by_owner.get(tenant)
         if same and not (cap and held >= cap):  # the hot path: no scrub, no count change
-            newest = next(reversed(same))
-            self.idle.discard(newest)
+            newest = next(reversed(same))  # (OwnerIndex.discard inline)
+            del same[newest], idle.owner_of[newest]
+            if not same:
+                del idle.by_owner[tenant]
             return newest
         server = self.kept.oldest_of(tenant)
         if server is None:
@@ -244,10 +245,3 @@ class Selection(Generic[S]):
             return 0
         return self.held.get(owner, 0) + len(self.idle.by_owner.get(owner, ())) + 1
 
-
-def _decrement(counts: dict[str, int], tenant: str) -> None:
-    left = counts.get(tenant, 0) - 1
-    if left > 0:
-        counts[tenant] = left
-    else:
-        counts.pop(tenant, None)

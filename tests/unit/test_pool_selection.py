@@ -20,9 +20,7 @@ def selection(pool_size: int = 20, cap: int = 0, *, held: dict[str, int] | None 
               kept: list[tuple[str, object]] | None = None) -> Selection[str]:
     """A selection in a given state; idle/kept servers parked at NOW in list order."""
     sel: Selection[str] = Selection(pool_size, cap)
-    for tenant, count in (held or {}).items():
-        for _ in range(count):
-            sel.leased(tenant)
+    sel.held.update({tenant: count for tenant, count in (held or {}).items() if count})
     for tenant, count in (waiting or {}).items():
         for _ in range(count):
             sel.wait_began(tenant)
@@ -144,14 +142,16 @@ def test_the_share_counts_tenants_holding_waiting_or_with_servers_parked() -> No
     assert sel.share() == 1  # more tenants than servers: still one each to count on
 
 
-def test_counts_drop_to_nothing() -> None:
+def test_waiting_counts_drop_to_nothing() -> None:
     sel = selection()
-    sel.leased("t1")
     sel.wait_began("t1")
-    sel.unleased("t1")
+    sel.wait_began("t1")
+    sel.wait_began(None)  # a bypass identity is not counted
+    assert sel.waiting == {"t1": 2}
     sel.wait_ended("t1")
-    sel.leased(None)  # a bypass identity is not counted
-    assert sel.held == {} and sel.waiting == {}
+    sel.wait_ended("t1")
+    sel.wait_ended(None)
+    assert sel.waiting == {}
 
 
 # ---- waiter_for: a server came back while clients wait ---------------------------------
