@@ -119,16 +119,15 @@ class Selection(Generic[S]):
 
     # ---- the choices --------------------------------------------------------------------
 
-    def share(self, *, rounded_up: bool = False) -> int:
+    def share(self, *, rounded_up: bool = False, owner: object = None) -> int:
         """Servers each tenant may count on: pool_size split among the tenants whose
-        clients hold one, wait for one or have one parked for them (at least one)."""
-        held = self.held
-        waiting = self.waiting
-        tenants = len(held) + sum(1 for t in waiting if t not in held)
-        for owner in self.idle.by_owner:
-            if isinstance(owner, str) and owner not in held and owner not in waiting:
-                tenants += 1
-        tenants = max(1, tenants)
+        clients hold one, wait for one or have one parked for them (``owner``: the
+        tenant of the server being placed; at least one)."""
+        names = self.held.keys() | self.waiting.keys() | self.idle.by_owner.keys()
+        names.add(owner)
+        names.discard(NOBODY)
+        names.discard(None)  # a bypass identity's servers
+        tenants = max(1, len(names))
         share = -(-self.pool_size // tenants) if rounded_up else self.pool_size // tenants
         return max(1, share)
 
@@ -140,9 +139,9 @@ class Selection(Generic[S]):
         tenant's clients trade it among themselves); then — unless ``patient`` and the
         tenant holds its share already, so one of its own comes back soon — one never
         used, else one of the tenant with most servers beyond its share (idle before
-        kept: a kept server's client is likely to come back). Out of patience, an idle
-        server parked for a tenant that has no more than its share stays parked for
-        its clients (at work, they come back) unless they left it QUIET seconds ago.
+        kept: a kept server's client is likely to come back). Out of patience, a server
+        idle or kept for a tenant that has no more than its share stays there for its
+        clients (at work, they come back) unless they left it QUIET seconds ago.
         Never a server more than max_tenant_server_conns.
         """
         held = self.held.get(tenant, 0) if tenant is not None else 0
@@ -162,7 +161,7 @@ class Selection(Generic[S]):
             floor = -1 if patient else self.share(rounded_up=True)
             server = self._convertible(self.idle, floor, now - QUIET)
             if server is None:
-                server = self._convertible(self.kept, -1, now)
+                server = self._convertible(self.kept, floor, now - QUIET)
                 if server is None:
                     return None
         if not self.idle.discard(server):
@@ -205,7 +204,7 @@ class Selection(Generic[S]):
         waiter of ``owner``; the oldest waiter when the server was never used (or by a
         bypass identity). Else -1. Never beyond max_tenant_server_conns.
         """
-        share = self.share()
+        share = self.share(owner=owner)
         held = self.held
         cap = self.cap
         deprived = same = first = rotate = -1

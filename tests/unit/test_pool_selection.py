@@ -114,9 +114,15 @@ def test_out_of_patience_a_tenant_beyond_its_share_gives_a_parked_server_up() ->
     assert sel.take("t1", patient=False, now=NOW) == "b1"
 
 
-def test_out_of_patience_a_kept_server_of_another_tenant_is_taken() -> None:
+def test_out_of_patience_a_kept_server_of_another_tenant_is_taken_once_quiet() -> None:
     sel = selection(pool_size=2, held={"t1": 1, "t2": 1}, kept=[("a1", "t1")])
     assert sel.take("t2", patient=True, now=NOW) is None
+    assert sel.take("t2", patient=False, now=NOW) is None  # t1 holds only its share
+    assert sel.take("t2", patient=False, now=NOW + QUIET * 2) == "a1"
+
+
+def test_out_of_patience_a_kept_server_of_a_tenant_beyond_its_share_is_taken() -> None:
+    sel = selection(pool_size=4, held={"t1": 3, "t2": 1}, kept=[("a1", "t1")])
     assert sel.take("t2", patient=False, now=NOW) == "a1"
 
 
