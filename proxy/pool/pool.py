@@ -1,9 +1,12 @@
 """Server connection pool for one configured database.
 
 Invariant (PgBouncer's ``objects.c``): each server connection is in exactly one of
-``connecting`` (a count), ``idle`` (LIFO stack, warm caches first), ``kept`` (idle, still
-linked to the transaction-mode client it last served) or ``active`` (leased). Waiting
-clients are served FIFO; a waiter that already timed out is never handed a connection.
+``connecting`` (a count), ``idle`` (by owner tenant, its warmest first), ``kept`` (idle,
+still linked to the transaction-mode client it last served) or ``active`` (leased).
+Which server a client gets, and which waiter a freed server goes to, is decided in
+:mod:`proxy.pool.selection` (tenants keep their servers: a change of tenant costs a
+scrub); waiting clients are served FIFO within those rules; a waiter that already timed
+out is never handed a connection.
 
 A client gets a server as a :class:`~proxy.pool.lease.Lease` (made in
 :meth:`ServerPool._lease_to`); the lease is the only way back: ``Lease.release`` calls
@@ -12,9 +15,9 @@ and :meth:`ServerPool.resume_kept`.
 
 Kept servers: a transaction-mode client whose transaction ended keeps its (clean) server
 while nobody else needs one, so its next transaction costs no lease at all. They are idle
-in every other respect: the pool takes one back the moment a lease finds no idle server
-or a client starts waiting, PAUSE and maintenance take them back, and one that dies is
-forgotten without its client noticing.
+in every other respect: a client of the same tenant that starts waiting takes it at once,
+another tenant's client when the selection lets it convert one, PAUSE and maintenance
+take them back, and one that dies is forgotten without its client noticing.
 """
 
 from __future__ import annotations

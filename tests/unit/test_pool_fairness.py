@@ -42,6 +42,15 @@ async def lease(pool: ServerPool, tenant: str) -> Lease:
     return held
 
 
+async def two_tenants() -> tuple[ServerPool, Lease, Lease]:
+    """A pool of two servers, one leased by a client of t1, one by a client of t2."""
+    db = DatabaseConfig(name="app", pool_size=2, query_wait_timeout=0)
+    pool = ServerPool(db, password=None)
+    for _ in range(2):
+        pool._offer(ServerConnection(db))
+    return pool, await lease(pool, "t1"), await lease(pool, "t2")
+
+
 async def queued(pool: ServerPool, tenants: list[str]) -> list[asyncio.Task[Lease]]:
     """Clients of ``tenants`` waiting in this order."""
     tasks = []
@@ -112,12 +121,7 @@ def test_a_kept_server_goes_at_once_to_its_tenant_and_to_another_only_after_pati
     # Taking another tenant's kept server at once made about two transactions in three of
     # a many-tenant workload change a backend's tenant (a scrub and a waited context set).
     async def scenario() -> None:
-        db = DatabaseConfig(name="app", pool_size=2, query_wait_timeout=0)
-        pool = ServerPool(db, password=None)
-        for _ in range(2):
-            pool._offer(ServerConnection(db))
-        t1 = await lease(pool, "t1")
-        await lease(pool, "t2")
+        pool, t1, _ = await two_tenants()
         assert pool.keep(t1.server)  # t1's client is between transactions
         # t2 holds its fair share (1 of 2): t1's kept server is not taken at once ...
         assert pool.try_acquire("t2") is None
@@ -142,12 +146,7 @@ def test_a_freed_server_waits_for_its_tenant_rather_than_changing_tenant() -> No
     # transaction takes it without a scrub. Only once t1 leaves it alone does t2's waiter
     # get it (QUIET later: no tenant waits forever while a server sits idle).
     async def scenario() -> None:
-        db = DatabaseConfig(name="app", pool_size=2, query_wait_timeout=0)
-        pool = ServerPool(db, password=None)
-        for _ in range(2):
-            pool._offer(ServerConnection(db))
-        t1 = await lease(pool, "t1")
-        await lease(pool, "t2")
+        pool, t1, _ = await two_tenants()
         waiter = asyncio.ensure_future(lease(pool, "t2"))
         await asyncio.sleep(0)
         t1.release()
