@@ -43,6 +43,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.backend.server",
     "proxy.frontend.client",
     "proxy.pool.lease",
+    "proxy.pool.selection",
     "proxy.pool.pool",
 )
 
