@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 import math
 import time
@@ -444,8 +443,7 @@ class ServerPool:
         while waiters and waiters[0].done():
             waiters.popleft()
         if waiters and not self.paused:  # a paused pool keeps even early waiters waiting
-            queued = [w for w in itertools.islice(waiters, _AFFINITY_LOOKAHEAD)
-                      if not w.done()]
+            queued = self._eligible_waiters()
             overdue = self._clock() - self._waiter_since.get(waiters[0], 0.0) >= _FAIR_WAIT
             tenants = self._waiter_tenants
             pick = self._sel.waiter_for(server.owner, [tenants.get(w) for w in queued],
@@ -461,24 +459,41 @@ class ServerPool:
         server.last_used = time.monotonic()
         self.idle.add(server, server.owner, server.last_used)
 
+    def _eligible_waiters(self) -> list[asyncio.Future[Lease]]:
+        """The first _AFFINITY_LOOKAHEAD waiters still waiting whose tenant is below
+        max_tenant_server_conns (oldest first; a capped tenant's many waiters do not
+        hide the others')."""
+        cap = self.db.max_tenant_server_conns
+        held = self._held
+        tenants = self._waiter_tenants
+        queued = []
+        for waiter in self.waiters:
+            tenant = tenants.get(waiter)
+            if waiter.done() or (cap and tenant is not None and held.get(tenant, 0) >= cap):
+                continue
+            queued.append(waiter)
+            if len(queued) == _AFFINITY_LOOKAHEAD:
+                break
+        return queued
+
     def _serve_parked(self) -> None:
         """Clients waited _PATIENCE while servers sat idle or kept for other tenants'
         clients: they take those :meth:`Selection.take` lets go, oldest waiter first;
-        again every _PATIENCE while both remain."""
+        again every _FAIR_WAIT while both remain (a server parked for its tenant's
+        clients is let go once they left it QUIET)."""
         self._parked_timer = None
         if self.paused:
             return
-        for waiter in list(self.waiters):
+        for waiter in self._eligible_waiters():
             if not (self.idle or self.kept):
                 return
-            if not waiter.done():
-                lease = self._take(self._waiter_tenants.get(waiter), patient=False)
-                if lease is not None:
-                    self.waiters.remove(waiter)
-                    waiter.set_result(lease)
+            lease = self._take(self._waiter_tenants.get(waiter), patient=False)
+            if lease is not None:
+                self.waiters.remove(waiter)
+                waiter.set_result(lease)
         if self.waiters and (self.idle or self.kept):
             self._parked_timer = asyncio.get_running_loop().call_later(
-                _PATIENCE, self._serve_parked)
+                _FAIR_WAIT, self._serve_parked)
 
     def _hold_while_cancelling(self, server: ServerConnection) -> None:
         """A cancel for this backend is in flight: lease it to no one (the cancel would

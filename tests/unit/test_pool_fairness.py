@@ -158,3 +158,26 @@ def test_a_freed_server_waits_for_its_tenant_rather_than_changing_tenant() -> No
         assert got.server is t1.server and not pool.idle
 
     asyncio.run(scenario())
+
+
+def test_waiters_of_a_tenant_at_its_cap_do_not_hide_another_tenants_waiter() -> None:
+    # max_tenant_server_conns = 1: t1's forty queued clients cannot have t2's server, so
+    # the client of t3 queued behind them gets it the moment t2's client releases it.
+    async def scenario() -> None:
+        db = DatabaseConfig(name="app", pool_size=2, query_wait_timeout=0,
+                            max_tenant_server_conns=1)
+        pool = ServerPool(db, password=None)
+        for _ in range(2):
+            pool._offer(ServerConnection(db))
+        await lease(pool, "t1")
+        t2 = await lease(pool, "t2")
+        waiting = await queued(pool, ["t1"] * 40 + ["t3"])
+        t2.release()
+        assert t2.server.lessee == "t3"
+        got = await asyncio.wait_for(waiting[-1], 5)
+        assert got.server is t2.server
+        for task in waiting[:-1]:
+            task.cancel()
+        await asyncio.gather(*waiting[:-1], return_exceptions=True)
+
+    asyncio.run(scenario())
