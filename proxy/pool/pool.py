@@ -170,8 +170,8 @@ class ServerPool:
         self.proxy_stats.wait_began(self.traffic, waiter)
         timeout = self.db.query_wait_timeout
         timer = loop.call_later(timeout, self._wait_timed_out, waiter) if timeout else None
-        if (self.idle or self.kept) and self._parked_timer is None:
-            self._parked_timer = loop.call_later(_PATIENCE, self._serve_parked)
+        if self.idle or self.kept:
+            self._be_patient()
         reserve = (loop.call_later(self.db.reserve_pool_timeout, self._use_reserve, waiter)
                    if self.db.reserve_pool_size else None)
         waiter.add_done_callback(functools.partial(
@@ -256,9 +256,11 @@ class ServerPool:
         when nobody else needs a server; False: the client must release it. Called by
         ``Lease.keep`` only.
 
-        Not kept: when clients wait, the pool is paused or closing, the server must be
-        reset (a client ran SET), checked before each lease (server_check_delay = 0),
-        ends or has a cancel in flight.
+        Not kept: when clients wait (keeping it for its client while only other tenants'
+        clients wait, which the selection would make them do anyway, measured slower:
+        its tenant's next waiter reclaims it from the client), the pool is paused or
+        closing, the server must be reset (a client ran SET), checked before each lease
+        (server_check_delay = 0), ends or has a cancel in flight.
         """
         if (self.waiters or self.paused or self.closed or server.session_dirty
                 or server.ending or server.cancels or not self.db.server_check_delay):
@@ -443,21 +445,33 @@ class ServerPool:
         while waiters and waiters[0].done():
             waiters.popleft()
         if waiters and not self.paused:  # a paused pool keeps even early waiters waiting
-            queued = self._eligible_waiters()
-            overdue = self._clock() - self._waiter_since.get(waiters[0], 0.0) >= _FAIR_WAIT
-            tenants = self._waiter_tenants
-            pick = self._sel.waiter_for(server.owner, [tenants.get(w) for w in queued],
-                                        overdue)
-            if pick >= 0:
-                waiters.remove(queued[pick])
-                self._hand(server, queued[pick])
+            waiter = self._waiter_for(server)
+            if waiter is not None:
+                waiters.remove(waiter)
+                self._hand(server, waiter)
                 return
-            if self._parked_timer is None:
-                self._parked_timer = asyncio.get_running_loop().call_later(
-                    _PATIENCE, self._serve_parked)
+            self._be_patient()
         server.state = ServerState.IDLE
         server.last_used = time.monotonic()
         self.idle.add(server, server.owner, server.last_used)
+
+    def _waiter_for(self, server: ServerConnection) -> asyncio.Future[Lease] | None:
+        """The waiter that gets ``server`` now (:meth:`Selection.waiter_for`), or None:
+        it stays with (or is parked for) its tenant's clients."""
+        queued = self._eligible_waiters()
+        if not queued:
+            return None
+        overdue = self._clock() - self._waiter_since.get(queued[0], 0.0) >= _FAIR_WAIT
+        tenants = self._waiter_tenants
+        pick = self._sel.waiter_for(server.owner, [tenants.get(w) for w in queued], overdue)
+        return queued[pick] if pick >= 0 else None
+
+    def _be_patient(self) -> None:
+        """Clients wait while servers sit idle or kept for other tenants' clients: in
+        _PATIENCE, :meth:`_serve_parked` gives them what the selection lets go."""
+        if self._parked_timer is None:
+            self._parked_timer = asyncio.get_running_loop().call_later(
+                _PATIENCE, self._serve_parked)
 
     def _eligible_waiters(self) -> list[asyncio.Future[Lease]]:
         """The first _AFFINITY_LOOKAHEAD waiters still waiting whose tenant is below
