@@ -256,11 +256,9 @@ class ServerPool:
         when nobody else needs a server; False: the client must release it. Called by
         ``Lease.keep`` only.
 
-        Not kept: when clients wait (keeping it for its client while only other tenants'
-        clients wait, which the selection would make them do anyway, measured slower:
-        its tenant's next waiter reclaims it from the client), the pool is paused or
-        closing, the server must be reset (a client ran SET), checked before each lease
-        (server_check_delay = 0), ends or has a cancel in flight.
+        Not kept: when clients wait (even of other tenants only: measured slower), the
+        pool is paused or closing, the server must be reset (a client ran SET), checked
+        before each lease (server_check_delay = 0), ends or has a cancel in flight.
         """
         if (self.waiters or self.paused or self.closed or server.session_dirty
                 or server.ending or server.cancels or not self.db.server_check_delay):
@@ -425,14 +423,8 @@ class ServerPool:
     # ---- release ----------------------------------------------------------------------
 
     def _offer(self, server: ServerConnection) -> None:
-        """Give a usable connection to a waiter, else park it idle.
-
-        FIFO within what :meth:`Selection.waiter_for` allows: among the first few
-        waiters, one of a tenant short of its share first (the oldest once it has waited
-        _FAIR_WAIT), else one whose tenant the connection already carries (no scrub, no
-        waited context set); else it is parked for its tenant's clients still at work,
-        and after _PATIENCE (``_serve_parked``) the waiters take what is parked after all.
-        """
+        """Give a usable connection to the waiter :meth:`Selection.waiter_for` picks,
+        else park it idle (for its tenant's clients: see ``_serve_parked``)."""
         server.receiver = None
         server.pause_reading(False)
         if server.ending:  # PostgreSQL said FATAL: the session is closing
@@ -456,8 +448,7 @@ class ServerPool:
         self.idle.add(server, server.owner, server.last_used)
 
     def _waiter_for(self, server: ServerConnection) -> asyncio.Future[Lease] | None:
-        """The waiter that gets ``server`` now (:meth:`Selection.waiter_for`), or None:
-        it stays with (or is parked for) its tenant's clients."""
+        """The waiter that gets ``server`` now, or None (parked for its tenant)."""
         queued = self._eligible_waiters()
         if not queued:
             return None
@@ -474,9 +465,8 @@ class ServerPool:
                 _PATIENCE, self._serve_parked)
 
     def _eligible_waiters(self) -> list[asyncio.Future[Lease]]:
-        """The first _AFFINITY_LOOKAHEAD waiters still waiting whose tenant is below
-        max_tenant_server_conns (oldest first; a capped tenant's many waiters do not
-        hide the others')."""
+        """The first _AFFINITY_LOOKAHEAD waiters of tenants below max_tenant_server_conns
+        (a capped tenant's many waiters must not hide the others')."""
         cap = self.db.max_tenant_server_conns
         held = self._held
         tenants = self._waiter_tenants
