@@ -46,6 +46,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.frontend.requests",
     "proxy.frontend.client",
     "proxy.pool.lease",
+    "proxy.pool.selection",
     "proxy.pool.pool",
 )
 

@@ -1,9 +1,12 @@
 """Server connection pool for one configured database.
 
 Invariant (PgBouncer's ``objects.c``): each server connection is in exactly one of
-``connecting`` (a count), ``idle`` (LIFO stack, warm caches first), ``kept`` (idle, still
-linked to the transaction-mode client it last served) or ``active`` (leased). Waiting
-clients are served FIFO; a waiter that already timed out is never handed a connection.
+``connecting`` (a count), ``idle`` (by owner tenant, its warmest first), ``kept`` (idle,
+still linked to the transaction-mode client it last served) or ``active`` (leased).
+Which server a client gets, and which waiter a freed server goes to, is decided in
+:mod:`proxy.pool.selection` (tenants keep their servers: a change of tenant costs a
+scrub); waiting clients are served FIFO within those rules; a waiter that already timed
+out is never handed a connection.
 
 A client gets a server as a :class:`~proxy.pool.lease.Lease` (made in
 :meth:`ServerPool._lease_to`); the lease is the only way back: ``Lease.release`` calls
@@ -12,9 +15,9 @@ and :meth:`ServerPool.resume_kept`.
 
 Kept servers: a transaction-mode client whose transaction ended keeps its (clean) server
 while nobody else needs one, so its next transaction costs no lease at all. They are idle
-in every other respect: the pool takes one back the moment a lease finds no idle server
-or a client starts waiting, PAUSE and maintenance take them back, and one that dies is
-forgotten without its client noticing.
+in every other respect: a client of the same tenant that starts waiting takes it at once,
+another tenant's client when the selection lets it convert one, PAUSE and maintenance
+take them back, and one that dies is forgotten without its client noticing.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 import math
 import time
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from proxy.backend.server import ServerConnection, ServerError, ServerState, Skip
 from proxy.config import DatabaseConfig
 from proxy.pool.lease import Lease
+from proxy.pool.selection import OwnerIndex, Selection
 from proxy.stats import ProxyStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
@@ -86,21 +89,25 @@ class ServerPool:
         self.password = password
         self.proxy_stats = proxy_stats or ProxyStats([db.name])
         self.traffic = self.proxy_stats.database(db.name)
-        self.idle: list[ServerConnection] = []
+        # Idle and kept servers by owner, held and waiting counts by tenant: the choices.
+        self._sel: Selection[ServerConnection] = Selection(
+            db.pool_size, db.max_tenant_server_conns)
+        self.idle: OwnerIndex[ServerConnection] = self._sel.idle  # oldest first
         self.active: set[ServerConnection] = set()
         # Idle but still linked to their last client (oldest first): see the module doc.
-        self.kept: dict[ServerConnection, None] = {}
+        self.kept: OwnerIndex[ServerConnection] = self._sel.kept
+        self._held = self._sel.held  # tenant → servers its clients hold (kept ones too)
         self.connecting = 0
         self.waiters: deque[asyncio.Future[Lease]] = deque()
         self._waiter_tenants: dict[asyncio.Future[Lease], str | None] = {}
         self._waiter_since: dict[asyncio.Future[Lease], float] = {}
-        self._held: dict[str, int] = {}   # tenant → server connections its clients hold
         self.stats = PoolStats()
         self.closed = False
         self._role_checked = False
         self._refused: UpstreamRefusedError | None = None
         self._tasks = TaskSet()
         self._clock: Callable[[], float] = time.monotonic  # the fairness rule's (tests set it)
+        self._parked_timer: asyncio.TimerHandle | None = None  # see _offer
 
     @property
     def size(self) -> int:
@@ -159,15 +166,16 @@ class ServerPool:
         self.waiters.append(waiter)
         self._waiter_tenants[waiter] = tenant
         self._waiter_since[waiter] = self._clock()
+        self._sel.wait_began(tenant)
         self.proxy_stats.wait_began(self.traffic, waiter)
         timeout = self.db.query_wait_timeout
         timer = loop.call_later(timeout, self._wait_timed_out, waiter) if timeout else None
-        patience = (loop.call_later(_PATIENCE, self._impatient, waiter)
-                    if self.idle or self.kept else None)
+        if self.idle or self.kept:
+            self._be_patient()
         reserve = (loop.call_later(self.db.reserve_pool_timeout, self._use_reserve, waiter)
                    if self.db.reserve_pool_size else None)
         waiter.add_done_callback(functools.partial(
-            self._wait_done, tenant, time.monotonic(), (timer, patience, reserve), callback))
+            self._wait_done, tenant, time.monotonic(), (timer, reserve), callback))
         if self.kept and not self.paused:
             self._reclaim_for_waiters()
         self._grow()
@@ -179,20 +187,6 @@ class ServerPool:
             waiter.set_exception(PoolTimeoutError(
                 f"no server connection available for database \"{self.db.name}\" within "
                 f"query_wait_timeout ({self.db.query_wait_timeout:g}s)"))
-
-    def _impatient(self, waiter: asyncio.Future[Lease]) -> None:
-        """A client that waited for a connection of its own tenant while others sat idle
-        takes an idle one after all (_PATIENCE seconds later)."""
-        if waiter.done() or not (self.idle or self.kept) or self.paused:
-            return
-        tenant = self._waiter_tenants.get(waiter)
-        lease = self._take_idle(tenant, patient=False)
-        if lease is None and self.kept:
-            lease = self._take_kept(tenant, patient=False)
-        if lease is not None:
-            with contextlib.suppress(ValueError):
-                self.waiters.remove(waiter)  # served out of turn: leave the queue
-            waiter.set_result(lease)
 
     def _use_reserve(self, waiter: asyncio.Future[Lease]) -> None:
         """A client waited reserve_pool_timeout: open a connection beyond pool_size (up to
@@ -219,6 +213,7 @@ class ServerPool:
                 self.waiters.remove(waiter)
         del self._waiter_tenants[waiter]
         del self._waiter_since[waiter]
+        self._sel.wait_ended(tenant)
         waited = time.monotonic() - started
         self.stats.waits += 1
         self.stats.wait_seconds_total += waited
@@ -226,44 +221,33 @@ class ServerPool:
         callback(waiter)
 
     def try_acquire(self, tenant: str | None) -> Lease | None:
-        """An idle connection right now, or None (none idle, or others wait first)."""
-        if self.waiters or self._refused is not None or self.closed or self.paused:
+        """A server connection right now, or None: the client waits (see
+        :meth:`Selection.take`: while others wait, only its own tenant's is likely)."""
+        if self._refused is not None or self.closed or self.paused:
             return None
-        if not self.idle and self.kept:
-            return self._take_kept(tenant, patient=True)
-        return self._take_idle(tenant)
+        return self._take(tenant, patient=True)
 
-    def _take_idle(self, tenant: str | None, *, patient: bool = True) -> Lease | None:
-        """An idle connection for ``tenant``: the most recent one already set for it, else
-        (converting it costs a context set the client waits for) another tenant's, unless
-        ``patient`` and the tenant already holds its fair share of the pool: then it waits
-        for one of its own to come back. Never beyond max_tenant_server_conns."""
-        idle = self.idle
-        held = self._held.get(tenant, 0) if tenant is not None else 0
-        cap = self.db.max_tenant_server_conns
-        if cap and held >= cap:
-            return None
-        while idle:
-            pick = -1
-            for i in range(len(idle) - 1, -1, -1):
-                if idle[i].owner == tenant:  # no scrub, usually no context set either
-                    pick = i
-                    break
-            if pick < 0:
-                if patient and held and held >= self._fair_share():
-                    return None
-                pick = len(idle) - 1
-            server = idle.pop(pick)
+    def _take(self, tenant: str | None, *, patient: bool) -> Lease | None:
+        """Lease the server :meth:`Selection.take` chooses for ``tenant``, or None (none
+        fits, or the chosen idle one is due for its check: it is offered after it)."""
+        db = self.db
+        while True:
+            now = time.monotonic()
+            server = self._sel.take(tenant, patient=patient, now=now)
+            if server is None:
+                return None
+            if server.state is ServerState.KEPT:
+                self._unlink_kept(server)
+                return self._lease_to(server, tenant)
             if server.state is ServerState.CLOSED:
                 continue
-            if self._expired(server):
+            if db.server_lifetime and now - server.created_at > db.server_lifetime:
                 self._close(server)
                 continue
-            if self._needs_check(server):
+            if now - server.last_used >= db.server_check_delay:
                 self._check(server)
                 return None  # the caller waits; the checked server is offered to waiters
             return self._lease_to(server, tenant)
-        return None
 
     # ---- kept servers (transaction mode): linked to their last client while unneeded ---
 
@@ -272,16 +256,16 @@ class ServerPool:
         when nobody else needs a server; False: the client must release it. Called by
         ``Lease.keep`` only.
 
-        Not kept: when clients wait, the pool is paused or closing, the server must be
-        reset (a client ran SET), checked before each lease (server_check_delay = 0),
-        ends or has a cancel in flight.
+        Not kept: when clients wait (even of other tenants only: measured slower), the
+        pool is paused or closing, the server must be reset (a client ran SET), checked
+        before each lease (server_check_delay = 0), ends or has a cancel in flight.
         """
         if (self.waiters or self.paused or self.closed or server.session_dirty
                 or server.ending or server.cancels or not self.db.server_check_delay):
             return False
         self.active.discard(server)
         server.state = ServerState.KEPT
-        self.kept[server] = None
+        self.kept.add(server, server.owner, server.last_used)
         return True
 
     def resume_kept(self, server: ServerConnection, now: float) -> bool:
@@ -293,37 +277,15 @@ class ServerPool:
         if (now - server.last_used >= db.server_check_delay
                 or (db.server_lifetime and now - server.created_at > db.server_lifetime)):
             return False
-        del self.kept[server]
+        self.kept.discard(server)
         server.state = ServerState.ACTIVE
         self.active.add(server)
         self.stats.kept_reuses += 1
         return True
 
-    def _take_kept(self, tenant: str | None, *, patient: bool) -> Lease | None:
-        """Take a kept server back from its client for a lease to ``tenant``: one kept
-        for the same tenant (no scrub, usually no context set), else — unless ``patient``
-        and the tenant already holds its fair share, as for idle servers, or it holds
-        max_tenant_server_conns — the longest unused; else None."""
-        server = self._kept_of(tenant)
-        if server is None:  # (its own tenant's moves between its clients: no count changes)
-            held = self._held.get(tenant, 0) if tenant is not None else 0
-            cap = self.db.max_tenant_server_conns
-            if (cap and held >= cap) or (patient and held and held >= self._fair_share()):
-                return None
-            server = next(iter(self.kept))
-        self._unlink_kept(server)
-        return self._lease_to(server, tenant)
-
-    def _kept_of(self, tenant: str | None) -> ServerConnection | None:
-        """A kept server that last served ``tenant`` (the longest unused first)."""
-        for server in self.kept:
-            if server.owner == tenant:
-                return server
-        return None
-
     def _unlink_kept(self, server: ServerConnection) -> None:
         """Take a kept server back from its client; the caller leases or offers it."""
-        del self.kept[server]
+        self.kept.discard(server)
         self._unlease(server)
         receiver, server.receiver = server.receiver, None
         if receiver is not None:
@@ -333,7 +295,7 @@ class ServerPool:
     def _reclaim_for_waiters(self) -> None:
         """Clients wait: each gets a kept server of its own tenant at once, oldest waiter
         first (no scrub). Another tenant's kept server goes to a waiter only after
-        _PATIENCE (``_impatient``), as an idle one would: taking it at once made most
+        _PATIENCE (``_serve_parked``), as an idle one would: taking it at once made most
         transactions of a many-tenant workload change a backend's tenant."""
         for waiter in list(self.waiters):
             if not self.kept:
@@ -341,7 +303,7 @@ class ServerPool:
             if waiter.done():
                 continue
             tenant = self._waiter_tenants.get(waiter)
-            server = self._kept_of(tenant)
+            server = self.kept.oldest_of(tenant)
             if server is None:
                 continue
             self.waiters.remove(waiter)
@@ -356,9 +318,6 @@ class ServerPool:
                 self._offer(server)
 
     # ---- server_check_delay: idle servers are checked before they are leased -----------
-
-    def _needs_check(self, server: ServerConnection) -> bool:
-        return time.monotonic() - server.last_used >= self.db.server_check_delay
 
     def _check(self, server: ServerConnection) -> None:
         """Out of the idle list until an empty query proves the backend alive (PostgreSQL
@@ -385,16 +344,12 @@ class ServerPool:
             return
         self._offer(server)
 
-    def _fair_share(self) -> int:
-        """Server connections per tenant if the pool were split among the tenants using it."""
-        return -(-self.db.pool_size // max(1, len(self._held)))
-
     def _lease_to(self, server: ServerConnection, tenant: str | None) -> Lease:
         """Hand ``server`` out to a client of ``tenant``: the one place a lease begins."""
         server.state = ServerState.ACTIVE
         self.active.add(server)
         server.lessee = tenant
-        if tenant is not None:
+        if tenant is not None:  # (inline: once per transaction)
             self._held[tenant] = self._held.get(tenant, 0) + 1
         return Lease(self, server)
 
@@ -468,13 +423,8 @@ class ServerPool:
     # ---- release ----------------------------------------------------------------------
 
     def _offer(self, server: ServerConnection) -> None:
-        """Give a usable connection to a waiter, else park it idle.
-
-        FIFO, with bounded tenant affinity: among the first few waiters, one whose tenant
-        the connection already carries goes first (no context set for it) — unless the
-        oldest waiter has waited _FAIR_WAIT already: then it is served, whatever its tenant,
-        so tenants that hold no connection are not starved by those that do.
-        """
+        """Give a usable connection to the waiter :meth:`Selection.waiter_for` picks,
+        else park it idle (for its tenant's clients: see ``_serve_parked``)."""
         server.receiver = None
         server.pause_reading(False)
         if server.ending:  # PostgreSQL said FATAL: the session is closing
@@ -487,27 +437,67 @@ class ServerPool:
         while waiters and waiters[0].done():
             waiters.popleft()
         if waiters and not self.paused:  # a paused pool keeps even early waiters waiting
-            tenants = self._waiter_tenants
-            oldest = self._waiter_since.get(waiters[0], 0.0)
-            if (isinstance(server.owner, str) and len(waiters) > 1
-                    and self._clock() - oldest < _FAIR_WAIT):
-                for i, waiter in enumerate(itertools.islice(waiters, _AFFINITY_LOOKAHEAD)):
-                    if not waiter.done() and tenants.get(waiter) == server.owner:
-                        del waiters[i]
-                        self._hand(server, waiter)
-                        return
-            cap = self.db.max_tenant_server_conns
-            for i, waiter in enumerate(waiters):
-                tenant = tenants.get(waiter)
-                if waiter.done() or (cap and tenant is not None
-                                     and self._held.get(tenant, 0) >= cap):
-                    continue
-                del waiters[i]
+            waiter = self._waiter_for(server)
+            if waiter is not None:
+                waiters.remove(waiter)
                 self._hand(server, waiter)
                 return
+            self._be_patient()
         server.state = ServerState.IDLE
         server.last_used = time.monotonic()
-        self.idle.append(server)
+        self.idle.add(server, server.owner, server.last_used)
+
+    def _waiter_for(self, server: ServerConnection) -> asyncio.Future[Lease] | None:
+        """The waiter that gets ``server`` now, or None (parked for its tenant)."""
+        queued = self._eligible_waiters()
+        if not queued:
+            return None
+        overdue = self._clock() - self._waiter_since.get(queued[0], 0.0) >= _FAIR_WAIT
+        tenants = self._waiter_tenants
+        pick = self._sel.waiter_for(server.owner, [tenants.get(w) for w in queued], overdue)
+        return queued[pick] if pick >= 0 else None
+
+    def _be_patient(self) -> None:
+        """Clients wait while servers sit idle or kept for other tenants' clients: in
+        _PATIENCE, :meth:`_serve_parked` gives them what the selection lets go."""
+        if self._parked_timer is None:
+            self._parked_timer = asyncio.get_running_loop().call_later(
+                _PATIENCE, self._serve_parked)
+
+    def _eligible_waiters(self) -> list[asyncio.Future[Lease]]:
+        """The first _AFFINITY_LOOKAHEAD waiters of tenants below max_tenant_server_conns
+        (a capped tenant's many waiters must not hide the others')."""
+        cap = self.db.max_tenant_server_conns
+        held = self._held
+        tenants = self._waiter_tenants
+        queued = []
+        for waiter in self.waiters:
+            tenant = tenants.get(waiter)
+            if waiter.done() or (cap and tenant is not None and held.get(tenant, 0) >= cap):
+                continue
+            queued.append(waiter)
+            if len(queued) == _AFFINITY_LOOKAHEAD:
+                break
+        return queued
+
+    def _serve_parked(self) -> None:
+        """Clients waited _PATIENCE while servers sat idle or kept for other tenants'
+        clients: they take those :meth:`Selection.take` lets go, oldest waiter first;
+        again every _FAIR_WAIT while both remain (a server parked for its tenant's
+        clients is let go once they left it QUIET)."""
+        self._parked_timer = None
+        if self.paused:
+            return
+        for waiter in self._eligible_waiters():
+            if not (self.idle or self.kept):
+                return
+            lease = self._take(self._waiter_tenants.get(waiter), patient=False)
+            if lease is not None:
+                self.waiters.remove(waiter)
+                waiter.set_result(lease)
+        if self.waiters and (self.idle or self.kept):
+            self._parked_timer = asyncio.get_running_loop().call_later(
+                _FAIR_WAIT, self._serve_parked)
 
     def _hold_while_cancelling(self, server: ServerConnection) -> None:
         """A cancel for this backend is in flight: lease it to no one (the cancel would
@@ -538,11 +528,14 @@ class ServerPool:
         (session mode, when a client leaves).
         """
         self.active.discard(server)
-        if self.kept.pop(server, 0) is None:  # kept for a client that is leaving
+        if server.state is ServerState.KEPT:  # kept for a client that is leaving
+            self.kept.discard(server)
             server.state = ServerState.ACTIVE
         self._unlease(server)
         server.receiver = None
-        if not server.is_clean or self.closed or self._expired(server):
+        lifetime = self.db.server_lifetime  # (_expired inline: once per transaction)
+        if (not server.is_clean or self.closed
+                or (lifetime and time.monotonic() - server.created_at > lifetime)):
             self._close(server)
             return
         # Session mode: the client left, reset its session. Transaction mode: a client
@@ -574,10 +567,9 @@ class ServerPool:
 
     def _close(self, server: ServerConnection) -> None:
         self.active.discard(server)
-        self.kept.pop(server, None)
+        self.kept.discard(server)
         self._unlease(server)
-        if server in self.idle:
-            self.idle.remove(server)
+        self.idle.discard(server)
         if server.state is not ServerState.CLOSED:
             self.stats.servers_closed += 1
         server.on_closed = None
@@ -587,10 +579,9 @@ class ServerPool:
     def _on_closed(self, server: ServerConnection) -> None:
         """A connection died on its own (server restart, network): forget it."""
         self.active.discard(server)
-        self.kept.pop(server, None)
+        self.kept.discard(server)
         self._unlease(server)
-        if server in self.idle:
-            self.idle.remove(server)
+        self.idle.discard(server)
         self.stats.servers_closed += 1
         self._grow()
 
@@ -622,6 +613,8 @@ class ServerPool:
     async def close(self) -> None:
         """Close every connection (shutdown)."""
         self.closed = True
+        if self._parked_timer is not None:
+            self._parked_timer.cancel()
         self._fail_waiters(ServerError("the proxy is shutting down", "57P01"))
         servers = [*self.idle, *self.kept, *self.active]
         for server in servers:
@@ -659,8 +652,8 @@ class ServerPool:
             self._resumed = None
             log.info("database %s: resumed", self.db.name)
             # Clients queued before the pause: serve them from the idle list, then open.
-            parked, self.idle = self.idle, []
-            for server in parked:
+            for server in list(self.idle):
+                self.idle.discard(server)
                 if self._expired(server) or server.state is ServerState.CLOSED:
                     self._close(server)
                 else:
@@ -719,6 +712,7 @@ class ServerPool:
         moved = any(getattr(old, k) != getattr(db, k) for k in upstream)
         self.db = db
         self.password = password
+        self._sel.pool_size, self._sel.cap = db.pool_size, db.max_tenant_server_conns
         if moved:
             self._role_checked = False
             self._refused = None
@@ -738,7 +732,7 @@ class ServerPool:
         pool may never have an idle moment). Needs server_lifetime > 0 for the latter.
         """
         while self.idle and self.size > self.db.pool_size:
-            self._close(self.idle[0])  # the coldest first (idle is LIFO)
+            self._close(self.idle.oldest())  # the coldest first
         excess = self.size - self.connecting - self.db.pool_size
         for server in self.active:
             if excess <= 0:

@@ -42,6 +42,15 @@ async def lease(pool: ServerPool, tenant: str) -> Lease:
     return held
 
 
+async def two_tenants() -> tuple[ServerPool, Lease, Lease]:
+    """A pool of two servers, one leased by a client of t1, one by a client of t2."""
+    db = DatabaseConfig(name="app", pool_size=2, query_wait_timeout=0)
+    pool = ServerPool(db, password=None)
+    for _ in range(2):
+        pool._offer(ServerConnection(db))
+    return pool, await lease(pool, "t1"), await lease(pool, "t2")
+
+
 async def queued(pool: ServerPool, tenants: list[str]) -> list[asyncio.Task[Lease]]:
     """Clients of ``tenants`` waiting in this order."""
     tasks = []
@@ -112,12 +121,7 @@ def test_a_kept_server_goes_at_once_to_its_tenant_and_to_another_only_after_pati
     # Taking another tenant's kept server at once made about two transactions in three of
     # a many-tenant workload change a backend's tenant (a scrub and a waited context set).
     async def scenario() -> None:
-        db = DatabaseConfig(name="app", pool_size=2, query_wait_timeout=0)
-        pool = ServerPool(db, password=None)
-        for _ in range(2):
-            pool._offer(ServerConnection(db))
-        t1 = await lease(pool, "t1")
-        await lease(pool, "t2")
+        pool, t1, _ = await two_tenants()
         assert pool.keep(t1.server)  # t1's client is between transactions
         # t2 holds its fair share (1 of 2): t1's kept server is not taken at once ...
         assert pool.try_acquire("t2") is None
@@ -125,11 +129,55 @@ def test_a_kept_server_goes_at_once_to_its_tenant_and_to_another_only_after_pati
         again = pool.try_acquire("t1")
         assert again is not None and again.server is t1.server
         assert pool.keep(again.server)
-        # A waiting client of t2 gets it after _PATIENCE, whatever the clock says.
+        # A waiting client of t2 gets it once t1's clients leave it alone (QUIET: t1 holds
+        # no more than its share), whatever the fairness clock says.
         waiter = asyncio.ensure_future(lease(pool, "t2"))
         await asyncio.sleep(0)
         assert not waiter.done() and pool.kept
         got = await asyncio.wait_for(waiter, 5)
         assert got.server is t1.server and not pool.kept
+
+    asyncio.run(scenario())
+
+
+def test_a_freed_server_waits_for_its_tenant_rather_than_changing_tenant() -> None:
+    # t1 and t2 hold one server each (their share of two). When t1's client ends its
+    # transaction while a second client of t2 waits, the server stays t1's: t1's next
+    # transaction takes it without a scrub. Only once t1 leaves it alone does t2's waiter
+    # get it (QUIET later: no tenant waits forever while a server sits idle).
+    async def scenario() -> None:
+        pool, t1, _ = await two_tenants()
+        waiter = asyncio.ensure_future(lease(pool, "t2"))
+        await asyncio.sleep(0)
+        t1.release()
+        assert not waiter.done() and list(pool.idle) == [t1.server]
+        again = pool.try_acquire("t1")
+        assert again is not None and again.server is t1.server
+        again.release()
+        got = await asyncio.wait_for(waiter, 5)
+        assert got.server is t1.server and not pool.idle
+
+    asyncio.run(scenario())
+
+
+def test_waiters_of_a_tenant_at_its_cap_do_not_hide_another_tenants_waiter() -> None:
+    # max_tenant_server_conns = 1: t1's forty queued clients cannot have t2's server, so
+    # the client of t3 queued behind them gets it the moment t2's client releases it.
+    async def scenario() -> None:
+        db = DatabaseConfig(name="app", pool_size=2, query_wait_timeout=0,
+                            max_tenant_server_conns=1)
+        pool = ServerPool(db, password=None)
+        for _ in range(2):
+            pool._offer(ServerConnection(db))
+        await lease(pool, "t1")
+        t2 = await lease(pool, "t2")
+        waiting = await queued(pool, ["t1"] * 40 + ["t3"])
+        t2.release()
+        assert t2.server.lessee == "t3"
+        got = await asyncio.wait_for(waiting[-1], 5)
+        assert got.server is t2.server
+        for task in waiting[:-1]:
+            task.cancel()
+        await asyncio.gather(*waiting[:-1], return_exceptions=True)
 
     asyncio.run(scenario())

@@ -1,0 +1,246 @@
+"""Which server connection a client gets, and which waiting client a freed one goes to.
+
+Pure bookkeeping and decisions: no asyncio, no I/O, no clock. ``ServerPool`` owns one
+:class:`Selection`, tells it what moves (servers parked idle or kept, leases made and
+ended, clients starting and ending a wait) and asks it two questions: :meth:`Selection.take`
+(a client of a tenant wants a server now) and :meth:`Selection.waiter_for` (a server came
+back while clients wait). The pool checks what it is given (closed, expired, due for a
+check) and does the hand-off.
+
+Why tenants stay on their servers: a backend that changes tenant costs a scrub and a
+context set the client waits for. So a client gets a server its tenant already used
+whenever there is one; another tenant's only when its tenant holds less than its fair
+share of the pool (``pool_size`` split among the tenants holding or waiting), or when the
+pool's patience ran out (``patient=False``); and a server whose tenant's clients are still
+at work is parked for them rather than given to a tenant that already holds its share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator
+from typing import Generic, TypeVar
+
+from proxy.backend.server import NOBODY
+
+S = TypeVar("S", bound=Hashable)
+
+_ABSENT = object()
+
+# Seconds after which a server parked for its tenant's clients is another tenant's to
+# take even when its tenant holds no more than its share: they stopped coming back.
+QUIET = 0.05
+
+
+class OwnerIndex(Generic[S]):
+    """Server connections in one pool state (idle or kept), oldest first, indexed by
+    owner (the tenant whose session the backend carries, or NOBODY): finding one of a
+    tenant's is a dict lookup. Iterates, counts and tests membership like a list."""
+
+    __slots__ = ("by_owner", "owner_of")
+
+    def __init__(self) -> None:
+        self.owner_of: dict[S, object] = {}
+        self.by_owner: dict[object, dict[S, float]] = {}  # owner → server → since
+
+    def __len__(self) -> int:
+        return len(self.owner_of)
+
+    def __bool__(self) -> bool:
+        return bool(self.owner_of)
+
+    def __iter__(self) -> Iterator[S]:
+        return iter(self.owner_of)
+
+    def __contains__(self, server: object) -> bool:
+        return server in self.owner_of
+
+    def __repr__(self) -> str:
+        return f"OwnerIndex({list(self.owner_of)!r})"
+
+    def add(self, server: S, owner: object, since: float) -> None:
+        """``server`` enters this state at ``since`` (the newest); ``owner`` as it is
+        now (it does not change while the server is not leased)."""
+        self.owner_of[server] = owner
+        same = self.by_owner.get(owner)
+        if same is None:
+            self.by_owner[owner] = {server: since}
+        else:
+            same[server] = since
+
+    def discard(self, server: S) -> bool:
+        """Take ``server`` out; False when it was not here."""
+        owner = self.owner_of.pop(server, _ABSENT)
+        if owner is _ABSENT:
+            return False
+        same = self.by_owner[owner]
+        del same[server]
+        if not same:
+            del self.by_owner[owner]
+        return True
+
+    def oldest(self) -> S:
+        """The server here longest (the index must not be empty)."""
+        return next(iter(self.owner_of))
+
+    def oldest_of(self, owner: object) -> S | None:
+        same = self.by_owner.get(owner)
+        return next(iter(same)) if same else None
+
+
+class Selection(Generic[S]):
+    """The pool's idle and kept servers by owner, the servers each tenant's clients hold
+    and the clients each tenant has waiting; and the choices made from them."""
+
+    __slots__ = ("cap", "held", "idle", "kept", "pool_size", "waiting")
+
+    def __init__(self, pool_size: int, cap: int) -> None:
+        self.pool_size = pool_size
+        self.cap = cap  # max_tenant_server_conns (0: none)
+        self.idle: OwnerIndex[S] = OwnerIndex()
+        self.kept: OwnerIndex[S] = OwnerIndex()
+        # tenant → servers its clients hold (kept ones too): the pool counts its leases
+        # in it directly (once per transaction: no call).
+        self.held: dict[str, int] = {}
+        self.waiting: dict[str, int] = {}  # tenant → its clients in the wait queue
+
+    # ---- what moves ---------------------------------------------------------------------
+
+    def wait_began(self, tenant: str | None) -> None:
+        if tenant is not None:
+            self.waiting[tenant] = self.waiting.get(tenant, 0) + 1
+
+    def wait_ended(self, tenant: str | None) -> None:
+        if tenant is not None:
+            left = self.waiting.get(tenant, 0) - 1
+            if left > 0:
+                self.waiting[tenant] = left
+            else:
+                self.waiting.pop(tenant, None)
+
+    # ---- the choices --------------------------------------------------------------------
+
+    def share(self, *, rounded_up: bool = False, owner: object = None) -> int:
+        """Servers each tenant may count on: pool_size split among the tenants whose
+        clients hold one, wait for one or have one parked for them (``owner``: the
+        tenant of the server being placed; at least one)."""
+        names = self.held.keys() | self.waiting.keys() | self.idle.by_owner.keys()
+        names.add(owner)
+        names.discard(NOBODY)
+        names.discard(None)  # a bypass identity's servers
+        tenants = max(1, len(names))
+        share = -(-self.pool_size // tenants) if rounded_up else self.pool_size // tenants
+        return max(1, share)
+
+    def take(self, tenant: str | None, *, patient: bool, now: float) -> S | None:
+        """The server a client of ``tenant`` gets now, taken out of idle or kept (the
+        caller leases it, or unlinks a kept one first); None: the client waits.
+
+        In order: the newest idle one its tenant used; the longest kept one (its
+        tenant's clients trade it among themselves); then — unless ``patient`` and the
+        tenant holds its share already, so one of its own comes back soon — one never
+        used, else one of the tenant with most servers beyond its share (idle before
+        kept: a kept server's client is likely to come back). Out of patience, a server
+        idle or kept for a tenant that has no more than its share stays there for its
+        clients (at work, they come back) unless they left it QUIET seconds ago.
+        Never a server more than max_tenant_server_conns.
+        """
+        held = self.held.get(tenant, 0) if tenant is not None else 0
+        cap = self.cap
+        idle = self.idle
+        same = idle.by_owner.get(tenant)
+        if same and not (cap and held >= cap):  # the hot path: no scrub, no count change
+            newest = next(reversed(same))  # (OwnerIndex.discard inline)
+            del same[newest], idle.owner_of[newest]
+            if not same:
+                del idle.by_owner[tenant]
+            return newest
+        server = self.kept.oldest_of(tenant)
+        if server is None:
+            if (cap and held >= cap) or (patient and held >= self.share()):
+                return None
+            floor = -1 if patient else self.share(rounded_up=True)
+            server = self._convertible(self.idle, floor, now - QUIET)
+            if server is None:
+                server = self._convertible(self.kept, floor, now - QUIET)
+                if server is None:
+                    return None
+        if not self.idle.discard(server):
+            self.kept.discard(server)
+        return server
+
+    def _convertible(self, index: OwnerIndex[S], floor: int, quiet: float) -> S | None:
+        """The server in ``index`` whose change of tenant costs least: one never used;
+        else one of the tenant that has most (held and parked idle together) if more
+        than ``floor``, or whose oldest there was parked before ``quiet``."""
+        if not index:
+            return None
+        best: object = _ABSENT
+        most = floor
+        parked = index is self.idle  # kept servers are counted in held already
+        for owner, servers in index.by_owner.items():
+            if owner is NOBODY:
+                best = owner
+                break
+            if not isinstance(owner, str):  # a bypass identity's: nobody waits for it
+                surplus = self.pool_size + 1
+            else:
+                surplus = self.held.get(owner, 0) + (len(servers) if parked else 0)
+                if surplus <= floor and next(iter(servers.values())) < quiet:
+                    surplus = floor + 1  # its clients left it long ago
+            if surplus > most:
+                best, most = owner, surplus
+        return index.oldest_of(best)
+
+    def waiter_for(self, owner: object, tenants: list[str | None], overdue: bool) -> int:
+        """A server last used by ``owner`` came back while the clients of ``tenants``
+        wait (FIFO order): the index of the one that gets it, or -1 to park it idle for
+        ``owner``'s clients (their next transaction takes it without a scrub).
+
+        In order: the oldest waiter, when ``overdue`` (it waited long) and its tenant
+        holds less than its share; a waiter of ``owner`` whose tenant holds less than
+        its share; any waiter whose tenant does (FIFO: no tenant starves); the oldest
+        waiter when ``overdue`` and its tenant holds no more than ``owner`` would keep
+        (servers rotate, slowly, between tenants the pool cannot split evenly); a
+        waiter of ``owner``; the oldest waiter when the server was never used (or by a
+        bypass identity). Else -1. Never beyond max_tenant_server_conns.
+        """
+        share = self.share(owner=owner)
+        held = self.held
+        cap = self.cap
+        deprived = same = first = rotate = -1
+        for i, tenant in enumerate(tenants):
+            count = held.get(tenant, 0) if tenant is not None else 0
+            if cap and tenant is not None and count >= cap:
+                continue
+            short = count < share
+            if first < 0:
+                first = i
+                if overdue and i == 0:
+                    if short:
+                        return 0
+                    if count < self._owned(owner):
+                        rotate = 0
+            if tenant == owner:
+                if short:
+                    return i
+                if same < 0:
+                    same = i
+            elif short and deprived < 0:
+                deprived = i
+        if deprived >= 0:
+            return deprived
+        if rotate >= 0:
+            return rotate
+        if same >= 0:
+            return same
+        if owner is NOBODY or not isinstance(owner, str):
+            return first
+        return -1
+
+
+    def _owned(self, owner: object) -> int:
+        """Servers ``owner``'s clients hold or have parked, and the one just freed."""
+        if not isinstance(owner, str):
+            return 0
+        return self.held.get(owner, 0) + len(self.idle.by_owner.get(owner, ())) + 1
+

@@ -1,0 +1,235 @@
+"""Which server a client gets and which waiter a freed server goes to (proxy.pool.selection).
+
+No PostgreSQL, no event loop: servers are plain strings, owners are tenant names (or
+NOBODY for a server no client used yet), time is a number the test picks.
+"""
+
+from __future__ import annotations
+
+import random
+
+from proxy.backend.server import NOBODY
+from proxy.pool.selection import QUIET, OwnerIndex, Selection
+
+NOW = 100.0
+
+
+def selection(pool_size: int = 20, cap: int = 0, *, held: dict[str, int] | None = None,
+              waiting: dict[str, int] | None = None,
+              idle: list[tuple[str, object]] | None = None,
+              kept: list[tuple[str, object]] | None = None) -> Selection[str]:
+    """A selection in a given state; idle/kept servers parked at NOW in list order."""
+    sel: Selection[str] = Selection(pool_size, cap)
+    sel.held.update({tenant: count for tenant, count in (held or {}).items() if count})
+    for tenant, count in (waiting or {}).items():
+        for _ in range(count):
+            sel.wait_began(tenant)
+    for server, owner in idle or []:
+        sel.idle.add(server, owner, NOW)
+    for server, owner in kept or []:
+        sel.kept.add(server, owner, NOW)
+    return sel
+
+
+# ---- the index ------------------------------------------------------------------------
+
+
+def test_the_owner_index_keeps_arrival_order_and_finds_a_tenants_server_by_owner() -> None:
+    index: OwnerIndex[str] = OwnerIndex()
+    index.add("s1", "t1", 1.0)
+    index.add("s2", "t2", 2.0)
+    index.add("s3", "t1", 3.0)
+    assert list(index) == ["s1", "s2", "s3"] and len(index) == 3 and "s2" in index
+    assert index.oldest() == "s1"
+    assert index.oldest_of("t1") == "s1" and index.oldest_of("t3") is None
+    assert index.discard("s1") and not index.discard("s1")
+    assert index.oldest_of("t1") == "s3"
+    assert index.discard("s3") and "t1" not in index.by_owner  # no empty owner left
+    assert index.discard("s2") and not index and list(index) == []
+
+
+# ---- take: a client wants a server now -------------------------------------------------
+
+
+def test_a_client_gets_the_newest_idle_server_its_tenant_used() -> None:
+    sel = selection(idle=[("a1", "t1"), ("b1", "t2"), ("a2", "t1"), ("b2", "t2")])
+    assert sel.take("t1", patient=True, now=NOW) == "a2"  # warmest first (LIFO)
+    assert sel.take("t1", patient=True, now=NOW) == "a1"
+    assert list(sel.idle) == ["b1", "b2"]
+
+
+def test_a_kept_server_of_its_tenant_comes_before_another_tenants_idle_one() -> None:
+    sel = selection(held={"t1": 1}, idle=[("b1", "t2")], kept=[("a1", "t1")])
+    assert sel.take("t1", patient=True, now=NOW) == "a1"
+    assert not sel.kept and list(sel.idle) == ["b1"]
+
+
+def test_a_tenant_that_holds_its_share_waits_for_its_own_server() -> None:
+    # 4 servers, 2 tenants: share 2. t1 holds 2 (busy), t2's server sits idle.
+    sel = selection(pool_size=4, held={"t1": 2, "t2": 1}, idle=[("b1", "t2")])
+    assert sel.share() == 2
+    assert sel.take("t1", patient=True, now=NOW) is None
+    assert list(sel.idle) == ["b1"]
+
+
+def test_a_tenant_below_its_share_converts_a_never_used_server_first() -> None:
+    sel = selection(pool_size=4, held={"t1": 1, "t2": 1},
+                    idle=[("b1", "t2"), ("new", NOBODY)])
+    assert sel.take("t1", patient=True, now=NOW) == "new"
+    assert sel.take("t3", patient=True, now=NOW) == "b1"  # t3 holds nothing
+
+
+def test_a_conversion_takes_from_the_tenant_with_most_servers() -> None:
+    sel = selection(pool_size=8, held={"t2": 1, "t3": 2},
+                    idle=[("b1", "t2"), ("c1", "t3"), ("c2", "t3")])
+    assert sel.take("t1", patient=True, now=NOW) == "c1"  # t3 has 4, t2 has 2
+
+
+def test_an_idle_server_is_converted_before_a_kept_one() -> None:
+    # A kept server's client is between transactions and likely back soon.
+    sel = selection(pool_size=4, held={"t2": 2, "t3": 1}, idle=[("c1", "t3")],
+                    kept=[("b1", "t2")])
+    assert sel.take("t1", patient=True, now=NOW) == "c1"
+    assert sel.take("t1", patient=True, now=NOW) == "b1"
+
+
+def test_out_of_patience_a_server_parked_for_a_tenant_within_its_share_stays_parked() -> None:
+    # 8 servers, 4 tenants: share 2. t2 has one busy and one parked: its clients come back.
+    sel = selection(pool_size=8, held={"t1": 2, "t2": 1, "t3": 2, "t4": 2},
+                    idle=[("b1", "t2")])
+    assert sel.take("t1", patient=False, now=NOW + QUIET / 2) is None
+    assert list(sel.idle) == ["b1"]
+
+
+def test_out_of_patience_a_parked_server_is_taken_once_its_tenant_left_it_quiet() -> None:
+    sel = selection(pool_size=8, held={"t1": 2, "t3": 2, "t4": 2}, idle=[("b1", "t2")])
+    assert sel.take("t1", patient=False, now=NOW + QUIET * 2) == "b1"
+
+
+def test_out_of_patience_a_tenant_beyond_its_share_gives_a_parked_server_up() -> None:
+    # 8 servers, 4 tenants: share 2 (rounded up too). t2 holds 2 and has 2 more parked.
+    sel = selection(pool_size=8, held={"t1": 2, "t2": 2, "t3": 1},
+                    waiting={"t4": 1}, idle=[("b1", "t2"), ("b2", "t2")])
+    assert sel.take("t1", patient=True, now=NOW) is None
+    assert sel.take("t1", patient=False, now=NOW) == "b1"
+
+
+def test_out_of_patience_a_kept_server_of_another_tenant_is_taken_once_quiet() -> None:
+    sel = selection(pool_size=2, held={"t1": 1, "t2": 1}, kept=[("a1", "t1")])
+    assert sel.take("t2", patient=True, now=NOW) is None
+    assert sel.take("t2", patient=False, now=NOW) is None  # t1 holds only its share
+    assert sel.take("t2", patient=False, now=NOW + QUIET * 2) == "a1"
+
+
+def test_out_of_patience_a_kept_server_of_a_tenant_beyond_its_share_is_taken() -> None:
+    sel = selection(pool_size=4, held={"t1": 3, "t2": 1}, kept=[("a1", "t1")])
+    assert sel.take("t2", patient=False, now=NOW) == "a1"
+
+
+def test_max_tenant_server_conns_holds_for_idle_servers_even_its_own() -> None:
+    sel = selection(pool_size=10, cap=2, held={"t1": 2},
+                    idle=[("a1", "t1"), ("new", NOBODY)])
+    assert sel.take("t1", patient=False, now=NOW) is None
+    assert len(sel.idle) == 2
+
+
+def test_at_max_tenant_server_conns_a_tenant_still_trades_its_kept_server() -> None:
+    # Moving a kept server between two clients of t1 does not change what t1 holds.
+    sel = selection(pool_size=10, cap=2, held={"t1": 2}, kept=[("a1", "t1")])
+    assert sel.take("t1", patient=True, now=NOW) == "a1"
+
+
+def test_the_share_counts_tenants_holding_waiting_or_with_servers_parked() -> None:
+    sel = selection(pool_size=20, held={"t1": 3}, waiting={"t2": 1, "t1": 1},
+                    idle=[("c1", "t3"), ("new", NOBODY)])
+    assert sel.share() == 6 and sel.share(rounded_up=True) == 7
+    sel = selection(pool_size=2, held={f"t{i}": 0 for i in range(5)},
+                    waiting={f"t{i}": 1 for i in range(5)})
+    assert sel.share() == 1  # more tenants than servers: still one each to count on
+
+
+def test_waiting_counts_drop_to_nothing() -> None:
+    sel = selection()
+    sel.wait_began("t1")
+    sel.wait_began("t1")
+    sel.wait_began(None)  # a bypass identity is not counted
+    assert sel.waiting == {"t1": 2}
+    sel.wait_ended("t1")
+    sel.wait_ended("t1")
+    sel.wait_ended(None)
+    assert sel.waiting == {}
+
+
+# ---- waiter_for: a server came back while clients wait ---------------------------------
+
+
+def test_a_freed_server_goes_to_a_waiter_of_its_tenant() -> None:
+    sel = selection(pool_size=4, held={"t1": 1, "t2": 2}, waiting={"t1": 1, "t2": 1})
+    assert sel.waiter_for("t1", ["t2", "t1"], overdue=False) == 1
+
+
+def test_a_waiter_of_a_tenant_below_its_share_goes_before_the_servers_own_tenant() -> None:
+    # 9 servers, 3 tenants: share 3. t3 holds 1: it is short, t1 (3 left) is not.
+    sel = selection(pool_size=9, held={"t1": 3, "t2": 3, "t3": 1})
+    assert sel.waiter_for("t1", ["t1", "t3"], overdue=False) == 1
+
+
+def test_a_freed_server_is_parked_when_no_waiter_is_of_its_tenant_or_short() -> None:
+    # Every waiting tenant holds its share: they wait for their own; t1's clients are
+    # between transactions and take it back without a scrub.
+    sel = selection(pool_size=6, held={"t1": 1, "t2": 2, "t3": 2})
+    assert sel.waiter_for("t1", ["t2", "t3"], overdue=False) == -1
+
+
+def test_a_never_used_server_goes_to_the_oldest_waiter() -> None:
+    sel = selection(pool_size=6, held={"t2": 3, "t3": 3})
+    assert sel.waiter_for(NOBODY, ["t2", "t3"], overdue=False) == 0
+
+
+def test_an_overdue_oldest_waiter_short_of_its_share_is_served_first() -> None:
+    sel = selection(pool_size=2, held={"t1": 0})
+    assert sel.waiter_for("t1", ["t2", "t3", "t1"], overdue=False) == 2
+    assert sel.waiter_for("t1", ["t2", "t3", "t1"], overdue=True) == 0
+
+
+def test_an_overdue_waiter_takes_a_server_from_a_tenant_with_more() -> None:
+    # 20 servers, 8 tenants: some hold 3, some 2. An overdue waiter of a 2-server tenant
+    # gets the third server of another tenant, so the odd servers rotate.
+    held = {f"t{i}": 3 if i < 4 else 2 for i in range(8)}
+    held["t0"] = 2  # t0 just freed its third server
+    sel = selection(pool_size=20, held=held)
+    assert sel.waiter_for("t0", ["t5", "t0"], overdue=False) == 1
+    assert sel.waiter_for("t0", ["t5", "t0"], overdue=True) == 0
+    held["t0"] = 1  # t0 had only two: it would end up with fewer than t5
+    assert selection(pool_size=20, held=held).waiter_for(
+        "t0", ["t5"], overdue=True) == -1
+
+
+def test_a_waiter_at_max_tenant_server_conns_is_passed_over() -> None:
+    sel = selection(pool_size=10, cap=2, held={"t1": 2, "t2": 0})
+    assert sel.waiter_for(NOBODY, ["t1", "t2"], overdue=True) == 1
+    assert sel.waiter_for(NOBODY, ["t1"], overdue=False) == -1
+
+
+def test_while_a_tenant_with_no_server_waits_freed_servers_go_to_tenants_short_of_one(
+        ) -> None:
+    # Random releases of busy tenants' servers while a tenant that holds nothing waits:
+    # each goes to a waiter short of its share (FIFO among them), never to affinity or
+    # rotation, so the tenant with nothing is served within a few releases.
+    rng = random.Random(7)
+    for _ in range(200):
+        tenants = [f"t{i}" for i in range(rng.randint(2, 12))]
+        pool_size = rng.randint(1, 24)
+        held: dict[str, int] = {}
+        for _ in range(pool_size):
+            owner = rng.choice(tenants[1:])
+            held[owner] = held.get(owner, 0) + 1
+        freed = rng.choice(sorted(held))
+        held[freed] -= 1
+        queue = [rng.choice(tenants[1:]) for _ in range(rng.randint(0, 8))]
+        queue.insert(rng.randint(0, len(queue)), tenants[0])
+        sel = selection(pool_size=pool_size, held=held)
+        pick = sel.waiter_for(freed, list(queue), overdue=rng.random() < 0.5)
+        assert pick >= 0
+        assert held.get(queue[pick], 0) < sel.share() or queue[pick] == tenants[0], (
+            queue, pick, held)
