@@ -9,7 +9,8 @@ import pytest
 
 from proxy.app import ProxyApp
 from proxy.config import AuthConfig, Config, DatabaseConfig, JwtConfig, ServerConfig
-from proxy.frontend.client import ClientConnection, is_loopback
+from proxy.frontend.client import ClientConnection
+from proxy.frontend.login import is_loopback
 from proxy.wire import messages
 
 
