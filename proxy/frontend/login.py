@@ -19,6 +19,7 @@ import enum
 import ipaddress
 import logging
 import ssl
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,6 +60,9 @@ log = logging.getLogger("pgtenant.client")
 # Startup parameters that are connection plumbing, not session settings.
 _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
 _NO_STARTUP = StartupFramer()  # shared placeholder once startup is over
+_INTERN_LIMIT = 100_000
+_tenant_identities: dict[tuple[str | None, bool], Identity] = {}
+
 
 class ClientState(enum.Enum):
     """A client connection's state; all but READY, CANCEL and CLOSED are its login's."""
@@ -136,6 +140,20 @@ def parse_options(options: str) -> dict[str, str]:
             raise ClientError("08P01", f"malformed option {pair!r} in the options parameter")
         result[name.replace("-", "_")] = value
     return result
+
+
+def tenant_identity(identity: Identity) -> Identity:
+    """What a logged-in client keeps of ``identity``: its tenant, in an Identity shared by
+    the clients of that tenant. The rest (subject, expiry, upstream role) served the
+    login only; an idle client does not carry a copy of its token's claims."""
+    key = (identity.tenant, identity.bypass_tenancy)
+    kept = _tenant_identities.get(key)
+    if kept is None:
+        if len(_tenant_identities) >= _INTERN_LIMIT:
+            _tenant_identities.clear()
+        kept = _tenant_identities[key] = Identity(tenant=identity.tenant,
+                                                  bypass_tenancy=identity.bypass_tenancy)
+    return kept
 
 
 class LoginHost(Protocol):
@@ -329,6 +347,9 @@ class Login:
         if pool is None:
             raise ClientError("3D000", f"database \"{database}\" does not exist",
                               "the database name must be one configured in pgtenant")
+        # One string for all the clients of a database (a configured name, so interning
+        # it cannot grow without bound).
+        client.database = sys.intern(database)
         client.pool = pool
         client.traffic = pool.traffic
         client.transaction_mode = pool.db.pool_mode == "transaction"
@@ -442,7 +463,7 @@ class Login:
         """The client proved ``identity``: build its tenant context and log in."""
         client = self.client
         app = client.app
-        client.identity = identity
+        identity = client.identity = tenant_identity(identity)
         client.stats_tenant = identity.tenant if identity.tenant is not None else "_bypass"
         tenancy = app.config.tenancy
         if tenancy.schema_per_tenant and identity.tenant is not None:
