@@ -123,7 +123,7 @@ class ClientConnection(asyncio.Protocol):
         self._queue_replies = 0
         self._queue_named = False       # the queue holds named-statement messages
         self._queue_batch_start = True  # the queue's first frame starts a batch
-        # Transaction mode: the client's prepared statements by name.
+        # Transaction mode: the client's prepared statements by name, from its first one.
         self.statements: dict[str, ClientStatement] | None = None
         self._rewriting = False         # a batch the proxy rewrites goes on until Sync
         self._touched = False  # what goes out next may change the tenant setting (guard)
@@ -271,7 +271,7 @@ class ClientConnection(asyncio.Protocol):
         replies = 0
         unsynced = self._unsynced
         named = self._rewriting
-        statements = self.statements
+        rewrites = self.transaction_mode  # named statements are the proxy's to map
         for tag, start, end in index:
             if tag == _S or tag == _Q or tag == _F:  # each ends in ReadyForQuery
                 replies += 1
@@ -288,7 +288,7 @@ class ClientConnection(asyncio.Protocol):
                 self._flush(block[:start], replies, unsynced, named)
                 self.fatal("08P01", f"invalid frontend message type {tag}")
                 return
-            if statements is not None and not named and tag in _MAYBE_NAMED:
+            if rewrites and not named and tag in _MAYBE_NAMED:
                 named = needs_rewrite(tag, block[start + 5:end])
         self._flush(block, replies, unsynced, named)
 
@@ -462,15 +462,17 @@ class ClientConnection(asyncio.Protocol):
     def _send_rewritten(self, server: ServerConnection, blocks: list[bytes],
                         batch_start: bool, verify: bool = True) -> None:
         """Transaction mode with named statements: see proxy.backend.prepared."""
-        assert self.statements is not None
+        statements = self.statements
+        if statements is None:
+            statements = self.statements = {}
         frames = [frame for block in blocks for frame in split_frames(block)]
         try:
             if verify and batch_start:
-                keys = to_verify(frames, self.statements, server.statements)
+                keys = to_verify(frames, statements, server.statements)
                 if keys:
                     self._verify(server, frames, keys)
                     return
-            done = rewrite(frames, self.statements, server.statements, FORWARD,
+            done = rewrite(frames, statements, server.statements, FORWARD,
                            batch_start=batch_start,
                            aborted=server.tx_status == b"E" and not server.pending)
         except ValueError:  # a name without its terminator

@@ -46,7 +46,6 @@ from proxy.wire.tags import BackendTag, FrontendTag
 
 if TYPE_CHECKING:
     from proxy.auth.jwt import JwtVerifier
-    from proxy.backend.prepared import ClientStatement
     from proxy.backend.server import ServerConnection
     from proxy.config import Config, ServiceAccountConfig
     from proxy.guard import Guard
@@ -201,7 +200,6 @@ class LoginClient(Protocol):
     pool: ServerPool | None
     traffic: TrafficStats
     transaction_mode: bool
-    statements: dict[str, ClientStatement] | None
     identity: Identity | None
     stats_tenant: str
     context: TenantContext | None
@@ -353,8 +351,6 @@ class Login:
         client.pool = pool
         client.traffic = pool.traffic
         client.transaction_mode = pool.db.pool_mode == "transaction"
-        if client.transaction_mode:
-            client.statements = {}
         settings = {k: v for k, v in params.items() if k not in _NOT_SETTINGS}
         if "options" in params:
             settings.update(parse_options(params["options"]))
