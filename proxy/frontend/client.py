@@ -99,7 +99,7 @@ class ClientConnection(asyncio.Protocol):
                  "_unsynced",
                  "_writing_paused", "app",
                  "cancel_pid", "cancel_secret", "context", "database", "framer", "id",
-                 "identity", "lease", "peer", "pool",
+                 "identity", "lease", "pool",
                  "state", "statements", "stats_tenant", "traffic", "transaction_mode",
                  "transport")
 
@@ -108,7 +108,6 @@ class ClientConnection(asyncio.Protocol):
         self.id = app.next_client_id()
         self.state = ClientState.STARTUP
         self.transport: asyncio.Transport | None = None
-        self.peer = "?"
         self._login: Login | None = None  # from connection_made until logged in
         self.framer: FrontendFramer | None = None
         self.database = ""
@@ -154,6 +153,16 @@ class ClientConnection(asyncio.Protocol):
         return lease is not None and lease.server.state is not ServerState.KEPT
 
     @property
+    def peer(self) -> str:
+        """The client's address for logs ("host:port", "unix"; "?" once its socket is
+        gone): read from the socket when asked, not kept by every idle client."""
+        transport = self.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        if isinstance(peer, tuple) and peer:
+            return f"{peer[0]}:{peer[1]}"
+        return "?" if peer is None else "unix"
+
+    @property
     def tls(self) -> bool:
         """Whether the client's connection is encrypted."""
         transport = self.transport
@@ -179,13 +188,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and peer:
-            host = str(peer[0])
-            self.peer = f"{host}:{peer[1]}"
-            is_local = is_loopback(host)
-        else:  # a Unix socket: local by definition
-            self.peer = "unix"
-            is_local = True
+        # A Unix socket's peer (no address) is local by definition.
+        is_local = not (isinstance(peer, tuple) and peer) or is_loopback(str(peer[0]))
         self.app.client_connected(self)
         self._login = Login(self, is_local)
 
