@@ -92,13 +92,13 @@ class ClientConnection(asyncio.Protocol):
 
     # One object per connected client, idle ones included: no per-instance __dict__.
     # What only a login needs lives in its Login (self._login), dropped once logged in.
-    __slots__ = ("_guard", "_idle_timeouts", "_idle_timer", "_leasing", "_login",
+    __slots__ = ("_cancel_key", "_guard", "_idle_timeouts", "_idle_timer", "_leasing", "_login",
                  "_queue", "_queue_batch_start", "_queue_named",
                  "_queue_replies", "_queued_bytes", "_reading_paused_for",
                  "_rewriting", "_task_set", "_touched", "_tx_started",
                  "_unsynced",
                  "_writing_paused", "app",
-                 "cancel_pid", "cancel_secret", "context", "database", "framer", "id",
+                 "context", "database", "framer", "id",
                  "identity", "lease", "pool",
                  "state", "statements", "stats_tenant", "traffic", "transaction_mode",
                  "transport")
@@ -116,8 +116,7 @@ class ClientConnection(asyncio.Protocol):
         self.identity: Identity | None = None
         self.context: TenantContext | None = None  # holds its settings once logged in
         self.lease: Lease | None = None  # the server connection the pool lent it
-        self.cancel_pid = 0
-        self.cancel_secret = b""
+        self._cancel_key = 0  # its BackendKeyData: process id << 32 | secret key
         self._queue: list[bytes] = []   # message blocks waiting for a server
         self._queue_replies = 0
         self._queue_named = False       # the queue holds named-statement messages
@@ -161,6 +160,24 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and peer:
             return f"{peer[0]}:{peer[1]}"
         return "?" if peer is None else "unix"
+
+    # The cancel key the proxy gave it, in one int (not an int and a bytes object).
+    @property
+    def cancel_pid(self) -> int:
+        return self._cancel_key >> 32
+
+    @cancel_pid.setter
+    def cancel_pid(self, pid: int) -> None:
+        self._cancel_key = pid << 32 | (self._cancel_key & 0xFFFFFFFF)
+
+    @property
+    def cancel_secret(self) -> bytes:
+        return (self._cancel_key & 0xFFFFFFFF).to_bytes(4, "big") if self._cancel_key else b""
+
+    @cancel_secret.setter
+    def cancel_secret(self, secret: bytes) -> None:
+        assert len(secret) == 4, "a protocol 3.0 cancel key is 4 bytes"
+        self._cancel_key = (self._cancel_key >> 32 << 32) | int.from_bytes(secret, "big")
 
     @property
     def tls(self) -> bool:
