@@ -18,7 +18,8 @@ import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 
 # The hot modules: per message (wire), per statement (guard, session helpers) and per
-# transaction (stats, the client and server connections, the pool). The app, admin,
+# transaction (stats, the client and server connections, the pool), per connection (the
+# client's login). The app, admin,
 # metrics and startup-only code stay interpreted; add a module here to compile it.
 # Traps to avoid in a compiled module: an interpreted subclass of a compiled class,
 # tests that monkeypatch a compiled class's methods, class-level defaults on Exception
@@ -41,6 +42,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.frontend.guarding",
     "proxy.stats",
     "proxy.backend.server",
+    "proxy.frontend.login",
     "proxy.frontend.client",
     "proxy.pool.lease",
     "proxy.pool.pool",
