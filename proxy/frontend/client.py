@@ -92,16 +92,12 @@ class ClientConnection(asyncio.Protocol):
 
     # One object per connected client, idle ones included: no per-instance __dict__.
     # What only a login needs lives in its Login (self._login), dropped once logged in.
-    __slots__ = ("_cancel_key", "_guard", "_idle_timeouts", "_idle_timer", "_leasing", "_login",
-                 "_queue", "_queue_batch_start", "_queue_named",
-                 "_queue_replies", "_queued_bytes", "_reading_paused_for",
-                 "_rewriting", "_task_set", "_touched", "_tx_started",
-                 "_unsynced",
-                 "_writing_paused", "app",
-                 "context", "database", "framer", "id",
-                 "identity", "lease", "pool",
-                 "state", "statements", "stats_tenant", "traffic", "transaction_mode",
-                 "transport")
+    __slots__ = ("_cancel_key", "_guard", "_idle_timeouts", "_idle_timer", "_leasing",
+                 "_login", "_queue", "_queue_batch_start", "_queue_named", "_queue_replies",
+                 "_queued_bytes", "_reading_paused_for", "_rewriting", "_task_set",
+                 "_touched", "_tx_started", "_unsynced", "_writing_paused", "app", "context",
+                 "database", "framer", "id", "identity", "lease", "pool", "state",
+                 "statements", "stats_tenant", "traffic", "transaction_mode", "transport")
 
     def __init__(self, app: ProxyApp) -> None:
         self.app = app
