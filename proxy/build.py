@@ -17,9 +17,10 @@ import importlib
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 
-# The hot modules: per message (wire), per statement (guard, session helpers) and per
-# transaction (stats, the client and server connections, the pool). The app, admin,
-# metrics and startup-only code stay interpreted; add a module here to compile it.
+# The hot modules: per message (wire), per statement (guard, session helpers), per
+# transaction (stats, the client and server connections, the pool) and per connection
+# (the client's login). The app, admin, metrics and startup-only code stay interpreted;
+# add a module here to compile it.
 # Traps to avoid in a compiled module: an interpreted subclass of a compiled class,
 # tests that monkeypatch a compiled class's methods, class-level defaults on Exception
 # subclasses (use ClassVar), sibling ``except A as e`` / ``except B as e`` of
@@ -44,6 +45,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.backend.routing",
     "proxy.backend.server",
     "proxy.frontend.requests",
+    "proxy.frontend.login",
     "proxy.frontend.client",
     "proxy.pool.lease",
     "proxy.pool.selection",

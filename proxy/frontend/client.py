@@ -1,10 +1,10 @@
-"""A client connection: startup, TLS, JWT authentication, then relaying to a server.
+"""A client connection: its login (proxy.frontend.login), then relaying to a server.
 
-Flow: StartupMessage (SSLRequest/GSSENCRequest/CancelRequest answered on the way) →
-AuthenticationCleartextPassword → the JWT arrives as the password and is verified →
-a server connection is leased and given the client's tenant context before the greeting
-→ ReadyForQuery. Session mode keeps that server until the client leaves; transaction
-mode returns it on every ReadyForQuery 'I' and leases one again at the next message.
+Until it is logged in a client holds a :class:`~proxy.frontend.login.Login` (startup,
+TLS, authentication, its first server and the greeting) and hands it what it receives;
+then it drops it and relays. Session mode keeps the server leased at login until the
+client leaves; transaction mode returns it on every ReadyForQuery 'I' and leases one
+again at the next message.
 
 The client holds its server as a ``proxy.pool.lease.Lease``. Where the tenant is set:
 the lease (``Lease.begin``/``context_ready`` pipeline the set when a failed one could not
@@ -19,17 +19,12 @@ in :meth:`ClientConnection._release_server`.
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
-import ipaddress
 import logging
-import ssl
 import time
 from typing import TYPE_CHECKING
 
-from proxy.auth.errors import AuthError
 from proxy.auth.identity import Identity
-from proxy.auth.service_accounts import ServiceAccountLogin
 from proxy.backend.context import TenantContext
 from proxy.backend.prepared import (
     internal_batch,
@@ -48,11 +43,10 @@ from proxy.backend.server import (
     Skip,
 )
 from proxy.backend.statements import ClientStatement, ServerStatement
-from proxy.config import ADMIN_DATABASE
 from proxy.frontend.guarding import StreamGuard
+from proxy.frontend.login import ClientError, ClientState, Login, is_loopback
 from proxy.frontend.requests import NO_STOP, classify
 from proxy.guard import Refusal
-from proxy.placement import PlacementRefused  # --- placement ---
 from proxy.pool.lease import Lease
 from proxy.pool.pool import PoolTimeoutError, ServerPool
 from proxy.stats import TrafficStats
@@ -60,18 +54,13 @@ from proxy.tasks import TaskSet
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import FrontendFramer, split_frames
-from proxy.wire.startup import (
-    CancelRequest,
-    GSSENCRequest,
-    SSLRequest,
-    StartupFramer,
-    StartupMessage,
-    parse_startup_packet,
-)
-from proxy.wire.tags import BackendTag, FrontendTag
+from proxy.wire.tags import FrontendTag
 
 if TYPE_CHECKING:
     from proxy.app import ProxyApp
+
+# ClientState and ClientError are the client's, defined with its login (below this module).
+__all__ = ["ClientConnection", "ClientError", "ClientState"]
 
 log = logging.getLogger("pgtenant.client")
 
@@ -79,133 +68,47 @@ _Q = FrontendTag.QUERY
 _S = FrontendTag.SYNC
 _F = FrontendTag.FUNCTION_CALL
 _X = FrontendTag.TERMINATE
-_P = FrontendTag.PASSWORD
 # query_timeout: how long the server may take to answer the proxy's cancel, at most.
 _QUERY_TIMEOUT_GRACE = 5.0
 
-# Startup parameters that are connection plumbing, not session settings.
-_NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
 # Pause reading from the client when this much is queued waiting for a server.
 _QUEUE_HIGH_WATER = 256 * 1024
 
-
-def is_loopback(host: str) -> bool:
-    """True for a loopback peer address (127.0.0.0/8, ::1, and IPv4-mapped forms)."""
-    try:
-        addr = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback
-
-
 _NO_TRAFFIC = TrafficStats()  # placeholder counters before the database is known
-_NO_STARTUP = StartupFramer()  # shared placeholder once startup is over
-_SETTLED: dict[str, str] = {}  # shared placeholder for settings once in the context; never written
 _PAUSE_BITS = {"queue": 1, "server": 2}
-
-
-class ClientState(enum.Enum):
-    STARTUP = "startup"
-    TLS = "tls"
-    AUTH = "auth"
-    LOGIN = "login"
-    READY = "ready"
-    CANCEL = "cancel"  # a cancel connection waiting for its request to be handled
-    CLOSED = "closed"
-
-
-class ClientError(Exception):
-    """An error a client caused; ends the connection with a FATAL ErrorResponse."""
-
-    def __init__(self, sqlstate: str, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.hint = hint
-
-
-def parse_options(options: str) -> dict[str, str]:
-    """Parse the ``options`` startup parameter (``-c name=value`` / ``--name=value``)."""
-    words: list[str] = []
-    current: list[str] = []
-    escaped = False
-    for ch in options:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch.isspace():
-            if current:
-                words.append("".join(current))
-                current = []
-        else:
-            current.append(ch)
-    if current:
-        words.append("".join(current))
-    result: dict[str, str] = {}
-    i = 0
-    while i < len(words):
-        word = words[i]
-        if word == "-c" and i + 1 < len(words):
-            pair = words[i + 1]
-            i += 2
-        elif word.startswith("-c"):
-            pair = word[2:]
-            i += 1
-        elif word.startswith("--"):
-            pair = word[2:]
-            i += 1
-        else:
-            raise ClientError("08P01", f"unsupported option in the options parameter: {word!r}",
-                              "pgtenant accepts only -c name=value options")
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise ClientError("08P01", f"malformed option {pair!r} in the options parameter")
-        result[name.replace("-", "_")] = value
-    return result
 
 
 class ClientConnection(asyncio.Protocol):
     """One client of the proxy."""
 
     # One object per connected client, idle ones included: no per-instance __dict__.
-    __slots__ = ("_guard", "_idle_timeouts", "_idle_timer", "_leasing",
-                 "_login_timer", "_queue", "_queue_batch_start", "_queue_named",
-                 "_queue_replies", "_queued_bytes", "_reading_paused_for",
-                 "_rewriting", "_service_login", "_tasks", "_touched", "_tx_started",
-                 "_unsynced",
-                 "_writing_paused", "app",
-                 "cancel_pid", "cancel_secret", "context", "database", "framer", "id",
-                 "identity", "is_local", "lease", "peer", "pool", "settings", "startup",
-                 "state", "statements", "stats_tenant", "tls", "traffic", "transaction_mode",
-                 "transport")
+    # What only a login needs lives in its Login (self._login), dropped once logged in.
+    __slots__ = ("_cancel_key", "_guard", "_idle_timeouts", "_idle_timer", "_leasing",
+                 "_login", "_queue", "_queue_batch_start", "_queue_named", "_queue_replies",
+                 "_queued_bytes", "_reading_paused_for", "_rewriting", "_task_set",
+                 "_touched", "_tx_started", "_unsynced", "_writing_paused", "app", "context",
+                 "database", "framer", "id", "identity", "lease", "pool", "state",
+                 "statements", "stats_tenant", "traffic", "transaction_mode", "transport")
 
     def __init__(self, app: ProxyApp) -> None:
         self.app = app
         self.id = app.next_client_id()
         self.state = ClientState.STARTUP
         self.transport: asyncio.Transport | None = None
-        self.peer = "?"
-        self.is_local = False
-        self.tls = False
-        self.startup = StartupFramer()
+        self._login: Login | None = None  # from connection_made until logged in
         self.framer: FrontendFramer | None = None
         self.database = ""
         self.pool: ServerPool | None = None
         self.transaction_mode = False
         self.identity: Identity | None = None
-        self.context: TenantContext | None = None
-        self.settings: dict[str, str] = {}
+        self.context: TenantContext | None = None  # holds its settings once logged in
         self.lease: Lease | None = None  # the server connection the pool lent it
-        self.cancel_pid = 0
-        self.cancel_secret = b""
+        self._cancel_key = 0  # its BackendKeyData: process id << 32 | secret key
         self._queue: list[bytes] = []   # message blocks waiting for a server
         self._queue_replies = 0
         self._queue_named = False       # the queue holds named-statement messages
         self._queue_batch_start = True  # the queue's first frame starts a batch
-        # Transaction mode: the client's prepared statements by name.
+        # Transaction mode: the client's prepared statements by name, from its first one.
         self.statements: dict[str, ClientStatement] | None = None
         self._rewriting = False         # a batch the proxy rewrites goes on until Sync
         self._touched = False  # what goes out next may change the tenant setting (guard)
@@ -220,9 +123,7 @@ class ClientConnection(asyncio.Protocol):
         self._leasing = False
         self._writing_paused = False
         self._reading_paused_for = 0  # bits of _PAUSE_BITS: why reading is paused
-        self._login_timer: asyncio.TimerHandle | None = None
-        self._tasks = TaskSet(self._internal_error)
-        self._service_login: ServiceAccountLogin | None = None  # a [users.NAME] SCRAM login
+        self._task_set: TaskSet | None = None  # made at its first task (rare once logged in)
 
     @property
     def server(self) -> ServerConnection | None:
@@ -237,6 +138,47 @@ class ClientConnection(asyncio.Protocol):
         lease = self.lease
         return lease is not None and lease.server.state is not ServerState.KEPT
 
+    @property
+    def peer(self) -> str:
+        """The client's address for logs ("host:port", "unix"; "?" once its socket is
+        gone): read from the socket when asked, not kept by every idle client."""
+        transport = self.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        if isinstance(peer, tuple) and peer:
+            return f"{peer[0]}:{peer[1]}"
+        return "?" if peer is None else "unix"
+
+    # The cancel key the proxy gave it, in one int (not an int and a bytes object).
+    @property
+    def cancel_pid(self) -> int:
+        return self._cancel_key >> 32
+
+    @cancel_pid.setter
+    def cancel_pid(self, pid: int) -> None:
+        self._cancel_key = pid << 32 | (self._cancel_key & 0xFFFFFFFF)
+
+    @property
+    def cancel_secret(self) -> bytes:
+        return (self._cancel_key & 0xFFFFFFFF).to_bytes(4, "big") if self._cancel_key else b""
+
+    @cancel_secret.setter
+    def cancel_secret(self, secret: bytes) -> None:
+        assert len(secret) == 4, "a protocol 3.0 cancel key is 4 bytes"
+        self._cancel_key = (self._cancel_key >> 32 << 32) | int.from_bytes(secret, "big")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the client's connection is encrypted."""
+        transport = self.transport
+        return transport is not None and transport.get_extra_info("sslcontext") is not None
+
+    @property
+    def _tasks(self) -> TaskSet:
+        tasks = self._task_set
+        if tasks is None:
+            tasks = self._task_set = TaskSet(self.internal_error)
+        return tasks
+
     def _holds(self, server: BackendSession) -> bool:
         lease = self.lease
         return lease is not None and lease.server is server
@@ -250,16 +192,10 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and peer:
-            host = str(peer[0])
-            self.peer = f"{host}:{peer[1]}"
-            self.is_local = is_loopback(host)
-        else:  # a Unix socket: local by definition
-            self.peer = "unix"
-            self.is_local = True
+        # A Unix socket's peer (no address) is local by definition.
+        is_local = not (isinstance(peer, tuple) and peer) or is_loopback(str(peer[0]))
         self.app.client_connected(self)
-        self._login_timer = asyncio.get_running_loop().call_later(
-            self.app.config.server.client_login_timeout, self._login_timed_out)
+        self._login = Login(self, is_local)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -268,16 +204,13 @@ class ClientConnection(asyncio.Protocol):
                 self.traffic.bytes_in += len(data)
                 self.framer.feed(data)
                 self._relay_messages()
-            elif self.state is ClientState.STARTUP:
-                self.startup.feed(data)
-                self._startup_packets()
-            elif self.state in (ClientState.AUTH, ClientState.LOGIN):
+            elif self.state is ClientState.LOGIN:  # buffered until it is logged in
                 assert self.framer is not None
                 self.framer.feed(data)
-                if self.state is ClientState.AUTH:
-                    self._password_message()
-                elif self.framer.buffered() > _QUEUE_HIGH_WATER:
+                if self.framer.buffered() > _QUEUE_HIGH_WATER:
                     self._pause_reading("queue", True)
+            elif self._login is not None:
+                self._login.received(data)
         except ProtocolViolation as violation:
             self.fatal("08P01", str(violation))
         except ClientError as error:
@@ -301,304 +234,26 @@ class ClientConnection(asyncio.Protocol):
         if self.lease is not None:
             self.lease.server.pause_reading(False)
 
-    # ---- startup ----------------------------------------------------------------------
+    # ---- what its login calls ---------------------------------------------------------
 
-    def _startup_packets(self) -> None:
-        while self.state is ClientState.STARTUP:
-            body = self.startup.next_packet()
-            if body is None:
-                return
-            packet = parse_startup_packet(body)
-            if isinstance(packet, SSLRequest):
-                self._ssl_request()
-            elif isinstance(packet, GSSENCRequest):
-                self._write(b"N")
-            elif isinstance(packet, CancelRequest):
-                self._cancel_request(packet)
-                return
-            elif isinstance(packet, StartupMessage):
-                self._startup_message(packet)
+    def open_admin_session(self, user: str, pending: bytes) -> None:
+        """Database "pgtenant": the admin console (proxy/admin) takes over the socket."""
+        from proxy.admin.session import open_admin_session
+        open_admin_session(self, user, pending)
 
-    def _cancel_request(self, packet: CancelRequest) -> None:
-        """Pass the cancel on; close this connection only once it has been handled."""
-        done = self.app.cancel(packet.process_id, packet.secret_key)
-        if done is None or done.done():
-            self._close_transport()
-            return
-        self.state = ClientState.CANCEL  # nothing more is read from it
-        done.add_done_callback(lambda _: self._close_transport())
-
-    def _ssl_request(self) -> None:
-        ctx = self.app.client_ssl_context
-        if ctx is None or self.tls:
-            self._write(b"N")
-            return
-        if self.startup.buffered():
-            # Bytes after SSLRequest before the handshake: a classic injection attempt.
-            raise ClientError("08P01", "received unencrypted data after SSL request")
-        self._write(b"S")
-        self.state = ClientState.TLS
-        self._tasks.spawn(self._start_tls(ctx))
-
-    async def _start_tls(self, ctx: ssl.SSLContext) -> None:
-        assert self.transport is not None
-        loop = asyncio.get_running_loop()
-        try:
-            new = await loop.start_tls(self.transport, self, ctx, server_side=True)
-        except (OSError, ssl.SSLError, ConnectionError) as exc:
-            log.info("client #%s: TLS handshake failed: %s", self.id, exc)
-            self._close_transport()
-            return
-        if new is None:
-            self._close_transport()
-            return
-        self.transport = new  # type: ignore[assignment]
-        self.tls = True
-        self.state = ClientState.STARTUP
-
-    def _startup_message(self, packet: StartupMessage) -> None:
-        params = packet.parameters
-        app = self.app
-        if packet.protocol_minor > 0 or packet.protocol_options:
-            # We speak 3.0; report unknown _pq_ options instead of failing (as PostgreSQL does).
-            self._write(messages.negotiate_protocol_version(0, list(packet.protocol_options)))
-        if "replication" in params and params["replication"].lower() not in ("false", "0", "off"):
-            raise ClientError("0A000", "replication connections are not supported by pgtenant")
-        user = params.get("user")
-        if not user:
-            raise ClientError("28000", "no PostgreSQL user name specified in startup packet")
-        self.database = params.get("database") or user
-        if app.too_many_clients():
-            raise ClientError("53300", "sorry, too many clients already",
-                              "the proxy's max_client_conn is reached")
-        # --- admin console (proxy/admin): database "pgtenant" takes over the socket ---
-        if self.database == ADMIN_DATABASE:
-            from proxy.admin.session import open_admin_session
-            open_admin_session(self, user, self.startup.remaining())
-            return
-        # --- end admin console ---
-        pool = app.router.front_pool(self.database)  # --- placement --- (was app.pools.get)
-        if pool is None:
-            raise ClientError("3D000", f"database \"{self.database}\" does not exist",
-                              "the database name must be one configured in pgtenant")
-        self.pool = pool
-        self.traffic = pool.traffic
-        self.transaction_mode = pool.db.pool_mode == "transaction"
-        if self.transaction_mode:
-            self.statements = {}
-        settings = {k: v for k, v in params.items() if k not in _NOT_SETTINGS}
-        if "options" in params:
-            settings.update(parse_options(params["options"]))
-        for name in settings:
-            if app.is_protected_setting(name):
-                app.stats.record_violation("_unknown", "startup_option")
-                raise ClientError("42501", f"setting \"{name}\" cannot be set by a client",
-                                  "pgtenant sets the tenant context itself")
-        if app.guard is not None:
-            refusal = app.guard.check_startup(settings)
-            if refusal is not None:
-                app.stats.record_violation("_unknown", refusal.kind)
-                raise ClientError(refusal.sqlstate, refusal.message, refusal.hint)
-        self.settings = settings
-        if not (self.tls or self.is_local or app.config.server.allow_insecure_password):
-            raise ClientError("28000", "pgtenant accepts a password only over an encrypted "
-                              "connection", "connect with sslmode=require")
-        self.state = ClientState.AUTH
-        self.framer = FrontendFramer(app.config.server.max_message_size)
-        self.framer.feed(self.startup.remaining())
-        self.startup = _NO_STARTUP  # done with startup packets (one less buffer per client)
-        # --- service accounts ([users.NAME], proxy/auth/service_accounts.py) ---
-        # The method follows from the user name alone, never from the client: a service
-        # account's name always gets SCRAM, so a JWT sent for it is never read as one.
-        account = app.config.users.get(user)
-        if account is not None:
-            self._service_login = ServiceAccountLogin(account, self.database)
-            self._write(self._service_login.start())
-            self._password_message()
-            return
-        # --- end service accounts ---
-        self._write(messages.authentication_cleartext_password())
-        self._password_message()
-
-    def _password_message(self) -> None:
-        assert self.framer is not None
-        msg = self.framer.next_message()
-        if msg is None:
-            return
-        tag, body = msg
-        if tag != _P:
-            raise ClientError("08P01", f"expected a password message, got type {chr(tag)!r}")
-        if self._service_login is not None:
-            self._service_account_message(body)
-            return
-        try:
-            token = messages.decode_password(body).decode("utf-8")
-        except UnicodeDecodeError:
-            raise ClientError("28P01", "password authentication failed: the password is not "
-                              "a valid token") from None
-        verifier = self.app.verifier
-        try:
-            identity = verifier.verify(token)
-        except AuthError as exc:
-            if exc.reason == "no_key" and verifier.may_refresh_for(token):
-                # A key id the identity provider's set lacks: it may have rotated.
-                self.state = ClientState.LOGIN  # buffer anything else the client sends
-                self._tasks.spawn(self._verify_after_refresh(token))
-                return
-            self.app.auth_failed(self, exc)
-            raise ClientError(exc.sqlstate, str(exc)) from None
-        self._authenticated(identity)
-
-    async def _verify_after_refresh(self, token: str) -> None:
-        verifier = self.app.verifier
-        assert verifier.remote is not None
-        await verifier.remote.refresh()
-        if self.state is not ClientState.LOGIN:
-            return
-        try:
-            identity = verifier.verify(token)
-        except AuthError as exc:
-            self.app.auth_failed(self, exc)
-            self.fatal(exc.sqlstate, str(exc))
-            return
-        self._authenticated(identity)
-
-    # --- service accounts ([users.NAME]): SCRAM-SHA-256, then the same login as a JWT ---
-    def _service_account_message(self, body: bytes) -> None:
-        login = self._service_login
-        assert login is not None
-        try:
-            reply, identity = login.step(body)
-        except AuthError as exc:
-            self.app.auth_failed(self, exc)
-            raise ClientError(exc.sqlstate, str(exc)) from None
-        self._write(reply)
-        if identity is None:
-            self._password_message()  # the SASLResponse, if it is already buffered
-            return
-        self._service_login = None
-        if identity.bypass_tenancy:
-            # Its own upstream role and pool, never the database's default pool.
-            # --- placement --- (was self.database: it may name a placement, not an entry)
-            assert self.pool is not None
-            self.pool = self.app.service_pool(self.pool.db.name, login.account)
-        self._authenticated(identity)
-    # --- end service accounts ---
-
-    def _authenticated(self, identity: Identity) -> None:
-        """The client proved ``identity``: build its tenant context and log in."""
-        self.identity = identity
-        self.stats_tenant = identity.tenant if identity.tenant is not None else "_bypass"
-        tenancy = self.app.config.tenancy
-        if tenancy.schema_per_tenant and identity.tenant is not None:
-            # `pgtenant tenants create ID --schema` made schema tenant_ID. A convenience for
-            # unqualified names, not a boundary: RLS still confines the rows.
-            self.settings["search_path"] = f'"tenant_{identity.tenant}", public'
-        self.context = TenantContext.make(
-            tenancy.setting, identity.tenant, self.settings, self.app.proof_key,
-            tenancy.proof_setting)
-        self.state = ClientState.LOGIN
-        self._tasks.spawn(self._login())
-
-    async def _login(self) -> None:
-        """Lease a server, give it our context, greet the client with its parameters."""
-        assert self.pool is not None and self.context is not None
-        # --- placement (proxy/placement.py): the tenant's own cluster, known only now ---
-        try:
-            placed = await self.app.router.place(self)
-        except PlacementRefused as refused:
-            self.fatal(refused.sqlstate, str(refused))
-            return
-        if placed is not None:
-            self.pool, self.traffic = placed, placed.traffic
-        # --- end placement ---
-        try:
-            lease = await self.pool.acquire(self.context.tenant)
-        except (PoolTimeoutError, ServerError) as no_server:
-            self.fatal(no_server.sqlstate, str(no_server))
-            return
-        if self.state is not ClientState.LOGIN:
-            lease.release()
-            return
-        self._link(lease)
-        server = lease.server
-        # The context (and the scrub, when the server last served another tenant) first:
-        # even the proxy's own registry query runs on a clean backend.
-        try:
-            await self._apply_context(lease)
-        except ClientError as not_set:
-            self.fatal(not_set.sqlstate, str(not_set))
-            return
-        if self.state is not ClientState.LOGIN:
-            return
-        if (self.app.config.tenancy.require_registered_tenant and self.context.tenant
-                and placed is None):  # --- placement --- (the router checked the registry)
-            try:
-                status = await self._registry_status(server, self.context.tenant)
-            except ServerError as no_registry:
-                self.fatal(no_registry.sqlstate, str(no_registry))
-                return
-            if status != "active":
-                self.app.stats.security.suspended_tenant_attempts += 1
-                what = "is suspended" if status == "suspended" else "is not registered"
-                log.info("client #%s (%s): tenant %s %s", self.id, self.peer,
-                         self.context.tenant, what, extra=self._log_fields("tenant_refused"))
-                self.fatal("28000", f"tenant \"{self.context.tenant}\" {what}")
-                return
-        # Canonical spellings (client_encoding 'utf-8' → 'UTF8') as the server reports them.
-        changed = False
-        for name in self.settings:
-            value = server.params.get(name)
-            if value is not None and value != self.settings[name]:
-                self.settings[name] = value
-                changed = True
-        if changed:
-            self.context = self.context.with_settings(self.settings)
-            lease.context_changed(self.context)
-        self.cancel_pid, self.cancel_secret = self.app.register_cancel_key(self)
-        greeting = [messages.authentication_ok()]
-        greeting.extend(messages.parameter_status(k, v) for k, v in server.params.items())
-        greeting.append(messages.backend_key_data(self.cancel_pid, self.cancel_secret))
-        greeting.append(messages.ready_for_query(b"I"))
-        self._write(b"".join(greeting))
-        if self._login_timer is not None:
-            self._login_timer.cancel()
-            self._login_timer = None
+    def logged_in(self) -> None:
+        """Its login greeted the client: drop the login and relay from now on."""
+        self._login = None
         self.state = ClientState.READY
-        self.settings = _SETTLED  # from now on they live in self.context only
         if self.transaction_mode:
             self._release_server()
+        assert self.pool is not None
         db = self.pool.db
         self._idle_timeouts = bool(db.idle_transaction_timeout or db.client_idle_timeout)
         if self._idle_timeouts:
             self._arm_idle_timer(b"I")
         self._pause_reading("queue", False)
         self._relay_messages()
-
-    async def _registry_status(self, server: ServerConnection, tenant: str) -> str | None:
-        """The tenant's status in pgtenant.tenants, cached for registry_cache_seconds."""
-        registry = self.app.registry
-        now = time.monotonic()
-        cached = registry.get(tenant)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        rows = await server.query("SELECT pgtenant.tenant_status($1)", [tenant.encode()])
-        status: str | None = None
-        for tag, body in rows:
-            if tag == BackendTag.ERROR_RESPONSE:
-                fields = messages.decode_error_fields(body)
-                raise ServerError(f"could not read the tenant registry: {fields.get('M', '')}",
-                                  "08006")
-            if tag == BackendTag.DATA_ROW and body[2:6] != b"\xff\xff\xff\xff":
-                status = body[6:].decode()
-        registry[tenant] = (status, now + self.app.config.tenancy.registry_cache_seconds)
-        return status
-
-    def _login_timed_out(self) -> None:
-        if self.state in (ClientState.STARTUP, ClientState.TLS, ClientState.AUTH,
-                          ClientState.LOGIN):
-            self.fatal("57014", "canceling authentication due to timeout",
-                       "client_login_timeout expired before the client authenticated")
 
     # ---- relaying client → server -----------------------------------------------------
 
@@ -622,10 +277,10 @@ class ClientConnection(asyncio.Protocol):
             block, index = self._guard.filter(
                 block, index, self.identity.tenant if self.identity is not None else None)
         block, replies, unsynced, named, stop = classify(
-            block, index, self._unsynced, self._rewriting, self.statements is not None)
+            block, index, self._unsynced, self._rewriting, self.transaction_mode)
         self._flush(block, replies, unsynced, named)
         if stop == _X:
-            self._close_transport()
+            self.close_transport()
         elif stop != NO_STOP:
             # PostgreSQL would end the session for it (and a pooled backend with it):
             # answer as it would, without forwarding it.
@@ -704,7 +359,7 @@ class ClientConnection(asyncio.Protocol):
         assert self.pool is not None and self.context is not None
         lease = self.pool.try_acquire(self.context.tenant)
         if lease is not None:
-            self._link(lease)
+            self.link(lease)
         return lease
 
     async def _lease_when_resumed(self) -> None:
@@ -735,7 +390,7 @@ class ClientConnection(asyncio.Protocol):
             self._leasing = False
             lease.release()
             return
-        self._link(lease)
+        self.link(lease)
         self._deliver(lease)
 
     def _deliver(self, lease: Lease) -> None:
@@ -789,20 +444,6 @@ class ClientConnection(asyncio.Protocol):
             server.flush_cork()
         self._pause_reading("queue", False)
 
-    async def _apply_context(self, lease: Lease) -> None:
-        """Set our context on the lent server and wait for it (login)."""
-        assert self.context is not None
-        fut = lease.set_context(self.context, counted=False)
-        if fut is None:  # same tenant and settings: nothing to set
-            return
-        try:
-            error = await fut
-        except ServerError as exc:
-            raise ClientError(exc.sqlstate, str(exc)) from None
-        if error is not None:
-            raise ClientError(error.get("C", "08006"),
-                              f"could not set the session context: {error.get('M', '')}")
-
     def _pipelined_context_done(self, fut: asyncio.Future[dict[str, str] | None]) -> None:
         if fut.cancelled() or fut.exception() is not None:
             return  # the server is gone; server_lost reports it
@@ -815,15 +456,17 @@ class ClientConnection(asyncio.Protocol):
     def _send_rewritten(self, server: ServerConnection, blocks: list[bytes],
                         batch_start: bool, verify: bool = True) -> None:
         """Transaction mode with named statements: see proxy.backend.prepared."""
-        assert self.statements is not None
+        statements = self.statements
+        if statements is None:
+            statements = self.statements = {}
         frames = [frame for block in blocks for frame in split_frames(block)]
         try:
             if verify and batch_start:
-                keys = to_verify(frames, self.statements, server.statements)
+                keys = to_verify(frames, statements, server.statements)
                 if keys:
                     self._verify(server, frames, keys)
                     return
-            done = rewrite(frames, self.statements, server.statements, FORWARD,
+            done = rewrite(frames, statements, server.statements, FORWARD,
                            batch_start=batch_start,
                            aborted=server.tx_status == b"E" and not server.pending)
         except ValueError:  # a name without its terminator
@@ -866,7 +509,7 @@ class ClientConnection(asyncio.Protocol):
 
     # ---- server side callbacks ----------------------------------------------------------
 
-    def _link(self, lease: Lease) -> None:
+    def link(self, lease: Lease) -> None:
         self.lease = lease
         lease.on_pipelined_set = self._pipelined_context_done
         server = lease.server
@@ -993,7 +636,7 @@ class ClientConnection(asyncio.Protocol):
 
     def parameter_changed(self, name: str, value: str) -> None:
         # The client changed a reported setting (SET TimeZone ...): carry it to later servers.
-        # Its settings live in its context once it is logged in (self.settings is not kept).
+        # Its settings live in its context once it is logged in.
         context = self.context
         if context is None:
             return
@@ -1036,11 +679,12 @@ class ClientConnection(asyncio.Protocol):
         else:
             transport.resume_reading()
 
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def _internal_error(self, exc: BaseException) -> None:
+    def internal_error(self, exc: BaseException) -> None:
+        """A task of its own or of its login died of an unexpected exception."""
         self.fatal("XX000", "internal error in pgtenant; the connection was closed")
 
     def _log_fields(self, event: str) -> dict[str, object]:
@@ -1055,10 +699,10 @@ class ClientConnection(asyncio.Protocol):
             return
         log.info("client #%s (%s) closed: %s [%s]", self.id, self.peer, message, sqlstate,
                  extra=self._log_fields("client_closed"))
-        self._write(messages.error_response(sqlstate, message, severity="FATAL", hint=hint))
-        self._close_transport()
+        self.write(messages.error_response(sqlstate, message, severity="FATAL", hint=hint))
+        self.close_transport()
 
-    def _close_transport(self) -> None:
+    def close_transport(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self._shutdown()
@@ -1067,10 +711,11 @@ class ClientConnection(asyncio.Protocol):
         if self.state is ClientState.CLOSED:
             return
         self.state = ClientState.CLOSED
-        if self._login_timer is not None:
-            self._login_timer.cancel()
+        if self._login is not None:
+            self._login.stop()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
-        self._tasks.cancel_all()
+        if self._task_set is not None:
+            self._task_set.cancel_all()
         self._release_server()
         self.app.client_disconnected(self)

@@ -9,7 +9,8 @@ import pytest
 
 from proxy.app import ProxyApp
 from proxy.config import AuthConfig, Config, DatabaseConfig, JwtConfig, ServerConfig
-from proxy.frontend.client import ClientConnection, is_loopback
+from proxy.frontend.client import ClientConnection
+from proxy.frontend.login import is_loopback
 from proxy.wire import messages
 
 
@@ -27,7 +28,7 @@ def test_other_peers_are_not_local(host: str) -> None:
 class _FakeTransport:
     """Just enough of a transport for a ClientConnection fed by hand."""
 
-    def __init__(self, peer: tuple[str, int]) -> None:
+    def __init__(self, peer: object) -> None:
         self.peer = peer
         self.written = b""
         self.closed = False
@@ -83,3 +84,32 @@ def test_allow_insecure_password_lets_a_remote_peer_authenticate() -> None:
         messages.authentication_cleartext_password()
     assert _first_reply("127.0.0.1", allow_insecure=False) == \
         messages.authentication_cleartext_password()
+
+
+def _client(peer: object) -> ClientConnection:
+    """A client on a fake transport whose peer address is ``peer`` (not yet started)."""
+    os.environ["PGTENANT_UNIT_SECRET"] = "x" * 40
+    config = Config(
+        path="<test>",
+        server=ServerConfig(listen="127.0.0.1:6432"),
+        auth=AuthConfig(jwt=JwtConfig(secret_env="PGTENANT_UNIT_SECRET")),
+        databases={"app": DatabaseConfig(name="app", password_env="PGTENANT_UNIT_SECRET")},
+    )
+    client = ClientConnection(ProxyApp(config))
+    client.transport = _FakeTransport(peer)  # type: ignore[arg-type,assignment]
+    return client
+
+
+def test_the_peer_is_read_from_the_socket() -> None:
+    assert _client(("10.1.2.3", 40000)).peer == "10.1.2.3:40000"
+    assert _client("").peer == "unix"  # a Unix socket's unnamed peer
+    assert _client(None).peer == "?"  # the socket is gone
+
+
+def test_the_cancel_key_reads_back_as_it_was_given() -> None:
+    client = _client(("127.0.0.1", 40000))
+    assert (client.cancel_pid, client.cancel_secret) == (0, b"")
+    client.cancel_pid, client.cancel_secret = 2**31 - 1, b"\xff\x00\x01\x80"
+    assert (client.cancel_pid, client.cancel_secret) == (2**31 - 1, b"\xff\x00\x01\x80")
+    client.cancel_secret = b"\x00\x00\x00\x00"  # an all-zero secret stays four bytes
+    assert (client.cancel_pid, client.cancel_secret) == (2**31 - 1, b"\x00\x00\x00\x00")
