@@ -478,6 +478,11 @@ class ProxyApp:
         if self._cancel_keys.get(client.cancel_pid) is client:
             del self._cancel_keys[client.cancel_pid]
 
+    def open_admin_session(self, client: ClientConnection, user: str, pending: bytes) -> None:
+        """A client logging in to database "pgtenant": the admin console takes over."""
+        from proxy.admin.session import open_admin_session
+        open_admin_session(self, client, user, pending)
+
     def client_transport_closed(self, client: ClientConnection) -> None:
         self._open_client_sockets.discard(client)
         if not self._open_client_sockets and self._client_sockets_closed is not None:

@@ -26,6 +26,7 @@ from proxy.wire.framing import FrontendFramer
 from proxy.wire.tags import FrontendTag
 
 if TYPE_CHECKING:
+    from proxy.app import ProxyApp
     from proxy.frontend.client import ClientConnection
 
 log = logging.getLogger("pgtenant.admin")
@@ -54,19 +55,21 @@ class _Stage(enum.Enum):
     READY = "ready"
 
 
-def open_admin_session(client: ClientConnection, user: str, pending: bytes) -> None:
+def open_admin_session(app: ProxyApp, client: ClientConnection, user: str, pending: bytes
+                       ) -> None:
     """Take over ``client``'s transport for the admin console (database ``pgtenant``)."""
-    AdminSession(client, user).start(pending)
+    AdminSession(app, client, user).start(pending)
 
 
 class AdminSession(asyncio.Protocol):
     """SCRAM-SHA-256 login, then simple-Query console commands on one connection."""
 
-    def __init__(self, client: ClientConnection, user: str) -> None:
+    def __init__(self, app: ProxyApp, client: ClientConnection, user: str) -> None:
+        self.app = app
         self.client = client
         self.user = user
-        self.console = AdminConsole(client.app, client.id)
-        self.framer = FrontendFramer(client.app.config.server.max_message_size)
+        self.console = AdminConsole(app, client.id)
+        self.framer = FrontendFramer(app.config.server.max_message_size)
         self.stage = _Stage.SASL_INITIAL
         self.exchange: ScramExchange | None = None
         self.known_user = False
@@ -135,7 +138,7 @@ class AdminSession(asyncio.Protocol):
             self.client.fatal("28000", f"SASL mechanism {mechanism[:40]!r} is not supported",
                               f"the admin console accepts {MECHANISM}")
             return
-        user = self.client.app.config.admin.users.get(self.user)
+        user = self.app.config.admin.users.get(self.user)
         self.known_user = user is not None
         secret = (parse_scram_verifier(user.scram_verifier) if user is not None
                   else mock_secret(self.user))
@@ -164,7 +167,7 @@ class AdminSession(asyncio.Protocol):
         reason = reason if self.known_user else "no such admin user"
         log.info("client #%s (%s): admin console login refused for %r: %s", self.client.id,
                  self.client.peer, self.user[:64], reason)
-        app = self.client.app
+        app = self.app
         app.auth_failures["admin_console"] = app.auth_failures.get("admin_console", 0) + 1
         # Same message for a wrong password and an unknown user: names are not revealed.
         self.client.fatal("28P01", f"password authentication failed for user "
@@ -174,7 +177,7 @@ class AdminSession(asyncio.Protocol):
 
     def _logged_in(self, server_final: str) -> None:
         client = self.client
-        client.cancel_pid, client.cancel_secret = client.app.register_cancel_key(client)
+        client.cancel_pid, client.cancel_secret = self.app.register_cancel_key(client)
         out = [messages.authentication_sasl_final(server_final.encode()),
                messages.authentication_ok()]
         out.extend(messages.parameter_status(k, v) for k, v in _PARAMETERS.items())

@@ -22,7 +22,7 @@ import asyncio
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from proxy.auth.identity import Identity
 from proxy.backend.context import TenantContext
@@ -43,8 +43,8 @@ from proxy.backend.server import (
     Skip,
 )
 from proxy.backend.statements import ClientStatement, ServerStatement
-from proxy.frontend.guarding import StreamGuard
-from proxy.frontend.login import ClientError, ClientState, Login, is_loopback
+from proxy.frontend.guarding import ParseVerdicts, StreamGuard
+from proxy.frontend.login import ClientError, ClientState, Login, LoginHost, is_loopback
 from proxy.frontend.requests import NO_STOP, classify
 from proxy.guard import Refusal
 from proxy.pool.lease import Lease
@@ -56,13 +56,26 @@ from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import FrontendFramer, split_frames
 from proxy.wire.tags import FrontendTag
 
-if TYPE_CHECKING:
-    from proxy.app import ProxyApp
-
 # ClientState and ClientError are the client's, defined with its login (below this module).
 __all__ = ["ClientConnection", "ClientError", "ClientState"]
 
 log = logging.getLogger("pgtenant.client")
+
+
+class ClientHost(LoginHost, Protocol):
+    """What a client needs of the proxy (``proxy.app.ProxyApp``) beyond its login: the
+    narrow face of the app the frontend sees (it imports neither the app nor the admin
+    console)."""
+
+    @property
+    def parse_verdicts(self) -> ParseVerdicts: ...
+    def next_client_id(self) -> int: ...
+    def client_connected(self, client: ClientConnection) -> None: ...
+    def client_disconnected(self, client: ClientConnection) -> None: ...
+    def client_transport_closed(self, client: ClientConnection) -> None: ...
+    def cancel_server(self, server: ServerConnection) -> asyncio.Future[None] | None: ...
+    def open_admin_session(self, client: ClientConnection, user: str, pending: bytes
+                           ) -> None: ...
 
 _Q = FrontendTag.QUERY
 _S = FrontendTag.SYNC
@@ -90,7 +103,7 @@ class ClientConnection(asyncio.Protocol):
                  "database", "framer", "id", "identity", "lease", "pool", "state",
                  "statements", "stats_tenant", "traffic", "transaction_mode", "transport")
 
-    def __init__(self, app: ProxyApp) -> None:
+    def __init__(self, app: ClientHost) -> None:
         self.app = app
         self.id = app.next_client_id()
         self.state = ClientState.STARTUP
@@ -238,8 +251,7 @@ class ClientConnection(asyncio.Protocol):
 
     def open_admin_session(self, user: str, pending: bytes) -> None:
         """Database "pgtenant": the admin console (proxy/admin) takes over the socket."""
-        from proxy.admin.session import open_admin_session
-        open_admin_session(self, user, pending)
+        self.app.open_admin_session(self, user, pending)
 
     def logged_in(self) -> None:
         """Its login greeted the client: drop the login and relay from now on."""
