@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import random
 import threading
 from collections.abc import Callable
@@ -165,3 +166,60 @@ def test_cancel_delivery_that_gets_no_answer_is_not_settled_and_leaks_no_socket(
     assert asyncio.run(main()) is False
     with contextlib.suppress(Exception):
         gc.collect()
+
+
+@pytest.mark.parametrize("pool_mode", ["session", "transaction"])
+def test_a_client_that_gives_up_on_a_slow_cancel_hangs_up_and_the_proxy_recovers(
+        pool_mode: str, start_proxy: Callable[..., ThreadedProxy],
+        superuser_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # asyncpg waits for its cancel only command_timeout; past that it closes its own
+    # connection (InterfaceError "connection is closed" on the next call). Here the
+    # proxy's delivery to PostgreSQL is held until then: the proxy closes nobody, the
+    # abandoned backend's statement ends once the cancel lands, the one pool slot serves
+    # the next clients meanwhile and after, and nothing of acme's cancel reaches them.
+    caplog.set_level(logging.INFO, logger="pgtenant")
+    gate = threading.Event()
+    deliver = ProxyApp._deliver_cancel
+
+    async def held(path: str | None, address: tuple[str, int] | None, pid: int,
+                   key: bytes) -> bool:
+        await asyncio.to_thread(gate.wait, 30)
+        return await deliver(path, address, pid, key)
+
+    monkeypatch.setattr(ProxyApp, "_deliver_cancel", staticmethod(held))
+    proxy = start_proxy(pool_mode=pool_mode, pool_size=1)
+    marker = f"abandoned-{pool_mode}"
+
+    async def give_up() -> bool:
+        conn = await asyncpg.connect(proxy.dsn("acme"), ssl=False, command_timeout=0.2)
+        closed = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: closed.set())
+        with pytest.raises(TimeoutError):
+            await conn.fetchval(f"SELECT pg_sleep(20) /* {marker} */")
+        async with asyncio.timeout(10):  # asyncpg's own verdict once its cancel outlasts 0.2 s
+            await closed.wait()
+        with pytest.raises(asyncpg.InterfaceError, match="connection is closed"):
+            await conn.fetchval("SELECT 1")
+        return _running(superuser_conn, marker)
+
+    async def next_clients() -> list[Any]:
+        seen = []
+        for tenant in ("globex", "acme"):
+            conn = await asyncpg.connect(proxy.dsn(tenant), ssl=False)
+            try:
+                seen.append(await conn.fetchval(
+                    "SELECT current_setting('app.current_tenant') FROM pg_sleep(0.05)"))
+            finally:
+                await conn.close()
+        return seen
+
+    try:
+        assert asyncio.run(give_up())  # its backend still sleeps: the cancel is held
+        assert asyncio.run(next_clients()) == ["globex", "acme"]
+    finally:
+        gate.set()
+    wait_for(lambda: not _running(superuser_conn, marker), "the abandoned statement to end")
+    assert asyncio.run(next_clients()) == ["globex", "acme"]
+    assert [r.getMessage() for r in caplog.records
+            if getattr(r, "event", None) == "client_closed"] == []
