@@ -371,11 +371,16 @@ class ServerPool:
             self._tasks.spawn(self._open())
 
     async def _open(self) -> None:
+        server: ServerConnection | None = None
         try:
             server = await ServerConnection.connect(self.db, self.password)
             if not self._role_checked:
                 await self._check_role(server)
-        except ServerError as exc:
+        except BaseException as exc:
+            if server is not None:
+                server.close()  # cancelled by shutdown after it connected: no socket left
+            if not isinstance(exc, ServerError):
+                raise
             self.connecting -= 1
             self.stats.server_errors += 1
             log.warning("database %s: %s", self.db.name, exc)
@@ -427,7 +432,7 @@ class ServerPool:
         else park it idle (for its tenant's clients: see ``_serve_parked``)."""
         server.receiver = None
         server.pause_reading(False)
-        if server.ending:  # PostgreSQL said FATAL: the session is closing
+        if server.ending or self.closed:  # PostgreSQL said FATAL; the pool is shutting down
             self._close(server)
             return
         if server.cancels:

@@ -181,3 +181,18 @@ def test_waiters_of_a_tenant_at_its_cap_do_not_hide_another_tenants_waiter() -> 
         await asyncio.gather(*waiting[:-1], return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+def test_a_server_offered_after_shutdown_is_closed_not_kept_idle() -> None:
+    """Whatever path offers a server late (a connection that finished opening, a check or
+    reset that completed as the pool closed), it must not park idle where nothing would
+    ever close it."""
+    async def main() -> None:
+        db = DatabaseConfig(name="app", pool_size=1, query_wait_timeout=0)
+        pool = ServerPool(db, password=None)
+        await pool.close()
+        late = ServerConnection(db)
+        pool._offer(late)
+        assert not pool.idle and late.state.value == "closed"
+
+    asyncio.run(main())
