@@ -77,6 +77,7 @@ class ClientHost(LoginHost, Protocol):
     def open_admin_session(self, client: ClientConnection, user: str, pending: bytes
                            ) -> None: ...
 
+
 _Q = FrontendTag.QUERY
 _S = FrontendTag.SYNC
 _F = FrontendTag.FUNCTION_CALL
