@@ -277,3 +277,17 @@ def require_tool(name: str, package: str) -> str:
         pytest.fail(f"{name} is not installed (Debian package: {package}; .ci/run installs "
                     "it)", pytrace=False)
     return path
+
+
+class RecordingTransport:
+    """A transport that only records what is written (a server connection without a
+    socket, in unit tests)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False

@@ -30,21 +30,12 @@ from proxy.backend.server import (
 from proxy.config import DatabaseConfig
 from proxy.pool.lease import Lease
 from proxy.pool.pool import PoolStats
+from tests.support import RecordingTransport
 
 SETTING = "app.current_tenant"
 ACME = TenantContext(SETTING, "acme")
 GLOBEX = TenantContext(SETTING, "globex")
 
-
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        return False
 
 
 class StubPool:

@@ -18,6 +18,7 @@ from proxy.frontend.requests import NO_STOP, classify
 from proxy.wire import messages
 from proxy.wire.framing import FrontendFramer, split_frames
 from proxy.wire.tags import FrontendTag
+from tests.support import RecordingTransport
 
 CHUNKS = [None, 1, 2, 5, 13]
 
@@ -40,21 +41,12 @@ class Receiver:
         pass
 
 
-class ScriptedPostgres:
+class ScriptedPostgres(RecordingTransport):
     """Answers each message the session writes as PostgreSQL would, for these tests.
 
     A Query "SELECT n" gets one row n; Parse, Bind, Describe and Execute their usual
     answers; Sync and Query end in ReadyForQuery 'I'.
     """
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        return False
 
     def answers(self) -> bytes:
         out = []
