@@ -11,42 +11,23 @@ settings signal raised on every hit.
 from __future__ import annotations
 
 from proxy.config import TenancyConfig
-from proxy.frontend.guarding import StreamGuard
 from proxy.guard import CLEAN, Guard
 from proxy.guard.guard import MAX_CACHED_LENGTH, QUERY_CACHE_BYTES, QUERY_CACHE_ENTRIES
 from proxy.wire import messages
-from proxy.wire.framing import split_frames
+from tests.unit.test_statement_policy import Stream, refused_query
 
 
-class Client:
-    """One client's StreamGuard on a shared Guard, fed whole messages."""
+class Client(Stream):
+    """One client on a shared Guard."""
 
     def __init__(self, guard: Guard, tenant: str | None, *,
                  transaction_mode: bool = False) -> None:
-        self.tenant = tenant
-        self.refusals: list[str] = []
-        self.changes = 0
-        self.stream = StreamGuard(guard, {}, lambda refusal, tag: self.refusals.append(
-            refusal.kind), transaction_mode=transaction_mode,
-            on_state_change=self._changed)
-
-    def _changed(self) -> None:
-        self.changes += 1
-
-    def send(self, *frames: bytes) -> bytes:
-        block = b"".join(frames)
-        index = []
-        pos = 0
-        for frame in split_frames(block):
-            index.append((frame[0], pos, pos + len(frame)))
-            pos += len(frame)
-        out, _ = self.stream.filter(block, index, self.tenant)
-        return out
+        super().__init__(transaction_mode=transaction_mode, guard=guard, tenant=tenant)
 
     def refused(self, sql: str) -> bool:
         """Send ``sql`` as a Query; True when it was replaced by the refusal."""
         out = self.send(messages.query(sql))
-        return out != messages.query(sql) and b"RAISE EXCEPTION" in out
+        return out != messages.query(sql) and refused_query(out)
 
 
 def cached(guard: Guard, sql: str) -> bool:
