@@ -49,7 +49,7 @@ def _edge_values(bounds: tuple[float, ...]) -> list[float]:
     return values
 
 
-def test_transaction_buckets_found_by_table_are_exactly_the_bisect_buckets() -> None:
+def test_transaction_buckets_found_in_line_are_exactly_the_bisect_buckets() -> None:
     # record_transaction compares with the bounds in line, not bisect: same bucket, same
     # sum, same count as Histogram.observe for every value, boundaries included.
     stats = ProxyStats(["app"])
