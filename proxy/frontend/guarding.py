@@ -20,7 +20,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from proxy.guard import CLEAN, FUNCTION_CALL_REFUSAL, BindRule, Guard, Prepare, Refusal
+from proxy.guard import (
+    CLEAN,
+    FUNCTION_CALL_REFUSAL,
+    Analysis,
+    BindRule,
+    Guard,
+    Prepare,
+    Refusal,
+)
 from proxy.wire import messages
 from proxy.wire.framing import split_frames
 from proxy.wire.tags import FrontendTag
@@ -45,8 +53,8 @@ class StreamGuard:
     """One client's guard state: Bind rules of its statements, and a batch being skipped."""
 
     __slots__ = ("_batch", "_bind_rules", "_guard", "_in_batch", "_on_refusal",
-                 "_on_state_change", "_parse_verdicts", "_raised", "_refused_query",
-                 "_setting_writers", "_skipping", "_transaction_mode")
+                 "_on_state_change", "_parse_verdicts", "_query_analyses", "_raised",
+                 "_refused_query", "_setting_writers", "_skipping", "_transaction_mode")
 
     def __init__(self, guard: Guard, parse_verdicts: ParseVerdicts,
                  on_refusal: Callable[[Refusal, int], None], *,
@@ -54,6 +62,9 @@ class StreamGuard:
                  on_state_change: Callable[[], None] | None = None) -> None:
         self._guard = guard
         self._parse_verdicts = parse_verdicts
+        # The guard's Query analyses by raw bytes (shared by the app's clients; emptied in
+        # place, never replaced): a Query sent before costs one dict lookup here.
+        self._query_analyses = guard.query_analyses
         self._on_refusal = on_refusal            # counts and logs
         # Called once per forwarded message that may have changed session settings.
         self._on_state_change = on_state_change
@@ -95,7 +106,16 @@ class StreamGuard:
                     self._raised = True
                 continue
             refusal = None
-            if tag in GUARDED:
+            if tag == _Q:
+                # The analysis (tenant-independent) may be cached; the verdict for this
+                # client's tenant, pool mode and statements is worked out every time.
+                body = block[start + 5:end]
+                analysis = self._query_analyses.get(body)
+                if analysis is None:
+                    analysis = self._guard.analyze_query(body)
+                if analysis is not CLEAN:
+                    refusal = self._check_query(analysis, tenant)
+            elif tag in GUARDED:
                 refusal = self._check(tag, block[start + 5:end], tenant)
             if tag == _S:
                 self._end_batch()
@@ -119,9 +139,8 @@ class StreamGuard:
         return new, _reindex(new)
 
     def _check(self, tag: int, body: bytes, tenant: str | None) -> Refusal | None:
-        """The guard's verdict on one message (remembering Bind rules of Parses)."""
-        if tag == _Q:
-            return self._check_query(body[:-1].decode("utf-8", "replace"), tenant)
+        """The guard's verdict on a Parse, Bind or FunctionCall (remembering Bind rules of
+        Parses); Queries go to :meth:`_check_query`."""
         if tag == _PARSE:
             cache = self._parse_verdicts
             key = (body, tenant, self._transaction_mode)
@@ -186,12 +205,10 @@ class StreamGuard:
             self._batch.clear()
         self._in_batch = False
 
-    def _check_query(self, sql: str, tenant: str | None) -> Refusal | None:
-        """A Query: the guard's verdict, then its SQL PREPARE/EXECUTE in order."""
+    def _check_query(self, analysis: Analysis, tenant: str | None) -> Refusal | None:
+        """A Query (its analysis, not CLEAN): the guard's verdict for this client, then
+        its SQL PREPARE/EXECUTE in order."""
         guard = self._guard
-        analysis = guard.analyze(sql)
-        if analysis is CLEAN:
-            return None
         refusal = guard.query_verdict(analysis, tenant, transaction_mode=self._transaction_mode)
         if refusal is not None:
             return refusal

@@ -22,6 +22,10 @@ API
 - ``check_startup(settings) -> Refusal | None`` for the StartupMessage settings
   (parameters other than user/database, plus the parsed ``-c`` options).
 - :data:`FUNCTION_CALL_REFUSAL`: the answer for a FunctionCall ('F') message.
+- ``analyze_query(body) -> Analysis`` for the body of a Query message (raw bytes, NUL
+  included), remembered by those bytes in ``query_analyses`` (bounded; look up there
+  first). Only the tenant-independent analysis is kept: apply ``query_verdict`` to it for
+  every message.
 - ``analyze(sql) -> Analysis``, ``cache_info()``, ``cache_clear()``: for tests, metrics
   and benchmarks.
 
@@ -87,7 +91,9 @@ every statement that touches no protected setting and passes the statement polic
 
 Performance: an allow-filter (:mod:`proxy.guard.prefilter`) lets plain queries and DML
 skip the parser; parsed analyses are cached by text in an LRU (tenant-independent, the
-tenant comparison is applied after); ``bench/guard_bench.py`` measures all three paths.
+tenant comparison is applied after), and those of Query messages also by their raw bytes
+(a repeated Query skips decoding and the pre-filter); ``bench/guard_bench.py`` measures
+all three paths.
 """
 
 from proxy.guard.analysis import CLEAN, Analysis

@@ -19,6 +19,11 @@ from proxy.guard.verdict import BindRule, Param, Refusal, SettingValue, SettingW
 SAFE_PARAM_TYPES = frozenset({0, 25, 1043, 19, 705})
 #: Texts longer than this are inspected every time instead of being kept in the cache.
 MAX_CACHED_LENGTH = 16 * 1024
+#: Bounds of :attr:`Guard.query_analyses` (Query message bodies and their analyses): when
+#: either would be passed it is emptied (cheaper than LRU bookkeeping on every hit; a
+#: workload that repeats its queries refills it at once).
+QUERY_CACHE_ENTRIES = 10_000
+QUERY_CACHE_BYTES = 8 * 1024 * 1024
 
 _STARTUP_PLUMBING = frozenset({"user", "database", "application_name"})
 _FALSE = frozenset({"false", "off", "no", "0", ""})
@@ -38,8 +43,13 @@ class Guard:
         self.statements = StatementPolicy(tenancy)
         self._analyzer = Analyzer(self.policy, self.statements)
         self._analyze: Callable[[str], Analysis] = self._analyzer.analyze
-        if cache_size > 0:
+        self._cached = cache_size > 0
+        if self._cached:
             self._analyze = functools.lru_cache(maxsize=cache_size)(self._analyzer.analyze)
+        #: Query message body (SQL text and NUL, raw bytes) -> its analysis; see
+        #: :meth:`analyze_query`. Readers look up here first (one dict lookup per Query).
+        self.query_analyses: dict[bytes, Analysis] = {}
+        self._query_bytes = 0
 
     def analyze(self, sql: str) -> Analysis:
         """The tenant-independent analysis of ``sql`` (pre-filter, then cache, then parse)."""
@@ -48,6 +58,27 @@ class Guard:
         if len(sql) > MAX_CACHED_LENGTH:
             return self._analyzer.analyze(sql)
         return self._analyze(sql)
+
+    def analyze_query(self, body: bytes) -> Analysis:
+        """:meth:`analyze` of a Query message body (the SQL text and its NUL terminator),
+        remembered in :attr:`query_analyses` by the raw bytes.
+
+        Sound because an analysis depends on the text alone (never on the tenant, the pool
+        mode or the session: those are applied to it afterwards, on every hit, by
+        :meth:`query_verdict` and the caller), the text is a function of the bytes, and the
+        guard's configuration never changes (tenancy changes need a restart). Drivers and
+        ORMs send the same bytes again and again: a hit skips decoding and the pre-filter.
+        """
+        analysis = self.analyze(body[:-1].decode("utf-8", "replace"))
+        size = len(body)
+        if self._cached and size <= MAX_CACHED_LENGTH:
+            cache = self.query_analyses
+            if len(cache) >= QUERY_CACHE_ENTRIES or self._query_bytes + size > QUERY_CACHE_BYTES:
+                cache.clear()
+                self._query_bytes = 0
+            cache[body] = analysis
+            self._query_bytes += size
+        return analysis
 
     def check_query(self, sql: str, tenant: str | None, *,
                     transaction_mode: bool = False) -> Refusal | None:
@@ -156,6 +187,8 @@ class Guard:
 
     def cache_clear(self) -> None:
         """Forget every cached analysis."""
+        self.query_analyses.clear()
+        self._query_bytes = 0
         clear = getattr(self._analyze, "cache_clear", None)
         if clear is not None:
             clear()

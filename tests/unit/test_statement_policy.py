@@ -380,12 +380,15 @@ TENANT_RULE = "SELECT set_config('app.current_tenant', $1, false)"
 
 
 class Stream:
-    """A StreamGuard fed message by message, as the client session feeds it."""
+    """A StreamGuard fed message by message, as the client session feeds it (of a client
+    of ``tenant`` on ``guard``, which a proxy's clients share)."""
 
-    def __init__(self, *, transaction_mode: bool = False) -> None:
+    def __init__(self, *, transaction_mode: bool = False, guard: Guard = GUARD,
+                 tenant: str | None = OWN) -> None:
+        self.tenant = tenant
         self.refusals: list[str] = []
         self.changes = 0
-        self.guard = StreamGuard(GUARD, {}, lambda refusal, tag: self.refusals.append(
+        self.guard = StreamGuard(guard, {}, lambda refusal, tag: self.refusals.append(
             refusal.kind), transaction_mode=transaction_mode,
             on_state_change=self._changed)
 
@@ -400,7 +403,7 @@ class Stream:
         for frame in split_frames(block):
             index.append((frame[0], pos, pos + len(frame)))
             pos += len(frame)
-        out, _ = self.guard.filter(block, index, OWN)
+        out, _ = self.guard.filter(block, index, self.tenant)
         return out
 
 

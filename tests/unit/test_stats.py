@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import pytest
 
 from proxy.stats import (
     OTHER_TENANT,
+    TRANSACTION_BUCKETS,
     Histogram,
     ProxyStats,
     TenantStats,
@@ -30,6 +34,35 @@ def test_histogram_buckets_are_upper_bounds_inclusive() -> None:
     assert hist.cumulative() == [(0.1, 2), (1.0, 4), (float("inf"), 5)]
     assert hist.count == 5
     assert hist.sum == pytest.approx(8.65)
+
+
+def _edge_values(bounds: tuple[float, ...]) -> list[float]:
+    """Every bound, its float neighbours and near misses, plus random durations."""
+    rng = random.Random(20261202)
+    values = [0.0, -0.0, -1e-9, -0.0004, 1e-9, 0.25, 0.2499999, 1e3, 1e9]
+    for bound in bounds:
+        values += [bound, math.nextafter(bound, 0.0), math.nextafter(bound, math.inf),
+                   bound * (1 - 1e-12), bound * (1 + 1e-12), bound / 2, bound * 0.999]
+    values += [rng.uniform(0.0, 0.3) for _ in range(20_000)]
+    values += [math.exp(rng.uniform(-16.0, 5.0)) for _ in range(20_000)]
+    values += [k / 2000 for k in range(-2, 700)] + [k / 4000 for k in range(1200)]
+    return values
+
+
+def test_transaction_buckets_found_in_line_are_exactly_the_bisect_buckets() -> None:
+    # record_transaction compares with the bounds in line, not bisect: same bucket, same
+    # sum, same count as Histogram.observe for every value, boundaries included.
+    stats = ProxyStats(["app"])
+    traffic = stats.databases["app"]
+    reference = Histogram(TRANSACTION_BUCKETS)
+    for value in _edge_values(TRANSACTION_BUCKETS):
+        before = list(traffic.transaction_seconds.counts)
+        stats.record_transaction(traffic, "acme", value)
+        reference.observe(value)
+        assert traffic.transaction_seconds.counts == reference.counts, value
+        assert traffic.transaction_seconds.counts != before, value
+    assert traffic.transaction_seconds.sum == reference.sum
+    assert traffic.transaction_seconds.count == reference.count == traffic.transactions
 
 
 def test_only_the_busiest_tenants_get_a_label_the_rest_is_other() -> None:

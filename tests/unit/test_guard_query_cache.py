@@ -1,0 +1,157 @@
+"""The Query analysis cache (Guard.query_analyses): a hit never changes a verdict.
+
+Every client of a proxy shares one Guard, so the same Query bytes reach the cache from
+different tenants, bypass identities, pool modes and sessions. Only the analysis of the
+text is kept; each of these tests first puts the bytes in the cache through a client for
+whom they are harmless, then sends the very same bytes from a client for whom they must
+be refused (and the other way round), and checks that refusals are counted and the
+settings signal raised on every hit.
+"""
+
+from __future__ import annotations
+
+from proxy.config import TenancyConfig
+from proxy.guard import CLEAN, Guard
+from proxy.guard.guard import MAX_CACHED_LENGTH, QUERY_CACHE_BYTES, QUERY_CACHE_ENTRIES
+from proxy.wire import messages
+from tests.unit.test_statement_policy import Stream, refused_query
+
+
+class Client(Stream):
+    """One client on a shared Guard."""
+
+    def __init__(self, guard: Guard, tenant: str | None, *,
+                 transaction_mode: bool = False) -> None:
+        super().__init__(transaction_mode=transaction_mode, guard=guard, tenant=tenant)
+
+    def refused(self, sql: str) -> bool:
+        """Send ``sql`` as a Query; True when it was replaced by the refusal."""
+        out = self.send(messages.query(sql))
+        return out != messages.query(sql) and refused_query(out)
+
+
+def cached(guard: Guard, sql: str) -> bool:
+    return messages.query(sql)[5:] in guard.query_analyses
+
+
+def test_own_tenant_switch_cached_for_acme_is_refused_for_globex() -> None:
+    guard = Guard(TenancyConfig())
+    acme, globex = Client(guard, "acme"), Client(guard, "globex")
+    for sql in ("SET app.current_tenant = 'acme'",
+                "SELECT set_config('app.current_tenant', 'acme', false)"):
+        assert not acme.refused(sql)
+        assert cached(guard, sql)
+        assert globex.refused(sql)
+        assert globex.refused(sql)      # and again, from the cache
+        assert not acme.refused(sql)
+    assert globex.refusals == ["set_protected", "set_protected", "set_config", "set_config"]
+    assert acme.refusals == []
+
+
+def test_bypass_identity_cannot_write_a_tenant_cached_by_its_owner() -> None:
+    guard = Guard(TenancyConfig())
+    acme, bypass = Client(guard, "acme"), Client(guard, None)
+    sql = "SET app.current_tenant = 'acme'"
+    assert not acme.refused(sql)
+    assert bypass.refused(sql)
+    assert len(bypass.refusals) == 1
+
+
+def test_dynamic_sql_cached_for_a_bypass_identity_stays_refused_for_tenants() -> None:
+    guard = Guard(TenancyConfig())
+    bypass, acme = Client(guard, None), Client(guard, "acme")
+    sql = "DO $$BEGIN EXECUTE 'SELECT ' || 1; END$$"
+    assert not bypass.refused(sql)
+    assert cached(guard, sql)
+    assert acme.refused(sql)
+    assert acme.refused(sql)
+    assert len(acme.refusals) == 2
+
+
+def test_statement_cached_in_session_mode_is_refused_in_transaction_mode() -> None:
+    guard = Guard(TenancyConfig())
+    session = Client(guard, "acme")
+    transaction = Client(guard, "acme", transaction_mode=True)
+    for sql in ("PREPARE p AS SELECT 1", "SELECT pg_advisory_lock(1)",
+                "DECLARE c CURSOR WITH HOLD FOR SELECT 1"):
+        assert not session.refused(sql), sql
+        assert transaction.refused(sql), sql
+        assert not session.refused(sql), sql    # the refusal was not cached either
+        assert transaction.refused(sql), sql
+    assert len(transaction.refusals) == 6 and session.refusals == []
+
+
+def test_refused_query_stays_refused_and_is_counted_on_every_hit() -> None:
+    guard = Guard(TenancyConfig())
+    acme = Client(guard, "acme")
+    for sql in ("SET ROLE postgres", "SET app.current_tenant = 'globex'",
+                "SELECT 1; SET app.current_tenant = 'globex'", "COPY items TO PROGRAM 'cat'"):
+        for _ in range(3):
+            assert acme.refused(sql), sql
+        assert cached(guard, sql)
+    assert len(acme.refusals) == 12
+    assert acme.changes == 0   # a refused message changes nothing
+
+
+def test_execute_allowed_where_the_name_is_harmless_is_checked_against_this_session() -> None:
+    # The EXECUTE's Bind rule belongs to the session that prepared the statement: a hit
+    # for bytes another session ran harmlessly must still check this session's rule.
+    guard = Guard(TenancyConfig())
+    harmless, attacker = Client(guard, "acme"), Client(guard, "acme")
+    harmless.send(messages.query("PREPARE s1 AS SELECT $1::text"))
+    attacker.send(messages.parse("s1", "SELECT set_config('app.current_tenant', $1, false)"),
+                  messages.sync())
+    sql = "EXECUTE s1('globex')"
+    assert not harmless.refused(sql)
+    assert cached(guard, sql)
+    assert attacker.refused(sql)
+    assert attacker.refusals == ["set_config"]
+
+
+def test_settings_signal_raised_on_every_hit() -> None:
+    guard = Guard(TenancyConfig())
+    first, second = Client(guard, "acme"), Client(guard, "acme", transaction_mode=True)
+    for client in (first, second, first):
+        client.send(messages.query("SET search_path TO public"),
+                    messages.query("SELECT 1; RESET ALL"), messages.query("SELECT 1"))
+    assert (first.changes, second.changes) == (4, 2)
+
+
+def test_bytes_that_decode_alike_do_not_share_an_entry_with_different_text() -> None:
+    # Invalid UTF-8 is read with replacement characters; each byte string is its own key
+    # and maps to the analysis of its own decoded text.
+    guard = Guard(TenancyConfig())
+    acme = Client(guard, "acme")
+    plain = messages.query("SELECT 1")
+    odd = b"Q" + (4 + 10).to_bytes(4, "big") + b"SELECT \xff1\x00"
+    assert acme.send(plain) == plain
+    acme.send(odd)
+    assert guard.query_analyses[plain[5:]] is CLEAN
+    assert guard.query_analyses[odd[5:]] == guard.analyze("SELECT \ufffd1")
+
+
+def test_cache_is_bounded_in_entries_and_bytes_and_skips_long_texts() -> None:
+    guard = Guard(TenancyConfig())
+    acme = Client(guard, "acme")
+    for i in range(QUERY_CACHE_ENTRIES + 50):
+        acme.send(messages.query(f"SELECT {i}"))
+    assert 0 < len(guard.query_analyses) <= QUERY_CACHE_ENTRIES
+    filler = "x" * (MAX_CACHED_LENGTH - 40)
+    for i in range(QUERY_CACHE_BYTES // MAX_CACHED_LENGTH + 5):
+        acme.send(messages.query(f"SELECT '{filler}', {i}"))
+        assert sum(map(len, guard.query_analyses)) <= QUERY_CACHE_BYTES
+    long_sql = "SELECT '" + "y" * MAX_CACHED_LENGTH + "'"
+    acme.send(messages.query(long_sql))
+    assert not cached(guard, long_sql)
+    assert acme.refusals == []
+
+
+def test_cache_off_keeps_nothing_and_cache_clear_empties_it() -> None:
+    uncached = Guard(TenancyConfig(), cache_size=0)
+    Client(uncached, "acme").send(messages.query("SELECT 1"))
+    assert uncached.query_analyses == {}
+    guard = Guard(TenancyConfig())
+    Client(guard, "acme").send(messages.query("SELECT 1"))
+    assert cached(guard, "SELECT 1")
+    guard.cache_clear()
+    assert guard.query_analyses == {}
