@@ -29,6 +29,7 @@ from proxy.guard import (
     Prepare,
     Refusal,
 )
+from proxy.guard.guard import MAX_CACHED_LENGTH
 from proxy.wire import messages
 from proxy.wire.framing import split_frames
 from proxy.wire.tags import FrontendTag
@@ -150,9 +151,11 @@ class StreamGuard:
                 analysis = self._guard.analyze(sql)
                 verdict = self._guard.parse_verdict(analysis, tenant, types,
                                                     transaction_mode=self._transaction_mode)
-                if len(cache) >= _PARSE_CACHE_LIMIT:
-                    cache.clear()
-                hit = cache[key] = (name, verdict, analysis.changes_settings)
+                hit = (name, verdict, analysis.changes_settings)
+                if len(body) <= MAX_CACHED_LENGTH:  # a huge text is judged every time:
+                    if len(cache) >= _PARSE_CACHE_LIMIT:  # the cache's size stays bounded
+                        cache.clear()
+                    cache[key] = hit
             name, verdict, writes_settings = hit
             if isinstance(verdict, Refusal):
                 return verdict

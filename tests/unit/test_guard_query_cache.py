@@ -155,3 +155,28 @@ def test_cache_off_keeps_nothing_and_cache_clear_empties_it() -> None:
     assert cached(guard, "SELECT 1")
     guard.cache_clear()
     assert guard.query_analyses == {}
+
+
+def test_a_huge_parse_is_judged_every_time_and_never_kept() -> None:
+    """The Parse verdict cache is bounded in entries; its keys are the raw messages, so a
+    text past MAX_CACHED_LENGTH is never kept (10,000 huge Parses would otherwise hold
+    gigabytes), and is judged afresh each time."""
+    from proxy.frontend.guarding import ParseVerdicts, StreamGuard
+
+    verdicts: ParseVerdicts = {}
+    refusals: list[str] = []
+    stream = StreamGuard(Guard(TenancyConfig()), verdicts,
+                         lambda refusal, tag: refusals.append(refusal.kind))
+    pad = "/*" + "x" * MAX_CACHED_LENGTH + "*/"
+    bad = messages.parse("", f"SELECT set_config('app.current_tenant', 'globex', false) {pad}")
+    good = messages.parse("", f"SELECT 1 {pad}")
+    for _ in range(2):
+        for frame in (bad, good):
+            stream.filter(frame + messages.sync(),
+                          [(frame[0], 0, len(frame)), (ord("S"), len(frame), len(frame) + 5)],
+                          "acme")
+    assert refusals == ["set_config", "set_config"]
+    assert verdicts == {}
+    short = messages.parse("", "SELECT 1")
+    stream.filter(short, [(short[0], 0, len(short))], "acme")
+    assert len(verdicts) == 1
