@@ -150,14 +150,14 @@ class ProxyApp:
         srv = self.config.server
         host, port = parse_listen(srv.listen)
         # Workers share the port: the kernel spreads new connections over them.
-        server = await loop.create_server(lambda: ClientConnection(self), host, port,
+        server = await loop.create_server(self._client_protocol, host, port,
                                           reuse_address=True, backlog=2048,
                                           reuse_port=self.worker is not None)
         self._servers.append(server)
         if self.worker is not None:
             # Other workers pass on the CancelRequests that belong to this one here.
             self._servers.append(await loop.create_unix_server(
-                lambda: ClientConnection(self), self.worker.cancel_socket()))
+                self._client_protocol, self.worker.cancel_socket()))
             # The supervisor runs console commands on every worker through this socket.
             from proxy.admin import control
             from proxy.admin.console import AdminConsole
@@ -169,7 +169,7 @@ class ProxyApp:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             self._servers.append(await loop.create_unix_server(
-                lambda: ClientConnection(self), path))
+                self._client_protocol, path))
         if host not in _LOOPBACK and not self.client_ssl_context:
             if srv.allow_insecure_password:
                 log.warning("listening on %s without TLS and allow_insecure_password = true: "
@@ -461,6 +461,11 @@ class ProxyApp:
     # --- end placement ---
 
     # ---- clients ----------------------------------------------------------------------
+
+    def _client_protocol(self) -> asyncio.Protocol:
+        """A new client for the event loop (ClientConnection has the protocol's methods;
+        it does not inherit asyncio.Protocol: its base, ClientRelay, knows no event loop)."""
+        return cast(asyncio.Protocol, ClientConnection(self))
 
     def next_client_id(self) -> int:
         self._client_ids += 1

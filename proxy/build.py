@@ -46,6 +46,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.backend.server",
     "proxy.frontend.requests",
     "proxy.frontend.login",
+    "proxy.frontend.relay",
     "proxy.frontend.client",
     "proxy.pool.lease",
     "proxy.pool.selection",

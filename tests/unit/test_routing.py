@@ -149,16 +149,41 @@ PURE_MODULES = ("backend/routing.py", "backend/context.py", "backend/statements.
                 "backend/prepared.py", "frontend/requests.py")
 
 
-@pytest.mark.parametrize("module", PURE_MODULES)
-def test_the_engine_core_imports_no_io(module: str) -> None:
-    source = Path(__file__).resolve().parents[2] / "proxy" / module
+# The client's relaying rules call no event-loop function (ClientConnection brings timers,
+# tasks and futures): asyncio only for type annotations.
+RULES_MODULES = ("frontend/relay.py",)
+_IO = {"asyncio", "socket", "ssl", "selectors", "uvloop", "threading"}
+
+
+def _imports(module: str, *, typing_too: bool) -> set[str]:
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "proxy" / module)
+                     .read_text(encoding="utf-8"))
+    skipped: set[int] = set()
+    if not typing_too:
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+                    and node.test.id == "TYPE_CHECKING"):
+                skipped |= {id(child) for child in ast.walk(node)}
     imported: set[str] = set()
-    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
-    assert not imported & {"asyncio", "socket", "ssl", "selectors", "uvloop", "threading"}
+    return imported
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_the_engine_core_imports_no_io(module: str) -> None:
+    assert not _imports(module, typing_too=True) & _IO
+
+
+@pytest.mark.parametrize("module", RULES_MODULES)
+def test_the_relay_rules_use_no_event_loop(module: str) -> None:
+    assert not _imports(module, typing_too=False) & _IO
+    assert "asyncio" in _imports(module, typing_too=True)  # the check sees TYPE_CHECKING
 
 
 @pytest.mark.parametrize("chunk", CHUNKS)
