@@ -136,6 +136,7 @@ POOL_SIZE = 20  # the config's pool_size (as in ./dev bench)
 
 def build_app(pool_mode: str, guard: bool) -> tuple[ProxyApp, str]:
     """A ProxyApp for database ``app`` in ``pool_mode``, and a valid JWT for TENANT."""
+    os.environ.setdefault(_JWT_SECRET_ENV, secrets.token_hex(32))
     config = parse_config(_config_toml(pool_mode, guard), "<engine bench>")
     return ProxyApp(config), token_for(TENANT)
 
