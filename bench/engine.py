@@ -212,6 +212,9 @@ class Workload:
     # pgbench's do, each sending its next transaction once its reply is in (through the
     # event loop: more clients than pool_size wait in the pool).
     tenants: int = 1
+    # Event-loop passes between a client's reply and its next transaction (pgbench-like
+    # workloads): a client's think time, while its server may be kept for it.
+    think: int = 0
 
     @property
     def pgbench_like(self) -> bool:
@@ -228,7 +231,7 @@ WORKLOADS = (
     Workload("session-simple-c1", "simple", 1, "session"),
     Workload("session-simple-c8", "simple", 8, "session"),
     # ./dev bench's tenant-c32: 8 tenants x 4 clients, 32 clients for pool_size 20.
-    Workload("tenant-c32", "extended", 32, "transaction", tenants=8),
+    Workload("tenant-c32", "extended", 32, "transaction", tenants=8, think=1),
 )
 
 
@@ -372,7 +375,8 @@ class _Run:
     async def _pgbench_block(self, total: int, limit: float = 60.0) -> None:
         """``total`` transactions, as pgbench's clients send them: each its next one as
         soon as its reply is in (a callback of the event loop, as a socket's would be)."""
-        driver = _Pgbench(self.request, self.expected, total, self.workload.name)
+        driver = _Pgbench(self.request, self.expected, total, self.workload.name,
+                          self.workload.think)
         for client in self.clients:
             client.transport.driver = driver
         try:
@@ -455,9 +459,11 @@ class _Pgbench:
     client, then has the client send its next transaction (until ``total``)."""
 
     __slots__ = ("budget", "checked", "done", "expected", "loop", "name", "request",
-                 "total")
+                 "think", "total")
 
-    def __init__(self, request: bytes, expected: bytes, total: int, name: str) -> None:
+    def __init__(self, request: bytes, expected: bytes, total: int, name: str,
+                 think: int) -> None:
+        self.think = think
         self.request = request
         self.expected = expected
         self.total = total
@@ -481,9 +487,16 @@ class _Pgbench:
         self.checked += 1
         if self.budget > 0:
             self.budget -= 1
-            self.loop.call_soon(transport.protocol.data_received, self.request)
+            self.loop.call_soon(self.send, transport, self.think)
         elif self.checked == self.total and not self.done.done():
             self.done.set_result(None)
+
+    def send(self, transport: _ClientTransport, passes: int) -> None:
+        """The client's next transaction, after ``passes`` more loop passes."""
+        if passes:
+            self.loop.call_soon(self.send, transport, passes - 1)
+        else:
+            transport.protocol.data_received(self.request)
 
     def fail(self, message: str) -> None:
         if not self.done.done():
