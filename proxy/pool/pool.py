@@ -197,12 +197,15 @@ class ServerPool:
         due = min(deadline, reserve_at)
         if due < self._wait_timer_at:  # (else the timer runs before this wait is due)
             self._set_wait_timer(due)
-        if self.idle or self.kept:
+        kept = self.kept.owner_of  # (dicts tested: this runs for every wait)
+        if self._parked_timer is None and (self.idle.owner_of or kept):
             self._be_patient()
         waiter.add_done_callback(self._wait_done)
-        if self.kept and not self.paused:
-            self._reclaim_for_waiters()
-        self._grow()
+        if kept and not self.paused:
+            self._reclaim_for(waiter, tenant)
+        if self.connecting < db.pool_size - len(self.active) - len(self.idle.owner_of) - len(
+                kept):
+            self._grow()
         return waiter
 
     def _set_wait_timer(self, at: float) -> None:
@@ -286,7 +289,7 @@ class ServerPool:
             server = self._sel.take(tenant, patient=patient, now=now)
             if server is None:
                 return None
-            if server.state is ServerState.KEPT:
+            if server.state is ServerState.KEPT:  # (out of ``kept`` already)
                 self._unlink_kept(server)
                 return self._lease_to(server, tenant)
             if server.state is ServerState.CLOSED:
@@ -334,28 +337,25 @@ class ServerPool:
         return True
 
     def _unlink_kept(self, server: ServerConnection) -> None:
-        """Take a kept server back from its client; the caller leases or offers it."""
-        self.kept.discard(server)
+        """Take a kept server (out of ``kept`` already) back from its client; the caller
+        leases or offers it."""
         self._unlease(server)
         receiver, server.receiver = server.receiver, None
         if receiver is not None:
             receiver.server_reclaimed(server)
         self.stats.kept_reclaimed += 1
 
-    def _reclaim_for_waiters(self) -> None:
-        """Clients wait: each gets a kept server of its own tenant at once, oldest waiter
-        first (no scrub). Another tenant's kept server goes to a waiter only after
-        _PATIENCE (``_serve_parked``), as an idle one would: taking it at once made most
-        transactions of a many-tenant workload change a backend's tenant."""
-        for waiter in list(self.waiters):
-            if not self.kept:
-                return
-            if waiter.done():
-                continue
-            tenant = self._waits[waiter].tenant
-            server = self.kept.oldest_of(tenant)
-            if server is None:
-                continue
+    def _reclaim_for(self, waiter: asyncio.Future[Lease], tenant: str | None) -> None:
+        """A client starts waiting: it gets a kept server of its own tenant at once (no
+        scrub). Another tenant's kept server goes to a waiter only after _PATIENCE
+        (``_serve_parked``), as an idle one would: taking it at once made most
+        transactions of a many-tenant workload change a backend's tenant.
+
+        Only the new waiter can match: servers are kept only while nobody waits
+        (:meth:`keep`), and each earlier waiter got its tenant's when it came."""
+        server = self.kept.oldest_of(tenant)
+        if server is not None:
+            self.kept.discard(server)
             self.waiters.remove(waiter)
             self._unlink_kept(server)
             self._hand(server, waiter)
@@ -363,7 +363,7 @@ class ServerPool:
     def reclaim_kept(self, servers: list[ServerConnection] | None = None) -> None:
         """These kept servers (default: all) back to the pool (PAUSE, maintenance)."""
         for server in list(self.kept) if servers is None else servers:
-            if server in self.kept:
+            if self.kept.discard(server):
                 self._unlink_kept(server)
                 self._offer(server)
 

@@ -156,18 +156,20 @@ class Selection(Generic[S]):
             if not same:
                 del idle.by_owner[tenant]
             return newest
-        server = self.kept.oldest_of(tenant)
+        kept = self.kept
+        server = kept.oldest_of(tenant)
         if server is None:
             if (cap and held >= cap) or (patient and held >= self.share()):
                 return None
             floor = -1 if patient else self.share(rounded_up=True)
-            server = self._convertible(self.idle, floor, now - QUIET)
+            server = self._convertible(idle, floor, now - QUIET)
+            if server is not None:
+                idle.discard(server)
+                return server
+            server = self._convertible(kept, floor, now - QUIET)
             if server is None:
-                server = self._convertible(self.kept, floor, now - QUIET)
-                if server is None:
-                    return None
-        if not self.idle.discard(server):
-            self.kept.discard(server)
+                return None
+        kept.discard(server)
         return server
 
     def _convertible(self, index: OwnerIndex[S], floor: int, quiet: float) -> S | None:
