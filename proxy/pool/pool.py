@@ -523,13 +523,14 @@ class ServerPool:
         (a capped tenant's many waiters must not hide the others'), and their tenants."""
         cap = self.db.max_tenant_server_conns
         held = self._held
-        waits = self._waits
         queued: list[asyncio.Future[Lease]] = []
         tenants: list[str | None] = []
-        for waiter in self.waiters:
+        # _waits is in the order of the queue; besides the queued waiters, it has only
+        # ones already done (their done callback pending).
+        for waiter, wait in self._waits.items():
             if waiter.done():
                 continue
-            tenant = waits[waiter].tenant
+            tenant = wait.tenant
             if cap and tenant is not None and held.get(tenant, 0) >= cap:
                 continue
             queued.append(waiter)
