@@ -204,14 +204,19 @@ def test_a_server_offered_after_shutdown_is_closed_not_kept_idle() -> None:
 # ---- query_wait_timeout: one pool timer for every wait ------------------------------
 
 
+async def leased_out(query_wait_timeout: float) -> tuple[ServerPool, Lease]:
+    """A pool of one server connection, leased by a client of t1."""
+    db = DatabaseConfig(name="app", pool_size=1, query_wait_timeout=query_wait_timeout)
+    pool = ServerPool(db, password=None)
+    pool._offer(ServerConnection(db))
+    return pool, await lease(pool, "t1")
+
+
 def test_each_waiter_times_out_on_its_own_deadline_after_an_earlier_one_was_served() -> None:
     """The pool's one wait timer is set for the first wait's deadline; that wait is
     served before it, so the timer must move on to the next wait, which times out."""
     async def scenario() -> None:
-        db = DatabaseConfig(name="app", pool_size=1, query_wait_timeout=0.3)
-        pool = ServerPool(db, password=None)
-        pool._offer(ServerConnection(db))
-        held = await lease(pool, "t1")
+        pool, held = await leased_out(0.3)
         first = asyncio.ensure_future(pool.acquire("t1"))
         await asyncio.sleep(0.1)
         second = asyncio.ensure_future(pool.acquire("t1"))
@@ -232,13 +237,10 @@ def test_a_wait_with_a_shorter_timeout_than_the_timer_is_set_for_still_times_out
     """A reload shortened query_wait_timeout: a new wait's deadline comes before the one
     the timer is set for (a wait of the old setting); it times out on its own."""
     async def scenario() -> None:
-        db = DatabaseConfig(name="app", pool_size=1, query_wait_timeout=60)
-        pool = ServerPool(db, password=None)
-        pool._offer(ServerConnection(db))
-        held = await lease(pool, "t1")
+        pool, held = await leased_out(60)
         patient = asyncio.ensure_future(pool.acquire("t1"))
         await asyncio.sleep(0)
-        pool.db = dataclasses.replace(db, query_wait_timeout=0.1)
+        pool.db = dataclasses.replace(pool.db, query_wait_timeout=0.1)
         hurried = asyncio.ensure_future(pool.acquire("t1"))
         with pytest.raises(PoolTimeoutError):
             await asyncio.wait_for(hurried, 5)
@@ -253,10 +255,7 @@ def test_a_wait_with_a_shorter_timeout_than_the_timer_is_set_for_still_times_out
 
 def test_waits_cancelled_or_failed_by_shutdown_leave_no_wait_or_timer_behind() -> None:
     async def scenario() -> None:
-        db = DatabaseConfig(name="app", pool_size=1, query_wait_timeout=60)
-        pool = ServerPool(db, password=None)
-        pool._offer(ServerConnection(db))
-        await lease(pool, "t1")
+        pool, _ = await leased_out(60)
         cancelled = asyncio.ensure_future(pool.acquire("t2"))
         failed = asyncio.ensure_future(pool.acquire("t3"))
         await asyncio.sleep(0)
