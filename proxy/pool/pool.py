@@ -201,7 +201,7 @@ class ServerPool:
         if self._parked_timer is None and (self.idle.owner_of or kept):
             self._be_patient()
         waiter.add_done_callback(self._wait_done)
-        if kept and not self.paused:
+        if kept and tenant in self.kept.by_owner and not self.paused:
             self._reclaim_for(waiter, tenant)
         if self.connecting < db.pool_size - len(self.active) - len(self.idle.owner_of) - len(
                 kept):
