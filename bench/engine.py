@@ -127,20 +127,34 @@ port = 5432
 user = "app_user"
 sslmode = "disable"
 pool_mode = "{pool_mode}"
-pool_size = 20
+pool_size = {POOL_SIZE}
 """
+
+
+POOL_SIZE = 20  # the config's pool_size (as in ./dev bench)
 
 
 def build_app(pool_mode: str, guard: bool) -> tuple[ProxyApp, str]:
     """A ProxyApp for database ``app`` in ``pool_mode``, and a valid JWT for TENANT."""
-    secret = os.environ.setdefault(_JWT_SECRET_ENV, secrets.token_hex(32))
+    os.environ.setdefault(_JWT_SECRET_ENV, secrets.token_hex(32))
     config = parse_config(_config_toml(pool_mode, guard), "<engine bench>")
-    return ProxyApp(config), mint_token(secret, TENANT)
+    return ProxyApp(config), token_for(TENANT)
+
+
+def token_for(tenant: str) -> str:
+    """A valid JWT for ``tenant`` (the app's secret)."""
+    return mint_token(os.environ.setdefault(_JWT_SECRET_ENV, secrets.token_hex(32)), tenant)
 
 
 def new_client(app: ProxyApp) -> asyncio.Protocol:
     """One client connection of ``app``, not yet connected."""
     return ClientConnection(app)
+
+
+def pool_counters(app: ProxyApp) -> tuple[int, int, int]:
+    """Database ``app``'s pool: waits, tenant context sets, kept servers reclaimed."""
+    stats = app.pools["app"].stats
+    return stats.waits, stats.leases_with_context_set, stats.kept_reclaimed
 
 
 async def stop_app(app: ProxyApp) -> None:
@@ -194,6 +208,17 @@ class Workload:
     protocol: str       # simple | extended | prepared
     clients: int
     pool_mode: str      # transaction | session
+    # > 1: client i is of tenant i % tenants (its own JWT), and the clients run as
+    # pgbench's do, each sending its next transaction once its reply is in (through the
+    # event loop: more clients than pool_size wait in the pool).
+    tenants: int = 1
+    # Event-loop passes between a client's reply and its next transaction (pgbench-like
+    # workloads): a client's think time, while its server may be kept for it.
+    think: int = 0
+
+    @property
+    def pgbench_like(self) -> bool:
+        return self.tenants > 1
 
 
 WORKLOADS = (
@@ -205,6 +230,8 @@ WORKLOADS = (
     Workload("prepared-c8", "prepared", 8, "transaction"),
     Workload("session-simple-c1", "simple", 1, "session"),
     Workload("session-simple-c8", "simple", 8, "session"),
+    # ./dev bench's tenant-c32: 8 tenants x 4 clients, 32 clients for pool_size 20.
+    Workload("tenant-c32", "extended", 32, "transaction", tenants=8, think=1),
 )
 
 
@@ -244,13 +271,19 @@ class WorkloadResult:
     servers_opened: int
     fake_replies_computed: int  # fake PostgreSQL replies not from its memo (whole run)
     delivery: str = "sync"      # server replies: after each callback, or by the event loop
+    # The pool, per transaction of the timed repeats: clients that waited for a server,
+    # tenant context sets (a lease to another tenant's or a fresh server), kept servers
+    # taken back from their client.
+    pool_waits_per_tx: float = 0.0
+    tenant_sets_per_tx: float = 0.0
+    kept_reclaims_per_tx: float = 0.0
     top_calls: list[tuple[str, float]] = dataclasses.field(default_factory=list)
 
 
 class _Client:
     __slots__ = ("protocol", "transport")
 
-    def __init__(self, protocol: asyncio.Protocol, transport: FakeTransport) -> None:
+    def __init__(self, protocol: asyncio.Protocol, transport: _ClientTransport) -> None:
         self.protocol = protocol
         self.transport = transport
 
@@ -262,6 +295,9 @@ class _Run:
                  delivery: str = "sync") -> None:
         self.workload = workload
         self.guard = guard
+        if workload.pgbench_like:
+            delivery = "loop"  # clients wait in the pool: only the loop serves them
+        self.delivery = delivery
         self.engine = Engine(abalance, delivery)
         self.request, self.expected = _request_and_reply(workload.protocol)
         self.clients: list[_Client] = []
@@ -274,9 +310,13 @@ class _Run:
         assert isinstance(loop, NoSocketLoop), "run under NoSocketLoop"
         loop.engine = self.engine
         self.app, token = build_app(self.workload.pool_mode, self.guard)
+        tenants = self.workload.tenants
+        tokens = ([token] if tenants == 1
+                  else [token_for(f"{TENANT}{t}") for t in range(tenants)])
         for i in range(self.workload.clients):
+            token = tokens[i % tenants]
             protocol = new_client(self.app)
-            transport = FakeTransport(protocol, ("127.0.0.1", 40_000 + i))
+            transport = _ClientTransport(protocol, ("127.0.0.1", 40_000 + i))
             protocol.connection_made(transport)  # type: ignore[arg-type]
             client = _Client(protocol, transport)
             self.clients.append(client)
@@ -305,7 +345,11 @@ class _Run:
         loop.engine = None
 
     async def block(self, rounds: int) -> None:
-        """``rounds`` rounds: every client sends one transaction, then replies arrive."""
+        """``rounds`` rounds: every client sends one transaction, then replies arrive.
+        (A pgbench-like workload: ``rounds`` transactions per client, as they come.)"""
+        if self.workload.pgbench_like:
+            await self._pgbench_block(rounds * len(self.clients))
+            return
         clients = self.clients
         request = self.request
         expected = self.expected
@@ -327,6 +371,28 @@ class _Run:
         # Whatever the transactions left for the loop (future callbacks) runs in the block.
         await asyncio.sleep(0)
         pump()
+
+    async def _pgbench_block(self, total: int, limit: float = 60.0) -> None:
+        """``total`` transactions, as pgbench's clients send them: each its next one as
+        soon as its reply is in (a callback of the event loop, as a socket's would be)."""
+        driver = _Pgbench(self.request, self.expected, total, self.workload.name,
+                          self.workload.think)
+        for client in self.clients:
+            client.transport.driver = driver
+        try:
+            for client in self.clients:
+                driver.budget -= 1
+                client.protocol.data_received(self.request)
+            async with asyncio.timeout(limit):
+                await driver.done
+        except TimeoutError:
+            raise EngineBenchError(f"{self.workload.name}: {driver.checked} of {total} "
+                                   f"transactions answered within {limit:g}s") from None
+        finally:
+            for client in self.clients:
+                client.transport.driver = None
+        self.checked += driver.checked
+        await asyncio.sleep(0)
 
     async def timed(self, rounds: int, repeats: int) -> tuple[list[float], list[float]]:
         """``repeats`` blocks of ``rounds``: CPU time of this thread (what the proxy
@@ -386,6 +452,75 @@ class _Run:
         if got != expected:
             raise EngineBenchError(f"{self.workload.name}: {what}: got {_describe(got)}, "
                                    f"expected {_describe(expected)}")
+
+
+class _Pgbench:
+    """A pgbench-like block: checks every reply byte for byte as it arrives at a
+    client, then has the client send its next transaction (until ``total``)."""
+
+    __slots__ = ("budget", "checked", "done", "expected", "loop", "name", "request",
+                 "think", "total")
+
+    def __init__(self, request: bytes, expected: bytes, total: int, name: str,
+                 think: int) -> None:
+        self.think = think
+        self.request = request
+        self.expected = expected
+        self.total = total
+        self.budget = total  # transactions not yet sent
+        self.checked = 0
+        self.name = name
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+
+    def wrote(self, transport: _ClientTransport) -> None:
+        """The proxy wrote to a client: a whole reply is checked and answered."""
+        chunks = transport.chunks
+        got = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        expected = self.expected
+        if got != expected:
+            if len(got) >= len(expected) or not expected.startswith(got) or transport.closed:
+                self.fail(f"{self.name}: wrong reply: {_describe(got)}; expected "
+                          f"{_describe(expected)}")
+            return  # more of it to come
+        chunks.clear()
+        self.checked += 1
+        if self.budget > 0:
+            self.budget -= 1
+            self.loop.call_soon(self.send, transport, self.think)
+        elif self.checked == self.total and not self.done.done():
+            self.done.set_result(None)
+
+    def send(self, transport: _ClientTransport, passes: int) -> None:
+        """The client's next transaction, after ``passes`` more loop passes."""
+        if passes:
+            self.loop.call_soon(self.send, transport, passes - 1)
+        else:
+            transport.protocol.data_received(self.request)
+
+    def fail(self, message: str) -> None:
+        if not self.done.done():
+            self.done.set_exception(EngineBenchError(message))
+
+
+class _ClientTransport(FakeTransport):
+    """A client's socket; in a pgbench-like block, each write goes to the driver."""
+
+    def __init__(self, protocol: Any, peer: tuple[str, int]) -> None:
+        super().__init__(protocol, peer)
+        self.driver: _Pgbench | None = None
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.chunks.append(data)
+            if self.driver is not None:
+                self.driver.wrote(self)
+
+    def close(self) -> None:
+        super().close()
+        if self.driver is not None:
+            self.driver.fail(f"{self.driver.name}: the proxy closed a client: "
+                             f"{_describe(b''.join(self.chunks))}")
 
 
 def _more_than(transport: FakeTransport, size: int) -> bool:
@@ -463,7 +598,12 @@ async def _measure(workload: Workload, guard: bool, transactions: int, repeats: 
         rounds = max(1, transactions // clients)
         await run.block(max(1, warmup // clients))
         run.loop_waits = 0
+        assert run.app is not None
+        before = pool_counters(run.app)
         cpu, wall = await run.timed(rounds, repeats)
+        timed = repeats * rounds * clients
+        pool = [(after - was) / timed for after, was in zip(pool_counters(run.app), before,
+                                                            strict=True)]
         waits = run.loop_waits
         profiled_rounds = max(1, min(rounds, 2000 // clients))
         counter = _CallCounter(detail > 0)
@@ -484,7 +624,8 @@ async def _measure(workload: Workload, guard: bool, transactions: int, repeats: 
             loop_waits_per_tx=waits / (repeats * rounds * clients), checked=run.checked,
             servers_opened=len(run.engine.servers),
             fake_replies_computed=sum(t.postgres.computed for t in run.engine.servers),
-            delivery=delivery, top_calls=top)
+            delivery=run.delivery, top_calls=top, pool_waits_per_tx=pool[0],
+            tenant_sets_per_tx=pool[1], kept_reclaims_per_tx=pool[2])
     finally:
         await run.stop()
 
@@ -519,7 +660,7 @@ async def _measure_harness(transactions: int, repeats: int, delivery: str) -> Wo
     server = FakeServerTransport(back, engine, FakePostgres(1))
     server.postgres.receive(startup_message({"user": "bench"}))
     relay = Relay(server)
-    transport = back.client = FakeTransport(relay, ("127.0.0.1", 1))
+    transport = back.client = _ClientTransport(relay, ("127.0.0.1", 1))
     run = _Run(Workload("harness", "simple", 1, "transaction"), False, ABALANCE)
     run.engine = engine
     run.clients = [_Client(relay, transport)]  # type: ignore[arg-type]
@@ -644,6 +785,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def progress(result: WorkloadResult) -> None:
         print(_row(result), flush=True)
+        if result.pool_waits_per_tx or result.tenant_sets_per_tx or result.kept_reclaims_per_tx:
+            print(f"    pool per tx: {result.pool_waits_per_tx:.3f} waits, "
+                  f"{result.tenant_sets_per_tx:.4f} tenant sets, "
+                  f"{result.kept_reclaims_per_tx:.3f} kept servers reclaimed"
+                  + (f" ({result.delivery} delivery)" if result.delivery != args.delivery
+                     else ""))
         for name, per_tx in result.top_calls:
             print(f"    {per_tx:6.2f}  {name}")
 

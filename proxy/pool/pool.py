@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
 import time
@@ -62,6 +61,25 @@ _AFFINITY_LOOKAHEAD = 32
 _PATIENCE = 0.002
 # Past this wait, the oldest waiter is served before any tenant-affine choice.
 _FAIR_WAIT = 0.010
+# The wait timer's callback may run this much before the deadline it was set for (the
+# event loop's timers have millisecond resolution): a wait due within it is due.
+_TIMER_SLACK = 0.001
+
+
+class _Wait:
+    """One client's wait for a server connection (see ``ServerPool.wait_for_server``)."""
+
+    __slots__ = ("callback", "deadline", "reserve_at", "since", "started", "tenant")
+
+    def __init__(self, tenant: str | None, since: float, started: float, deadline: float,
+                 reserve_at: float,
+                 callback: Callable[[asyncio.Future[Lease]], None]) -> None:
+        self.tenant = tenant
+        self.since = since            # on the pool's fairness clock (``ServerPool._clock``)
+        self.started = started        # time.monotonic(), as the deadlines
+        self.deadline = deadline      # query_wait_timeout's (inf: none)
+        self.reserve_at = reserve_at  # reserve_pool_timeout's (inf: none, or used)
+        self.callback = callback
 
 
 @dataclass(slots=True)
@@ -98,9 +116,12 @@ class ServerPool:
         self.kept: OwnerIndex[ServerConnection] = self._sel.kept
         self._held = self._sel.held  # tenant → servers its clients hold (kept ones too)
         self.connecting = 0
-        self.waiters: deque[asyncio.Future[Lease]] = deque()
-        self._waiter_tenants: dict[asyncio.Future[Lease], str | None] = {}
-        self._waiter_since: dict[asyncio.Future[Lease], float] = {}
+        self.waiters: deque[asyncio.Future[Lease]] = deque()  # in arrival order
+        self._waits: dict[asyncio.Future[Lease], _Wait] = {}  # until each one's done
+        # One timer for every wait's query_wait_timeout and reserve_pool_timeout, set for
+        # the earliest (or earlier): most waits end long before, and cost no timer.
+        self._wait_timer: asyncio.TimerHandle | None = None
+        self._wait_timer_at = math.inf  # time.monotonic() it is set for
         self.stats = PoolStats()
         self.closed = False
         self._role_checked = False
@@ -161,25 +182,62 @@ class ServerPool:
         the error that failed the pool; cancel it to leave the queue. No task is created:
         this is the transaction-mode path when no idle connection fits.
         """
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Lease] = loop.create_future()
+        waiter: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
-        self._waiter_tenants[waiter] = tenant
-        self._waiter_since[waiter] = self._clock()
+        db = self.db
+        started = time.monotonic()
+        clock = self._clock
+        timeout = db.query_wait_timeout
+        deadline = started + timeout if timeout else math.inf
+        reserve_at = started + db.reserve_pool_timeout if db.reserve_pool_size else math.inf
+        self._waits[waiter] = _Wait(tenant, started if clock is time.monotonic else clock(),
+                                    started, deadline, reserve_at, callback)
         self._sel.wait_began(tenant)
         self.proxy_stats.wait_began(self.traffic, waiter)
-        timeout = self.db.query_wait_timeout
-        timer = loop.call_later(timeout, self._wait_timed_out, waiter) if timeout else None
-        if self.idle or self.kept:
+        due = min(deadline, reserve_at)
+        if due < self._wait_timer_at:  # (else the timer runs before this wait is due)
+            self._set_wait_timer(due)
+        kept = self.kept.owner_of  # (dicts tested: this runs for every wait)
+        if self._parked_timer is None and (self.idle.owner_of or kept):
             self._be_patient()
-        reserve = (loop.call_later(self.db.reserve_pool_timeout, self._use_reserve, waiter)
-                   if self.db.reserve_pool_size else None)
-        waiter.add_done_callback(functools.partial(
-            self._wait_done, tenant, time.monotonic(), (timer, reserve), callback))
-        if self.kept and not self.paused:
-            self._reclaim_for_waiters()
-        self._grow()
+        waiter.add_done_callback(self._wait_done)
+        if kept and tenant in self.kept.by_owner and not self.paused:
+            self._reclaim_for(waiter, tenant)
+        if self.connecting < db.pool_size - len(self.active) - len(self.idle.owner_of) - len(
+                kept):
+            self._grow()
         return waiter
+
+    def _set_wait_timer(self, at: float) -> None:
+        """Run :meth:`_waits_due` at time.monotonic() ``at``."""
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+        self._wait_timer_at = at
+        self._wait_timer = asyncio.get_running_loop().call_later(
+            max(0.0, at - time.monotonic()), self._waits_due)
+
+    def _waits_due(self) -> None:
+        """The wait timer: waits past query_wait_timeout fail, those past
+        reserve_pool_timeout may open a reserve connection (oldest first); then the
+        timer is set for the next one due."""
+        self._wait_timer = None
+        self._wait_timer_at = math.inf
+        now = time.monotonic() + _TIMER_SLACK
+        waits = self._waits
+        due = math.inf
+        for waiter in list(self.waiters):
+            wait = waits.get(waiter)
+            if wait is None or waiter.done():
+                continue
+            if wait.deadline <= now:
+                self._wait_timed_out(waiter)
+                continue
+            if wait.reserve_at <= now:
+                wait.reserve_at = math.inf
+                self._use_reserve(waiter)
+            due = min(due, wait.deadline, wait.reserve_at)
+        if due < math.inf and not self.closed:
+            self._set_wait_timer(due)
 
     def _wait_timed_out(self, waiter: asyncio.Future[Lease]) -> None:
         if not waiter.done():
@@ -201,24 +259,19 @@ class ServerPool:
         self.connecting += 1
         self._tasks.spawn(self._open())
 
-    def _wait_done(self, tenant: str | None, started: float,
-                   timers: tuple[asyncio.TimerHandle | None, ...],
-                   callback: Callable[[asyncio.Future[Lease]], None],
-                   waiter: asyncio.Future[Lease]) -> None:
-        for handle in timers:
-            if handle is not None:
-                handle.cancel()
+    def _wait_done(self, waiter: asyncio.Future[Lease]) -> None:
+        wait = self._waits.pop(waiter)
         if waiter.cancelled() or waiter.exception() is not None:
             with contextlib.suppress(ValueError):  # still queued unless a failure popped it
                 self.waiters.remove(waiter)
-        del self._waiter_tenants[waiter]
-        del self._waiter_since[waiter]
+        tenant = wait.tenant
         self._sel.wait_ended(tenant)
-        waited = time.monotonic() - started
-        self.stats.waits += 1
-        self.stats.wait_seconds_total += waited
+        waited = time.monotonic() - wait.started
+        stats = self.stats
+        stats.waits += 1
+        stats.wait_seconds_total += waited
         self.proxy_stats.wait_ended(self.traffic, waiter, tenant, waited)
-        callback(waiter)
+        wait.callback(waiter)
 
     def try_acquire(self, tenant: str | None) -> Lease | None:
         """A server connection right now, or None: the client waits (see
@@ -236,7 +289,7 @@ class ServerPool:
             server = self._sel.take(tenant, patient=patient, now=now)
             if server is None:
                 return None
-            if server.state is ServerState.KEPT:
+            if server.state is ServerState.KEPT:  # (out of ``kept`` already)
                 self._unlink_kept(server)
                 return self._lease_to(server, tenant)
             if server.state is ServerState.CLOSED:
@@ -284,28 +337,25 @@ class ServerPool:
         return True
 
     def _unlink_kept(self, server: ServerConnection) -> None:
-        """Take a kept server back from its client; the caller leases or offers it."""
-        self.kept.discard(server)
+        """Take a kept server (out of ``kept`` already) back from its client; the caller
+        leases or offers it."""
         self._unlease(server)
         receiver, server.receiver = server.receiver, None
         if receiver is not None:
             receiver.server_reclaimed(server)
         self.stats.kept_reclaimed += 1
 
-    def _reclaim_for_waiters(self) -> None:
-        """Clients wait: each gets a kept server of its own tenant at once, oldest waiter
-        first (no scrub). Another tenant's kept server goes to a waiter only after
-        _PATIENCE (``_serve_parked``), as an idle one would: taking it at once made most
-        transactions of a many-tenant workload change a backend's tenant."""
-        for waiter in list(self.waiters):
-            if not self.kept:
-                return
-            if waiter.done():
-                continue
-            tenant = self._waiter_tenants.get(waiter)
-            server = self.kept.oldest_of(tenant)
-            if server is None:
-                continue
+    def _reclaim_for(self, waiter: asyncio.Future[Lease], tenant: str | None) -> None:
+        """A client starts waiting: it gets a kept server of its own tenant at once (no
+        scrub). Another tenant's kept server goes to a waiter only after _PATIENCE
+        (``_serve_parked``), as an idle one would: taking it at once made most
+        transactions of a many-tenant workload change a backend's tenant.
+
+        Only the new waiter can match: servers are kept only while nobody waits
+        (:meth:`keep`), and each earlier waiter got its tenant's when it came."""
+        server = self.kept.oldest_of(tenant)
+        if server is not None:
+            self.kept.discard(server)
             self.waiters.remove(waiter)
             self._unlink_kept(server)
             self._hand(server, waiter)
@@ -313,7 +363,7 @@ class ServerPool:
     def reclaim_kept(self, servers: list[ServerConnection] | None = None) -> None:
         """These kept servers (default: all) back to the pool (PAUSE, maintenance)."""
         for server in list(self.kept) if servers is None else servers:
-            if server in self.kept:
+            if self.kept.discard(server):
                 self._unlink_kept(server)
                 self._offer(server)
 
@@ -454,12 +504,11 @@ class ServerPool:
 
     def _waiter_for(self, server: ServerConnection) -> asyncio.Future[Lease] | None:
         """The waiter that gets ``server`` now, or None (parked for its tenant)."""
-        queued = self._eligible_waiters()
+        queued, tenants = self._eligible_waiters()
         if not queued:
             return None
-        overdue = self._clock() - self._waiter_since.get(queued[0], 0.0) >= _FAIR_WAIT
-        tenants = self._waiter_tenants
-        pick = self._sel.waiter_for(server.owner, [tenants.get(w) for w in queued], overdue)
+        overdue = self._clock() - self._waits[queued[0]].since >= _FAIR_WAIT
+        pick = self._sel.waiter_for(server.owner, tenants, overdue)
         return queued[pick] if pick >= 0 else None
 
     def _be_patient(self) -> None:
@@ -469,21 +518,26 @@ class ServerPool:
             self._parked_timer = asyncio.get_running_loop().call_later(
                 _PATIENCE, self._serve_parked)
 
-    def _eligible_waiters(self) -> list[asyncio.Future[Lease]]:
+    def _eligible_waiters(self) -> tuple[list[asyncio.Future[Lease]], list[str | None]]:
         """The first _AFFINITY_LOOKAHEAD waiters of tenants below max_tenant_server_conns
-        (a capped tenant's many waiters must not hide the others')."""
+        (a capped tenant's many waiters must not hide the others'), and their tenants."""
         cap = self.db.max_tenant_server_conns
         held = self._held
-        tenants = self._waiter_tenants
-        queued = []
-        for waiter in self.waiters:
-            tenant = tenants.get(waiter)
-            if waiter.done() or (cap and tenant is not None and held.get(tenant, 0) >= cap):
+        queued: list[asyncio.Future[Lease]] = []
+        tenants: list[str | None] = []
+        # _waits is in the order of the queue; besides the queued waiters, it has only
+        # ones already done (their done callback pending).
+        for waiter, wait in self._waits.items():
+            if waiter.done():
+                continue
+            tenant = wait.tenant
+            if cap and tenant is not None and held.get(tenant, 0) >= cap:
                 continue
             queued.append(waiter)
+            tenants.append(tenant)
             if len(queued) == _AFFINITY_LOOKAHEAD:
                 break
-        return queued
+        return queued, tenants
 
     def _serve_parked(self) -> None:
         """Clients waited _PATIENCE while servers sat idle or kept for other tenants'
@@ -493,10 +547,11 @@ class ServerPool:
         self._parked_timer = None
         if self.paused:
             return
-        for waiter in self._eligible_waiters():
+        queued, tenants = self._eligible_waiters()
+        for waiter, tenant in zip(queued, tenants, strict=True):
             if not (self.idle or self.kept):
                 return
-            lease = self._take(self._waiter_tenants.get(waiter), patient=False)
+            lease = self._take(tenant, patient=False)
             if lease is not None:
                 self.waiters.remove(waiter)
                 waiter.set_result(lease)
@@ -522,7 +577,7 @@ class ServerPool:
         self._offer(server)
 
     def _hand(self, server: ServerConnection, waiter: asyncio.Future[Lease]) -> None:
-        waiter.set_result(self._lease_to(server, self._waiter_tenants.get(waiter)))
+        waiter.set_result(self._lease_to(server, self._waits[waiter].tenant))
 
     def take_back(self, server: ServerConnection, *, reset: bool = False) -> None:
         """The one place a leased server connection comes back (``Lease.release``
@@ -620,6 +675,9 @@ class ServerPool:
         self.closed = True
         if self._parked_timer is not None:
             self._parked_timer.cancel()
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
         self._fail_waiters(ServerError("the proxy is shutting down", "57P01"))
         servers = [*self.idle, *self.kept, *self.active]
         for server in servers:

@@ -124,10 +124,12 @@ class Selection(Generic[S]):
         clients hold one, wait for one or have one parked for them (``owner``: the
         tenant of the server being placed; at least one)."""
         names = self.held.keys() | self.waiting.keys() | self.idle.by_owner.keys()
-        names.add(owner)
-        names.discard(NOBODY)
-        names.discard(None)  # a bypass identity's servers
-        tenants = max(1, len(names))
+        # Not counted: NOBODY, None (a bypass identity's servers). (No set changed: this
+        # runs for most releases while clients wait.)
+        tenants = len(names) - (NOBODY in names) - (None in names)
+        if owner is not None and owner is not NOBODY and owner not in names:
+            tenants += 1
+        tenants = max(1, tenants)
         share = -(-self.pool_size // tenants) if rounded_up else self.pool_size // tenants
         return max(1, share)
 
@@ -154,18 +156,20 @@ class Selection(Generic[S]):
             if not same:
                 del idle.by_owner[tenant]
             return newest
-        server = self.kept.oldest_of(tenant)
+        kept = self.kept
+        server = kept.oldest_of(tenant)
         if server is None:
             if (cap and held >= cap) or (patient and held >= self.share()):
                 return None
             floor = -1 if patient else self.share(rounded_up=True)
-            server = self._convertible(self.idle, floor, now - QUIET)
+            server = self._convertible(idle, floor, now - QUIET)
+            if server is not None:
+                idle.discard(server)
+                return server
+            server = self._convertible(kept, floor, now - QUIET)
             if server is None:
-                server = self._convertible(self.kept, floor, now - QUIET)
-                if server is None:
-                    return None
-        if not self.idle.discard(server):
-            self.kept.discard(server)
+                return None
+        kept.discard(server)
         return server
 
     def _convertible(self, index: OwnerIndex[S], floor: int, quiet: float) -> S | None:
@@ -207,6 +211,9 @@ class Selection(Generic[S]):
         share = self.share(owner=owner)
         held = self.held
         cap = self.cap
+        # Once a deprived waiter is found, only a waiter of ``owner`` holding less than
+        # its share comes first: when ``owner``'s clients hold their share, stop there.
+        owner_short = (held.get(owner, 0) if isinstance(owner, str) else 0) < share
         deprived = same = first = rotate = -1
         for i, tenant in enumerate(tenants):
             count = held.get(tenant, 0) if tenant is not None else 0
@@ -227,6 +234,8 @@ class Selection(Generic[S]):
                     same = i
             elif short and deprived < 0:
                 deprived = i
+                if not owner_short:
+                    break
         if deprived >= 0:
             return deprived
         if rotate >= 0:

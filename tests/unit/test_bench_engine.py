@@ -16,17 +16,20 @@ from bench.__main__ import main as bench_main
 @pytest.mark.parametrize("workload", engine.WORKLOADS, ids=lambda w: w.name)
 def test_each_workload_gets_postgres_replies_with_the_guard_on_and_off(
         workload: engine.Workload) -> None:
-    results = engine.run_engine([workload], [True, False], transactions=200, repeats=1,
+    results = engine.run_engine([workload], [True, False], transactions=224, repeats=1,
                                 warmup=40, harness=False)
     assert [r.guard for r in results] == [True, False]
     for result in results:
-        assert result.transactions == 200
+        assert result.transactions == 224
         # warm-up, the timed repeat and the profiled run: every reply compared
         assert result.checked >= 2 * result.transactions
-        # interleaved clients each hold a server at once: one server per client
-        assert result.servers_opened == workload.clients
+        # interleaved clients each hold a server at once: one server per client, up to
+        # pool_size (more clients wait)
+        assert result.servers_opened == min(workload.clients, engine.POOL_SIZE)
         # the fake PostgreSQL answers from its memo: its cost stays out of the numbers
-        assert result.fake_replies_computed < result.transactions / 4
+        # (beyond each server's first few requests: startup, context sets, first query)
+        assert (result.fake_replies_computed
+                < result.transactions / 4 + 4 * result.servers_opened)
         # a compiled build's own functions are invisible to the profiler
         assert result.proxy_calls_per_tx > 0 or engine.compiled_modules()
         assert result.us_per_tx > 0
@@ -41,11 +44,28 @@ def test_replies_delivered_by_the_event_loop_are_checked_too(name: str) -> None:
     assert result.checked >= 2 * result.transactions
 
 
+def test_the_tenant_workload_makes_clients_of_several_tenants_wait() -> None:
+    """tenant-c32: more clients than pool_size, of 8 tenants, each sending its next
+    transaction once its reply is in: clients wait in the pool, and are served."""
+    (workload,) = [w for w in engine.WORKLOADS if w.name == "tenant-c32"]
+    assert workload.tenants == 8 and workload.clients > engine.POOL_SIZE
+    (result,) = engine.run_engine([workload], [True], transactions=320, repeats=1,
+                                  warmup=64, harness=False)
+    assert result.delivery == "loop"  # only the event loop serves waiting clients
+    assert result.checked >= 2 * result.transactions
+    assert result.pool_waits_per_tx > 0
+    assert result.servers_opened == engine.POOL_SIZE
+
+
 def test_a_wrong_data_row_fails_the_run() -> None:
     """The check is real: a fake PostgreSQL whose row differs from the expected one."""
     with pytest.raises(engine.EngineBenchError, match="wrong reply"):
         engine.run_engine([engine.WORKLOADS[0]], [True], transactions=16, repeats=1,
                           warmup=8, abalance=b"42", harness=False)
+    with pytest.raises(engine.EngineBenchError, match="wrong reply"):
+        engine.run_engine([w for w in engine.WORKLOADS if w.name == "tenant-c32"], [True],
+                          transactions=64, repeats=1, warmup=32, abalance=b"42",
+                          harness=False)
 
 
 def test_an_error_reply_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,7 +79,7 @@ def test_an_error_reply_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
         return known(sql, params, abalance)  # type: ignore[arg-type]
 
     monkeypatch.setattr(fakepg, "statement_result", no_pgbench_tables)
-    for workload in ("simple-c1", "extended-c8"):
+    for workload in ("simple-c1", "extended-c8", "tenant-c32"):
         chosen = [w for w in engine.WORKLOADS if w.name == workload]
         with pytest.raises(engine.EngineBenchError, match="pgbench_accounts"):
             engine.run_engine(chosen, [False], transactions=16, repeats=1, warmup=8,

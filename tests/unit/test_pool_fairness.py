@@ -10,12 +10,15 @@ ServerConnection objects: the pool is full from the start, so it never opens a r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 
-from proxy.backend.server import ServerConnection
+import pytest
+
+from proxy.backend.server import ServerConnection, ServerError
 from proxy.config import DatabaseConfig
 from proxy.pool.lease import Lease
-from proxy.pool.pool import _FAIR_WAIT, ServerPool
+from proxy.pool.pool import _FAIR_WAIT, PoolTimeoutError, ServerPool
 
 
 class FakeClock:
@@ -196,3 +199,74 @@ def test_a_server_offered_after_shutdown_is_closed_not_kept_idle() -> None:
         assert not pool.idle and late.state.value == "closed"
 
     asyncio.run(main())
+
+
+# ---- query_wait_timeout: one pool timer for every wait ------------------------------
+
+
+async def leased_out(query_wait_timeout: float) -> tuple[ServerPool, Lease]:
+    """A pool of one server connection, leased by a client of t1."""
+    db = DatabaseConfig(name="app", pool_size=1, query_wait_timeout=query_wait_timeout)
+    pool = ServerPool(db, password=None)
+    pool._offer(ServerConnection(db))
+    return pool, await lease(pool, "t1")
+
+
+def test_each_waiter_times_out_on_its_own_deadline_after_an_earlier_one_was_served() -> None:
+    """The pool's one wait timer is set for the first wait's deadline; that wait is
+    served before it, so the timer must move on to the next wait, which times out."""
+    async def scenario() -> None:
+        pool, held = await leased_out(0.3)
+        first = asyncio.ensure_future(pool.acquire("t1"))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(pool.acquire("t1"))
+        await asyncio.sleep(0)
+        held.release()  # to the first waiter (FIFO within the tenant)
+        got = await asyncio.wait_for(first, 5)
+        assert got.server is held.server
+        with pytest.raises(PoolTimeoutError, match="query_wait_timeout"):
+            await asyncio.wait_for(second, 5)
+        assert pool.stats.acquire_timeouts == 1 and not pool.waiters
+        got.release()
+        await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_wait_with_a_shorter_timeout_than_the_timer_is_set_for_still_times_out() -> None:
+    """A reload shortened query_wait_timeout: a new wait's deadline comes before the one
+    the timer is set for (a wait of the old setting); it times out on its own."""
+    async def scenario() -> None:
+        pool, held = await leased_out(60)
+        patient = asyncio.ensure_future(pool.acquire("t1"))
+        await asyncio.sleep(0)
+        pool.db = dataclasses.replace(pool.db, query_wait_timeout=0.1)
+        hurried = asyncio.ensure_future(pool.acquire("t1"))
+        with pytest.raises(PoolTimeoutError):
+            await asyncio.wait_for(hurried, 5)
+        assert not patient.done() and len(pool.waiters) == 1
+        held.release()
+        got = await asyncio.wait_for(patient, 5)
+        got.release()
+        await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_waits_cancelled_or_failed_by_shutdown_leave_no_wait_or_timer_behind() -> None:
+    async def scenario() -> None:
+        pool, _ = await leased_out(60)
+        cancelled = asyncio.ensure_future(pool.acquire("t2"))
+        failed = asyncio.ensure_future(pool.acquire("t3"))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        assert len(pool.waiters) == 1
+        await pool.close()
+        with pytest.raises(ServerError, match="shutting down"):
+            await failed
+        await asyncio.sleep(0)
+        assert not pool.waiters and not pool._waits and not pool._sel.waiting
+        assert pool._wait_timer is None
+
+    asyncio.run(scenario())
