@@ -346,7 +346,8 @@ class ClientRelay:
                 lease.context_touched()
         else:
             server.flush_cork()
-        self._pause_reading("queue", False)
+        if self._reading_paused_for:  # (a call less on every waited transaction)
+            self._pause_reading("queue", False)
 
     def _pipelined_context_done(self, fut: asyncio.Future[dict[str, str] | None]) -> None:
         if fut.cancelled() or fut.exception() is not None:
