@@ -573,4 +573,4 @@ class BackendSession:
                 receiver.server_lost(self, reason)
 
     def __repr__(self) -> str:
-        return f"<ServerConnection #{self.id} {self.state.value} pid={self.backend_pid}>"
+        return f"<{type(self).__name__} #{self.id} {self.state.value} pid={self.backend_pid}>"

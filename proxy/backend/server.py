@@ -27,14 +27,11 @@ from proxy.backend.context import (
     TenantState,
 )
 from proxy.backend.routing import (
-    ALL_TAGS,
-    AMEND_TAGS,
     FORWARD,
     FORWARD_TAGS,
     HOLD_HIGH_WATER,
     BackendSession,
     Collect,
-    Entry,
     Receiver,
     ServerError,
     ServerState,
@@ -51,8 +48,8 @@ if TYPE_CHECKING:
 
 # Names that live in proxy.backend.routing, importable from here as before.
 __all__ = [
-    "ALL_TAGS", "AMEND_TAGS", "FORWARD", "FORWARD_TAGS", "NOBODY", "PRISTINE", "SCRUB_SQL",
-    "UNKNOWN", "BackendSession", "Collect", "ContextMark", "Entry", "Receiver",
+    "FORWARD", "FORWARD_TAGS", "NOBODY", "PRISTINE", "SCRUB_SQL", "UNKNOWN",
+    "BackendSession", "Collect", "ContextMark", "Receiver",
     "ServerConnection", "ServerError", "ServerState", "Skip", "Stale", "TenantState",
 ]
 
