@@ -18,9 +18,10 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Iterable
+from typing import Final
 
 #: The label that stands for every tenant without a label of its own.
-OTHER_TENANT = "_other"
+OTHER_TENANT: Final = "_other"
 
 #: Upper bounds (seconds) of the transaction-duration buckets: a pooled OLTP transaction
 #: is milliseconds; the long tail is what an SRE hunts.

@@ -17,18 +17,18 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import final
+from typing import Final, final
 
 from proxy.backend.statements import PREFIX
 from proxy.tenancy.proof import compute_proof
 from proxy.wire import messages
 
-_TEXT_OID = 25
+_TEXT_OID: Final = 25
 #: The statement the context set is prepared as (in the proxy's random namespace).
-CONTEXT_STATEMENT = f"{PREFIX}context"
+CONTEXT_STATEMENT: Final = f"{PREFIX}context"
 
 
-_INTERN_LIMIT = 100_000
+_INTERN_LIMIT: Final = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +114,8 @@ class ContextMark(enum.Enum):
     UNKNOWN = "unknown"    # something may have changed it: set it again, and wait, first
 
 
-PRISTINE = ContextMark.PRISTINE
-UNKNOWN = ContextMark.UNKNOWN
+PRISTINE: Final = ContextMark.PRISTINE
+UNKNOWN: Final = ContextMark.UNKNOWN
 
 
 @final
@@ -158,4 +158,4 @@ class _Nobody:
         return "NOBODY"
 
 
-NOBODY = _Nobody()
+NOBODY: Final = _Nobody()

@@ -35,7 +35,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from proxy.backend.context import (
     NOBODY,
@@ -61,32 +61,32 @@ from proxy.wire.tags import BackendTag
 if TYPE_CHECKING:
     from proxy.config import DatabaseConfig
 
-_Z = BackendTag.READY_FOR_QUERY
-_E = BackendTag.ERROR_RESPONSE
-_S = BackendTag.PARAMETER_STATUS
-_C = BackendTag.COMMAND_COMPLETE
-_N = BackendTag.NOTICE_RESPONSE
+_Z: Final[int] = BackendTag.READY_FOR_QUERY
+_E: Final[int] = BackendTag.ERROR_RESPONSE
+_S: Final[int] = BackendTag.PARAMETER_STATUS
+_C: Final[int] = BackendTag.COMMAND_COMPLETE
+_N: Final[int] = BackendTag.NOTICE_RESPONSE
 
 # What the forwarding path needs to look at; every other message is only framed.
-FORWARD_TAGS = frozenset({_Z, _E, _S, _C, _N})
+FORWARD_TAGS: Final = frozenset({_Z, _E, _S, _C, _N})
 # The SQLSTATE of the WARNING pgtenant.current_tenant() raises when the tenant setting
 # holds a value its proof does not vouch for (policies/sql/install.sql).
-FORGED_CONTEXT_SQLSTATE = b"CPT401\x00"
-HANDSHAKE_TAGS = frozenset({
+FORGED_CONTEXT_SQLSTATE: Final = b"CPT401\x00"
+HANDSHAKE_TAGS: Final = frozenset({
     BackendTag.AUTHENTICATION, BackendTag.BACKEND_KEY_DATA, BackendTag.NEGOTIATE_PROTOCOL_VERSION,
     BackendTag.NOTICE_RESPONSE, _Z, _E, _S,
 })
-ALL_TAGS = frozenset(range(256))
+ALL_TAGS: Final = frozenset(range(256))
 # What an Amend entry changes or reads; other messages (rows above all) pass as bytes.
-AMEND_TAGS = FORWARD_TAGS | {BackendTag.PARSE_COMPLETE, BackendTag.PARAMETER_DESCRIPTION,
+AMEND_TAGS: Final = FORWARD_TAGS | {BackendTag.PARSE_COMPLETE, BackendTag.PARAMETER_DESCRIPTION,
                              BackendTag.ROW_DESCRIPTION, BackendTag.NO_DATA}
 # Bytes held back while a cancel is in flight beyond which the client stops being read.
-HOLD_HIGH_WATER = 256 * 1024
+HOLD_HIGH_WATER: Final = 256 * 1024
 
 # Command tags after which the session's settings (tenant included) may have changed.
-_CONTEXT_CHANGING_TAGS = (b"SET", b"RESET", b"DISCARD ALL", b"DISCARD")
+_CONTEXT_CHANGING_TAGS: Final = (b"SET", b"RESET", b"DISCARD ALL", b"DISCARD")
 # Command tags after which prepared statements may no longer match the schema.
-_SCHEMA_CHANGING_TAGS = (b"ALTER ", b"CREATE ", b"DROP ")
+_SCHEMA_CHANGING_TAGS: Final = (b"ALTER ", b"CREATE ", b"DROP ")
 
 
 class ServerState(enum.Enum):
@@ -151,7 +151,7 @@ class _Forward:
         return "FORWARD"
 
 
-FORWARD = _Forward()
+FORWARD: Final = _Forward()
 
 
 class Collect:
@@ -177,7 +177,7 @@ class Skip:
 Entry = _Forward | Skip | Collect | Emit | Amend
 
 
-_server_ids = itertools.count(1)
+_server_ids: Final = itertools.count(1)
 
 
 class BackendSession:

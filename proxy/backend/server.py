@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from proxy.auth.errors import UpstreamAuthError
 from proxy.auth.upstream import UpstreamAuthenticator
@@ -55,9 +55,9 @@ __all__ = [
 
 log = logging.getLogger("pgtenant.server")
 
-_Z = BackendTag.READY_FOR_QUERY
-_E = BackendTag.ERROR_RESPONSE
-_S = BackendTag.PARAMETER_STATUS
+_Z: Final[int] = BackendTag.READY_FOR_QUERY
+_E: Final[int] = BackendTag.ERROR_RESPONSE
+_S: Final[int] = BackendTag.PARAMETER_STATUS
 
 # The scrub: everything one tenant's clients could have left on a backend, removed before
 # another tenant's client runs anything on it. Without statements of the proxy's own on
@@ -66,14 +66,14 @@ _S = BackendTag.PARAMETER_STATUS
 # statement proves them intact. One Query, so one implicit transaction: it applies whole
 # or not at all. Names are schema-qualified: RESET ALL restores the role's search_path,
 # which is not ours to trust.
-_DISCARD_ALL = messages.query("DISCARD ALL")
-SCRUB_SQL = (
+_DISCARD_ALL: Final = messages.query("DISCARD ALL")
+SCRUB_SQL: Final = (
     "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; RESET ROLE; UNLISTEN *; "
     "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; DISCARD SEQUENCES; "
     "DISCARD TEMP; SELECT pg_catalog.count(*) FILTER (WHERE from_sql), pg_catalog.count(*) "
     "FROM pg_catalog.pg_prepared_statements")
-_SCRUB = messages.query(SCRUB_SQL)
-_DEALLOCATE_ALL = messages.query("DEALLOCATE ALL")
+_SCRUB: Final = messages.query(SCRUB_SQL)
+_DEALLOCATE_ALL: Final = messages.query("DEALLOCATE ALL")
 
 
 def _as_protocol(server: ServerConnection) -> asyncio.Protocol:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Final
 
 from proxy.backend.server import BackendSession, ServerConnection, ServerError
 from proxy.frontend.login import ClientError, ClientState, Login, is_loopback
@@ -37,7 +38,7 @@ __all__ = ["ClientConnection", "ClientError", "ClientHost", "ClientState"]
 log = logging.getLogger("pgtenant.client")
 
 # query_timeout: how long the server may take to answer the proxy's cancel, at most.
-_QUERY_TIMEOUT_GRACE = 5.0
+_QUERY_TIMEOUT_GRACE: Final = 5.0
 
 
 class ClientConnection(ClientRelay):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Final
 
 from proxy.guard import (
     CLEAN,
@@ -34,20 +35,20 @@ from proxy.wire import messages
 from proxy.wire.framing import split_frames
 from proxy.wire.tags import FrontendTag
 
-_Q = FrontendTag.QUERY
-_S = FrontendTag.SYNC
-_F = FrontendTag.FUNCTION_CALL
-_PARSE = FrontendTag.PARSE
-_BIND = FrontendTag.BIND
-_H = FrontendTag.FLUSH
-GUARDED = frozenset({_Q, _PARSE, _BIND, _F})
+_Q: Final[int] = FrontendTag.QUERY
+_S: Final[int] = FrontendTag.SYNC
+_F: Final[int] = FrontendTag.FUNCTION_CALL
+_PARSE: Final[int] = FrontendTag.PARSE
+_BIND: Final[int] = FrontendTag.BIND
+_H: Final[int] = FrontendTag.FLUSH
+GUARDED: Final = frozenset({_Q, _PARSE, _BIND, _F})
 
 Index = list[tuple[int, int, int]]
 # Verdicts of Parse messages by (message body, tenant, transaction mode), shared by the
 # clients of a proxy: drivers send the same unnamed Parse over and over. The value is the
 # statement name, the verdict and whether the statement writes settings.
 ParseVerdicts = dict[tuple[bytes, str | None, bool], tuple[str, Refusal | BindRule | None, bool]]
-_PARSE_CACHE_LIMIT = 10_000
+_PARSE_CACHE_LIMIT: Final = 10_000
 
 
 class StreamGuard:

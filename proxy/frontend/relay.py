@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from proxy.auth.identity import Identity
 from proxy.backend.context import TenantContext
@@ -68,12 +68,12 @@ class ClientHost(LoginHost, Protocol):
     def open_admin_session(self, client: Any, user: str, pending: bytes) -> None: ...
 
 
-_X = FrontendTag.TERMINATE
+_X: Final[int] = FrontendTag.TERMINATE
 # Pause reading from the client when this much is queued waiting for a server.
-QUEUE_HIGH_WATER = 256 * 1024
+QUEUE_HIGH_WATER: Final = 256 * 1024
 
-_NO_TRAFFIC = TrafficStats()  # placeholder counters before the database is known
-_PAUSE_BITS = {"queue": 1, "server": 2}
+_NO_TRAFFIC: Final = TrafficStats()  # placeholder counters before the database is known
+_PAUSE_BITS: Final = {"queue": 1, "server": 2}
 
 
 class ClientRelay:

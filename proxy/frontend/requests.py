@@ -13,22 +13,24 @@ bytes.
 
 from __future__ import annotations
 
+from typing import Final
+
 from proxy.backend.prepared import needs_rewrite
 from proxy.wire.tags import FrontendTag
 
-_Q = FrontendTag.QUERY
-_S = FrontendTag.SYNC
-_F = FrontendTag.FUNCTION_CALL
+_Q: Final[int] = FrontendTag.QUERY
+_S: Final[int] = FrontendTag.SYNC
+_F: Final[int] = FrontendTag.FUNCTION_CALL
 # Messages that may name a prepared statement (or DEALLOCATE one).
-_MAYBE_NAMED = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
+_MAYBE_NAMED: Final = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
                           FrontendTag.CLOSE, FrontendTag.QUERY})
 # Extended-protocol messages: after them the server is mid-batch until the next Sync.
-_EXTENDED = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
+_EXTENDED: Final = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
                        FrontendTag.EXECUTE, FrontendTag.CLOSE, FrontendTag.FLUSH})
 # Outside COPY FROM STDIN PostgreSQL ignores these; every other tag gets an answer.
-_COPY_TAGS = frozenset({FrontendTag.COPY_DATA, FrontendTag.COPY_DONE, FrontendTag.COPY_FAIL})
+_COPY_TAGS: Final = frozenset({FrontendTag.COPY_DATA, FrontendTag.COPY_DONE, FrontendTag.COPY_FAIL})
 
-NO_STOP = -1
+NO_STOP: Final = -1
 
 
 def classify(block: bytes, index: list[tuple[int, int, int]], unsynced: bool, named: bool,

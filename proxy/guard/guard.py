@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from typing import Final
 
 from proxy.config import TenancyConfig
 from proxy.guard.analysis import CLEAN, Analysis, Analyzer
@@ -16,17 +17,17 @@ from proxy.guard.verdict import BindRule, Param, Refusal, SettingValue, SettingW
 #: Parameter type OIDs whose text and binary forms are the value's UTF-8 bytes and whose
 #: conversion to text keeps them: unspecified (0, inferred as text), text, varchar, name,
 #: unknown. Anything else could reach set_config() through a cast that changes the value.
-SAFE_PARAM_TYPES = frozenset({0, 25, 1043, 19, 705})
+SAFE_PARAM_TYPES: Final = frozenset({0, 25, 1043, 19, 705})
 #: Texts longer than this are inspected every time instead of being kept in the cache.
-MAX_CACHED_LENGTH = 16 * 1024
+MAX_CACHED_LENGTH: Final = 16 * 1024
 #: Bounds of :attr:`Guard.query_analyses` (Query message bodies and their analyses): when
 #: either would be passed it is emptied (cheaper than LRU bookkeeping on every hit; a
 #: workload that repeats its queries refills it at once).
-QUERY_CACHE_ENTRIES = 10_000
-QUERY_CACHE_BYTES = 8 * 1024 * 1024
+QUERY_CACHE_ENTRIES: Final = 10_000
+QUERY_CACHE_BYTES: Final = 8 * 1024 * 1024
 
-_STARTUP_PLUMBING = frozenset({"user", "database", "application_name"})
-_FALSE = frozenset({"false", "off", "no", "0", ""})
+_STARTUP_PLUMBING: Final = frozenset({"user", "database", "application_name"})
+_FALSE: Final = frozenset({"false", "off", "no", "0", ""})
 
 
 class Guard:

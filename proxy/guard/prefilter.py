@@ -26,18 +26,20 @@ digits and ``$`` count as boundaries, so ``1pg_x`` or ``$pg_x`` are parsed.
 
 from __future__ import annotations
 
-_FIRST_WORDS = frozenset({
+from typing import Final
+
+_FIRST_WORDS: Final = frozenset({
     "select", "insert", "update", "delete", "with", "values", "table", "begin", "start",
     "commit", "end", "rollback", "abort", "savepoint", "release", "show", "fetch", "move",
     "close",
 })
 #: Functions: a call needs "(" after the name, so text without "(" cannot hold one.
-_CALLS = ("set_config", "_to_xml", "ts_stat", "ts_rewrite", "dblink", "loread", "lowrite",
+_CALLS: Final = ("set_config", "_to_xml", "ts_stat", "ts_rewrite", "dblink", "loread", "lowrite",
           "crosstab", "connectby", "postgres_fdw")
 # PostgreSQL's whitespace (scan.l); Python's str.isspace() knows more, which PostgreSQL
 # reads as identifier characters.
-_PG_SPACE = " \t\n\r\f\v"
-_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_PG_SPACE: Final = " \t\n\r\f\v"
+_LETTERS: Final = "abcdefghijklmnopqrstuvwxyz"
 
 
 def _word_start(text: str, name: str) -> bool:

@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from proxy.backend.server import ServerConnection, ServerError, ServerState, Skip
 from proxy.config import DatabaseConfig
@@ -56,14 +57,14 @@ class UpstreamRefusedError(ServerError):
 
 
 # How far down the wait queue a released connection looks for a waiter of its tenant.
-_AFFINITY_LOOKAHEAD = 32
+_AFFINITY_LOOKAHEAD: Final = 32
 # How long a client waits for a connection of its own tenant while others sit idle.
-_PATIENCE = 0.002
+_PATIENCE: Final = 0.002
 # Past this wait, the oldest waiter is served before any tenant-affine choice.
-_FAIR_WAIT = 0.010
+_FAIR_WAIT: Final = 0.010
 # The wait timer's callback may run this much before the deadline it was set for (the
 # event loop's timers have millisecond resolution): a wait due within it is due.
-_TIMER_SLACK = 0.001
+_TIMER_SLACK: Final = 0.001
 
 
 class _Wait:

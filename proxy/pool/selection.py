@@ -18,17 +18,17 @@ at work is parked for them rather than given to a tenant that already holds its 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from proxy.backend.server import NOBODY
 
 S = TypeVar("S", bound=Hashable)
 
-_ABSENT = object()
+_ABSENT: Final = object()
 
 # Seconds after which a server parked for its tenant's clients is another tenant's to
 # take even when its tenant holds no more than its share: they stopped coming back.
-QUIET = 0.05
+QUIET: Final = 0.05
 
 
 class OwnerIndex(Generic[S]):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Final
 
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.startup import (
@@ -27,15 +28,15 @@ from proxy.wire.startup import (
 )
 from proxy.wire.tags import AuthCode, BackendTag, FrontendTag
 
-_TAG_LEN = struct.Struct("!Bi")
-_INT32 = struct.Struct("!i")
-_UINT32 = struct.Struct("!I")
-_UINT16 = struct.Struct("!H")
-_NULL = b"\xff\xff\xff\xff"  # Int32 -1: a NULL parameter or column value
+_TAG_LEN: Final = struct.Struct("!Bi")
+_INT32: Final = struct.Struct("!i")
+_UINT32: Final = struct.Struct("!I")
+_UINT16: Final = struct.Struct("!H")
+_NULL: Final = b"\xff\xff\xff\xff"  # Int32 -1: a NULL parameter or column value
 # RowDescription field after the name: table oid, column number, type oid (text),
 # type size (variable), type modifier (none), format (text).
-_TEXT_FIELD = struct.Struct("!IhIhih").pack(0, 0, 25, -1, -1, 0)
-_PROTOCOL_3 = 3 << 16
+_TEXT_FIELD: Final = struct.Struct("!IhIhih").pack(0, 0, 25, -1, -1, 0)
+_PROTOCOL_3: Final = 3 << 16
 
 # ---- encoding helpers ---------------------------------------------------------------
 
@@ -71,16 +72,16 @@ def _auth(code: AuthCode, payload: bytes = b"") -> bytes:
     return frame(BackendTag.AUTHENTICATION, _INT32.pack(code) + payload)
 
 
-_AUTH_OK = _auth(AuthCode.OK)
-_AUTH_CLEARTEXT = _auth(AuthCode.CLEARTEXT_PASSWORD)
-_READY = {s: frame(BackendTag.READY_FOR_QUERY, s) for s in (b"I", b"T", b"E")}
-_EMPTY_QUERY = frame(BackendTag.EMPTY_QUERY_RESPONSE, b"")
-_PARSE_COMPLETE = frame(BackendTag.PARSE_COMPLETE, b"")
-_CLOSE_COMPLETE = frame(BackendTag.CLOSE_COMPLETE, b"")
-_SYNC = frame(FrontendTag.SYNC, b"")
-_FLUSH = frame(FrontendTag.FLUSH, b"")
-_TERMINATE = frame(FrontendTag.TERMINATE, b"")
-_SSL_REQUEST = struct.pack("!ii", 8, SSL_REQUEST_CODE)
+_AUTH_OK: Final = _auth(AuthCode.OK)
+_AUTH_CLEARTEXT: Final = _auth(AuthCode.CLEARTEXT_PASSWORD)
+_READY: Final = {s: frame(BackendTag.READY_FOR_QUERY, s) for s in (b"I", b"T", b"E")}
+_EMPTY_QUERY: Final = frame(BackendTag.EMPTY_QUERY_RESPONSE, b"")
+_PARSE_COMPLETE: Final = frame(BackendTag.PARSE_COMPLETE, b"")
+_CLOSE_COMPLETE: Final = frame(BackendTag.CLOSE_COMPLETE, b"")
+_SYNC: Final = frame(FrontendTag.SYNC, b"")
+_FLUSH: Final = frame(FrontendTag.FLUSH, b"")
+_TERMINATE: Final = frame(FrontendTag.TERMINATE, b"")
+_SSL_REQUEST: Final = struct.pack("!ii", 8, SSL_REQUEST_CODE)
 
 # ---- backend messages (proxy → client) ----------------------------------------------
 
