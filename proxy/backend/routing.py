@@ -83,10 +83,6 @@ AMEND_TAGS: Final = FORWARD_TAGS | {BackendTag.PARSE_COMPLETE, BackendTag.PARAME
 # Bytes held back while a cancel is in flight beyond which the client stops being read.
 HOLD_HIGH_WATER: Final = 256 * 1024
 
-# Command tags after which the session's settings (tenant included) may have changed.
-_CONTEXT_CHANGING_TAGS: Final = (b"SET", b"RESET", b"DISCARD ALL", b"DISCARD")
-# Command tags after which prepared statements may no longer match the schema.
-_SCHEMA_CHANGING_TAGS: Final = (b"ALTER ", b"CREATE ", b"DROP ")
 
 
 class ServerState(enum.Enum):
@@ -313,20 +309,25 @@ class BackendSession:
                         head.error = messages.decode_error_fields(body)
                     except ProtocolViolation:
                         head.error = {"M": "malformed error from upstream"}
-            elif tag == _C and forwarded and body.startswith(_CONTEXT_CHANGING_TAGS):
-                # The client ran SET/RESET/DISCARD: re-establish the context before its next
-                # transaction. After SET the tenant setting could hold anything; RESET and
-                # DISCARD can only restore the default.
-                self._session_changed(body.startswith(b"SET"))
-                if body.startswith(b"DISCARD ALL"):
+            elif tag == _C and forwarded:
+                # (One prefix per startswith: compiled, that is a C call; a tuple of
+                # prefixes is a generic method call.)
+                if (body.startswith(b"SET") or body.startswith(b"RESET")
+                        or body.startswith(b"DISCARD")):
+                    # The client ran SET/RESET/DISCARD: re-establish the context before
+                    # its next transaction. After SET the tenant setting could hold
+                    # anything; RESET and DISCARD can only restore the default.
+                    self._session_changed(body.startswith(b"SET"))
+                    if body.startswith(b"DISCARD ALL"):
+                        self._statements_cleared()
+                elif body.startswith(b"DEALLOCATE ALL"):
                     self._statements_cleared()
-            elif tag == _C and forwarded and body.startswith(b"DEALLOCATE ALL"):
-                self._statements_cleared()
-            elif tag == _C and forwarded and body.startswith(_SCHEMA_CHANGING_TAGS):
-                # DDL: statements prepared before it may describe what no longer is, on
-                # every server connection; each prepares afresh at its next use, as a
-                # driver that re-prepares after DDL expects (psycopg does).
-                schema_changed()
+                elif (body.startswith(b"ALTER ") or body.startswith(b"CREATE ")
+                      or body.startswith(b"DROP ")):
+                    # DDL: statements prepared before it may describe what no longer is,
+                    # on every server connection; each prepares afresh at its next use,
+                    # as a driver that re-prepares after DDL expects (psycopg does).
+                    schema_changed()
             elif tag == _N and FORGED_CONTEXT_SQLSTATE in body:
                 # The database saw a tenant setting its proof does not vouch for: whatever
                 # the proxy believes, re-set the context before anything else runs here.
