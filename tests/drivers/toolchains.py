@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-NODE_DIR = Path(__file__).parent / "node"
+# Resolved like ROOT: ./dev test-compiled runs from a tree whose tests/ is a symlink.
+NODE_DIR = Path(__file__).resolve().parent / "node"
 STAMP_NAME = ".pgtenant-package-lock"
 NESTJS_DIR = ROOT / "examples" / "nestjs-prisma"
 SYSTEM_JAR = Path("/usr/share/java/postgresql.jar")
