@@ -104,8 +104,7 @@ class ClientConnection(ClientRelay):
             if self.state is ClientState.READY:
                 assert self.framer is not None
                 self.traffic.bytes_in += len(data)
-                self.framer.feed(data)
-                self._relay_messages()
+                self._relay_messages(data)
             elif self.state is ClientState.LOGIN:  # buffered until it is logged in
                 assert self.framer is not None
                 self.framer.feed(data)

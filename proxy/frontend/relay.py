@@ -173,23 +173,25 @@ class ClientRelay:
 
     # ---- relaying client → server -----------------------------------------------------
 
-    def _relay_messages(self) -> None:
-        """Frame what the client sent; write it to the server in one write."""
+    def _relay_messages(self, data: bytes = b"") -> None:
+        """Frame what the client sent (``data`` just received, after anything buffered);
+        write it to the server in one write."""
         framer = self.framer
         assert framer is not None
-        batch = framer.next_batch()
+        batch = framer.next_batch(data)
         if batch is None:
             return
         block, index = batch
         if self._idle_timeouts:
             self._stop_idle_timer()
-        if self.app.guard is not None:
-            if self._guard is None:
-                self._guard = StreamGuard(self.app.guard, self.app.parse_verdicts,
-                                          self._refused,
-                                          transaction_mode=self.transaction_mode,
-                                          on_state_change=self._session_state_changed)
-            block, index = self._guard.filter(
+        guard = self._guard
+        if guard is None and self.app.guard is not None:
+            guard = self._guard = StreamGuard(self.app.guard, self.app.parse_verdicts,
+                                              self._refused,
+                                              transaction_mode=self.transaction_mode,
+                                              on_state_change=self._session_state_changed)
+        if guard is not None:
+            block, index = guard.filter(
                 block, index, self.identity.tenant if self.identity is not None else None)
         block, replies, unsynced, named, stop = classify(
             block, index, self._unsynced, self._rewriting, self.transaction_mode)

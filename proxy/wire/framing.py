@@ -100,26 +100,47 @@ class FrontendFramer(ClientBytes):
         return tag, body
 
 
-    def next_batch(self) -> tuple[bytes, list[tuple[int, int, int]]] | None:
-        """Return every complete message buffered, as one block, or None if none is.
+    def next_batch(self, data: bytes = b"") -> tuple[bytes, list[tuple[int, int, int]]] | None:
+        """Return every complete message received, as one block, or None if none is.
 
-        The block is the messages' bytes exactly as received (ready to forward in one
-        write); the list has ``(tag, start, end)`` per message, offsets into the block
-        (the body is ``block[start + 5:end]``). The hot path: no per-message copies.
+        ``data``: bytes just received (``feed`` and this in one call). The block is the
+        messages' bytes exactly as received (ready to forward in one write); the list has
+        ``(tag, start, end)`` per message, offsets into the block (the body is
+        ``block[start + 5:end]``). The hot path: with nothing buffered (the usual case)
+        ``data`` is framed in place, and when it holds whole messages only it is the
+        block itself: no copy into the buffer and back, no per-message copies.
         """
         if self._error is not None:
             raise ProtocolViolation(self._error)
         buf = self._buf
-        off = self._off
-        size = len(buf)
-        pos = off
+        if buf:
+            if data:
+                buf += data
+            off = self._off
+            size = len(buf)
+            if size - off < _HEADER_SIZE:
+                return None
+            length = ((buf[off + 1] << 24) | (buf[off + 2] << 16) | (buf[off + 3] << 8)
+                      | buf[off + 4])
+            if 4 <= length <= self._max and off + 1 + length > size:
+                return None  # the first message is still partial: nothing copied
+            data = bytes(buf[off:]) if off else bytes(buf)
+            buf.clear()
+            self._off = 0
+        return self._frame(data)
+
+    def _frame(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int]]] | None:
+        """Frame ``data`` (nothing buffered before it); a partial message at its end is
+        buffered for the next call."""
+        size = len(data)
+        pos = 0
         index: list[tuple[int, int, int]] = []
         limit = self._max
         while size - pos >= _HEADER_SIZE:
             # Byte by byte, as in BackendScanner.feed (unsigned: negative reads as huge).
-            tag = buf[pos]
-            length = ((buf[pos + 1] << 24) | (buf[pos + 2] << 16) | (buf[pos + 3] << 8)
-                      | buf[pos + 4])
+            tag = data[pos]
+            length = ((data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8)
+                      | data[pos + 4])
             if length < 4 or length > limit:
                 if index:
                     break  # hand out what came before; the next call raises
@@ -131,24 +152,13 @@ class FrontendFramer(ClientBytes):
             end = pos + 1 + length
             if end > size:
                 break
-            index.append((tag, pos - off, end - off))
+            index.append((tag, pos, end))
             pos = end
+        if pos < size:
+            self._buf += data[pos:] if pos else data
         if not index:
             return None
-        if off == 0 and pos == size:
-            block = bytes(buf)
-            buf.clear()
-        else:
-            block = bytes(buf[off:pos])
-            if pos == size:
-                buf.clear()
-                self._off = 0
-            elif pos >= _COMPACT_BYTES or pos * 2 >= size:
-                del buf[:pos]
-                self._off = 0
-            else:
-                self._off = pos
-        return block, index
+        return (data if pos == size else data[:pos]), index
 
 
 def split_frames(block: bytes) -> list[bytes]:

@@ -91,8 +91,7 @@ class Pair:
     def client_sends(self, data: bytes, chunk: int | None) -> None:
         step = chunk or len(data)
         for i in range(0, len(data), step):
-            self.framer.feed(data[i:i + step])
-            batch = self.framer.next_batch()
+            batch = self.framer.next_batch(data[i:i + step])
             if batch is None:
                 continue
             block, replies, self.unsynced, self.named, stop = classify(

@@ -407,6 +407,62 @@ def test_next_batch_hands_out_whole_messages_as_received() -> None:
         assert framer.buffered() == 0
 
 
+def test_next_batch_of_received_bytes_frames_them_in_place() -> None:
+    """next_batch(data): what a socket delivered, framed without going through the buffer
+    when nothing is buffered; any split (at every pair of cuts) gives the same messages."""
+    wire = messages.query("SELECT 1") + messages.parse("s", "SELECT 2") + messages.sync()
+    framer = FrontendFramer()
+    batch = framer.next_batch(wire)
+    assert batch is not None and batch[0] is wire  # whole messages only: no copy at all
+    assert framer.buffered() == 0
+    expected = [messages.query("SELECT 1"), messages.parse("s", "SELECT 2"), messages.sync()]
+    for first in range(len(wire) + 1):
+        for second in range(first, len(wire) + 1):
+            framer = FrontendFramer()
+            got: list[bytes] = []
+            for part in (wire[:first], wire[first:second], wire[second:]):
+                batch = framer.next_batch(part)
+                if batch is not None:
+                    block, index = batch
+                    assert b"".join(block[s:e] for _, s, e in index) == block
+                    got += [block[start:end] for _, start, end in index]
+            assert got == expected, (first, second)
+            assert framer.buffered() == 0
+
+
+def test_next_batch_of_received_bytes_after_login_messages() -> None:
+    """Messages read one by one at login (next_message) leave the buffer part consumed;
+    the first next_batch(data) after them hands out the rest and the new bytes."""
+    framer = FrontendFramer()
+    framer.feed(messages.sync() + messages.query("SELECT 1")[:7])
+    assert framer.next_message() == (F.SYNC, b"")
+    batch = framer.next_batch(messages.query("SELECT 1")[7:] + messages.sync())
+    assert batch is not None
+    assert batch[0] == messages.query("SELECT 1") + messages.sync()
+    assert [tag for tag, _, _ in batch[1]] == [F.QUERY, F.SYNC]
+    assert framer.buffered() == 0
+
+
+def test_next_batch_waits_for_a_long_message_without_handing_out_parts() -> None:
+    body = b"x" * 200_000
+    wire = messages.frame(F.COPY_DATA, body) + messages.sync()
+    framer = FrontendFramer()
+    for i in range(0, len(wire) - 6, 4096):
+        assert framer.next_batch(wire[i:min(i + 4096, len(wire) - 6)]) is None
+    batch = framer.next_batch(wire[len(wire) - 6:])
+    assert batch is not None and batch[0] == wire and len(batch[1]) == 2
+
+
+def test_next_batch_of_received_bytes_stops_at_a_bad_length() -> None:
+    framer = FrontendFramer()
+    batch = framer.next_batch(messages.sync() + b"Q" + struct.pack("!i", -1))
+    assert batch is not None and batch[0] == messages.sync()
+    with pytest.raises(ProtocolViolation, match="invalid message length -1"):
+        framer.next_batch(b"more")
+    with pytest.raises(ProtocolViolation):
+        framer.next_batch(messages.sync())  # refused from then on
+
+
 def test_next_batch_gives_the_good_messages_before_a_bad_length() -> None:
     framer = FrontendFramer()
     framer.feed(messages.sync() + b"Q" + struct.pack("!i", -1))
