@@ -26,6 +26,9 @@ MAX_CACHED_LENGTH: Final = 16 * 1024
 QUERY_CACHE_ENTRIES: Final = 10_000
 QUERY_CACHE_BYTES: Final = 8 * 1024 * 1024
 
+#: Query bytes with every ASCII digit made ``0``: the key of :attr:`Guard.clean_shapes`.
+_DIGITS_AS_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
+
 _STARTUP_PLUMBING: Final = frozenset({"user", "database", "application_name"})
 _FALSE: Final = frozenset({"false", "off", "no", "0", ""})
 
@@ -51,6 +54,10 @@ class Guard:
         #: :meth:`analyze_query`. Readers look up here first (one dict lookup per Query).
         self.query_analyses: dict[bytes, Analysis] = {}
         self._query_bytes = 0
+        #: Query bodies the pre-filter found harmless, with their digits made ``0`` (see
+        #: :meth:`analyze_query`); bounded like :attr:`query_analyses`.
+        self.clean_shapes: set[bytes] = set()
+        self._shape_bytes = 0
 
     def analyze(self, sql: str) -> Analysis:
         """The tenant-independent analysis of ``sql`` (pre-filter, then cache, then parse)."""
@@ -69,10 +76,31 @@ class Guard:
         :meth:`query_verdict` and the caller), the text is a function of the bytes, and the
         guard's configuration never changes (tenancy changes need a restart). Drivers and
         ORMs send the same bytes again and again: a hit skips decoding and the pre-filter.
+
+        Texts that differ only in their literals' digits (``pgbench -S``, an application
+        that inlines ids) miss that cache every time; the pre-filter's "harmless" is kept
+        for them in :attr:`clean_shapes`, by the bytes with each ASCII digit made ``0``.
+        Sound because the pre-filter's answer cannot change when a digit becomes another:
+        none of the words it looks for holds a digit, it reads a digit next to a word the
+        same whatever the digit, and UTF-8 never uses the bytes of ASCII digits inside a
+        multi-byte character (``tests/unit/test_guard_query_cache.py`` checks it by
+        example and at random). Only the pre-filter's answer is kept by shape: a text it
+        sends to the parser is analysed (and cached) as itself.
         """
-        analysis = self.analyze(body[:-1].decode("utf-8", "replace"))
         size = len(body)
-        if self._cached and size <= MAX_CACHED_LENGTH:
+        cached = self._cached and size <= MAX_CACHED_LENGTH
+        shape = body.translate(_DIGITS_AS_ZERO) if cached else b""
+        if cached and shape in self.clean_shapes:
+            analysis = CLEAN
+        else:
+            sql = body[:-1].decode("utf-8", "replace")
+            if needs_inspection(sql):
+                analysis = self._analyze(sql) if cached else self._analyzer.analyze(sql)
+            else:
+                analysis = CLEAN
+                if cached:
+                    self._remember_shape(shape)
+        if cached:
             cache = self.query_analyses
             if len(cache) >= QUERY_CACHE_ENTRIES or self._query_bytes + size > QUERY_CACHE_BYTES:
                 cache.clear()
@@ -80,6 +108,15 @@ class Guard:
             cache[body] = analysis
             self._query_bytes += size
         return analysis
+
+    def _remember_shape(self, shape: bytes) -> None:
+        shapes = self.clean_shapes
+        size = len(shape)
+        if len(shapes) >= QUERY_CACHE_ENTRIES or self._shape_bytes + size > QUERY_CACHE_BYTES:
+            shapes.clear()
+            self._shape_bytes = 0
+        shapes.add(shape)
+        self._shape_bytes += size
 
     def check_query(self, sql: str, tenant: str | None, *,
                     transaction_mode: bool = False) -> Refusal | None:
@@ -190,6 +227,8 @@ class Guard:
         """Forget every cached analysis."""
         self.query_analyses.clear()
         self._query_bytes = 0
+        self.clean_shapes.clear()
+        self._shape_bytes = 0
         clear = getattr(self._analyze, "cache_clear", None)
         if clear is not None:
             clear()
