@@ -5,6 +5,9 @@ Run: ``.venv/bin/python -m bench.guard_bench [--seconds S]``.
 Paths: statements the pre-filter (an allow-filter) lets through without parsing, statements that
 need the parser without the cache (cache_size=0) and from the cache, and attack
 statements (refused) uncached and cached. pglast's bare parse is shown for reference.
+The Query-message rows take the proxy's own path (``Guard.analyze_query`` on the message
+body, then the verdict): the same bytes again (the by-bytes cache), and pgbench -S's
+statement with a new literal every time (by-bytes misses; the clean-shape cache).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pglast.parser import parse_sql_json
 
 from proxy.config import TenancyConfig
 from proxy.guard import Guard, needs_inspection
+from proxy.wire import messages
 
 TENANT = "acme"
 T = TypeVar("T")
@@ -95,12 +99,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     def query(guard: Guard) -> Callable[[str], object]:
         return lambda sql: guard.check_query(sql, TENANT)
 
+    def query_message(guard: Guard) -> Callable[[bytes], object]:
+        def check(body: bytes) -> object:
+            analysis = guard.query_analyses.get(body)
+            if analysis is None:
+                analysis = guard.analyze_query(body)
+            return guard.query_verdict(analysis, TENANT)
+        return check
+
+    # More distinct literals than the by-bytes cache holds: every one misses, as with
+    # pgbench's random aid (100,000 accounts per scale unit).
+    literals = [messages.query(f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};")[5:]
+                for aid in range(1, 25_001)]
+
     rows = [
         ("pre-filter only (no parse)", query(cached), PREFILTERED),
         ("parsed, uncached", query(uncached), PARSED),
         ("parsed, cached hit", query(cached), PARSED),
         ("attack, uncached", query(uncached), ATTACKS),
         ("attack, cached hit", query(cached), ATTACKS),
+        ("Query message, same bytes", query_message(cached), literals[:10]),
+        ("Query message, new literal each", query_message(cached), literals),
         ("reference: pglast parse_sql_json", parse_sql_json, PARSED),
     ]
     print(f"{'path':<36} {'us/statement':>12}")
