@@ -41,7 +41,6 @@ _F: Final[int] = FrontendTag.FUNCTION_CALL
 _PARSE: Final[int] = FrontendTag.PARSE
 _BIND: Final[int] = FrontendTag.BIND
 _H: Final[int] = FrontendTag.FLUSH
-GUARDED: Final = frozenset({_Q, _PARSE, _BIND, _F})
 
 Index = list[tuple[int, int, int]]
 # Verdicts of Parse messages by (message body, tenant, transaction mode), shared by the
@@ -117,7 +116,7 @@ class StreamGuard:
                     analysis = self._guard.analyze_query(body)
                 if analysis is not CLEAN:
                     refusal = self._check_query(analysis, tenant)
-            elif tag in GUARDED:
+            elif tag == _PARSE or tag == _BIND or tag == _F:  # (native compares: no set)
                 refusal = self._check(tag, block[start + 5:end], tenant)
             if tag == _S:
                 self._end_batch()

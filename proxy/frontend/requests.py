@@ -18,17 +18,31 @@ from typing import Final
 from proxy.backend.prepared import needs_rewrite
 from proxy.wire.tags import FrontendTag
 
-_Q: Final[int] = FrontendTag.QUERY
-_S: Final[int] = FrontendTag.SYNC
-_F: Final[int] = FrontendTag.FUNCTION_CALL
-# Messages that may name a prepared statement (or DEALLOCATE one).
-_MAYBE_NAMED: Final = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
-                          FrontendTag.CLOSE, FrontendTag.QUERY})
-# Extended-protocol messages: after them the server is mid-batch until the next Sync.
-_EXTENDED: Final = frozenset({FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
-                       FrontendTag.EXECUTE, FrontendTag.CLOSE, FrontendTag.FLUSH})
-# Outside COPY FROM STDIN PostgreSQL ignores these; every other tag gets an answer.
-_COPY_TAGS: Final = frozenset({FrontendTag.COPY_DATA, FrontendTag.COPY_DONE, FrontendTag.COPY_FAIL})
+# What each tag byte means here, one lookup per message (compiled, indexing bytes is a C
+# array access; a frozenset test boxes the int): bits of _KINDS[tag].
+_READY: Final = 1     # ends in ReadyForQuery: Query, Sync, FunctionCall
+_EXTENDED: Final = 2  # extended protocol: the server is mid-batch until the next Sync
+_COPY: Final = 4      # outside COPY FROM STDIN PostgreSQL ignores these
+_NAMED: Final = 8     # may name a prepared statement (or DEALLOCATE one)
+# A tag with no bit (Terminate, or not a frontend message at all) is where a batch stops.
+
+
+def _kinds() -> bytes:
+    kinds = bytearray(256)
+    for tag in (FrontendTag.QUERY, FrontendTag.SYNC, FrontendTag.FUNCTION_CALL):
+        kinds[tag] |= _READY
+    for tag in (FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
+                FrontendTag.EXECUTE, FrontendTag.CLOSE, FrontendTag.FLUSH):
+        kinds[tag] |= _EXTENDED
+    for tag in (FrontendTag.COPY_DATA, FrontendTag.COPY_DONE, FrontendTag.COPY_FAIL):
+        kinds[tag] |= _COPY
+    for tag in (FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
+                FrontendTag.CLOSE, FrontendTag.QUERY):
+        kinds[tag] |= _NAMED
+    return bytes(kinds)
+
+
+_KINDS: Final = _kinds()
 
 NO_STOP: Final = -1
 
@@ -45,14 +59,16 @@ def classify(block: bytes, index: list[tuple[int, int, int]], unsynced: bool, na
     :data:`NO_STOP` otherwise.
     """
     replies = 0
+    kinds = _KINDS
     for tag, start, end in index:
-        if tag == _S or tag == _Q or tag == _F:  # each ends in ReadyForQuery
+        kind = kinds[tag]
+        if kind & _READY:
             replies += 1
             unsynced = False
-        elif tag in _EXTENDED:
+        elif kind & _EXTENDED:
             unsynced = True
-        elif tag not in _COPY_TAGS:  # Terminate, or not a frontend message at all
+        elif not kind & _COPY:  # Terminate, or not a frontend message at all
             return block[:start], replies, unsynced, named, tag
-        if rewrites and not named and tag in _MAYBE_NAMED:
+        if rewrites and not named and kind & _NAMED:
             named = needs_rewrite(tag, block[start + 5:end])
     return block, replies, unsynced, named, NO_STOP
