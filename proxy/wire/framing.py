@@ -120,8 +120,7 @@ class FrontendFramer(ClientBytes):
             size = len(buf)
             if size - off < _HEADER_SIZE:
                 return None
-            length = ((buf[off + 1] << 24) | (buf[off + 2] << 16) | (buf[off + 3] << 8)
-                      | buf[off + 4])
+            length = _HEADER.unpack_from(buf, off)[1]
             if 4 <= length <= self._max and off + 1 + length > size:
                 return None  # the first message is still partial: nothing copied
             data = bytes(buf[off:]) if off else bytes(buf)
