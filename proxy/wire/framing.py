@@ -166,7 +166,8 @@ def split_frames(block: bytes) -> list[bytes]:
     pos = 0
     n = len(block)
     while pos < n:
-        end = pos + 1 + _HEADER.unpack_from(block, pos)[1]
+        end = pos + 1 + ((block[pos + 1] << 24) | (block[pos + 2] << 16)
+                         | (block[pos + 3] << 8) | block[pos + 4])
         out.append(block[pos:end])
         pos = end
     return out

@@ -427,3 +427,11 @@ def test_decode_bind_refuses_truncated(cut: int) -> None:
     body = m.bind("", "s", [b"acme"], [0])[5:]
     with pytest.raises(ProtocolViolation):
         m.decode_bind(body[:cut])
+
+
+def test_frame_is_tag_then_int32_length_then_body() -> None:
+    assert m.frame(ord("Q"), b"SELECT 1\0") == b"Q\x00\x00\x00\x0dSELECT 1\0"
+    assert m.frame(0, b"") == b"\x00\x00\x00\x00\x04"
+    for tag in (-1, 256):
+        with pytest.raises(ValueError):
+            m.frame(tag, b"")
