@@ -15,29 +15,37 @@ import secrets
 import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Final
 
 from proxy.wire import messages
 from proxy.wire.tags import BackendTag
 
 #: Every statement the proxy names starts with this; random per process so that no
 #: client can guess it, and starting with ``pgtenant_`` so SQL can refuse the namespace.
-PREFIX = f"pgtenant_{secrets.token_hex(8)}_"
+PREFIX: Final = f"pgtenant_{secrets.token_hex(8)}_"
 #: A statement that never exists: Bind/Describe/DEALLOCATE of it fails with 26000.
-MISSING = PREFIX + "missing"
-_MISSING_QUOTED = f'"{MISSING}"'.encode()
+MISSING: Final = PREFIX + "missing"
+_MISSING_QUOTED: Final = f'"{MISSING}"'.encode()
 # Numbers for the names of the proxy's statements (shared with the DEALLOCATE stand-in).
-statement_numbers = itertools.count(1)
+statement_numbers: Final = itertools.count(1)
 # Order in which descriptions were seen: the later one reflects the newer schema.
-_seen = itertools.count(1)
+_seen: Final = itertools.count(1)
 
-_FIELD_TAIL = struct.Struct("!IhIhih")
+_FIELD_TAIL: Final = struct.Struct("!IhIhih")
+# Reply tags as native ints: compiled, a Final alias is a C constant, the enum a dict
+# lookup.
+_PARSE_COMPLETE: Final[int] = BackendTag.PARSE_COMPLETE
+_COMMAND_COMPLETE: Final[int] = BackendTag.COMMAND_COMPLETE
+_ERROR_RESPONSE: Final[int] = BackendTag.ERROR_RESPONSE
+_PARAMETER_DESCRIPTION: Final[int] = BackendTag.PARAMETER_DESCRIPTION
 # What a Describe answers after ParameterDescription.
-DESCRIPTIONS = (BackendTag.ROW_DESCRIPTION, BackendTag.NO_DATA)
+_ROW_DESCRIPTION: Final[int] = BackendTag.ROW_DESCRIPTION
+_NO_DATA: Final[int] = BackendTag.NO_DATA
 
 
 # Statement and portal names are bytes in the client's encoding (which need not be UTF-8):
 # they are decoded so that they encode back to exactly the same bytes.
-NAME_ERRORS = "surrogateescape"
+NAME_ERRORS: Final = "surrogateescape"
 
 
 class ClientStatement:
@@ -119,13 +127,13 @@ class Amend:
     def message(self, tag: int, data: bytes, body: bytes) -> bytes:
         """What to forward for ``data``: reply bytes ending with one whole message of
         type ``tag`` (``body`` its body), the bytes before it messages left as they are."""
-        if tag == BackendTag.PARSE_COMPLETE:
+        if tag == _PARSE_COMPLETE:
             n = self._parses
             self._parses = n + 1
             if self.parsed and self.parsed[0][0] == n:
                 self.parsed.popleft()
             return data[:-5] if n in self.drop_parses else data
-        if tag == BackendTag.COMMAND_COMPLETE:
+        if tag == _COMMAND_COMPLETE:
             if body == b"PREPARE\x00" and self.drop_prepares:
                 self.drop_prepares -= 1
                 return data[:-5 - len(body)]
@@ -134,7 +142,7 @@ class Amend:
                 succeeded()
                 if complete is not None:
                     return data[:-5 - len(body)] + complete
-        elif tag == BackendTag.ERROR_RESPONSE:
+        elif tag == _ERROR_RESPONSE:
             for _, _, throwaway in self.deallocations:
                 if throwaway is not None and throwaway[0] < self._parses:
                     throwaway[2].orphans.append(throwaway[1])  # prepared, not deallocated
@@ -149,9 +157,9 @@ class Amend:
                     return before + messages.frame(
                         BackendTag.ERROR_RESPONSE, body.replace(_MISSING_QUOTED, self.error))
                 return before + self.error
-        elif tag == BackendTag.PARAMETER_DESCRIPTION:
+        elif tag == _PARAMETER_DESCRIPTION:
             self._params = data[-5 - len(body):]
-        elif tag in DESCRIPTIONS and self._params is not None:
+        elif (tag == _ROW_DESCRIPTION or tag == _NO_DATA) and self._params is not None:
             # The answer to a Describe of a statement (a portal has no ParameterDescription).
             desc = description(self._params + data[-5 - len(body):])
             self._params = None
@@ -194,7 +202,7 @@ def description(data: bytes) -> bytes:
 # Bumped by every DDL a client runs through the proxy (ALTER/CREATE/DROP command tags):
 # statements prepared before it are prepared afresh at their next use, on every server
 # connection. One int, read per lookup.
-_schema = [0]
+_schema: Final = [0]
 
 
 def schema_changed() -> None:
