@@ -41,7 +41,6 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Final
 
 from proxy.backend.statements import (
@@ -88,6 +87,11 @@ _DEALLOCATE: Final = re.compile(
 _STAND_IN: Final = messages.query(f"PREPARE {_THROWAWAY} AS SELECT; DEALLOCATE {_THROWAWAY}")
 _MISSING_QUERY: Final = messages.query(f"DEALLOCATE {MISSING}")
 _COMPLETE_ALL: Final = messages.command_complete("DEALLOCATE ALL")
+# Messages naming MISSING, made to fail on the server.
+_BIND_MISSING: Final = messages.bind("", MISSING, [])
+_DESCRIBE_MISSING: Final = messages.describe(b"S", MISSING)
+_CLOSE_MISSING: Final = messages.close(b"S", MISSING)
+_DESCRIBE_TAG: Final = bytes((FrontendTag.DESCRIBE,))
 _DEALLOCATE_NOT_ALONE: Final = messages.error_response(
     "0A000", "DEALLOCATE must be sent as a query of its own in transaction pooling mode",
     hint="send DEALLOCATE in a separate query, or close the statement with a Close message")
@@ -125,16 +129,20 @@ def _split_cstr(body: bytes, start: int = 0) -> tuple[str, int]:
     return body[start:end].decode("utf-8", NAME_ERRORS), end + 1
 
 
-@dataclass
 class Rewritten:
-    """A client batch made fit for one server connection."""
+    """A client batch made fit for one server connection. (A plain class: compiled, a
+    dataclass's generated ``__init__`` runs interpreted, ~3,000 instructions a batch.)"""
 
-    data: bytes
-    entries: list[object]                 # FORWARD / Amend / Emit, in reply order
-    # The batch goes on (no Sync yet) with an entry queued or an error: the client's
-    # next messages must be rewritten too, whatever they are.
-    carry: bool = False
-    used: set[bytes] = field(default_factory=set)
+    __slots__ = ("carry", "data", "entries", "used")
+
+    def __init__(self, data: bytes, entries: list[object], carry: bool, used: set[bytes]
+                 ) -> None:
+        self.data = data
+        self.entries = entries  # FORWARD / Amend / Emit, in reply order
+        # The batch goes on (no Sync yet) with an entry queued or an error: the client's
+        # next messages must be rewritten too, whatever they are.
+        self.carry = carry
+        self.used = used  # the keys of the statements it uses (kept from eviction)
 
 
 def needs_rewrite(tag: int, body: bytes) -> bool:
@@ -239,10 +247,8 @@ class _Batch:
             server.open = amend
         return Rewritten(b"".join(self.out), self.entries, not self.at_start, self.used)
 
-    def fail(self, error: bytes, frame: bytes | None = None) -> None:
+    def fail(self, error: bytes, frame: bytes = _BIND_MISSING) -> None:
         """Make the server fail here (a message about MISSING), then skip to Sync."""
-        if frame is None:
-            frame = messages.bind("", MISSING, [])
         self.out.append(frame)
         self.amended().error = error
         self.at_start = False
@@ -271,24 +277,24 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
         server.follow_schema()
     batch = _Batch(client, server, forward, batch_start)
     described: set[str] | None = None
+    # Positions are into the whole frame (its body starts at 5): no copy of each body.
     for frame in frames:
         tag = frame[0]
-        body = frame[5:]
         if batch.skipping:
             if tag == _SYNC:
                 batch.skipping = False
                 batch.synced(frame)
             continue
         if tag == _PARSE:
-            name, rest_at = _split_cstr(body)
+            name, rest_at = _split_cstr(frame, 5)
             if not name:
-                if _may_deallocate(body, 0):
+                if _may_deallocate(frame, 5):
                     _deallocate_parse(batch, frame)
                 else:
                     batch.send_parse(frame)
                 batch.at_start = False
                 continue
-            key = body[rest_at:]
+            key = frame[rest_at:]
             batch.used.add(key)
             if name in client:
                 batch.fail(messages.error_response(
@@ -309,33 +315,37 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
             batch.send_parse(_parse(server.add(key).name, key))
             batch.at_start = False
         elif tag == _BIND:
-            portal, stmt_at = _split_cstr(body)
-            name, rest_at = _split_cstr(body, stmt_at)
-            if not name:
+            name_at = _nul(frame, 5) + 1  # after the portal's name
+            name_end = _nul(frame, name_at)
+            if name_end == name_at:  # the unnamed statement
                 batch.out.append(frame)
             else:
-                target = _target(batch, name)
+                target = _target(batch, frame[name_at:name_end].decode("utf-8", NAME_ERRORS))
                 if target is not None:
-                    batch.out.append(messages.frame(
-                        _BIND, _cstr(portal) + _cstr(target.name) + body[rest_at:]))
+                    batch.out.append(_renamed(frame, name_at, name_end, target.wire_name))
             batch.at_start = False
-        elif tag == _DESCRIBE and body[:1] == b"S":
-            name, _ = _split_cstr(body, 1)
-            if not name:
+        elif tag == _DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
+            name_end = _nul(frame, 6)
+            if name_end == 6:
                 batch.described(None)
                 batch.out.append(frame)
             else:
+                name = frame[6:name_end].decode("utf-8", NAME_ERRORS)
                 target = _target(batch, name, describe=True)
                 if target is not None:
                     batch.described((client[name], target))
-                    batch.out.append(messages.describe(b"S", target.name))
+                    batch.out.append(_describe_statement(target.wire_name))
             batch.at_start = False
-        elif tag == _CLOSE and body[:1] == b"S":
-            name, _ = _split_cstr(body, 1)
-            if name and client.pop(name, None) is not None and batch.at_start:
-                batch.entries.append(Emit(messages.close_complete()))
-                continue
-            batch.out.append(messages.close(b"S", MISSING) if name else frame)
+        elif tag == _CLOSE and len(frame) > 5 and frame[5] == _STATEMENT:
+            name_end = _nul(frame, 6)
+            if name_end == 6:
+                batch.out.append(frame)
+            else:
+                name = frame[6:name_end].decode("utf-8", NAME_ERRORS)
+                if client.pop(name, None) is not None and batch.at_start:
+                    batch.entries.append(Emit(messages.close_complete()))
+                    continue
+                batch.out.append(_CLOSE_MISSING)
             batch.at_start = False
         elif tag == _SYNC or tag == _FUNCTION_CALL:
             batch.synced(frame)
@@ -349,12 +359,25 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
     return batch.finish()
 
 
+def _renamed(frame: bytes, start: int, end: int, name: bytes) -> bytes:
+    """``frame`` with the name at ``start`` (its NUL at ``end``) replaced by ``name`` (NUL
+    included) and its length set again."""
+    size = len(frame) - (end + 1 - start) + len(name) - 1
+    return b"".join((frame[:1], size.to_bytes(4, "big"), frame[5:start], name,
+                     frame[end + 1:]))
+
+
+def _describe_statement(name: bytes) -> bytes:
+    """Describe of the statement ``name`` (NUL included)."""
+    return b"".join((_DESCRIBE_TAG, (len(name) + 5).to_bytes(4, "big"), b"S", name))
+
+
 def _described(frames: Sequence[bytes]) -> set[str]:
     """Names the batch describes (Describe S): the client is preparing them."""
     out = set()
     for frame in frames:
-        if frame[0] == _DESCRIBE and frame[5:6] == b"S":
-            out.add(frame[6:frame.index(0, 6)].decode("utf-8", NAME_ERRORS))
+        if frame[0] == _DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
+            out.add(frame[6:_nul(frame, 6)].decode("utf-8", NAME_ERRORS))
     return out
 
 
@@ -365,15 +388,14 @@ def _target(batch: _Batch, name: str, describe: bool = False) -> ServerStatement
     if stmt is None or (not batch.exact and stmt.key not in batch.server.by_key):
         # Unknown; or missing on this server within a batch begun before the proxy looked
         # at it, where a Parse of ours cannot be hidden: 26000, the client may retry.
-        frame = messages.describe(b"S", MISSING) if describe else None
-        batch.fail(missing_error(name), frame)
+        batch.fail(missing_error(name), _DESCRIBE_MISSING if describe else _BIND_MISSING)
         return None
     batch.used.add(stmt.key)
     target = batch.server.get(stmt.key)
     if target is None:
         error = batch.server.failed.get(stmt.key)
         if error is not None:  # PostgreSQL's answer when the proxy just prepared it
-            batch.fail(error, messages.describe(b"S", MISSING) if describe else None)
+            batch.fail(error, _DESCRIBE_MISSING if describe else _BIND_MISSING)
             return None
         target = batch.server.add(stmt.key)
         batch.send_parse(_parse(target.name, stmt.key), drop=True)
@@ -398,13 +420,15 @@ def to_verify(frames: Sequence[bytes], client: dict[str, ClientStatement],
     for frame in frames:
         tag = frame[0]
         if tag == _BIND:
-            start = frame.index(0, 5) + 1
-        elif tag == _DESCRIBE and frame[5:6] == b"S":
+            start = _nul(frame, 5) + 1
+        elif tag == _DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
             start = 6
         else:
             continue
-        name = frame[start:frame.index(0, start)].decode("utf-8", NAME_ERRORS)
-        stmt = client.get(name)
+        end = _nul(frame, start)
+        if end == start:
+            continue  # the unnamed statement: never the client's
+        stmt = client.get(frame[start:end].decode("utf-8", NAME_ERRORS))
         if stmt is None or stmt.desc is None or stmt.key in keys:
             continue
         server_stmt = server.by_key.get(stmt.key)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import struct
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -62,10 +62,11 @@ class ClientStatement:
 class ServerStatement:
     """A statement the proxy prepared on one server connection."""
 
-    __slots__ = ("desc", "name", "seen")
+    __slots__ = ("desc", "name", "seen", "wire_name")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.wire_name = name.encode() + b"\x00"  # as messages name it (names are ASCII)
         self.desc: bytes | None = None  # as for ClientStatement, None until observed
         self.seen = 0
 
@@ -213,13 +214,18 @@ def schema_changed() -> None:
 class ServerStatements:
     """The proxy-named statements prepared on one server connection, least recent first."""
 
-    __slots__ = ("by_key", "failed", "limit", "open", "orphans", "schema", "skipping",
-                 "unconfirmed")
+    __slots__ = ("by_key", "failed", "limit", "open", "orphans", "recent", "schema",
+                 "skipping", "unconfirmed")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.schema = _schema[0]  # the schema generation its statements were prepared in
-        self.by_key: OrderedDict[bytes, ServerStatement] = OrderedDict()
+        # Least recently used first (a dict keeps insertion order: a use moves a key to
+        # the end). Only add() inserts keys.
+        self.by_key: dict[bytes, ServerStatement] = {}
+        # The key last moved to the end or added: if still in by_key, it is the last key,
+        # and a use of it moves nothing (the common case: one statement used again).
+        self.recent: bytes | None = None
         self.orphans: list[str] = []          # names to close: replaced or evicted
         self.unconfirmed: list[bytes] = []    # keys whose Parse has not been answered yet
         # The batch in progress (no Sync yet), continued by the next rewrite: the entry
@@ -239,9 +245,13 @@ class ServerStatements:
                 self.invalidate_all()
 
     def get(self, key: bytes) -> ServerStatement | None:
-        stmt = self.by_key.get(key)
-        if stmt is not None:
-            self.by_key.move_to_end(key)
+        """The statement for ``key``, now the most recently used."""
+        by_key = self.by_key
+        stmt = by_key.get(key)
+        if stmt is not None and key != self.recent:
+            del by_key[key]
+            by_key[key] = stmt
+            self.recent = key
         return stmt
 
     def add(self, key: bytes) -> ServerStatement:
@@ -251,6 +261,7 @@ class ServerStatements:
             self.orphans.append(old.name)
         stmt = ServerStatement(f"{PREFIX}{next(statement_numbers)}")
         self.by_key[key] = stmt
+        self.recent = key
         self.unconfirmed.append(key)
         return stmt
 

@@ -11,8 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.backend import prepared
-from proxy.backend.prepared import needs_rewrite
+from proxy.backend.prepared import needs_rewrite, rewrite
+from proxy.backend.server import FORWARD
+from proxy.backend.statements import MISSING, ClientStatement, ServerStatements
+from proxy.wire import messages
 from proxy.wire.tags import FrontendTag
+
+SELECT = prepared._cstr("SELECT 1") + b"\x00\x00"  # a Parse key: text, no types
 
 # The predicates as they were written before the cheap scans: the reference.
 _WORD = re.compile(rb"deallocate", re.IGNORECASE)
@@ -88,3 +93,89 @@ def test_find_nul(data: bytes, start: int, end: int) -> None:
             prepared._nul(data, start)
     else:
         assert prepared._nul(data, start) == end
+
+
+# ---- renamed messages, built without the codec: byte for byte what the codec builds ----
+
+
+@pytest.mark.parametrize("portal", [b"", b"p1", b"caf\xe9"])
+def test_a_bind_goes_out_as_the_codec_would_write_it_under_the_servers_name(portal: bytes
+                                                                             ) -> None:
+    client = {"s1": ClientStatement(SELECT)}
+    server = ServerStatements(10)
+    target = server.add(SELECT)
+    # Parameter formats, values (one NULL, one empty) and result formats, as sent.
+    tail = messages.bind("", "", [b"42", None, b""], [1], [0, 1])[7:]
+    bind = messages.frame(FrontendTag.BIND, portal + b"\x00s1\x00" + tail)
+    done = rewrite([bind, messages.sync()], client, server, FORWARD, batch_start=True)
+    assert done.data == messages.frame(
+        FrontendTag.BIND, portal + b"\x00" + target.name.encode() + b"\x00" + tail
+    ) + messages.sync()
+
+
+def test_a_describe_of_a_statement_goes_out_as_the_codec_would_write_it() -> None:
+    client = {"s1": ClientStatement(SELECT)}
+    server = ServerStatements(10)
+    target = server.add(SELECT)
+    done = rewrite([messages.describe(b"S", "s1"), messages.sync()], client, server, FORWARD,
+                   batch_start=True)
+    assert done.data == messages.describe(b"S", target.name) + messages.sync()
+
+
+def test_a_close_of_a_statement_mid_batch_goes_out_naming_missing() -> None:
+    client = {"s1": ClientStatement(SELECT)}
+    server = ServerStatements(10)
+    done = rewrite([messages.bind("", "", []), messages.close(b"S", "s1"), messages.sync()],
+                   client, server, FORWARD, batch_start=True)
+    assert done.data == (messages.bind("", "", []) + messages.close(b"S", MISSING)
+                         + messages.sync())
+    assert "s1" not in client
+
+
+def test_a_describe_or_close_without_a_body_passes_as_sent() -> None:
+    bare = [messages.frame(FrontendTag.DESCRIBE, b""), messages.frame(FrontendTag.CLOSE, b""),
+            messages.sync()]
+    done = rewrite(bare, {}, ServerStatements(10), FORWARD, batch_start=True)
+    assert done.data == b"".join(bare)
+
+
+def test_a_bind_without_the_nul_of_its_statement_name_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        rewrite([messages.frame(FrontendTag.BIND, b"\x00s1")], {"s1": ClientStatement(SELECT)},
+                ServerStatements(10), FORWARD, batch_start=True)
+
+
+# ---- the server's statements: least recently used first --------------------------------
+
+
+def test_the_least_recently_used_statement_is_evicted_first() -> None:
+    server = ServerStatements(2)
+    a, b, c = (prepared._cstr(f"SELECT {n}") + b"\x00\x00" for n in "abc")
+    server.add(a)
+    server.add(b)
+    assert server.get(b) is not None  # already the most recent
+    assert server.get(a) is not None  # now b is the least recent
+    assert server.get(a) is not None
+    server.add(c)
+    assert list(server.by_key) == [b, a, c]
+    evicted = server.take_evictions(set())
+    assert list(server.by_key) == [a, c] and len(evicted) == 1
+
+
+def test_a_use_after_the_recent_statement_was_dropped_still_orders_by_use() -> None:
+    server = ServerStatements(10)
+    a, b = (prepared._cstr(f"SELECT {n}") + b"\x00\x00" for n in "ab")
+    server.add(a)
+    server.add(b)
+    server.unconfirmed = [b]
+    server.invalidate_unconfirmed()  # b (the recent one) is gone
+    assert server.get(b) is None
+    server.add(b)
+    assert server.get(a) is not None
+    assert list(server.by_key) == [b, a]
+
+
+def test_a_server_statement_knows_its_name_as_sent() -> None:
+    stmt = ServerStatements(10).add(SELECT)
+    assert messages.describe(b"S", stmt.name) == messages.frame(
+        FrontendTag.DESCRIBE, b"S" + stmt.wire_name)
