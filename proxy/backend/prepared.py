@@ -167,10 +167,12 @@ def _may_deallocate(data: bytes, nul: int) -> bool:
 
 
 def _mentions_deallocate(text: bytes) -> bool:
-    """Whether ``text`` holds the word DEALLOCATE in any mix of case. ``bytes.lower``
-    folds ASCII only, exactly as a bytes regex with IGNORECASE does; it is one C pass,
-    where such a regex search cost ~7,000 instructions per simple Query (compiled)."""
-    return b"deallocate" in text.lower()
+    """Whether ``text`` holds the word DEALLOCATE in any mix of case, as a bytes regex with
+    IGNORECASE finds it: latin-1 makes each byte one character, and lower() maps no
+    character of latin-1 but A-Z to an ASCII letter. Compiled, three C primitives; the
+    regex search cost ~7,000 instructions per simple Query, ``bytes.lower`` and a bytes
+    ``in`` (which tries the needle as an int first, raising) ~3,000."""
+    return "deallocate" in text.decode("latin-1").lower()
 
 
 class _Batch:

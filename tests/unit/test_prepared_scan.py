@@ -49,7 +49,7 @@ def bodies() -> st.SearchStrategy[bytes]:
     return st.lists(st.one_of(some, words), max_size=6).map(b"".join)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.sampled_from(TAGS), bodies())
 def test_needs_rewrite_says_what_the_regexes_said(tag: int, body: bytes) -> None:
     assert needs_rewrite(tag, body) is reference(tag, body)
@@ -179,3 +179,23 @@ def test_a_server_statement_knows_its_name_as_sent() -> None:
     stmt = ServerStatements(10).add(SELECT)
     assert messages.describe(b"S", stmt.name) == messages.frame(
         FrontendTag.DESCRIBE, b"S" + stmt.wire_name)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=40), st.sampled_from([b"deallocate", b"DEALLOCATE", b"dEaLlOcAtE"]),
+       st.binary(max_size=40))
+def test_deallocate_is_found_among_any_bytes(before: bytes, word: bytes, after: bytes) -> None:
+    assert needs_rewrite(FrontendTag.QUERY, before + word + after)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60))
+def test_any_bytes_mention_deallocate_as_the_regex_says(text: bytes) -> None:
+    assert needs_rewrite(FrontendTag.QUERY, text) is (_WORD.search(text) is not None)
+
+
+def test_no_latin1_letter_stands_for_an_ascii_one() -> None:
+    """Why latin-1 + lower() is an ASCII case fold: only A-Z lower into ASCII letters."""
+    for byte in range(256):
+        lowered = bytes((byte,)).decode("latin-1").lower()
+        assert (lowered.isascii() and lowered.isalpha()) is (bytes((byte,)).isalpha())
