@@ -226,11 +226,12 @@ class _Batch:
         self.out.append(frame)
         if not self.queued:
             self.entries.append(self.amend if self.amend is not None else self.forward)
+        if self.amend is not None or self.targets:  # else empty, and no Amend holds it
+            self.targets = []
         self.amend = None
         self.queued = False
         self.exact = True
         self.parses = 0
-        self.targets = []
         self.at_start = True
 
     def finish(self) -> Rewritten:
@@ -324,7 +325,7 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
             else:
                 target = _target(batch, frame[name_at:name_end].decode("utf-8", NAME_ERRORS))
                 if target is not None:
-                    batch.out.append(_renamed(frame, name_at, name_end, target.wire_name))
+                    _renamed(batch.out, frame, name_at, name_end, target.wire_name)
             batch.at_start = False
         elif tag == _DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
             name_end = _nul(frame, 6)
@@ -361,12 +362,14 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
     return batch.finish()
 
 
-def _renamed(frame: bytes, start: int, end: int, name: bytes) -> bytes:
-    """``frame`` with the name at ``start`` (its NUL at ``end``) replaced by ``name`` (NUL
-    included) and its length set again."""
+def _renamed(out: list[bytes], frame: bytes, start: int, end: int, name: bytes) -> None:
+    """Append to ``out`` the parts of ``frame`` with the name at ``start`` (its NUL at
+    ``end``) replaced by ``name`` (NUL included): the batch is joined once, at its end."""
     size = len(frame) - (end + 1 - start) + len(name) - 1
-    return b"".join((frame[:1], size.to_bytes(4, "big"), frame[5:start], name,
-                     frame[end + 1:]))
+    out.append((frame[0] << 32 | size).to_bytes(5, "big"))  # tag and length
+    out.append(frame[5:start])
+    out.append(name)
+    out.append(frame[end + 1:])
 
 
 def _describe_statement(name: bytes) -> bytes:
