@@ -148,7 +148,7 @@ class Rewritten:
 def needs_rewrite(tag: int, body: bytes) -> bool:
     """Whether a client message involves a named statement (or DEALLOCATE)."""
     if tag == _PARSE:
-        return not body or body[0] != 0 or _may_deallocate(body, 0)
+        return len(body) == 0 or body[0] != 0 or _may_deallocate(body, 0)
     if tag == _BIND:
         portal_end = _find_nul(body, 0)
         return 0 <= portal_end < len(body) - 1 and body[portal_end + 1] != 0
