@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
 from typing import Final
 
 from proxy.backend.statements import (
@@ -264,7 +263,7 @@ class _Batch:
         self.out.append(frame)
 
 
-def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
+def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
             server: ServerStatements, forward: object, *, batch_start: bool,
             aborted: bool = False) -> Rewritten:
     """Rewrite framed client messages for ``server``; update the client's statements.
@@ -377,7 +376,7 @@ def _describe_statement(name: bytes) -> bytes:
     return b"".join((_DESCRIBE_TAG, (len(name) + 5).to_bytes(4, "big"), b"S", name))
 
 
-def _described(frames: Sequence[bytes]) -> set[str]:
+def _described(frames: list[bytes]) -> set[str]:
     """Names the batch describes (Describe S): the client is preparing them."""
     out = set()
     for frame in frames:
@@ -411,7 +410,7 @@ def _target(batch: _Batch, name: str, describe: bool = False) -> ServerStatement
     return target
 
 
-def to_verify(frames: Sequence[bytes], client: dict[str, ClientStatement],
+def to_verify(frames: list[bytes], client: dict[str, ClientStatement],
               server: ServerStatements) -> list[bytes]:
     """Keys to prepare and describe on ``server`` before the batch may be sent.
 
