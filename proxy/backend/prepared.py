@@ -40,11 +40,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import Final
 
 from proxy.backend.statements import (
-    DESCRIPTIONS,
     MISSING,
     NAME_ERRORS,
     PREFIX,
@@ -60,66 +58,120 @@ from proxy.backend.statements import (
 from proxy.wire import messages
 from proxy.wire.tags import BackendTag, FrontendTag
 
-_P = FrontendTag.PARSE
-_B = FrontendTag.BIND
-_D = FrontendTag.DESCRIBE
-_C = FrontendTag.CLOSE
-_S = FrontendTag.SYNC
-_Q = FrontendTag.QUERY
-_F = FrontendTag.FUNCTION_CALL
-_E = FrontendTag.EXECUTE
+# Tags as native ints: compiled, a Final alias is a C constant, the enum a dict lookup.
+_PARSE: Final[int] = FrontendTag.PARSE
+_BIND: Final[int] = FrontendTag.BIND
+_DESCRIBE: Final[int] = FrontendTag.DESCRIBE
+_CLOSE: Final[int] = FrontendTag.CLOSE
+_SYNC: Final[int] = FrontendTag.SYNC
+_QUERY: Final[int] = FrontendTag.QUERY
+_FUNCTION_CALL: Final[int] = FrontendTag.FUNCTION_CALL
+_EXECUTE: Final[int] = FrontendTag.EXECUTE
+_STATEMENT: Final = 0x53  # b"S": Describe/Close of a statement, not a portal
+_PARSE_COMPLETE: Final[int] = BackendTag.PARSE_COMPLETE
+_ERROR_RESPONSE: Final[int] = BackendTag.ERROR_RESPONSE
+_PARAMETER_DESCRIPTION: Final[int] = BackendTag.PARAMETER_DESCRIPTION
+_ROW_DESCRIPTION: Final[int] = BackendTag.ROW_DESCRIPTION
+_NO_DATA: Final[int] = BackendTag.NO_DATA
 # The throwaway statement of the DEALLOCATE stand-in.
-_THROWAWAY = PREFIX + "deallocate"
-_DEALLOCATE_WORD = re.compile(rb"deallocate", re.IGNORECASE)
+_THROWAWAY: Final = PREFIX + "deallocate"
 # An unnamed Parse's text that may be a DEALLOCATE (one statement: it begins with it).
-_MAYBE_DEALLOCATE = re.compile(rb"\x00[\s;]*(?:deallocate|/\*|--)", re.IGNORECASE)
-_DEALLOCATE = re.compile(
+_MAYBE_DEALLOCATE: Final = re.compile(rb"\x00[\s;]*(?:deallocate|/\*|--)", re.IGNORECASE)
+# The bytes that may follow the NUL in a match of _MAYBE_DEALLOCATE (\s is ASCII
+# whitespace for bytes): any other byte there, and the regex cannot match.
+_MAYBE_DEALLOCATE_FIRST: Final = frozenset(b" \t\n\r\x0b\x0c;dD/-")
+_DEALLOCATE: Final = re.compile(
     rb"\s*deallocate\s+(?:prepare\s+)?(?:\"((?:[^\"]|\"\")+)\"|([A-Za-z_][A-Za-z0-9_$]*))"
     rb"\s*;?\s*\x00$", re.IGNORECASE)
-_STAND_IN = messages.query(f"PREPARE {_THROWAWAY} AS SELECT; DEALLOCATE {_THROWAWAY}")
-_MISSING_QUERY = messages.query(f"DEALLOCATE {MISSING}")
-_COMPLETE_ALL = messages.command_complete("DEALLOCATE ALL")
-_DEALLOCATE_NOT_ALONE = messages.error_response(
+_STAND_IN: Final = messages.query(f"PREPARE {_THROWAWAY} AS SELECT; DEALLOCATE {_THROWAWAY}")
+_MISSING_QUERY: Final = messages.query(f"DEALLOCATE {MISSING}")
+_COMPLETE_ALL: Final = messages.command_complete("DEALLOCATE ALL")
+# Messages naming MISSING, made to fail on the server.
+_BIND_MISSING: Final = messages.bind("", MISSING, [])
+_DESCRIBE_MISSING: Final = messages.describe(b"S", MISSING)
+_CLOSE_MISSING: Final = messages.close(b"S", MISSING)
+_DESCRIBE_TAG: Final = bytes((FrontendTag.DESCRIBE,))
+_DEALLOCATE_NOT_ALONE: Final = messages.error_response(
     "0A000", "DEALLOCATE must be sent as a query of its own in transaction pooling mode",
     hint="send DEALLOCATE in a separate query, or close the statement with a Close message")
-_ABORTED = messages.frame(BackendTag.ERROR_RESPONSE, b"".join((
+_ABORTED: Final = messages.frame(BackendTag.ERROR_RESPONSE, b"".join((
     b"SERROR\x00VERROR\x00C25P02\x00Mcurrent transaction is aborted, commands ignored ",
     b"until end of transaction block\x00Fpostgres.c\x00Rexec_parse_message\x00\x00")))
 # As PostgreSQL sends it; drivers (asyncpg) recognise it by the routine field.
-_STALE = messages.frame(BackendTag.ERROR_RESPONSE, b"".join((
+_STALE: Final = messages.frame(BackendTag.ERROR_RESPONSE, b"".join((
     b"SERROR\x00VERROR\x00C0A000\x00Mcached plan must not change result type\x00",
     b"Fplancache.c\x00RRevalidateCachedQuery\x00\x00")))
 
 
+def _find_nul(data: bytes, start: int) -> int:
+    """The index of the first NUL at or after ``start``, -1 if none. Compiled, this loop
+    over a name's few bytes costs a tenth of a call of ``bytes.find``."""
+    end = start
+    size = len(data)
+    while end < size:
+        if data[end] == 0:
+            return end
+        end += 1
+    return -1
+
+
+def _nul(data: bytes, start: int) -> int:
+    """The end of the string at ``start``: ValueError if it has no NUL terminator."""
+    end = _find_nul(data, start)
+    if end < 0:
+        raise ValueError("string without its NUL terminator")
+    return end
+
+
 def _split_cstr(body: bytes, start: int = 0) -> tuple[str, int]:
-    end = body.index(0, start)
+    end = _nul(body, start)
     return body[start:end].decode("utf-8", NAME_ERRORS), end + 1
 
 
-@dataclass
 class Rewritten:
-    """A client batch made fit for one server connection."""
+    """A client batch made fit for one server connection. (A plain class: compiled, a
+    dataclass's generated ``__init__`` runs interpreted, ~3,000 instructions a batch.)"""
 
-    data: bytes
-    entries: list[object]                 # FORWARD / Amend / Emit, in reply order
-    # The batch goes on (no Sync yet) with an entry queued or an error: the client's
-    # next messages must be rewritten too, whatever they are.
-    carry: bool = False
-    used: set[bytes] = field(default_factory=set)
+    __slots__ = ("carry", "data", "entries", "used")
+
+    def __init__(self, data: bytes, entries: list[object], carry: bool, used: set[bytes]
+                 ) -> None:
+        self.data = data
+        self.entries = entries  # FORWARD / Amend / Emit, in reply order
+        # The batch goes on (no Sync yet) with an entry queued or an error: the client's
+        # next messages must be rewritten too, whatever they are.
+        self.carry = carry
+        self.used = used  # the keys of the statements it uses (kept from eviction)
 
 
 def needs_rewrite(tag: int, body: bytes) -> bool:
     """Whether a client message involves a named statement (or DEALLOCATE)."""
-    if tag == _P:
-        return body[:1] != b"\x00" or _MAYBE_DEALLOCATE.match(body) is not None
-    if tag == _B:
-        portal_end = body.find(0)
-        return portal_end >= 0 and body[portal_end + 1:portal_end + 2] not in (b"\x00", b"")
-    if tag == _D or tag == _C:
-        return body[:1] == b"S" and body[1:2] != b"\x00"
-    if tag == _Q:
-        return _DEALLOCATE_WORD.search(body) is not None
+    if tag == _PARSE:
+        return len(body) == 0 or body[0] != 0 or _may_deallocate(body, 0)
+    if tag == _BIND:
+        portal_end = _find_nul(body, 0)
+        return 0 <= portal_end < len(body) - 1 and body[portal_end + 1] != 0
+    if tag == _DESCRIBE or tag == _CLOSE:
+        return len(body) > 0 and body[0] == _STATEMENT and (len(body) == 1 or body[1] != 0)
+    if tag == _QUERY:
+        return _mentions_deallocate(body)
     return False
+
+
+def _may_deallocate(data: bytes, nul: int) -> bool:
+    """Whether the text of an unnamed Parse, after the NUL of its empty name at ``nul``,
+    may be a DEALLOCATE: one byte decides for almost every text, the regex for the rest."""
+    return (nul + 1 < len(data) and data[nul + 1] in _MAYBE_DEALLOCATE_FIRST
+            and _MAYBE_DEALLOCATE.match(data, nul) is not None)
+
+
+def _mentions_deallocate(text: bytes) -> bool:
+    """Whether ``text`` holds the word DEALLOCATE in any mix of case, as a bytes regex with
+    IGNORECASE finds it: latin-1 makes each byte one character, and lower() maps no
+    character of latin-1 but A-Z to an ASCII letter. Compiled, three C primitives; the
+    regex search cost ~7,000 instructions per simple Query, ``bytes.lower`` and a bytes
+    ``in`` (which tries the needle as an int first, raising) ~3,000."""
+    return "deallocate" in text.decode("latin-1").lower()
 
 
 class _Batch:
@@ -173,11 +225,12 @@ class _Batch:
         self.out.append(frame)
         if not self.queued:
             self.entries.append(self.amend if self.amend is not None else self.forward)
+        if self.amend is not None or self.targets:  # else empty, and no Amend holds it
+            self.targets = []
         self.amend = None
         self.queued = False
         self.exact = True
         self.parses = 0
-        self.targets = []
         self.at_start = True
 
     def finish(self) -> Rewritten:
@@ -196,10 +249,8 @@ class _Batch:
             server.open = amend
         return Rewritten(b"".join(self.out), self.entries, not self.at_start, self.used)
 
-    def fail(self, error: bytes, frame: bytes | None = None) -> None:
+    def fail(self, error: bytes, frame: bytes = _BIND_MISSING) -> None:
         """Make the server fail here (a message about MISSING), then skip to Sync."""
-        if frame is None:
-            frame = messages.bind("", MISSING, [])
         self.out.append(frame)
         self.amended().error = error
         self.at_start = False
@@ -212,7 +263,7 @@ class _Batch:
         self.out.append(frame)
 
 
-def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
+def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
             server: ServerStatements, forward: object, *, batch_start: bool,
             aborted: bool = False) -> Rewritten:
     """Rewrite framed client messages for ``server``; update the client's statements.
@@ -228,24 +279,24 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
         server.follow_schema()
     batch = _Batch(client, server, forward, batch_start)
     described: set[str] | None = None
+    # Positions are into the whole frame (its body starts at 5): no copy of each body.
     for frame in frames:
         tag = frame[0]
-        body = frame[5:]
         if batch.skipping:
-            if tag == _S:
+            if tag == _SYNC:
                 batch.skipping = False
                 batch.synced(frame)
             continue
-        if tag == _P:
-            name, rest_at = _split_cstr(body)
+        if tag == _PARSE:
+            name, rest_at = _split_cstr(frame, 5)
             if not name:
-                if _MAYBE_DEALLOCATE.match(body):
+                if _may_deallocate(frame, 5):
                     _deallocate_parse(batch, frame)
                 else:
                     batch.send_parse(frame)
                 batch.at_start = False
                 continue
-            key = body[rest_at:]
+            key = frame[rest_at:]
             batch.used.add(key)
             if name in client:
                 batch.fail(messages.error_response(
@@ -265,40 +316,44 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
                 batch.amended().parsed.append((batch.parses, client, name, stmt))
             batch.send_parse(_parse(server.add(key).name, key))
             batch.at_start = False
-        elif tag == _B:
-            portal, stmt_at = _split_cstr(body)
-            name, rest_at = _split_cstr(body, stmt_at)
-            if not name:
+        elif tag == _BIND:
+            name_at = _nul(frame, 5) + 1  # after the portal's name
+            name_end = _nul(frame, name_at)
+            if name_end == name_at:  # the unnamed statement
                 batch.out.append(frame)
             else:
-                target = _target(batch, name)
+                target = _target(batch, frame[name_at:name_end].decode("utf-8", NAME_ERRORS))
                 if target is not None:
-                    batch.out.append(messages.frame(
-                        _B, _cstr(portal) + _cstr(target.name) + body[rest_at:]))
+                    _renamed(batch.out, frame, name_at, name_end, target.wire_name)
             batch.at_start = False
-        elif tag == _D and body[:1] == b"S":
-            name, _ = _split_cstr(body, 1)
-            if not name:
+        elif tag == _DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
+            name_end = _nul(frame, 6)
+            if name_end == 6:
                 batch.described(None)
                 batch.out.append(frame)
             else:
+                name = frame[6:name_end].decode("utf-8", NAME_ERRORS)
                 target = _target(batch, name, describe=True)
                 if target is not None:
                     batch.described((client[name], target))
-                    batch.out.append(messages.describe(b"S", target.name))
+                    batch.out.append(_describe_statement(target.wire_name))
             batch.at_start = False
-        elif tag == _C and body[:1] == b"S":
-            name, _ = _split_cstr(body, 1)
-            if name and client.pop(name, None) is not None and batch.at_start:
-                batch.entries.append(Emit(messages.close_complete()))
-                continue
-            batch.out.append(messages.close(b"S", MISSING) if name else frame)
+        elif tag == _CLOSE and len(frame) > 5 and frame[5] == _STATEMENT:
+            name_end = _nul(frame, 6)
+            if name_end == 6:
+                batch.out.append(frame)
+            else:
+                name = frame[6:name_end].decode("utf-8", NAME_ERRORS)
+                if client.pop(name, None) is not None and batch.at_start:
+                    batch.entries.append(Emit(messages.close_complete()))
+                    continue
+                batch.out.append(_CLOSE_MISSING)
             batch.at_start = False
-        elif tag == _S or tag == _F:
+        elif tag == _SYNC or tag == _FUNCTION_CALL:
             batch.synced(frame)
-        elif tag == _Q:
+        elif tag == _QUERY:
             _deallocate(batch, frame)
-        elif tag == _E:
+        elif tag == _EXECUTE:
             batch.out.append(frame)
             batch.at_start = False
         else:  # Flush, CopyData/CopyDone/CopyFail: no batch begins
@@ -306,12 +361,27 @@ def rewrite(frames: Sequence[bytes], client: dict[str, ClientStatement],
     return batch.finish()
 
 
-def _described(frames: Sequence[bytes]) -> set[str]:
+def _renamed(out: list[bytes], frame: bytes, start: int, end: int, name: bytes) -> None:
+    """Append to ``out`` the parts of ``frame`` with the name at ``start`` (its NUL at
+    ``end``) replaced by ``name`` (NUL included): the batch is joined once, at its end."""
+    size = len(frame) - (end + 1 - start) + len(name) - 1
+    out.append((frame[0] << 32 | size).to_bytes(5, "big"))  # tag and length
+    out.append(frame[5:start])
+    out.append(name)
+    out.append(frame[end + 1:])
+
+
+def _describe_statement(name: bytes) -> bytes:
+    """Describe of the statement ``name`` (NUL included)."""
+    return b"".join((_DESCRIBE_TAG, (len(name) + 5).to_bytes(4, "big"), b"S", name))
+
+
+def _described(frames: list[bytes]) -> set[str]:
     """Names the batch describes (Describe S): the client is preparing them."""
     out = set()
     for frame in frames:
-        if frame[0] == _D and frame[5:6] == b"S":
-            out.add(frame[6:frame.index(0, 6)].decode("utf-8", NAME_ERRORS))
+        if frame[0] == _DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
+            out.add(frame[6:_nul(frame, 6)].decode("utf-8", NAME_ERRORS))
     return out
 
 
@@ -322,15 +392,14 @@ def _target(batch: _Batch, name: str, describe: bool = False) -> ServerStatement
     if stmt is None or (not batch.exact and stmt.key not in batch.server.by_key):
         # Unknown; or missing on this server within a batch begun before the proxy looked
         # at it, where a Parse of ours cannot be hidden: 26000, the client may retry.
-        frame = messages.describe(b"S", MISSING) if describe else None
-        batch.fail(missing_error(name), frame)
+        batch.fail(missing_error(name), _DESCRIBE_MISSING if describe else _BIND_MISSING)
         return None
     batch.used.add(stmt.key)
     target = batch.server.get(stmt.key)
     if target is None:
         error = batch.server.failed.get(stmt.key)
         if error is not None:  # PostgreSQL's answer when the proxy just prepared it
-            batch.fail(error, messages.describe(b"S", MISSING) if describe else None)
+            batch.fail(error, _DESCRIBE_MISSING if describe else _BIND_MISSING)
             return None
         target = batch.server.add(stmt.key)
         batch.send_parse(_parse(target.name, stmt.key), drop=True)
@@ -341,7 +410,7 @@ def _target(batch: _Batch, name: str, describe: bool = False) -> ServerStatement
     return target
 
 
-def to_verify(frames: Sequence[bytes], client: dict[str, ClientStatement],
+def to_verify(frames: list[bytes], client: dict[str, ClientStatement],
               server: ServerStatements) -> list[bytes]:
     """Keys to prepare and describe on ``server`` before the batch may be sent.
 
@@ -354,14 +423,16 @@ def to_verify(frames: Sequence[bytes], client: dict[str, ClientStatement],
     keys: list[bytes] = []
     for frame in frames:
         tag = frame[0]
-        if tag == _B:
-            start = frame.index(0, 5) + 1
-        elif tag == _D and frame[5:6] == b"S":
+        if tag == _BIND:
+            start = _nul(frame, 5) + 1
+        elif tag == _DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
             start = 6
         else:
             continue
-        name = frame[start:frame.index(0, start)].decode("utf-8", NAME_ERRORS)
-        stmt = client.get(name)
+        end = _nul(frame, start)
+        if end == start:
+            continue  # the unnamed statement: never the client's
+        stmt = client.get(frame[start:end].decode("utf-8", NAME_ERRORS))
         if stmt is None or stmt.desc is None or stmt.key in keys:
             continue
         server_stmt = server.by_key.get(stmt.key)
@@ -394,9 +465,9 @@ def verified(server: ServerStatements, keys: list[bytes], made: list[ServerState
     pending = iter(made)
     parsed = 0
     for tag, body in replies:
-        if tag == BackendTag.PARSE_COMPLETE:
+        if tag == _PARSE_COMPLETE:
             parsed += 1
-        elif tag == BackendTag.ERROR_RESPONSE:
+        elif tag == _ERROR_RESPONSE:
             # That Parse failed, the ones after it were skipped: none of them exists.
             for key, lost in zip(keys[parsed:], made[parsed:], strict=True):
                 if server.by_key.get(key) is lost:
@@ -404,9 +475,9 @@ def verified(server: ServerStatements, keys: list[bytes], made: list[ServerState
             if parsed < len(keys):
                 server.failed[keys[parsed]] = messages.frame(tag, body)
             return
-        elif tag == BackendTag.PARAMETER_DESCRIPTION:
+        elif tag == _PARAMETER_DESCRIPTION:
             params = messages.frame(tag, body)
-        elif tag in DESCRIPTIONS and params is not None:
+        elif (tag == _ROW_DESCRIPTION or tag == _NO_DATA) and params is not None:
             described = next(pending, None)
             if described is not None:
                 described.observed(description(params + messages.frame(tag, body)))
@@ -482,7 +553,7 @@ def _deallocation(batch: _Batch, quoted: bytes | None, plain: bytes | None) -> b
 
 def _has_deallocate(text: bytes) -> bool:
     """Whether a query text holds a DEALLOCATE statement (not just the word)."""
-    if _DEALLOCATE_WORD.search(text) is None:
+    if not _mentions_deallocate(text):
         return False
     from pglast import parser
 
@@ -508,4 +579,4 @@ def _parse(name: str, key: bytes | str, params: bytes = b"") -> bytes:
     """A Parse of ``key`` (text and parameter types) or of a text with ``params``."""
     if isinstance(key, str):
         key = _cstr(key) + params
-    return messages.frame(_P, _cstr(name) + key)
+    return messages.frame(_PARSE, _cstr(name) + key)

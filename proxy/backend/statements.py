@@ -13,31 +13,39 @@ from __future__ import annotations
 import itertools
 import secrets
 import struct
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 from proxy.wire import messages
 from proxy.wire.tags import BackendTag
 
 #: Every statement the proxy names starts with this; random per process so that no
 #: client can guess it, and starting with ``pgtenant_`` so SQL can refuse the namespace.
-PREFIX = f"pgtenant_{secrets.token_hex(8)}_"
+PREFIX: Final = f"pgtenant_{secrets.token_hex(8)}_"
 #: A statement that never exists: Bind/Describe/DEALLOCATE of it fails with 26000.
-MISSING = PREFIX + "missing"
-_MISSING_QUOTED = f'"{MISSING}"'.encode()
+MISSING: Final = PREFIX + "missing"
+_MISSING_QUOTED: Final = f'"{MISSING}"'.encode()
 # Numbers for the names of the proxy's statements (shared with the DEALLOCATE stand-in).
-statement_numbers = itertools.count(1)
+statement_numbers: Final = itertools.count(1)
 # Order in which descriptions were seen: the later one reflects the newer schema.
-_seen = itertools.count(1)
+_seen: Final = itertools.count(1)
 
-_FIELD_TAIL = struct.Struct("!IhIhih")
+_FIELD_TAIL: Final = struct.Struct("!IhIhih")
+# Reply tags as native ints: compiled, a Final alias is a C constant, the enum a dict
+# lookup.
+_PARSE_COMPLETE: Final[int] = BackendTag.PARSE_COMPLETE
+_COMMAND_COMPLETE: Final[int] = BackendTag.COMMAND_COMPLETE
+_ERROR_RESPONSE: Final[int] = BackendTag.ERROR_RESPONSE
+_PARAMETER_DESCRIPTION: Final[int] = BackendTag.PARAMETER_DESCRIPTION
 # What a Describe answers after ParameterDescription.
-DESCRIPTIONS = (BackendTag.ROW_DESCRIPTION, BackendTag.NO_DATA)
+_ROW_DESCRIPTION: Final[int] = BackendTag.ROW_DESCRIPTION
+_NO_DATA: Final[int] = BackendTag.NO_DATA
 
 
 # Statement and portal names are bytes in the client's encoding (which need not be UTF-8):
 # they are decoded so that they encode back to exactly the same bytes.
-NAME_ERRORS = "surrogateescape"
+NAME_ERRORS: Final = "surrogateescape"
 
 
 class ClientStatement:
@@ -54,10 +62,11 @@ class ClientStatement:
 class ServerStatement:
     """A statement the proxy prepared on one server connection."""
 
-    __slots__ = ("desc", "name", "seen")
+    __slots__ = ("desc", "name", "seen", "wire_name")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.wire_name = name.encode() + b"\x00"  # as messages name it (names are ASCII)
         self.desc: bytes | None = None  # as for ClientStatement, None until observed
         self.seen = 0
 
@@ -119,13 +128,13 @@ class Amend:
     def message(self, tag: int, data: bytes, body: bytes) -> bytes:
         """What to forward for ``data``: reply bytes ending with one whole message of
         type ``tag`` (``body`` its body), the bytes before it messages left as they are."""
-        if tag == BackendTag.PARSE_COMPLETE:
+        if tag == _PARSE_COMPLETE:
             n = self._parses
             self._parses = n + 1
             if self.parsed and self.parsed[0][0] == n:
                 self.parsed.popleft()
             return data[:-5] if n in self.drop_parses else data
-        if tag == BackendTag.COMMAND_COMPLETE:
+        if tag == _COMMAND_COMPLETE:
             if body == b"PREPARE\x00" and self.drop_prepares:
                 self.drop_prepares -= 1
                 return data[:-5 - len(body)]
@@ -134,7 +143,7 @@ class Amend:
                 succeeded()
                 if complete is not None:
                     return data[:-5 - len(body)] + complete
-        elif tag == BackendTag.ERROR_RESPONSE:
+        elif tag == _ERROR_RESPONSE:
             for _, _, throwaway in self.deallocations:
                 if throwaway is not None and throwaway[0] < self._parses:
                     throwaway[2].orphans.append(throwaway[1])  # prepared, not deallocated
@@ -149,9 +158,9 @@ class Amend:
                     return before + messages.frame(
                         BackendTag.ERROR_RESPONSE, body.replace(_MISSING_QUOTED, self.error))
                 return before + self.error
-        elif tag == BackendTag.PARAMETER_DESCRIPTION:
+        elif tag == _PARAMETER_DESCRIPTION:
             self._params = data[-5 - len(body):]
-        elif tag in DESCRIPTIONS and self._params is not None:
+        elif (tag == _ROW_DESCRIPTION or tag == _NO_DATA) and self._params is not None:
             # The answer to a Describe of a statement (a portal has no ParameterDescription).
             desc = description(self._params + data[-5 - len(body):])
             self._params = None
@@ -194,7 +203,7 @@ def description(data: bytes) -> bytes:
 # Bumped by every DDL a client runs through the proxy (ALTER/CREATE/DROP command tags):
 # statements prepared before it are prepared afresh at their next use, on every server
 # connection. One int, read per lookup.
-_schema = [0]
+_schema: Final = [0]
 
 
 def schema_changed() -> None:
@@ -205,13 +214,18 @@ def schema_changed() -> None:
 class ServerStatements:
     """The proxy-named statements prepared on one server connection, least recent first."""
 
-    __slots__ = ("by_key", "failed", "limit", "open", "orphans", "schema", "skipping",
-                 "unconfirmed")
+    __slots__ = ("by_key", "failed", "limit", "open", "orphans", "recent", "schema",
+                 "skipping", "unconfirmed")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.schema = _schema[0]  # the schema generation its statements were prepared in
-        self.by_key: OrderedDict[bytes, ServerStatement] = OrderedDict()
+        # Least recently used first (a dict keeps insertion order: a use moves a key to
+        # the end). Only add() inserts keys.
+        self.by_key: dict[bytes, ServerStatement] = {}
+        # The key last moved to the end or added: if still in by_key, it is the last key,
+        # and a use of it moves nothing (the common case: one statement used again).
+        self.recent: bytes | None = None
         self.orphans: list[str] = []          # names to close: replaced or evicted
         self.unconfirmed: list[bytes] = []    # keys whose Parse has not been answered yet
         # The batch in progress (no Sync yet), continued by the next rewrite: the entry
@@ -231,9 +245,13 @@ class ServerStatements:
                 self.invalidate_all()
 
     def get(self, key: bytes) -> ServerStatement | None:
-        stmt = self.by_key.get(key)
-        if stmt is not None:
-            self.by_key.move_to_end(key)
+        """The statement for ``key``, now the most recently used."""
+        by_key = self.by_key
+        stmt = by_key.get(key)
+        if stmt is not None and key != self.recent:
+            del by_key[key]
+            by_key[key] = stmt
+            self.recent = key
         return stmt
 
     def add(self, key: bytes) -> ServerStatement:
@@ -243,6 +261,7 @@ class ServerStatements:
             self.orphans.append(old.name)
         stmt = ServerStatement(f"{PREFIX}{next(statement_numbers)}")
         self.by_key[key] = stmt
+        self.recent = key
         self.unconfirmed.append(key)
         return stmt
 
