@@ -4,12 +4,13 @@
 (``ServerPool.wait_for_server``, which ``ServerPool.acquire`` awaits) and is served in
 one of these ways, each decided here or asked of the pool:
 
-- a server comes back (``ServerPool._offer``): :meth:`Waits.take_for` names the waiter
-  that gets it (FIFO within :meth:`Selection.waiter_for`'s tenant rules; an oldest
-  waiter past _FAIR_WAIT first), or none: the server is parked idle for its tenant;
+- a server comes back (``PoolServers._offer``, :mod:`proxy.pool.servers`):
+  :meth:`Waits.take_for` names the waiter that gets it (FIFO within
+  :meth:`Selection.waiter_for`'s tenant rules; an oldest waiter past _FAIR_WAIT first),
+  or none: the server is parked idle for its tenant;
 - servers sit idle or kept for other tenants' clients: after _PATIENCE the waiters take
   what the selection lets go (:meth:`Waits._serve_parked`, again every _FAIR_WAIT);
-- a kept server of its own tenant, at once (``ServerPool._reclaim_for``);
+- a kept server of its own tenant, at once (``PoolServers._reclaim_for``);
 - its query_wait_timeout passes: :class:`PoolTimeoutError`; its reserve_pool_timeout
   passes: the pool opens a connection beyond pool_size. One timer serves every wait;
 - the pool fails (:meth:`Waits.fail`), or the client cancels the waiter.
