@@ -104,7 +104,7 @@ class PoolServers:
         idle: any client may have them)."""
         return len(self.idle) + len(self.kept)
 
-    # ---- lease --------------------------------------------------------------------------
+    # ---- lease ------------------------------------------------------------------------
 
     def try_acquire(self, tenant: str | None) -> Lease | None:
         """A server connection right now, or None: the client waits (see
