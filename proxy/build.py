@@ -50,6 +50,8 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.frontend.client",
     "proxy.pool.lease",
     "proxy.pool.selection",
+    "proxy.pool.waits",
+    "proxy.pool.servers",
     "proxy.pool.pool",
 )
 

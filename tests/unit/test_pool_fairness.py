@@ -18,7 +18,8 @@ import pytest
 from proxy.backend.server import ServerConnection, ServerError
 from proxy.config import DatabaseConfig
 from proxy.pool.lease import Lease
-from proxy.pool.pool import _FAIR_WAIT, PoolTimeoutError, ServerPool
+from proxy.pool.pool import PoolTimeoutError, ServerPool
+from proxy.pool.waits import _FAIR_WAIT
 
 
 class FakeClock:
@@ -32,7 +33,7 @@ class FakeClock:
 def one_connection_pool(clock: FakeClock) -> tuple[ServerPool, ServerConnection]:
     db = DatabaseConfig(name="app", pool_size=1, query_wait_timeout=0)
     pool = ServerPool(db, password=None)
-    pool._clock = clock
+    pool.waits.clock = clock
     server = ServerConnection(db)
     pool._offer(server)  # idle: the pool is at pool_size
     return pool, server
@@ -266,7 +267,7 @@ def test_waits_cancelled_or_failed_by_shutdown_leave_no_wait_or_timer_behind() -
         with pytest.raises(ServerError, match="shutting down"):
             await failed
         await asyncio.sleep(0)
-        assert not pool.waiters and not pool._waits and not pool._sel.waiting
-        assert pool._wait_timer is None
+        assert not pool.waiters and not pool.waits._records and not pool._sel.waiting
+        assert pool.waits._timer is None
 
     asyncio.run(scenario())

@@ -1,0 +1,338 @@
+"""Clients waiting for a server connection: the pool's wait queue and its rules.
+
+``ServerPool`` owns one :class:`Waits`. A client that cannot lease at once queues here
+(``ServerPool.wait_for_server``, which ``ServerPool.acquire`` awaits) and is served in
+one of these ways, each decided here or asked of the pool:
+
+- a server comes back (``PoolServers._offer``, :mod:`proxy.pool.servers`):
+  :meth:`Waits.take_for` names the waiter that gets it (FIFO within
+  :meth:`Selection.waiter_for`'s tenant rules; an oldest waiter past _FAIR_WAIT first),
+  or none: the server is parked idle for its tenant;
+- servers sit idle or kept for other tenants' clients: after _PATIENCE the waiters take
+  what the selection lets go (:meth:`Waits._serve_parked`, again every _FAIR_WAIT);
+- a kept server of its own tenant, at once (``PoolServers._reclaim_for``);
+- its query_wait_timeout passes: :class:`PoolTimeoutError`; its reserve_pool_timeout
+  passes: the pool opens a connection beyond pool_size. One timer serves every wait;
+- the pool fails (:meth:`Waits.fail`), or the client cancels the waiter.
+
+A waiter that is done (served, timed out, cancelled) is never handed a server. Clients
+held by PAUSE wait here too, before they queue (:meth:`Waits.wait_resumed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Final, Protocol
+
+from proxy.backend.server import ServerConnection, ServerError
+from proxy.config import DatabaseConfig
+from proxy.pool.lease import Lease
+from proxy.pool.selection import Selection
+from proxy.stats import ProxyStats, TrafficStats
+
+log = logging.getLogger("pgtenant.pool")
+
+# How far down the wait queue a released connection looks for a waiter of its tenant.
+_AFFINITY_LOOKAHEAD: Final = 32
+# How long a client waits for a connection of its own tenant while others sit idle.
+_PATIENCE: Final = 0.002
+# Past this wait, the oldest waiter is served before any tenant-affine choice.
+_FAIR_WAIT: Final = 0.010
+# The wait timer's callback may run this much before the deadline it was set for (the
+# event loop's timers have millisecond resolution): a wait due within it is due.
+_TIMER_SLACK: Final = 0.001
+
+
+class PoolTimeoutError(Exception):
+    """No server connection became available within query_wait_timeout."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = "57014"
+
+
+class WaitCounters(Protocol):
+    """The pool counters waits move (``PoolStats``)."""
+
+    waits: int
+    wait_seconds_total: float
+    acquire_timeouts: int
+    reserve_opened: int
+
+
+class Supplier(Protocol):
+    """What the wait queue needs of the pool its clients wait for (``ServerPool``)."""
+
+    @property
+    def db(self) -> DatabaseConfig: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def paused(self) -> bool: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def connecting(self) -> int: ...
+    def has_parked(self) -> bool: ...
+    def lend_parked(self, tenant: str | None) -> Lease | None: ...
+    def open_server(self) -> None: ...
+
+
+class Wait:
+    """One client's wait for a server connection (see ``ServerPool.wait_for_server``)."""
+
+    __slots__ = ("callback", "deadline", "reserve_at", "since", "started", "tenant", "waiter")
+
+    def __init__(self, waiter: asyncio.Future[Lease], tenant: str | None, since: float,
+                 started: float, deadline: float, reserve_at: float,
+                 callback: Callable[[asyncio.Future[Lease]], None]) -> None:
+        self.waiter = waiter          # holds the lease, or the error; cancelled: left
+        self.tenant = tenant
+        self.since = since            # on the fairness clock (``Waits.clock``)
+        self.started = started        # time.monotonic(), as the deadlines
+        self.deadline = deadline      # query_wait_timeout's (inf: none)
+        self.reserve_at = reserve_at  # reserve_pool_timeout's (inf: none, or used)
+        self.callback = callback
+
+
+class Waits:
+    """The clients waiting for one pool's server connections, in arrival order."""
+
+    def __init__(self, pool: Supplier, selection: Selection[ServerConnection],
+                 stats: WaitCounters, proxy_stats: ProxyStats, traffic: TrafficStats) -> None:
+        self._pool = pool
+        self._sel = selection  # told of each wait; asked which waiter a server goes to
+        self._stats = stats
+        self._proxy_stats = proxy_stats
+        self._traffic = traffic
+        self.queue: deque[asyncio.Future[Lease]] = deque()  # ``ServerPool.waiters``
+        self._records: dict[asyncio.Future[Lease], Wait] = {}  # until each one's done
+        # One timer for every wait's query_wait_timeout and reserve_pool_timeout, set for
+        # the earliest (or earlier): most waits end long before, and cost no timer.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf  # time.monotonic() it is set for
+        self._parked_timer: asyncio.TimerHandle | None = None  # see be_patient
+        self.clock: Callable[[], float] = time.monotonic  # the fairness rule's (tests set it)
+        self._resumed: asyncio.Event | None = None  # while the pool is paused
+        self.paused_waiting = 0  # clients in wait_resumed
+
+    # ---- a wait begins and ends -------------------------------------------------------
+
+    def add(self, tenant: str | None, callback: Callable[[asyncio.Future[Lease]], None],
+            db: DatabaseConfig) -> asyncio.Future[Lease]:
+        """Queue a client of ``tenant`` (``db``: the pool's settings now); ``callback``
+        runs once its waiter is done. The pool then looks for a server for it."""
+        waiter: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        self.queue.append(waiter)
+        started = time.monotonic()
+        clock = self.clock
+        timeout = db.query_wait_timeout
+        deadline = started + timeout if timeout else math.inf
+        reserve_at = started + db.reserve_pool_timeout if db.reserve_pool_size else math.inf
+        self._records[waiter] = Wait(waiter, tenant,
+                                     started if clock is time.monotonic else clock(),
+                                     started, deadline, reserve_at, callback)
+        self._sel.wait_began(tenant)
+        self._proxy_stats.wait_began(self._traffic, waiter)
+        due = min(deadline, reserve_at)
+        if due < self._timer_at:  # (else the timer runs before this wait is due)
+            self._set_timer(due)
+        waiter.add_done_callback(self._done)
+        return waiter
+
+    def _done(self, waiter: asyncio.Future[Lease]) -> None:
+        wait = self._records.pop(waiter)
+        if waiter.cancelled() or waiter.exception() is not None:
+            with contextlib.suppress(ValueError):  # still queued unless a failure popped it
+                self.queue.remove(waiter)
+        tenant = wait.tenant
+        self._sel.wait_ended(tenant)
+        waited = time.monotonic() - wait.started
+        stats = self._stats
+        stats.waits += 1
+        stats.wait_seconds_total += waited
+        self._proxy_stats.wait_ended(self._traffic, waiter, tenant, waited)
+        wait.callback(waiter)
+
+    def fail(self, exc: Exception, limit: int | None = None) -> None:
+        """Fail the longest waiters (``limit``; default: all) with ``exc``."""
+        failed = 0
+        queue = self.queue
+        while queue and (limit is None or failed < limit):
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+                failed += 1
+
+    def close(self, exc: Exception) -> None:
+        """The pool shuts down: no timer runs again, every waiter fails with ``exc``."""
+        if self._parked_timer is not None:
+            self._parked_timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.fail(exc)
+
+    # ---- which waiter a server goes to -------------------------------------------------
+
+    def take_for(self, owner: object) -> Wait | None:
+        """A server last used by ``owner`` came back (the queue's first waiter is not
+        done): the wait that gets it, out of the queue; the caller leases the server to
+        its tenant and sets its waiter's result. None: parked for ``owner``'s clients."""
+        waits, tenants = self._eligible()
+        if not waits:
+            return None
+        overdue = self.clock() - waits[0].since >= _FAIR_WAIT
+        pick = self._sel.waiter_for(owner, tenants, overdue)
+        if pick < 0:
+            return None
+        wait = waits[pick]
+        self.queue.remove(wait.waiter)
+        return wait
+
+    def _eligible(self) -> tuple[list[Wait], list[str | None]]:
+        """The first _AFFINITY_LOOKAHEAD waits of tenants below max_tenant_server_conns
+        (a capped tenant's many waiters must not hide the others'), and their tenants."""
+        cap = self._sel.cap
+        held = self._sel.held
+        waits: list[Wait] = []
+        tenants: list[str | None] = []
+        # _records is in the order of the queue; besides the queued waiters, it has only
+        # ones already done (their done callback pending).
+        for waiter, wait in self._records.items():
+            if waiter.done():
+                continue
+            tenant = wait.tenant
+            if cap and tenant is not None and held.get(tenant, 0) >= cap:
+                continue
+            waits.append(wait)
+            tenants.append(tenant)
+            if len(waits) == _AFFINITY_LOOKAHEAD:
+                break
+        return waits, tenants
+
+    def be_patient(self) -> None:
+        """Clients wait while servers sit idle or kept for other tenants' clients: in
+        _PATIENCE, :meth:`_serve_parked` gives them what the selection lets go."""
+        if self._parked_timer is None:
+            self._parked_timer = asyncio.get_running_loop().call_later(
+                _PATIENCE, self._serve_parked)
+
+    def _serve_parked(self) -> None:
+        """Clients waited _PATIENCE while servers sat idle or kept for other tenants'
+        clients: they take those :meth:`Selection.take` lets go, oldest waiter first;
+        again every _FAIR_WAIT while both remain (a server parked for its tenant's
+        clients is let go once they left it QUIET)."""
+        self._parked_timer = None
+        pool = self._pool
+        if pool.paused:
+            return
+        waits, _ = self._eligible()
+        for wait in waits:
+            if not pool.has_parked():
+                return
+            lease = pool.lend_parked(wait.tenant)
+            if lease is not None:
+                self.queue.remove(wait.waiter)
+                wait.waiter.set_result(lease)
+        if self.queue and pool.has_parked():
+            self._parked_timer = asyncio.get_running_loop().call_later(
+                _FAIR_WAIT, self._serve_parked)
+
+    # ---- the wait timer: query_wait_timeout, reserve_pool_timeout ----------------------
+
+    def _set_timer(self, at: float) -> None:
+        """Run :meth:`_due` at time.monotonic() ``at``."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = asyncio.get_running_loop().call_later(
+            max(0.0, at - time.monotonic()), self._due)
+
+    def _due(self) -> None:
+        """The wait timer: waits past query_wait_timeout fail, those past
+        reserve_pool_timeout may open a reserve connection (oldest first); then the
+        timer is set for the next one due."""
+        self._timer = None
+        self._timer_at = math.inf
+        now = time.monotonic() + _TIMER_SLACK
+        records = self._records
+        due = math.inf
+        for waiter in list(self.queue):
+            wait = records.get(waiter)
+            if wait is None or waiter.done():
+                continue
+            if wait.deadline <= now:
+                self._timed_out(waiter)
+                continue
+            if wait.reserve_at <= now:
+                wait.reserve_at = math.inf
+                self._use_reserve(waiter)
+            due = min(due, wait.deadline, wait.reserve_at)
+        if due < math.inf and not self._pool.closed:
+            self._set_timer(due)
+
+    def _timed_out(self, waiter: asyncio.Future[Lease]) -> None:
+        if not waiter.done():
+            self._stats.acquire_timeouts += 1
+            db = self._pool.db
+            waiter.set_exception(PoolTimeoutError(
+                f"no server connection available for database \"{db.name}\" within "
+                f"query_wait_timeout ({db.query_wait_timeout:g}s)"))
+
+    def _use_reserve(self, waiter: asyncio.Future[Lease]) -> None:
+        """A client waited reserve_pool_timeout: open a connection beyond pool_size (up to
+        reserve_pool_size more; maintenance closes it again once it is idle)."""
+        pool = self._pool
+        db = pool.db
+        if (waiter.done() or pool.closed or pool.paused or pool.connecting >= len(self.queue)
+                or pool.size >= db.pool_size + db.reserve_pool_size):
+            return
+        log.info("database %s: a client waited %gs; opening a reserve connection",
+                 db.name, db.reserve_pool_timeout)
+        self._stats.reserve_opened += 1
+        pool.open_server()
+
+    # ---- PAUSE: clients wait for RESUME before they queue ------------------------------
+
+    def pause(self) -> None:
+        """The pool was paused: :meth:`wait_resumed` waits from now on."""
+        self._resumed = asyncio.Event()
+
+    def resume(self) -> None:
+        """The pool was resumed: release the clients in :meth:`wait_resumed`."""
+        if self._resumed is not None:
+            self._resumed.set()
+        self._resumed = None
+
+    async def wait_resumed(self, tenant: str | None) -> None:
+        """Wait (a client of ``tenant``) until the pool is resumed or closed, up to
+        query_wait_timeout: counted as a wait, in ``paused_waiting`` meanwhile."""
+        pool = self._pool
+        token = object()
+        self._proxy_stats.wait_began(self._traffic, token)
+        self.paused_waiting += 1
+        started = time.monotonic()
+        try:
+            while pool.paused and self._resumed is not None and not pool.closed:
+                async with asyncio.timeout(pool.db.query_wait_timeout or None):
+                    await self._resumed.wait()
+        except TimeoutError:
+            self._stats.acquire_timeouts += 1
+            raise PoolTimeoutError(
+                f"database \"{pool.db.name}\" is paused and was not resumed within "
+                f"query_wait_timeout ({pool.db.query_wait_timeout:g}s)") from None
+        finally:
+            self.paused_waiting -= 1
+            waited = time.monotonic() - started
+            self._stats.waits += 1
+            self._stats.wait_seconds_total += waited
+            self._proxy_stats.wait_ended(self._traffic, token, tenant, waited)
+        if pool.closed:
+            raise ServerError("the pool is shutting down", "57P01")
