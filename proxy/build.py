@@ -38,6 +38,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.guard.analysis",
     "proxy.guard.guard",
     "proxy.backend.statements",
+    "proxy.backend.deallocate",
     "proxy.backend.prepared",
     "proxy.backend.context",
     "proxy.frontend.guarding",

@@ -12,7 +12,7 @@
   on a server connection, and ``TenantState`` (pristine, set to a context, stale, unknown).
 - ``statements``: the prepared statements of a server and of each client, and the reply
   amendments; ``prepared``: the rewriting of a client's named statements onto them
-  (transaction mode).
+  (transaction mode); ``deallocate``: a client's DEALLOCATE answered through a stand-in.
 
 Imports nothing above it (``proxy.pool``, ``proxy.frontend``, ``proxy.app``).
 """

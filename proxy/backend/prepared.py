@@ -22,7 +22,7 @@ would, and the transaction status the client sees is the server's own.
   prepared in line, just before, and its ParseComplete dropped from the reply.
 - ``Close`` of a named statement: forgotten for the client; the server keeps its copy.
 - ``DEALLOCATE`` (simple query): answered as PostgreSQL would, one CommandComplete, through
-  a stand-in that never touches the proxy's statements (see :func:`deallocate`).
+  a stand-in that never touches the proxy's statements (see :mod:`proxy.backend.deallocate`).
 
 Stale statements: a client that described a statement (``Describe`` S: the result and
 parameter types it will decode with) gets data only from a server statement with the same
@@ -38,14 +38,17 @@ evicted ones are closed in the next internal batch. This module is pure: no I/O.
 
 from __future__ import annotations
 
-import functools
-import re
 from typing import Final
 
+from proxy.backend.deallocate import (
+    deallocate,
+    deallocate_parse,
+    may_deallocate,
+    mentions_deallocate,
+)
 from proxy.backend.statements import (
     MISSING,
     NAME_ERRORS,
-    PREFIX,
     Amend,
     ClientStatement,
     Emit,
@@ -53,7 +56,7 @@ from proxy.backend.statements import (
     ServerStatements,
     description,
     missing_error,
-    statement_numbers,
+    parse_frame,
 )
 from proxy.wire import messages
 from proxy.wire.tags import BackendTag, FrontendTag
@@ -73,27 +76,11 @@ _ERROR_RESPONSE: Final[int] = BackendTag.ERROR_RESPONSE
 _PARAMETER_DESCRIPTION: Final[int] = BackendTag.PARAMETER_DESCRIPTION
 _ROW_DESCRIPTION: Final[int] = BackendTag.ROW_DESCRIPTION
 _NO_DATA: Final[int] = BackendTag.NO_DATA
-# The throwaway statement of the DEALLOCATE stand-in.
-_THROWAWAY: Final = PREFIX + "deallocate"
-# An unnamed Parse's text that may be a DEALLOCATE (one statement: it begins with it).
-_MAYBE_DEALLOCATE: Final = re.compile(rb"\x00[\s;]*(?:deallocate|/\*|--)", re.IGNORECASE)
-# The bytes that may follow the NUL in a match of _MAYBE_DEALLOCATE (\s is ASCII
-# whitespace for bytes): any other byte there, and the regex cannot match.
-_MAYBE_DEALLOCATE_FIRST: Final = frozenset(b" \t\n\r\x0b\x0c;dD/-")
-_DEALLOCATE: Final = re.compile(
-    rb"\s*deallocate\s+(?:prepare\s+)?(?:\"((?:[^\"]|\"\")+)\"|([A-Za-z_][A-Za-z0-9_$]*))"
-    rb"\s*;?\s*\x00$", re.IGNORECASE)
-_STAND_IN: Final = messages.query(f"PREPARE {_THROWAWAY} AS SELECT; DEALLOCATE {_THROWAWAY}")
-_MISSING_QUERY: Final = messages.query(f"DEALLOCATE {MISSING}")
-_COMPLETE_ALL: Final = messages.command_complete("DEALLOCATE ALL")
 # Messages naming MISSING, made to fail on the server.
 _BIND_MISSING: Final = messages.bind("", MISSING, [])
 _DESCRIBE_MISSING: Final = messages.describe(b"S", MISSING)
 _CLOSE_MISSING: Final = messages.close(b"S", MISSING)
 _DESCRIBE_TAG: Final = bytes((FrontendTag.DESCRIBE,))
-_DEALLOCATE_NOT_ALONE: Final = messages.error_response(
-    "0A000", "DEALLOCATE must be sent as a query of its own in transaction pooling mode",
-    hint="send DEALLOCATE in a separate query, or close the statement with a Close message")
 _ABORTED: Final = messages.frame(BackendTag.ERROR_RESPONSE, b"".join((
     b"SERROR\x00VERROR\x00C25P02\x00Mcurrent transaction is aborted, commands ignored ",
     b"until end of transaction block\x00Fpostgres.c\x00Rexec_parse_message\x00\x00")))
@@ -147,31 +134,15 @@ class Rewritten:
 def needs_rewrite(tag: int, body: bytes) -> bool:
     """Whether a client message involves a named statement (or DEALLOCATE)."""
     if tag == _PARSE:
-        return len(body) == 0 or body[0] != 0 or _may_deallocate(body, 0)
+        return len(body) == 0 or body[0] != 0 or may_deallocate(body, 0)
     if tag == _BIND:
         portal_end = _find_nul(body, 0)
         return 0 <= portal_end < len(body) - 1 and body[portal_end + 1] != 0
     if tag == _DESCRIBE or tag == _CLOSE:
         return len(body) > 0 and body[0] == _STATEMENT and (len(body) == 1 or body[1] != 0)
     if tag == _QUERY:
-        return _mentions_deallocate(body)
+        return mentions_deallocate(body)
     return False
-
-
-def _may_deallocate(data: bytes, nul: int) -> bool:
-    """Whether the text of an unnamed Parse, after the NUL of its empty name at ``nul``,
-    may be a DEALLOCATE: one byte decides for almost every text, the regex for the rest."""
-    return (nul + 1 < len(data) and data[nul + 1] in _MAYBE_DEALLOCATE_FIRST
-            and _MAYBE_DEALLOCATE.match(data, nul) is not None)
-
-
-def _mentions_deallocate(text: bytes) -> bool:
-    """Whether ``text`` holds the word DEALLOCATE in any mix of case, as a bytes regex with
-    IGNORECASE finds it: latin-1 makes each byte one character, and lower() maps no
-    character of latin-1 but A-Z to an ASCII letter. Compiled, three C primitives; the
-    regex search cost ~7,000 instructions per simple Query, ``bytes.lower`` and a bytes
-    ``in`` (which tries the needle as an int first, raising) ~3,000."""
-    return "deallocate" in text.decode("latin-1").lower()
 
 
 class _Batch:
@@ -290,8 +261,8 @@ def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
         if tag == _PARSE:
             name, rest_at = _split_cstr(frame, 5)
             if not name:
-                if _may_deallocate(frame, 5):
-                    _deallocate_parse(batch, frame)
+                if may_deallocate(frame, 5):
+                    deallocate_parse(batch, frame)
                 else:
                     batch.send_parse(frame)
                 batch.at_start = False
@@ -314,7 +285,7 @@ def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
             stmt = client[name] = ClientStatement(key)
             if batch.exact:  # forgotten again if PostgreSQL refuses it
                 batch.amended().parsed.append((batch.parses, client, name, stmt))
-            batch.send_parse(_parse(server.add(key).name, key))
+            batch.send_parse(parse_frame(server.add(key).name, key))
             batch.at_start = False
         elif tag == _BIND:
             name_at = _nul(frame, 5) + 1  # after the portal's name
@@ -352,7 +323,7 @@ def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
         elif tag == _SYNC or tag == _FUNCTION_CALL:
             batch.synced(frame)
         elif tag == _QUERY:
-            _deallocate(batch, frame)
+            deallocate(batch, frame)
         elif tag == _EXECUTE:
             batch.out.append(frame)
             batch.at_start = False
@@ -402,7 +373,7 @@ def _target(batch: _Batch, name: str, describe: bool = False) -> ServerStatement
             batch.fail(error, _DESCRIBE_MISSING if describe else _BIND_MISSING)
             return None
         target = batch.server.add(stmt.key)
-        batch.send_parse(_parse(target.name, stmt.key), drop=True)
+        batch.send_parse(parse_frame(target.name, stmt.key), drop=True)
     elif (stmt.desc is not None and target.desc is not None and target.desc != stmt.desc
           and not describe):
         batch.fail(_STALE)  # what the client decodes with no longer holds
@@ -451,7 +422,7 @@ def verify_batch(server: ServerStatements, keys: list[bytes], keep: set[bytes]
     for key in keys:
         stmt = server.add(key)
         made.append(stmt)
-        parts.append(_parse(stmt.name, key))
+        parts.append(parse_frame(stmt.name, key))
         parts.append(messages.describe(b"S", stmt.name))
     parts.append(messages.sync())
     return b"".join(parts), made
@@ -484,99 +455,6 @@ def verified(server: ServerStatements, keys: list[bytes], made: list[ServerState
             params = None
 
 
-def _deallocate(batch: _Batch, frame: bytes) -> None:
-    """A Query: DEALLOCATE of one of the client's names, or ALL, becomes a stand-in that
-    answers as PostgreSQL would without touching the proxy's statements; other queries
-    mentioning DEALLOCATE pass unless they hold a DEALLOCATE statement, refused."""
-    body = frame[5:]
-    m = _DEALLOCATE.match(body)
-    if m is None:
-        if _has_deallocate(body[:-1]):
-            batch.amended().error = _DEALLOCATE_NOT_ALONE
-            batch.synced(_MISSING_QUERY)
-        else:
-            batch.synced(frame)
-        return
-    amend = batch.amended()
-    if _deallocation(batch, *m.groups()):
-        amend.drop_prepares += 1
-        batch.synced(_STAND_IN)
-    else:
-        batch.synced(_MISSING_QUERY)
-
-
-def _deallocate_parse(batch: _Batch, frame: bytes) -> None:
-    """An unnamed Parse of DEALLOCATE: as :func:`_deallocate`, for the extended protocol
-    (psycopg in pipeline mode). The stand-in deallocates a throwaway statement prepared
-    in line just before; its ParseComplete is dropped."""
-    body = frame[5:]
-    text_end = body.index(0, 1)
-    params = body[text_end + 1:]
-    m = _DEALLOCATE.match(body, 1, text_end + 1)
-    if m is None and not _has_deallocate(body[1:text_end]):
-        batch.send_parse(frame)
-        return
-    if m is None or not batch.exact:
-        # Comments before it, or after messages the proxy did not see: cannot be hidden.
-        batch.amended().error = _DEALLOCATE_NOT_ALONE
-        batch.send_parse(_parse("", f"DEALLOCATE {MISSING}", params))
-    elif _deallocation(batch, *m.groups()):
-        throwaway = f"{PREFIX}d{next(statement_numbers)}"
-        amend = batch.amended()
-        complete, succeeded, _ = amend.deallocations[-1]
-        amend.deallocations[-1] = (complete, succeeded, (batch.parses, throwaway, batch.server))
-        batch.send_parse(_parse(throwaway, "SELECT", b"\x00\x00"), drop=True)
-        batch.send_parse(_parse("", f"DEALLOCATE {throwaway}", params))
-    else:
-        batch.send_parse(_parse("", f"DEALLOCATE {MISSING}", params))
-
-
-def _deallocation(batch: _Batch, quoted: bytes | None, plain: bytes | None) -> bool:
-    """Prepare the reply changes for DEALLOCATE of ``quoted`` or ``plain``; True when it
-    is one of the client's names (or ALL), False for the 26000 of an unknown name."""
-    client = batch.client
-    amend = batch.amended()
-    if quoted:
-        name = quoted.replace(b'""', b'"').decode("utf-8", NAME_ERRORS)
-    else:
-        assert plain is not None
-        name = plain.decode("utf-8", NAME_ERRORS).lower()
-        if name == "all":
-            amend.deallocations.append((_COMPLETE_ALL, client.clear, None))
-            return True
-    if name in client:
-        amend.deallocations.append((None, functools.partial(client.pop, name, None), None))
-        return True
-    amend.error = missing_error(name)
-    return False
-
-
-def _has_deallocate(text: bytes) -> bool:
-    """Whether a query text holds a DEALLOCATE statement (not just the word)."""
-    if not _mentions_deallocate(text):
-        return False
-    from pglast import parser
-
-    try:
-        # Bytes not valid UTF-8 (another client encoding) only ever stand inside names
-        # and strings: replaced, the statement's structure is the same.
-        tree = parser.parse_sql_json(text.decode("utf-8", "replace"))
-    except parser.ParseError:
-        return False  # PostgreSQL reports the syntax error
-    return '"DeallocateStmt"' in tree
-
-
 def internal_batch(evict: list[str]) -> bytes:
     """Close evicted statements, ending with Sync."""
     return b"".join(messages.close(b"S", name) for name in evict) + messages.sync()
-
-
-def _cstr(s: str) -> bytes:
-    return s.encode("utf-8", NAME_ERRORS) + b"\x00"
-
-
-def _parse(name: str, key: bytes | str, params: bytes = b"") -> bytes:
-    """A Parse of ``key`` (text and parameter types) or of a text with ``params``."""
-    if isinstance(key, str):
-        key = _cstr(key) + params
-    return messages.frame(_PARSE, _cstr(name) + key)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Final
 
 from proxy.wire import messages
-from proxy.wire.tags import BackendTag
+from proxy.wire.tags import BackendTag, FrontendTag
 
 #: Every statement the proxy names starts with this; random per process so that no
 #: client can guess it, and starting with ``pgtenant_`` so SQL can refuse the namespace.
@@ -316,3 +316,11 @@ def statements_lost(error: bytes) -> bool:
 def missing_error(name: str) -> bytes:
     """For :attr:`Amend.error`: PostgreSQL's own 26000, with the client's ``name``."""
     return f'"{name}"'.encode("utf-8", NAME_ERRORS)
+
+
+def parse_frame(name: str, key: bytes | str, params: bytes = b"") -> bytes:
+    """A Parse message naming ``name``: of ``key`` (text and parameter types, as a
+    statement's key holds them) or of a text with ``params``."""
+    if isinstance(key, str):
+        key = key.encode("utf-8", NAME_ERRORS) + b"\x00" + params
+    return messages.frame(FrontendTag.PARSE, name.encode("utf-8", NAME_ERRORS) + b"\x00" + key)

@@ -32,7 +32,13 @@ from proxy.wire import messages
 from proxy.wire.framing import BackendScanner, split_frames
 from proxy.wire.tags import FrontendTag
 
-SELECT = prepared._cstr("SELECT * FROM t") + b"\x00\x00"  # a Parse key: text, no types
+
+def _cstr(text: str) -> bytes:
+    """A C string as a Parse carries it."""
+    return text.encode() + b"\x00"
+
+
+SELECT = _cstr("SELECT * FROM t") + b"\x00\x00"  # a Parse key: text, no types
 Z_IDLE = messages.ready_for_query(b"I")
 
 
@@ -60,7 +66,7 @@ def row_description(*columns: tuple[str, int, int, int]) -> bytes:
     """RowDescription of (name, table oid, attnum, type oid) columns."""
     body = len(columns).to_bytes(2, "big")
     for name, table, attnum, type_oid in columns:
-        body += prepared._cstr(name) + statements._FIELD_TAIL.pack(table, attnum, type_oid, 4,
+        body += _cstr(name) + statements._FIELD_TAIL.pack(table, attnum, type_oid, 4,
                                                                  -1, 0)
     return backend(b"T", body)
 

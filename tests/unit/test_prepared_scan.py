@@ -17,7 +17,13 @@ from proxy.backend.statements import MISSING, ClientStatement, ServerStatements
 from proxy.wire import messages
 from proxy.wire.tags import FrontendTag
 
-SELECT = prepared._cstr("SELECT 1") + b"\x00\x00"  # a Parse key: text, no types
+
+def _cstr(text: str) -> bytes:
+    """A C string as a Parse carries it."""
+    return text.encode() + b"\x00"
+
+
+SELECT = _cstr("SELECT 1") + b"\x00\x00"  # a Parse key: text, no types
 
 # The predicates as they were written before the cheap scans: the reference.
 _WORD = re.compile(rb"deallocate", re.IGNORECASE)
@@ -150,7 +156,7 @@ def test_a_bind_without_the_nul_of_its_statement_name_is_a_value_error() -> None
 
 def test_the_least_recently_used_statement_is_evicted_first() -> None:
     server = ServerStatements(2)
-    a, b, c = (prepared._cstr(f"SELECT {n}") + b"\x00\x00" for n in "abc")
+    a, b, c = (_cstr(f"SELECT {n}") + b"\x00\x00" for n in "abc")
     server.add(a)
     server.add(b)
     assert server.get(b) is not None  # already the most recent
@@ -164,7 +170,7 @@ def test_the_least_recently_used_statement_is_evicted_first() -> None:
 
 def test_a_use_after_the_recent_statement_was_dropped_still_orders_by_use() -> None:
     server = ServerStatements(10)
-    a, b = (prepared._cstr(f"SELECT {n}") + b"\x00\x00" for n in "ab")
+    a, b = (_cstr(f"SELECT {n}") + b"\x00\x00" for n in "ab")
     server.add(a)
     server.add(b)
     server.unconfirmed = [b]
