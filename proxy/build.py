@@ -41,6 +41,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.backend.deallocate",
     "proxy.backend.prepared",
     "proxy.backend.context",
+    "proxy.backend.replies",
     "proxy.frontend.guarding",
     "proxy.stats",
     "proxy.backend.routing",

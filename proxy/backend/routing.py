@@ -33,7 +33,6 @@ from __future__ import annotations
 import enum
 import itertools
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
@@ -46,6 +45,7 @@ from proxy.backend.context import (
     TenantState,
     _Nobody,
 )
+from proxy.backend.replies import ReplyQueue
 from proxy.backend.statements import (
     Amend,
     Emit,
@@ -55,7 +55,7 @@ from proxy.backend.statements import (
 )
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
-from proxy.wire.framing import BackendScanner
+from proxy.wire.framing import BackendScanner, TagSet
 from proxy.wire.tags import BackendTag
 
 if TYPE_CHECKING:
@@ -68,15 +68,15 @@ _C: Final[int] = BackendTag.COMMAND_COMPLETE
 _N: Final[int] = BackendTag.NOTICE_RESPONSE
 
 # What the forwarding path needs to look at; every other message is only framed.
-FORWARD_TAGS: Final = frozenset({_Z, _E, _S, _C, _N})
+FORWARD_TAGS: Final = TagSet({_Z, _E, _S, _C, _N})
 # The SQLSTATE of the WARNING pgtenant.current_tenant() raises when the tenant setting
 # holds a value its proof does not vouch for (policies/sql/install.sql).
 FORGED_CONTEXT_SQLSTATE: Final = b"CPT401\x00"
-HANDSHAKE_TAGS: Final = frozenset({
+HANDSHAKE_TAGS: Final = TagSet({
     BackendTag.AUTHENTICATION, BackendTag.BACKEND_KEY_DATA, BackendTag.NEGOTIATE_PROTOCOL_VERSION,
     BackendTag.NOTICE_RESPONSE, _Z, _E, _S,
 })
-ALL_TAGS: Final = frozenset(range(256))
+ALL_TAGS: Final = TagSet(range(256))
 # What an Amend entry changes or reads; other messages (rows above all) pass as bytes.
 AMEND_TAGS: Final = FORWARD_TAGS | {BackendTag.PARSE_COMPLETE, BackendTag.PARAMETER_DESCRIPTION,
                              BackendTag.ROW_DESCRIPTION, BackendTag.NO_DATA}
@@ -188,7 +188,7 @@ class BackendSession:
         self.transport: Transport | None = None
         self.scanner = BackendScanner(HANDSHAKE_TAGS)
         self.handshaking = False  # messages go to _handshake_messages, not the routing
-        self.pending: deque[Entry] = deque()
+        self.pending: ReplyQueue[Entry] = ReplyQueue()
         self.receiver: Receiver | None = None
         self.params: dict[str, str] = {}
         self.backend_pid = 0
@@ -248,7 +248,7 @@ class BackendSession:
         """Route one chunk by the pending-reply queue: forward, skip or collect."""
         receiver = self.receiver
         pending = self.pending
-        if not events and (pending[0] is FORWARD if pending else self.unsynced):
+        if not events and (pending.first() is FORWARD if pending else self.unsynced):
             # Hot path: a chunk in the middle of the client's reply.
             if receiver is not None:
                 receiver.forward_to_client(data)
@@ -258,7 +258,7 @@ class BackendSession:
         ready = False
         going_away = b""
         for tag, end, body in events:
-            head = pending[0] if pending else FORWARD
+            head = pending.first() if pending else FORWARD
             forwarded = head is FORWARD
             if type(head) is Amend:
                 # The bytes since the last event end with this message, whole: a start
@@ -282,7 +282,7 @@ class BackendSession:
                         head.future.set_result(head.messages)
                 elif isinstance(head, Skip) and head.future is not None and not head.future.done():
                     head.future.set_result(head.error)
-                while pending and type(pending[0]) is Emit:
+                while pending and type(pending.first()) is Emit:
                     out.append(pending.popleft().data)  # type: ignore[union-attr]
                 if type(head) is Amend:
                     self._restore_interest()
@@ -336,7 +336,7 @@ class BackendSession:
                     self.mark_context_unknown()
                     if forwarded and receiver is not None:
                         receiver.forged_context()
-        head = pending[0] if pending else FORWARD
+        head = pending.first() if pending else FORWARD
         unsolicited = b""
         if type(head) is Amend and start < len(data):
             # Forward all but the start of a message the Amend may change.
@@ -392,7 +392,7 @@ class BackendSession:
 
     def _restore_interest(self) -> None:
         """The scanner looks at what the entries still pending need to see."""
-        interest: frozenset[int] = FORWARD_TAGS
+        interest: TagSet = FORWARD_TAGS
         for entry in self.pending:
             if type(entry) is Collect:
                 interest = ALL_TAGS
@@ -411,7 +411,7 @@ class BackendSession:
         later Sync completes.
         """
         if expected_replies:
-            self.pending.extend([FORWARD] * expected_replies)
+            self.pending.append_many(FORWARD, expected_replies)
             if self.db.query_timeout and not self.waiting_since:
                 self._start_query_timer()
         self.unsynced = unsynced
@@ -517,7 +517,7 @@ class BackendSession:
     def runs_client_request(self) -> bool:
         """The next reply answers a client's request (not one of the proxy's own)."""
         pending = self.pending
-        return bool(pending) and (pending[0] is FORWARD or type(pending[0]) is Amend)
+        return bool(pending) and (pending.first() is FORWARD or type(pending.first()) is Amend)
 
     @property
     def is_clean(self) -> bool:

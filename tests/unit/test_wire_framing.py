@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
-from proxy.wire.framing import BackendScanner, FrontendFramer
+from proxy.wire.framing import BackendScanner, FrontendFramer, TagSet
 from proxy.wire.tags import BackendTag as B
 from proxy.wire.tags import FrontendTag as F
 
@@ -304,7 +304,7 @@ def test_scanner_interesting_set_can_change_between_feeds(
     events = []
     base = 0
     for chunk, interesting in zip(chunks, sets, strict=True):
-        scanner.interesting = interesting
+        scanner.interesting = TagSet(interesting)
         events += [(t, base + e, b) for t, e, b in scanner.feed(chunk)]
         base += len(chunk)
     assert events == expected
@@ -470,3 +470,19 @@ def test_next_batch_gives_the_good_messages_before_a_bad_length() -> None:
     assert batch is not None and batch[0] == messages.sync()
     with pytest.raises(ProtocolViolation):
         framer.next_batch()
+
+
+@FAST
+@given(tags=st.frozensets(st.integers(0, 255)), more=st.frozensets(st.integers(0, 255)))
+def test_tag_set_is_the_set_of_its_tags(tags: frozenset[int], more: frozenset[int]) -> None:
+    table = TagSet(tags)
+    assert set(table) == tags
+    assert [tag in table for tag in range(-2, 260)] == [tag in tags for tag in range(-2, 260)]
+    assert "Z" not in table and None not in table
+    assert set(table | more) == tags | more
+
+
+def test_tag_set_refuses_a_tag_outside_a_byte() -> None:
+    for tag in (256, -1):
+        with pytest.raises(ValueError, match="not a byte"):
+            TagSet({tag})
