@@ -23,6 +23,7 @@ import asyncio
 import dataclasses
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -92,11 +93,18 @@ def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]
     return thread, out
 
 
-def _sleeping_query(proxy: ThreadedProxy, seconds: float = 30) -> Callable[[], Any]:
+def _sleeping_query(proxy: ThreadedProxy, seconds: float = 30
+                    ) -> tuple[Callable[[], Any], str]:
+    """A client's sleeping query, and its text as pg_stat_activity shows it: unique, so
+    that ``wait_for_query`` cannot match the backend of an earlier test still sleeping
+    (PostgreSQL notices a cut client only when the sleep ends; matching that one made
+    the cut land while this client was still logging in)."""
+    sql = f"SELECT pg_sleep({seconds}) /* {uuid.uuid4().hex} */"
+
     def query() -> Any:
         with psycopg.connect(proxy.dsn("acme"), autocommit=True) as conn:
-            return conn.execute(f"SELECT pg_sleep({seconds})").fetchone()
-    return query
+            return conn.execute(sql).fetchone()
+    return query, sql
 
 
 def _assert_lost(out: dict[str, Any], *, within: float) -> None:
@@ -128,8 +136,9 @@ def test_cut_connections_give_08006_and_the_pool_heals(
     with psycopg.connect(proxy.dsn("globex"), autocommit=True) as idle, \
             psycopg.connect(proxy.dsn("globex", dbname="direct"), autocommit=True) as direct:
         assert _tenant_of(idle) == "globex"
-        thread, out = _in_thread(_sleeping_query(proxy))
-        wait_for_query(app_db.superuser_dsn, "SELECT pg_sleep(30)")
+        query, sql = _sleeping_query(proxy)
+        thread, out = _in_thread(query)
+        wait_for_query(app_db.superuser_dsn, sql)
         began = time.monotonic()
         assert relay.cut() >= 1
         thread.join(10)
@@ -148,6 +157,29 @@ def test_cut_connections_give_08006_and_the_pool_heals(
     _assert_healed(proxy, clients=4)
 
 
+@pytest.mark.parametrize("pool_mode", ["session", "transaction"])
+def test_a_cut_during_login_gives_08006_or_a_working_session(
+        relayed_proxy: Callable[..., ThreadedProxy], relay: FaultRelay, pool_mode: str) -> None:
+    # The cut lands at different points of the login (connecting, authenticating, the
+    # context set, the greeting): the client is told 08006 in a FATAL (asyncpg shows the
+    # SQLSTATE libpq drops during startup) or gets in; never a bare close or a hang.
+    proxy = relayed_proxy(pool_mode=pool_mode, pool_size=4)
+    for delay in (0.0, 0.002, 0.005, 0.01, 0.02):
+        thread, out = _in_thread(lambda: startup_refusal(proxy.dsn("acme")))
+        time.sleep(delay)
+        relay.cut()
+        thread.join(10)
+        assert not thread.is_alive() and out["elapsed"] < 5, out
+        error = out.get("error")
+        if error is not None:  # startup_refusal: "the connection was accepted"
+            assert isinstance(error, AssertionError) and "accepted" in str(error), out
+        else:
+            sqlstate, message = out["result"]
+            assert sqlstate == "08006", out
+            assert "upstream" in message, out
+    _assert_healed(proxy, clients=4)
+
+
 @pytest.mark.parametrize("toward", ["proxy", "postgres"])
 def test_half_closed_server_connection_ends_the_query_with_08006(
         relayed_proxy: Callable[..., ThreadedProxy], relay: FaultRelay, toward: str,
@@ -155,8 +187,9 @@ def test_half_closed_server_connection_ends_the_query_with_08006(
     proxy = relayed_proxy(pool_mode="transaction", pool_size=2)
     with psycopg.connect(proxy.dsn("globex"), autocommit=True) as bystander:
         assert _tenant_of(bystander) == "globex"
-        thread, out = _in_thread(_sleeping_query(proxy, seconds=2))
-        wait_for_query(app_db.superuser_dsn, "SELECT pg_sleep(2)")
+        query, sql = _sleeping_query(proxy, seconds=2)
+        thread, out = _in_thread(query)
+        wait_for_query(app_db.superuser_dsn, sql)
         began = time.monotonic()
         links = relay.half_close(toward)  # type: ignore[arg-type]
         thread.join(10)
