@@ -26,6 +26,7 @@ from importlib.machinery import EXTENSION_SUFFIXES
 # subclasses (use ClassVar), sibling ``except A as e`` / ``except B as e`` of
 # different types binding one name.
 COMPILED_MODULES: tuple[str, ...] = (
+    "proxy.config.model",
     "proxy.wire.errors",
     "proxy.wire.tags",
     "proxy.wire.framing",
