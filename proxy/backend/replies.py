@@ -7,79 +7,102 @@ changed twice per transaction, so it is a class of its own rather than a
 ``extend`` are generic Python calls (measured ~1,500 instructions per simple
 transaction); on this class they are native calls into a list and an index.
 
-The queue is usually empty between transactions: ``popleft`` of the last entry resets
-the list, so a long pipeline does not leave a long list behind, and the consumed head of
-a queue that never empties is dropped once it is half of the list (O(1) amortized).
+A ring buffer: the slots list is allocated once and reused (a list emptied and refilled
+every transaction would free and re-allocate its storage each time); it doubles when
+full and shrinks back once a long pipeline has drained.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, TypeVar, cast
 
 E = TypeVar("E")
 
-#: Consumed entries kept at the head before the list is compacted (and at least half).
-_COMPACT_AFTER: Final = 32
+_INITIAL: Final = 4  # slots (a transaction has one entry, with a context set two)
+#: Slots beyond which a drained queue gives its storage back.
+_SHRINK_ABOVE: Final = 64
 
 
 class ReplyQueue(Generic[E]):
     """FIFO of pending-reply entries: append at the tail, pop at the head."""
 
-    __slots__ = ("_head", "_items")
+    __slots__ = ("_count", "_head", "_slots")
 
     def __init__(self) -> None:
-        self._items: list[E] = []
-        self._head = 0  # index of the first entry still pending
+        self._slots: list[E | None] = [None] * _INITIAL
+        self._head = 0   # slot of the first entry still pending
+        self._count = 0  # entries pending
 
     def __bool__(self) -> bool:
-        return len(self._items) > self._head
+        return self._count > 0
 
     def __len__(self) -> int:
-        return len(self._items) - self._head
+        return self._count
 
     def __iter__(self) -> Iterator[E]:
-        return iter(self._items[self._head:])
+        return iter([self._at(i) for i in range(self._count)])
 
     def __getitem__(self, index: int) -> E:
         """The entry ``index`` places from the head (0: the next reply's)."""
         if index < 0:
-            index += len(self._items) - self._head
-        if index < 0 or index >= len(self._items) - self._head:
+            index += self._count
+        if index < 0 or index >= self._count:
             raise IndexError("reply queue index out of range")
-        return self._items[self._head + index]
+        return self._at(index)
 
     def __repr__(self) -> str:
-        return f"ReplyQueue({self._items[self._head:]!r})"
+        return f"ReplyQueue({list(self)!r})"
+
+    def _at(self, index: int) -> E:
+        slots = self._slots
+        at = self._head + index
+        if at >= len(slots):
+            at -= len(slots)
+        return cast(E, slots[at])
 
     def first(self) -> E:
         """The head entry (the queue must not be empty): ``self[0]`` without the checks."""
-        return self._items[self._head]
+        return cast(E, self._slots[self._head])
 
     def append(self, entry: E) -> None:
-        self._items.append(entry)
+        slots = self._slots
+        count = self._count
+        if count == len(slots):
+            slots = self._slots = [*self, entry, *([None] * (count - 1))]
+            self._head = 0
+            self._count = count + 1
+            return
+        at = self._head + count
+        if at >= len(slots):
+            at -= len(slots)
+        slots[at] = entry
+        self._count = count + 1
 
     def append_many(self, entry: E, count: int) -> None:
         """``count`` times ``entry`` at the tail (one FORWARD per expected reply)."""
-        items = self._items
-        for _ in range(count):
-            items.append(entry)
+        while count > 0:
+            self.append(entry)
+            count -= 1
 
     def popleft(self) -> E:
         """Take the head entry off (the queue must not be empty)."""
-        items = self._items
+        if not self._count:
+            raise IndexError("popleft from an empty reply queue")
+        slots = self._slots
         head = self._head
-        entry = items[head]
+        entry = slots[head]
+        slots[head] = None
         head += 1
-        if head == len(items):
-            items.clear()
-            head = 0
-        elif head > _COMPACT_AFTER and head * 2 > len(items):
-            del items[:head]
+        if head == len(slots):
             head = 0
         self._head = head
-        return entry
+        self._count -= 1
+        if not self._count and len(slots) > _SHRINK_ABOVE:
+            self.clear()
+        return cast(E, entry)
 
     def clear(self) -> None:
-        self._items.clear()
+        self._slots = [None] * _INITIAL
         self._head = 0
+        self._count = 0
