@@ -69,9 +69,11 @@ class OwnerIndex(Generic[S]):
 
     def discard(self, server: S) -> bool:
         """Take ``server`` out; False when it was not here."""
-        owner = self.owner_of.pop(server, _ABSENT)
-        if owner is _ABSENT:
+        owner_of = self.owner_of
+        owner = owner_of.get(server, _ABSENT)  # (compiled, pop with a default is a
+        if owner is _ABSENT:                    # generic method call; get and del are not)
             return False
+        del owner_of[server]
         same = self.by_owner[owner]
         del same[server]
         if not same:
