@@ -80,6 +80,13 @@ ALL_TAGS: Final = TagSet(range(256))
 # What an Amend entry changes or reads; other messages (rows above all) pass as bytes.
 AMEND_TAGS: Final = FORWARD_TAGS | {BackendTag.PARSE_COMPLETE, BackendTag.PARAMETER_DESCRIPTION,
                              BackendTag.ROW_DESCRIPTION, BackendTag.NO_DATA}
+# ReadyForQuery's transaction statuses, one object each.
+_IDLE: Final = b"I"
+_IN_TX: Final = b"T"
+_FAILED_TX: Final = b"E"
+# The first bytes of the CommandComplete tags _route looks at: SET, RESET, DISCARD,
+# DEALLOCATE, ALTER, CREATE, DROP (a table of 256, 1 where a watched tag may start).
+_WATCHED_COMMAND: Final = bytes(1 if chr(b) in "ACDRS" else 0 for b in range(256))
 # Bytes held back while a cancel is in flight beyond which the client stops being read.
 HOLD_HIGH_WATER: Final = 256 * 1024
 
@@ -270,11 +277,15 @@ class BackendSession:
                 out.append(head.message(tag, piece, body))
                 start = end
             if tag == _Z:
-                self.tx_status = body[:1]
+                # (The common statuses without a new bytes object each time.)
+                status = body[0] if body else -1
+                self.tx_status = (_IDLE if status == 0x49 else _IN_TX if status == 0x54
+                                  else _FAILED_TX if status == 0x45 else body[:1])
                 if pending:
                     pending.popleft()
                 if head is FORWARD:
-                    out.append(data[start:end])
+                    # (Compiled, a slice copies even when it is all of ``data``.)
+                    out.append(data if start == 0 and end == len(data) else data[start:end])
                 elif isinstance(head, Collect):
                     head.messages.append((tag, body))
                     self._restore_interest()
@@ -309,9 +320,10 @@ class BackendSession:
                         head.error = messages.decode_error_fields(body)
                     except ProtocolViolation:
                         head.error = {"M": "malformed error from upstream"}
-            elif tag == _C and forwarded:
-                # (One prefix per startswith: compiled, that is a C call; a tuple of
-                # prefixes is a generic method call.)
+            elif tag == _C and forwarded and body and _WATCHED_COMMAND[body[0]]:
+                # Only tags starting with A, C, D, R or S are looked at (a byte read: most
+                # are SELECT, INSERT, UPDATE, COMMIT, BEGIN). One prefix per startswith:
+                # compiled, that is a C call; a tuple of prefixes is a generic method call.
                 if (body.startswith(b"SET") or body.startswith(b"RESET")
                         or body.startswith(b"DISCARD")):
                     # The client ran SET/RESET/DISCARD: re-establish the context before
