@@ -125,11 +125,24 @@ class Selection(Generic[S]):
         """Servers each tenant may count on: pool_size split among the tenants whose
         clients hold one, wait for one or have one parked for them (``owner``: the
         tenant of the server being placed; at least one)."""
-        names = self.held.keys() | self.waiting.keys() | self.idle.by_owner.keys()
-        # Not counted: NOBODY, None (a bypass identity's servers). (No set changed: this
-        # runs for most releases while clients wait.)
-        tenants = len(names) - (NOBODY in names) - (None in names)
-        if owner is not None and owner is not NOBODY and owner not in names:
+        # The tenants in held, waiting and idle.by_owner, counted without building their
+        # union (this runs for most releases while clients wait: compiled, a union of
+        # key views cost ~3,000 instructions with 8 tenants, these loops ~500). held and
+        # waiting hold tenant names only; idle owners also NOBODY and None (a bypass
+        # identity's servers), neither counted.
+        held = self.held
+        waiting = self.waiting
+        tenants = len(held)
+        for tenant in waiting:
+            if tenant not in held:
+                tenants += 1
+        parked = self.idle.by_owner
+        for parked_owner in parked:
+            if (parked_owner is not NOBODY and parked_owner is not None
+                    and parked_owner not in held and parked_owner not in waiting):
+                tenants += 1
+        if (owner is not None and owner is not NOBODY and owner not in held
+                and owner not in waiting and owner not in parked):
             tenants += 1
         tenants = max(1, tenants)
         share = -(-self.pool_size // tenants) if rounded_up else self.pool_size // tenants

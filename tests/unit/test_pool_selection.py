@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from proxy.backend.server import NOBODY
 from proxy.pool.selection import QUIET, OwnerIndex, Selection
 
@@ -146,6 +149,28 @@ def test_the_share_counts_tenants_holding_waiting_or_with_servers_parked() -> No
     sel = selection(pool_size=2, held={f"t{i}": 0 for i in range(5)},
                     waiting={f"t{i}": 1 for i in range(5)})
     assert sel.share() == 1  # more tenants than servers: still one each to count on
+
+
+_TENANTS = st.sampled_from(["t1", "t2", "t3", "t4"])
+_OWNERS = st.one_of(_TENANTS, st.just(NOBODY), st.none())
+
+
+@settings(max_examples=300, deadline=None)
+@given(pool_size=st.integers(1, 30), held=st.dictionaries(_TENANTS, st.integers(0, 3)),
+       waiting=st.dictionaries(_TENANTS, st.integers(0, 2)),
+       idle_owners=st.lists(_OWNERS, max_size=6), owner=_OWNERS, rounded_up=st.booleans())
+def test_the_share_is_pool_size_over_the_union_of_tenants(
+        pool_size: int, held: dict[str, int], waiting: dict[str, int],
+        idle_owners: list[object], owner: object, rounded_up: bool) -> None:
+    # The count the share divides by, spelled as the set union it avoids building.
+    sel = selection(pool_size, held=held, waiting=waiting,
+                    idle=[(f"s{i}", o) for i, o in enumerate(idle_owners)])
+    names = set(sel.held) | set(sel.waiting) | set(sel.idle.by_owner)
+    if owner is not None and owner is not NOBODY:
+        names.add(owner)
+    tenants = max(1, len(names - {NOBODY, None}))
+    expected = -(-pool_size // tenants) if rounded_up else pool_size // tenants
+    assert sel.share(rounded_up=rounded_up, owner=owner) == max(1, expected)
 
 
 def test_waiting_counts_drop_to_nothing() -> None:
