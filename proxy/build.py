@@ -51,6 +51,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.frontend.login",
     "proxy.frontend.relay",
     "proxy.frontend.client",
+    "proxy.pool.counters",
     "proxy.pool.lease",
     "proxy.pool.selection",
     "proxy.pool.waits",

@@ -22,8 +22,9 @@ from collections.abc import Callable
 
 from proxy.backend.server import ServerError, ServerState
 from proxy.config import DatabaseConfig
+from proxy.pool.counters import PoolStats
 from proxy.pool.lease import Lease
-from proxy.pool.servers import PoolServers, PoolStats, UpstreamRefusedError
+from proxy.pool.servers import PoolServers, UpstreamRefusedError
 from proxy.pool.waits import PoolTimeoutError
 
 # Imported from here by the rest of the proxy (and tests).

@@ -30,10 +30,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 
 from proxy.backend.server import ServerConnection, ServerError, ServerState, Skip
 from proxy.config import DatabaseConfig
+from proxy.pool.counters import PoolStats
 from proxy.pool.lease import Lease
 from proxy.pool.selection import OwnerIndex, Selection
 from proxy.pool.waits import Waits
@@ -47,22 +47,6 @@ log = logging.getLogger("pgtenant.pool")
 
 class UpstreamRefusedError(ServerError):
     """The upstream role is not safe for tenancy (superuser or BYPASSRLS)."""
-
-
-@dataclass(slots=True)
-class PoolStats:
-    leases: int = 0
-    leases_with_context_set: int = 0
-    acquire_timeouts: int = 0
-    server_errors: int = 0
-    servers_opened: int = 0
-    servers_closed: int = 0
-    wait_seconds_total: float = 0.0
-    waits: int = 0
-    reserve_opened: int = 0   # connections opened beyond pool_size (reserve_pool_size)
-    servers_failed_check: int = 0  # idle connections found dead by server_check_delay
-    kept_reuses: int = 0      # transactions served by the server their client kept
-    kept_reclaimed: int = 0   # kept servers taken back for another client (or PAUSE)
 
 
 class PoolServers:

@@ -32,6 +32,7 @@ from typing import Final, Protocol
 
 from proxy.backend.server import ServerConnection, ServerError
 from proxy.config import DatabaseConfig
+from proxy.pool.counters import PoolStats
 from proxy.pool.lease import Lease
 from proxy.pool.selection import Selection
 from proxy.stats import ProxyStats, TrafficStats
@@ -55,15 +56,6 @@ class PoolTimeoutError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.sqlstate = "57014"
-
-
-class WaitCounters(Protocol):
-    """The pool counters waits move (``PoolStats``)."""
-
-    waits: int
-    wait_seconds_total: float
-    acquire_timeouts: int
-    reserve_opened: int
 
 
 class Supplier(Protocol):
@@ -105,7 +97,7 @@ class Waits:
     """The clients waiting for one pool's server connections, in arrival order."""
 
     def __init__(self, pool: Supplier, selection: Selection[ServerConnection],
-                 stats: WaitCounters, proxy_stats: ProxyStats, traffic: TrafficStats) -> None:
+                 stats: PoolStats, proxy_stats: ProxyStats, traffic: TrafficStats) -> None:
         self._pool = pool
         self._sel = selection  # told of each wait; asked which waiter a server goes to
         self._stats = stats
