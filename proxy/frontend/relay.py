@@ -31,6 +31,7 @@ from proxy.backend.server import (
     FORWARD,
     BackendSession,
     Collect,
+    Receiver,
     ServerConnection,
     ServerState,
     Skip,
@@ -76,8 +77,9 @@ _NO_TRAFFIC: Final = TrafficStats()  # placeholder counters before the database 
 _PAUSE_BITS: Final = {"queue": 1, "server": 2}
 
 
-class ClientRelay:
-    """A client's relaying state and rules (see the module docstring)."""
+class ClientRelay(Receiver):
+    """A client's relaying state and rules (see the module docstring); the
+    :class:`Receiver` its server connection forwards to."""
 
     # One object per connected client, idle ones included: no per-instance __dict__.
     __slots__ = ("_guard", "_idle_timeouts", "_leasing", "_queue", "_queue_batch_start",
