@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from proxy.backend.server import ServerConnection, ServerError, ServerState, Skip
 from proxy.config import DatabaseConfig
-from proxy.pool.lease import Lease
+from proxy.pool.lease import Lease, Lender
 from proxy.pool.selection import OwnerIndex, Selection
 from proxy.pool.waits import Waits
 from proxy.stats import ProxyStats
@@ -65,7 +65,7 @@ class PoolStats:
     kept_reclaimed: int = 0   # kept servers taken back for another client (or PAUSE)
 
 
-class PoolServers:
+class PoolServers(Lender):
     """The server connections of one database entry, each in one state, and their moves
     (the base of ``ServerPool``)."""
 
