@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from proxy.auth.jwt import JwtVerifier
-from proxy.backend.server import BackendSession, ServerConnection, ServerState
+from proxy.backend.server import BackendSession, Receiver, ServerConnection, ServerState
 from proxy.config import (
     MAX_WORKERS,
     Config,
@@ -37,7 +37,6 @@ from proxy.wire import messages
 
 if TYPE_CHECKING:
     from proxy.auth.errors import AuthError
-    from proxy.backend.server import Receiver
     from proxy.supervisor import WorkerRole
 
 log = logging.getLogger("pgtenant.app")
@@ -50,7 +49,7 @@ _ADMIN_SHUTDOWN = "terminating connection due to administrator command"
 _CANCEL_TIMEOUT = 5.0
 
 
-class _DrainingReceiver:
+class _DrainingReceiver(Receiver):
     """Stands between a server and its client while the proxy shuts down.
 
     Forwards everything; when the server has answered everything and the transaction is
@@ -65,16 +64,47 @@ class _DrainingReceiver:
     def install(cls, client: ClientConnection) -> None:
         server = client.server
         if server is not None and server.receiver is client:
-            server.receiver = cast("Receiver", cls(client))
+            server.receiver = cls(client)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
+        return getattr(self._client, name)  # what else is read of a client (its id)
 
     def server_ready(self, server: BackendSession) -> None:
         client = self._client
         client.server_ready(server)
         if server.is_clean:
             client.fatal("57P01", _ADMIN_SHUTDOWN)
+
+    # The rest of Receiver, as the client does it.
+    def forward_to_client(self, data: bytes) -> None:
+        self._client.forward_to_client(data)
+
+    def unsolicited(self, data: bytes) -> None:
+        self._client.unsolicited(data)
+
+    def server_lost(self, server: BackendSession, reason: str) -> None:
+        self._client.server_lost(server, reason)
+
+    def server_paused_writing(self, paused: bool) -> None:
+        self._client.server_paused_writing(paused)
+
+    def parameter_changed(self, name: str, value: str) -> None:
+        self._client.parameter_changed(name, value)
+
+    def statements_cleared(self) -> None:
+        self._client.statements_cleared()
+
+    def server_reclaimed(self, server: BackendSession) -> None:
+        self._client.server_reclaimed(server)
+
+    def server_error(self, body: bytes) -> None:
+        self._client.server_error(body)
+
+    def forged_context(self) -> None:
+        self._client.forged_context()
+
+    def query_timed_out(self, server: BackendSession) -> None:
+        self._client.query_timed_out(server)
 
 
 class ProxyApp:

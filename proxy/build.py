@@ -16,12 +16,23 @@ from __future__ import annotations
 import importlib
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mypy_extensions import mypyc_attr as mypyc_attr
+else:
+    def mypyc_attr(*attrs, **kwattrs):
+        """mypyc reads ``@mypyc_attr(...)`` on a class from the source (a compiled class
+        never applies it); at run time it does nothing, so the proxy does not need
+        mypy_extensions installed. Mypy checks the real one."""
+        return lambda cls: cls
 
 # The hot modules: per message (wire), per statement (guard, session helpers), per
 # transaction (stats, the client and server connections, the pool) and per connection
 # (the client's login). The app, admin, metrics and startup-only code stay interpreted;
 # add a module here to compile it.
-# Traps to avoid in a compiled module: an interpreted subclass of a compiled class,
+# Traps to avoid in a compiled module: an interpreted subclass of a compiled class
+# (unless the class says @mypyc_attr(allow_interpreted_subclasses=True)),
 # tests that monkeypatch a compiled class's methods, class-level defaults on Exception
 # subclasses (use ClassVar), sibling ``except A as e`` / ``except B as e`` of
 # different types binding one name.

@@ -53,6 +53,7 @@ from proxy.backend.statements import (
     schema_changed,
     statements_lost,
 )
+from proxy.build import mypyc_attr
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import BackendScanner, TagSet
@@ -108,20 +109,46 @@ class ServerError(Exception):
         self.sqlstate = sqlstate or "08006"
 
 
-class Receiver(Protocol):
-    """The client side a server connection forwards to."""
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Receiver:
+    """The client side a server connection forwards to (``ClientRelay``; stand-ins in
+    tests subclass it). A base class, not a Protocol: compiled, a call through a native
+    class is a vtable call, through a Protocol a Python method call."""
 
-    def forward_to_client(self, data: bytes) -> None: ...
-    def unsolicited(self, data: bytes) -> None: ...
-    def server_ready(self, server: BackendSession) -> None: ...
-    def server_lost(self, server: BackendSession, reason: str) -> None: ...
-    def server_paused_writing(self, paused: bool) -> None: ...
-    def parameter_changed(self, name: str, value: str) -> None: ...
-    def statements_cleared(self) -> None: ...
-    def server_reclaimed(self, server: BackendSession) -> None: ...
-    def server_error(self, body: bytes) -> None: ...
-    def forged_context(self) -> None: ...
-    def query_timed_out(self, server: BackendSession) -> None: ...
+    __slots__ = ()
+
+    def forward_to_client(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def unsolicited(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def server_ready(self, server: BackendSession) -> None:
+        raise NotImplementedError
+
+    def server_lost(self, server: BackendSession, reason: str) -> None:
+        raise NotImplementedError
+
+    def server_paused_writing(self, paused: bool) -> None:
+        raise NotImplementedError
+
+    def parameter_changed(self, name: str, value: str) -> None:
+        raise NotImplementedError
+
+    def statements_cleared(self) -> None:
+        raise NotImplementedError
+
+    def server_reclaimed(self, server: BackendSession) -> None:
+        raise NotImplementedError
+
+    def server_error(self, body: bytes) -> None:
+        raise NotImplementedError
+
+    def forged_context(self) -> None:
+        raise NotImplementedError
+
+    def query_timed_out(self, server: BackendSession) -> None:
+        raise NotImplementedError
 
 
 class Transport(Protocol):

@@ -31,6 +31,7 @@ from proxy.backend.server import (
     FORWARD,
     BackendSession,
     Collect,
+    Receiver,
     ServerConnection,
     ServerState,
     Skip,
@@ -42,7 +43,7 @@ from proxy.frontend.requests import NO_STOP, classify
 from proxy.guard import Refusal
 from proxy.pool.lease import Lease
 from proxy.pool.pool import ServerPool
-from proxy.stats import TrafficStats
+from proxy.stats import ProxyStats, TrafficStats
 from proxy.wire import messages
 from proxy.wire.framing import FrontendFramer, split_frames
 from proxy.wire.tags import FrontendTag
@@ -76,19 +77,23 @@ _NO_TRAFFIC: Final = TrafficStats()  # placeholder counters before the database 
 _PAUSE_BITS: Final = {"queue": 1, "server": 2}
 
 
-class ClientRelay:
-    """A client's relaying state and rules (see the module docstring)."""
+class ClientRelay(Receiver):
+    """A client's relaying state and rules (see the module docstring); the
+    :class:`Receiver` its server connection forwards to."""
 
     # One object per connected client, idle ones included: no per-instance __dict__.
     __slots__ = ("_guard", "_idle_timeouts", "_leasing", "_queue", "_queue_batch_start",
                  "_queue_named", "_queue_replies", "_queued_bytes", "_reading_paused_for",
                  "_rewriting", "_touched", "_tx_started", "_unsynced", "_writing_paused",
                  "app", "context", "database", "framer", "id", "identity", "lease", "pool",
-                 "state", "statements", "stats_tenant", "traffic", "transaction_mode",
+                 "state", "statements", "stats", "stats_tenant", "traffic", "transaction_mode",
                  "transport")
 
     def __init__(self, app: ClientHost) -> None:
         self.app = app
+        # The proxy's counters, kept: compiled, app.stats is a Python attribute lookup
+        # (the app is interpreted), twice per transaction.
+        self.stats: ProxyStats = app.stats
         self.id = app.next_client_id()
         self.state = ClientState.STARTUP
         self.transport: asyncio.Transport | None = None
@@ -212,7 +217,7 @@ class ClientRelay:
 
     def _refused(self, refusal: Refusal, tag: int) -> None:
         tenant = self.stats_tenant
-        self.app.stats.record_violation(tenant, refusal.kind)
+        self.stats.record_violation(tenant, refusal.kind)
         log.warning("client #%s (%s) tenant=%s: %s refused by the guard (%s)",
                     self.id, self.peer, tenant, chr(tag), refusal.kind,
                     extra=self._log_fields("guard_refusal"))
@@ -220,7 +225,7 @@ class ClientRelay:
     def _flush(self, block: bytes, replies: int, unsynced: bool, named: bool) -> None:
         """Send the client's messages to its server, or queue them until it has one."""
         if replies:
-            self.app.stats.record_queries(self.traffic, self.stats_tenant, replies)
+            self.stats.record_queries(self.traffic, self.stats_tenant, replies)
         if not block:
             return
         batch_start = not self._unsynced
@@ -442,7 +447,7 @@ class ClientRelay:
 
     def server_error(self, body: bytes) -> None:
         """An ErrorResponse from the server on its way to this client."""
-        stats = self.app.stats
+        stats = self.stats
         stats.record_error(self.traffic, self.stats_tenant)
         if b"C42501\x00" in body and b"row-level security" in body:
             # PostgreSQL's own RLS refusal: a write aimed at another tenant's rows.
@@ -452,7 +457,7 @@ class ClientRelay:
         """pgtenant.current_tenant() warned of a tenant setting its proof does not vouch
         for: something set it past the guard. The server re-sets it (see ServerConnection);
         here it is counted and logged."""
-        self.app.stats.record_violation(self.stats_tenant, "forged_context")
+        self.stats.record_violation(self.stats_tenant, "forged_context")
         log.warning("client #%s (%s) tenant=%s: forged tenant context seen by the database",
                     self.id, self.peer, self.stats_tenant,
                     extra=self._log_fields("forged_context"))
@@ -461,7 +466,7 @@ class ClientRelay:
         """The server answered everything we sent (pending queue empty)."""
         if server.tx_status == b"I" and self._tx_started:
             # last_used: when the server's ReadyForQuery came in (one clock read for both)
-            self.app.stats.record_transaction(self.traffic, self.stats_tenant,
+            self.stats.record_transaction(self.traffic, self.stats_tenant,
                                               server.last_used - self._tx_started)
             self._tx_started = 0.0
         lease = self.lease

@@ -15,6 +15,7 @@
   sets the tenant context on it (and so runs the scrub) and the only way it goes back.
 
 Each module imports only modules listed after it; ``waits`` reaches the pool through
-its ``Supplier`` protocol, ``lease`` through ``Lender``. Sits on ``proxy.backend``;
+its ``Supplier`` protocol, ``lease`` through ``Lender`` (a base class of
+``PoolServers``: a vtable call when compiled). Sits on ``proxy.backend``;
 knows no client (``proxy.frontend`` is above it).
 """

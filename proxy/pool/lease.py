@@ -26,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from proxy.backend.context import TenantContext
 from proxy.backend.server import NOBODY, PRISTINE, ServerConnection, ServerState, Stale
+from proxy.build import mypyc_attr
 
 ContextFuture = asyncio.Future[dict[str, str] | None]
 
@@ -42,14 +43,30 @@ class ContextSetCounter(Protocol):
     leases_with_context_set: int
 
 
-class Lender(Protocol):
-    """What a lease needs of the pool that lent the server (``ServerPool``)."""
+class Counted(Protocol):
+    """A lender's counters (``PoolServers.stats``). Not part of :class:`Lender`: a
+    subclass's ``stats`` attribute would take the base's type; read off the hot path."""
 
     @property
     def stats(self) -> ContextSetCounter: ...
-    def keep(self, server: ServerConnection) -> bool: ...
-    def resume_kept(self, server: ServerConnection, now: float) -> bool: ...
-    def take_back(self, server: ServerConnection, *, reset: bool) -> None: ...
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Lender:
+    """What a lease needs of the pool that lent the server (the base of ``PoolServers``;
+    stand-ins in tests subclass it). A base class, not a Protocol: compiled, a call
+    through a native class is a vtable call, through a Protocol a Python method call."""
+
+    __slots__ = ()
+
+    def keep(self, server: ServerConnection) -> bool:
+        raise NotImplementedError
+
+    def resume_kept(self, server: ServerConnection, now: float) -> bool:
+        raise NotImplementedError
+
+    def take_back(self, server: ServerConnection, *, reset: bool) -> None:
+        raise NotImplementedError
 
 
 class Lease:
@@ -98,7 +115,7 @@ class Lease:
             return True
         if self.must_wait(context):
             return False
-        self.pool.stats.leases_with_context_set += 1
+        self._count_context_set()
         fut = server.apply_context(context, corked=True)
         if self.on_pipelined_set is not None:
             fut.add_done_callback(self.on_pipelined_set)
@@ -129,8 +146,11 @@ class Lease:
             server.adopt_context(context)
             return None
         if counted:
-            self.pool.stats.leases_with_context_set += 1
+            self._count_context_set()
         return server.apply_context(context)
+
+    def _count_context_set(self) -> None:
+        cast(Counted, self.pool).stats.leases_with_context_set += 1
 
     def context_changed(self, context: TenantContext) -> None:
         """The client's context changed to ``context`` through this server (settings the

@@ -34,7 +34,7 @@ import time
 from proxy.backend.server import ServerConnection, ServerError, ServerState, Skip
 from proxy.config import DatabaseConfig
 from proxy.pool.counters import PoolStats
-from proxy.pool.lease import Lease
+from proxy.pool.lease import Lease, Lender
 from proxy.pool.selection import OwnerIndex, Selection
 from proxy.pool.waits import Waits
 from proxy.stats import ProxyStats
@@ -49,7 +49,7 @@ class UpstreamRefusedError(ServerError):
     """The upstream role is not safe for tenancy (superuser or BYPASSRLS)."""
 
 
-class PoolServers:
+class PoolServers(Lender):
     """The server connections of one database entry, each in one state, and their moves
     (the base of ``ServerPool``)."""
 

@@ -28,7 +28,7 @@ from proxy.backend.server import (
     TenantState,
 )
 from proxy.config import DatabaseConfig
-from proxy.pool.lease import Lease
+from proxy.pool.lease import Lease, Lender
 from proxy.pool.pool import PoolStats
 from tests.support import RecordingTransport
 
@@ -38,7 +38,7 @@ GLOBEX = TenantContext(SETTING, "globex")
 
 
 
-class StubPool:
+class StubPool(Lender):
     """What a lease asks of its pool (``Lender``), answering as told and recording it."""
 
     def __init__(self, *, keeps: bool = True, resumes: bool = True) -> None:

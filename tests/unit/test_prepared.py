@@ -17,7 +17,13 @@ from proxy.backend.prepared import (
     verified,
     verify_batch,
 )
-from proxy.backend.server import FORWARD, FORWARD_TAGS, ServerConnection, ServerState
+from proxy.backend.server import (
+    FORWARD,
+    FORWARD_TAGS,
+    Receiver,
+    ServerConnection,
+    ServerState,
+)
 from proxy.backend.statements import (
     MISSING,
     PREFIX,
@@ -421,7 +427,7 @@ def test_deallocate_in_an_unnamed_parse_that_hides_it_is_refused(sql: str) -> No
 # ---- the reply, through a server connection ---------------------------------------------
 
 
-class _Receiver:
+class _Receiver(Receiver):
     def __init__(self) -> None:
         self.received = b""
 

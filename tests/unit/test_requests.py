@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.backend import routing
 from proxy.backend.routing import FORWARD_TAGS, BackendSession, ServerState
 from proxy.config import DatabaseConfig
 from proxy.frontend.requests import NO_STOP, classify
@@ -23,7 +24,7 @@ from tests.support import RecordingTransport
 CHUNKS = [None, 1, 2, 5, 13]
 
 
-class Receiver:
+class Receiver(routing.Receiver):
     def __init__(self) -> None:
         self.received = b""
         self.ready = 0

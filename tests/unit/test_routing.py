@@ -21,6 +21,7 @@ from proxy.backend.routing import (
     HOLD_HIGH_WATER,
     BackendSession,
     Collect,
+    Receiver,
     ServerError,
     ServerState,
     Skip,
@@ -42,7 +43,7 @@ class Clock:
         return self.now
 
 
-class Recorder:
+class Recorder(Receiver):
     """Transport and receiver in one: what the session writes, and what it tells."""
 
     def __init__(self) -> None:
