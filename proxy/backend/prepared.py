@@ -141,7 +141,7 @@ def needs_rewrite(tag: int, body: bytes) -> bool:
     if tag == _DESCRIBE or tag == _CLOSE:
         return len(body) > 0 and body[0] == _STATEMENT and (len(body) == 1 or body[1] != 0)
     if tag == _QUERY:
-        return mentions_deallocate(body)
+        return mentions_deallocate(body, 0, len(body))
     return False
 
 
