@@ -83,11 +83,12 @@ _SKIPS: Final = _skips()
 _NATIVE: Final = build.compiled()
 
 
-def may_deallocate(data: bytes, nul: int) -> bool:
-    """Whether the text of an unnamed Parse, after the NUL of its empty name at ``nul``,
-    may be a DEALLOCATE: one byte decides for almost every text, the regex for the rest."""
-    return (nul + 1 < len(data) and data[nul + 1] in _MAYBE_DEALLOCATE_FIRST
-            and _MAYBE_DEALLOCATE.match(data, nul) is not None)
+def may_deallocate(data: bytes, nul: int, end: int) -> bool:
+    """Whether the text of an unnamed Parse, after the NUL of its empty name at ``nul``
+    (the message ends at ``end``), may be a DEALLOCATE: one byte decides for almost every
+    text, the regex for the rest."""
+    return (nul + 1 < end and data[nul + 1] in _MAYBE_DEALLOCATE_FIRST
+            and _MAYBE_DEALLOCATE.match(data, nul, end) is not None)
 
 
 def mentions_deallocate(data: bytes, start: int, end: int) -> bool:

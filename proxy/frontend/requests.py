@@ -83,5 +83,5 @@ def classify(block: bytes, index: list[tuple[int, int, int]], unsynced: bool, na
         elif not kind & _COPY:  # Terminate, or not a frontend message at all
             return block[:start], replies, unsynced, named, tag
         if rewrites and not named and kind & _NAMED:
-            named = needs_rewrite(tag, block[start + 5:end])
+            named = needs_rewrite(tag, block, start + 5, end)
     return block, replies, unsynced, named, NO_STOP

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from proxy import build
 from proxy.backend import deallocate, prepared
-from proxy.backend.prepared import needs_rewrite, rewrite
+from proxy.backend.prepared import rewrite
 from proxy.backend.server import FORWARD
 from proxy.backend.statements import MISSING, ClientStatement, ServerStatements
 from proxy.wire import messages
@@ -30,6 +30,22 @@ SELECT = _cstr("SELECT 1") + b"\x00\x00"  # a Parse key: text, no types
 # The predicates as they were written before the cheap scans: the reference.
 _WORD = re.compile(rb"deallocate", re.IGNORECASE)
 _MAYBE = re.compile(rb"\x00[\s;]*(?:deallocate|/\*|--)", re.IGNORECASE)
+
+
+# Around a body read in place: what a scan running past its end would misread (a NUL,
+# another byte where a NUL or the end decides, the word), and a byte before it.
+_BEFORE = b"\x01S"
+_AFTERS = (b"\x00\x01S deallocate\x00", b"S\x00\x00", b" dEaLlOcAtE x\x00")
+
+
+def needs_rewrite(tag: int, body: bytes) -> bool:
+    """prepared.needs_rewrite of ``body`` alone, checked to say the same of it in place."""
+    alone = prepared.needs_rewrite(tag, body, 0, len(body))
+    for after in _AFTERS:
+        data = _BEFORE + body + after
+        assert prepared.needs_rewrite(tag, data, len(_BEFORE), len(_BEFORE) + len(body)
+                                      ) is alone
+    return alone
 
 
 def reference(tag: int, body: bytes) -> bool:
@@ -60,6 +76,13 @@ def bodies() -> st.SearchStrategy[bytes]:
 @settings(max_examples=400, deadline=None)
 @given(st.sampled_from(TAGS), bodies())
 def test_needs_rewrite_says_what_the_regexes_said(tag: int, body: bytes) -> None:
+    assert needs_rewrite(tag, body) is reference(tag, body)
+
+
+@pytest.mark.parametrize("tag", TAGS)
+@pytest.mark.parametrize("body", [b"", b"S", b"S\x00", b"\x00", b"\x00\x00", b"abc", b"p\x00",
+                                  b"p\x00s", b"\x00 ", b"deallocat", b"DEALLOCATE"])
+def test_the_edges_of_a_body_read_in_place(tag: int, body: bytes) -> None:
     assert needs_rewrite(tag, body) is reference(tag, body)
 
 
@@ -95,7 +118,8 @@ def test_an_unnamed_parse_that_may_be_deallocate_is_rewritten(body: bytes, expec
     (b"", 0, -1), (b"ab\x00", 3, -1),
 ])
 def test_find_nul(data: bytes, start: int, end: int) -> None:
-    assert prepared._find_nul(data, start) == end
+    assert prepared._find_nul(data, start, len(data)) == end
+    assert prepared._find_nul(data + b"\x00", start, len(data)) == end
     if end < 0:
         with pytest.raises(ValueError):
             prepared._nul(data, start)
