@@ -59,42 +59,41 @@ from proxy.backend.statements import (
     parse_frame,
 )
 from proxy.wire import messages
-from proxy.wire.tags import BackendTag, FrontendTag
+from proxy.wire.tags import (
+    B_ERROR_RESPONSE,
+    B_NO_DATA,
+    B_PARAMETER_DESCRIPTION,
+    B_PARSE_COMPLETE,
+    B_ROW_DESCRIPTION,
+    F_BIND,
+    F_CLOSE,
+    F_DESCRIBE,
+    F_EXECUTE,
+    F_FUNCTION_CALL,
+    F_PARSE,
+    F_QUERY,
+    F_SYNC,
+)
 
-# Tags as native ints: compiled, a Final alias is a C constant, the enum a dict lookup.
-_PARSE: Final[int] = FrontendTag.PARSE
-_BIND: Final[int] = FrontendTag.BIND
-_DESCRIBE: Final[int] = FrontendTag.DESCRIBE
-_CLOSE: Final[int] = FrontendTag.CLOSE
-_SYNC: Final[int] = FrontendTag.SYNC
-_QUERY: Final[int] = FrontendTag.QUERY
-_FUNCTION_CALL: Final[int] = FrontendTag.FUNCTION_CALL
-_EXECUTE: Final[int] = FrontendTag.EXECUTE
 _STATEMENT: Final = 0x53  # b"S": Describe/Close of a statement, not a portal
-_PARSE_COMPLETE: Final[int] = BackendTag.PARSE_COMPLETE
-_ERROR_RESPONSE: Final[int] = BackendTag.ERROR_RESPONSE
-_PARAMETER_DESCRIPTION: Final[int] = BackendTag.PARAMETER_DESCRIPTION
-_ROW_DESCRIPTION: Final[int] = BackendTag.ROW_DESCRIPTION
-_NO_DATA: Final[int] = BackendTag.NO_DATA
 # Messages naming MISSING, made to fail on the server.
 _BIND_MISSING: Final = messages.bind("", MISSING, [])
 _DESCRIBE_MISSING: Final = messages.describe(b"S", MISSING)
 _CLOSE_MISSING: Final = messages.close(b"S", MISSING)
-_DESCRIBE_TAG: Final = bytes((FrontendTag.DESCRIBE,))
-_ABORTED: Final = messages.frame(BackendTag.ERROR_RESPONSE, b"".join((
+_DESCRIBE_TAG: Final = bytes((F_DESCRIBE,))
+_ABORTED: Final = messages.frame(B_ERROR_RESPONSE, b"".join((
     b"SERROR\x00VERROR\x00C25P02\x00Mcurrent transaction is aborted, commands ignored ",
     b"until end of transaction block\x00Fpostgres.c\x00Rexec_parse_message\x00\x00")))
 # As PostgreSQL sends it; drivers (asyncpg) recognise it by the routine field.
-_STALE: Final = messages.frame(BackendTag.ERROR_RESPONSE, b"".join((
+_STALE: Final = messages.frame(B_ERROR_RESPONSE, b"".join((
     b"SERROR\x00VERROR\x00C0A000\x00Mcached plan must not change result type\x00",
     b"Fplancache.c\x00RRevalidateCachedQuery\x00\x00")))
 
 
-def _find_nul(data: bytes, start: int) -> int:
-    """The index of the first NUL at or after ``start``, -1 if none. Compiled, this loop
-    over a name's few bytes costs a tenth of a call of ``bytes.find``."""
+def _find_nul(data: bytes, start: int, size: int) -> int:
+    """The index of the first NUL at or after ``start`` and before ``size``, -1 if none.
+    Compiled, this loop over a name's few bytes costs a tenth of a call of ``bytes.find``."""
     end = start
-    size = len(data)
     while end < size:
         if data[end] == 0:
             return end
@@ -104,7 +103,7 @@ def _find_nul(data: bytes, start: int) -> int:
 
 def _nul(data: bytes, start: int) -> int:
     """The end of the string at ``start``: ValueError if it has no NUL terminator."""
-    end = _find_nul(data, start)
+    end = _find_nul(data, start, len(data))
     if end < 0:
         raise ValueError("string without its NUL terminator")
     return end
@@ -131,17 +130,19 @@ class Rewritten:
         self.used = used  # the keys of the statements it uses (kept from eviction)
 
 
-def needs_rewrite(tag: int, body: bytes) -> bool:
-    """Whether a client message involves a named statement (or DEALLOCATE)."""
-    if tag == _PARSE:
-        return len(body) == 0 or body[0] != 0 or may_deallocate(body, 0)
-    if tag == _BIND:
-        portal_end = _find_nul(body, 0)
-        return 0 <= portal_end < len(body) - 1 and body[portal_end + 1] != 0
-    if tag == _DESCRIBE or tag == _CLOSE:
-        return len(body) > 0 and body[0] == _STATEMENT and (len(body) == 1 or body[1] != 0)
-    if tag == _QUERY:
-        return mentions_deallocate(body)
+def needs_rewrite(tag: int, data: bytes, start: int, end: int) -> bool:
+    """Whether a client message, its body ``data[start:end]``, involves a named statement
+    (or DEALLOCATE). Read in place: compiled, a slice of each body cost ~150 instructions."""
+    if tag == F_PARSE:
+        return start == end or data[start] != 0 or may_deallocate(data, start, end)
+    if tag == F_BIND:
+        portal_end = _find_nul(data, start, end)
+        return 0 <= portal_end < end - 1 and data[portal_end + 1] != 0
+    if tag == F_DESCRIBE or tag == F_CLOSE:
+        return (start < end and data[start] == _STATEMENT
+                and (end - start == 1 or data[start + 1] != 0))
+    if tag == F_QUERY:
+        return mentions_deallocate(data, start, end)
     return False
 
 
@@ -254,14 +255,14 @@ def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
     for frame in frames:
         tag = frame[0]
         if batch.skipping:
-            if tag == _SYNC:
+            if tag == F_SYNC:
                 batch.skipping = False
                 batch.synced(frame)
             continue
-        if tag == _PARSE:
+        if tag == F_PARSE:
             name, rest_at = _split_cstr(frame, 5)
             if not name:
-                if may_deallocate(frame, 5):
+                if may_deallocate(frame, 5, len(frame)):
                     deallocate_parse(batch, frame)
                 else:
                     batch.send_parse(frame)
@@ -287,7 +288,7 @@ def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
                 batch.amended().parsed.append((batch.parses, client, name, stmt))
             batch.send_parse(parse_frame(server.add(key).name, key))
             batch.at_start = False
-        elif tag == _BIND:
+        elif tag == F_BIND:
             name_at = _nul(frame, 5) + 1  # after the portal's name
             name_end = _nul(frame, name_at)
             if name_end == name_at:  # the unnamed statement
@@ -297,7 +298,7 @@ def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
                 if target is not None:
                     _renamed(batch.out, frame, name_at, name_end, target.wire_name)
             batch.at_start = False
-        elif tag == _DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
+        elif tag == F_DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
             name_end = _nul(frame, 6)
             if name_end == 6:
                 batch.described(None)
@@ -309,7 +310,7 @@ def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
                     batch.described((client[name], target))
                     batch.out.append(_describe_statement(target.wire_name))
             batch.at_start = False
-        elif tag == _CLOSE and len(frame) > 5 and frame[5] == _STATEMENT:
+        elif tag == F_CLOSE and len(frame) > 5 and frame[5] == _STATEMENT:
             name_end = _nul(frame, 6)
             if name_end == 6:
                 batch.out.append(frame)
@@ -320,11 +321,11 @@ def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
                     continue
                 batch.out.append(_CLOSE_MISSING)
             batch.at_start = False
-        elif tag == _SYNC or tag == _FUNCTION_CALL:
+        elif tag == F_SYNC or tag == F_FUNCTION_CALL:
             batch.synced(frame)
-        elif tag == _QUERY:
+        elif tag == F_QUERY:
             deallocate(batch, frame)
-        elif tag == _EXECUTE:
+        elif tag == F_EXECUTE:
             batch.out.append(frame)
             batch.at_start = False
         else:  # Flush, CopyData/CopyDone/CopyFail: no batch begins
@@ -351,7 +352,7 @@ def _described(frames: list[bytes]) -> set[str]:
     """Names the batch describes (Describe S): the client is preparing them."""
     out = set()
     for frame in frames:
-        if frame[0] == _DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
+        if frame[0] == F_DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
             out.add(frame[6:_nul(frame, 6)].decode("utf-8", NAME_ERRORS))
     return out
 
@@ -394,9 +395,9 @@ def to_verify(frames: list[bytes], client: dict[str, ClientStatement],
     keys: list[bytes] = []
     for frame in frames:
         tag = frame[0]
-        if tag == _BIND:
+        if tag == F_BIND:
             start = _nul(frame, 5) + 1
-        elif tag == _DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
+        elif tag == F_DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
             start = 6
         else:
             continue
@@ -436,9 +437,9 @@ def verified(server: ServerStatements, keys: list[bytes], made: list[ServerState
     pending = iter(made)
     parsed = 0
     for tag, body in replies:
-        if tag == _PARSE_COMPLETE:
+        if tag == B_PARSE_COMPLETE:
             parsed += 1
-        elif tag == _ERROR_RESPONSE:
+        elif tag == B_ERROR_RESPONSE:
             # That Parse failed, the ones after it were skipped: none of them exists.
             for key, lost in zip(keys[parsed:], made[parsed:], strict=True):
                 if server.by_key.get(key) is lost:
@@ -446,9 +447,9 @@ def verified(server: ServerStatements, keys: list[bytes], made: list[ServerState
             if parsed < len(keys):
                 server.failed[keys[parsed]] = messages.frame(tag, body)
             return
-        elif tag == _PARAMETER_DESCRIPTION:
+        elif tag == B_PARAMETER_DESCRIPTION:
             params = messages.frame(tag, body)
-        elif (tag == _ROW_DESCRIPTION or tag == _NO_DATA) and params is not None:
+        elif (tag == B_ROW_DESCRIPTION or tag == B_NO_DATA) and params is not None:
             described = next(pending, None)
             if described is not None:
                 described.observed(description(params + messages.frame(tag, body)))

@@ -57,16 +57,19 @@ from proxy.build import mypyc_attr
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import BackendScanner, TagSet
+
+# Reply tags by the short names this module's code uses (B_: from the server); imported,
+# the Final ints are constants in the compiled C.
+from proxy.wire.tags import B_COMMAND_COMPLETE as _C
+from proxy.wire.tags import B_ERROR_RESPONSE as _E
+from proxy.wire.tags import B_NOTICE_RESPONSE as _N
+from proxy.wire.tags import B_PARAMETER_STATUS as _S
+from proxy.wire.tags import B_READY_FOR_QUERY as _Z
 from proxy.wire.tags import BackendTag
 
 if TYPE_CHECKING:
     from proxy.config import DatabaseConfig
 
-_Z: Final[int] = BackendTag.READY_FOR_QUERY
-_E: Final[int] = BackendTag.ERROR_RESPONSE
-_S: Final[int] = BackendTag.PARAMETER_STATUS
-_C: Final[int] = BackendTag.COMMAND_COMPLETE
-_N: Final[int] = BackendTag.NOTICE_RESPONSE
 
 # What the forwarding path needs to look at; every other message is only framed.
 FORWARD_TAGS: Final = TagSet({_Z, _E, _S, _C, _N})

@@ -18,7 +18,15 @@ from collections.abc import Callable
 from typing import Final
 
 from proxy.wire import messages
-from proxy.wire.tags import BackendTag, FrontendTag
+from proxy.wire.tags import (
+    B_COMMAND_COMPLETE,
+    B_ERROR_RESPONSE,
+    B_NO_DATA,
+    B_PARAMETER_DESCRIPTION,
+    B_PARSE_COMPLETE,
+    B_ROW_DESCRIPTION,
+    F_PARSE,
+)
 
 #: Every statement the proxy names starts with this; random per process so that no
 #: client can guess it, and starting with ``pgtenant_`` so SQL can refuse the namespace.
@@ -32,15 +40,6 @@ statement_numbers: Final = itertools.count(1)
 _seen: Final = itertools.count(1)
 
 _FIELD_TAIL: Final = struct.Struct("!IhIhih")
-# Reply tags as native ints: compiled, a Final alias is a C constant, the enum a dict
-# lookup.
-_PARSE_COMPLETE: Final[int] = BackendTag.PARSE_COMPLETE
-_COMMAND_COMPLETE: Final[int] = BackendTag.COMMAND_COMPLETE
-_ERROR_RESPONSE: Final[int] = BackendTag.ERROR_RESPONSE
-_PARAMETER_DESCRIPTION: Final[int] = BackendTag.PARAMETER_DESCRIPTION
-# What a Describe answers after ParameterDescription.
-_ROW_DESCRIPTION: Final[int] = BackendTag.ROW_DESCRIPTION
-_NO_DATA: Final[int] = BackendTag.NO_DATA
 
 
 # Statement and portal names are bytes in the client's encoding (which need not be UTF-8):
@@ -128,13 +127,13 @@ class Amend:
     def message(self, tag: int, data: bytes, body: bytes) -> bytes:
         """What to forward for ``data``: reply bytes ending with one whole message of
         type ``tag`` (``body`` its body), the bytes before it messages left as they are."""
-        if tag == _PARSE_COMPLETE:
+        if tag == B_PARSE_COMPLETE:
             n = self._parses
             self._parses = n + 1
             if self.parsed and self.parsed[0][0] == n:
                 self.parsed.popleft()
             return data[:-5] if n in self.drop_parses else data
-        if tag == _COMMAND_COMPLETE:
+        if tag == B_COMMAND_COMPLETE:
             if body == b"PREPARE\x00" and self.drop_prepares:
                 self.drop_prepares -= 1
                 return data[:-5 - len(body)]
@@ -143,7 +142,7 @@ class Amend:
                 succeeded()
                 if complete is not None:
                     return data[:-5 - len(body)] + complete
-        elif tag == _ERROR_RESPONSE:
+        elif tag == B_ERROR_RESPONSE:
             for _, _, throwaway in self.deallocations:
                 if throwaway is not None and throwaway[0] < self._parses:
                     throwaway[2].orphans.append(throwaway[1])  # prepared, not deallocated
@@ -156,11 +155,11 @@ class Amend:
                 before = data[:-5 - len(body)]
                 if self.error[:1] == b'"':  # the client's name in PostgreSQL's own error
                     return before + messages.frame(
-                        BackendTag.ERROR_RESPONSE, body.replace(_MISSING_QUOTED, self.error))
+                        B_ERROR_RESPONSE, body.replace(_MISSING_QUOTED, self.error))
                 return before + self.error
-        elif tag == _PARAMETER_DESCRIPTION:
+        elif tag == B_PARAMETER_DESCRIPTION:
             self._params = data[-5 - len(body):]
-        elif (tag == _ROW_DESCRIPTION or tag == _NO_DATA) and self._params is not None:
+        elif (tag == B_ROW_DESCRIPTION or tag == B_NO_DATA) and self._params is not None:
             # The answer to a Describe of a statement (a portal has no ParameterDescription).
             desc = description(self._params + data[-5 - len(body):])
             self._params = None
@@ -323,4 +322,4 @@ def parse_frame(name: str, key: bytes | str, params: bytes = b"") -> bytes:
     statement's key holds them) or of a text with ``params``."""
     if isinstance(key, str):
         key = key.encode("utf-8", NAME_ERRORS) + b"\x00" + params
-    return messages.frame(FrontendTag.PARSE, name.encode("utf-8", NAME_ERRORS) + b"\x00" + key)
+    return messages.frame(F_PARSE, name.encode("utf-8", NAME_ERRORS) + b"\x00" + key)

@@ -33,14 +33,7 @@ from proxy.guard import (
 from proxy.guard.guard import MAX_CACHED_LENGTH
 from proxy.wire import messages
 from proxy.wire.framing import split_frames
-from proxy.wire.tags import FrontendTag
-
-_Q: Final[int] = FrontendTag.QUERY
-_S: Final[int] = FrontendTag.SYNC
-_F: Final[int] = FrontendTag.FUNCTION_CALL
-_PARSE: Final[int] = FrontendTag.PARSE
-_BIND: Final[int] = FrontendTag.BIND
-_H: Final[int] = FrontendTag.FLUSH
+from proxy.wire.tags import F_BIND, F_FLUSH, F_FUNCTION_CALL, F_PARSE, F_QUERY, F_SYNC
 
 Index = list[tuple[int, int, int]]
 # Verdicts of Parse messages by (message body, tenant, transaction mode), shared by the
@@ -93,13 +86,13 @@ class StreamGuard:
             if self._skipping:
                 if parts is None:
                     parts = [block[:start]] if start else []
-                if tag == _S:
+                if tag == F_SYNC:
                     self._skipping = False
                     self._end_batch()
                     if not self._raised:
                         parts.append(self._refused_query)
                     self._raised = False
-                elif tag == _H and not self._raised:
+                elif tag == F_FLUSH and not self._raised:
                     # The client waits for the error before its Sync (asyncpg prepares
                     # with Parse, Describe, Flush): raise now; the Sync is then dropped,
                     # the raise's ReadyForQuery standing in for the one it asks for.
@@ -107,7 +100,7 @@ class StreamGuard:
                     self._raised = True
                 continue
             refusal = None
-            if tag == _Q:
+            if tag == F_QUERY:
                 # The analysis (tenant-independent) may be cached; the verdict for this
                 # client's tenant, pool mode and statements is worked out every time.
                 body = block[start + 5:end]
@@ -116,11 +109,11 @@ class StreamGuard:
                     analysis = self._guard.analyze_query(body)
                 if analysis is not CLEAN:
                     refusal = self._check_query(analysis, tenant)
-            elif tag == _PARSE or tag == _BIND or tag == _F:  # (native compares: no set)
+            elif tag == F_PARSE or tag == F_BIND or tag == F_FUNCTION_CALL:  # (no set: native)
                 refusal = self._check(tag, block[start + 5:end], tenant)
-            if tag == _S:
+            if tag == F_SYNC:
                 self._end_batch()
-            elif tag != _Q and tag != _H:
+            elif tag != F_QUERY and tag != F_FLUSH:
                 self._in_batch = True
             if refusal is None:
                 if parts is not None:
@@ -130,7 +123,7 @@ class StreamGuard:
                 parts = [block[:start]] if start else []
             self._on_refusal(refusal, tag)
             self._refused_query = refusal_query(refusal)
-            if tag == _Q or tag == _F:
+            if tag == F_QUERY or tag == F_FUNCTION_CALL:
                 parts.append(self._refused_query)
             else:
                 self._skipping = True
@@ -142,7 +135,7 @@ class StreamGuard:
     def _check(self, tag: int, body: bytes, tenant: str | None) -> Refusal | None:
         """The guard's verdict on a Parse, Bind or FunctionCall (remembering Bind rules of
         Parses); Queries go to :meth:`_check_query`."""
-        if tag == _PARSE:
+        if tag == F_PARSE:
             cache = self._parse_verdicts
             key = (body, tenant, self._transaction_mode)
             hit = cache.get(key)
@@ -166,7 +159,7 @@ class StreamGuard:
             self._define(name, verdict, writes_settings, certain=certain)
             self._batch[name] = (verdict, writes_settings)
             return None
-        if tag == _BIND:
+        if tag == F_BIND:
             if self._bind_rules or self._setting_writers:
                 _, statement, formats, params = messages.decode_bind(body)
                 rule, writes_settings = self._statement(statement)

@@ -16,7 +16,20 @@ from __future__ import annotations
 from typing import Final
 
 from proxy.backend.prepared import needs_rewrite
-from proxy.wire.tags import FrontendTag
+from proxy.wire.tags import (
+    F_BIND,
+    F_CLOSE,
+    F_COPY_DATA,
+    F_COPY_DONE,
+    F_COPY_FAIL,
+    F_DESCRIBE,
+    F_EXECUTE,
+    F_FLUSH,
+    F_FUNCTION_CALL,
+    F_PARSE,
+    F_QUERY,
+    F_SYNC,
+)
 
 # What each tag byte means here, one lookup per message (compiled, indexing bytes is a C
 # array access; a frozenset test boxes the int): bits of _KINDS[tag].
@@ -29,15 +42,15 @@ _NAMED: Final = 8     # may name a prepared statement (or DEALLOCATE one)
 
 def _kinds() -> bytes:
     kinds = bytearray(256)
-    for tag in (FrontendTag.QUERY, FrontendTag.SYNC, FrontendTag.FUNCTION_CALL):
+    for tag in (F_QUERY, F_SYNC, F_FUNCTION_CALL):
         kinds[tag] |= _READY
-    for tag in (FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
-                FrontendTag.EXECUTE, FrontendTag.CLOSE, FrontendTag.FLUSH):
+    for tag in (F_PARSE, F_BIND, F_DESCRIBE,
+                F_EXECUTE, F_CLOSE, F_FLUSH):
         kinds[tag] |= _EXTENDED
-    for tag in (FrontendTag.COPY_DATA, FrontendTag.COPY_DONE, FrontendTag.COPY_FAIL):
+    for tag in (F_COPY_DATA, F_COPY_DONE, F_COPY_FAIL):
         kinds[tag] |= _COPY
-    for tag in (FrontendTag.PARSE, FrontendTag.BIND, FrontendTag.DESCRIBE,
-                FrontendTag.CLOSE, FrontendTag.QUERY):
+    for tag in (F_PARSE, F_BIND, F_DESCRIBE,
+                F_CLOSE, F_QUERY):
         kinds[tag] |= _NAMED
     return bytes(kinds)
 
@@ -70,5 +83,5 @@ def classify(block: bytes, index: list[tuple[int, int, int]], unsynced: bool, na
         elif not kind & _COPY:  # Terminate, or not a frontend message at all
             return block[:start], replies, unsynced, named, tag
         if rewrites and not named and kind & _NAMED:
-            named = needs_rewrite(tag, block[start + 5:end])
+            named = needs_rewrite(tag, block, start + 5, end)
     return block, replies, unsynced, named, NO_STOP

@@ -102,7 +102,9 @@ def test_proxy_names_are_random_per_process_and_in_the_pgtenant_namespace() -> N
     (b"Q", b"SELECT 1; dEaLlOcAtE x\x00", True),
 ])
 def test_needs_rewrite(tag: bytes, body: bytes, expected: bool) -> None:
-    assert needs_rewrite(tag[0], body) is expected
+    assert needs_rewrite(tag[0], body, 0, len(body)) is expected
+    frames = messages.frame(tag[0], body) + messages.sync()  # read in place, as classify does
+    assert needs_rewrite(tag[0], frames, 5, 5 + len(body)) is expected
 
 
 # ---- rewriting ------------------------------------------------------------------------

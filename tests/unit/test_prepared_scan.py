@@ -5,13 +5,15 @@ still found) and where a name ends."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.backend import prepared
-from proxy.backend.prepared import needs_rewrite, rewrite
+from proxy import build
+from proxy.backend import deallocate, prepared
+from proxy.backend.prepared import rewrite
 from proxy.backend.server import FORWARD
 from proxy.backend.statements import MISSING, ClientStatement, ServerStatements
 from proxy.wire import messages
@@ -28,6 +30,22 @@ SELECT = _cstr("SELECT 1") + b"\x00\x00"  # a Parse key: text, no types
 # The predicates as they were written before the cheap scans: the reference.
 _WORD = re.compile(rb"deallocate", re.IGNORECASE)
 _MAYBE = re.compile(rb"\x00[\s;]*(?:deallocate|/\*|--)", re.IGNORECASE)
+
+
+# Around a body read in place: what a scan running past its end would misread (a NUL,
+# another byte where a NUL or the end decides, the word), and a byte before it.
+_BEFORE = b"\x01S"
+_AFTERS = (b"\x00\x01S deallocate\x00", b"S\x00\x00", b" dEaLlOcAtE x\x00")
+
+
+def needs_rewrite(tag: int, body: bytes) -> bool:
+    """prepared.needs_rewrite of ``body`` alone, checked to say the same of it in place."""
+    alone = prepared.needs_rewrite(tag, body, 0, len(body))
+    for after in _AFTERS:
+        data = _BEFORE + body + after
+        assert prepared.needs_rewrite(tag, data, len(_BEFORE), len(_BEFORE) + len(body)
+                                      ) is alone
+    return alone
 
 
 def reference(tag: int, body: bytes) -> bool:
@@ -58,6 +76,13 @@ def bodies() -> st.SearchStrategy[bytes]:
 @settings(max_examples=400, deadline=None)
 @given(st.sampled_from(TAGS), bodies())
 def test_needs_rewrite_says_what_the_regexes_said(tag: int, body: bytes) -> None:
+    assert needs_rewrite(tag, body) is reference(tag, body)
+
+
+@pytest.mark.parametrize("tag", TAGS)
+@pytest.mark.parametrize("body", [b"", b"S", b"S\x00", b"\x00", b"\x00\x00", b"abc", b"p\x00",
+                                  b"p\x00s", b"\x00 ", b"deallocat", b"DEALLOCATE"])
+def test_the_edges_of_a_body_read_in_place(tag: int, body: bytes) -> None:
     assert needs_rewrite(tag, body) is reference(tag, body)
 
 
@@ -93,7 +118,8 @@ def test_an_unnamed_parse_that_may_be_deallocate_is_rewritten(body: bytes, expec
     (b"", 0, -1), (b"ab\x00", 3, -1),
 ])
 def test_find_nul(data: bytes, start: int, end: int) -> None:
-    assert prepared._find_nul(data, start) == end
+    assert prepared._find_nul(data, start, len(data)) == end
+    assert prepared._find_nul(data + b"\x00", start, len(data)) == end
     if end < 0:
         with pytest.raises(ValueError):
             prepared._nul(data, start)
@@ -198,6 +224,65 @@ def test_deallocate_is_found_among_any_bytes(before: bytes, word: bytes, after: 
 @given(st.binary(max_size=60))
 def test_any_bytes_mention_deallocate_as_the_regex_says(text: bytes) -> None:
     assert needs_rewrite(FrontendTag.QUERY, text) is (_WORD.search(text) is not None)
+
+
+# ---- the two searches of mentions_deallocate (one per build), on any bytes -------------
+
+SEARCHES = [deallocate._search_bytes, deallocate._search_str]
+# The word's letters in both cases, and bytes a bit (0x40, 0x80) away from them: what a
+# case fold by bits could confuse.
+NEAR_WORD = b"deallocateDEALLOCATE\x04\x05\x01\x0c\x0f\x03\x14\x24\x25\x21\x2c\x2f\x23\x34" \
+    b"\xc4\xc5\xc1\xcc\xcf\xc3\xd4\xe4\xe5\xe1\xec\xef\xe3\xf4@`\x00 ;'"
+
+
+def near_word_texts() -> st.SearchStrategy[bytes]:
+    """Texts made of pieces of the word (either case) and bytes close to its letters."""
+    pieces = st.one_of(
+        st.lists(st.sampled_from(sorted(set(NEAR_WORD))), max_size=12).map(bytes),
+        st.sampled_from([b"deallocate", b"DEALLOCATE", b"dEaLlOcAtE", b"deallocat", b"eallocate",
+                         b"dealloc", b"llocate", b"dde", b"ee", b"deallocatedeallocate"]),
+        st.binary(max_size=8))
+    return st.lists(pieces, max_size=8).map(b"".join)
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+@settings(max_examples=500, deadline=None)
+@given(text=near_word_texts(), cut=st.tuples(st.integers(0, 80), st.integers(0, 80)))
+def test_each_search_says_what_the_regex_says_on_any_slice(
+        search: Callable[[bytes, int, int], bool], text: bytes, cut: tuple[int, int]) -> None:
+    start, end = min(cut[0], len(text)), min(cut[1], len(text))
+    start = min(start, end)
+    assert search(text, start, end) is (_WORD.search(text, start, end) is not None)
+    assert search(text, 0, len(text)) is ("deallocate" in text.decode("latin-1").lower())
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+@settings(max_examples=300, deadline=None)
+@given(before=st.binary(max_size=30), word=st.sampled_from(
+    [bytes(w) for w in ([b"deallocate"[i] ^ (0x20 * ((mask >> i) & 1)) for i in range(10)]
+                        for mask in (0, 1023, 0b0101010101, 0b1010101010, 0b1000000001))]),
+    after=st.binary(max_size=30))
+def test_each_search_finds_the_word_in_any_case_anywhere(
+        search: Callable[[bytes, int, int], bool], before: bytes, word: bytes, after: bytes
+        ) -> None:
+    text = before + word + after
+    assert search(text, 0, len(text))
+    assert search(text, len(before), len(before) + len(word))
+    assert not search(text, len(before), len(before) + len(word) - 1)
+    assert not search(text, len(before) + 1, len(before) + len(word))
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_each_search_on_every_short_window_of_a_query(
+        search: Callable[[bytes, int, int], bool]) -> None:
+    text = b"SELECT 'x' FROM t; DeAlLoCaTe  all; select 'deallocat', 'eallocate'\x00"
+    for start in range(len(text) + 1):
+        for end in range(start, len(text) + 1):
+            assert search(text, start, end) is (_WORD.search(text, start, end) is not None)
+
+
+def test_the_build_uses_its_cheaper_search() -> None:
+    assert deallocate._NATIVE is build.compiled()
 
 
 def test_no_latin1_letter_stands_for_an_ascii_one() -> None:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.wire import messages as m
+from proxy.wire import tags
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import FrontendFramer
 from proxy.wire.tags import AuthCode, BackendTag, FrontendTag, TxStatus
@@ -151,6 +152,15 @@ def test_tags_have_the_documented_bytes() -> None:
     assert FrontendTag.DESCRIBE == ord("D") and BackendTag.DATA_ROW == ord("D")
     assert FrontendTag.PASSWORD == ord("p") and BackendTag.READY_FOR_QUERY == ord("Z")
     assert int(AuthCode.SASL_FINAL) == 12
+
+
+@pytest.mark.parametrize(("enum", "prefix"), [(FrontendTag, "F_"), (BackendTag, "B_")])
+def test_each_tag_is_also_a_plain_int_constant_named_for_its_direction(
+        enum: type[FrontendTag] | type[BackendTag], prefix: str) -> None:
+    constants = {name[2:]: value for name, value in vars(tags).items()
+                 if name.startswith(prefix) and name.isupper()}
+    assert constants == {tag.name: tag.value for tag in enum}
+    assert all(type(value) is int for value in constants.values())  # not enum members
 
 
 def test_framer_reads_what_encoders_write() -> None:
