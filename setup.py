@@ -36,7 +36,11 @@ def _ext_modules() -> list[object]:
     modules = runpy.run_path(str(HERE / "proxy" / "build.py"))["COMPILED_MODULES"]
     paths = [m.replace(".", "/") + ".py" for m in modules]
     print(f"pgtenant: compiling {len(paths)} modules with mypyc ({why})", file=sys.stderr)
-    return mypycify(paths, opt_level="3", debug_level="0")
+    # mypy's cache of its own under build/ (which ./dev test-compiled removes first): in the
+    # shared .mypy_cache, entries `./dev lint` wrote could make the build compile a stale
+    # copy of a changed module (seen: the old body of a function in the wheel).
+    cache = f"--cache-dir={HERE / 'build' / 'mypyc-cache'}"
+    return mypycify([cache, *paths], opt_level="3", debug_level="0")
 
 
 setup(ext_modules=_ext_modules())
