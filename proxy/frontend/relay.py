@@ -467,7 +467,7 @@ class ClientRelay(Receiver):
         if server.tx_status == b"I" and self._tx_started:
             # last_used: when the server's ReadyForQuery came in (one clock read for both)
             self.stats.record_transaction(self.traffic, self.stats_tenant,
-                                              server.last_used - self._tx_started)
+                                          server.last_used - self._tx_started)
             self._tx_started = 0.0
         lease = self.lease
         if (self.transaction_mode and not self._queue and self.state is ClientState.READY

@@ -26,29 +26,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol, cast
 
 from proxy.backend.context import TenantContext
 from proxy.backend.server import NOBODY, PRISTINE, ServerConnection, ServerState, Stale
 from proxy.build import mypyc_attr
+from proxy.pool.counters import PoolStats
 
 ContextFuture = asyncio.Future[dict[str, str] | None]
 
 log = logging.getLogger("pgtenant.pool")
-
-
-class ContextSetCounter(Protocol):
-    """The pool counter a lease moves (``PoolStats``)."""
-
-    leases_with_context_set: int
-
-
-class Counted(Protocol):
-    """A lender's counters (``PoolServers.stats``). Not part of :class:`Lender`: a
-    subclass's ``stats`` attribute would take the base's type; read off the hot path."""
-
-    @property
-    def stats(self) -> ContextSetCounter: ...
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -58,6 +44,8 @@ class Lender:
     through a native class is a vtable call, through a Protocol a Python method call."""
 
     __slots__ = ()
+
+    stats: PoolStats  # the pool's counters (a lease counts its context sets)
 
     def keep(self, server: ServerConnection) -> bool:
         raise NotImplementedError
@@ -115,7 +103,7 @@ class Lease:
             return True
         if self.must_wait(context):
             return False
-        self._count_context_set()
+        self.pool.stats.leases_with_context_set += 1
         fut = server.apply_context(context, corked=True)
         if self.on_pipelined_set is not None:
             fut.add_done_callback(self.on_pipelined_set)
@@ -146,11 +134,8 @@ class Lease:
             server.adopt_context(context)
             return None
         if counted:
-            self._count_context_set()
+            self.pool.stats.leases_with_context_set += 1
         return server.apply_context(context)
-
-    def _count_context_set(self) -> None:
-        cast(Counted, self.pool).stats.leases_with_context_set += 1
 
     def context_changed(self, context: TenantContext) -> None:
         """The client's context changed to ``context`` through this server (settings the
