@@ -1,7 +1,10 @@
-"""The pending-reply queue of a server connection, as a native FIFO.
+"""The pending-reply queue of a server connection: its entries and the native FIFO that
+holds them.
 
 ``BackendSession.pending`` holds one entry per ReadyForQuery the server still owes
-(see :mod:`proxy.backend.routing`). It is read on every chunk the server sends and
+(what each entry means: :mod:`proxy.backend.routing`). The entries defined here are
+``FORWARD``, :class:`Skip` and :class:`Collect`; ``Amend`` and ``Emit`` come from
+:mod:`proxy.backend.statements`. It is read on every chunk the server sends and
 changed twice per transaction, so it is a class of its own rather than a
 ``collections.deque``: compiled, a deque's truthiness, indexing, ``popleft`` and
 ``extend`` are generic Python calls (measured ~1,500 instructions per simple
@@ -15,7 +18,55 @@ full and shrinks back once a long pipeline has drained.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Final, Generic, TypeVar, cast
+from typing import Final, Generic, Protocol, TypeVar, cast
+
+from proxy.backend.statements import Amend, Emit
+
+_T_contra = TypeVar("_T_contra", contravariant=True)
+
+
+class Outcome(Protocol[_T_contra]):
+    """Where the answer to one of the proxy's own requests goes (an asyncio future)."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: _T_contra, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class _Forward:
+    """Queue entry for a client request: its reply goes to the client as received."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FORWARD"
+
+
+FORWARD: Final = _Forward()
+
+
+class Collect:
+    """A proxy-issued query whose reply messages are gathered and handed to an outcome."""
+
+    __slots__ = ("future", "messages")
+
+    def __init__(self, future: Outcome[list[tuple[int, bytes]]]) -> None:
+        self.future = future
+        self.messages: list[tuple[int, bytes]] = []
+
+
+class Skip:
+    """A proxy-issued request whose reply is dropped; the outcome says whether it succeeded."""
+
+    __slots__ = ("error", "future")
+
+    def __init__(self, future: Outcome[dict[str, str] | None] | None) -> None:
+        self.future = future
+        self.error: dict[str, str] | None = None
+
+
+Entry = _Forward | Skip | Collect | Emit | Amend
+
 
 E = TypeVar("E")
 

@@ -6,7 +6,8 @@ pending-reply queue, PgBouncer's), what the last ReadyForQuery said, what the te
 setting holds (``tenant_state``), which prepared statements exist, whether a client
 changed settings. Bytes from the server go in through :meth:`BackendSession.data_received`;
 what follows goes out as calls on the linked client (:class:`Receiver`), on the futures
-of the proxy's own requests (any :class:`Outcome`) and as writes on a :class:`Transport`.
+of the proxy's own requests (any ``Outcome``, :mod:`proxy.backend.replies`) and as
+writes on a :class:`Transport`.
 Nothing here imports asyncio or reads a clock of its own (``clock`` is given), so the
 whole routing is driven by bytes in unit tests, byte by byte if need be, with a fake clock
 and a recording transport (``tests/unit/test_routing.py``).
@@ -14,7 +15,8 @@ and a recording transport (``tests/unit/test_routing.py``).
 ``proxy.backend.server.ServerConnection`` adds the I/O: connecting, TLS and
 authentication, the query timer, the tenant context set and scrub (which create futures).
 
-The pending-reply queue holds one entry per expected ReadyForQuery:
+The pending-reply queue (:class:`~proxy.backend.replies.ReplyQueue`) holds one entry per
+expected ReadyForQuery:
 
 - ``FORWARD``: the client's request; bytes go to the linked client as received;
 - ``Skip``: the proxy's own request (tenant context, reset); bytes are dropped, errors
@@ -34,7 +36,7 @@ import enum
 import itertools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol
 
 from proxy.backend.context import (
     NOBODY,
@@ -45,7 +47,7 @@ from proxy.backend.context import (
     TenantState,
     _Nobody,
 )
-from proxy.backend.replies import ReplyQueue
+from proxy.backend.replies import FORWARD, Collect, Entry, ReplyQueue, Skip
 from proxy.backend.statements import (
     Amend,
     Emit,
@@ -162,52 +164,6 @@ class Transport(Protocol):
     def close(self) -> None: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
-
-
-_T_contra = TypeVar("_T_contra", contravariant=True)
-
-
-class Outcome(Protocol[_T_contra]):
-    """Where the answer to one of the proxy's own requests goes (an asyncio future)."""
-
-    def done(self) -> bool: ...
-    def set_result(self, result: _T_contra, /) -> None: ...
-    def set_exception(self, exception: BaseException, /) -> None: ...
-
-
-class _Forward:
-    """Queue entry for a client request: its reply goes to the client as received."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "FORWARD"
-
-
-FORWARD: Final = _Forward()
-
-
-class Collect:
-    """A proxy-issued query whose reply messages are gathered and handed to an outcome."""
-
-    __slots__ = ("future", "messages")
-
-    def __init__(self, future: Outcome[list[tuple[int, bytes]]]) -> None:
-        self.future = future
-        self.messages: list[tuple[int, bytes]] = []
-
-
-class Skip:
-    """A proxy-issued request whose reply is dropped; the outcome says whether it succeeded."""
-
-    __slots__ = ("error", "future")
-
-    def __init__(self, future: Outcome[dict[str, str] | None] | None) -> None:
-        self.future = future
-        self.error: dict[str, str] | None = None
-
-
-Entry = _Forward | Skip | Collect | Emit | Amend
 
 
 _server_ids: Final = itertools.count(1)

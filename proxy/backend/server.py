@@ -26,16 +26,14 @@ from proxy.backend.context import (
     TenantContext,
     TenantState,
 )
+from proxy.backend.replies import FORWARD, Collect, Skip
 from proxy.backend.routing import (
-    FORWARD,
     FORWARD_TAGS,
     HOLD_HIGH_WATER,
     BackendSession,
-    Collect,
     Receiver,
     ServerError,
     ServerState,
-    Skip,
 )
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
@@ -46,7 +44,7 @@ if TYPE_CHECKING:
 
     from proxy.config import DatabaseConfig
 
-# Names that live in proxy.backend.routing, importable from here as before.
+# Names that live in proxy.backend.routing and replies, importable from here as before.
 __all__ = [
     "FORWARD", "FORWARD_TAGS", "NOBODY", "PRISTINE", "SCRUB_SQL", "UNKNOWN",
     "BackendSession", "Collect", "ContextMark", "Receiver",

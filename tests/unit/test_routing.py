@@ -15,16 +15,15 @@ from pathlib import Path
 import pytest
 
 from proxy.backend.context import PRISTINE, UNKNOWN, Stale, TenantContext
+from proxy.backend.replies import Collect, Skip
 from proxy.backend.routing import (
     ALL_TAGS,
     FORWARD_TAGS,
     HOLD_HIGH_WATER,
     BackendSession,
-    Collect,
     Receiver,
     ServerError,
     ServerState,
-    Skip,
 )
 from proxy.config import DatabaseConfig
 from proxy.wire import messages
