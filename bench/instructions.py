@@ -47,7 +47,11 @@ def count(workload: str, transactions: int, *, tree: Path | None, guard: str) ->
     if valgrind is None:
         raise InstructionCountError("valgrind is not installed (Debian package: valgrind)")
     path = [str(tree)] if tree is not None else []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(REPO)])}
+    # A fixed hash seed: with a random one, set and dict layouts (and so the instructions
+    # of every lookup and of the garbage collector) differ run to run, by ±2,000 a
+    # transaction on the same code.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(REPO)]),
+           "PYTHONHASHSEED": "0"}
     with tempfile.TemporaryDirectory() as scratch:
         done = subprocess.run(
             [valgrind, "--tool=callgrind", f"--callgrind-out-file={scratch}/callgrind.out",

@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final, Generic, Protocol, TypeVar, cast
 
+from proxy import build
+from proxy.backend.pure_queue import DequeReplyQueue  # (a deque subclass: not compiled)
 from proxy.backend.statements import Amend, Emit
 
 _T_contra = TypeVar("_T_contra", contravariant=True)
@@ -157,3 +159,14 @@ class ReplyQueue(Generic[E]):
         self._slots = [None] * _INITIAL
         self._head = 0
         self._count = 0
+
+
+_COMPILED: Final = build.compiled()
+
+
+def new_reply_queue() -> ReplyQueue[Entry]:
+    """An empty pending-reply queue, the cheaper kind for this build (the same methods)."""
+    if _COMPILED:
+        return ReplyQueue()
+    return cast(ReplyQueue[Entry], DequeReplyQueue())
+

@@ -47,7 +47,7 @@ from proxy.backend.context import (
     TenantState,
     _Nobody,
 )
-from proxy.backend.replies import FORWARD, Collect, Entry, ReplyQueue, Skip
+from proxy.backend.replies import FORWARD, Collect, Entry, ReplyQueue, Skip, new_reply_queue
 from proxy.backend.statements import (
     Amend,
     Emit,
@@ -181,7 +181,7 @@ class BackendSession:
         self.transport: Transport | None = None
         self.scanner = BackendScanner(HANDSHAKE_TAGS)
         self.handshaking = False  # messages go to _handshake_messages, not the routing
-        self.pending: ReplyQueue[Entry] = ReplyQueue()
+        self.pending: ReplyQueue[Entry] = new_reply_queue()
         self.receiver: Receiver | None = None
         self.params: dict[str, str] = {}
         self.backend_pid = 0

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.backend.replies import ReplyQueue
+from proxy.backend.pure_queue import DequeReplyQueue
+from proxy.backend.replies import ReplyQueue, new_reply_queue
+from proxy.build import compiled
 
 # (op, value): 0 append value, 1 append value 3 times, 2 popleft, 3 clear
 _OPS = st.lists(st.tuples(st.sampled_from([0, 0, 1, 2, 2, 2, 3]), st.integers(0, 9)),
                 max_size=400)
 
 
+@pytest.mark.parametrize("kind", [ReplyQueue, DequeReplyQueue])
 @settings(max_examples=300, deadline=None)
 @given(ops=_OPS)
-def test_reply_queue_matches_a_deque(ops: list[tuple[int, int]]) -> None:
-    queue: ReplyQueue[int] = ReplyQueue()
+def test_reply_queue_matches_a_deque(kind: Any, ops: list[tuple[int, int]]) -> None:
+    # Both kinds: the ring (compiled builds) and the deque with two methods (pure ones).
+    queue = kind()
     model: deque[int] = deque()
     for op, value in ops:
         if op == 0:
@@ -63,3 +68,8 @@ def test_index_out_of_range() -> None:
         queue[1]
     with pytest.raises(IndexError):
         queue[-2]
+
+
+def test_each_build_gets_its_cheaper_queue() -> None:
+    assert isinstance(new_reply_queue(), ReplyQueue if compiled() else DequeReplyQueue)
+
