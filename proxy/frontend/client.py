@@ -236,5 +236,6 @@ class ClientConnection(ClientRelay):
             self._idle_timer.cancel()
         if self._task_set is not None:
             self._task_set.cancel_all()
+        self._stop_waiting()
         self._release_server()
         self.app.client_disconnected(self)

@@ -43,6 +43,7 @@ from proxy.frontend.requests import NO_STOP, classify
 from proxy.guard import Refusal
 from proxy.pool.lease import Lease
 from proxy.pool.pool import ServerPool
+from proxy.pool.waits import Wait
 from proxy.stats import ProxyStats, TrafficStats
 from proxy.wire import messages
 from proxy.wire.framing import FrontendFramer, split_frames
@@ -84,7 +85,7 @@ class ClientRelay(Receiver):
     # One object per connected client, idle ones included: no per-instance __dict__.
     __slots__ = ("_guard", "_idle_timeouts", "_leasing", "_queue", "_queue_batch_start",
                  "_queue_named", "_queue_replies", "_queued_bytes", "_reading_paused_for",
-                 "_rewriting", "_touched", "_tx_started", "_unsynced", "_writing_paused",
+                 "_rewriting", "_touched", "_tx_started", "_unsynced", "_wait", "_writing_paused",
                  "app", "context", "database", "framer", "id", "identity", "lease", "pool",
                  "state", "statements", "stats", "stats_tenant", "traffic", "transaction_mode",
                  "transport")
@@ -120,6 +121,7 @@ class ClientRelay(Receiver):
         self._unsynced = False  # the client's stream is mid extended-protocol batch
         self._queued_bytes = 0
         self._leasing = False
+        self._wait: Wait | None = None  # its wait for a server, while the pool decides
         self._writing_paused = False
         self._reading_paused_for = 0  # bits of _PAUSE_BITS: why reading is paused
 
@@ -274,7 +276,7 @@ class ClientRelay(Receiver):
             self._lease_when_resumed()
         else:
             assert self.pool is not None
-            self.pool.wait_for_server(context.tenant, self._leased)
+            self._wait_for_server(self.pool, context.tenant)
 
     def _lease_now(self) -> Lease | None:
         """Transaction mode fast path: an idle server, when nobody is waiting for one."""
@@ -284,17 +286,34 @@ class ClientRelay(Receiver):
             self.link(lease)
         return lease
 
-    def _leased(self, waiter: asyncio.Future[Lease]) -> None:
-        """The pool decided our wait (transaction mode; no task involved)."""
-        if waiter.cancelled():
+    def _wait_for_server(self, pool: ServerPool, tenant: str | None) -> None:
+        """Queue for a server (transaction mode): :meth:`_leased` runs once the pool
+        decides, maybe before this returns."""
+        wait = pool.wait_for_server(tenant, self._leased)
+        if not wait.done():
+            self._wait = wait
+
+    def _stop_waiting(self) -> None:
+        """The client goes away: out of the pool's queue now (its turn would only lease a
+        server to give it back)."""
+        wait = self._wait
+        if wait is not None:
+            self._wait = None
+            wait.cancel()
+
+    def _leased(self, wait: Wait) -> None:
+        """The pool decided our wait (transaction mode; no task involved). It runs in
+        the stack of whatever decided it: often another client releasing its server."""
+        self._wait = None
+        if wait.cancelled():
             self._leasing = False
             return
-        exc = waiter.exception()
+        exc = wait.exception()
         if exc is not None:
             self._leasing = False
             self.fatal(getattr(exc, "sqlstate", "08006"), str(exc))
             return
-        self._got_server(waiter.result())
+        self._got_server(wait.result())
 
     def _got_server(self, lease: Lease) -> None:
         if self.state is ClientState.CLOSED:
@@ -469,12 +488,16 @@ class ClientRelay(Receiver):
             self.stats.record_transaction(self.traffic, self.stats_tenant,
                                           server.last_used - self._tx_started)
             self._tx_started = 0.0
+        # (Read before the release: the pool may lend the server to a waiting client, who
+        # sends on it, before _release_server returns.)
+        tx_status = server.tx_status
+        unsynced = server.unsynced
         lease = self.lease
         if (self.transaction_mode and not self._queue and self.state is ClientState.READY
                 and lease is not None and not lease.keep()):
             self._release_server()  # its transaction is over and the pool wants it back
-        if self._idle_timeouts and not self._queue and not server.unsynced:
-            self._arm_idle_timer(server.tx_status)
+        if self._idle_timeouts and not self._queue and not unsynced:
+            self._arm_idle_timer(tx_status)
 
     def server_reclaimed(self, server: BackendSession) -> None:
         """The pool took back the server this client kept between transactions (or it
@@ -493,7 +516,7 @@ class ClientRelay(Receiver):
             # they go to another server, and the client never knows.
             log.info("client #%s: server #%s lost before use (%s); leasing another",
                      self.id, server.id, reason, extra=self._log_fields("server_replaced"))
-            self.pool.wait_for_server(self.context.tenant, self._leased)
+            self._wait_for_server(self.pool, self.context.tenant)
             return
         self.fatal("08006", f"server connection lost: {reason}")
 

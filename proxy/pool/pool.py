@@ -25,7 +25,7 @@ from proxy.config import DatabaseConfig
 from proxy.pool.counters import PoolStats
 from proxy.pool.lease import Lease
 from proxy.pool.servers import PoolServers, UpstreamRefusedError
-from proxy.pool.waits import PoolTimeoutError
+from proxy.pool.waits import PoolTimeoutError, Wait
 
 # Imported from here by the rest of the proxy (and tests).
 __all__ = ["PoolStats", "PoolTimeoutError", "ServerPool", "UpstreamRefusedError"]
@@ -51,44 +51,44 @@ class ServerPool(PoolServers):
             return lease
         done: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
 
-        def deliver(waiter: asyncio.Future[Lease]) -> None:
+        def deliver(wait: Wait) -> None:
             if done.cancelled():  # the caller went away: give the connection back
-                if not waiter.cancelled() and waiter.exception() is None:
-                    waiter.result().release()
-            elif waiter.cancelled():
+                if not wait.cancelled() and wait.exception() is None:
+                    wait.result().release()
+            elif wait.cancelled():
                 done.cancel()
-            elif (exc := waiter.exception()) is not None:
+            elif (exc := wait.exception()) is not None:
                 done.set_exception(exc)
             else:
-                done.set_result(waiter.result())
+                done.set_result(wait.result())
 
-        waiter = self.wait_for_server(tenant, deliver)
+        wait = self.wait_for_server(tenant, deliver)
         try:
             return await done
         except asyncio.CancelledError:
-            waiter.cancel()
+            wait.cancel()
             raise
 
-    def wait_for_server(self, tenant: str | None,
-                        callback: Callable[[asyncio.Future[Lease]], None]
-                        ) -> asyncio.Future[Lease]:
-        """Queue for a server connection; ``callback(waiter)`` runs once it is decided.
+    def wait_for_server(self, tenant: str | None, callback: Callable[[Wait], None]) -> Wait:
+        """Queue for a server connection; ``callback(wait)`` runs once it is decided,
+        at once and in the stack of whatever decided it (this call, when a kept server
+        of ``tenant`` is reclaimed for it; see :class:`~proxy.pool.waits.Wait`).
 
-        The waiter holds the lease, or PoolTimeoutError after query_wait_timeout, or
+        The wait holds the lease, or PoolTimeoutError after query_wait_timeout, or
         the error that failed the pool; cancel it to leave the queue. No task is created:
         this is the transaction-mode path when no idle connection fits. How the wait is
         served: :mod:`proxy.pool.waits`.
         """
-        waiter = self.waits.add(tenant, callback, self.db)
+        wait = self.waits.add(tenant, callback, self.db)
         kept = self.kept.owner_of  # (dicts tested: this runs for every wait)
         if self.idle.owner_of or kept:
             self.waits.be_patient()
         if kept and tenant in self.kept.by_owner and not self.paused:
-            self._reclaim_for(waiter, tenant)
+            self._reclaim_for(wait, tenant)
         if self.connecting < self.db.pool_size - len(self.active) - len(
                 self.idle.owner_of) - len(kept):
             self._grow()
-        return waiter
+        return wait
 
     # ---- maintenance ------------------------------------------------------------------
 

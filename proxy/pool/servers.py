@@ -36,7 +36,7 @@ from proxy.config import DatabaseConfig
 from proxy.pool.counters import PoolStats
 from proxy.pool.lease import Lease, Lender
 from proxy.pool.selection import OwnerIndex, Selection
-from proxy.pool.waits import Waits
+from proxy.pool.waits import Wait, Waits
 from proxy.stats import ProxyStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
@@ -171,7 +171,7 @@ class PoolServers(Lender):
             receiver.server_reclaimed(server)
         self.stats.kept_reclaimed += 1
 
-    def _reclaim_for(self, waiter: asyncio.Future[Lease], tenant: str | None) -> None:
+    def _reclaim_for(self, wait: Wait, tenant: str | None) -> None:
         """A client starts waiting: it gets a kept server of its own tenant at once (no
         scrub). Another tenant's kept server goes to a waiter only after _PATIENCE
         (``Waits._serve_parked``), as an idle one would: taking it at once made most
@@ -182,9 +182,9 @@ class PoolServers(Lender):
         server = self.kept.oldest_of(tenant)
         if server is not None:
             self.kept.discard(server)
-            self.waiters.remove(waiter)
+            self.waiters.remove(wait)
             self._unlink_kept(server)
-            waiter.set_result(self._lease_to(server, tenant))
+            wait.set_result(self._lease_to(server, tenant))
 
     def reclaim_kept(self, servers: list[ServerConnection] | None = None) -> None:
         """These kept servers (default: all) back to the pool (PAUSE, maintenance)."""
@@ -311,13 +311,10 @@ class PoolServers(Lender):
         if server.cancels:
             self._hold_while_cancelling(server)
             return
-        waiters = self.waiters
-        while waiters and waiters[0].done():
-            waiters.popleft()
-        if waiters and not self.paused:  # a paused pool keeps even early waiters waiting
+        if self.waiters and not self.paused:  # a paused pool keeps even early waiters waiting
             wait = self.waits.take_for(server.owner)
             if wait is not None:
-                wait.waiter.set_result(self._lease_to(server, wait.tenant))
+                wait.set_result(self._lease_to(server, wait.tenant))
                 return
             self.waits.be_patient()
         server.state = ServerState.IDLE

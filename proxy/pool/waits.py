@@ -13,9 +13,10 @@ one of these ways, each decided here or asked of the pool:
 - a kept server of its own tenant, at once (``PoolServers._reclaim_for``);
 - its query_wait_timeout passes: :class:`PoolTimeoutError`; its reserve_pool_timeout
   passes: the pool opens a connection beyond pool_size. One timer serves every wait;
-- the pool fails (:meth:`Waits.fail`), or the client cancels the waiter.
+- the pool fails (:meth:`Waits.fail`), or the client cancels its wait.
 
-A waiter that is done (served, timed out, cancelled) is never handed a server. Clients
+A wait is decided once (:class:`Wait`: served, failed or cancelled, and out of the
+queue then); only a pending one is handed a server. Clients
 held by PAUSE wait here too, before they queue (:meth:`Waits.wait_resumed`).
 """
 
@@ -76,21 +77,85 @@ class Supplier(Protocol):
     def open_server(self) -> None: ...
 
 
+# A wait's states (Wait.state).
+PENDING: Final = 0
+SERVED: Final = 1
+FAILED: Final = 2
+CANCELLED: Final = 3
+
+
 class Wait:
-    """One client's wait for a server connection (see ``ServerPool.wait_for_server``)."""
+    """One client's wait for a server connection (see ``ServerPool.wait_for_server``):
+    pending until it is decided once, served (a lease), failed (an error) or cancelled.
 
-    __slots__ = ("callback", "deadline", "reserve_at", "since", "started", "tenant", "waiter")
+    Not an asyncio Future, though it answers the same questions (done, cancelled,
+    exception, result): deciding it runs its callback at once, in the decider's stack,
+    with no event-loop pass. So a server a client releases goes to the next client inside
+    the releasing callback, and its queued messages go out in the same pass (PgBouncer
+    does the same); a Future cost a future, a done callback and a loop pass per wait.
+    What the callback may do there is bounded: the pool's bookkeeping is complete before
+    a wait is decided, and a client that goes away cancels its wait first
+    (``ClientRelay._stop_waiting``), so no chain of closed clients releases in turn.
+    """
 
-    def __init__(self, waiter: asyncio.Future[Lease], tenant: str | None, since: float,
-                 started: float, deadline: float, reserve_at: float,
-                 callback: Callable[[asyncio.Future[Lease]], None]) -> None:
-        self.waiter = waiter          # holds the lease, or the error; cancelled: left
+    __slots__ = ("_waits", "callback", "deadline", "error", "lease", "reserve_at", "since",
+                 "started", "state", "tenant")
+
+    def __init__(self, waits: Waits, tenant: str | None, since: float, started: float,
+                 deadline: float, reserve_at: float,
+                 callback: Callable[[Wait], None]) -> None:
+        self._waits = waits
         self.tenant = tenant
         self.since = since            # on the fairness clock (``Waits.clock``)
         self.started = started        # time.monotonic(), as the deadlines
         self.deadline = deadline      # query_wait_timeout's (inf: none)
         self.reserve_at = reserve_at  # reserve_pool_timeout's (inf: none, or used)
         self.callback = callback
+        self.state = PENDING
+        self.lease: Lease | None = None
+        self.error: Exception | None = None
+
+    def done(self) -> bool:
+        return self.state != PENDING
+
+    def cancelled(self) -> bool:
+        return self.state == CANCELLED
+
+    def exception(self) -> Exception | None:
+        """The error that failed it (None: served, cancelled or pending)."""
+        return self.error
+
+    def result(self) -> Lease:
+        """The lease of a served wait (an error for any other)."""
+        lease = self.lease
+        if lease is None:
+            raise RuntimeError(f"the wait is not served (state {self.state})")
+        return lease
+
+    def set_result(self, lease: Lease) -> None:
+        """Serve it with ``lease`` (the pool took it out of the queue)."""
+        self._decide(SERVED)
+        self.lease = lease
+        self._waits._done(self)
+
+    def set_exception(self, error: Exception) -> None:
+        self._decide(FAILED)
+        self.error = error
+        self._waits._done(self)
+
+    def cancel(self) -> bool:
+        """Leave the queue; False if it was decided already."""
+        if self.state != PENDING:
+            return False
+        self.state = CANCELLED
+        self._waits._done(self)
+        return True
+
+    def _decide(self, state: int) -> None:
+        if self.state != PENDING:
+            # A lease handed to a decided wait would be lost: never let it happen quietly.
+            raise RuntimeError(f"a wait was decided twice (state {self.state} -> {state})")
+        self.state = state
 
 
 class Waits:
@@ -103,8 +168,7 @@ class Waits:
         self._stats = stats
         self._proxy_stats = proxy_stats
         self._traffic = traffic
-        self.queue: deque[asyncio.Future[Lease]] = deque()  # ``ServerPool.waiters``
-        self._records: dict[asyncio.Future[Lease], Wait] = {}  # until each one's done
+        self.queue: deque[Wait] = deque()  # pending waits only (``ServerPool.waiters``)
         # One timer for every wait's query_wait_timeout and reserve_pool_timeout, set for
         # the earliest (or earlier): most waits end long before, and cost no timer.
         self._timer: asyncio.TimerHandle | None = None
@@ -116,50 +180,50 @@ class Waits:
 
     # ---- a wait begins and ends -------------------------------------------------------
 
-    def add(self, tenant: str | None, callback: Callable[[asyncio.Future[Lease]], None],
-            db: DatabaseConfig) -> asyncio.Future[Lease]:
+    def add(self, tenant: str | None, callback: Callable[[Wait], None],
+            db: DatabaseConfig) -> Wait:
         """Queue a client of ``tenant`` (``db``: the pool's settings now); ``callback``
-        runs once its waiter is done. The pool then looks for a server for it."""
-        waiter: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        self.queue.append(waiter)
+        runs once its wait is decided. The pool then looks for a server for it."""
         started = time.monotonic()
         clock = self.clock
         timeout = db.query_wait_timeout
         deadline = started + timeout if timeout else math.inf
         reserve_at = started + db.reserve_pool_timeout if db.reserve_pool_size else math.inf
-        self._records[waiter] = Wait(waiter, tenant,
-                                     started if clock is time.monotonic else clock(),
-                                     started, deadline, reserve_at, callback)
+        wait = Wait(self, tenant, started if clock is time.monotonic else clock(), started,
+                    deadline, reserve_at, callback)
+        self.queue.append(wait)
         self._sel.wait_began(tenant)
-        self._proxy_stats.wait_began(self._traffic, waiter)
+        self._proxy_stats.wait_began(self._traffic, wait)
         due = min(deadline, reserve_at)
         if due < self._timer_at:  # (else the timer runs before this wait is due)
             self._set_timer(due)
-        waiter.add_done_callback(self._done)
-        return waiter
+        return wait
 
-    def _done(self, waiter: asyncio.Future[Lease]) -> None:
-        wait = self._records.pop(waiter)
-        if waiter.cancelled() or waiter.exception() is not None:
+    def _done(self, wait: Wait) -> None:
+        """``wait`` was just decided (:class:`Wait` calls it): count it, run its callback."""
+        if wait.state != SERVED:
             with contextlib.suppress(ValueError):  # still queued unless a failure popped it
-                self.queue.remove(waiter)
+                self.queue.remove(wait)
         tenant = wait.tenant
         self._sel.wait_ended(tenant)
         waited = time.monotonic() - wait.started
         stats = self._stats
         stats.waits += 1
         stats.wait_seconds_total += waited
-        self._proxy_stats.wait_ended(self._traffic, waiter, tenant, waited)
-        wait.callback(waiter)
+        self._proxy_stats.wait_ended(self._traffic, wait, tenant, waited)
+        try:
+            wait.callback(wait)
+        except Exception:  # (as the event loop would for a Future's callback)
+            log.exception("a client's wait callback failed")
 
     def fail(self, exc: Exception, limit: int | None = None) -> None:
         """Fail the longest waiters (``limit``; default: all) with ``exc``."""
         failed = 0
         queue = self.queue
         while queue and (limit is None or failed < limit):
-            waiter = queue.popleft()
-            if not waiter.done():
-                waiter.set_exception(exc)
+            wait = queue.popleft()
+            if not wait.done():
+                wait.set_exception(exc)
                 failed += 1
 
     def close(self, exc: Exception) -> None:
@@ -174,9 +238,9 @@ class Waits:
     # ---- which waiter a server goes to -------------------------------------------------
 
     def take_for(self, owner: object) -> Wait | None:
-        """A server last used by ``owner`` came back (the queue's first waiter is not
-        done): the wait that gets it, out of the queue; the caller leases the server to
-        its tenant and sets its waiter's result. None: parked for ``owner``'s clients."""
+        """A server last used by ``owner`` came back (clients wait): the wait that gets
+        it, out of the queue; the caller leases the server to its tenant and serves the
+        wait with it. None: parked for ``owner``'s clients."""
         waits, tenants = self._eligible()
         if not waits:
             return None
@@ -185,7 +249,7 @@ class Waits:
         if pick < 0:
             return None
         wait = waits[pick]
-        self.queue.remove(wait.waiter)
+        self.queue.remove(wait)
         return wait
 
     def _eligible(self) -> tuple[list[Wait], list[str | None]]:
@@ -195,11 +259,7 @@ class Waits:
         held = self._sel.held
         waits: list[Wait] = []
         tenants: list[str | None] = []
-        # _records is in the order of the queue; besides the queued waiters, it has only
-        # ones already done (their done callback pending).
-        for waiter, wait in self._records.items():
-            if waiter.done():
-                continue
+        for wait in self.queue:
             tenant = wait.tenant
             if cap and tenant is not None and held.get(tenant, 0) >= cap:
                 continue
@@ -229,10 +289,12 @@ class Waits:
         for wait in waits:
             if not pool.has_parked():
                 return
+            if wait.done():  # (decided by a callback of this loop)
+                continue
             lease = pool.lend_parked(wait.tenant)
             if lease is not None:
-                self.queue.remove(wait.waiter)
-                wait.waiter.set_result(lease)
+                self.queue.remove(wait)
+                wait.set_result(lease)
         if self.queue and pool.has_parked():
             self._parked_timer = asyncio.get_running_loop().call_later(
                 _FAIR_WAIT, self._serve_parked)
@@ -254,36 +316,34 @@ class Waits:
         self._timer = None
         self._timer_at = math.inf
         now = time.monotonic() + _TIMER_SLACK
-        records = self._records
         due = math.inf
-        for waiter in list(self.queue):
-            wait = records.get(waiter)
-            if wait is None or waiter.done():
+        for wait in list(self.queue):
+            if wait.done():  # (decided by a callback of this loop)
                 continue
             if wait.deadline <= now:
-                self._timed_out(waiter)
+                self._timed_out(wait)
                 continue
             if wait.reserve_at <= now:
                 wait.reserve_at = math.inf
-                self._use_reserve(waiter)
+                self._use_reserve(wait)
             due = min(due, wait.deadline, wait.reserve_at)
         if due < math.inf and not self._pool.closed:
             self._set_timer(due)
 
-    def _timed_out(self, waiter: asyncio.Future[Lease]) -> None:
-        if not waiter.done():
+    def _timed_out(self, wait: Wait) -> None:
+        if not wait.done():
             self._stats.acquire_timeouts += 1
             db = self._pool.db
-            waiter.set_exception(PoolTimeoutError(
+            wait.set_exception(PoolTimeoutError(
                 f"no server connection available for database \"{db.name}\" within "
                 f"query_wait_timeout ({db.query_wait_timeout:g}s)"))
 
-    def _use_reserve(self, waiter: asyncio.Future[Lease]) -> None:
+    def _use_reserve(self, wait: Wait) -> None:
         """A client waited reserve_pool_timeout: open a connection beyond pool_size (up to
         reserve_pool_size more; maintenance closes it again once it is idle)."""
         pool = self._pool
         db = pool.db
-        if (waiter.done() or pool.closed or pool.paused or pool.connecting >= len(self.queue)
+        if (wait.done() or pool.closed or pool.paused or pool.connecting >= len(self.queue)
                 or pool.size >= db.pool_size + db.reserve_pool_size):
             return
         log.info("database %s: a client waited %gs; opening a reserve connection",

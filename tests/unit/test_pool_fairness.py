@@ -267,7 +267,7 @@ def test_waits_cancelled_or_failed_by_shutdown_leave_no_wait_or_timer_behind() -
         with pytest.raises(ServerError, match="shutting down"):
             await failed
         await asyncio.sleep(0)
-        assert not pool.waiters and not pool.waits._records and not pool._sel.waiting
+        assert not pool.waiters and not pool._sel.waiting
         assert pool.waits._timer is None
 
     asyncio.run(scenario())
