@@ -43,6 +43,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.wire.framing",
     "proxy.wire.startup",
     "proxy.wire.messages",
+    "proxy.wire.authentication",
     "proxy.guard.verdict",
     "proxy.guard.prefilter",
     "proxy.guard.policy",

@@ -32,7 +32,7 @@ from proxy.config import ADMIN_DATABASE
 from proxy.placement import PlacementRefused  # --- placement ---
 from proxy.pool.pool import PoolTimeoutError
 from proxy.tasks import TaskSet
-from proxy.wire import messages
+from proxy.wire import authentication, messages
 from proxy.wire.framing import FrontendFramer
 from proxy.wire.startup import (
     CancelRequest,
@@ -382,7 +382,7 @@ class Login:
             self._password_message()
             return
         # --- end service accounts ---
-        client.write(messages.authentication_cleartext_password())
+        client.write(authentication.authentication_cleartext_password())
         self._password_message()
 
     # ---- authentication ---------------------------------------------------------------
@@ -400,7 +400,7 @@ class Login:
             self._service_account_message(body)
             return
         try:
-            token = messages.decode_password(body).decode("utf-8")
+            token = authentication.decode_password(body).decode("utf-8")
         except UnicodeDecodeError:
             raise ClientError("28P01", "password authentication failed: the password is not "
                               "a valid token") from None
@@ -535,7 +535,7 @@ class Login:
             client.context = client.context.with_settings(settings)
             lease.context_changed(client.context)
         client.cancel_pid, client.cancel_secret = app.register_cancel_key(client)
-        greeting = [messages.authentication_ok()]
+        greeting = [authentication.authentication_ok()]
         greeting.extend(messages.parameter_status(k, v) for k, v in server.params.items())
         greeting.append(messages.backend_key_data(client.cancel_pid, client.cancel_secret))
         greeting.append(messages.ready_for_query(b"I"))
