@@ -48,6 +48,8 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.guard.prefilter",
     "proxy.guard.policy",
     "proxy.guard.statements",
+    "proxy.guard.findings",
+    "proxy.guard.parse_tree",
     "proxy.guard.analysis",
     "proxy.guard.guard",
     "proxy.backend.statements",
