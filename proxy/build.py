@@ -62,6 +62,8 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.backend.routing",
     "proxy.backend.server",
     "proxy.frontend.requests",
+    "proxy.frontend.interfaces",
+    "proxy.frontend.first_server",
     "proxy.frontend.login",
     "proxy.frontend.relay",
     "proxy.frontend.client",
