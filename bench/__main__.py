@@ -107,10 +107,10 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--engine" in argv:
-        from bench import engine
+        from bench.engine.cli import main as engine_main
 
         argv.remove("--engine")
-        return engine.main(argv)
+        return engine_main(argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")

@@ -1,4 +1,4 @@
-"""A fake PostgreSQL 15 for the engine bench (``bench/engine.py``): the protocol bytes,
+"""A fake PostgreSQL 15 for the engine bench (``bench/engine/``): the protocol bytes,
 a backend that answers what the proxy sends with the exact replies PostgreSQL gives, the
 fake transports and the engine that delivers bytes between them. No sockets.
 

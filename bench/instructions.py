@@ -12,7 +12,7 @@ the difference in transactions is the cost of one transaction, start-up, imports
 and the engine's profiled pass (at most 2,000 transactions, so the same in both runs when
 ``--small`` is at least 2,000) cancelling out. The harness's share is included (about
 11,000 instructions per transaction: the fake PostgreSQL and transports of
-``bench/engine.py``); it does not change when the proxy does.
+``bench/engine/``); it does not change when the proxy does.
 
 ``--tree DIR`` puts ``DIR`` first on ``PYTHONPATH``: a directory holding an installed
 (compiled) ``proxy`` package and its ``*__mypyc*.so``, copied out of a virtualenv's

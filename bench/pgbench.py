@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.targets import ConnInfo, spawn, terminate
+from bench.processes import spawn, terminate
+from bench.targets import ConnInfo
 
 _TPS = re.compile(r"^tps = ([0-9.]+)", re.MULTILINE)
 _PROCESSED = re.compile(r"number of transactions actually processed: (\d+)")

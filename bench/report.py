@@ -1,4 +1,5 @@
-"""Medians, ratios and the three outputs: results.md, results.json and chart.png."""
+"""The report of a benchmark run: results.md and results.json (and chart.png, drawn by
+:mod:`bench.chart`), from the numbers in :mod:`bench.summary`."""
 
 from __future__ import annotations
 
@@ -6,205 +7,23 @@ import dataclasses
 import json
 import logging
 import statistics
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from bench.baseline import base_name
-from bench.results import BenchResults, IdleMeasurement, Measurement
+from bench.chart import chart
+from bench.results import BenchResults
+from bench.summary import (
+    KIB,
+    LATENCY_WORKLOAD,
+    MIB,
+    Summary,
+    added_latency_us,
+    compare_to_baseline,
+    summarize,
+    summarize_idle,
+)
 
 log = logging.getLogger("pgtenant.bench.report")
-
-BASELINE_PROXY = "pgbouncer"
-BASELINE_DIRECT = "direct"
-LATENCY_WORKLOAD = "select-simple-c1"
-_KIB = 1024
-_MIB = 1024 * 1024
-
-
-@dataclass(slots=True)
-class Summary:
-    """One workload on one target, over its repeats."""
-
-    workload: str
-    target: str
-    runs: int
-    ok_runs: int
-    tps: float | None = None
-    tps_min: float | None = None
-    tps_max: float | None = None
-    p50_ms: float | None = None
-    p90_ms: float | None = None
-    p99_ms: float | None = None
-    proxy_cpu_us_per_tx: float | None = None
-    pg_cpu_us_per_tx: float | None = None
-    client_cpu_us_per_tx: float | None = None
-    vs_pgbouncer: float | None = None
-    vs_direct: float | None = None
-    errors: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class IdleSummary:
-    target: str
-    runs: int
-    ok_runs: int
-    clients: int
-    opened: int
-    connect_seconds: float
-    rss_before_bytes: float
-    rss_after_bytes: float
-    rss_per_client_bytes: float | None
-    idle_cpu_percent: float
-    answered: str
-    errors: list[str] = field(default_factory=list)
-
-
-def _median(values: Iterable[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def _unique(errors: Iterable[str | None]) -> list[str]:
-    return list(dict.fromkeys(e for e in errors if e))
-
-
-def summarize(results: BenchResults) -> list[Summary]:
-    """Median per (workload, target) in measurement order, with ratios to the baselines."""
-    groups: dict[tuple[str, str], list[Measurement]] = {}
-    for m in results.measurements:
-        groups.setdefault((m.workload, m.target), []).append(m)
-    summaries: list[Summary] = []
-    for (workload, target), runs in groups.items():
-        good = [m for m in runs if m.ok]
-        tps = [m.tps for m in good if m.tps is not None]
-        summaries.append(Summary(
-            workload=workload,
-            target=target,
-            runs=len(runs),
-            ok_runs=len(good),
-            tps=_median(tps),
-            tps_min=min(tps) if tps else None,
-            tps_max=max(tps) if tps else None,
-            p50_ms=_median(m.p50_ms for m in good),
-            p90_ms=_median(m.p90_ms for m in good),
-            p99_ms=_median(m.p99_ms for m in good),
-            proxy_cpu_us_per_tx=_median(m.proxy_cpu_us_per_tx for m in good),
-            pg_cpu_us_per_tx=_median(m.pg_cpu_us_per_tx for m in good),
-            client_cpu_us_per_tx=_median(m.client_cpu_us_per_tx for m in good),
-            errors=_unique(m.error for m in runs),
-        ))
-    by_key = {(s.workload, s.target): s for s in summaries}
-    for s in summaries:
-        s.vs_pgbouncer = _ratio(s, by_key.get((s.workload, BASELINE_PROXY)))
-        s.vs_direct = _ratio(s, by_key.get((s.workload, BASELINE_DIRECT)))
-    return summaries
-
-
-def _ratio(summary: Summary, baseline: Summary | None) -> float | None:
-    if baseline is None or not baseline.tps or summary.tps is None:
-        return None
-    return summary.tps / baseline.tps
-
-
-@dataclass(slots=True)
-class Comparison:
-    """One workload on a pgtenant target next to its ``@base`` twin: ratio = current /
-    baseline (TPS above 1 is faster; CPU and p50 below 1 are cheaper / quicker).
-
-    ``*_ratio`` divides the medians; ``*_paired`` are the ratios within each repeat, where
-    the two ran back to back, so a slow drift of the machine cancels out."""
-
-    workload: str
-    target: str
-    current: Summary
-    base: Summary
-    tps_ratio: float | None
-    proxy_cpu_ratio: float | None
-    p50_ratio: float | None
-    tps_paired: list[float] = field(default_factory=list)
-    proxy_cpu_paired: list[float] = field(default_factory=list)
-
-
-def _over(current: float | None, base: float | None) -> float | None:
-    return current / base if current is not None and base else None
-
-
-def _paired(
-    runs: Sequence[Measurement], base_runs: Sequence[Measurement],
-    value: Callable[[Measurement], float | None],
-) -> list[float]:
-    base_by_repeat = {m.repeat: value(m) for m in base_runs if m.ok}
-    ratios = (_over(value(m), base_by_repeat.get(m.repeat)) for m in runs if m.ok)
-    return [r for r in ratios if r is not None]
-
-
-def compare_to_baseline(results: BenchResults) -> list[Comparison]:
-    """Current vs baseline for every (workload, target) that has an ``@base`` twin."""
-    summaries = summarize(results)
-    by_key = {(s.workload, s.target): s for s in summaries}
-    runs: dict[tuple[str, str], list[Measurement]] = {}
-    for m in results.measurements:
-        runs.setdefault((m.workload, m.target), []).append(m)
-    comparisons = []
-    for s in summaries:
-        base = by_key.get((s.workload, base_name(s.target)))
-        if base is None:
-            continue
-        mine, theirs = runs[(s.workload, s.target)], runs[(s.workload, base.target)]
-        comparisons.append(Comparison(
-            workload=s.workload,
-            target=s.target,
-            current=s,
-            base=base,
-            tps_ratio=_over(s.tps, base.tps),
-            proxy_cpu_ratio=_over(s.proxy_cpu_us_per_tx, base.proxy_cpu_us_per_tx),
-            p50_ratio=_over(s.p50_ms, base.p50_ms),
-            tps_paired=_paired(mine, theirs, lambda m: m.tps),
-            proxy_cpu_paired=_paired(mine, theirs, lambda m: m.proxy_cpu_us_per_tx),
-        ))
-    return comparisons
-
-
-def summarize_idle(results: BenchResults) -> list[IdleSummary]:
-    groups: dict[str, list[IdleMeasurement]] = {}
-    for m in results.idle:
-        groups.setdefault(m.target, []).append(m)
-    summaries = []
-    for target, runs in groups.items():
-        measured = [m for m in runs if m.opened]
-        summaries.append(IdleSummary(
-            target=target,
-            runs=len(runs),
-            ok_runs=sum(1 for m in runs if m.ok),
-            clients=max(m.clients for m in runs),
-            opened=int(_median(m.opened for m in runs) or 0),
-            connect_seconds=_median(m.connect_seconds for m in measured) or 0.0,
-            rss_before_bytes=_median(m.rss_before_bytes for m in measured) or 0.0,
-            rss_after_bytes=_median(m.rss_after_bytes for m in measured) or 0.0,
-            rss_per_client_bytes=_median(m.rss_per_client_bytes for m in measured),
-            idle_cpu_percent=_median(m.idle_cpu_percent for m in measured) or 0.0,
-            answered=", ".join(f"{m.sample_ok}/{m.sample_size}" for m in runs),
-            errors=_unique(m.error for m in runs),
-        ))
-    return summaries
-
-
-def added_latency_us(summaries: Sequence[Summary]) -> dict[str, float]:
-    """p50 latency added over direct at 1 client, per target, in microseconds."""
-    at_one = {s.target: s for s in summaries if s.workload == LATENCY_WORKLOAD}
-    direct = at_one.get(BASELINE_DIRECT)
-    if direct is None or direct.p50_ms is None:
-        return {}
-    return {
-        target: (s.p50_ms - direct.p50_ms) * 1000
-        for target, s in at_one.items()
-        if target != BASELINE_DIRECT and s.p50_ms is not None
-    }
-
-
-# -- Markdown ---------------------------------------------------------------------------
 
 
 def _fmt(value: float | None, pattern: str = "{:,.0f}") -> str:
@@ -272,11 +91,11 @@ def markdown(results: BenchResults) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for i in idle_summaries:
-            per_client = (_fmt(i.rss_per_client_bytes / _KIB, "{:.2f}")
+            per_client = (_fmt(i.rss_per_client_bytes / KIB, "{:.2f}")
                           if i.rss_per_client_bytes is not None else "-")
             lines.append(
                 f"| {i.target} | {i.clients:,} | {i.opened:,} | {i.connect_seconds:.1f} "
-                f"| {i.rss_before_bytes / _MIB:.1f} | {i.rss_after_bytes / _MIB:.1f} "
+                f"| {i.rss_before_bytes / MIB:.1f} | {i.rss_after_bytes / MIB:.1f} "
                 f"| {per_client} | {i.idle_cpu_percent:.1f}% | {i.answered} |"
             )
         lines.append("")
@@ -381,147 +200,3 @@ def write(results: BenchResults, directory: Path) -> None:
     chart(results, directory / "chart.png")
     print(text, flush=True)  # the report itself is the command's output
     log.info("results written to %s", directory)
-
-
-@dataclass(frozen=True, slots=True)
-class LatencyRange:
-    """One target on one workload in the chart's latency-distribution panel (ms)."""
-
-    workload: str
-    target: str
-    position: float  # on the x axis: the workload's slot, shifted by the target's offset
-    p50_ms: float
-    p90_ms: float | None
-    p99_ms: float
-
-
-#: The latency percentiles the chart marks: label, matplotlib marker, value.
-LATENCY_MARKERS: tuple[tuple[str, str, Callable[[LatencyRange], float | None]], ...] = (
-    ("p50", "o", lambda r: r.p50_ms),
-    ("p90", "D", lambda r: r.p90_ms),
-    ("p99", "^", lambda r: r.p99_ms),
-)
-
-
-def _position(workload_index: int, target_index: int, targets: int) -> float:
-    """Where a target's bar (or latency range) stands in its workload's group on the x axis."""
-    width = 0.8 / max(1, targets)
-    return workload_index + (target_index - (targets - 1) / 2) * width
-
-
-def latency_ranges(
-    summaries: Sequence[Summary], workloads: Sequence[str], targets: Sequence[str],
-) -> list[LatencyRange]:
-    """The points of the latency-distribution panel: per workload and target that has
-    latencies (p50 and p99 above zero, for the log scale), at its bar's x position."""
-    by_key = {(s.workload, s.target): s for s in summaries}
-    ranges = []
-    for w_index, workload in enumerate(workloads):
-        for t_index, target in enumerate(targets):
-            s = by_key.get((workload, target))
-            if s is None or not s.p50_ms or not s.p99_ms:
-                continue
-            ranges.append(LatencyRange(
-                workload=workload, target=target,
-                position=_position(w_index, t_index, len(targets)),
-                p50_ms=s.p50_ms, p90_ms=s.p90_ms or None, p99_ms=s.p99_ms,
-            ))
-    return ranges
-
-
-def draw_latency_distribution(
-    axis: Any, ranges: Sequence[LatencyRange], colors: Mapping[str, str],
-) -> None:
-    """On a matplotlib axis: per target and workload a line from p50 to p99 in the target's
-    colour, with a marker at p50, p90 and p99 (a legend names the markers)."""
-    for r in ranges:
-        axis.vlines(r.position, r.p50_ms, r.p99_ms, colors=colors[r.target], linewidth=2.5)
-    for label, marker, value in LATENCY_MARKERS:
-        marked = [(r, y) for r in ranges if (y := value(r)) is not None]
-        axis.scatter([r.position for r, _ in marked], [y for _, y in marked], marker=marker,
-                     c=[colors[r.target] for r, _ in marked], s=28, zorder=3,
-                     edgecolors="black", linewidths=0.5)
-        axis.plot([], [], marker=marker, linestyle="none", color="white",
-                  markeredgecolor="black", label=label)  # the legend's entry
-    # Above the plot's top right corner, beside the title: never over the data.
-    axis.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize="small",
-                ncols=len(LATENCY_MARKERS), frameon=False, columnspacing=1.0,
-                handletextpad=0.2, borderaxespad=0.1)
-
-
-def chart(results: BenchResults, path: Path) -> None:
-    """Per workload and target (log scales): TPS vs direct, the latency distribution (p50,
-    p90, p99) and proxy CPU per transaction; plus RSS per idle client when the idle test
-    ran."""
-    try:
-        import matplotlib  # type: ignore[import-not-found, unused-ignore]
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
-        from matplotlib import ticker  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        print("matplotlib missing: no chart (pip install matplotlib)", flush=True)
-        return
-    summaries = [s for s in summarize(results) if s.tps is not None]
-    idle = [i for i in summarize_idle(results) if i.rss_per_client_bytes is not None]
-    if not summaries and not idle:
-        return
-    workloads = list(dict.fromkeys(s.workload for s in summaries))
-    targets = list(dict.fromkeys([*(s.target for s in summaries), *(i.target for i in idle)]))
-    colors = {t: f"C{n}" for n, t in enumerate(targets)}
-    by_key = {(s.workload, s.target): s for s in summaries}
-    has_direct = any(s.target == BASELINE_DIRECT for s in summaries)
-    width = 0.8 / max(1, len(targets))
-
-    def bars(value: Callable[[Summary], float | None]) -> Callable[[Any], None]:
-        def draw(axis: Any) -> None:
-            for index, target in enumerate(targets):
-                heights = [
-                    (value(by_key[(w, target)]) or 0.0) if (w, target) in by_key else 0.0
-                    for w in workloads
-                ]
-                positions = [_position(x, index, len(targets)) for x in range(len(workloads))]
-                axis.bar(positions, heights, width, label=target, color=colors[target])
-        return draw
-
-    ranges = latency_ranges(summaries, workloads, targets)
-    panels: list[tuple[str, Callable[[Any], None]]] = [
-        ("TPS relative to direct (log)" if has_direct else "TPS (log)",
-         bars((lambda s: s.vs_direct) if has_direct else (lambda s: s.tps))),
-        ("latency per transaction, p50 to p99, ms (log)",
-         lambda axis: draw_latency_distribution(axis, ranges, colors)),
-        ("proxy CPU per transaction, µs (log)", bars(lambda s: s.proxy_cpu_us_per_tx)),
-    ] if summaries else []
-    rows = len(panels) + (1 if idle else 0)
-    figure, axes = plt.subplots(rows, 1, figsize=(max(9, 1.2 * len(workloads)), 3.6 * rows),
-                                squeeze=False)
-    for axis, (title, draw) in zip(axes[:, 0], panels, strict=False):
-        draw(axis)
-        axis.set_yscale("log")
-        axis.set_title(title)
-        axis.grid(axis="y", which="both", alpha=0.3)
-        axis.set_xticks(range(len(workloads)), workloads, rotation=25, ha="right",
-                        fontsize="small")
-    if panels and has_direct:
-        axes[0, 0].axhline(1.0, color="black", linewidth=0.8)
-    if panels:
-        # Latencies read as plain milliseconds (0.2, 0.5, 1, 2, 5), not powers of ten.
-        latency_axis = axes[1, 0]
-        latency_axis.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        latency_axis.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        latency_axis.yaxis.set_minor_formatter(ticker.NullFormatter())
-    if idle:
-        axis = axes[-1, 0]
-        axis.bar([i.target for i in idle],
-                 [(i.rss_per_client_bytes or 0.0) / _KIB for i in idle],
-                 color=[colors[i.target] for i in idle])
-        axis.set_title(f"RSS per idle client, kB ({idle[0].clients:,} idle clients)")
-        axis.grid(axis="y", alpha=0.3)
-    if panels:
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        figure.legend(handles, labels, loc="lower center", ncols=len(targets))
-    figure.suptitle(f"pgtenant benchmark {results.started_at} "
-                    f"({results.machine.get('cores')} cores)")
-    figure.tight_layout(rect=(0, 0.03, 1, 1))
-    figure.savefig(path, dpi=110)
-    plt.close(figure)

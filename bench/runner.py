@@ -26,17 +26,16 @@ from pathlib import Path
 from bench import baseline, idle, pgbench, report
 from bench.database import BenchDatabase, prepare, tenant_names
 from bench.environment import describe_machine, proxy_source_fingerprint
+from bench.pgbouncer import PgbouncerTarget, ensure_pgbouncer
+from bench.processes import tail
 from bench.procstat import cpu_seconds
 from bench.results import BenchResults, IdleMeasurement, Measurement
 from bench.targets import (
     PROXY_POOL_SIZE,
     DirectTarget,
-    PgbouncerTarget,
     PgtenantTarget,
     Target,
     TargetUnavailable,
-    ensure_pgbouncer,
-    tail,
 )
 from bench.workloads import Workload, invocations, write_scripts
 from proxy.config import ServerConfig

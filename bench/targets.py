@@ -1,5 +1,10 @@
 """What the benchmark talks to: PostgreSQL directly, pgtenant, PgBouncer.
 
+This module holds what every target shares (:class:`Target`, a child process's life
+cycle in :class:`ProcessTarget`, :class:`ConnInfo`) and the direct and pgtenant
+targets; PgBouncer's is :mod:`bench.pgbouncer`, starting and stopping child processes
+:mod:`bench.processes`.
+
 Each target is started once per benchmark run and stays up (pools warm) while the
 workloads interleave over the targets. A target that cannot start, or that dies and
 cannot be restarted, is reported as unavailable; the others carry on.
@@ -8,16 +13,12 @@ cannot be restarted, is reported as unavailable; the others carry on.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -27,8 +28,9 @@ import psycopg
 from bench.baseline import Baseline, serve_argv, serve_env, verify
 from bench.database import APP_DB, APP_USER, BenchDatabase
 from bench.environment import REPO
+from bench.processes import spawn, tail, terminate
 from proxy.auth.jwt import mint_token
-from proxy.devtools import EmbeddedPostgresError, free_port, server_account
+from proxy.devtools import free_port
 
 log = logging.getLogger("pgtenant.bench.targets")
 
@@ -40,9 +42,7 @@ UPSTREAM_PASSWORD_ENV = "PGTENANT_BENCH_UPSTREAM_PASSWORD"
 
 PROXY_POOL_SIZE = 20
 _READY_TIMEOUT = 30.0
-_STOP_TIMEOUT = 10.0
 _TOKEN_TTL = 7 * 24 * 3600  # outlives any benchmark run
-_PR_SET_PDEATHSIG = 1
 
 
 class TargetUnavailable(RuntimeError):
@@ -72,55 +72,6 @@ class ConnInfo:
         }
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: be killed if the harness dies without cleaning up."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def spawn(
-    argv: list[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    stdout: IO[bytes] | int | None = None,
-    stderr: IO[bytes] | int | None = None,
-    cwd: Path | None = None,
-    as_user: tuple[int, int] | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start a child in its own session (a terminal's Ctrl-C is for the harness, which
-    stops its children itself) that dies if the harness is killed."""
-    return subprocess.Popen(
-        argv,
-        env=dict(env) if env is not None else None,
-        stdin=subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=stderr,
-        cwd=cwd,
-        start_new_session=True,
-        preexec_fn=_die_with_parent,  # safe: the harness runs no threads
-        user=as_user[0] if as_user else None,
-        group=as_user[1] if as_user else None,
-        extra_groups=[] if as_user else None,
-    )
-
-
-def terminate(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Signal ``process`` (and its process group), wait, then kill what is left."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(sig)
-        try:
-            process.wait(_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            log.warning("pid %d ignored signal %d; killing it", process.pid, sig)
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            process.wait()
-    # Stragglers of its session (e.g. worker processes) go too.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
 def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], what: str) -> None:
     """Wait until something accepts TCP connections on host:port."""
     deadline = time.monotonic() + _READY_TIMEOUT
@@ -131,15 +82,6 @@ def wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], what: 
             return
         time.sleep(0.05)
     raise TargetUnavailable(f"{what} did not listen on {host}:{port} within {_READY_TIMEOUT:.0f}s")
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    """The last lines of a log file, for error messages."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.rstrip().splitlines()[-lines:]) or "(empty log)"
 
 
 class Target(ABC):
@@ -220,7 +162,7 @@ class DirectTarget(Target):
         return {"max_connections": self.db.pg.execute("SHOW max_connections")[0][0]}
 
 
-class _ProcessTarget(Target):
+class ProcessTarget(Target):
     """A proxy that runs as our child process, logging into ``workdir``."""
 
     program = "proxy"
@@ -274,7 +216,7 @@ class _ProcessTarget(Target):
         return [self.log_path]
 
 
-class PgtenantTarget(_ProcessTarget):
+class PgtenantTarget(ProcessTarget):
     """``pgtenant serve`` in session or transaction mode, as a subprocess: this checkout's,
     or with ``baseline`` the baseline's (same config, its own port)."""
 
@@ -369,151 +311,3 @@ class PgtenantTarget(_ProcessTarget):
             "restarts": self.restarts,
             **({"baseline": self.baseline.revision} if self.baseline is not None else {}),
         }
-
-
-class PgbouncerTarget(_ProcessTarget):
-    """PgBouncer in transaction mode, pool 20, SCRAM for clients: the usual setup, where
-    the application itself runs ``BEGIN; SELECT set_config(...); …; COMMIT``."""
-
-    name = "pgbouncer"
-    holds_idle_clients = True
-
-    def __init__(
-        self, db: BenchDatabase, workdir: Path, *, binary: str, max_client_conn: int
-    ) -> None:
-        super().__init__(db, workdir / "pgbouncer")
-        self.binary = binary
-        self.max_client_conn = max_client_conn
-        self.version = pgbouncer_version(binary)
-        self._owner = _server_account()
-        self.workdir.mkdir(mode=0o700)
-        # The auth_file holds the role's SCRAM verifier (as production setups copy it from
-        # pg_authid), not the password: PgBouncer then checks clients without PBKDF2 and
-        # logs into PostgreSQL with the keys the client's SCRAM exchange proved.
-        self._write("userlist.txt", f'"{APP_USER}" "{_scram_verifier(db)}"\n')
-        self._write("pgbouncer.ini", self.config_text())
-        self.log_path.touch()
-        if self._owner is not None:
-            os.chown(self.workdir, *self._owner)
-            for path in self.workdir.iterdir():
-                os.chown(path, *self._owner)
-
-    def _write(self, name: str, text: str) -> None:
-        path = self.workdir / name
-        path.write_text(text)
-        path.chmod(0o600)
-
-    def config_text(self) -> str:
-        return (
-            "[databases]\n"
-            # No user= here: a forced user could not reuse the client's SCRAM keys.
-            f"{APP_DB} = host={self.db.host} port={self.db.port} dbname={APP_DB}\n"
-            "\n[pgbouncer]\n"
-            "listen_addr = 127.0.0.1\n"
-            f"listen_port = {self.port}\n"
-            "unix_socket_dir =\n"
-            "auth_type = scram-sha-256\n"
-            f"auth_file = {self.workdir / 'userlist.txt'}\n"
-            "pool_mode = transaction\n"
-            f"default_pool_size = {PROXY_POOL_SIZE}\n"
-            "min_pool_size = 0\n"
-            "reserve_pool_size = 0\n"
-            f"max_client_conn = {self.max_client_conn}\n"
-            "listen_backlog = 4096\n"
-            "server_tls_sslmode = disable\n"
-            "client_tls_sslmode = disable\n"
-            "ignore_startup_parameters = extra_float_digits\n"
-            "log_connections = 0\n"
-            "log_disconnections = 0\n"
-            "stats_period = 3600\n"
-        )
-
-    def conninfo(self, tenant: str) -> ConnInfo:
-        return ConnInfo("127.0.0.1", self.port, APP_DB, APP_USER, self.db.app_password)
-
-    def _launch(self, log_file: IO[bytes]) -> subprocess.Popen[bytes]:
-        # PgBouncer refuses to run as root: as root it runs as the postgres OS user.
-        return spawn(
-            [self.binary, str(self.workdir / "pgbouncer.ini")],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=self.workdir, as_user=self._owner,
-        )
-
-    def describe(self) -> dict[str, object]:
-        return {
-            "version": self.version,
-            "pool_mode": "transaction",
-            "default_pool_size": PROXY_POOL_SIZE,
-            "max_client_conn": self.max_client_conn,
-            "auth_type": "scram-sha-256",
-            "restarts": self.restarts,
-        }
-
-
-def _scram_verifier(db: BenchDatabase) -> str:
-    rows = db.pg.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
-                         params=[APP_USER])
-    verifier = rows[0][0] if rows else None
-    if not isinstance(verifier, str) or not verifier.startswith("SCRAM-SHA-256$"):
-        raise TargetUnavailable(f"pgbouncer: {APP_USER} has no SCRAM-SHA-256 verifier")
-    return verifier
-
-
-def _server_account() -> tuple[int, int] | None:
-    """PgBouncer refuses root: run it as PostgreSQL's OS user (the same lookup)."""
-    try:
-        return server_account()
-    except EmbeddedPostgresError as exc:
-        raise TargetUnavailable(f"pgbouncer: refuses to run as root; {exc}") from None
-
-
-def pgbouncer_version(binary: str) -> str:
-    done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10,
-                          check=False, stdin=subprocess.DEVNULL)
-    first = (done.stdout or done.stderr).strip().splitlines()
-    return first[0] if first else "unknown"
-
-
-def find_pgbouncer() -> str | None:
-    found = shutil.which("pgbouncer")
-    if found:
-        return found
-    debian = Path("/usr/sbin/pgbouncer")
-    return str(debian) if os.access(debian, os.X_OK) else None
-
-
-def ensure_pgbouncer() -> str:
-    """The pgbouncer binary; as root, installed with apt-get when missing.
-
-    Raises TargetUnavailable("PgBouncer missing: skipped …") when it cannot be had.
-    """
-    found = find_pgbouncer()
-    if found:
-        return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise TargetUnavailable(
-            "PgBouncer missing: skipped (install it: apt-get install pgbouncer)"
-        )
-    log.info("PgBouncer missing: installing it with apt-get (one-time)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "pgbouncer"]
-    for step in (install, ["apt-get", "update", "-q"], install):
-        done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=600,
-                              check=False, stdin=subprocess.DEVNULL)
-        if step is install and done.returncode == 0:
-            break
-    found = find_pgbouncer()
-    if found is None:
-        raise TargetUnavailable(
-            f"PgBouncer missing: skipped (apt-get install failed: {done.stderr.strip()[-300:]})"
-        )
-    _stop_distro_service()
-    return found
-
-
-def _stop_distro_service() -> None:
-    """The package may start its own pgbouncer service; we run our own instance only."""
-    if not Path("/etc/init.d/pgbouncer").exists():
-        return
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(["service", "pgbouncer", "stop"], capture_output=True, timeout=30,
-                       check=False, stdin=subprocess.DEVNULL)

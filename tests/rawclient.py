@@ -12,7 +12,7 @@ import asyncio
 import socket
 import struct
 
-from proxy.wire import messages
+from proxy.wire import authentication, messages
 from tests.proxy_harness import token
 
 Message = tuple[bytes, bytes]  # (tag, body)
@@ -58,7 +58,7 @@ def logged_in(port: int, tenant: str) -> socket.socket:
     sock = connect(port)
     sock.sendall(messages.startup_message(STARTUP))
     read_until(sock, b"R")
-    sock.sendall(messages.password_message(token(tenant).encode() + b"\0"))
+    sock.sendall(authentication.password_message(token(tenant).encode() + b"\0"))
     read_until(sock, b"Z")
     return sock
 
@@ -78,7 +78,7 @@ class RawClient:
         writer.write(messages.startup_message(STARTUP))
         tag, _ = await client.message()
         assert tag == b"R", tag
-        writer.write(messages.password_message((jwt or token(tenant)).encode() + b"\0"))
+        writer.write(authentication.password_message((jwt or token(tenant)).encode() + b"\0"))
         await client.until_ready()
         return client
 

@@ -20,7 +20,7 @@ from proxy.admin.console import AdminConsole
 from proxy.auth.scram_server import MECHANISM, ScramExchange, ScramFailed, mock_secret
 from proxy.config.scram_verifier import parse_scram_verifier
 from proxy.frontend.client import ClientState
-from proxy.wire import messages
+from proxy.wire import authentication, messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import FrontendFramer
 from proxy.wire.tags import FrontendTag
@@ -83,7 +83,7 @@ class AdminSession(asyncio.Protocol):
         assert client.transport is not None
         client.state = ClientState.AUTH  # the client's login timeout keeps running
         client.transport.set_protocol(self)
-        client.transport.write(messages.authentication_sasl([MECHANISM]))
+        client.transport.write(authentication.authentication_sasl([MECHANISM]))
         if pending:
             self.data_received(pending)
 
@@ -133,7 +133,7 @@ class AdminSession(asyncio.Protocol):
             self._sasl_response(body)
 
     def _sasl_initial(self, body: bytes) -> None:
-        mechanism, data = messages.decode_sasl_initial_response(body)
+        mechanism, data = authentication.decode_sasl_initial_response(body)
         if mechanism != MECHANISM:
             self.client.fatal("28000", f"SASL mechanism {mechanism[:40]!r} is not supported",
                               f"the admin console accepts {MECHANISM}")
@@ -149,7 +149,7 @@ class AdminSession(asyncio.Protocol):
             self._auth_failed(str(exc))
             return
         self.stage = _Stage.SASL_RESPONSE
-        self._write(messages.authentication_sasl_continue(server_first.encode()))
+        self._write(authentication.authentication_sasl_continue(server_first.encode()))
 
     def _sasl_response(self, body: bytes) -> None:
         assert self.exchange is not None
@@ -178,8 +178,8 @@ class AdminSession(asyncio.Protocol):
     def _logged_in(self, server_final: str) -> None:
         client = self.client
         client.cancel_pid, client.cancel_secret = self.app.register_cancel_key(client)
-        out = [messages.authentication_sasl_final(server_final.encode()),
-               messages.authentication_ok()]
+        out = [authentication.authentication_sasl_final(server_final.encode()),
+               authentication.authentication_ok()]
         out.extend(messages.parameter_status(k, v) for k, v in _PARAMETERS.items())
         out.append(messages.backend_key_data(client.cancel_pid, client.cancel_secret))
         out.append(messages.ready_for_query(b"I"))

@@ -17,7 +17,7 @@ from proxy.auth.identity import Identity
 from proxy.auth.scram_server import MECHANISM, ScramExchange, ScramFailed
 from proxy.config import ServiceAccountConfig
 from proxy.config.scram_verifier import parse_scram_verifier
-from proxy.wire import messages
+from proxy.wire import authentication
 
 
 def service_account_identity(account: ServiceAccountConfig) -> Identity:
@@ -44,19 +44,19 @@ class ServiceAccountLogin:
 
     @staticmethod
     def start() -> bytes:
-        return messages.authentication_sasl([MECHANISM])
+        return authentication.authentication_sasl([MECHANISM])
 
     def step(self, body: bytes) -> tuple[bytes, Identity | None]:
         if self._done:
             raise self._failed()
         try:
             if self._exchange is None:
-                mechanism, data = messages.decode_sasl_initial_response(body)
+                mechanism, data = authentication.decode_sasl_initial_response(body)
                 if mechanism != MECHANISM:
                     raise ScramFailed(f"SASL mechanism {mechanism[:40]!r} is not supported")
                 self._exchange = ScramExchange(parse_scram_verifier(self.account.scram_verifier))
                 server_first = self._exchange.client_first(data.decode("utf-8"))
-                return messages.authentication_sasl_continue(server_first.encode()), None
+                return authentication.authentication_sasl_continue(server_first.encode()), None
             server_final = self._exchange.client_final(body.decode("utf-8"))
         except (ScramFailed, UnicodeDecodeError, ValueError):
             # Same answer for every cause, as PostgreSQL: the client learns only "failed".
@@ -67,7 +67,7 @@ class ServiceAccountLogin:
             raise AuthError(f"service account \"{self.account.name[:64]}\" may not connect "
                             f"to database \"{self.database[:64]}\"",
                             sqlstate="28000", reason="service_account")
-        reply = messages.authentication_sasl_final(server_final.encode())
+        reply = authentication.authentication_sasl_final(server_final.encode())
         return reply, service_account_identity(self.account)
 
     def _failed(self) -> AuthError:

@@ -35,7 +35,7 @@ from proxy.backend.routing import (
     ServerError,
     ServerState,
 )
-from proxy.wire import messages
+from proxy.wire import authentication, messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.tags import AuthCode, BackendTag
 
@@ -178,7 +178,7 @@ class ServerConnection(BackendSession):
         if fut.done():
             return
         if tag == BackendTag.AUTHENTICATION:
-            code, payload = messages.decode_authentication(body)
+            code, payload = authentication.decode_authentication(body)
             try:
                 reply = self._auth.respond(code, payload)
             except UpstreamAuthError as exc:

@@ -1,7 +1,10 @@
 """The client side: one client connection from startup to goodbye.
 
 - ``client``: ``ClientConnection`` — the asyncio protocol of one client: its login
-  (``login``: startup, TLS, JWT or SCRAM), then relaying, with its timers and tasks.
+  (``login``: startup, TLS, JWT or SCRAM; ``first_server``: the first lease, the tenant
+  context and the greeting), then relaying, with its timers and tasks.
+- ``interfaces``: ``ClientState``, ``ClientError`` and the Protocols a login talks
+  through (``LoginClient``, ``LoginHost``).
 - ``relay``: ``ClientRelay`` — the relaying rules without the event loop: the client's
   messages to the server its pool lends it, held as a ``proxy.pool.lease.Lease`` (the lease
   sets the tenant on it and gives it back; transaction mode keeps it between transactions

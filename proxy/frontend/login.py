@@ -10,29 +10,29 @@ needs: the startup framer, the login timer, the startup settings, a SCRAM exchan
 login's tasks. The client drops it once logged in (``LoginClient.logged_in``): an idle
 client keeps none of it. It writes what the login decides into the client's fields
 (database, pool, identity, context, ...), which the client relays with afterwards.
+
+This module reads the client's bytes (startup, TLS, authentication); the last step, the
+first server and the greeting, is :mod:`proxy.frontend.first_server`. The client's
+states and the Protocols a login talks through are in :mod:`proxy.frontend.interfaces`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import ipaddress
 import logging
 import ssl
 import sys
-import time
-from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.auth.errors import AuthError
 from proxy.auth.identity import Identity
 from proxy.auth.service_accounts import ServiceAccountLogin
 from proxy.backend.context import TenantContext
-from proxy.backend.server import ServerError
 from proxy.config import ADMIN_DATABASE
-from proxy.placement import PlacementRefused  # --- placement ---
-from proxy.pool.pool import PoolTimeoutError
+from proxy.frontend.first_server import greet_on_first_server
+from proxy.frontend.interfaces import ClientError, ClientState, LoginClient
 from proxy.tasks import TaskSet
-from proxy.wire import messages
+from proxy.wire import authentication, messages
 from proxy.wire.framing import FrontendFramer
 from proxy.wire.startup import (
     CancelRequest,
@@ -42,17 +42,7 @@ from proxy.wire.startup import (
     StartupMessage,
     parse_startup_packet,
 )
-from proxy.wire.tags import BackendTag, FrontendTag
-
-if TYPE_CHECKING:
-    from proxy.auth.jwt import JwtVerifier
-    from proxy.backend.server import ServerConnection
-    from proxy.config import Config, ServiceAccountConfig
-    from proxy.guard import Guard
-    from proxy.placement import PlacementRouter
-    from proxy.pool.lease import Lease
-    from proxy.pool.pool import ServerPool
-    from proxy.stats import ProxyStats, TrafficStats
+from proxy.wire.tags import FrontendTag
 
 log = logging.getLogger("pgtenant.client")
 
@@ -61,31 +51,8 @@ _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
 _NO_STARTUP = StartupFramer()  # shared placeholder once startup is over
 _INTERN_LIMIT = 100_000
 _tenant_identities: dict[tuple[str | None, bool], Identity] = {}
-
-
-class ClientState(enum.Enum):
-    """A client connection's state; all but READY, CANCEL and CLOSED are its login's."""
-
-    STARTUP = "startup"
-    TLS = "tls"
-    AUTH = "auth"
-    LOGIN = "login"
-    READY = "ready"
-    CANCEL = "cancel"  # a cancel connection waiting for its request to be handled
-    CLOSED = "closed"
-
-
 _LOGGING_IN = frozenset({ClientState.STARTUP, ClientState.TLS, ClientState.AUTH,
                          ClientState.LOGIN})
-
-
-class ClientError(Exception):
-    """An error a client caused; ends the connection with a FATAL ErrorResponse."""
-
-    def __init__(self, sqlstate: str, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.hint = hint
 
 
 def is_loopback(host: str) -> bool:
@@ -153,66 +120,6 @@ def tenant_identity(identity: Identity) -> Identity:
         kept = _tenant_identities[key] = Identity(tenant=identity.tenant,
                                                   bypass_tenancy=identity.bypass_tenancy)
     return kept
-
-
-class LoginHost(Protocol):
-    """What a login needs of the proxy (``proxy.app.ProxyApp``)."""
-
-    @property
-    def config(self) -> Config: ...
-    @property
-    def verifier(self) -> JwtVerifier: ...
-    @property
-    def stats(self) -> ProxyStats: ...
-    @property
-    def guard(self) -> Guard | None: ...
-    @property
-    def router(self) -> PlacementRouter: ...
-    @property
-    def registry(self) -> dict[str, tuple[str | None, float]]: ...
-    @property
-    def proof_key(self) -> bytes | None: ...
-    @property
-    def client_ssl_context(self) -> ssl.SSLContext | None: ...
-    def cancel(self, pid: int, secret: bytes) -> asyncio.Future[None] | None: ...
-    def too_many_clients(self) -> bool: ...
-    def is_protected_setting(self, name: str) -> bool: ...
-    # The client (a ClientConnection) is what the proxy knows clients by.
-    def auth_failed(self, client: Any, exc: AuthError) -> None: ...
-    def register_cancel_key(self, client: Any) -> tuple[int, bytes]: ...
-    def service_pool(self, database: str, account: ServiceAccountConfig) -> ServerPool: ...
-
-
-class LoginClient(Protocol):
-    """What a login reads and decides of its client
-    (``proxy.frontend.client.ClientConnection``)."""
-
-    @property
-    def app(self) -> LoginHost: ...
-    @property
-    def id(self) -> int: ...
-    @property
-    def peer(self) -> str: ...
-    state: ClientState
-    transport: asyncio.Transport | None
-    framer: FrontendFramer | None
-    database: str
-    pool: ServerPool | None
-    traffic: TrafficStats
-    transaction_mode: bool
-    identity: Identity | None
-    stats_tenant: str
-    context: TenantContext | None
-    cancel_pid: int
-    cancel_secret: bytes
-
-    def write(self, data: bytes) -> None: ...
-    def fatal(self, sqlstate: str, message: str, hint: str | None = None) -> None: ...
-    def close_transport(self) -> None: ...
-    def internal_error(self, exc: BaseException) -> None: ...
-    def link(self, lease: Lease) -> None: ...
-    def open_admin_session(self, user: str, pending: bytes) -> None: ...
-    def logged_in(self) -> None: ...
 
 
 class Login:
@@ -382,7 +289,7 @@ class Login:
             self._password_message()
             return
         # --- end service accounts ---
-        client.write(messages.authentication_cleartext_password())
+        client.write(authentication.authentication_cleartext_password())
         self._password_message()
 
     # ---- authentication ---------------------------------------------------------------
@@ -400,7 +307,7 @@ class Login:
             self._service_account_message(body)
             return
         try:
-            token = messages.decode_password(body).decode("utf-8")
+            token = authentication.decode_password(body).decode("utf-8")
         except UnicodeDecodeError:
             raise ClientError("28P01", "password authentication failed: the password is not "
                               "a valid token") from None
@@ -472,108 +379,12 @@ class Login:
         client.state = ClientState.LOGIN
         self.tasks.spawn(self._login())
 
-    # ---- the first server and the greeting --------------------------------------------
+    # ---- the first server and the greeting (proxy.frontend.first_server) -------------
 
     async def _login(self) -> None:
-        """Lease a server, give it our context, greet the client with its parameters."""
-        client = self.client
-        app = client.app
-        assert client.pool is not None and client.context is not None
-        # --- placement (proxy/placement.py): the tenant's own cluster, known only now ---
-        try:
-            placed = await app.router.place(client)
-        except PlacementRefused as refused:
-            client.fatal(refused.sqlstate, str(refused))
-            return
-        if placed is not None:
-            client.pool, client.traffic = placed, placed.traffic
-        # --- end placement ---
-        try:
-            lease = await client.pool.acquire(client.context.tenant)
-        except (PoolTimeoutError, ServerError) as no_server:
-            client.fatal(no_server.sqlstate, str(no_server))
-            return
-        if client.state is not ClientState.LOGIN:
-            lease.release()
-            return
-        client.link(lease)
-        server = lease.server
-        # The context (and the scrub, when the server last served another tenant) first:
-        # even the proxy's own registry query runs on a clean backend.
-        try:
-            await self._apply_context(lease, client.context)
-        except ClientError as not_set:
-            client.fatal(not_set.sqlstate, str(not_set))
-            return
-        if client.state is not ClientState.LOGIN:
-            return
-        tenant = client.context.tenant
-        if app.config.tenancy.require_registered_tenant and tenant and placed is None:
-            # --- placement --- (the router checked the registry)
-            try:
-                status = await self._registry_status(server, tenant)
-            except ServerError as no_registry:
-                client.fatal(no_registry.sqlstate, str(no_registry))
-                return
-            if status != "active":
-                app.stats.security.suspended_tenant_attempts += 1
-                what = "is suspended" if status == "suspended" else "is not registered"
-                log.info("client #%s (%s): tenant %s %s", client.id, client.peer, tenant, what,
-                         extra={"client_id": client.id, "tenant": tenant,
-                                "database": client.database, "event": "tenant_refused"})
-                client.fatal("28000", f"tenant \"{tenant}\" {what}")
-                return
-        # Canonical spellings (client_encoding 'utf-8' → 'UTF8') as the server reports them.
-        settings = self.settings
-        changed = False
-        for name in settings:
-            value = server.params.get(name)
-            if value is not None and value != settings[name]:
-                settings[name] = value
-                changed = True
-        if changed:
-            client.context = client.context.with_settings(settings)
-            lease.context_changed(client.context)
-        client.cancel_pid, client.cancel_secret = app.register_cancel_key(client)
-        greeting = [messages.authentication_ok()]
-        greeting.extend(messages.parameter_status(k, v) for k, v in server.params.items())
-        greeting.append(messages.backend_key_data(client.cancel_pid, client.cancel_secret))
-        greeting.append(messages.ready_for_query(b"I"))
-        client.write(b"".join(greeting))
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        client.logged_in()  # from now on the settings live in client.context only
-
-    async def _apply_context(self, lease: Lease, context: TenantContext) -> None:
-        """Set our context on the lent server and wait for it."""
-        fut = lease.set_context(context, counted=False)
-        if fut is None:  # same tenant and settings: nothing to set
-            return
-        try:
-            error = await fut
-        except ServerError as exc:
-            raise ClientError(exc.sqlstate, str(exc)) from None
-        if error is not None:
-            raise ClientError(error.get("C", "08006"),
-                              f"could not set the session context: {error.get('M', '')}")
-
-    async def _registry_status(self, server: ServerConnection, tenant: str) -> str | None:
-        """The tenant's status in pgtenant.tenants, cached for registry_cache_seconds."""
-        app = self.client.app
-        registry = app.registry
-        now = time.monotonic()
-        cached = registry.get(tenant)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        rows = await server.query("SELECT pgtenant.tenant_status($1)", [tenant.encode()])
-        status: str | None = None
-        for tag, body in rows:
-            if tag == BackendTag.ERROR_RESPONSE:
-                fields = messages.decode_error_fields(body)
-                raise ServerError(f"could not read the tenant registry: {fields.get('M', '')}",
-                                  "08006")
-            if tag == BackendTag.DATA_ROW and body[2:6] != b"\xff\xff\xff\xff":
-                status = body[6:].decode()
-        registry[tenant] = (status, now + app.config.tenancy.registry_cache_seconds)
-        return status
+        """The first server and the greeting; then the client is logged in."""
+        if await greet_on_first_server(self.client, self.settings):
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.client.logged_in()  # from now on the settings live in client.context only

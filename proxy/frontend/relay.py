@@ -38,7 +38,7 @@ from proxy.backend.server import (
 )
 from proxy.backend.statements import ClientStatement, ServerStatement
 from proxy.frontend.guarding import ParseVerdicts, StreamGuard
-from proxy.frontend.login import ClientState, LoginHost
+from proxy.frontend.interfaces import ClientState, LoginHost
 from proxy.frontend.requests import NO_STOP, classify
 from proxy.guard import Refusal
 from proxy.pool.lease import Lease

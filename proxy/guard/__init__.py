@@ -96,7 +96,7 @@ tenant comparison is applied after), and those of Query messages also by their r
 all three paths.
 """
 
-from proxy.guard.analysis import CLEAN, Analysis
+from proxy.guard.findings import CLEAN, Analysis
 from proxy.guard.guard import SAFE_PARAM_TYPES, Guard
 from proxy.guard.prefilter import needs_inspection
 from proxy.guard.statements import PROXY_NAMESPACE, StatementPolicy

@@ -21,18 +21,28 @@ Every statement, also inside strings and bodies, is judged by the tenant stateme
 policy (:mod:`proxy.guard.statements`) too; its verdicts, one per pool mode, are kept
 apart because they apply to tenant clients only. The analysis also tells whether the
 text may change session settings, and which SQL PREPARE/EXECUTE it runs.
+
+The result type and its collector are in :mod:`proxy.guard.findings`; reading values
+and names out of the JSON tree is in :mod:`proxy.guard.parse_tree`. This module holds
+the rules: what is walked, what is refused, what is deferred to the tenant.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from pglast.parser import parse_plpgsql_json, parse_sql_json
 
+from proxy.guard.findings import Analysis, Findings
+from proxy.guard.parse_tree import (
+    constant_value,
+    def_elems,
+    dicts,
+    names_in_statements,
+    string_value,
+)
 from proxy.guard.policy import GUARDED_SETTINGS, Deferred, SettingPolicy
 from proxy.guard.statements import StatementPolicy, names_in, names_refusable
 from proxy.guard.verdict import (
@@ -43,7 +53,6 @@ from proxy.guard.verdict import (
     SettingValue,
     SettingWrite,
     Special,
-    StatementOp,
 )
 
 #: Statement types that run now; every other statement is a persistent context.
@@ -68,7 +77,6 @@ _NODES_OF_INTEREST = frozenset({
     "FuncCall", "VariableSetStmt", "setstmt", *_DML, "CopyStmt", "AlterSystemStmt",
     "LoadStmt", "DoStmt", "CreateFunctionStmt",
 })
-_TEXT_TYPES = frozenset({"text", "varchar"})
 _SET_CONFIG_ARGS = {"setting_name": 0, "new_value": 1, "is_local": 2}
 # Node types worth walking for; a parse tree without any of them is clean.
 _MARKERS = (
@@ -80,37 +88,6 @@ _MARKERS = (
 MAX_NESTING = 8
 
 
-@dataclass(frozen=True, slots=True)
-class Analysis:
-    """What one SQL text does, independent of who sends it.
-
-    ``refusal``: refused for everyone. ``writes``: protected writes whose verdict needs
-    the tenant or bound values. ``dynamic``: the text runs SQL computed at run time that
-    the guard cannot see; refused for tenant identities (see :class:`~proxy.guard.Guard`).
-    ``session_refusal`` / ``transaction_refusal``: the statement policy's verdict for
-    tenant clients in each pool mode. ``changes_settings``: the text may change session
-    settings (SET, RESET, DISCARD, set_config). ``ops``: its top-level SQL PREPARE and
-    EXECUTE statements, in order.
-    """
-
-    refusal: Refusal | None = None
-    writes: tuple[SettingWrite, ...] = ()
-    dynamic: Refusal | None = None
-    session_refusal: Refusal | None = None
-    transaction_refusal: Refusal | None = None
-    changes_settings: bool = False
-    ops: tuple[StatementOp, ...] = ()
-
-
-#: The analysis of a text with nothing to refuse or check (shared instance).
-CLEAN = Analysis()
-
-_DYNAMIC = Refusal(
-    kind="dynamic_sql",
-    message="dynamic SQL built at run time cannot be inspected by pgtenant and is not "
-    "allowed for tenant connections",
-    hint="use static SQL, or a constant string for EXECUTE",
-)
 _TOO_DEEP = Refusal(
     kind="unparsable",
     message="statement is nested too deeply for pgtenant to inspect",
@@ -121,33 +98,6 @@ class _Refused(Exception):
     def __init__(self, refusal: Refusal) -> None:
         super().__init__(refusal.message)
         self.refusal = refusal
-
-
-@dataclass(slots=True)
-class _Findings:
-    writes: list[SettingWrite] = field(default_factory=list)
-    dynamic: bool = False
-    session_refusal: Refusal | None = None
-    transaction_refusal: Refusal | None = None
-    changes_settings: bool = False
-    ops: list[StatementOp] = field(default_factory=list)
-
-    def refuse(self, session: Refusal | None, transaction: Refusal | None) -> None:
-        """Keep the first statement-policy refusal of each pool mode."""
-        if self.session_refusal is None:
-            self.session_refusal = session
-        if self.transaction_refusal is None:
-            self.transaction_refusal = transaction
-
-    def analysis(self) -> Analysis:
-        if not (self.writes or self.dynamic or self.session_refusal
-                or self.transaction_refusal or self.changes_settings or self.ops):
-            return CLEAN
-        return Analysis(
-            writes=tuple(self.writes), dynamic=_DYNAMIC if self.dynamic else None,
-            session_refusal=self.session_refusal,
-            transaction_refusal=self.transaction_refusal,
-            changes_settings=self.changes_settings, ops=tuple(self.ops))
 
 
 class Analyzer:
@@ -173,7 +123,7 @@ class Analyzer:
 
     def analyze(self, sql: str) -> Analysis:
         """Inspect ``sql`` (one Query or Parse text, possibly several statements)."""
-        found = _Findings()
+        found = Findings()
         try:
             self._sql(found, sql, persistent=False, depth=0)
         except _Refused as exc:
@@ -184,7 +134,7 @@ class Analyzer:
 
     # ---- SQL text ---------------------------------------------------------------------
 
-    def _sql(self, found: _Findings, sql: str, *, persistent: bool, depth: int) -> None:
+    def _sql(self, found: Findings, sql: str, *, persistent: bool, depth: int) -> None:
         if depth > MAX_NESTING:
             raise _Refused(_TOO_DEEP)
         try:
@@ -204,7 +154,7 @@ class Analyzer:
             names = names_in(tree_json)
             if names is None:
                 stmts = json.loads(tree_json).get("stmts", ()) if stmts is None else stmts
-                names = _names(stmts)
+                names = names_in_statements(stmts)
             for function in names[0]:
                 found.refuse(*self.statements.function(function))
             for relation in names[1]:
@@ -234,7 +184,7 @@ class Analyzer:
                 stmt_text = chunk.decode(errors="replace")
             self._walk(found, node, persistent=root_persistent, depth=depth, text=stmt_text)
 
-    def _statement_policy(self, found: _Findings, stmts: list[Any], *, depth: int) -> None:
+    def _statement_policy(self, found: Findings, stmts: list[Any], *, depth: int) -> None:
         """The tenant statement policy for each statement, and what it does to state."""
         statements = self.statements
         for raw in stmts:
@@ -250,14 +200,14 @@ class Analyzer:
                     kind, fields = next(iter((fields.get("query") or {"": {}}).items()))
                 self._statement_op(found, kind, fields)
 
-    def _statement_op(self, found: _Findings, kind: str, fields: Any) -> None:
+    def _statement_op(self, found: Findings, kind: str, fields: Any) -> None:
         if kind == "PrepareStmt":
             writes = "set_config" in json.dumps(fields.get("query")).lower()
             found.ops.append(Prepare(fields.get("name") or "", writes))
         elif kind == "ExecuteStmt":
             args: list[bytes | None] = []
             for node in fields.get("params") or ():
-                value = self._value(node, 0)
+                value = constant_value(node, 0)
                 if isinstance(value, str):
                     args.append(value.encode())
                 elif value is Special.NULL:
@@ -283,7 +233,7 @@ class Analyzer:
                 "protected settings",
             ))
 
-    def _walk(self, found: _Findings, root: Any, *, persistent: bool, depth: int,
+    def _walk(self, found: Findings, root: Any, *, persistent: bool, depth: int,
               text: str) -> None:
         stack: list[Any] = [root]
         while stack:
@@ -312,7 +262,7 @@ class Analyzer:
                 if type(value) is dict or type(value) is list:
                     stack.append(value)
 
-    def _node(self, found: _Findings, key: str, value: Any, *, persistent: bool, depth: int,
+    def _node(self, found: Findings, key: str, value: Any, *, persistent: bool, depth: int,
               text: str) -> None:
         if key == "FuncCall":
             self._func_call(found, value, persistent=persistent, depth=depth)
@@ -352,7 +302,7 @@ class Analyzer:
 
     # ---- settings ---------------------------------------------------------------------
 
-    def _variable_set(self, found: _Findings, stmt: Any, *, persistent: bool,
+    def _variable_set(self, found: Findings, stmt: Any, *, persistent: bool,
                       depth: int) -> None:
         kind = stmt.get("kind")
         if kind in ("VAR_RESET", "VAR_RESET_ALL", "VAR_SET_MULTI"):
@@ -364,10 +314,10 @@ class Analyzer:
         else:
             args: list[Any] = stmt.get("args") or []
             # A list (SET x = a, b) never equals a tenant: unknown.
-            value = self._value(args[0], depth) if len(args) == 1 else Special.UNKNOWN
+            value = constant_value(args[0], depth) if len(args) == 1 else Special.UNKNOWN
         self._record(found, "set", name, value, persistent=persistent)
 
-    def _record(self, found: _Findings, via: str, name: str, value: SettingValue, *,
+    def _record(self, found: Findings, via: str, name: str, value: SettingValue, *,
                 persistent: bool) -> None:
         verdict = self.policy.judge(via, name, value, persistent=persistent,
                                     tenant=Deferred.TENANT)
@@ -376,7 +326,7 @@ class Analyzer:
         if verdict is Deferred.TENANT:
             found.writes.append(SettingWrite(via, name.strip().lower(), value))
 
-    def _func_call(self, found: _Findings, call: Any, *, persistent: bool,
+    def _func_call(self, found: Findings, call: Any, *, persistent: bool,
                    depth: int) -> None:
         names = call.get("funcname") or ()
         if not names:
@@ -391,7 +341,7 @@ class Analyzer:
             sql_at = None if func == "ts_rewrite" and len(args) != 2 else _QUERY_RUNNERS[func]
             self._query_runner(found, args, sql_at, persistent=persistent, depth=depth)
 
-    def _set_config(self, found: _Findings, call: Any, *, persistent: bool,
+    def _set_config(self, found: Findings, call: Any, *, persistent: bool,
                     depth: int) -> None:
         slots: list[Any] = [None, None, None]
         args = call.get("args") or ()
@@ -408,8 +358,8 @@ class Analyzer:
             slots[index] = named.get("arg")
         if any(slot is None for slot in slots):
             raise _Refused(_unprovable_name())
-        name = self._value(slots[0], depth)
-        value = self._value(slots[1], depth)
+        name = constant_value(slots[0], depth)
+        value = constant_value(slots[1], depth)
         if isinstance(name, Param) and not persistent:
             found.writes.append(SettingWrite("set_config", name, value))  # judged at Bind
         elif isinstance(name, str):
@@ -417,54 +367,20 @@ class Analyzer:
         else:
             raise _Refused(_unprovable_name())
 
-    @staticmethod
-    def _value(node: Any, depth: int) -> SettingValue:
-        """The value of a constant expression, a bind parameter, or Special.UNKNOWN."""
-        while type(node) is dict:
-            if "A_Const" in node:
-                const = node["A_Const"]
-                if const.get("isnull"):
-                    return Special.NULL
-                if "sval" in const:
-                    return str(const["sval"].get("sval", ""))
-                if "ival" in const:
-                    return str(const["ival"].get("ival", 0))
-                if "fval" in const:
-                    return str(const["fval"].get("fval", ""))
-                if "boolval" in const:
-                    return "true" if const["boolval"].get("boolval") else "false"
-                return Special.UNKNOWN
-            if "TypeCast" in node:
-                # Casts to text or varchar keep the value; any other cast may change it.
-                cast = node["TypeCast"]
-                type_name = cast.get("typeName") or {}
-                names = [n.get("String", {}).get("sval") for n in type_name.get("names", ())]
-                plain = not type_name.get("typmods") and not type_name.get("arrayBounds")
-                if not (plain and names and names[-1] in _TEXT_TYPES
-                        and (len(names) == 1 or names[:-1] == ["pg_catalog"])):
-                    return Special.UNKNOWN
-                node = cast.get("arg")
-                continue
-            if "ParamRef" in node and depth == 0:
-                number = node["ParamRef"].get("number", 0)
-                return Param(number - 1) if number > 0 else Special.UNKNOWN
-            return Special.UNKNOWN
-        return Special.UNKNOWN
-
     # ---- SQL inside strings -----------------------------------------------------------
 
-    def _query_runner(self, found: _Findings, args: Any, sql_at: int | None, *,
+    def _query_runner(self, found: Findings, args: Any, sql_at: int | None, *,
                       persistent: bool, depth: int) -> None:
         for position, arg in enumerate(args):
             named = arg.get("NamedArgExpr")
             node = named.get("arg") if named is not None else arg
-            value = self._value(node, depth + 1)
+            value = constant_value(node, depth + 1)
             if isinstance(value, str):
                 self._sql(found, value, persistent=persistent, depth=depth + 1)
             elif named is not None or position == sql_at:
                 self._dynamic(found, json.dumps(node))
 
-    def _dynamic(self, found: _Findings, expression: str) -> None:
+    def _dynamic(self, found: Findings, expression: str) -> None:
         """SQL computed at run time: refused for everyone if it mentions guarded things."""
         if self._body_mentions.search(expression.lower()) is not None:
             raise _Refused(Refusal(
@@ -475,26 +391,26 @@ class Analyzer:
             ))
         found.dynamic = True
 
-    def _do(self, found: _Findings, stmt: Any, *, persistent: bool, depth: int,
+    def _do(self, found: Findings, stmt: Any, *, persistent: bool, depth: int,
             text: str) -> None:
-        options = _def_elems(stmt.get("args") or ())
-        language = _string(options.get("language")) or "plpgsql"
-        body = _string(options.get("as")) or ""
+        options = def_elems(stmt.get("args") or ())
+        language = string_value(options.get("language")) or "plpgsql"
+        body = string_value(options.get("as")) or ""
         self._body(found, language, body, text, persistent=persistent, depth=depth)
 
-    def _create_function(self, found: _Findings, stmt: Any, *, depth: int,
+    def _create_function(self, found: Findings, stmt: Any, *, depth: int,
                          text: str) -> None:
-        options = _def_elems(stmt.get("options") or ())
+        options = def_elems(stmt.get("options") or ())
         source = options.get("as")
         if source is None:
             return  # BEGIN ATOMIC body: part of the parse tree, walked with the statement
         items = source.get("List", {}).get("items", ()) if "List" in source else [source]
-        parts = [_string(item) or "" for item in items]
-        language = _string(options.get("language")) or "sql"
+        parts = [string_value(item) or "" for item in items]
+        language = string_value(options.get("language")) or "sql"
         body = parts[0] if len(parts) == 1 else " ".join(parts)
         self._body(found, language, body, text, persistent=True, depth=depth)
 
-    def _body(self, found: _Findings, language: str, body: str, text: str, *,
+    def _body(self, found: Findings, language: str, body: str, text: str, *,
               persistent: bool, depth: int) -> None:
         language = language.lower()
         if language == "plpgsql":
@@ -504,7 +420,7 @@ class Analyzer:
         else:  # C, internal, PL/Python, ...: not inspectable
             self._unparsable(body, self._body_mentions)
 
-    def _plpgsql(self, found: _Findings, text: str, body: str, *, persistent: bool,
+    def _plpgsql(self, found: Findings, text: str, body: str, *, persistent: bool,
                  depth: int) -> None:
         if depth + 1 > MAX_NESTING:
             raise _Refused(_TOO_DEEP)
@@ -517,7 +433,7 @@ class Analyzer:
         if not tree:
             self._unparsable(body, self._body_mentions)
             return
-        for obj in _dicts(tree):
+        for obj in dicts(tree):
             for key, value in obj.items():
                 if key == "PLpgSQL_expr":
                     self._plpgsql_expr(found, value, persistent=persistent, depth=depth)
@@ -528,7 +444,7 @@ class Analyzer:
                     self._execute(found, value.get("dynquery"), persistent=persistent,
                                   depth=depth)
 
-    def _plpgsql_expr(self, found: _Findings, expr: Any, *, persistent: bool,
+    def _plpgsql_expr(self, found: Findings, expr: Any, *, persistent: bool,
                       depth: int) -> None:
         query = expr.get("query", "")
         mode = expr.get("parseMode", 0)
@@ -542,7 +458,7 @@ class Analyzer:
             return
         self._sql(found, sql, persistent=persistent, depth=depth + 1)
 
-    def _execute(self, found: _Findings, expr: Any, *, persistent: bool,
+    def _execute(self, found: Findings, expr: Any, *, persistent: bool,
                  depth: int) -> None:
         """EXECUTE: a constant string is inspected as SQL; anything else is dynamic."""
         if expr is None:
@@ -556,53 +472,11 @@ class Analyzer:
         except Exception:
             pass
         if len(targets) == 1:
-            value = self._value(targets[0].get("ResTarget", {}).get("val"), depth + 1)
+            value = constant_value(targets[0].get("ResTarget", {}).get("val"), depth + 1)
             if isinstance(value, str):
                 self._sql(found, value, persistent=persistent, depth=depth + 1)
                 return
         self._dynamic(found, query)
-
-
-def _dicts(root: Any) -> Iterator[dict[str, Any]]:
-    """Every JSON object in ``root``, depth first, without recursion."""
-    stack: list[Any] = [root]
-    while stack:
-        obj = stack.pop()
-        if type(obj) is dict:
-            yield obj
-            stack.extend(v for v in obj.values() if type(v) is dict or type(v) is list)
-        elif type(obj) is list:
-            stack.extend(obj)
-
-
-def _names(stmts: list[Any]) -> tuple[list[str], list[str]]:
-    """Function names (without schema) and relation names anywhere in ``stmts``."""
-    functions: list[str] = []
-    relations: list[str] = []
-    for obj in _dicts(stmts):
-        names = obj.get("funcname")
-        if type(names) is list and names:
-            functions.append(str(names[-1].get("String", {}).get("sval", "")))
-        relname = obj.get("relname")
-        if type(relname) is str:
-            relations.append(relname)
-    return functions, relations
-
-
-def _def_elems(items: Iterable[Any]) -> dict[str, Any]:
-    """DefElem options as {name: argument node}."""
-    result: dict[str, Any] = {}
-    for item in items:
-        elem = item.get("DefElem")
-        if elem is not None:
-            result[elem.get("defname", "")] = elem.get("arg")
-    return result
-
-
-def _string(node: Any) -> str | None:
-    if type(node) is dict and "String" in node:
-        return str(node["String"].get("sval", ""))
-    return None
 
 
 def _unprovable_name() -> Refusal:

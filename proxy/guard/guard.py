@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from proxy.config import TenancyConfig
-from proxy.guard.analysis import CLEAN, Analysis, Analyzer
+from proxy.guard.analysis import Analyzer
+from proxy.guard.findings import CLEAN, Analysis
 from proxy.guard.policy import Deferred, SettingClass, SettingPolicy
 from proxy.guard.prefilter import needs_inspection
 from proxy.guard.statements import StatementPolicy

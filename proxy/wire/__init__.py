@@ -10,7 +10,8 @@ send. Modules:
   GSSENCRequest, CancelRequest) and their framer.
 - ``framing``: ``FrontendFramer`` (whole client messages) and ``BackendScanner``
   (header-only scanning of the server stream, which is forwarded as received).
-- ``messages``: the few encoders and decoders the proxy needs.
+- ``messages``: the few encoders and decoders the proxy needs for a session.
+- ``authentication``: the authentication exchange (Authentication*, password, SASL).
 
 Import the submodules directly; this package re-exports nothing.
 """

@@ -1,4 +1,9 @@
-"""Encoders and decoders for the messages the proxy builds or reads.
+"""Encoders and decoders for the messages of a session: queries, their replies, errors.
+
+The authentication exchange (Authentication*, PasswordMessage, SASL) is in
+:mod:`proxy.wire.authentication`: it runs once per connection, in the login and the
+server handshake, and shares only the field helpers below (:func:`frame`, :func:`cstr`,
+:func:`read_cstr`, :func:`expect_end`) with the messages here.
 
 Encoders return the whole message (tag, Int32 length, body) as ``bytes``; strings are
 UTF-8 and NUL-terminated. A string argument containing NUL would end the field early
@@ -26,7 +31,7 @@ from proxy.wire.startup import (
     MIN_CANCEL_KEY_SIZE,
     SSL_REQUEST_CODE,
 )
-from proxy.wire.tags import AuthCode, BackendTag, FrontendTag
+from proxy.wire.tags import BackendTag, FrontendTag
 
 _INT32: Final = struct.Struct("!i")
 _UINT32: Final = struct.Struct("!I")
@@ -49,7 +54,8 @@ def frame(tag: int, body: bytes) -> bytes:
     return ((tag << 32) | size).to_bytes(5, "big") + body
 
 
-def _cstr(text: str) -> bytes:
+def cstr(text: str) -> bytes:
+    """``text`` as a NUL-terminated UTF-8 field; a NUL inside it is a caller's bug."""
     if "\0" in text:
         raise ValueError(f"string for the wire contains NUL: {text[:40]!r}")
     return text.encode() + b"\0"
@@ -71,12 +77,6 @@ def _minor(minor: int) -> int:
     return minor
 
 
-def _auth(code: AuthCode, payload: bytes = b"") -> bytes:
-    return frame(BackendTag.AUTHENTICATION, _INT32.pack(code) + payload)
-
-
-_AUTH_OK: Final = _auth(AuthCode.OK)
-_AUTH_CLEARTEXT: Final = _auth(AuthCode.CLEARTEXT_PASSWORD)
 _READY: Final = {s: frame(BackendTag.READY_FOR_QUERY, s) for s in (b"I", b"T", b"E")}
 _EMPTY_QUERY: Final = frame(BackendTag.EMPTY_QUERY_RESPONSE, b"")
 _PARSE_COMPLETE: Final = frame(BackendTag.PARSE_COMPLETE, b"")
@@ -89,34 +89,9 @@ _SSL_REQUEST: Final = struct.pack("!ii", 8, SSL_REQUEST_CODE)
 # ---- backend messages (proxy → client) ----------------------------------------------
 
 
-def authentication_ok() -> bytes:
-    """AuthenticationOk."""
-    return _AUTH_OK
-
-
-def authentication_cleartext_password() -> bytes:
-    """AuthenticationCleartextPassword: ask the client for its password (our JWT)."""
-    return _AUTH_CLEARTEXT
-
-
-def authentication_sasl(mechanisms: list[str]) -> bytes:
-    """AuthenticationSASL listing the mechanisms offered, in order of preference."""
-    return _auth(AuthCode.SASL, b"".join(map(_cstr, mechanisms)) + b"\0")
-
-
-def authentication_sasl_continue(data: bytes) -> bytes:
-    """AuthenticationSASLContinue carrying a server challenge."""
-    return _auth(AuthCode.SASL_CONTINUE, data)
-
-
-def authentication_sasl_final(data: bytes) -> bytes:
-    """AuthenticationSASLFinal carrying the server's final message."""
-    return _auth(AuthCode.SASL_FINAL, data)
-
-
 def parameter_status(name: str, value: str) -> bytes:
     """ParameterStatus reporting a run-time parameter's current value."""
-    return frame(BackendTag.PARAMETER_STATUS, _cstr(name) + _cstr(value))
+    return frame(BackendTag.PARAMETER_STATUS, cstr(name) + cstr(value))
 
 
 def backend_key_data(process_id: int, secret_key: bytes) -> bytes:
@@ -187,13 +162,13 @@ def negotiate_protocol_version(newest_minor: int, unsupported_options: list[str]
     body = struct.pack("!II", _PROTOCOL_3 | _minor(newest_minor), len(unsupported_options))
     return frame(
         BackendTag.NEGOTIATE_PROTOCOL_VERSION,
-        body + b"".join(map(_cstr, unsupported_options)),
+        body + b"".join(map(cstr, unsupported_options)),
     )
 
 
 def command_complete(tag: str) -> bytes:
     """CommandComplete with its command tag (e.g. "SELECT 1")."""
-    return frame(BackendTag.COMMAND_COMPLETE, _cstr(tag))
+    return frame(BackendTag.COMMAND_COMPLETE, cstr(tag))
 
 
 def empty_query_response() -> bytes:
@@ -205,7 +180,7 @@ def row_description(columns: list[str]) -> bytes:
     """RowDescription of text columns (type oid 25, text format)."""
     parts = [_UINT16.pack(len(columns))]
     for name in columns:
-        parts += (_cstr(name), _TEXT_FIELD)
+        parts += (cstr(name), _TEXT_FIELD)
     return frame(BackendTag.ROW_DESCRIPTION, b"".join(parts))
 
 
@@ -240,7 +215,7 @@ def startup_message(parameters: dict[str, str], protocol_minor: int = 0) -> byte
     for name, value in parameters.items():
         if not name:
             raise ValueError("startup parameter name must not be empty")
-        parts += (_cstr(name), _cstr(value))
+        parts += (cstr(name), cstr(value))
     parts.append(b"\0")
     body = b"".join(parts)
     return _INT32.pack(len(body) + 4) + body
@@ -259,30 +234,15 @@ def cancel_request(process_id: int, secret_key: bytes) -> bytes:
     return head + secret_key
 
 
-def password_message(data: bytes) -> bytes:
-    """PasswordMessage; for cleartext or MD5 pass the NUL-terminated password bytes."""
-    return frame(FrontendTag.PASSWORD, data)
-
-
-def sasl_initial_response(mechanism: str, data: bytes) -> bytes:
-    """SASLInitialResponse: the chosen mechanism and the client-first message."""
-    return frame(FrontendTag.PASSWORD, _cstr(mechanism) + _INT32.pack(len(data)) + data)
-
-
-def sasl_response(data: bytes) -> bytes:
-    """SASLResponse carrying the next client message of the exchange."""
-    return frame(FrontendTag.PASSWORD, data)
-
-
 def query(sql: str) -> bytes:
     """Query (simple query protocol)."""
-    return frame(FrontendTag.QUERY, _cstr(sql))
+    return frame(FrontendTag.QUERY, cstr(sql))
 
 
 def parse(name: str, sql: str, param_oids: Sequence[int] = ()) -> bytes:
     """Parse: prepare ``sql`` as statement ``name`` ("" is the unnamed statement)."""
     n = len(param_oids)
-    body = _cstr(name) + _cstr(sql) + struct.pack(f"!H{n}I", n, *param_oids)
+    body = cstr(name) + cstr(sql) + struct.pack(f"!H{n}I", n, *param_oids)
     return frame(FrontendTag.PARSE, body)
 
 
@@ -296,8 +256,8 @@ def bind(
     """Bind: create ``portal`` from ``statement`` with the given parameter values."""
     nf = len(param_formats)
     parts = [
-        _cstr(portal),
-        _cstr(statement),
+        cstr(portal),
+        cstr(statement),
         struct.pack(f"!H{nf}hH", nf, *param_formats, len(params)),
     ]
     for value in params:
@@ -312,12 +272,12 @@ def bind(
 
 def describe(kind: bytes, name: str) -> bytes:
     """Describe a statement (kind b"S") or portal (b"P")."""
-    return frame(FrontendTag.DESCRIBE, _kind(kind) + _cstr(name))
+    return frame(FrontendTag.DESCRIBE, _kind(kind) + cstr(name))
 
 
 def execute(portal: str = "", max_rows: int = 0) -> bytes:
     """Execute ``portal``; ``max_rows`` 0 means no limit."""
-    return frame(FrontendTag.EXECUTE, _cstr(portal) + _INT32.pack(max_rows))
+    return frame(FrontendTag.EXECUTE, cstr(portal) + _INT32.pack(max_rows))
 
 
 def sync() -> bytes:
@@ -332,7 +292,7 @@ def flush() -> bytes:
 
 def close(kind: bytes, name: str) -> bytes:
     """Close a statement (kind b"S") or portal (b"P")."""
-    return frame(FrontendTag.CLOSE, _kind(kind) + _cstr(name))
+    return frame(FrontendTag.CLOSE, _kind(kind) + cstr(name))
 
 
 def terminate() -> bytes:
@@ -343,7 +303,7 @@ def terminate() -> bytes:
 # ---- decoders -----------------------------------------------------------------------
 
 
-def _read_cstr(body: bytes, pos: int, what: str) -> tuple[str, int]:
+def read_cstr(body: bytes, pos: int, what: str) -> tuple[str, int]:
     """Decode the NUL-terminated UTF-8 string at ``pos``; return it and the next offset."""
     nul = body.find(0, pos)
     if nul < 0:
@@ -355,13 +315,14 @@ def _read_cstr(body: bytes, pos: int, what: str) -> tuple[str, int]:
 
 
 def _only_cstr(body: bytes, what: str) -> str:
-    text, end = _read_cstr(body, 0, what)
+    text, end = read_cstr(body, 0, what)
     if end != len(body):
         raise ProtocolViolation(f"{what} has data after its terminating NUL")
     return text
 
 
-def _expect_end(body: bytes, pos: int, what: str) -> None:
+def expect_end(body: bytes, pos: int, what: str) -> None:
+    """Refuse a ``what`` message whose fields end before or after its body does."""
     if pos != len(body):
         raise ProtocolViolation(f"{what} message has an invalid length")
 
@@ -379,7 +340,7 @@ def decode_error_fields(body: bytes) -> dict[str, str]:
     while pos < n:
         code = body[pos]
         if code == 0:
-            _expect_end(body, pos + 1, "error")
+            expect_end(body, pos + 1, "error")
             return fields
         nul = body.find(0, pos + 1)
         if nul < 0:
@@ -391,9 +352,9 @@ def decode_error_fields(body: bytes) -> dict[str, str]:
 
 def decode_parameter_status(body: bytes) -> tuple[str, str]:
     """ParameterStatus → (name, value)."""
-    name, pos = _read_cstr(body, 0, "parameter name")
-    value, pos = _read_cstr(body, pos, "parameter value")
-    _expect_end(body, pos, "ParameterStatus")
+    name, pos = read_cstr(body, 0, "parameter name")
+    value, pos = read_cstr(body, pos, "parameter value")
+    expect_end(body, pos, "ParameterStatus")
     return name, value
 
 
@@ -405,48 +366,6 @@ def decode_backend_key_data(body: bytes) -> tuple[int, bytes]:
     return process_id, body[4:]
 
 
-def decode_authentication(body: bytes) -> tuple[int, bytes]:
-    """Authentication → (code, payload after the code); compare code with AuthCode."""
-    if len(body) < 4:
-        raise ProtocolViolation("authentication message is too short to hold its code")
-    (code,) = _INT32.unpack_from(body)
-    return code, body[4:]
-
-
-def decode_sasl_mechanisms(payload: bytes) -> list[str]:
-    """The mechanism list of AuthenticationSASL (the payload after the code)."""
-    mechanisms: list[str] = []
-    pos = 0
-    while True:
-        name, pos = _read_cstr(payload, pos, "SASL mechanism name")
-        if not name:
-            _expect_end(payload, pos, "AuthenticationSASL")
-            return mechanisms
-        mechanisms.append(name)
-
-
-def decode_password(body: bytes) -> bytes:
-    """PasswordMessage → the password bytes without their single terminating NUL."""
-    if not body or body.find(0) != len(body) - 1:
-        raise ProtocolViolation("password packet must be one NUL-terminated string")
-    return body[:-1]
-
-
-def decode_sasl_initial_response(body: bytes) -> tuple[str, bytes]:
-    """SASLInitialResponse → (mechanism, client-first data; b"" when absent)."""
-    mechanism, pos = _read_cstr(body, 0, "SASL mechanism name")
-    if len(body) - pos < 4:
-        raise ProtocolViolation("SASLInitialResponse message is truncated")
-    (size,) = _INT32.unpack_from(body, pos)
-    pos += 4
-    if size == -1:  # no initial response
-        _expect_end(body, pos, "SASLInitialResponse")
-        return mechanism, b""
-    if size < 0 or pos + size != len(body):
-        raise ProtocolViolation("SASLInitialResponse message has an invalid length")
-    return mechanism, body[pos:]
-
-
 def decode_query(body: bytes) -> str:
     """Query → the SQL text."""
     return _only_cstr(body, "query string")
@@ -454,13 +373,13 @@ def decode_query(body: bytes) -> str:
 
 def decode_parse(body: bytes) -> tuple[str, str, list[int]]:
     """Parse → (statement name, SQL text, parameter type oids)."""
-    name, pos = _read_cstr(body, 0, "statement name")
-    sql, pos = _read_cstr(body, pos, "query string")
+    name, pos = read_cstr(body, 0, "statement name")
+    sql, pos = read_cstr(body, pos, "query string")
     if len(body) - pos < 2:
         raise ProtocolViolation("Parse message is truncated")
     (n,) = _UINT16.unpack_from(body, pos)
     pos += 2
-    _expect_end(body, pos + 4 * n, "Parse")
+    expect_end(body, pos + 4 * n, "Parse")
     return name, sql, list(struct.unpack_from(f"!{n}I", body, pos))
 
 
@@ -483,7 +402,7 @@ def decode_data_row(body: bytes) -> list[bytes | None]:
             raise ProtocolViolation("DataRow column has an invalid length")
         values.append(bytes(body[pos:pos + size]))
         pos += size
-    _expect_end(body, pos, "DataRow")
+    expect_end(body, pos, "DataRow")
     return values
 
 
@@ -514,23 +433,23 @@ def decode_negotiate_protocol_version(body: bytes) -> tuple[int, list[str]]:
     options: list[str] = []
     pos = 8
     for _ in range(count):
-        name, pos = _read_cstr(body, pos, "protocol option name")
+        name, pos = read_cstr(body, pos, "protocol option name")
         options.append(name)
-    _expect_end(body, pos, "NegotiateProtocolVersion")
+    expect_end(body, pos, "NegotiateProtocolVersion")
     return version & 0xFFFF, options
 
 
 def decode_bind_header(body: bytes) -> tuple[str, str]:
     """Bind → (portal, statement); the parameters after them are not examined."""
-    portal, pos = _read_cstr(body, 0, "portal name")
-    statement, _ = _read_cstr(body, pos, "statement name")
+    portal, pos = read_cstr(body, 0, "portal name")
+    statement, _ = read_cstr(body, pos, "statement name")
     return portal, statement
 
 
 def decode_bind(body: bytes) -> tuple[str, str, list[int], list[bytes | None]]:
     """Bind → (portal, statement, parameter format codes, parameter values; None = NULL)."""
-    portal, pos = _read_cstr(body, 0, "portal name")
-    statement, pos = _read_cstr(body, pos, "statement name")
+    portal, pos = read_cstr(body, 0, "portal name")
+    statement, pos = read_cstr(body, pos, "statement name")
     try:
         (nformats,) = _UINT16.unpack_from(body, pos)
         pos += 2
@@ -559,6 +478,6 @@ def decode_close_or_describe(body: bytes) -> tuple[bytes, str]:
     kind = body[:1]
     if kind != b"S" and kind != b"P":
         raise ProtocolViolation(f"invalid Close/Describe kind {kind!r}")
-    name, pos = _read_cstr(body, 1, "statement or portal name")
-    _expect_end(body, pos, "Close/Describe")
+    name, pos = read_cstr(body, 1, "statement or portal name")
+    expect_end(body, pos, "Close/Describe")
     return bytes(kind), name

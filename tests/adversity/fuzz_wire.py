@@ -15,15 +15,16 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from proxy.wire import messages
+    from proxy.wire import authentication, messages
     from proxy.wire.errors import ProtocolViolation
     from proxy.wire.framing import BackendScanner, FrontendFramer
     from proxy.wire.startup import StartupFramer, parse_startup_packet
 
 DECODERS = (
     messages.decode_error_fields, messages.decode_parameter_status,
-    messages.decode_backend_key_data, messages.decode_authentication,
-    messages.decode_password, messages.decode_sasl_initial_response, messages.decode_query,
+    messages.decode_backend_key_data, authentication.decode_authentication,
+    authentication.decode_password, authentication.decode_sasl_initial_response,
+    messages.decode_query,
     messages.decode_parse, messages.decode_bind, messages.decode_close_or_describe,
     messages.decode_negotiate_protocol_version, messages.decode_ready_for_query,
 )

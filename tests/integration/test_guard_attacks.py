@@ -151,13 +151,13 @@ def test_psql_attack_and_follow_up(proxy: ThreadedProxy) -> None:
 def test_function_call_message_is_refused(proxy: ThreadedProxy) -> None:
     import socket
 
-    from proxy.wire import messages
+    from proxy.wire import authentication, messages
     from tests.proxy_harness import token
 
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
         sock.recv(1024)
-        sock.sendall(messages.password_message(token("acme").encode() + b"\0"))
+        sock.sendall(authentication.password_message(token("acme").encode() + b"\0"))
         buf = b""
         while not buf.endswith(b"Z\x00\x00\x00\x05I"):
             buf += sock.recv(4096)

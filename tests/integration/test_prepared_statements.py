@@ -25,7 +25,7 @@ import pytest
 
 from proxy.backend import statements as prepared
 from proxy.config import TenancyConfig
-from proxy.wire import messages
+from proxy.wire import authentication, messages
 from tests.proxy_harness import ThreadedProxy, make_config, token
 
 pytestmark = pytest.mark.usefixtures("clean_items")
@@ -41,7 +41,7 @@ class Wire:
         self.sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
         self.sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
         self.until(b"R")
-        self.sock.sendall(messages.password_message(token(tenant).encode() + b"\0"))
+        self.sock.sendall(authentication.password_message(token(tenant).encode() + b"\0"))
         self.until(b"Z")
 
     def send(self, *parts: bytes) -> Replies:

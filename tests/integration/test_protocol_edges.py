@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.wire import messages
+from proxy.wire import authentication, messages
 from tests import rawclient
 from tests.proxy_harness import ThreadedProxy, token
 from tests.support import wait_for_query
@@ -38,7 +38,7 @@ def test_protocol_3_2_gets_negotiate_protocol_version(session_proxy: ThreadedPro
         assert messages.decode_negotiate_protocol_version(body) == (0, ["_pq_.future_option"])
         tag, body = rawclient.read_message(sock)
         assert tag == b"R"
-        sock.sendall(messages.password_message(token("acme").encode() + b"\0"))
+        sock.sendall(authentication.password_message(token("acme").encode() + b"\0"))
         seen = set()
         while True:
             tag, body = rawclient.read_message(sock)

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.wire import messages
+from proxy.wire import authentication, messages
 from tests.proxy_harness import (
     ThreadedProxy,
     make_config,
@@ -44,7 +44,7 @@ def test_100mb_result_with_a_slow_reader_keeps_proxy_memory_bounded(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         sock.sendall(messages.startup_message({"user": "u", "database": "app"}))
         sock.recv(64)
-        sock.sendall(messages.password_message(token("acme").encode() + b"\0"))
+        sock.sendall(authentication.password_message(token("acme").encode() + b"\0"))
         login = b""
         while not login.endswith(b"Z\x00\x00\x00\x05I"):
             login += sock.recv(4096)

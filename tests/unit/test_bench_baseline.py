@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import pytest
 
-from bench import baseline, report
+from bench import baseline, report, summary
 from bench.__main__ import _options, _parser, main
 from bench.baseline import Baseline, BaselineError
 from bench.database import BenchDatabase, TenantRange
@@ -219,7 +219,7 @@ def test_report_shows_current_over_baseline_per_workload() -> None:
         results.measurements.append(_measurement("pgtenant-transaction", repeat, tps, 80, 1.8))
         results.measurements.append(
             _measurement("pgtenant-transaction@base", repeat, base_tps, 100, 2.0))
-    (comparison,) = report.compare_to_baseline(results)
+    (comparison,) = summary.compare_to_baseline(results)
     assert comparison.target == "pgtenant-transaction"
     assert comparison.tps_ratio == pytest.approx(1.1)
     assert comparison.tps_paired == pytest.approx([1.1, 1.1, 1.1])
@@ -242,7 +242,7 @@ def test_per_repeat_ratios_pair_measurements_of_the_same_repeat() -> None:
     failed = _measurement("pgtenant-session@base", 4, 10, 100, 1)
     failed.ok = False
     results.measurements += [_measurement("pgtenant-session", 4, 3000, 50, 1), failed]
-    (comparison,) = report.compare_to_baseline(results)
+    (comparison,) = summary.compare_to_baseline(results)
     assert comparison.tps_paired == pytest.approx([2.0, 2.0, 2.0])
     assert comparison.proxy_cpu_paired == pytest.approx([0.5, 0.5, 0.5])
 
@@ -250,7 +250,7 @@ def test_per_repeat_ratios_pair_measurements_of_the_same_repeat() -> None:
 def test_report_has_no_baseline_section_without_twins() -> None:
     results = BenchResults(started_at="now", settings={"repeats": 1})
     results.measurements.append(_measurement("pgtenant-transaction", 1, 1000, 80, 1.8))
-    assert report.compare_to_baseline(results) == []
+    assert summary.compare_to_baseline(results) == []
     assert "Current vs baseline" not in report.markdown(results)
 
 

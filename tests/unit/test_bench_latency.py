@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from bench import report
+from bench.chart import LatencyRange, draw_latency_distribution, latency_ranges
 from bench.pgbench import percentile, read_transaction_logs
-from bench.report import LatencyRange, draw_latency_distribution, latency_ranges, summarize
 from bench.results import BenchResults, Measurement
+from bench.summary import summarize
 
 
 @pytest.mark.parametrize(("fraction", "expected"), [

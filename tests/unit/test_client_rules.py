@@ -11,7 +11,7 @@ from proxy.app import ProxyApp
 from proxy.config import AuthConfig, Config, DatabaseConfig, JwtConfig, ServerConfig
 from proxy.frontend.client import ClientConnection
 from proxy.frontend.login import is_loopback
-from proxy.wire import messages
+from proxy.wire import authentication, messages
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
@@ -81,9 +81,9 @@ def test_cleartext_password_is_refused_to_a_remote_peer_without_tls() -> None:
 
 def test_allow_insecure_password_lets_a_remote_peer_authenticate() -> None:
     assert _first_reply("10.1.2.3", allow_insecure=True) == \
-        messages.authentication_cleartext_password()
+        authentication.authentication_cleartext_password()
     assert _first_reply("127.0.0.1", allow_insecure=False) == \
-        messages.authentication_cleartext_password()
+        authentication.authentication_cleartext_password()
 
 
 def _client(peer: object) -> ClientConnection:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.wire import messages
+from proxy.wire import authentication, messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import BackendScanner, FrontendFramer, TagSet
 from proxy.wire.tags import BackendTag as B
@@ -169,7 +169,7 @@ FORWARD_TAGS = frozenset(
 
 def _server_messages() -> list[bytes]:
     out = [
-        messages.authentication_ok(),
+        authentication.authentication_ok(),
         messages.parameter_status("server_version", "17.2"),
         messages.parameter_status("client_encoding", "UTF8"),
         messages.backend_key_data(4242, b"\x01\x02\x03\x04"),

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.wire import authentication as auth
 from proxy.wire import messages as m
 from proxy.wire import tags
 from proxy.wire.errors import ProtocolViolation
@@ -35,10 +36,10 @@ def split(wire: bytes) -> tuple[int, bytes]:
     [
         (m.ready_for_query(b"I"), b"Z\x00\x00\x00\x05I"),
         (m.ready_for_query(b"E"), b"Z\x00\x00\x00\x05E"),
-        (m.authentication_ok(), b"R\x00\x00\x00\x08\x00\x00\x00\x00"),
-        (m.authentication_cleartext_password(), b"R\x00\x00\x00\x08\x00\x00\x00\x03"),
+        (auth.authentication_ok(), b"R\x00\x00\x00\x08\x00\x00\x00\x00"),
+        (auth.authentication_cleartext_password(), b"R\x00\x00\x00\x08\x00\x00\x00\x03"),
         (
-            m.authentication_sasl(["SCRAM-SHA-256"]),
+            auth.authentication_sasl(["SCRAM-SHA-256"]),
             b"R\x00\x00\x00\x17\x00\x00\x00\x0aSCRAM-SHA-256\x00\x00",
         ),
         (m.parameter_status("a", "b"), b"S\x00\x00\x00\x08a\x00b\x00"),
@@ -81,9 +82,9 @@ def split(wire: bytes) -> tuple[int, bytes]:
             b"B\x00\x00\x00\x1d\x00s\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00\x02ab"
             b"\xff\xff\xff\xff\x00\x02\x00\x01\x00\x01",
         ),
-        (m.password_message(b"pw\0"), b"p\x00\x00\x00\x07pw\x00"),
-        (m.sasl_initial_response("M", b"xy"), b"p\x00\x00\x00\x0cM\x00\x00\x00\x00\x02xy"),
-        (m.sasl_response(b"c=biws"), b"p\x00\x00\x00\x0ac=biws"),
+        (auth.password_message(b"pw\0"), b"p\x00\x00\x00\x07pw\x00"),
+        (auth.sasl_initial_response("M", b"xy"), b"p\x00\x00\x00\x0cM\x00\x00\x00\x00\x02xy"),
+        (auth.sasl_response(b"c=biws"), b"p\x00\x00\x00\x0ac=biws"),
         (m.frame(FrontendTag.QUERY, b";\0"), b"Q\x00\x00\x00\x06;\x00"),
     ],
 )
@@ -132,7 +133,7 @@ def test_error_response_never_fails_on_nul_in_text() -> None:
         lambda: m.backend_key_data(1, b"abc"),
         lambda: m.cancel_request(1, b"k" * 257),
         lambda: m.error_response("285", "short sqlstate"),
-        lambda: m.authentication_sasl(["A\0B"]),
+        lambda: auth.authentication_sasl(["A\0B"]),
         lambda: m.negotiate_protocol_version(0x10000, []),
         lambda: m.startup_message({}, protocol_minor=-1),
     ],
@@ -275,35 +276,35 @@ def test_backend_key_data_round_trip(pid: int, key: bytes) -> None:
 @FAST
 @given(mechs=st.lists(text.filter(bool), max_size=3), data=st.binary(max_size=40))
 def test_authentication_round_trips(mechs: list[str], data: bytes) -> None:
-    code, payload = m.decode_authentication(split(m.authentication_sasl(mechs))[1])
-    assert code == AuthCode.SASL and m.decode_sasl_mechanisms(payload) == mechs
-    assert m.decode_authentication(split(m.authentication_sasl_continue(data))[1]) == (
+    code, payload = auth.decode_authentication(split(auth.authentication_sasl(mechs))[1])
+    assert code == AuthCode.SASL and auth.decode_sasl_mechanisms(payload) == mechs
+    assert auth.decode_authentication(split(auth.authentication_sasl_continue(data))[1]) == (
         AuthCode.SASL_CONTINUE,
         data,
     )
-    assert m.decode_authentication(split(m.authentication_sasl_final(data))[1]) == (
+    assert auth.decode_authentication(split(auth.authentication_sasl_final(data))[1]) == (
         AuthCode.SASL_FINAL,
         data,
     )
-    assert m.decode_authentication(split(m.authentication_ok())[1]) == (AuthCode.OK, b"")
+    assert auth.decode_authentication(split(auth.authentication_ok())[1]) == (AuthCode.OK, b"")
 
 
 @FAST
 @given(mechanism=text, data=st.binary(max_size=40))
 def test_sasl_initial_response_round_trip(mechanism: str, data: bytes) -> None:
-    _, body = split(m.sasl_initial_response(mechanism, data))
-    assert m.decode_sasl_initial_response(body) == (mechanism, data)
+    _, body = split(auth.sasl_initial_response(mechanism, data))
+    assert auth.decode_sasl_initial_response(body) == (mechanism, data)
 
 
 def test_sasl_initial_response_without_data() -> None:
-    assert m.decode_sasl_initial_response(b"M\0\xff\xff\xff\xff") == ("M", b"")
+    assert auth.decode_sasl_initial_response(b"M\0\xff\xff\xff\xff") == ("M", b"")
 
 
 @FAST
 @given(password=st.binary(max_size=40).filter(lambda b: b"\0" not in b))
 def test_password_round_trip(password: bytes) -> None:
-    _, body = split(m.password_message(password + b"\0"))
-    assert m.decode_password(body) == password
+    _, body = split(auth.password_message(password + b"\0"))
+    assert auth.decode_password(body) == password
 
 
 @FAST
@@ -334,16 +335,16 @@ MALFORMED: list[tuple[Callable[[bytes], object], bytes]] = [
     (m.decode_parameter_status, b"a\0b\0c"),
     (m.decode_backend_key_data, b"\0\0\0\x01abc"),  # key too short
     (m.decode_backend_key_data, b"\0\0\0\x01" + b"k" * 257),
-    (m.decode_authentication, b"\0\0\0"),
-    (m.decode_sasl_mechanisms, b"SCRAM-SHA-256\0"),  # missing list terminator
-    (m.decode_sasl_mechanisms, b"A\0\0B\0"),
-    (m.decode_password, b""),
-    (m.decode_password, b"pw"),
-    (m.decode_password, b"p\0w\0"),
-    (m.decode_sasl_initial_response, b"M\0\0\0"),
-    (m.decode_sasl_initial_response, b"M\0\0\0\0\x05abc"),
-    (m.decode_sasl_initial_response, b"M\0\xff\xff\xff\xfeab"),
-    (m.decode_sasl_initial_response, b"M\0\xff\xff\xff\xffab"),
+    (auth.decode_authentication, b"\0\0\0"),
+    (auth.decode_sasl_mechanisms, b"SCRAM-SHA-256\0"),  # missing list terminator
+    (auth.decode_sasl_mechanisms, b"A\0\0B\0"),
+    (auth.decode_password, b""),
+    (auth.decode_password, b"pw"),
+    (auth.decode_password, b"p\0w\0"),
+    (auth.decode_sasl_initial_response, b"M\0\0\0"),
+    (auth.decode_sasl_initial_response, b"M\0\0\0\0\x05abc"),
+    (auth.decode_sasl_initial_response, b"M\0\xff\xff\xff\xfeab"),
+    (auth.decode_sasl_initial_response, b"M\0\xff\xff\xff\xffab"),
     (m.decode_ready_for_query, b""),
     (m.decode_ready_for_query, b"X"),
     (m.decode_ready_for_query, b"II"),
@@ -383,10 +384,10 @@ DECODERS: list[Callable[[bytes], object]] = [
     m.decode_error_fields,
     m.decode_parameter_status,
     m.decode_backend_key_data,
-    m.decode_authentication,
-    m.decode_sasl_mechanisms,
-    m.decode_password,
-    m.decode_sasl_initial_response,
+    auth.decode_authentication,
+    auth.decode_sasl_mechanisms,
+    auth.decode_password,
+    auth.decode_sasl_initial_response,
     m.decode_query,
     m.decode_parse,
     m.decode_command_complete,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.wire import messages
+from proxy.wire import authentication, messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.framing import FrontendFramer
 from proxy.wire.startup import (
@@ -81,7 +81,7 @@ def test_framer_random_splits(cuts: list[int]) -> None:
 @given(cut=st.integers(0, len(STARTUP)), trailing_cut=st.integers(0, 30))
 def test_trailing_bytes_pass_to_the_frontend_framer(cut: int, trailing_cut: int) -> None:
     # A pipelining client may send its password right behind the StartupMessage.
-    password = messages.password_message(b"token\0") + messages.query("SELECT 1")
+    password = authentication.password_message(b"token\0") + messages.query("SELECT 1")
     stream = STARTUP + password
     split = len(STARTUP) + min(trailing_cut, len(password))
     startup = StartupFramer()
