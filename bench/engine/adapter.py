@@ -86,6 +86,11 @@ def pool_counters(app: ProxyApp) -> tuple[int, int, int]:
     return stats.waits, stats.leases_with_context_set, stats.kept_reclaimed
 
 
+def servers_opening(app: ProxyApp) -> int:
+    """Server connections database ``app``'s pool is still opening."""
+    return app.pools["app"].connecting
+
+
 async def stop_app(app: ProxyApp) -> None:
     await app.stop()
 

@@ -17,7 +17,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from bench.engine.adapter import NoSocketLoop, build_app, new_client, stop_app, token_for
+from bench.engine.adapter import (
+    NoSocketLoop,
+    build_app,
+    new_client,
+    servers_opening,
+    stop_app,
+    token_for,
+)
 from bench.engine.workloads import (
     PREPARED_NAME,
     SELECT_PARAM,
@@ -110,6 +117,16 @@ class Run:
         loop = asyncio.get_running_loop()
         assert isinstance(loop, NoSocketLoop)
         loop.engine = None
+
+    async def warm_up(self, rounds: int) -> None:
+        """``rounds`` rounds, until the pool has opened the servers the clients made it
+        open, then ``rounds`` more: what is timed next is the steady state. (A released
+        server goes to a waiting client at once, with no event-loop pass, so one server
+        can carry every client of a round while the others are still connecting.)"""
+        await self.block(rounds)
+        assert self.app is not None
+        await self._settle(functools.partial(_none_opening, self.app), "pool growth")
+        await self.block(rounds)
 
     async def block(self, rounds: int) -> None:
         """``rounds`` rounds: every client sends one transaction, then replies arrive.
@@ -317,3 +334,7 @@ def _describe(data: bytes) -> str:
     if b"E" in _tags(data) and pos >= 0:
         text += " (" + data[pos + 2:data.find(b"\x00", pos + 2)].decode(errors="replace") + ")"
     return repr(text) if data else "nothing"
+
+
+def _none_opening(app: ProxyApp) -> bool:
+    return servers_opening(app) == 0

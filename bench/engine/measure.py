@@ -68,7 +68,7 @@ async def _measure(workload: Workload, guard: bool, transactions: int, repeats: 
     try:
         clients = workload.clients
         rounds = max(1, transactions // clients)
-        await run.block(max(1, warmup // clients))
+        await run.warm_up(max(1, warmup // clients))
         run.loop_waits = 0
         assert run.app is not None
         before = pool_counters(run.app)
