@@ -17,7 +17,7 @@ import pytest
 
 from tests.proxy_harness import make_config, subprocess_proxy
 from tests.rawclient import RawClient
-from tests.support import rss_kib
+from tests.support import cpu_seconds, rss_kib
 
 HELD_CLIENTS = 5000
 
@@ -109,16 +109,28 @@ def _connect_rate(port: int, rate: int, seconds: float) -> tuple[list[float], li
 
 
 def _run_connect_rate(app_db: Any, tmp_path: Path, seconds: float) -> None:
+    """Every connection of an open-loop 200/s stream is served, and the proxy could keep
+    up: its CPU time per connection (login with a JWT, one query, close) is well inside
+    the 5 ms each one may take at this rate. CPU time, not latency, is asserted: on a
+    loaded 2-core machine the clients' wait includes the scheduler and PostgreSQL's
+    backend start-ups (its p99 passed 1 s there, which this test asserted before); the
+    latencies are printed. Unloaded: about 0.8 ms of proxy CPU per connection."""
+    rate = 200
     config = make_config(app_db, pool_mode="transaction", pool_size=8)
-    with subprocess_proxy(config, tmp_path) as (_proc, port):
-        times, errors = _connect_rate(port, 200, seconds)
+    with subprocess_proxy(config, tmp_path) as (proc, port):
+        before = cpu_seconds(proc.pid)
+        times, errors = _connect_rate(port, rate, seconds)
+        used = cpu_seconds(proc.pid) - before
     assert not errors, errors[:5]
+    assert len(times) == int(rate * seconds)
     times.sort()
     p50 = statistics.median(times) * 1000
     p99 = times[int(len(times) * 0.99) - 1] * 1000
-    print(f"\n{len(times)} connects at 200/s for {seconds:g}s: p50 {p50:.1f} ms, "
-          f"p99 {p99:.1f} ms, max {times[-1] * 1000:.1f} ms")
-    assert p99 < 1000
+    per_connect = used / len(times) * 1000
+    print(f"\n{len(times)} connects at {rate}/s for {seconds:g}s: p50 {p50:.1f} ms, "
+          f"p99 {p99:.1f} ms, max {times[-1] * 1000:.1f} ms; proxy CPU "
+          f"{per_connect:.2f} ms per connection")
+    assert per_connect < 0.5 * 1000 / rate, "the proxy could not sustain this connect rate"
 
 
 def test_200_connects_per_second(app_db: Any, tmp_path: Path) -> None:
