@@ -85,3 +85,22 @@ def classify(block: bytes, index: list[tuple[int, int, int]], unsynced: bool, na
         if rewrites and not named and kind & _NAMED:
             named = needs_rewrite(tag, block, start + 5, end)
     return block, replies, unsynced, named, NO_STOP
+
+
+def drop_first_request(blocks: list[bytes]) -> list[bytes] | None:
+    """Queued message ``blocks`` (whole messages each) without their first request: the
+    messages up to and including the first that ends in ReadyForQuery (a Query, a Sync,
+    a FunctionCall). None when no request in them is complete yet (an extended-protocol
+    batch still waiting for its Sync). A cancelled request that never reached a server is
+    dropped this way (``ClientRelay.cancel_queued``)."""
+    kinds = _KINDS
+    for i, block in enumerate(blocks):
+        pos = 0
+        size = len(block)
+        while pos < size:
+            tag = block[pos]
+            pos += 1 + int.from_bytes(block[pos + 1:pos + 5], "big")
+            if kinds[tag] & _READY:
+                rest = blocks[i + 1:]
+                return [block[pos:], *rest] if pos < size else rest
+    return None

@@ -15,7 +15,7 @@ import pytest
 from proxy.backend import routing
 from proxy.backend.routing import FORWARD_TAGS, BackendSession, ServerState
 from proxy.config import DatabaseConfig
-from proxy.frontend.requests import NO_STOP, classify
+from proxy.frontend.requests import NO_STOP, classify, drop_first_request
 from proxy.wire import messages
 from proxy.wire.framing import FrontendFramer, split_frames
 from proxy.wire.tags import FrontendTag
@@ -177,3 +177,21 @@ def test_named_statements_are_flagged_only_when_the_proxy_tracks_them(rewrites: 
         pair = Pair(rewrites=rewrites)
         pair.client_sends(batch, None)
         assert pair.named is (named and rewrites)
+
+
+def test_the_first_request_of_a_queue_ends_at_its_first_query_sync_or_function_call() -> None:
+    q1, q2 = messages.query("SELECT 1"), messages.query("SELECT 2")
+    batch = (messages.parse("", "SELECT $1", [23]) + messages.bind("", "", [b"1"])
+             + messages.execute() + messages.sync())
+    call = messages.frame(FrontendTag.FUNCTION_CALL, b"\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00")
+    assert drop_first_request([q1 + q2]) == [q2]
+    assert drop_first_request([q1, q2]) == [q2]
+    assert drop_first_request([q1]) == []
+    assert drop_first_request([batch + q1]) == [q1]
+    assert drop_first_request([batch[:-5], messages.sync(), q1]) == [q1]  # split blocks
+    assert drop_first_request([call + batch]) == [batch]
+    # COPY data and Flush end no request; a batch without its Sync is not complete.
+    copy = messages.frame(FrontendTag.COPY_DATA, b"x")
+    assert drop_first_request([copy + messages.flush() + q1]) == []
+    assert drop_first_request([batch[:-5]]) is None
+    assert drop_first_request([]) is None
