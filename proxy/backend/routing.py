@@ -189,6 +189,7 @@ class BackendSession:
         self.tx_status = b"I"
         self.unsynced = False
         self.lessee: str | None = None  # the tenant whose client holds it (pool bookkeeping)
+        self.fresh_kept = False  # in its pool's list of servers kept lately (pool bookkeeping)
         # A client ran SET/RESET/DISCARD: settings beyond the context may differ from the
         # role's defaults, so the pool resets it (RESET ALL) before another client. Set by
         # the reply routing, cleared by reset_done; independent of tenant_state (a context

@@ -2,7 +2,9 @@
 
 Invariant (PgBouncer's ``objects.c``): each server connection is in exactly one of
 ``connecting`` (a count), ``idle`` (by owner tenant, its warmest first), ``kept`` (idle,
-still linked to the transaction-mode client it last served) or ``active`` (leased);
+still linked to the transaction-mode client it last served) or ``active`` (leased), as
+``active`` and ``kept`` read (a server kept lately sits in ``_active`` until a reader
+settles the index: :meth:`PoolServers.keep`);
 :class:`PoolServers` holds them and makes every move: lease, keep, take back, check,
 reset, offer, open, close. ``ServerPool`` (:mod:`proxy.pool.pool`) is this class plus
 what the rest of the proxy asks of a pool (acquire, maintenance, PAUSE, reload).
@@ -45,6 +47,10 @@ from proxy.wire.tags import BackendTag
 log = logging.getLogger("pgtenant.pool")
 
 
+def _last_used(server: ServerConnection) -> float:
+    return server.last_used
+
+
 class UpstreamRefusedError(ServerError):
     """The upstream role is not safe for tenancy (superuser or BYPASSRLS)."""
 
@@ -63,9 +69,12 @@ class PoolServers(Lender):
         self._sel: Selection[ServerConnection] = Selection(
             db.pool_size, db.max_tenant_server_conns)
         self.idle: OwnerIndex[ServerConnection] = self._sel.idle  # oldest first
-        self.active: set[ServerConnection] = set()
+        self._active: set[ServerConnection] = set()  # (and kept ones in _fresh_kept)
         # Idle but still linked to their last client (oldest first): see the module doc.
-        self.kept: OwnerIndex[ServerConnection] = self._sel.kept
+        self._kept: OwnerIndex[ServerConnection] = self._sel.kept
+        # Servers kept since ``_kept`` was last brought up to date (``_settle_kept``), each
+        # once (``fresh_kept`` set), resumed since or not: see :meth:`keep`.
+        self._fresh_kept: list[ServerConnection] = []
         self._held = self._sel.held  # tenant → servers its clients hold (kept ones too)
         self.connecting = 0
         self.stats = PoolStats()
@@ -79,8 +88,22 @@ class PoolServers(Lender):
         self.paused = False  # PAUSE (``ServerPool.pause``): no new lease, no new server
 
     @property
+    def active(self) -> set[ServerConnection]:
+        """The servers lent to clients (and those being checked, reset or cancelled)."""
+        if self._fresh_kept:
+            self._settle_kept()
+        return self._active
+
+    @property
+    def kept(self) -> OwnerIndex[ServerConnection]:
+        """The servers kept linked to their last client, by owner, oldest first."""
+        if self._fresh_kept:
+            self._settle_kept()
+        return self._kept
+
+    @property
     def size(self) -> int:
-        return len(self.idle) + len(self.kept) + len(self.active) + self.connecting
+        return len(self.idle) + len(self._kept) + len(self._active) + self.connecting
 
     @property
     def idle_count(self) -> int:
@@ -101,6 +124,8 @@ class PoolServers(Lender):
         """Lease the server :meth:`Selection.take` chooses for ``tenant``, or None (none
         fits, or the chosen idle one is due for its check: it is offered after it)."""
         db = self.db
+        if self._fresh_kept:
+            self._settle_kept()
         while True:
             now = time.monotonic()
             server = self._sel.take(tenant, patient=patient, now=now)
@@ -138,14 +163,35 @@ class PoolServers(Lender):
         Not kept: when clients wait (even of other tenants only: measured slower), the
         pool is paused or closing, the server must be reset (a client ran SET), checked
         before each lease (server_check_delay = 0), ends or has a cancel in flight.
+
+        The kept index (by owner: what a waiter or another tenant's client looks in) is
+        brought up to date only when something reads it (:meth:`_settle_kept`): a client
+        keeps and resumes its server once per transaction, and moving it between
+        ``_active`` and ``_kept`` each time cost two dict-of-dict updates and two set
+        updates (~1,700 instructions per transaction compiled). Until then a kept server
+        stays in ``_active`` and in ``_fresh_kept``; ``active`` and ``kept`` settle first.
         """
         if (self.waiters or self.paused or self.closed or server.session_dirty
                 or server.ending or server.cancels or not self.db.server_check_delay):
             return False
-        self.active.discard(server)
         server.state = ServerState.KEPT
-        self.kept.add(server, server.owner, server.last_used)
+        if not server.fresh_kept:
+            server.fresh_kept = True
+            self._fresh_kept.append(server)
         return True
+
+    def _settle_kept(self) -> None:
+        """Index the servers kept since the last time (those still kept: the others were
+        resumed, taken back or closed since), oldest first: they were all kept after any
+        server already in the index."""
+        fresh = self._fresh_kept
+        self._fresh_kept = []
+        fresh.sort(key=_last_used)
+        for server in fresh:
+            server.fresh_kept = False
+            if server.state is ServerState.KEPT:
+                self._active.discard(server)
+                self._kept.add(server, server.owner, server.last_used)
 
     def resume_kept(self, server: ServerConnection, now: float) -> bool:
         """The client of a kept server starts a transaction at ``now``: True, and the
@@ -156,9 +202,10 @@ class PoolServers(Lender):
         if (now - server.last_used >= db.server_check_delay
                 or (db.server_lifetime and now - server.created_at > db.server_lifetime)):
             return False
-        self.kept.discard(server)
+        if not server.fresh_kept:  # (else it is in _active still: see keep)
+            self._kept.discard(server)
+            self._active.add(server)
         server.state = ServerState.ACTIVE
-        self.active.add(server)
         self.stats.kept_reuses += 1
         return True
 
@@ -181,7 +228,7 @@ class PoolServers(Lender):
         (:meth:`keep`), and each earlier waiter got its tenant's when it came."""
         server = self.kept.oldest_of(tenant)
         if server is not None:
-            self.kept.discard(server)
+            self._kept.discard(server)
             self.waiters.remove(wait)
             self._unlink_kept(server)
             wait.set_result(self._lease_to(server, tenant))
@@ -200,7 +247,7 @@ class PoolServers(Lender):
         may have ended it while it sat idle); then offered like a released one. A dead one
         is closed and replaced, before any client byte was written to it."""
         server.state = ServerState.ACTIVE
-        self.active.add(server)
+        self._active.add(server)
         self._tasks.spawn(self._check_then_offer(server))
 
     async def _check_then_offer(self, server: ServerConnection) -> None:
@@ -211,7 +258,7 @@ class PoolServers(Lender):
                 error = await fut
         except (TimeoutError, ServerError) as exc:
             error = {"M": str(exc) or "no answer"}
-        self.active.discard(server)
+        self._active.discard(server)
         if error is not None or not server.is_clean:
             self.stats.servers_failed_check += 1
             log.info("database %s: an idle server connection failed its check (%s); "
@@ -223,7 +270,7 @@ class PoolServers(Lender):
     def _lease_to(self, server: ServerConnection, tenant: str | None) -> Lease:
         """Hand ``server`` out to a client of ``tenant``: the one place a lease begins."""
         server.state = ServerState.ACTIVE
-        self.active.add(server)
+        self._active.add(server)
         server.lessee = tenant
         if tenant is not None:  # (inline: once per transaction)
             self._held[tenant] = self._held.get(tenant, 0) + 1
@@ -326,11 +373,11 @@ class PoolServers(Lender):
         interrupt whatever runs when it lands) until PostgreSQL has closed the cancel
         connection; then offer it."""
         server.state = ServerState.ACTIVE
-        self.active.add(server)
+        self._active.add(server)
         server.after_cancel = self._cancel_done
 
     def _cancel_done(self, server: ServerConnection) -> None:
-        self.active.discard(server)
+        self._active.discard(server)
         if server.state is ServerState.CLOSED:
             return  # _on_closed forgot it
         if self.closed or self._expired(server):
@@ -346,9 +393,9 @@ class PoolServers(Lender):
         closed socket is closed, never reused. ``reset`` runs the server_reset_query first
         (session mode, when a client leaves).
         """
-        self.active.discard(server)
+        self._active.discard(server)
         if server.state is ServerState.KEPT:  # kept for a client that is leaving
-            self.kept.discard(server)
+            self._kept.discard(server)
             server.state = ServerState.ACTIVE
         self._unlease(server)
         server.receiver = None
@@ -362,7 +409,7 @@ class PoolServers(Lender):
         query = (self.db.server_reset_query if reset and self.db.server_reset_query
                  else "RESET ALL" if server.session_dirty else None)
         if query is not None:
-            self.active.add(server)
+            self._active.add(server)
             self._tasks.spawn(self._reset_then_offer(server, query))
             return
         self._offer(server)
@@ -375,7 +422,7 @@ class PoolServers(Lender):
                 error = await fut
         except (TimeoutError, ServerError):
             error = {"M": "reset did not complete"}
-        self.active.discard(server)
+        self._active.discard(server)
         if error is not None or not server.is_clean:
             log.warning("database %s: server reset failed (%s); closing it",
                         self.db.name, error.get("M") if error else "not idle")
@@ -385,8 +432,8 @@ class PoolServers(Lender):
         self._offer(server)
 
     def _close(self, server: ServerConnection) -> None:
-        self.active.discard(server)
-        self.kept.discard(server)
+        self._active.discard(server)
+        self._kept.discard(server)
         self._unlease(server)
         self.idle.discard(server)
         if server.state is not ServerState.CLOSED:
@@ -397,8 +444,8 @@ class PoolServers(Lender):
 
     def _on_closed(self, server: ServerConnection) -> None:
         """A connection died on its own (server restart, network): forget it."""
-        self.active.discard(server)
-        self.kept.discard(server)
+        self._active.discard(server)
+        self._kept.discard(server)
         self._unlease(server)
         self.idle.discard(server)
         self.stats.servers_closed += 1
