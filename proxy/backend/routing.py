@@ -464,7 +464,13 @@ class BackendSession:
         if self.cancels:
             self._hold(data)
             return
-        transport.write(data)
+        try:
+            transport.write(data)
+        except RuntimeError:
+            # uvloop closed the socket under us (connection_lost has run: the session
+            # was lent as it died). What was just queued would wait forever: fail it.
+            if self.state is ServerState.CLOSED:
+                self._fail("upstream closed the connection")
 
     def _start_query_timer(self) -> None:
         """A client request went out with nothing outstanding: query_timeout starts."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
-from proxy.backend.server import ServerError
+from proxy.backend.server import ServerError, ServerState
 from proxy.frontend.interfaces import ClientError, ClientState, LoginClient, LoginHost
 from proxy.placement import PlacementRefused  # --- placement ---
 from proxy.pool.pool import PoolTimeoutError
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from proxy.pool.lease import Lease
 
 log = logging.getLogger("pgtenant.client")
+
+# Servers a login tries when each dies before the client's first message reached it.
+_LEASE_ATTEMPTS: Final = 3
 
 
 async def greet_on_first_server(client: LoginClient, settings: dict[str, str]) -> bool:
@@ -46,25 +49,10 @@ async def greet_on_first_server(client: LoginClient, settings: dict[str, str]) -
     if placed is not None:
         client.pool, client.traffic = placed, placed.traffic
     # --- end placement ---
-    try:
-        lease = await client.pool.acquire(client.context.tenant)
-    except (PoolTimeoutError, ServerError) as no_server:
-        client.fatal(no_server.sqlstate, str(no_server))
+    lease = await _lease_with_context(client)
+    if lease is None:
         return False
-    if client.state is not ClientState.LOGIN:
-        lease.release()
-        return False
-    client.link(lease)
     server = lease.server
-    # The context (and the scrub, when the server last served another tenant) first:
-    # even the proxy's own registry query runs on a clean backend.
-    try:
-        await _apply_context(lease, client.context)
-    except ClientError as not_set:
-        client.fatal(not_set.sqlstate, str(not_set))
-        return False
-    if client.state is not ClientState.LOGIN:
-        return False
     tenant = client.context.tenant
     if app.config.tenancy.require_registered_tenant and tenant and placed is None:
         # --- placement --- (the router checked the registry)
@@ -100,15 +88,56 @@ async def greet_on_first_server(client: LoginClient, settings: dict[str, str]) -
     return True
 
 
+async def _lease_with_context(client: LoginClient) -> Lease | None:
+    """A server leased and linked to the client, carrying its context (and scrubbed,
+    when it last served another tenant: even the proxy's own registry query runs on a
+    clean backend). None when the client was refused or went away (it has been told).
+
+    A server may die the moment it is lent: PostgreSQL restarted, or the network cut
+    every connection while the pool had not yet read the news from an idle one's
+    socket. Nothing of the client's has reached it then, so another one is leased, up
+    to _LEASE_ATTEMPTS in all, instead of failing the login.
+    """
+    assert client.pool is not None and client.context is not None
+    for attempt in range(1, _LEASE_ATTEMPTS + 1):
+        try:
+            lease = await client.pool.acquire(client.context.tenant)
+        except (PoolTimeoutError, ServerError) as no_server:
+            client.fatal(no_server.sqlstate, str(no_server))
+            return None
+        if client.state is not ClientState.LOGIN:
+            lease.release()
+            return None
+        server = lease.server
+        lost = "upstream closed the connection"
+        if server.state is not ServerState.CLOSED:  # (it died while the lease was on its way)
+            client.link(lease)
+            try:
+                await _apply_context(lease, client.context)
+            except ClientError as not_set:
+                client.fatal(not_set.sqlstate, str(not_set))
+                return None
+            except ServerError as gone:
+                lost = str(gone)
+            else:
+                return lease if client.state is ClientState.LOGIN else None
+        if client.state is not ClientState.LOGIN:
+            return None
+        lease.release()  # (the pool forgot a dead server already: nothing happens)
+        log.info("client #%s: server #%s lost at login, before any client message (%s)%s",
+                 client.id, server.id, lost,
+                 "; leasing another" if attempt < _LEASE_ATTEMPTS else "",
+                 extra={"client_id": client.id, "event": "server_replaced"})
+    client.fatal("08006", f"server connection lost: {lost}")
+    return None
+
+
 async def _apply_context(lease: Lease, context: TenantContext) -> None:
-    """Set our context on the lent server and wait for it."""
+    """Set our context on the lent server and wait for it (ServerError: it was lost)."""
     fut = lease.set_context(context, counted=False)
     if fut is None:  # same tenant and settings: nothing to set
         return
-    try:
-        error = await fut
-    except ServerError as exc:
-        raise ClientError(exc.sqlstate, str(exc)) from None
+    error = await fut
     if error is not None:
         raise ClientError(error.get("C", "08006"),
                           f"could not set the session context: {error.get('M', '')}")

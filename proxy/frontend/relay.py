@@ -320,6 +320,13 @@ class ClientRelay(Receiver):
             self._leasing = False
             lease.release()
             return
+        if lease.server.state is ServerState.CLOSED and self.pool is not None:
+            # It died while the lease was on its way (through ``acquire``, when the
+            # pool was paused): nothing of ours reached it, so lease another.
+            lease.release()
+            assert self.context is not None
+            self._wait_for_server(self.pool, self.context.tenant)
+            return
         self.link(lease)
         self._deliver(lease)
 
@@ -509,6 +516,8 @@ class ClientRelay(Receiver):
         if not self._holds(server):
             return
         self.lease = None
+        if self.state is ClientState.LOGIN:
+            return  # the login waits on this server: it leases another or fails itself
         if (self._leasing and self._queue and self.transaction_mode
                 and self.state is ClientState.READY and self.pool is not None
                 and self.context is not None):
