@@ -572,7 +572,10 @@ class ProxyApp:
             log.info("cancel request with an unknown key ignored")
             return None
         if client.server is not None:
-            return self.cancel_server(client.server)
+            done = self.cancel_server(client.server)
+            if done is not None:
+                return done
+        client.cancel_queued()  # (a request that never reached a server: answered here)
         return None
 
     def cancel_server(self, server: ServerConnection) -> asyncio.Future[None] | None:

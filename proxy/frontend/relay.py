@@ -39,7 +39,7 @@ from proxy.backend.server import (
 from proxy.backend.statements import ClientStatement, ServerStatement
 from proxy.frontend.guarding import ParseVerdicts, StreamGuard
 from proxy.frontend.interfaces import ClientState, LoginHost
-from proxy.frontend.requests import NO_STOP, classify
+from proxy.frontend.requests import NO_STOP, classify, drop_first_request
 from proxy.guard import Refusal
 from proxy.pool.lease import Lease
 from proxy.pool.pool import ServerPool
@@ -301,6 +301,41 @@ class ClientRelay(Receiver):
             self._wait = None
             wait.cancel()
 
+    def cancel_queued(self) -> bool:
+        """A CancelRequest came for this client while the request it waits on has not
+        reached a server (queued for one, or behind the context set on one): it is
+        answered as PostgreSQL answers a cancelled statement (57014, then
+        ReadyForQuery) and never sent; requests queued behind it stay. True if one was.
+
+        Only outside a transaction (a client that waits for a server is between
+        transactions; one behind a statement check on its own server may not be: its
+        cancel is left, as before, to find nothing running). A batch still waiting for
+        its Sync is no complete request yet: nothing is cancelled.
+        """
+        lease = self.lease
+        if (not self._queue or self.state is not ClientState.READY
+                or (lease is not None and lease.server.tx_status != b"I")):
+            return False
+        rest = drop_first_request(self._queue)
+        if rest is None:
+            return False
+        self._queue = rest
+        self._queue_replies -= 1
+        self._queued_bytes = sum(map(len, rest))
+        self._queue_batch_start = True
+        if not rest:
+            self._queue_named = False
+            self._tx_started = 0.0
+            self._stop_waiting()  # nothing left to send: out of the pool's queue
+        log.info("client #%s: a queued request was cancelled before it reached a server",
+                 self.id, extra=self._log_fields("queued_request_cancelled"))
+        self.stats.record_error(self.traffic, self.stats_tenant)
+        self.write(messages.error_response("57014", "canceling statement due to user request")
+                   + messages.ready_for_query(b"I"))
+        if self._reading_paused_for and self._queued_bytes <= QUEUE_HIGH_WATER:
+            self._pause_reading("queue", False)
+        return True
+
     def _leased(self, wait: Wait) -> None:
         """The pool decided our wait (transaction mode; no task involved). It runs in
         the stack of whatever decided it: often another client releasing its server."""
@@ -379,6 +414,10 @@ class ClientRelay(Receiver):
                 lease.context_touched()
         else:
             server.flush_cork()
+            if not server.pending and self.transaction_mode:
+                # Nothing to send after all (its request was cancelled meanwhile): the
+                # transaction never began; the server is kept or goes back.
+                self.server_ready(server)
         if self._reading_paused_for:  # (a call less on every waited transaction)
             self._pause_reading("queue", False)
 
