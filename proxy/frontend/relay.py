@@ -539,8 +539,11 @@ class ClientRelay(Receiver):
         tx_status = server.tx_status
         unsynced = server.unsynced
         lease = self.lease
-        if (self.transaction_mode and not self._queue and self.state is ClientState.READY
-                and lease is not None and not lease.keep()):
+        # (_leasing with a lease: a context set or a statement check of ours is on its
+        # way here, which decides once it is answered; see cancel_queued.)
+        if (self.transaction_mode and not self._queue and not self._leasing
+                and self.state is ClientState.READY and lease is not None
+                and not lease.keep()):
             self._release_server()  # its transaction is over and the pool wants it back
         if self._idle_timeouts and not self._queue and not unsynced:
             self._arm_idle_timer(tx_status)
