@@ -91,8 +91,8 @@ class Wait:
     Not an asyncio Future, though it answers the same questions (done, cancelled,
     exception, result): deciding it runs its callback at once, in the decider's stack,
     with no event-loop pass. So a server a client releases goes to the next client inside
-    the releasing callback, and its queued messages go out in the same pass (PgBouncer
-    does the same); a Future cost a future, a done callback and a loop pass per wait.
+    the releasing callback, and its queued messages go out in the same pass; a Future
+    cost a future, a done callback, a loop pass and a getpid() system call per wait.
     What the callback may do there is bounded: the pool's bookkeeping is complete before
     a wait is decided, and a client that goes away cancels its wait first
     (``ClientRelay._stop_waiting``), so no chain of closed clients releases in turn.
