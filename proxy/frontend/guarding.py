@@ -35,6 +35,10 @@ from proxy.wire import messages
 from proxy.wire.framing import split_frames
 from proxy.wire.tags import F_BIND, F_FLUSH, F_FUNCTION_CALL, F_PARSE, F_QUERY, F_SYNC
 
+# (Compiled, an imported name is a lookup in the module's dict at each use; a Final
+# alias is a C static.)
+_CLEAN: Final = CLEAN
+
 Index = list[tuple[int, int, int]]
 # Verdicts of Parse messages by (message body, tenant, transaction mode), shared by the
 # clients of a proxy: drivers send the same unnamed Parse over and over. The value is the
@@ -107,7 +111,7 @@ class StreamGuard:
                 analysis = self._query_analyses.get(body)
                 if analysis is None:
                     analysis = self._guard.analyze_query(body)
-                if analysis is not CLEAN:
+                if analysis is not _CLEAN:
                     refusal = self._check_query(analysis, tenant)
             elif tag == F_PARSE or tag == F_BIND or tag == F_FUNCTION_CALL:  # (no set: native)
                 refusal = self._check(tag, block[start + 5:end], tenant)
