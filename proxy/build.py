@@ -59,6 +59,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.backend.replies",
     "proxy.frontend.guarding",
     "proxy.stats",
+    "proxy.backend.session_state",
     "proxy.backend.routing",
     "proxy.backend.server",
     "proxy.frontend.requests",

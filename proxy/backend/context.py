@@ -142,10 +142,10 @@ class Stale:
 # What the proxy knows of the tenant setting on a server connection, as one value:
 # PRISTINE; set to exactly a context (the TenantContext itself: no wrapper, so the hot
 # path is an identity check against the client's context); Stale(tenant); UNKNOWN.
-# Changed only through the named methods of proxy.backend.routing.BackendSession (the
-# reply routing: SET/RESET/DISCARD, the forged-context warning; mark_context_unknown,
-# adopt_context and reset_done) and ServerConnection.apply_context (a set, and a failed
-# one), which proxy.pool.lease.Lease alone calls.
+# Changed only through the named methods of proxy.backend.session_state.SessionState
+# (called by the reply routing on SET/RESET/DISCARD and the forged-context warning;
+# mark_context_unknown, adopt_context and reset_done) and ServerConnection.apply_context
+# (a set, and a failed one), which proxy.pool.lease.Lease alone calls.
 TenantState = TenantContext | Stale | ContextMark
 
 

@@ -1,13 +1,14 @@
-"""One backend's protocol state and its reply routing, without I/O: bytes in, calls out.
+"""One backend's reply routing, without I/O: bytes in, calls out.
 
 :class:`BackendSession` is everything the proxy knows about one PostgreSQL session once
-it is logged in, and the rules that change it: what was asked and in which order (the
-pending-reply queue, PgBouncer's), what the last ReadyForQuery said, what the tenant
-setting holds (``tenant_state``), which prepared statements exist, whether a client
-changed settings. Bytes from the server go in through :meth:`BackendSession.data_received`;
-what follows goes out as calls on the linked client (:class:`Receiver`), on the futures
-of the proxy's own requests (any ``Outcome``, :mod:`proxy.backend.replies`) and as
-writes on a :class:`Transport`.
+it is logged in and the rules that change it: the state, kept by its base
+:class:`~proxy.backend.session_state.SessionState` (what was asked and in which order:
+the pending-reply queue, PgBouncer's; what the last ReadyForQuery said; what the tenant
+setting holds), and here the routing of the server's bytes and the writes to it. Bytes
+from the server go in through :meth:`BackendSession.data_received`; what follows goes
+out as calls on the linked client (:class:`Receiver`), on the futures of the proxy's own
+requests (any ``Outcome``, :mod:`proxy.backend.replies`) and as writes on a
+:class:`~proxy.backend.session_state.Transport`.
 Nothing here imports asyncio or reads a clock of its own (``clock`` is given), so the
 whole routing is driven by bytes in unit tests, byte by byte if need be, with a fake clock
 and a recording transport (``tests/unit/test_routing.py``).
@@ -32,29 +33,14 @@ ReadyForQuery said 'I' (``is_clean``).
 
 from __future__ import annotations
 
-import enum
-import itertools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
-from proxy.backend.context import (
-    NOBODY,
-    PRISTINE,
-    UNKNOWN,
-    Stale,
-    TenantContext,
-    TenantState,
-    _Nobody,
-)
-from proxy.backend.replies import FORWARD, Collect, Entry, ReplyQueue, Skip, new_reply_queue
-from proxy.backend.statements import (
-    Amend,
-    Emit,
-    ServerStatements,
-    schema_changed,
-    statements_lost,
-)
+from proxy.backend.context import UNKNOWN
+from proxy.backend.replies import FORWARD, Collect, Entry, Skip
+from proxy.backend.session_state import ServerError, ServerState, SessionState, Transport
+from proxy.backend.statements import Amend, Emit, schema_changed, statements_lost
 from proxy.build import mypyc_attr
 from proxy.wire import messages
 from proxy.wire.errors import ProtocolViolation
@@ -95,23 +81,6 @@ _FAILED_TX: Final = b"E"
 _WATCHED_COMMAND: Final = bytes(1 if chr(b) in "ACDRS" else 0 for b in range(256))
 # Bytes held back while a cancel is in flight beyond which the client stops being read.
 HOLD_HIGH_WATER: Final = 256 * 1024
-
-
-
-class ServerState(enum.Enum):
-    CONNECTING = "connecting"
-    IDLE = "idle"          # in the pool
-    ACTIVE = "active"      # leased to a client
-    KEPT = "kept"          # idle, still linked to its last client (transaction mode)
-    CLOSED = "closed"
-
-
-class ServerError(Exception):
-    """The server connection failed or refused the proxy; safe to show to the client."""
-
-    def __init__(self, message: str, sqlstate: str | None = None) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate or "08006"
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -156,60 +125,23 @@ class Receiver:
         raise NotImplementedError
 
 
-class Transport(Protocol):
-    """What the session writes to (an asyncio transport; a recorder in tests)."""
-
-    def write(self, data: bytes) -> None: ...
-    def is_closing(self) -> bool: ...
-    def close(self) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-
-
-_server_ids: Final = itertools.count(1)
-
-
-class BackendSession:
-    """One logged-in PostgreSQL session as the proxy sees it (see the module docstring)."""
+class BackendSession(SessionState):
+    """One logged-in PostgreSQL session: its state (:class:`SessionState`), the reply
+    routing and the writes (see the module docstring)."""
 
     def __init__(self, db: DatabaseConfig,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.id = next(_server_ids)
-        self.db = db
-        self.clock = clock
-        self.state = ServerState.CONNECTING
+        super().__init__(db, clock)
         self.transport: Transport | None = None
         self.scanner = BackendScanner(HANDSHAKE_TAGS)
         self.handshaking = False  # messages go to _handshake_messages, not the routing
-        self.pending: ReplyQueue[Entry] = new_reply_queue()
         self.receiver: Receiver | None = None
-        self.params: dict[str, str] = {}
-        self.backend_pid = 0
-        self.backend_key = b""
-        self.tx_status = b"I"
-        self.unsynced = False
-        self.lessee: str | None = None  # the tenant whose client holds it (pool bookkeeping)
-        self.fresh_kept = False  # in its pool's list of servers kept lately (pool bookkeeping)
-        # A client ran SET/RESET/DISCARD: settings beyond the context may differ from the
-        # role's defaults, so the pool resets it (RESET ALL) before another client. Set by
-        # the reply routing, cleared by reset_done; independent of tenant_state (a context
-        # set restores the client's settings, not the others).
-        self.session_dirty = False
         self._corked = b""   # proxy bytes waiting to go out with the next client write
-        self.statements = ServerStatements(db.max_prepared_statements)
-        self.tenant_state: TenantState = PRISTINE
-        # The tenant whose clients have used this backend since it was last scrubbed
-        # (None: a bypass identity). Another tenant gets it only after the scrub.
-        self.owner: str | _Nobody | None = NOBODY
-        self.scrubs = 0
-        self.created_at = clock()
-        self.last_used = self.created_at
         self._paused_reading = False
         # CancelRequests sent to PostgreSQL for this backend and not yet closed by it. While
         # any is in flight nothing new is written (a cancel interrupts whatever runs when it
         # lands): it is held in _held (ServerConnection.cancel_finished writes it).
         self.cancels = 0
-        self.ending = False  # PostgreSQL sent FATAL: never offered to anyone again
         self._held: list[bytes] = []
         # query_timeout: when the oldest outstanding client request was sent (0: none).
         self.waiting_since = 0.0
@@ -486,49 +418,7 @@ class BackendSession:
             # backpressure: stop reading from the client meanwhile
             self.receiver.server_paused_writing(True)
 
-    # ---- the tenant setting ------------------------------------------------------------
-
-    def mark_context_unknown(self) -> None:
-        """A statement may have changed the tenant setting: re-set it (waiting for the
-        set) before anything else runs here."""
-        self.tenant_state = UNKNOWN
-
-    def adopt_context(self, context: TenantContext) -> None:
-        """The server, set to a context, carries ``context`` as well (an equal one, or
-        settings the server itself reported changing): record it as set. Any other
-        state stays: a context the proxy does not know to be set is set again."""
-        if type(self.tenant_state) is TenantContext:
-            self.tenant_state = context
-
-    def _session_changed(self, setting: bool) -> None:
-        """A client's SET (``setting``), RESET or DISCARD completed. After SET the tenant
-        setting could hold anything; RESET and DISCARD can only restore the default."""
-        self.session_dirty = True
-        state = self.tenant_state
-        if setting:
-            self.tenant_state = UNKNOWN
-        elif type(state) is TenantContext:
-            self.tenant_state = Stale(state.tenant)
-
-    def reset_done(self) -> None:
-        """The pool's reset query (RESET ALL, server_reset_query) completed: the session
-        holds the role's defaults again."""
-        self.tenant_state = PRISTINE
-        self.session_dirty = False
-
-    # ---- state ---------------------------------------------------------------------------
-
-    @property
-    def runs_client_request(self) -> bool:
-        """The next reply answers a client's request (not one of the proxy's own)."""
-        pending = self.pending
-        return bool(pending) and (pending.first() is FORWARD or type(pending.first()) is Amend)
-
-    @property
-    def is_clean(self) -> bool:
-        """Idle, nothing outstanding: the only state in which it may serve another client."""
-        return (self.state is not ServerState.CLOSED and not self.pending
-                and self.tx_status == b"I" and not self.unsynced)
+    # ---- the connection ------------------------------------------------------------------
 
     def pause_reading(self, paused: bool) -> None:
         transport = self.transport
@@ -577,6 +467,3 @@ class BackendSession:
                 receiver.server_reclaimed(self)
             else:
                 receiver.server_lost(self, reason)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} #{self.id} {self.state.value} pid={self.backend_pid}>"

@@ -1,11 +1,11 @@
 """A connection from the proxy to PostgreSQL: the I/O around a :class:`BackendSession`.
 
-``proxy.backend.routing`` holds the session's protocol state and reply routing, without
-I/O. This module adds what needs the event loop: connecting (TLS per sslmode, the
-authentication exchange), the asyncio protocol callbacks, the query_timeout timer,
-cancel requests in flight, the proxy's own queries, and the tenant context set with the
-scrub before a backend changes tenants (:meth:`ServerConnection.apply_context`, whose only
-caller is ``proxy.pool.lease.Lease``).
+``proxy.backend.session_state`` holds the session's protocol state and
+``proxy.backend.routing`` its reply routing, without I/O. This module adds what needs the
+event loop: connecting (TLS per sslmode, the authentication exchange), the asyncio
+protocol callbacks, the query_timeout timer, cancel requests in flight, the proxy's own
+queries, and the tenant context set with the scrub before a backend changes tenants
+(:meth:`ServerConnection.apply_context`, whose only caller is ``proxy.pool.lease.Lease``).
 """
 
 from __future__ import annotations
@@ -27,14 +27,8 @@ from proxy.backend.context import (
     TenantState,
 )
 from proxy.backend.replies import FORWARD, Collect, Skip
-from proxy.backend.routing import (
-    FORWARD_TAGS,
-    HOLD_HIGH_WATER,
-    BackendSession,
-    Receiver,
-    ServerError,
-    ServerState,
-)
+from proxy.backend.routing import FORWARD_TAGS, HOLD_HIGH_WATER, BackendSession, Receiver
+from proxy.backend.session_state import ServerError, ServerState
 from proxy.wire import authentication, messages
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.tags import AuthCode, BackendTag
@@ -44,7 +38,8 @@ if TYPE_CHECKING:
 
     from proxy.config import DatabaseConfig
 
-# Names that live in proxy.backend.routing and replies, importable from here as before.
+# Names that live in proxy.backend.routing, session_state and replies, importable from here
+# as before.
 __all__ = [
     "FORWARD", "FORWARD_TAGS", "NOBODY", "PRISTINE", "SCRUB_SQL", "UNKNOWN",
     "BackendSession", "Collect", "ContextMark", "Receiver",

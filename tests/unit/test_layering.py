@@ -249,9 +249,9 @@ def test_the_checker_sees_every_kind_of_import() -> None:
 # Calls by method name, anywhere in proxy/: only the lease makes them.
 LEASE_ONLY_CALLS = ("apply_context", "adopt_context", "take_back", "resume_kept")
 # Server fields only the server's own named methods assign (the session's state in
-# routing.py, the context set in server.py).
+# session_state.py, the context set in server.py).
 SERVER_OWN_FIELDS = ("tenant_state", "session_dirty", "owner")
-SERVER_MODULES = ("proxy.backend.routing", "proxy.backend.server")
+SERVER_MODULES = ("proxy.backend.session_state", "proxy.backend.server")
 
 
 def _calls_and_assignments(module: str) -> Iterator[tuple[str, int, str]]:

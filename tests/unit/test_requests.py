@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 
 from proxy.backend import routing
-from proxy.backend.routing import FORWARD_TAGS, BackendSession, ServerState
+from proxy.backend.routing import FORWARD_TAGS, BackendSession
+from proxy.backend.session_state import ServerState
 from proxy.config import DatabaseConfig
 from proxy.frontend.requests import NO_STOP, classify, drop_first_request
 from proxy.wire import messages

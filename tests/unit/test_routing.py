@@ -1,10 +1,11 @@
 """A backend session's reply routing, driven by bytes: no sockets, no event loop.
 
-``BackendSession`` (proxy/backend/routing.py) is the protocol state of one server
-connection. These tests write requests to it, feed it the server's reply bytes whole and
-in every chunking (1, 2, 3, 7 bytes, ...) and check what reaches the client, what the
-proxy's own requests learn, and what the session then believes about the backend (the
-tenant setting above all), with a fake clock and a transport that only records.
+``BackendSession`` (proxy/backend/routing.py, its state in session_state.py) is the
+protocol state of one server connection. These tests write requests to it, feed it the
+server's reply bytes whole and in every chunking (1, 2, 3, 7 bytes, ...) and check what
+reaches the client, what the proxy's own requests learn, and what the session then
+believes about the backend (the tenant setting above all), with a fake clock and a
+transport that only records.
 """
 
 from __future__ import annotations
@@ -16,15 +17,8 @@ import pytest
 
 from proxy.backend.context import PRISTINE, UNKNOWN, Stale, TenantContext
 from proxy.backend.replies import Collect, Skip
-from proxy.backend.routing import (
-    ALL_TAGS,
-    FORWARD_TAGS,
-    HOLD_HIGH_WATER,
-    BackendSession,
-    Receiver,
-    ServerError,
-    ServerState,
-)
+from proxy.backend.routing import ALL_TAGS, FORWARD_TAGS, HOLD_HIGH_WATER, BackendSession, Receiver
+from proxy.backend.session_state import ServerError, ServerState
 from proxy.config import DatabaseConfig
 from proxy.wire import messages
 
@@ -145,8 +139,8 @@ def select_reply(value: str = "1") -> bytes:
 
 
 # The engine's pure modules: bytes in, calls out; no event loop, socket or thread.
-PURE_MODULES = ("backend/routing.py", "backend/context.py", "backend/statements.py",
-                "backend/prepared.py", "frontend/requests.py")
+PURE_MODULES = ("backend/routing.py", "backend/session_state.py", "backend/context.py",
+                "backend/statements.py", "backend/prepared.py", "frontend/requests.py")
 
 
 # The client's relaying rules call no event-loop function (ClientConnection brings timers,
