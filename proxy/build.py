@@ -66,6 +66,8 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.frontend.interfaces",
     "proxy.frontend.first_server",
     "proxy.frontend.login",
+    "proxy.frontend.leasing",
+    "proxy.frontend.named_statements",
     "proxy.frontend.relay",
     "proxy.frontend.client",
     "proxy.pool.counters",

@@ -25,15 +25,15 @@ import logging
 from typing import Final
 
 from proxy.backend.server import BackendSession, ServerConnection, ServerError
-from proxy.frontend.interfaces import ClientError, ClientState
+from proxy.frontend.interfaces import ClientError, ClientHost, ClientState
 from proxy.frontend.login import Login, is_loopback
-from proxy.frontend.relay import QUEUE_HIGH_WATER, ClientHost, ClientRelay
+from proxy.frontend.relay import QUEUE_HIGH_WATER, ClientRelay
 from proxy.pool.pool import PoolTimeoutError
 from proxy.tasks import TaskSet
 from proxy.wire.errors import ProtocolViolation
 
-# ClientState and ClientError are the client's, defined with the login's seams
-# (proxy.frontend.interfaces); ClientHost with its relaying.
+# ClientState, ClientError and ClientHost are the client's, defined with the login's seams
+# (proxy.frontend.interfaces).
 __all__ = ["ClientConnection", "ClientError", "ClientHost", "ClientState"]
 
 log = logging.getLogger("pgtenant.client")

@@ -2,10 +2,11 @@
 
 :class:`ClientState` (the state a client connection is in) and :class:`ClientError`
 (an error a client caused) are the client's; :class:`LoginClient` and
-:class:`LoginHost` name what a login reads of its client and needs of the proxy. They
-live apart from the login's steps (:mod:`proxy.frontend.login`,
-:mod:`proxy.frontend.first_server`) and the relaying (:mod:`proxy.frontend.relay`) so
-each of those imports these seams, not one another.
+:class:`LoginHost` name what a login reads of its client and needs of the proxy,
+:class:`ClientHost` what a client needs of the proxy beyond its login. They live apart
+from the login's steps (:mod:`proxy.frontend.login`, :mod:`proxy.frontend.first_server`)
+and the relaying (:mod:`proxy.frontend.relay`) so each of those imports these seams, not
+one another.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
     from proxy.auth.identity import Identity
     from proxy.auth.jwt import JwtVerifier
     from proxy.backend.context import TenantContext
+    from proxy.backend.server import ServerConnection
     from proxy.config import Config, ServiceAccountConfig
+    from proxy.frontend.guarding import ParseVerdicts
     from proxy.guard import Guard
     from proxy.placement import PlacementRouter
     from proxy.pool.lease import Lease
@@ -76,6 +79,21 @@ class LoginHost(Protocol):
     def auth_failed(self, client: Any, exc: AuthError) -> None: ...
     def register_cancel_key(self, client: Any) -> tuple[int, bytes]: ...
     def service_pool(self, database: str, account: ServiceAccountConfig) -> ServerPool: ...
+
+
+class ClientHost(LoginHost, Protocol):
+    """What a client needs of the proxy (``proxy.app.ProxyApp``) beyond its login: the
+    narrow face of the app the frontend sees (it imports neither the app nor the admin
+    console). The client (a ClientConnection) is what the proxy knows clients by."""
+
+    @property
+    def parse_verdicts(self) -> ParseVerdicts: ...
+    def next_client_id(self) -> int: ...
+    def client_connected(self, client: Any) -> None: ...
+    def client_disconnected(self, client: Any) -> None: ...
+    def client_transport_closed(self, client: Any) -> None: ...
+    def cancel_server(self, server: ServerConnection) -> asyncio.Future[None] | None: ...
+    def open_admin_session(self, client: Any, user: str, pending: bytes) -> None: ...
 
 
 class LoginClient(Protocol):

@@ -4,71 +4,40 @@
 :func:`proxy.frontend.requests.classify` what it means, leases a server (transaction
 mode), has the lease set the tenant on it, sends the messages (rewritten when they name
 prepared statements) and forwards what the server answers, down to giving the server back
-(``_release_server``: the one place a client ends its lease). It calls no event-loop
-function: timers, tasks and futures come from
-:class:`proxy.frontend.client.ClientConnection`, which adds the asyncio protocol, the
+(``_release_server``: the one place a client ends its lease). Its bases hold two parts of
+that: :class:`~proxy.frontend.leasing.ClientLeasing` the way to a server (the queue, the
+lease, the context set before anything queued goes out) and
+:class:`~proxy.frontend.named_statements.NamedStatementRelay` the rewriting of named
+prepared statements. It calls no event-loop function: timers, tasks and futures come
+from :class:`proxy.frontend.client.ClientConnection`, which adds the asyncio protocol, the
 login and the timers around it (``_stop_idle_timer``, ``_arm_idle_timer``,
 ``_lease_when_resumed``, ``_new_future``, ``_shutdown``).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from proxy.auth.identity import Identity
 from proxy.backend.context import TenantContext
-from proxy.backend.prepared import (
-    internal_batch,
-    rewrite,
-    to_verify,
-    verified,
-    verify_batch,
-)
-from proxy.backend.server import (
-    FORWARD,
-    BackendSession,
-    Collect,
-    Receiver,
-    ServerConnection,
-    ServerState,
-    Skip,
-)
-from proxy.backend.statements import ClientStatement, ServerStatement
-from proxy.frontend.guarding import ParseVerdicts, StreamGuard
-from proxy.frontend.interfaces import ClientState, LoginHost
+from proxy.backend.server import BackendSession, ServerConnection, ServerState
+from proxy.frontend.guarding import StreamGuard
+from proxy.frontend.interfaces import ClientHost, ClientState
+from proxy.frontend.named_statements import NamedStatementRelay
 from proxy.frontend.requests import NO_STOP, classify, drop_first_request
 from proxy.guard import Refusal
-from proxy.pool.lease import Lease
 from proxy.pool.pool import ServerPool
-from proxy.pool.waits import Wait
 from proxy.stats import ProxyStats, TrafficStats
 from proxy.wire import messages
-from proxy.wire.framing import FrontendFramer, split_frames
+from proxy.wire.framing import FrontendFramer
 from proxy.wire.tags import FrontendTag
 
 if TYPE_CHECKING:
     import asyncio
 
 log = logging.getLogger("pgtenant.client")
-
-
-class ClientHost(LoginHost, Protocol):
-    """What a client needs of the proxy (``proxy.app.ProxyApp``) beyond its login: the
-    narrow face of the app the frontend sees (it imports neither the app nor the admin
-    console). The client (a ClientConnection) is what the proxy knows clients by."""
-
-    @property
-    def parse_verdicts(self) -> ParseVerdicts: ...
-    def next_client_id(self) -> int: ...
-    def client_connected(self, client: Any) -> None: ...
-    def client_disconnected(self, client: Any) -> None: ...
-    def client_transport_closed(self, client: Any) -> None: ...
-    def cancel_server(self, server: ServerConnection) -> asyncio.Future[None] | None: ...
-    def open_admin_session(self, client: Any, user: str, pending: bytes) -> None: ...
-
 
 _X: Final[int] = FrontendTag.TERMINATE
 # Pause reading from the client when this much is queued waiting for a server.
@@ -78,19 +47,18 @@ _NO_TRAFFIC: Final = TrafficStats()  # placeholder counters before the database 
 _PAUSE_BITS: Final = {"queue": 1, "server": 2}
 
 
-class ClientRelay(Receiver):
+class ClientRelay(NamedStatementRelay):
     """A client's relaying state and rules (see the module docstring); the
-    :class:`Receiver` its server connection forwards to."""
+    :class:`~proxy.backend.routing.Receiver` its server connection forwards to."""
 
     # One object per connected client, idle ones included: no per-instance __dict__.
-    __slots__ = ("_guard", "_idle_timeouts", "_leasing", "_queue", "_queue_batch_start",
-                 "_queue_named", "_queue_replies", "_queued_bytes", "_reading_paused_for",
-                 "_rewriting", "_touched", "_tx_started", "_unsynced", "_wait", "_writing_paused",
-                 "app", "context", "database", "framer", "id", "identity", "lease", "pool",
-                 "state", "statements", "stats", "stats_tenant", "traffic", "transaction_mode",
+    __slots__ = ("_guard", "_idle_timeouts", "_reading_paused_for", "_tx_started", "_unsynced",
+                 "_writing_paused", "app", "context", "database", "framer", "id", "identity",
+                 "pool", "state", "stats", "stats_tenant", "traffic", "transaction_mode",
                  "transport")
 
     def __init__(self, app: ClientHost) -> None:
+        super().__init__()  # the lease, the queue and the statements: in the bases
         self.app = app
         # The proxy's counters, kept: compiled, app.stats is a Python attribute lookup
         # (the app is interpreted), twice per transaction.
@@ -104,24 +72,12 @@ class ClientRelay(Receiver):
         self.transaction_mode = False
         self.identity: Identity | None = None
         self.context: TenantContext | None = None  # holds its settings once logged in
-        self.lease: Lease | None = None  # the server connection the pool lent it
-        self._queue: list[bytes] = []   # message blocks waiting for a server
-        self._queue_replies = 0
-        self._queue_named = False       # the queue holds named-statement messages
-        self._queue_batch_start = True  # the queue's first frame starts a batch
-        # Transaction mode: the client's prepared statements by name, from its first one.
-        self.statements: dict[str, ClientStatement] | None = None
-        self._rewriting = False         # a batch the proxy rewrites goes on until Sync
-        self._touched = False  # what goes out next may change the tenant setting (guard)
         self._guard: StreamGuard | None = None  # created at the first message after login
         self.traffic = _NO_TRAFFIC      # the database's counters, once it is known
         self.stats_tenant = "_unknown"  # the tenant label for counters
         self._tx_started = 0.0          # monotonic time the current transaction began
         self._idle_timeouts = False     # idle_transaction_timeout or client_idle_timeout set
         self._unsynced = False  # the client's stream is mid extended-protocol batch
-        self._queued_bytes = 0
-        self._leasing = False
-        self._wait: Wait | None = None  # its wait for a server, while the pool decides
         self._writing_paused = False
         self._reading_paused_for = 0  # bits of _PAUSE_BITS: why reading is paused
 
@@ -135,9 +91,6 @@ class ClientRelay(Receiver):
 
     def _lease_when_resumed(self) -> None:
         """The pool is paused (admin PAUSE): lease once it resumes."""
-        raise NotImplementedError
-
-    def _new_future(self) -> asyncio.Future[list[tuple[int, bytes]]]:
         raise NotImplementedError
 
     def query_timed_out(self, server: BackendSession) -> None:
@@ -172,11 +125,6 @@ class ClientRelay(Receiver):
         if isinstance(peer, tuple) and peer:
             return f"{peer[0]}:{peer[1]}"
         return "?" if peer is None else "unix"
-
-    # The cancel key the proxy gave it, in one int (not an int and a bytes object).
-    def _holds(self, server: BackendSession) -> bool:
-        lease = self.lease
-        return lease is not None and lease.server is server
 
     # ---- relaying client → server -----------------------------------------------------
 
@@ -278,29 +226,6 @@ class ClientRelay(Receiver):
             assert self.pool is not None
             self._wait_for_server(self.pool, context.tenant)
 
-    def _lease_now(self) -> Lease | None:
-        """Transaction mode fast path: an idle server, when nobody is waiting for one."""
-        assert self.pool is not None and self.context is not None
-        lease = self.pool.try_acquire(self.context.tenant)
-        if lease is not None:
-            self.link(lease)
-        return lease
-
-    def _wait_for_server(self, pool: ServerPool, tenant: str | None) -> None:
-        """Queue for a server (transaction mode): :meth:`_leased` runs once the pool
-        decides, maybe before this returns."""
-        wait = pool.wait_for_server(tenant, self._leased)
-        if not wait.done():
-            self._wait = wait
-
-    def _stop_waiting(self) -> None:
-        """The client goes away: out of the pool's queue now (its turn would only lease a
-        server to give it back)."""
-        wait = self._wait
-        if wait is not None:
-            self._wait = None
-            wait.cancel()
-
     def cancel_queued(self) -> bool:
         """A CancelRequest came for this client while the request it waits on has not
         reached a server (queued for one, or behind the context set on one): it is
@@ -336,164 +261,7 @@ class ClientRelay(Receiver):
             self._pause_reading("queue", False)
         return True
 
-    def _leased(self, wait: Wait) -> None:
-        """The pool decided our wait (transaction mode; no task involved). It runs in
-        the stack of whatever decided it: often another client releasing its server."""
-        self._wait = None
-        if wait.cancelled():
-            self._leasing = False
-            return
-        exc = wait.exception()
-        if exc is not None:
-            self._leasing = False
-            self.fatal(getattr(exc, "sqlstate", "08006"), str(exc))
-            return
-        self._got_server(wait.result())
-
-    def _got_server(self, lease: Lease) -> None:
-        if self.state is ClientState.CLOSED:
-            self._leasing = False
-            lease.release()
-            return
-        if lease.server.state is ServerState.CLOSED and self.pool is not None:
-            # It died while the lease was on its way (through ``acquire``, when the
-            # pool was paused): nothing of ours reached it, so lease another.
-            lease.release()
-            assert self.context is not None
-            self._wait_for_server(self.pool, self.context.tenant)
-            return
-        self.link(lease)
-        self._deliver(lease)
-
-    def _deliver(self, lease: Lease) -> None:
-        """Send the queued messages as soon as the lent server carries our context."""
-        assert self.context is not None
-        server = lease.server
-        if lease.context_ready(self.context):
-            self._send_queued(server)
-            return
-        # A switch from another tenant: the set must succeed before anything else runs.
-        fut = lease.set_context(self.context)
-        assert fut is not None  # not ready, so not set
-        fut.add_done_callback(functools.partial(self._context_set, server))
-
-    def _context_set(self, server: ServerConnection,
-                     fut: asyncio.Future[dict[str, str] | None]) -> None:
-        if not self._holds(server):
-            return  # lost while the set was on its way: server_lost decided what follows
-        if fut.cancelled() or fut.exception() is not None:
-            self._leasing = False
-            return  # the server is gone: server_lost reports it
-        error = fut.result()
-        if error is not None:
-            self._leasing = False
-            self.fatal(error.get("C", "08006"),
-                       f"could not set the session context: {error.get('M', '')}")
-            return
-        self._send_queued(server)
-
-    def _send_queued(self, server: ServerConnection, verify: bool = True) -> None:
-        self._leasing = False
-        lease = self.lease
-        if lease is None or lease.server is not server or self.state is ClientState.CLOSED:
-            return
-        if self._queue:
-            frames = self._queue
-            replies = self._queue_replies
-            named = self._queue_named
-            self._queue = []
-            self._queue_replies = 0
-            self._queue_named = False
-            self._queued_bytes = 0
-            if named:
-                self._send_rewritten(server, frames, self._queue_batch_start, verify)
-            else:
-                server.send(b"".join(frames), replies, self._unsynced)
-            if self._touched:
-                self._touched = False
-                lease.context_touched()
-        else:
-            server.flush_cork()
-            if not server.pending and self.transaction_mode:
-                # Nothing to send after all (its request was cancelled meanwhile): the
-                # transaction never began; the server is kept or goes back.
-                self.server_ready(server)
-        if self._reading_paused_for:  # (a call less on every waited transaction)
-            self._pause_reading("queue", False)
-
-    def _pipelined_context_done(self, fut: asyncio.Future[dict[str, str] | None]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            return  # the server is gone; server_lost reports it
-        error = fut.result()
-        if error is not None:
-            # The client's pipelined messages ran with no tenant at all (fail-closed) and
-            # their replies cannot be trusted to match the client's expectations: end it.
-            self.fatal("08006", f"could not set the session context: {error.get('M', '')}")
-
-    def _send_rewritten(self, server: ServerConnection, blocks: list[bytes],
-                        batch_start: bool, verify: bool = True) -> None:
-        """Transaction mode with named statements: see proxy.backend.prepared."""
-        statements = self.statements
-        if statements is None:
-            statements = self.statements = {}
-        frames = [frame for block in blocks for frame in split_frames(block)]
-        try:
-            if verify and batch_start:
-                keys = to_verify(frames, statements, server.statements)
-                if keys:
-                    self._verify(server, frames, keys)
-                    return
-            done = rewrite(frames, statements, server.statements, FORWARD,
-                           batch_start=batch_start,
-                           aborted=server.tx_status == b"E" and not server.pending)
-        except ValueError:  # a name without its terminator
-            self.fatal("08P01", "invalid message format: malformed statement or portal name")
-            return
-        self._rewriting = done.carry
-        if batch_start:
-            evict = server.statements.take_evictions(done.used)
-            if evict:
-                server.send_internal(internal_batch(evict), Skip(None))
-        server.send_entries(done.data, done.entries, self._unsynced)  # type: ignore[arg-type]
-
-    def _verify(self, server: ServerConnection, frames: list[bytes], keys: list[bytes]
-                ) -> None:
-        """Prepare and describe statements the client described elsewhere before sending
-        ``frames`` (held in the queue meanwhile): what it decodes with must still hold."""
-        data, made = verify_batch(server.statements, keys, set(keys))
-        fut: asyncio.Future[list[tuple[int, bytes]]] = self._new_future()
-        server.send_internal(data, Collect(fut))
-        self._queue.insert(0, b"".join(frames))
-        self._queue_named = True
-        self._queue_batch_start = True
-        self._leasing = True  # later messages queue behind these
-        fut.add_done_callback(functools.partial(self._verified, server, keys, made))
-
-    def _verified(self, server: ServerConnection, keys: list[bytes],
-                  made: list[ServerStatement],
-                  fut: asyncio.Future[list[tuple[int, bytes]]]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            self._leasing = False
-            return  # the server is gone: server_lost reports it
-        verified(server.statements, keys, made, fut.result())
-        self._send_queued(server, verify=False)  # a failed prepare: its error, in line
-
-    def statements_cleared(self) -> None:
-        # DISCARD ALL / DEALLOCATE ALL ran for this client: its statements are gone too.
-        if self.statements is not None:
-            self.statements.clear()
-
     # ---- server side callbacks ----------------------------------------------------------
-
-    def link(self, lease: Lease) -> None:
-        self.lease = lease
-        lease.on_pipelined_set = self._pipelined_context_done
-        server = lease.server
-        server.receiver = self
-        if self._writing_paused:
-            server.pause_reading(True)
-        assert self.pool is not None
-        self.pool.stats.leases += 1
 
     def unsolicited(self, data: bytes) -> None:
         """Server messages that answer nothing this client sent. In session mode, once

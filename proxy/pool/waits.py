@@ -95,7 +95,7 @@ class Wait:
     cost a future, a done callback, a loop pass and a getpid() system call per wait.
     What the callback may do there is bounded: the pool's bookkeeping is complete before
     a wait is decided, and a client that goes away cancels its wait first
-    (``ClientRelay._stop_waiting``), so no chain of closed clients releases in turn.
+    (``ClientLeasing._stop_waiting``), so no chain of closed clients releases in turn.
     """
 
     __slots__ = ("_waits", "callback", "deadline", "error", "lease", "reserve_at", "since",

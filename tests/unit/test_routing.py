@@ -145,7 +145,7 @@ PURE_MODULES = ("backend/routing.py", "backend/session_state.py", "backend/conte
 
 # The client's relaying rules call no event-loop function (ClientConnection brings timers,
 # tasks and futures): asyncio only for type annotations.
-RULES_MODULES = ("frontend/relay.py",)
+RULES_MODULES = ("frontend/relay.py", "frontend/leasing.py", "frontend/named_statements.py")
 _IO = {"asyncio", "socket", "ssl", "selectors", "uvloop", "threading"}
 
 
