@@ -1,20 +1,23 @@
-"""Wires config, authentication, pools and listeners together; owns shared server state."""
+"""Wires config, authentication, pools and listeners together; owns shared server state.
+
+Cancel keys and the forwarding of cancels are in :mod:`proxy.cancel` (the base of
+:class:`ProxyApp`); ending a client once its transaction is over (graceful shutdown, a
+tenant placement moved) in :mod:`proxy.draining`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import logging
 import os
-import secrets
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from proxy.auth.jwt import JwtVerifier
-from proxy.backend.server import BackendSession, Receiver, ServerConnection, ServerState
+from proxy.cancel import CancelForwarding
 from proxy.config import (
     MAX_WORKERS,
     Config,
@@ -25,6 +28,7 @@ from proxy.config import (
     parse_listen,
     resolve_secret,
 )
+from proxy.draining import ADMIN_SHUTDOWN, end_after_transaction
 from proxy.frontend.client import ClientConnection
 from proxy.frontend.guarding import ParseVerdicts
 from proxy.guard import Guard
@@ -32,8 +36,6 @@ from proxy.metrics.http import MetricsServer
 from proxy.placement import PlacementRouter  # --- placement ---
 from proxy.pool.pool import ServerPool
 from proxy.stats import ProxyStats
-from proxy.tasks import TaskSet
-from proxy.wire import messages
 
 if TYPE_CHECKING:
     from proxy.auth.errors import AuthError
@@ -44,75 +46,14 @@ log = logging.getLogger("pgtenant.app")
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-_ADMIN_SHUTDOWN = "terminating connection due to administrator command"
-# How long a CancelRequest may take, until PostgreSQL (or another worker) closes it.
-_CANCEL_TIMEOUT = 5.0
-
-
-class _DrainingReceiver(Receiver):
-    """Stands between a server and its client while the proxy shuts down.
-
-    Forwards everything; when the server has answered everything and the transaction is
-    over, ends the client with 57P01 right after the ReadyForQuery, before it can start
-    another transaction (a session-mode client keeps its server between transactions).
-    """
-
-    def __init__(self, client: ClientConnection) -> None:
-        self._client = client
-
-    @classmethod
-    def install(cls, client: ClientConnection) -> None:
-        server = client.server
-        if server is not None and server.receiver is client:
-            server.receiver = cls(client)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)  # what else is read of a client (its id)
-
-    def server_ready(self, server: BackendSession) -> None:
-        client = self._client
-        client.server_ready(server)
-        if server.is_clean:
-            client.fatal("57P01", _ADMIN_SHUTDOWN)
-
-    # The rest of Receiver, as the client does it.
-    def forward_to_client(self, data: bytes) -> None:
-        self._client.forward_to_client(data)
-
-    def unsolicited(self, data: bytes) -> None:
-        self._client.unsolicited(data)
-
-    def server_lost(self, server: BackendSession, reason: str) -> None:
-        self._client.server_lost(server, reason)
-
-    def server_paused_writing(self, paused: bool) -> None:
-        self._client.server_paused_writing(paused)
-
-    def parameter_changed(self, name: str, value: str) -> None:
-        self._client.parameter_changed(name, value)
-
-    def statements_cleared(self) -> None:
-        self._client.statements_cleared()
-
-    def server_reclaimed(self, server: BackendSession) -> None:
-        self._client.server_reclaimed(server)
-
-    def server_error(self, body: bytes) -> None:
-        self._client.server_error(body)
-
-    def forged_context(self) -> None:
-        self._client.forged_context()
-
-    def query_timed_out(self, server: BackendSession) -> None:
-        self._client.query_timed_out(server)
-
-
-class ProxyApp:
-    """One proxy process: listeners, pools, clients, cancel keys."""
+class ProxyApp(CancelForwarding):
+    """One proxy process: listeners, pools, clients, cancel keys (its base,
+    :class:`~proxy.cancel.CancelForwarding`, forwards the cancels)."""
 
     def __init__(self, config: Config, worker: WorkerRole | None = None) -> None:
+        super().__init__()  # the cancel keys
         self.config = config
-        self.worker = worker  # set when this process is one of [server] workers
+        self.worker: WorkerRole | None = worker  # set when this is one of [server] workers
         self.verifier = JwtVerifier.from_config(config.auth.jwt, config.tenancy)
         tenancy = config.tenancy
         proof_key = resolve_secret(tenancy.proof_key_env, tenancy.proof_key_file,
@@ -140,7 +81,7 @@ class ProxyApp:
         # --- placement: the tenant's cluster, chosen at login (proxy/placement.py) ---
         self.router = PlacementRouter(self, lambda db: resolve_secret(
             db.password_env, db.password_file, f"databases.{db.name}.password"),
-            self.end_after_transaction)
+            end_after_transaction)
         # --- service accounts: bypass_tenancy pools, (database, upstream_user) → pool ---
         # Never in self.pools (clients pick those by database name); created on first use.
         self.service_pools: dict[tuple[str, str], ServerPool] = {}
@@ -150,11 +91,9 @@ class ProxyApp:
         self.clients: set[ClientConnection] = set()
         self._open_client_sockets: set[ClientConnection] = set()
         self._client_sockets_closed: asyncio.Event | None = None  # set by stop()
-        self._cancel_keys: dict[int, ClientConnection] = {}
         self._client_ids = 0
         self._servers: list[asyncio.AbstractServer] = []
         self._maintenance: asyncio.Task[None] | None = None
-        self._cancel_tasks = TaskSet()
         self._protected = config.tenancy.protected_prefixes
         # --- reload / graceful shutdown (see docs/operations.md) ---
         self._retired_pools: list[ServerPool] = []  # removed by a reload, still in use
@@ -256,7 +195,7 @@ class ProxyApp:
         for server in self._servers:
             server.close()
         for client in list(self.clients):
-            client.fatal("57P01", "terminating connection due to administrator command")
+            client.fatal("57P01", ADMIN_SHUTDOWN)
         if self._maintenance is not None:
             self._maintenance.cancel()
         if self.verifier.remote is not None:
@@ -309,10 +248,7 @@ class ProxyApp:
                 pool.pause()
             while not self._stopping:
                 for client in list(self.clients):
-                    if not self._in_transaction(client):
-                        client.fatal("57P01", _ADMIN_SHUTDOWN)
-                    else:
-                        _DrainingReceiver.install(client)
+                    end_after_transaction(client)
                 if not self.clients or self._drain_cut or loop.time() >= deadline:
                     break
                 await asyncio.sleep(0.01)
@@ -321,12 +257,6 @@ class ProxyApp:
                             len(self.clients))
         finally:
             await self.stop()
-
-    @staticmethod
-    def _in_transaction(client: ClientConnection) -> bool:
-        """True while the client's server works for it or holds its open transaction."""
-        server = client.server
-        return server is not None and not server.is_clean
 
     # ---- reload (SIGHUP, console RELOAD) ---------------------------------------------
 
@@ -477,18 +407,9 @@ class ProxyApp:
         """End one client with FATAL 57P01 (console KILL_CLIENT); False if unknown."""
         for client in self.clients:
             if client.id == client_id:
-                client.fatal("57P01", _ADMIN_SHUTDOWN)
+                client.fatal("57P01", ADMIN_SHUTDOWN)
                 return True
         return False
-
-    # --- placement: a moved tenant's client goes once its transaction is over ---
-    def end_after_transaction(self, client: ClientConnection) -> None:
-        """FATAL 57P01 now when the client has no transaction running, else right after."""
-        if self._in_transaction(client):
-            _DrainingReceiver.install(client)
-        else:
-            client.fatal("57P01", _ADMIN_SHUTDOWN)
-    # --- end placement ---
 
     # ---- clients ----------------------------------------------------------------------
 
@@ -510,8 +431,7 @@ class ProxyApp:
     def client_disconnected(self, client: ClientConnection) -> None:
         self.clients.discard(client)
         self.router.forget(client)  # --- placement ---
-        if self._cancel_keys.get(client.cancel_pid) is client:
-            del self._cancel_keys[client.cancel_pid]
+        self.forget_cancel_key(client)
 
     def open_admin_session(self, client: ClientConnection, user: str, pending: bytes) -> None:
         """A client logging in to database "pgtenant": the admin console takes over."""
@@ -534,110 +454,3 @@ class ProxyApp:
         self.auth_failures[exc.reason] = self.auth_failures.get(exc.reason, 0) + 1
         log.info("client #%s (%s): authentication failed: %s", client.id, client.peer,
                  exc.reason, extra={"client_id": client.id, "event": "auth_failed"})
-
-    # ---- cancel -----------------------------------------------------------------------
-
-    def register_cancel_key(self, client: ClientConnection) -> tuple[int, bytes]:
-        """The proxy's own BackendKeyData for a client; never a real backend's."""
-        while True:
-            if self.worker is None:
-                pid = secrets.randbelow(2**31 - 2) + 1
-            else:  # the low bits name this worker, for cancels that land on another one
-                pid = self.worker.cancel_pid(secrets.randbelow(2**31 // MAX_WORKERS - 1) + 1)
-            if pid not in self._cancel_keys:
-                break
-        self._cancel_keys[pid] = client
-        return pid, secrets.token_bytes(4)
-
-    def cancel(self, pid: int, secret: bytes) -> asyncio.Future[None] | None:
-        """Forward a CancelRequest to the backend running this client's request, if any.
-
-        Under a supervisor, a key issued by another worker is passed on to that worker.
-        Returns a future that is done once the cancel has been handled (PostgreSQL closed
-        the cancel connection), or None when there is nothing to cancel. Only then may the
-        client's cancel connection be closed: libpq and asyncpg take that close to mean
-        "processed" and send their next statement.
-        """
-        worker = self.worker
-        if worker is not None and worker.owner_of(pid) != worker.index:
-            owner = worker.owner_of(pid)
-            if owner < worker.count:
-                log.info("cancel request passed on to worker %d", owner,
-                         extra={"event": "cancel_passed_on"})
-                return self._cancel_tasks.spawn(self._pass_cancel(worker.cancel_socket(owner),
-                                                                  pid, secret))
-            return None
-        client = self._cancel_keys.get(pid)
-        if client is None or not hmac.compare_digest(client.cancel_secret, secret):
-            log.info("cancel request with an unknown key ignored")
-            return None
-        if client.server is not None:
-            done = self.cancel_server(client.server)
-            if done is not None:
-                return done
-        client.cancel_queued()  # (a request that never reached a server: answered here)
-        return None
-
-    def cancel_server(self, server: ServerConnection) -> asyncio.Future[None] | None:
-        """Cancel what the server runs, but only while it runs a client's request.
-
-        Never the proxy's own context set (a cancelled set could leave the previous
-        context in place), never an idle server that may already serve someone else.
-        From now until PostgreSQL has closed the cancel connection the server runs
-        nothing new and is leased to no one (PgBouncer does the same), so the cancel
-        cannot reach a statement that was not running when it was asked for.
-        """
-        if not server.runs_client_request or server.state is ServerState.CLOSED:
-            return None
-        server.cancel_started()
-        return self._cancel_tasks.spawn(self._cancel_backend(server))
-
-    async def _cancel_backend(self, server: ServerConnection) -> None:
-        """A CancelRequest to PostgreSQL (``host`` starting with "/" is a socket dir)."""
-        db = server.db
-        path = f"{db.host}/.s.PGSQL.{db.port}" if db.host.startswith("/") else None
-        settled = False
-        try:
-            settled = await self._deliver_cancel(path, (db.host, db.port), server.backend_pid,
-                                                 server.backend_key)
-        finally:
-            if not settled:
-                # Sent, but not known to have landed: it could still interrupt whatever
-                # runs next, so this backend serves no one again.
-                server.close()
-            server.cancel_finished()
-
-    async def _pass_cancel(self, path: str, pid: int, key: bytes) -> None:
-        """A CancelRequest on to the worker listening on Unix socket ``path``."""
-        await self._deliver_cancel(path, None, pid, key)
-
-    @staticmethod
-    async def _deliver_cancel(path: str | None, address: tuple[str, int] | None, pid: int,
-                              key: bytes) -> bool:
-        """Send a CancelRequest and wait for the other side to close the connection.
-
-        True when the request is settled: closed by the other side (it has been acted
-        on), or never sent at all.
-        """
-        writer: asyncio.StreamWriter | None = None
-        sent = False
-        try:
-            async with asyncio.timeout(_CANCEL_TIMEOUT):
-                if path is not None:
-                    reader, writer = await asyncio.open_unix_connection(path)
-                else:
-                    assert address is not None
-                    reader, writer = await asyncio.open_connection(*address)
-                sent = True
-                writer.write(messages.cancel_request(pid, key))
-                await writer.drain()
-                await reader.read()  # the other side closes when done
-            return True
-        except ConnectionResetError:
-            return True  # closed, if abruptly: done with the request
-        except (OSError, TimeoutError) as exc:
-            log.warning("could not forward cancel request to %s: %s", path or address, exc)
-            return not sent
-        finally:
-            if writer is not None:
-                writer.close()

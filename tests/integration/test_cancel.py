@@ -22,8 +22,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy import app as app_module
-from proxy.app import ProxyApp
+from proxy import cancel as cancel_module
+from proxy.cancel import CancelForwarding
 from tests.proxy_harness import ThreadedProxy
 from tests.support import wait_for
 
@@ -145,7 +145,7 @@ def test_cancel_delivery_that_gets_no_answer_is_not_settled_and_leaks_no_socket(
     # The other side accepts the CancelRequest and never closes: after the timeout the
     # delivery reports "not settled" (the backend is then closed, never reused) and its
     # socket is closed (filterwarnings = error turns a leaked one into a failure).
-    monkeypatch.setattr(app_module, "_CANCEL_TIMEOUT", 0.2)
+    monkeypatch.setattr(cancel_module, "_CANCEL_TIMEOUT", 0.2)
 
     async def main() -> bool:
         accepted: list[asyncio.StreamWriter] = []
@@ -156,7 +156,7 @@ def test_cancel_delivery_that_gets_no_answer_is_not_settled_and_leaks_no_socket(
         server = await asyncio.start_server(silent, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
-            return await ProxyApp._deliver_cancel(None, ("127.0.0.1", port), 1, b"abcd")
+            return await CancelForwarding._deliver_cancel(None, ("127.0.0.1", port), 1, b"abcd")
         finally:
             for writer in accepted:
                 writer.close()
@@ -180,14 +180,14 @@ def test_a_client_that_gives_up_on_a_slow_cancel_hangs_up_and_the_proxy_recovers
     # the next clients meanwhile and after, and nothing of acme's cancel reaches them.
     caplog.set_level(logging.INFO, logger="pgtenant")
     gate = threading.Event()
-    deliver = ProxyApp._deliver_cancel
+    deliver = CancelForwarding._deliver_cancel
 
     async def held(path: str | None, address: tuple[str, int] | None, pid: int,
                    key: bytes) -> bool:
         await asyncio.to_thread(gate.wait, 30)
         return await deliver(path, address, pid, key)
 
-    monkeypatch.setattr(ProxyApp, "_deliver_cancel", staticmethod(held))
+    monkeypatch.setattr(CancelForwarding, "_deliver_cancel", staticmethod(held))
     proxy = start_proxy(pool_mode=pool_mode, pool_size=1)
     marker = f"abandoned-{pool_mode}"
 

@@ -37,11 +37,13 @@ class Rule:
     exempt: tuple[str, ...] = ()
 
 
+# The app and its own modules (cancel forwarding, ending clients after their transaction).
+_APP = ("proxy.app", "proxy.cancel", "proxy.draining")
 # The layers above the sans-I/O parts, for rules that say "nothing from up there".
 _UPPER = ("proxy.backend", "proxy.pool", "proxy.placement", "proxy.frontend", "proxy.admin",
-          "proxy.app", "proxy.metrics", "proxy.supervisor", "proxy.cli", "proxy.devtools")
+          *_APP, "proxy.metrics", "proxy.supervisor", "proxy.cli", "proxy.devtools")
 # What sits above the pools: the client side and the process around it.
-_ABOVE_POOLS = ("proxy.frontend", "proxy.admin", "proxy.app", "proxy.metrics",
+_ABOVE_POOLS = ("proxy.frontend", "proxy.admin", *_APP, "proxy.metrics",
                 "proxy.supervisor", "proxy.cli", "proxy.devtools", "policies")
 
 RULES = (
@@ -59,7 +61,7 @@ RULES = (
          "authentication is below the connections that use it"),
     Rule("proxy.guard", (*_UPPER, "proxy.auth", "policies"),
          "the SQL guard judges statements; it knows nothing of connections or pools"),
-    Rule("proxy.frontend", ("proxy.admin", "proxy.app", "proxy.metrics", "proxy.supervisor",
+    Rule("proxy.frontend", ("proxy.admin", *_APP, "proxy.metrics", "proxy.supervisor",
                             "proxy.cli", "proxy.devtools", "policies"),
          "a client connection reaches the proxy through ClientHost/LoginHost, the admin "
          "console through the host: it imports neither"),
