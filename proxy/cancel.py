@@ -5,7 +5,8 @@ the backend that runs the client's request (or to the worker that issued the key
 reaches only the statement it was sent for. From the moment it is forwarded until
 PostgreSQL has closed the cancel connection the server runs nothing new and is leased to
 no one (``ServerConnection.cancel_started``/``cancel_finished``), and only then is the
-client's cancel connection closed.
+client's cancel connection closed. A request that has not reached a server yet is
+answered by its client instead (``ClientRelay.cancel_queued``).
 """
 
 from __future__ import annotations

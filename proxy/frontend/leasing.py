@@ -30,22 +30,26 @@ class ClientLeasing(Receiver):
     """A client's lease and the messages queued for it (see the module docstring).
 
     mypyc compiles one chain of native bases: ``Receiver`` -> this class ->
-    ``NamedStatementRelay`` -> ``ClientRelay``.
+    ``NamedStatementRelay`` -> ``ClientRelay``. Each attribute is set up in the lowest
+    class that reads it (compiled, reading one that a subclass sets up costs a check that
+    it is set), so the client's state, pool, context and flow control, which the relay
+    changes, are set up here too.
     """
 
     __slots__ = ("_leasing", "_queue", "_queue_batch_start", "_queue_named", "_queue_replies",
-                 "_queued_bytes", "_touched", "_wait", "lease")
-
-    # The relay's (ClientRelay sets them), read here.
-    state: ClientState
-    pool: ServerPool | None
-    context: TenantContext | None
-    transaction_mode: bool
-    _unsynced: bool
-    _writing_paused: bool
-    _reading_paused_for: int
+                 "_queued_bytes", "_reading_paused_for", "_touched", "_unsynced", "_wait",
+                 "_writing_paused", "context", "lease", "pool", "state", "transaction_mode")
 
     def __init__(self) -> None:
+        # The client's, set by its login and its relaying.
+        self.state = ClientState.STARTUP
+        self.pool: ServerPool | None = None
+        self.transaction_mode = False
+        self.context: TenantContext | None = None  # holds its settings once logged in
+        self._unsynced = False  # the client's stream is mid extended-protocol batch
+        self._writing_paused = False
+        self._reading_paused_for = 0  # bits of relay._PAUSE_BITS: why reading is paused
+        # Its lease.
         self.lease: Lease | None = None  # the server connection the pool lent it
         self._queue: list[bytes] = []   # message blocks waiting for a server
         self._queue_replies = 0

@@ -21,14 +21,12 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from proxy.auth.identity import Identity
-from proxy.backend.context import TenantContext
 from proxy.backend.server import BackendSession, ServerConnection, ServerState
 from proxy.frontend.guarding import StreamGuard
 from proxy.frontend.interfaces import ClientHost, ClientState
 from proxy.frontend.named_statements import NamedStatementRelay
 from proxy.frontend.requests import NO_STOP, classify, drop_first_request
 from proxy.guard import Refusal
-from proxy.pool.pool import ServerPool
 from proxy.stats import ProxyStats, TrafficStats
 from proxy.wire import messages
 from proxy.wire.framing import FrontendFramer
@@ -52,34 +50,27 @@ class ClientRelay(NamedStatementRelay):
     :class:`~proxy.backend.routing.Receiver` its server connection forwards to."""
 
     # One object per connected client, idle ones included: no per-instance __dict__.
-    __slots__ = ("_guard", "_idle_timeouts", "_reading_paused_for", "_tx_started", "_unsynced",
-                 "_writing_paused", "app", "context", "database", "framer", "id", "identity",
-                 "pool", "state", "stats", "stats_tenant", "traffic", "transaction_mode",
-                 "transport")
+    __slots__ = ("_guard", "_idle_timeouts", "_tx_started", "app", "database", "framer", "id",
+                 "identity", "stats", "stats_tenant", "traffic", "transport")
 
     def __init__(self, app: ClientHost) -> None:
-        super().__init__()  # the lease, the queue and the statements: in the bases
+        # The bases set up what they read: the client's state, pool, context, mode and
+        # flow control (ClientLeasing), the lease and its queue, the statements.
+        super().__init__()
         self.app = app
         # The proxy's counters, kept: compiled, app.stats is a Python attribute lookup
         # (the app is interpreted), twice per transaction.
         self.stats: ProxyStats = app.stats
         self.id = app.next_client_id()
-        self.state = ClientState.STARTUP
         self.transport: asyncio.Transport | None = None
         self.framer: FrontendFramer | None = None
         self.database = ""
-        self.pool: ServerPool | None = None
-        self.transaction_mode = False
         self.identity: Identity | None = None
-        self.context: TenantContext | None = None  # holds its settings once logged in
         self._guard: StreamGuard | None = None  # created at the first message after login
         self.traffic = _NO_TRAFFIC      # the database's counters, once it is known
         self.stats_tenant = "_unknown"  # the tenant label for counters
         self._tx_started = 0.0          # monotonic time the current transaction began
         self._idle_timeouts = False     # idle_transaction_timeout or client_idle_timeout set
-        self._unsynced = False  # the client's stream is mid extended-protocol batch
-        self._writing_paused = False
-        self._reading_paused_for = 0  # bits of _PAUSE_BITS: why reading is paused
 
     # ---- what the event-loop side provides (ClientConnection) --------------------------
 
