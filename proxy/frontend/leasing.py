@@ -1,12 +1,14 @@
 """A client's way to a server connection, and what waits for it meanwhile.
 
-:class:`ClientLeasing`, the first base of :class:`proxy.frontend.relay.ClientRelay`:
+:class:`ClientLeasing`, the lowest of the bases of :class:`proxy.frontend.relay.ClientRelay`:
 the client's messages that wait for a server (the queue), a lease from the pool (an idle
 server at once, ``_lease_now``, or a :class:`~proxy.pool.waits.Wait` the pool decides),
 the link to the lent server (``link``), and, once the lease has set the client's tenant
 context on it (``Lease.context_ready``, ``Lease.set_context``: the lease is where the
-tenant is set), the queued messages. The server goes back to the pool in
-``ClientRelay._release_server``. Like the relay, it calls no event-loop function.
+tenant is set), the queued messages. A linked client gives its server back in
+``ClientRelay._release_server`` (a lease that arrives for a client already gone, or with
+a dead server, is released at once in ``_got_server``). Like the relay, it calls no
+event-loop function.
 """
 
 from __future__ import annotations
