@@ -1,15 +1,43 @@
 """Integration tests: fixtures shared with adversity are in tests/conftest.py; these are
-the ones of several files here (scratch databases)."""
+the ones of several files here (admin console, scratch databases)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from policies.install import set_key
+from tests.integration.admin_console import admin_config
 from tests.integration.policies_db import KEY_A, Scratch, installed, scratch_database
+from tests.proxy_harness import ThreadedProxy, make_config
 from tests.support import PostgresServer
+
+# ---- admin console -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def start_admin_proxy(app_db: Any) -> Iterator[Callable[..., ThreadedProxy]]:
+    """Factory: a threaded proxy with an admin user; keyword arguments as make_config."""
+    started: list[ThreadedProxy] = []
+
+    def start(**overrides: Any) -> ThreadedProxy:
+        config = dataclasses.replace(make_config(app_db, **overrides), admin=admin_config())
+        proxy = ThreadedProxy(config).start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
+def admin_proxy(start_admin_proxy: Callable[..., ThreadedProxy]) -> ThreadedProxy:
+    return start_admin_proxy(pool_mode="transaction", pool_size=2)
+
 
 # ---- scratch databases ------------------------------------------------------------------
 
