@@ -1,5 +1,5 @@
 """Integration tests: fixtures shared with adversity are in tests/conftest.py; these are
-the ones of several files here (admin console, scratch databases)."""
+the ones of several files here (admin console, prepared statements, scratch databases)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from policies.install import set_key
+from proxy.config import TenancyConfig
 from tests.integration.admin_console import admin_config
 from tests.integration.policies_db import KEY_A, Scratch, installed, scratch_database
+from tests.integration.prepared_wire import Start, Wire
 from tests.proxy_harness import ThreadedProxy, make_config
 from tests.support import PostgresServer
 
@@ -37,6 +39,33 @@ def start_admin_proxy(app_db: Any) -> Iterator[Callable[..., ThreadedProxy]]:
 @pytest.fixture
 def admin_proxy(start_admin_proxy: Callable[..., ThreadedProxy]) -> ThreadedProxy:
     return start_admin_proxy(pool_mode="transaction", pool_size=2)
+
+
+# ---- prepared statements, by hand -----------------------------------------------------
+
+
+@pytest.fixture
+def unguarded(app_db: Any) -> Iterator[ThreadedProxy]:
+    """Transaction mode on one server connection, SQL guard off."""
+    config = make_config(app_db, pool_mode="transaction", pool_size=1)
+    proxy = ThreadedProxy(dataclasses.replace(config, tenancy=TenancyConfig(guard=False)))
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def wire(start_proxy: Start) -> Iterator[Callable[..., Wire]]:
+    opened: list[Wire] = []
+
+    def open_wire(proxy: ThreadedProxy, tenant: str = "acme") -> Wire:
+        w = Wire(proxy, tenant)
+        opened.append(w)
+        return w
+
+    yield open_wire
+    for w in opened:
+        w.close()
 
 
 # ---- scratch databases ------------------------------------------------------------------
