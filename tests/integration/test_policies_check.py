@@ -12,7 +12,7 @@ import pytest
 from policies.check import PRIVILEGED_PREDEFINED_ROLES, RULES
 from policies.install import install
 from policies.protect import protect
-from tests.integration.test_policies import Scratch, cli, scratch_database
+from tests.integration.policies_db import Scratch, cli, scratch_database
 from tests.support import PostgresServer
 
 # A database that does everything right: protected table with a tenant-scoped unique key,

@@ -5,23 +5,15 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.integration.test_policies import Scratch, cli, scratch_database
-from tests.support import PostgresServer
+from tests.integration.policies_db import Scratch, cli
 
 PASSWORD_ENV = "PGTENANT_TEST_ROLE_PASSWORD"
-
-
-@pytest.fixture
-def scratch(postgres: PostgresServer) -> Iterator[Scratch]:
-    with scratch_database(postgres) as db:
-        yield db
 
 
 def create_role(db: Scratch, *extra: str) -> tuple[int, str, str]:

@@ -11,7 +11,7 @@ import pytest
 
 from policies.install import install_sql
 from proxy.placement import PLACEMENT_SQL
-from tests.integration.test_policies import Scratch, cli, installed, scratch_database
+from tests.integration.policies_db import Scratch, cli, installed, scratch_database
 from tests.support import PostgresServer
 
 

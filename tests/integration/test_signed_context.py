@@ -19,7 +19,7 @@ from policies.install import install, set_key
 from policies.protect import protect
 from policies.registry import create_tenant, set_status
 from proxy.config import TenancyConfig
-from tests.integration.test_policies import Scratch, scratch_database
+from tests.integration.policies_db import Scratch, scratch_database
 from tests.proxy_harness import ThreadedProxy, make_config, startup_refusal
 from tests.support import AppDatabase, PostgresServer
 

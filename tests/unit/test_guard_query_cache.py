@@ -17,7 +17,7 @@ from proxy.config import TenancyConfig
 from proxy.guard import CLEAN, Guard, needs_inspection
 from proxy.guard.guard import MAX_CACHED_LENGTH, QUERY_CACHE_BYTES, QUERY_CACHE_ENTRIES
 from proxy.wire import messages
-from tests.unit.test_statement_policy import Stream, refused_query
+from tests.unit.policy_guard import Stream, refused_query
 
 
 class Client(Stream):
