@@ -36,6 +36,7 @@ from proxy.metrics.http import MetricsServer
 from proxy.placement import PlacementRouter  # --- placement ---
 from proxy.pool.pool import ServerPool
 from proxy.stats import ProxyStats
+from proxy.tasks import TaskSet
 
 if TYPE_CHECKING:
     from proxy.auth.errors import AuthError
@@ -97,6 +98,7 @@ class ProxyApp(CancelForwarding):
         self._protected = config.tenancy.protected_prefixes
         # --- reload / graceful shutdown (see docs/operations.md) ---
         self._retired_pools: list[ServerPool] = []  # removed by a reload, still in use
+        self._retired_closes = TaskSet()  # their closes, once the last client left
         self._shutdown_task: asyncio.Task[None] | None = None
         self._drain_cut = False   # a second SIGTERM: stop waiting for transactions
         self._stopping = False
@@ -337,7 +339,7 @@ class ProxyApp(CancelForwarding):
         for pool in list(self._retired_pools):
             if not pool.active and not any(c.pool is pool for c in self.clients):
                 self._retired_pools.remove(pool)
-                self._cancel_tasks.spawn(pool.close())
+                self._retired_closes.spawn(pool.close())
 
     # ---- service accounts ([users.NAME] with bypass_tenancy) ----------------------------
 
