@@ -48,9 +48,9 @@ def relay(app_db: Any) -> Iterator[FaultRelay]:
 
 
 @pytest.fixture
-def relayed_proxy(app_db: Any, relay: FaultRelay) -> Iterator[Callable[..., ThreadedProxy]]:
+def relayed_proxy(app_db: Any, relay: FaultRelay,
+                  run_proxy: Callable[[Config], ThreadedProxy]) -> Callable[..., ThreadedProxy]:
     """Factory: a proxy whose database ``app`` goes through the relay and ``direct`` does not."""
-    started: list[ThreadedProxy] = []
 
     def start(**overrides: Any) -> ThreadedProxy:
         db_fields = {**FAST_TIMEOUTS, **overrides}
@@ -59,15 +59,10 @@ def relayed_proxy(app_db: Any, relay: FaultRelay) -> Iterator[Callable[..., Thre
         app = dataclasses.replace(config.databases["app"],
                                   server_connect_timeout=connect_timeout)
         direct = dataclasses.replace(app, name="direct", host=app_db.host, port=app_db.port)
-        config = Config(path=config.path, server=config.server, auth=config.auth,
-                        databases={"app": app, "direct": direct})
-        proxy = ThreadedProxy(config).start()
-        started.append(proxy)
-        return proxy
+        return run_proxy(Config(path=config.path, server=config.server, auth=config.auth,
+                                databases={"app": app, "direct": direct}))
 
-    yield start
-    for proxy in started:
-        proxy.stop()
+    return start
 
 
 def _tenant_of(conn: psycopg.Connection[Any]) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from policies.install import set_key
-from proxy.config import TenancyConfig
+from proxy.config import Config, TenancyConfig
 from tests.integration.admin_console import admin_config
 from tests.integration.policies_db import KEY_A, Scratch, installed, scratch_database
 from tests.integration.prepared_wire import Start, Wire
@@ -20,20 +20,18 @@ from tests.support import PostgresServer
 # ---- admin console -----------------------------------------------------------------------
 
 
+RunProxy = Callable[[Config], ThreadedProxy]
+
+
 @pytest.fixture
-def start_admin_proxy(app_db: Any) -> Iterator[Callable[..., ThreadedProxy]]:
+def start_admin_proxy(app_db: Any, run_proxy: RunProxy) -> Callable[..., ThreadedProxy]:
     """Factory: a threaded proxy with an admin user; keyword arguments as make_config."""
-    started: list[ThreadedProxy] = []
 
     def start(**overrides: Any) -> ThreadedProxy:
-        config = dataclasses.replace(make_config(app_db, **overrides), admin=admin_config())
-        proxy = ThreadedProxy(config).start()
-        started.append(proxy)
-        return proxy
+        return run_proxy(dataclasses.replace(make_config(app_db, **overrides),
+                                             admin=admin_config()))
 
-    yield start
-    for proxy in started:
-        proxy.stop()
+    return start
 
 
 @pytest.fixture
@@ -45,13 +43,10 @@ def admin_proxy(start_admin_proxy: Callable[..., ThreadedProxy]) -> ThreadedProx
 
 
 @pytest.fixture
-def unguarded(app_db: Any) -> Iterator[ThreadedProxy]:
+def unguarded(app_db: Any, run_proxy: RunProxy) -> ThreadedProxy:
     """Transaction mode on one server connection, SQL guard off."""
     config = make_config(app_db, pool_mode="transaction", pool_size=1)
-    proxy = ThreadedProxy(dataclasses.replace(config, tenancy=TenancyConfig(guard=False)))
-    proxy.start()
-    yield proxy
-    proxy.stop()
+    return run_proxy(dataclasses.replace(config, tenancy=TenancyConfig(guard=False)))
 
 
 @pytest.fixture
