@@ -87,20 +87,23 @@ class Guard:
         multi-byte character (``tests/unit/test_guard_query_cache.py`` checks it by
         example and at random). Only the pre-filter's answer is kept by shape: a text it
         sends to the parser is analysed (and cached) as itself.
+
+        A text answered by its shape is not added to :attr:`query_analyses`: its literals
+        differ every time, so it would never be hit, and 10,000 of them would make every
+        lookup there (one per Query, before this method) miss the CPU caches.
         """
         size = len(body)
         cached = self._cached and size <= MAX_CACHED_LENGTH
         shape = body.translate(_DIGITS_AS_ZERO) if cached else b""
         if cached and shape in self.clean_shapes:
-            analysis = CLEAN
+            return CLEAN
+        sql = body[:-1].decode("utf-8", "replace")
+        if needs_inspection(sql):
+            analysis = self._analyze(sql) if cached else self._analyzer.analyze(sql)
         else:
-            sql = body[:-1].decode("utf-8", "replace")
-            if needs_inspection(sql):
-                analysis = self._analyze(sql) if cached else self._analyzer.analyze(sql)
-            else:
-                analysis = CLEAN
-                if cached:
-                    self._remember_shape(shape)
+            analysis = CLEAN
+            if cached:
+                self._remember_shape(shape)
         if cached:
             cache = self.query_analyses
             if len(cache) >= QUERY_CACHE_ENTRIES or self._query_bytes + size > QUERY_CACHE_BYTES:

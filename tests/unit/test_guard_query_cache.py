@@ -33,6 +33,9 @@ class Client(Stream):
         return out != messages.query(sql) and refused_query(out)
 
 
+_DIGIT_LETTERS = str.maketrans("0123456789", "abcdefghij")
+
+
 def cached(guard: Guard, sql: str) -> bool:
     return messages.query(sql)[5:] in guard.query_analyses
 
@@ -136,9 +139,10 @@ def test_bytes_that_decode_alike_do_not_share_an_entry_with_different_text() -> 
 def test_cache_is_bounded_in_entries_and_bytes_and_skips_long_texts() -> None:
     guard = Guard(TenancyConfig())
     acme = Client(guard, "acme")
-    for i in range(QUERY_CACHE_ENTRIES + 50):
-        acme.send(messages.query(f"SELECT {i}"))
+    for i in range(QUERY_CACHE_ENTRIES + 50):  # texts of different shapes: x_bc, x_bd, ...
+        acme.send(messages.query(f"SELECT x_{str(i).translate(_DIGIT_LETTERS)}"))
     assert 0 < len(guard.query_analyses) <= QUERY_CACHE_ENTRIES
+    assert 0 < len(guard.clean_shapes) <= QUERY_CACHE_ENTRIES
     filler = "x" * (MAX_CACHED_LENGTH - 40)
     for i in range(QUERY_CACHE_BYTES // MAX_CACHED_LENGTH + 5):
         acme.send(messages.query(f"SELECT '{filler}', {i}"))
@@ -146,6 +150,19 @@ def test_cache_is_bounded_in_entries_and_bytes_and_skips_long_texts() -> None:
     long_sql = "SELECT '" + "y" * MAX_CACHED_LENGTH + "'"
     acme.send(messages.query(long_sql))
     assert not cached(guard, long_sql)
+    assert acme.refusals == []
+
+
+def test_texts_answered_by_their_shape_are_not_kept_as_themselves() -> None:
+    # pgbench -S: one shape, a different literal every time. The first text is kept (its
+    # shape was new); the others are answered by the shape and would never be hit.
+    guard = Guard(TenancyConfig())
+    acme = Client(guard, "acme")
+    for aid in range(1, 500):
+        sql = f"SELECT abalance FROM pgbench_accounts WHERE aid = {100_000 + aid * 7};"
+        assert acme.send(messages.query(sql)) == messages.query(sql)
+    assert len(guard.query_analyses) == 1
+    assert guard.clean_shapes == {b"SELECT abalance FROM pgbench_accounts WHERE aid = 000000;\x00"}
     assert acme.refusals == []
 
 
