@@ -1,15 +1,16 @@
 """Where a proxy's CPU goes per transaction, sampled by ``perf`` over real sockets.
 
 Run: ``.venv/bin/python -m bench.cpu_profile [--tree DIR] [--seconds 5]
-[--targets pgtenant,pgbouncer]``.
+[--targets pgtenant,pgbouncer] [--clients 8] [--protocol simple]``.
 
 ``bench.instructions`` counts the proxy's own code in process; this looks at the live
 process instead: a fresh PostgreSQL, pgtenant (transaction mode, pool 20; ``--tree DIR``
 runs an installed, e.g. compiled, build as ``--baseline`` does) and PgBouncer in front of
-it, ``pgbench -S -c 8`` against each in turn while ``perf record -e cpu-clock
---call-graph dwarf`` samples the proxy process. The process's user and kernel CPU time per
-transaction come from /proc in a run of the same length without perf (sampling with stacks
-costs the sampled process kernel time of its own, so a sampled run's totals are inflated).
+it, ``pgbench -S -c 8`` (``--clients``, ``--protocol``) against each in turn while
+``perf record -e cpu-clock --call-graph dwarf`` samples the proxy process. The process's
+user and kernel CPU time per transaction come from /proc in a run of the same length
+without perf (sampling with stacks costs the sampled process kernel time of its own, so a
+sampled run's totals are inflated).
 Each user-space sample is charged to the shared object its innermost frame runs in
 (CPython, the compiled proxy, uvloop, libc, ...) and to the innermost proxy function on its
 stack (what CPython, uvloop and libc do *for* it: a dict lookup, a bytes object,
@@ -152,9 +153,9 @@ def report(name: str, profile: Profile, cpu: CpuUse, top: int) -> str:
 # ---- running it ---------------------------------------------------------------------------
 
 
-def _pgbench(env: dict[str, str], seconds: int) -> int:
-    """Run ``pgbench -S -c 8``; the transactions it made."""
-    done = subprocess.run(["pgbench", "-n", "-S", "-c", "8", "-j", "2", "-T", str(seconds)],
+def _pgbench(env: dict[str, str], options: Sequence[str], seconds: int) -> int:
+    """Run ``pgbench -n OPTIONS -T SECONDS``; the transactions it made."""
+    done = subprocess.run(["pgbench", "-n", *options, "-T", str(seconds)],
                           env=env, capture_output=True, text=True, check=False)
     found = _PROCESSED.search(done.stdout)
     if done.returncode != 0 or found is None:
@@ -170,22 +171,23 @@ def _times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
-def measure(pid: int, env: dict[str, str], seconds: int) -> CpuUse:
+def measure(pid: int, env: dict[str, str], options: Sequence[str], seconds: int) -> CpuUse:
     """CPU of ``pid`` per transaction while pgbench runs, without perf."""
     user0, kernel0 = _times(pid)
-    transactions = max(_pgbench(env, seconds), 1)
+    transactions = max(_pgbench(env, options, seconds), 1)
     user1, kernel1 = _times(pid)
     return CpuUse(1e6 * (user1 - user0) / transactions, 1e6 * (kernel1 - kernel0) / transactions)
 
 
-def sample(pid: int, env: dict[str, str], seconds: int, out: Path) -> Profile:
+def sample(pid: int, env: dict[str, str], options: Sequence[str], seconds: int,
+           out: Path) -> Profile:
     """Samples of ``pid`` (with stacks) while pgbench runs."""
     perf = subprocess.Popen(
         ["perf", "record", "-q", "-e", "cpu-clock", "-F", "2999", "--call-graph",
          "dwarf,16384", "-o", str(out), "-p", str(pid)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _pgbench(env, seconds)
+        _pgbench(env, options, seconds)
     finally:
         perf.send_signal(signal.SIGINT)
         _, err = perf.communicate(timeout=120)
@@ -205,7 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--targets", default="pgtenant,pgbouncer")
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--protocol", choices=("simple", "extended", "prepared"),
+                        default="simple")
     args = parser.parse_args(argv)
+    options = ["-S", "-c", str(args.clients), "-j", "2", "-M", args.protocol]
     if shutil.which("perf") is None or shutil.which("pgbench") is None:
         print("bench.cpu_profile: needs perf (Debian: linux-perf) and pgbench", file=sys.stderr)
         return 1
@@ -220,13 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cpu-profile-")))
         work.chmod(0o755)  # PgBouncer runs as the postgres OS user when we are root
-        pg = stack.enter_context(EmbeddedPostgres(settings={"max_connections": "100"}))
+        pg = stack.enter_context(EmbeddedPostgres(
+            settings={"max_connections": str(args.clients + 100)}))
         db = prepare(pg, scale=10, tenants=tenant_names(2), rows_per_tenant=100)
         targets: list[ProcessTarget] = []
         for name in names:
             if name == "pgbouncer":
                 targets.append(PgbouncerTarget(db, work, binary=ensure_pgbouncer(),
-                                               max_client_conn=100))
+                                               max_client_conn=args.clients + 100))
             elif name == "pgtenant":
                 version = None
                 if args.tree is not None:
@@ -234,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     version = baseline.prepare(str(args.tree), work / "tree")
                 targets.append(PgtenantTarget(
                     db, work, name="pgtenant", pool_mode="transaction", pool_size=20,
-                    max_client_conn=100, jwt_secret=secrets.token_urlsafe(48),
+                    max_client_conn=args.clients + 100, jwt_secret=secrets.token_urlsafe(48),
                     baseline=version))
             else:
                 parser.error(f"unknown target {name!r} (pgtenant, pgbouncer)")
@@ -243,11 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             target.start()
             env = {**{k: v for k, v in os.environ.items() if not k.startswith("PG")},
                    **target.conninfo("tenant1").env()}
-            subprocess.run(["pgbench", "-n", "-S", "-c", "8", "-T", "2"], env=env,
-                           capture_output=True, check=False)  # warm the pool
+            _pgbench(env, options, 2)  # warm the pool
             pid = target.proxy_pids()[0]
-            cpu = measure(pid, env, args.seconds)
-            profile = sample(pid, env, args.seconds, work / f"{target.name}.perf")
+            cpu = measure(pid, env, options, args.seconds)
+            profile = sample(pid, env, options, args.seconds, work / f"{target.name}.perf")
             print(report(target.name, profile, cpu, args.top), flush=True)
     return 0
 
