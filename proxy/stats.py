@@ -16,7 +16,6 @@ the rest are summed into ``_other``, and counters stay monotonic for Prometheus.
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Final
 
@@ -54,13 +53,16 @@ class Histogram:
         return sum(self.counts)
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
+        # The bucket bisect_left would give, found by a scan from the smallest bound: most
+        # observations (waits for a server, transactions) fall in the first buckets, and
+        # compiled each step is a float comparison where bisect is a generic call.
+        bounds = self.bounds
+        i = 0
+        n = len(bounds)
+        while i < n and value > bounds[i]:
+            i += 1
+        self.counts[i] += 1
         self.sum += value
-
-    def observe_many(self, n: int, value: float) -> None:
-        """Add ``n`` observations of ``value`` (used to fold in counts known only in bulk)."""
-        self.counts[bisect_left(self.bounds, value)] += n
-        self.sum += n * value
 
     def cumulative(self) -> list[tuple[float, int]]:
         """``(upper bound, observations <= bound)`` pairs, ending with ``(inf, count)``."""
@@ -79,7 +81,7 @@ class TrafficStats:
     """
 
     __slots__ = ("bytes_in", "bytes_out", "errors", "queries", "transaction_seconds",
-                 "transactions", "wait_seconds", "waits_started")
+                 "transactions", "wait_seconds")
 
     def __init__(self) -> None:
         self.queries = 0
@@ -89,14 +91,6 @@ class TrafficStats:
         self.bytes_out = 0
         self.transaction_seconds = Histogram(TRANSACTION_BUCKETS)
         self.wait_seconds = Histogram(WAIT_BUCKETS)
-        #: id(waiter) -> time.monotonic() when the wait began, while it lasts.
-        self.waits_started: dict[int, float] = {}
-
-    def oldest_wait(self, now: float) -> float:
-        """Seconds the longest current waiter has waited (0.0 when nobody waits)."""
-        if not self.waits_started:
-            return 0.0
-        return max(0.0, now - min(self.waits_started.values()))
 
 
 class TenantStats:
@@ -350,14 +344,10 @@ class ProxyStats:
         violations = self.tenants.get(tenant).violations
         violations[kind] = violations.get(kind, 0) + 1
 
-    def wait_began(self, traffic: TrafficStats, waiter: object) -> None:
-        """A client started waiting for a server connection (pool exhausted)."""
-        traffic.waits_started[id(waiter)] = time.monotonic()
-
-    def wait_ended(self, traffic: TrafficStats, waiter: object, tenant: str | None,
-                   seconds: float) -> None:
-        """The wait is over (served, timed out or cancelled), after ``seconds``."""
-        traffic.waits_started.pop(id(waiter), None)
+    def wait_ended(self, traffic: TrafficStats, tenant: str | None, seconds: float) -> None:
+        """A client's wait for a server connection is over (served, timed out or
+        cancelled), after ``seconds``. (Who waits now, and since when, is the pools' to
+        say: ``ServerPool.oldest_wait``.)"""
         traffic.wait_seconds.observe(seconds)
         if tenant is not None:
             self.tenants.get(tenant).wait_seconds += seconds
@@ -366,15 +356,4 @@ class ProxyStats:
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_monotonic
-
-    def reconcile_waits(self, traffic: TrafficStats, waits: int, wait_seconds: float) -> None:
-        """Fold waits the pool counted but nobody fed to :meth:`wait_ended` into the histogram.
-
-        Their bucket is approximated by their mean; once the core calls ``wait_ended``
-        for every wait this adds nothing. Keeps count and sum equal to PoolStats.
-        """
-        missing = waits - traffic.wait_seconds.count
-        if missing > 0:
-            missed_seconds = max(0.0, wait_seconds - traffic.wait_seconds.sum)
-            traffic.wait_seconds.observe_many(missing, missed_seconds / missing)
 

@@ -167,7 +167,7 @@ class AdminConsole:
                 pool.db.name, pool.db.pool_mode, "yes" if pool.paused else "no",
                 str(linked), str(waiting), str(len(clients) - linked - waiting),
                 str(len(pool.active)), str(pool.idle_count), str(pool.connecting),
-                str(pool.db.pool_size), _seconds(pool.traffic.oldest_wait(now)),
+                str(pool.db.pool_size), _seconds(pool.oldest_wait(now)),
                 pool.db.user, app.pool_kind(pool),
             ])
         return _table(["database", "pool_mode", "paused", "cl_active", "cl_waiting",

@@ -148,7 +148,8 @@ class ProxyCollector(Collector):
                 "Times the tenant context had to be set on a leased connection "
                 "(leases minus these were served by tenant affinity).", labels=POOL_LABELS),
         }
-        for labels, pool in self._all_pools():
+        all_pools = self._all_pools()
+        for labels, pool in all_pools:
             active = len(pool.active)
             servers.add_metric([*labels, "active"], active)
             servers.add_metric([*labels, "idle"], pool.idle_count)
@@ -161,12 +162,11 @@ class ProxyCollector(Collector):
         # Waits are timed per database (its own pool and its bypass pools together).
         stats = self.app.stats
         now = time.monotonic()
-        for name, pool in self.app.pools.items():
-            traffic = stats.database(name)
-            stats.reconcile_waits(traffic, pool.stats.waits, pool.stats.wait_seconds_total)
-            hist = traffic.wait_seconds
+        for name in self.app.pools:
+            hist = stats.database(name).wait_seconds
             waits.add_metric([name], _histogram_buckets(hist), hist.sum)
-            max_wait.add_metric([name], traffic.oldest_wait(now))
+            max_wait.add_metric([name], max(pool.oldest_wait(now) for _, pool in all_pools
+                                            if pool.db.name == name))
         yield servers
         yield size
         yield saturation

@@ -167,6 +167,10 @@ class ServerPool(PoolServers):
         """Clients waiting for :meth:`resume` (not yet in the pool's wait queue)."""
         return self.waits.paused_waiting
 
+    def oldest_wait(self, now: float) -> float:
+        """Seconds the longest current waiter (queued or held by PAUSE) has waited."""
+        return self.waits.oldest_wait(now)
+
     def reconfigure(self, db: DatabaseConfig, password: str | None) -> None:
         """Apply a reloaded entry for this database; leased connections keep serving.
 

@@ -176,7 +176,23 @@ class Waits:
         self._parked_timer: asyncio.TimerHandle | None = None  # see be_patient
         self.clock: Callable[[], float] = time.monotonic  # the fairness rule's (tests set it)
         self._resumed: asyncio.Event | None = None  # while the pool is paused
-        self.paused_waiting = 0  # clients in wait_resumed
+        self._paused_since: list[float] = []  # when each client in wait_resumed began
+
+    @property
+    def paused_waiting(self) -> int:
+        """Clients in :meth:`wait_resumed`."""
+        return len(self._paused_since)
+
+    def oldest_wait(self, now: float) -> float:
+        """Seconds the longest current waiter has waited (0.0 when nobody waits): the
+        queue is in arrival order, and holds pending waits only."""
+        oldest = now
+        for wait in self.queue:
+            oldest = wait.started
+            break
+        for started in self._paused_since:
+            oldest = min(oldest, started)
+        return max(0.0, now - oldest)
 
     # ---- a wait begins and ends -------------------------------------------------------
 
@@ -193,7 +209,6 @@ class Waits:
                     deadline, reserve_at, callback)
         self.queue.append(wait)
         self._sel.wait_began(tenant)
-        self._proxy_stats.wait_began(self._traffic, wait)
         due = min(deadline, reserve_at)
         if due < self._timer_at:  # (else the timer runs before this wait is due)
             self._set_timer(due)
@@ -210,7 +225,7 @@ class Waits:
         stats = self._stats
         stats.waits += 1
         stats.wait_seconds_total += waited
-        self._proxy_stats.wait_ended(self._traffic, wait, tenant, waited)
+        self._proxy_stats.wait_ended(self._traffic, tenant, waited)
         try:
             wait.callback(wait)
         except Exception:  # (as the event loop would for a Future's callback)
@@ -367,10 +382,8 @@ class Waits:
         """Wait (a client of ``tenant``) until the pool is resumed or closed, up to
         query_wait_timeout: counted as a wait, in ``paused_waiting`` meanwhile."""
         pool = self._pool
-        token = object()
-        self._proxy_stats.wait_began(self._traffic, token)
-        self.paused_waiting += 1
         started = time.monotonic()
+        self._paused_since.append(started)
         try:
             while pool.paused and self._resumed is not None and not pool.closed:
                 async with asyncio.timeout(pool.db.query_wait_timeout or None):
@@ -381,10 +394,10 @@ class Waits:
                 f"database \"{pool.db.name}\" is paused and was not resumed within "
                 f"query_wait_timeout ({pool.db.query_wait_timeout:g}s)") from None
         finally:
-            self.paused_waiting -= 1
+            self._paused_since.remove(started)
             waited = time.monotonic() - started
             self._stats.waits += 1
             self._stats.wait_seconds_total += waited
-            self._proxy_stats.wait_ended(self._traffic, token, tenant, waited)
+            self._proxy_stats.wait_ended(self._traffic, tenant, waited)
         if pool.closed:
             raise ServerError("the pool is shutting down", "57P01")

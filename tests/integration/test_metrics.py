@@ -112,6 +112,7 @@ def test_saturated_pool_shows_saturation_and_waiting_clients(start_proxy: StartP
     assert value(saturated, "pgtenant_server_connections", **pool, state="active") == 2
     assert value(saturated, "pgtenant_clients", **pool, state="waiting") == 3
     assert value(saturated, "pgtenant_clients", **pool, state="active") == 2
+    assert value(saturated, "pgtenant_pool_wait_max_seconds", database="app") > 0
 
     after = scrape(proxy)
     waits_after = value(after, "pgtenant_pool_wait_seconds_count", database="app")
@@ -120,6 +121,7 @@ def test_saturated_pool_shows_saturation_and_waiting_clients(start_proxy: StartP
                  le="+Inf") == waits_after
     assert value(after, "pgtenant_pool_wait_seconds_sum", database="app") > 0
     assert value(after, "pgtenant_clients", **pool, state="waiting") == 0
+    assert value(after, "pgtenant_pool_wait_max_seconds", database="app") == 0
 
 
 def test_bad_token_moves_auth_failures_by_one_with_its_reason(

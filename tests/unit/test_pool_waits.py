@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
@@ -109,6 +110,36 @@ def test_failing_every_wait_runs_each_callback_once_and_empties_the_queue() -> N
         assert calls == waits and not pool.waiters and not pool._sel.waiting
         assert all(isinstance(w.exception(), RuntimeError) for w in waits)
         held.release()
+        await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_oldest_wait_is_the_first_queued_or_the_longest_held_by_pause() -> None:
+    async def scenario() -> None:
+        pool, _, held = one_server_leased()
+        now = time.monotonic()
+        assert pool.oldest_wait(now) == 0.0
+        first = pool.wait_for_server("t1", lambda wait: None)
+        second = pool.wait_for_server("t1", lambda wait: None)
+        assert pool.oldest_wait(now + 5.0) == pytest.approx(now + 5.0 - first.started)
+        held.release()  # serves the first: the second is now the oldest
+        assert first.done() and not second.done()
+        assert pool.oldest_wait(now + 5.0) == pytest.approx(now + 5.0 - second.started)
+        first.result().release()  # serves the second
+        assert pool.oldest_wait(now + 5.0) == 0.0
+        second.result().release()
+        pool.pause()
+        resumed = asyncio.ensure_future(pool.waits.wait_resumed("t1"))
+        await asyncio.sleep(0)
+        assert pool.paused_waiting == 1
+        assert 5.0 <= pool.oldest_wait(time.monotonic() + 5.0) < 6.0
+        pool.resume()
+        await resumed
+        assert pool.paused_waiting == 0 and pool.oldest_wait(time.monotonic()) == 0.0
+        assert pool.stats.waits == 3
+        assert pool.stats.wait_seconds_total == pytest.approx(
+            pool.traffic.wait_seconds.sum)
         await pool.close()
 
     asyncio.run(scenario())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 
@@ -10,6 +11,7 @@ import pytest
 from proxy.stats import (
     OTHER_TENANT,
     TRANSACTION_BUCKETS,
+    WAIT_BUCKETS,
     Histogram,
     ProxyStats,
     TenantStats,
@@ -165,30 +167,24 @@ def test_proxy_stats_record_into_database_and_tenant() -> None:
     assert (acme.queries, acme.transactions, acme.errors) == (3, 1, 1)
 
 
-def test_wait_tracking_reports_the_oldest_waiter_then_forgets_it() -> None:
+def test_a_wait_is_counted_once_in_its_database_and_its_tenant() -> None:
     stats = ProxyStats(["app"])
     traffic = stats.databases["app"]
-    first, second = object(), object()
-    stats.wait_began(traffic, first)
-    started = traffic.waits_started[id(first)]
-    stats.wait_began(traffic, second)
-    assert traffic.oldest_wait(started + 2.0) == pytest.approx(2.0)
-    stats.wait_ended(traffic, first, "acme", 2.0)
-    stats.wait_ended(traffic, second, None, 0.5)
-    assert traffic.oldest_wait(started + 5.0) == 0.0
+    stats.wait_ended(traffic, "acme", 2.0)
+    stats.wait_ended(traffic, None, 0.5)
     assert traffic.wait_seconds.count == 2
+    assert traffic.wait_seconds.sum == 2.5
     assert stats.tenants.get("acme").wait_seconds == 2.0
 
 
-def test_waits_counted_only_by_the_pool_are_folded_in_at_scrape_time() -> None:
-    stats = ProxyStats(["app"])
-    traffic = stats.databases["app"]
-    stats.wait_ended(traffic, object(), None, 0.2)
-    stats.reconcile_waits(traffic, waits=3, wait_seconds=1.2)
-    assert traffic.wait_seconds.count == 3
-    assert traffic.wait_seconds.sum == pytest.approx(1.2)
-    stats.reconcile_waits(traffic, waits=3, wait_seconds=1.2)  # nothing new: no change
-    assert traffic.wait_seconds.count == 3
+def test_wait_buckets_found_by_scan_are_exactly_the_bisect_buckets() -> None:
+    histogram = Histogram(WAIT_BUCKETS)
+    for value in _edge_values(WAIT_BUCKETS):
+        before = list(histogram.counts)
+        histogram.observe(value)
+        changed = [i for i, (a, b) in enumerate(zip(before, histogram.counts, strict=True))
+                   if a != b]
+        assert changed == [bisect.bisect_left(WAIT_BUCKETS, value)], value
 
 
 def test_auth_failures_share_the_apps_dict() -> None:
