@@ -17,18 +17,32 @@ at work is parked for them rather than given to a tenant that already holds its 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
-from typing import Final, Generic, TypeVar
+from collections.abc import Hashable, Iterable, Iterator
+from typing import Final, Generic, Protocol, TypeVar
 
 from proxy.backend.server import NOBODY
 
+
+class Waiter(Protocol):
+    """A client waiting for a server (``proxy.pool.waits.Wait``), as the rules see it."""
+
+    @property
+    def tenant(self) -> str | None: ...
+    @property
+    def since(self) -> float: ...  # when it began waiting, on the fairness clock
+
+
 S = TypeVar("S", bound=Hashable)
+W = TypeVar("W", bound=Waiter)
 
 _ABSENT: Final = object()
 
 # Seconds after which a server parked for its tenant's clients is another tenant's to
 # take even when its tenant holds no more than its share: they stopped coming back.
 QUIET: Final = 0.05
+# How far down the wait queue a released connection looks for a waiter of its tenant
+# (counting only waiters whose tenant is below max_tenant_server_conns).
+AFFINITY_LOOKAHEAD: Final = 32
 
 
 class OwnerIndex(Generic[S]):
@@ -210,18 +224,28 @@ class Selection(Generic[S]):
                 best, most = owner, surplus
         return index.oldest_of(best)
 
-    def waiter_for(self, owner: object, tenants: list[str | None], overdue: bool) -> int:
-        """A server last used by ``owner`` came back while the clients of ``tenants``
-        wait (FIFO order): the index of the one that gets it, or -1 to park it idle for
-        ``owner``'s clients (their next transaction takes it without a scrub).
+    def capped(self, tenant: str | None) -> bool:
+        """Whether ``tenant``'s clients hold max_tenant_server_conns servers already."""
+        return bool(self.cap) and tenant is not None and self.held.get(tenant, 0) >= self.cap
 
-        In order: the oldest waiter, when ``overdue`` (it waited long) and its tenant
+    def waiter_for(self, owner: object, waits: Iterable[W], overdue_since: float) -> W | None:
+        """A server last used by ``owner`` came back while ``waits`` wait (FIFO order):
+        the one that gets it, or None to park it idle for ``owner``'s clients (their next
+        transaction takes it without a scrub). Only the first AFFINITY_LOOKAHEAD waits
+        whose tenant is below max_tenant_server_conns are considered (a capped tenant's
+        many waiters must not hide the others'); the first of them is overdue when it
+        began waiting at ``overdue_since`` or before.
+
+        In order: the oldest waiter, when overdue (it waited long) and its tenant
         holds less than its share; a waiter of ``owner`` whose tenant holds less than
         its share; any waiter whose tenant does (FIFO: no tenant starves); the oldest
-        waiter when ``overdue`` and its tenant holds no more than ``owner`` would keep
+        waiter when overdue and its tenant holds no more than ``owner`` would keep
         (servers rotate, slowly, between tenants the pool cannot split evenly); a
         waiter of ``owner``; the oldest waiter when the server was never used (or by a
-        bypass identity). Else -1. Never beyond max_tenant_server_conns.
+        bypass identity). Else None. Never beyond max_tenant_server_conns.
+
+        Walks the queue itself and stops as soon as the answer is known: most often at
+        its first waiter.
         """
         share = self.share(owner=owner)
         held = self.held
@@ -229,37 +253,45 @@ class Selection(Generic[S]):
         # Once a deprived waiter is found, only a waiter of ``owner`` holding less than
         # its share comes first: when ``owner``'s clients hold their share, stop there.
         owner_short = (held.get(owner, 0) if isinstance(owner, str) else 0) < share
-        deprived = same = first = rotate = -1
-        for i, tenant in enumerate(tenants):
+        deprived: W | None = None
+        same: W | None = None
+        first: W | None = None
+        rotate: W | None = None
+        seen = 0
+        for wait in waits:
+            tenant = wait.tenant
             count = held.get(tenant, 0) if tenant is not None else 0
             if cap and tenant is not None and count >= cap:
                 continue
             short = count < share
-            if first < 0:
-                first = i
-                if overdue and i == 0:
+            if first is None:
+                first = wait
+                if wait.since <= overdue_since:
                     if short:
-                        return 0
+                        return wait
                     if count < self._owned(owner):
-                        rotate = 0
+                        rotate = wait
             if tenant == owner:
                 if short:
-                    return i
-                if same < 0:
-                    same = i
-            elif short and deprived < 0:
-                deprived = i
+                    return wait
+                if same is None:
+                    same = wait
+            elif short and deprived is None:
+                deprived = wait
                 if not owner_short:
                     break
-        if deprived >= 0:
+            seen += 1
+            if seen == AFFINITY_LOOKAHEAD:
+                break
+        if deprived is not None:
             return deprived
-        if rotate >= 0:
+        if rotate is not None:
             return rotate
-        if same >= 0:
+        if same is not None:
             return same
         if owner is NOBODY or not isinstance(owner, str):
             return first
-        return -1
+        return None
 
 
     def _owned(self, owner: object) -> int:

@@ -35,13 +35,11 @@ from proxy.backend.server import ServerConnection, ServerError
 from proxy.config import DatabaseConfig
 from proxy.pool.counters import PoolStats
 from proxy.pool.lease import Lease
-from proxy.pool.selection import Selection
+from proxy.pool.selection import AFFINITY_LOOKAHEAD, Selection
 from proxy.stats import ProxyStats, TrafficStats
 
 log = logging.getLogger("pgtenant.pool")
 
-# How far down the wait queue a released connection looks for a waiter of its tenant.
-_AFFINITY_LOOKAHEAD: Final = 32
 # How long a client waits for a connection of its own tenant while others sit idle.
 _PATIENCE: Final = 0.002
 # Past this wait, the oldest waiter is served before any tenant-affine choice.
@@ -256,33 +254,23 @@ class Waits:
         """A server last used by ``owner`` came back (clients wait): the wait that gets
         it, out of the queue; the caller leases the server to its tenant and serves the
         wait with it. None: parked for ``owner``'s clients."""
-        waits, tenants = self._eligible()
-        if not waits:
+        if not self.queue:
             return None
-        overdue = self.clock() - waits[0].since >= _FAIR_WAIT
-        pick = self._sel.waiter_for(owner, tenants, overdue)
-        if pick < 0:
-            return None
-        wait = waits[pick]
-        self.queue.remove(wait)
+        wait = self._sel.waiter_for(owner, self.queue, self.clock() - _FAIR_WAIT)
+        if wait is not None:
+            self.queue.remove(wait)
         return wait
 
-    def _eligible(self) -> tuple[list[Wait], list[str | None]]:
-        """The first _AFFINITY_LOOKAHEAD waits of tenants below max_tenant_server_conns
-        (a capped tenant's many waiters must not hide the others'), and their tenants."""
-        cap = self._sel.cap
-        held = self._sel.held
+    def _eligible(self) -> list[Wait]:
+        """The first AFFINITY_LOOKAHEAD waits of tenants below max_tenant_server_conns
+        (a capped tenant's many waiters must not hide the others')."""
         waits: list[Wait] = []
-        tenants: list[str | None] = []
         for wait in self.queue:
-            tenant = wait.tenant
-            if cap and tenant is not None and held.get(tenant, 0) >= cap:
-                continue
-            waits.append(wait)
-            tenants.append(tenant)
-            if len(waits) == _AFFINITY_LOOKAHEAD:
-                break
-        return waits, tenants
+            if not self._sel.capped(wait.tenant):
+                waits.append(wait)
+                if len(waits) == AFFINITY_LOOKAHEAD:
+                    break
+        return waits
 
     def be_patient(self) -> None:
         """Clients wait while servers sit idle or kept for other tenants' clients: in
@@ -300,8 +288,7 @@ class Waits:
         pool = self._pool
         if pool.paused:
             return
-        waits, _ = self._eligible()
-        for wait in waits:
+        for wait in self._eligible():
             if not pool.has_parked():
                 return
             if wait.done():  # (decided by a callback of this loop)

@@ -7,12 +7,14 @@ NOBODY for a server no client used yet), time is a number the test picks.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.backend.server import NOBODY
-from proxy.pool.selection import QUIET, OwnerIndex, Selection
+from proxy.pool.selection import AFFINITY_LOOKAHEAD, QUIET, OwnerIndex, Selection
 
 NOW = 100.0
 
@@ -188,33 +190,48 @@ def test_waiting_counts_drop_to_nothing() -> None:
 # ---- waiter_for: a server came back while clients wait ---------------------------------
 
 
+@dataclass
+class Waiting:
+    tenant: str | None
+    since: float
+
+
+def pick(sel: Selection[str], owner: object, tenants: list[str | None], *,
+         overdue: bool) -> int:
+    """The index in ``tenants`` (a wait queue, oldest first) of the waiter waiter_for
+    chooses, or -1 (parked). The oldest eligible waiter is overdue when ``overdue``."""
+    waits = [Waiting(tenant, since=0.0) for tenant in tenants]
+    chosen = sel.waiter_for(owner, waits, overdue_since=0.0 if overdue else -1.0)
+    return next((i for i, wait in enumerate(waits) if wait is chosen), -1)
+
+
 def test_a_freed_server_goes_to_a_waiter_of_its_tenant() -> None:
     sel = selection(pool_size=4, held={"t1": 1, "t2": 2}, waiting={"t1": 1, "t2": 1})
-    assert sel.waiter_for("t1", ["t2", "t1"], overdue=False) == 1
+    assert pick(sel, "t1", ["t2", "t1"], overdue=False) == 1
 
 
 def test_a_waiter_of_a_tenant_below_its_share_goes_before_the_servers_own_tenant() -> None:
     # 9 servers, 3 tenants: share 3. t3 holds 1: it is short, t1 (3 left) is not.
     sel = selection(pool_size=9, held={"t1": 3, "t2": 3, "t3": 1})
-    assert sel.waiter_for("t1", ["t1", "t3"], overdue=False) == 1
+    assert pick(sel, "t1", ["t1", "t3"], overdue=False) == 1
 
 
 def test_a_freed_server_is_parked_when_no_waiter_is_of_its_tenant_or_short() -> None:
     # Every waiting tenant holds its share: they wait for their own; t1's clients are
     # between transactions and take it back without a scrub.
     sel = selection(pool_size=6, held={"t1": 1, "t2": 2, "t3": 2})
-    assert sel.waiter_for("t1", ["t2", "t3"], overdue=False) == -1
+    assert pick(sel, "t1", ["t2", "t3"], overdue=False) == -1
 
 
 def test_a_never_used_server_goes_to_the_oldest_waiter() -> None:
     sel = selection(pool_size=6, held={"t2": 3, "t3": 3})
-    assert sel.waiter_for(NOBODY, ["t2", "t3"], overdue=False) == 0
+    assert pick(sel, NOBODY, ["t2", "t3"], overdue=False) == 0
 
 
 def test_an_overdue_oldest_waiter_short_of_its_share_is_served_first() -> None:
     sel = selection(pool_size=2, held={"t1": 0})
-    assert sel.waiter_for("t1", ["t2", "t3", "t1"], overdue=False) == 2
-    assert sel.waiter_for("t1", ["t2", "t3", "t1"], overdue=True) == 0
+    assert pick(sel, "t1", ["t2", "t3", "t1"], overdue=False) == 2
+    assert pick(sel, "t1", ["t2", "t3", "t1"], overdue=True) == 0
 
 
 def test_an_overdue_waiter_takes_a_server_from_a_tenant_with_more() -> None:
@@ -223,17 +240,47 @@ def test_an_overdue_waiter_takes_a_server_from_a_tenant_with_more() -> None:
     held = {f"t{i}": 3 if i < 4 else 2 for i in range(8)}
     held["t0"] = 2  # t0 just freed its third server
     sel = selection(pool_size=20, held=held)
-    assert sel.waiter_for("t0", ["t5", "t0"], overdue=False) == 1
-    assert sel.waiter_for("t0", ["t5", "t0"], overdue=True) == 0
+    assert pick(sel, "t0", ["t5", "t0"], overdue=False) == 1
+    assert pick(sel, "t0", ["t5", "t0"], overdue=True) == 0
     held["t0"] = 1  # t0 had only two: it would end up with fewer than t5
-    assert selection(pool_size=20, held=held).waiter_for(
-        "t0", ["t5"], overdue=True) == -1
+    assert pick(selection(pool_size=20, held=held), "t0", ["t5"], overdue=True) == -1
 
 
 def test_a_waiter_at_max_tenant_server_conns_is_passed_over() -> None:
     sel = selection(pool_size=10, cap=2, held={"t1": 2, "t2": 0})
-    assert sel.waiter_for(NOBODY, ["t1", "t2"], overdue=True) == 1
-    assert sel.waiter_for(NOBODY, ["t1"], overdue=False) == -1
+    assert pick(sel, NOBODY, ["t1", "t2"], overdue=True) == 1
+    assert pick(sel, NOBODY, ["t1"], overdue=False) == -1
+
+
+def test_the_queue_is_read_only_as_far_as_the_answer_needs() -> None:
+    # The first waiter is of the server's tenant and short of its share: nothing after
+    # it is looked at (the queue is walked, not copied, on every release).
+    sel = selection(pool_size=4, held={"t1": 1})
+    read: list[Waiting] = []
+
+    def queue() -> Iterator[Waiting]:
+        for tenant in ["t1", "t2", "t1"]:
+            wait = Waiting(tenant, since=0.0)
+            read.append(wait)
+            yield wait
+
+    chosen = sel.waiter_for("t1", queue(), overdue_since=-1.0)
+    assert chosen is read[0] and len(read) == 1
+
+
+def test_a_waiter_of_the_servers_tenant_is_looked_for_only_so_far_down_the_queue() -> None:
+    # Every waiting tenant holds its share; t1's waiter comes after AFFINITY_LOOKAHEAD
+    # others: the server is parked for t1. Waiters of capped tenants are not counted.
+    held = {"t1": 2, "t2": 2, "t3": 2}
+    sel = selection(pool_size=6, held=held)
+    assert pick(sel, "t1", ["t2"] * (AFFINITY_LOOKAHEAD - 1) + ["t1"], overdue=False) == (
+        AFFINITY_LOOKAHEAD - 1)
+    assert pick(sel, "t1", ["t2"] * AFFINITY_LOOKAHEAD + ["t1"], overdue=False) == -1
+    capped = selection(pool_size=6, cap=2, held=held)
+    queue: list[str | None] = ["t2"] * AFFINITY_LOOKAHEAD + ["t1"]
+    assert pick(capped, "t1", queue, overdue=False) == -1  # t1 is capped too
+    capped = selection(pool_size=8, cap=2, held={"t1": 1, "t2": 2, "t3": 2})
+    assert pick(capped, "t1", ["t2"] * 40 + ["t3"] * 5 + ["t1"], overdue=False) == 45
 
 
 def test_while_a_tenant_with_no_server_waits_freed_servers_go_to_tenants_short_of_one(
@@ -254,7 +301,7 @@ def test_while_a_tenant_with_no_server_waits_freed_servers_go_to_tenants_short_o
         queue = [rng.choice(tenants[1:]) for _ in range(rng.randint(0, 8))]
         queue.insert(rng.randint(0, len(queue)), tenants[0])
         sel = selection(pool_size=pool_size, held=held)
-        pick = sel.waiter_for(freed, list(queue), overdue=rng.random() < 0.5)
-        assert pick >= 0
-        assert held.get(queue[pick], 0) < sel.share() or queue[pick] == tenants[0], (
-            queue, pick, held)
+        chosen = pick(sel, freed, list(queue), overdue=rng.random() < 0.5)
+        assert chosen >= 0
+        assert held.get(queue[chosen], 0) < sel.share() or queue[chosen] == tenants[0], (
+            queue, chosen, held)
