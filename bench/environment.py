@@ -48,7 +48,15 @@ def git_revision(repo: Path = REPO) -> str:
     """The checkout's short commit, noting uncommitted changes under proxy/."""
     # Read-only git: GIT_OPTIONAL_LOCKS=0 keeps `status` from refreshing the index.
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-    revision = _first_line(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], env)
+    try:
+        found = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                               capture_output=True, text=True, timeout=10, check=False,
+                               env=env, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if found.returncode != 0:  # e.g. an unpacked wheel given as --baseline
+        return "not a git checkout"
+    revision = found.stdout.strip()
     try:
         dirty = subprocess.run(
             ["git", "-C", str(repo), "status", "--porcelain", "--", "proxy"],

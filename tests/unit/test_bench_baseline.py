@@ -16,7 +16,7 @@ from bench import baseline, report, summary
 from bench.__main__ import _options, _parser, main
 from bench.baseline import Baseline, BaselineError
 from bench.database import BenchDatabase, TenantRange
-from bench.environment import REPO
+from bench.environment import REPO, git_revision
 from bench.results import BenchResults, Measurement
 from bench.runner import BenchRun, Options
 from bench.targets import PgtenantTarget, TargetUnavailable
@@ -156,6 +156,12 @@ def test_git_revision_is_exported_and_runs_its_own_proxy(tmp_path: Path) -> None
                           capture_output=True, text=True, timeout=60, check=True)
     assert "serve" in done.stdout
     baseline.verify(version.source, done.stderr, "preflight")
+
+
+def test_a_directory_outside_git_is_named_so_not_by_gits_error(tmp_path: Path) -> None:
+    # An unpacked wheel as --baseline: its revision heads the report's comparison.
+    assert git_revision(tmp_path) == "not a git checkout"
+    assert git_revision(REPO) not in ("not a git checkout", "unknown")
 
 
 def test_checkout_path_is_used_in_place(tmp_path: Path) -> None:
