@@ -16,6 +16,8 @@ Each user-space sample is charged to the shared object its innermost frame runs 
 stack (what CPython, uvloop and libc do *for* it: a dict lookup, a bytes object,
 ``transport.write``); the user time is split in those proportions, in microseconds per
 transaction. A function's line is what it costs in that process, not only its own code.
+Functions are named only for a compiled build (mypyc's C functions; an interpreted one
+shows as CPython's evaluation loop).
 
 Needs ``perf`` (Debian: linux-perf) and permission to sample a child process (root, or
 ``kernel.perf_event_paranoid`` at most 1). Numbers vary by ±10% from run to run on a shared
@@ -45,7 +47,7 @@ _PROCESSED = re.compile(r"number of transactions actually processed: (\d+)")
 #: Shared objects by what they are, first match wins (matched against the file name).
 _PARTS: tuple[tuple[str, str], ...] = (
     ("kernel", "kernel"), ("__mypyc", "proxy (compiled)"), ("libpython", "CPython"),
-    ("uvloop", "uvloop"), ("loop.cpython", "uvloop"), ("libc.so", "libc"),
+    ("loop.cpython", "uvloop"), ("libc.so", "libc"),
     ("libevent", "libevent"), ("pgbouncer", "pgbouncer"),
 )
 #: Prefix of a mypyc-compiled function's C name (``CPyDef_module___Class___method``).
