@@ -19,6 +19,7 @@ from bench.summary import (
     Summary,
     added_latency_us,
     compare_to_baseline,
+    compare_to_pgbouncer,
     summarize,
     summarize_idle,
 )
@@ -81,6 +82,7 @@ def markdown(results: BenchResults) -> str:
                 f"| {s.ok_runs}/{s.runs} |"
             )
         lines.append("")
+    lines += _pgbouncer_section(results)
     lines += _baseline_section(results)
     if idle_summaries:
         lines += [
@@ -128,6 +130,30 @@ def _paired_text(ratios: Sequence[float]) -> str:
     if len(ratios) == 1:
         return f"{middle:.3f}"
     return f"{middle:.3f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
+def _pgbouncer_section(results: BenchResults) -> list[str]:
+    comparisons = compare_to_pgbouncer(results)
+    if not comparisons:
+        return []
+    lines = [
+        "## pgtenant vs PgBouncer, paired by repeat",
+        "",
+        "per repeat = the median (and range) of pgtenant / PgBouncer within each repeat, "
+        "where the two ran minutes apart at most: steadier than the ratio of the medians "
+        "(x PgBouncer above) when the machine's load drifts during a run.",
+        "",
+        "| workload | target | TPS x PgBouncer | per repeat | CPU x PgBouncer | per repeat "
+        "| p50 x PgBouncer |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    lines.extend(
+        f"| {c.workload} | {c.target} | {_fmt(c.tps_ratio, '{:.3f}')} "
+        f"| {_paired_text(c.tps_paired)} | {_fmt(c.proxy_cpu_ratio, '{:.3f}')} "
+        f"| {_paired_text(c.proxy_cpu_paired)} | {_fmt(c.p50_ratio, '{:.3f}')} |"
+        for c in comparisons
+    )
+    return [*lines, ""]
 
 
 def _baseline_section(results: BenchResults) -> list[str]:
@@ -188,13 +214,15 @@ def write(results: BenchResults, directory: Path) -> None:
     document = dataclasses.asdict(results)
     document["summary"] = [dataclasses.asdict(s) for s in summarize(results)]
     document["idle_summary"] = [dataclasses.asdict(s) for s in summarize_idle(results)]
-    document["baseline_comparison"] = [
-        {"workload": c.workload, "target": c.target, "baseline_target": c.base.target,
-         "tps_ratio": c.tps_ratio, "proxy_cpu_ratio": c.proxy_cpu_ratio,
-         "p50_ratio": c.p50_ratio, "tps_ratios_per_repeat": c.tps_paired,
-         "proxy_cpu_ratios_per_repeat": c.proxy_cpu_paired}
-        for c in compare_to_baseline(results)
-    ]
+    for key, comparisons in (("baseline_comparison", compare_to_baseline(results)),
+                             ("pgbouncer_comparison", compare_to_pgbouncer(results))):
+        document[key] = [
+            {"workload": c.workload, "target": c.target, "baseline_target": c.base.target,
+             "tps_ratio": c.tps_ratio, "proxy_cpu_ratio": c.proxy_cpu_ratio,
+             "p50_ratio": c.p50_ratio, "tps_ratios_per_repeat": c.tps_paired,
+             "proxy_cpu_ratios_per_repeat": c.proxy_cpu_paired}
+            for c in comparisons
+        ]
     document["added_p50_latency_us_at_1_client"] = added_latency_us(summarize(results))
     (directory / "results.json").write_text(json.dumps(document, indent=2) + "\n")
     chart(results, directory / "chart.png")

@@ -140,8 +140,9 @@ def _paired(
     return [r for r in ratios if r is not None]
 
 
-def compare_to_baseline(results: BenchResults) -> list[Comparison]:
-    """Current vs baseline for every (workload, target) that has an ``@base`` twin."""
+def _compare(results: BenchResults, base_of: Callable[[str], str | None]) -> list[Comparison]:
+    """Each (workload, target) next to the target ``base_of`` names for it, when that one
+    ran the workload too."""
     summaries = summarize(results)
     by_key = {(s.workload, s.target): s for s in summaries}
     runs: dict[tuple[str, str], list[Measurement]] = {}
@@ -149,7 +150,8 @@ def compare_to_baseline(results: BenchResults) -> list[Comparison]:
         runs.setdefault((m.workload, m.target), []).append(m)
     comparisons = []
     for s in summaries:
-        base = by_key.get((s.workload, base_name(s.target)))
+        base_target = base_of(s.target)
+        base = by_key.get((s.workload, base_target)) if base_target is not None else None
         if base is None:
             continue
         mine, theirs = runs[(s.workload, s.target)], runs[(s.workload, base.target)]
@@ -165,6 +167,21 @@ def compare_to_baseline(results: BenchResults) -> list[Comparison]:
             proxy_cpu_paired=_paired(mine, theirs, lambda m: m.proxy_cpu_us_per_tx),
         ))
     return comparisons
+
+
+def compare_to_baseline(results: BenchResults) -> list[Comparison]:
+    """Current vs baseline for every (workload, target) that has an ``@base`` twin."""
+    return _compare(results, base_name)
+
+
+def compare_to_pgbouncer(results: BenchResults) -> list[Comparison]:
+    """Every pgtenant target next to PgBouncer on the workloads both ran. Its per-repeat
+    ratios are the steadier reading: on a shared machine the medians of two targets drift
+    apart over minutes, the ratio within a repeat much less. Workloads PgBouncer failed
+    (prepared statements, in 1.18) are left out."""
+    comparisons = _compare(results, lambda target: BASELINE_PROXY
+                           if target.startswith("pgtenant") else None)
+    return [c for c in comparisons if c.base.ok_runs]
 
 
 def summarize_idle(results: BenchResults) -> list[IdleSummary]:

@@ -272,3 +272,38 @@ def test_results_json_carries_the_ratios(tmp_path: Path) -> None:
         "baseline_target": "pgtenant-session@base", "tps_ratio": 1.25,
         "proxy_cpu_ratio": 0.9, "p50_ratio": 1.0, "tps_ratios_per_repeat": [1.25],
         "proxy_cpu_ratios_per_repeat": [0.9]}]
+
+
+def test_pgtenant_targets_are_paired_with_pgbouncer_repeat_by_repeat(tmp_path: Path) -> None:
+    # The machine slows down over the run; within each repeat pgtenant (either build)
+    # does 0.9x PgBouncer's TPS at 1.2x its CPU. direct is no pgtenant target.
+    results = BenchResults(started_at="now", settings={"repeats": 3})
+    for repeat, speed in enumerate([3000, 2000, 1000], 1):
+        results.measurements += [
+            _measurement("direct", repeat, speed * 2, 0, 0.5),
+            _measurement("pgtenant-transaction", repeat, speed * 0.9, 60, 2.0),
+            _measurement("pgtenant-transaction@base", repeat, speed * 0.9, 60, 2.0),
+            _measurement("pgbouncer", repeat, speed, 50, 1.0),
+        ]
+    comparisons = summary.compare_to_pgbouncer(results)
+    assert [c.target for c in comparisons] == ["pgtenant-transaction",
+                                               "pgtenant-transaction@base"]
+    for c in comparisons:
+        assert c.base.target == "pgbouncer"
+        assert c.tps_paired == pytest.approx([0.9, 0.9, 0.9])
+        assert c.proxy_cpu_paired == pytest.approx([1.2, 1.2, 1.2])
+    text = report.markdown(results)
+    assert "## pgtenant vs PgBouncer, paired by repeat" in text
+    assert ("| tenant-c32 | pgtenant-transaction | 0.900 | 0.900 (0.90-0.90) | 1.200 "
+            "| 1.200 (1.20-1.20) | 2.000 |") in text
+    report.write(results, tmp_path)
+    document: dict[str, Any] = json.loads((tmp_path / "results.json").read_text())
+    assert [c["target"] for c in document["pgbouncer_comparison"]] == [
+        "pgtenant-transaction", "pgtenant-transaction@base"]
+    without = BenchResults(started_at="now", settings={"repeats": 1})
+    without.measurements.append(_measurement("pgtenant-transaction", 1, 1000, 80, 1.8))
+    failed = _measurement("pgbouncer", 1, 0, 0, 0)  # as with prepared statements in 1.18
+    failed.ok = False
+    assert "paired by repeat" not in report.markdown(without)
+    without.measurements.append(failed)
+    assert summary.compare_to_pgbouncer(without) == []
