@@ -18,22 +18,24 @@ at work is parked for them rather than given to a tenant that already holds its 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Iterator
-from typing import Final, Generic, Protocol, TypeVar
+from typing import Final, Generic, TypeVar
 
 from proxy.backend.server import NOBODY
 
 
-class Waiter(Protocol):
-    """A client waiting for a server (``proxy.pool.waits.Wait``), as the rules see it."""
+class Waiter:
+    """A client waiting for a server, as the rules see it: its tenant, and when it began
+    waiting on the fairness clock. ``proxy.pool.waits.Wait`` is one. (A class, not a
+    protocol: compiled, :meth:`Selection.waiter_for` reads both as struct fields.)"""
 
-    @property
-    def tenant(self) -> str | None: ...
-    @property
-    def since(self) -> float: ...  # when it began waiting, on the fairness clock
+    __slots__ = ("since", "tenant")
+
+    def __init__(self, tenant: str | None, since: float) -> None:
+        self.tenant = tenant
+        self.since = since
 
 
 S = TypeVar("S", bound=Hashable)
-W = TypeVar("W", bound=Waiter)
 
 _ABSENT: Final = object()
 
@@ -228,7 +230,8 @@ class Selection(Generic[S]):
         """Whether ``tenant``'s clients hold max_tenant_server_conns servers already."""
         return bool(self.cap) and tenant is not None and self.held.get(tenant, 0) >= self.cap
 
-    def waiter_for(self, owner: object, waits: Iterable[W], overdue_since: float) -> W | None:
+    def waiter_for(self, owner: object, waits: Iterable[Waiter],
+                   overdue_since: float) -> Waiter | None:
         """A server last used by ``owner`` came back while ``waits`` wait (FIFO order):
         the one that gets it, or None to park it idle for ``owner``'s clients (their next
         transaction takes it without a scrub). Only the first AFFINITY_LOOKAHEAD waits
@@ -253,10 +256,10 @@ class Selection(Generic[S]):
         # Once a deprived waiter is found, only a waiter of ``owner`` holding less than
         # its share comes first: when ``owner``'s clients hold their share, stop there.
         owner_short = (held.get(owner, 0) if isinstance(owner, str) else 0) < share
-        deprived: W | None = None
-        same: W | None = None
-        first: W | None = None
-        rotate: W | None = None
+        deprived: Waiter | None = None
+        same: Waiter | None = None
+        first: Waiter | None = None
+        rotate: Waiter | None = None
         seen = 0
         for wait in waits:
             tenant = wait.tenant

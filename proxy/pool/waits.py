@@ -35,7 +35,7 @@ from proxy.backend.server import ServerConnection, ServerError
 from proxy.config import DatabaseConfig
 from proxy.pool.counters import PoolStats
 from proxy.pool.lease import Lease
-from proxy.pool.selection import AFFINITY_LOOKAHEAD, Selection
+from proxy.pool.selection import AFFINITY_LOOKAHEAD, Selection, Waiter
 from proxy.stats import ProxyStats, TrafficStats
 
 log = logging.getLogger("pgtenant.pool")
@@ -82,7 +82,7 @@ FAILED: Final = 2
 CANCELLED: Final = 3
 
 
-class Wait:
+class Wait(Waiter):
     """One client's wait for a server connection (see ``ServerPool.wait_for_server``):
     pending until it is decided once, served (a lease), failed (an error) or cancelled.
 
@@ -96,15 +96,14 @@ class Wait:
     (``ClientLeasing._stop_waiting``), so no chain of closed clients releases in turn.
     """
 
-    __slots__ = ("_waits", "callback", "deadline", "error", "lease", "reserve_at", "since",
-                 "started", "state", "tenant")
+    __slots__ = ("_waits", "callback", "deadline", "error", "lease", "reserve_at", "started",
+                 "state")
 
     def __init__(self, waits: Waits, tenant: str | None, since: float, started: float,
                  deadline: float, reserve_at: float,
                  callback: Callable[[Wait], None]) -> None:
+        super().__init__(tenant, since)  # (since: on the fairness clock, ``Waits.clock``)
         self._waits = waits
-        self.tenant = tenant
-        self.since = since            # on the fairness clock (``Waits.clock``)
         self.started = started        # time.monotonic(), as the deadlines
         self.deadline = deadline      # query_wait_timeout's (inf: none)
         self.reserve_at = reserve_at  # reserve_pool_timeout's (inf: none, or used)
@@ -257,8 +256,10 @@ class Waits:
         if not self.queue:
             return None
         wait = self._sel.waiter_for(owner, self.queue, self.clock() - _FAIR_WAIT)
-        if wait is not None:
-            self.queue.remove(wait)
+        if wait is None:
+            return None
+        assert isinstance(wait, Wait)  # (one of the queue's)
+        self.queue.remove(wait)
         return wait
 
     def _eligible(self) -> list[Wait]:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.backend.server import NOBODY
-from proxy.pool.selection import AFFINITY_LOOKAHEAD, QUIET, OwnerIndex, Selection
+from proxy.pool.selection import AFFINITY_LOOKAHEAD, QUIET, OwnerIndex, Selection, Waiter
 
 NOW = 100.0
 
@@ -190,17 +189,11 @@ def test_waiting_counts_drop_to_nothing() -> None:
 # ---- waiter_for: a server came back while clients wait ---------------------------------
 
 
-@dataclass
-class Waiting:
-    tenant: str | None
-    since: float
-
-
 def pick(sel: Selection[str], owner: object, tenants: list[str | None], *,
          overdue: bool) -> int:
     """The index in ``tenants`` (a wait queue, oldest first) of the waiter waiter_for
     chooses, or -1 (parked). The oldest eligible waiter is overdue when ``overdue``."""
-    waits = [Waiting(tenant, since=0.0) for tenant in tenants]
+    waits = [Waiter(tenant, since=0.0) for tenant in tenants]
     chosen = sel.waiter_for(owner, waits, overdue_since=0.0 if overdue else -1.0)
     return next((i for i, wait in enumerate(waits) if wait is chosen), -1)
 
@@ -256,11 +249,11 @@ def test_the_queue_is_read_only_as_far_as_the_answer_needs() -> None:
     # The first waiter is of the server's tenant and short of its share: nothing after
     # it is looked at (the queue is walked, not copied, on every release).
     sel = selection(pool_size=4, held={"t1": 1})
-    read: list[Waiting] = []
+    read: list[Waiter] = []
 
-    def queue() -> Iterator[Waiting]:
+    def queue() -> Iterator[Waiter]:
         for tenant in ["t1", "t2", "t1"]:
-            wait = Waiting(tenant, since=0.0)
+            wait = Waiter(tenant, since=0.0)
             read.append(wait)
             yield wait
 
