@@ -252,7 +252,6 @@ class Selection(Generic[S]):
         """
         share = self.share(owner=owner)
         held = self.held
-        cap = self.cap
         # Once a deprived waiter is found, only a waiter of ``owner`` holding less than
         # its share comes first: when ``owner``'s clients hold their share, stop there.
         owner_short = (held.get(owner, 0) if isinstance(owner, str) else 0) < share
@@ -263,9 +262,9 @@ class Selection(Generic[S]):
         seen = 0
         for wait in waits:
             tenant = wait.tenant
-            count = held.get(tenant, 0) if tenant is not None else 0
-            if cap and tenant is not None and count >= cap:
+            if self.capped(tenant):
                 continue
+            count = held.get(tenant, 0) if tenant is not None else 0
             short = count < share
             if first is None:
                 first = wait

@@ -183,10 +183,7 @@ class Waits:
     def oldest_wait(self, now: float) -> float:
         """Seconds the longest current waiter has waited (0.0 when nobody waits): the
         queue is in arrival order, and holds pending waits only."""
-        oldest = now
-        for wait in self.queue:
-            oldest = wait.started
-            break
+        oldest = self.queue[0].started if self.queue else now
         for started in self._paused_since:
             oldest = min(oldest, started)
         return max(0.0, now - oldest)
