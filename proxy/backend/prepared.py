@@ -81,6 +81,7 @@ _BIND_MISSING: Final = messages.bind("", MISSING, [])
 _DESCRIBE_MISSING: Final = messages.describe(b"S", MISSING)
 _CLOSE_MISSING: Final = messages.close(b"S", MISSING)
 _DESCRIBE_TAG: Final = bytes((F_DESCRIBE,))
+_BIND_TAG: Final = bytes((F_BIND,))
 _ABORTED: Final = messages.frame(B_ERROR_RESPONSE, b"".join((
     b"SERROR\x00VERROR\x00C25P02\x00Mcurrent transaction is aborted, commands ignored ",
     b"until end of transaction block\x00Fpostgres.c\x00Rexec_parse_message\x00\x00")))
@@ -331,6 +332,59 @@ def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
         else:  # Flush, CopyData/CopyDone/CopyFail: no batch begins
             batch.out.append(frame)
     return batch.finish()
+
+
+def bound(block: bytes, client: dict[str, ClientStatement], server: ServerStatements
+          ) -> bytes | None:
+    """The batch that runs a prepared statement, rewritten with nothing to check or carry;
+    None for any other batch (the caller takes :func:`to_verify` and :func:`rewrite`).
+
+    ``block``: whole messages starting a batch. It qualifies when it is one Bind of a
+    statement the client has, then only Describes of a portal and Executes, then Sync
+    (what libpq, JDBC, psycopg and asyncpg send to run one), and the server has the
+    statement with the description the client was told (or the client was told none),
+    has no batch open and nothing to close. For such a batch ``to_verify`` finds nothing
+    and ``rewrite`` renames the Bind and answers one FORWARD entry; this does the same in
+    one pass over the headers (``tests/unit/test_prepared.py`` checks that both agree).
+    """
+    if server.open is not None or server.skipping or server.failed or server.orphans:
+        return None
+    size = len(block)
+    if size < 10 or block[0] != F_BIND:
+        return None
+    bind_end = 1 + ((block[1] << 24) | (block[2] << 16) | (block[3] << 8) | block[4])
+    pos = bind_end
+    synced = False
+    while pos + 5 <= size:
+        tag = block[pos]
+        end = pos + 1 + ((block[pos + 1] << 24) | (block[pos + 2] << 16)
+                         | (block[pos + 3] << 8) | block[pos + 4])
+        if tag == F_SYNC:
+            if end != size:
+                return None  # more than one batch
+            synced = True
+        elif tag != F_EXECUTE and not (tag == F_DESCRIBE and end > pos + 5
+                                       and block[pos + 5] != _STATEMENT):
+            return None
+        pos = end
+    if not synced:
+        return None
+    name_at = _find_nul(block, 5, bind_end) + 1  # after the portal's name
+    name_end = _find_nul(block, name_at, bind_end) if name_at else -1
+    if name_end <= name_at:
+        return None  # unnamed, or malformed: rewrite decides
+    server.follow_schema()
+    stmt = client.get(block[name_at:name_end].decode("utf-8", NAME_ERRORS))
+    if stmt is None or len(server.by_key) > server.limit:
+        return None
+    target = server.by_key.get(stmt.key)
+    if target is None or (stmt.desc is not None and stmt.desc != target.desc):
+        return None
+    server.get(stmt.key)  # now the most recently used
+    wire_name = target.wire_name
+    length = bind_end - 1 - (name_end + 1 - name_at) + len(wire_name)
+    return b"".join((_BIND_TAG, length.to_bytes(4, "big"), block[5:name_at], wire_name,
+                     block[name_end + 1:]))
 
 
 def _renamed(out: list[bytes], frame: bytes, start: int, end: int, name: bytes) -> None:

@@ -14,6 +14,7 @@ import functools
 from typing import TYPE_CHECKING
 
 from proxy.backend.prepared import (
+    bound,
     internal_batch,
     rewrite,
     to_verify,
@@ -51,6 +52,12 @@ class NamedStatementRelay(ClientLeasing):
         statements = self.statements
         if statements is None:
             statements = self.statements = {}
+        if verify and batch_start and len(blocks) == 1:
+            data = bound(blocks[0], statements, server.statements)
+            if data is not None:  # the common batch: a prepared statement run again
+                self._rewriting = False
+                server.send(data, 1, self._unsynced)
+                return
         frames = [frame for block in blocks for frame in split_frames(block)]
         try:
             if verify and batch_start:
