@@ -40,10 +40,13 @@ from proxy.wire.tags import F_BIND, F_FLUSH, F_FUNCTION_CALL, F_PARSE, F_QUERY, 
 _CLEAN: Final = CLEAN
 
 Index = list[tuple[int, int, int]]
-# Verdicts of Parse messages by (message body, tenant, transaction mode), shared by the
-# clients of a proxy: drivers send the same unnamed Parse over and over. The value is the
-# statement name, the verdict and whether the statement writes settings.
-ParseVerdicts = dict[tuple[bytes, str | None, bool], tuple[str, Refusal | BindRule | None, bool]]
+# Verdicts of Parse messages, shared by the clients of a proxy: drivers send the same
+# unnamed Parse over and over. A statement the guard finds CLEAN has the same verdict for
+# every tenant and pool mode (none): it is kept by the message body alone. Any other is
+# kept by (body, tenant, transaction mode). The value is the statement name, the verdict
+# and whether the statement writes settings.
+ParseVerdicts = dict[bytes | tuple[bytes, str | None, bool],
+                     tuple[str, Refusal | BindRule | None, bool]]
 _PARSE_CACHE_LIMIT: Final = 10_000
 
 
@@ -113,7 +116,10 @@ class StreamGuard:
                     analysis = self._guard.analyze_query(body)
                 if analysis is not _CLEAN:
                     refusal = self._check_query(analysis, tenant)
-            elif tag == F_PARSE or tag == F_BIND or tag == F_FUNCTION_CALL:  # (no set: native)
+            elif tag == F_PARSE or tag == F_FUNCTION_CALL:  # (no set: native)
+                refusal = self._check(tag, block[start + 5:end], tenant)
+            elif tag == F_BIND and (self._bind_rules or self._setting_writers):
+                # (Without rules nor settings writers a Bind passes: not even sliced.)
                 refusal = self._check(tag, block[start + 5:end], tenant)
             if tag == F_SYNC:
                 self._end_batch()
@@ -141,18 +147,12 @@ class StreamGuard:
         Parses); Queries go to :meth:`_check_query`."""
         if tag == F_PARSE:
             cache = self._parse_verdicts
-            key = (body, tenant, self._transaction_mode)
-            hit = cache.get(key)
+            hit = cache.get(body)
             if hit is None:
-                name, sql, types = messages.decode_parse(body)
-                analysis = self._guard.analyze(sql)
-                verdict = self._guard.parse_verdict(analysis, tenant, types,
-                                                    transaction_mode=self._transaction_mode)
-                hit = (name, verdict, analysis.changes_settings)
-                if len(body) <= MAX_CACHED_LENGTH:  # a huge text is judged every time:
-                    if len(cache) >= _PARSE_CACHE_LIMIT:  # the cache's size stays bounded
-                        cache.clear()
-                    cache[key] = hit
+                key = (body, tenant, self._transaction_mode)
+                hit = cache.get(key)
+                if hit is None:
+                    hit = self._judge_parse(body, key, tenant)
             name, verdict, writes_settings = hit
             if isinstance(verdict, Refusal):
                 return verdict
@@ -160,6 +160,11 @@ class StreamGuard:
             # and one that opens a batch always runs. A named one fails if the name
             # exists, so it only adds to a rule the name still has.
             certain = name == "" and not self._in_batch
+            if (certain and verdict is None and not writes_settings
+                    and not self._bind_rules and not self._setting_writers):
+                # The usual unnamed Parse: no rule before it, none after; a Bind of it in
+                # this batch finds none either way (nothing to record).
+                return None
             self._define(name, verdict, writes_settings, certain=certain)
             self._batch[name] = (verdict, writes_settings)
             return None
@@ -175,6 +180,25 @@ class StreamGuard:
                     self._state_changed()
             return None
         return FUNCTION_CALL_REFUSAL
+
+    def _judge_parse(self, body: bytes, key: tuple[bytes, str | None, bool],
+                     tenant: str | None) -> tuple[str, Refusal | BindRule | None, bool]:
+        """The guard's verdict on a Parse body not in the cache, kept there (by the body
+        alone when the statement is CLEAN) unless the text is huge."""
+        name, sql, types = messages.decode_parse(body)
+        analysis = self._guard.analyze(sql)
+        verdict = self._guard.parse_verdict(analysis, tenant, types,
+                                            transaction_mode=self._transaction_mode)
+        hit = (name, verdict, analysis.changes_settings)
+        if len(body) <= MAX_CACHED_LENGTH:  # a huge text is judged every time:
+            cache = self._parse_verdicts
+            if len(cache) >= _PARSE_CACHE_LIMIT:  # the cache's size stays bounded
+                cache.clear()
+            if analysis is _CLEAN:
+                cache[body] = hit
+            else:
+                cache[key] = hit
+        return hit
 
     def _statement(self, name: str) -> tuple[BindRule | None, bool]:
         """The rule and settings flag that a Bind or EXECUTE of ``name`` runs under."""

@@ -4,7 +4,7 @@ client's StreamGuard fed message by message."""
 from __future__ import annotations
 
 from proxy.config import TenancyConfig
-from proxy.frontend.guarding import StreamGuard
+from proxy.frontend.guarding import ParseVerdicts, StreamGuard
 from proxy.guard import Guard
 from proxy.wire.framing import split_frames
 from tests.unit.guard_verdicts import OWN
@@ -18,13 +18,14 @@ class Stream:
     of ``tenant`` on ``guard``, which a proxy's clients share)."""
 
     def __init__(self, *, transaction_mode: bool = False, guard: Guard = GUARD,
-                 tenant: str | None = OWN) -> None:
+                 tenant: str | None = OWN, verdicts: ParseVerdicts | None = None) -> None:
         self.tenant = tenant
         self.refusals: list[str] = []
         self.changes = 0
-        self.guard = StreamGuard(guard, {}, lambda refusal, tag: self.refusals.append(
-            refusal.kind), transaction_mode=transaction_mode,
-            on_state_change=self._changed)
+        self.guard = StreamGuard(
+            guard, {} if verdicts is None else verdicts,
+            lambda refusal, tag: self.refusals.append(refusal.kind),
+            transaction_mode=transaction_mode, on_state_change=self._changed)
 
     def _changed(self) -> None:
         self.changes += 1

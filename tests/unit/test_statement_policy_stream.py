@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proxy.frontend.guarding import StreamGuard
+from proxy.frontend.guarding import ParseVerdicts, StreamGuard
 from proxy.guard import Execute, Prepare
 from proxy.wire import messages
 from proxy.wire.framing import split_frames
@@ -155,3 +155,35 @@ def test_a_refused_parse_before_flush_is_raised_at_the_flush() -> None:
     # Without a Flush the Sync itself becomes the raise, as before.
     out = stream.send(messages.parse("t", "TRUNCATE items"), messages.sync())
     assert [frame[0] for frame in split_frames(out)] == [ord("Q")]
+
+
+# ---- Parse verdicts kept for the proxy's clients -------------------------------------
+
+def test_a_clean_parse_verdict_is_shared_by_tenants_and_no_other_is() -> None:
+    verdicts: ParseVerdicts = {}
+    acme, globex = (Stream(tenant=t, verdicts=verdicts) for t in ("acme", "globex"))
+    clean = messages.parse("", "SELECT * FROM items")
+    assert not refused_query(acme.send(clean, messages.sync()))
+    assert clean[5:] in verdicts  # by the body alone: the same for every tenant
+    own = messages.parse("", "SELECT set_config('app.current_tenant', 'acme', false)")
+    assert not refused_query(acme.send(own, messages.sync()))
+    assert refused_query(globex.send(own, messages.sync()))
+    assert own[5:] not in verdicts and (own[5:], "globex", False) in verdicts
+    assert not refused_query(globex.send(clean, messages.sync()))
+
+
+def test_binds_after_an_unnamed_parse_follow_the_rules_of_their_batch() -> None:
+    stream = Stream()
+    globex = [b"globex"]
+    assert refused_query(stream.send(messages.parse("", TENANT_RULE),
+                                     messages.bind("", "", globex), messages.sync()))
+    # A clean unnamed Parse replaces the rule the unnamed statement had.
+    assert not refused_query(stream.send(messages.parse("", "SELECT $1::text"),
+                                         messages.bind("", "", globex), messages.sync()))
+    # Clean, with no rule anywhere: nothing recorded; a rule defined later in the batch
+    # holds for its own statement only.
+    out = stream.send(messages.parse("", "SELECT $1::text"), messages.parse("s2", TENANT_RULE),
+                      messages.bind("", "", globex), messages.sync())
+    assert not refused_query(out)
+    assert refused_query(stream.send(messages.bind("", "s2", globex), messages.sync()))
+    assert not refused_query(stream.send(messages.bind("", "s2", [b"acme"]), messages.sync()))
