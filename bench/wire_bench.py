@@ -66,13 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     batches = []
     for data in client:
         framer.feed(data)
-        batch = framer.next_batch()
-        assert batch is not None
-        batches.append(batch)
+        block = framer.next_batch()
+        assert block is not None
+        batches.append(block)
 
     def guard_client(i: int) -> None:
-        block, index = batches[i]
-        assert guard.filter(block, index, TENANT)[0] is block
+        block = batches[i]
+        assert guard.filter(block, TENANT) is block
 
     stats = ProxyStats(["app"])
     traffic = stats.database("app")

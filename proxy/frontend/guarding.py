@@ -32,14 +32,13 @@ from proxy.guard import (
 )
 from proxy.guard.guard import MAX_CACHED_LENGTH
 from proxy.wire import messages
-from proxy.wire.framing import split_frames
+from proxy.wire.framing import frame_end
 from proxy.wire.tags import F_BIND, F_FLUSH, F_FUNCTION_CALL, F_PARSE, F_QUERY, F_SYNC
 
 # (Compiled, an imported name is a lookup in the module's dict at each use; a Final
 # alias is a C static.)
 _CLEAN: Final = CLEAN
 
-Index = list[tuple[int, int, int]]
 # Verdicts of Parse messages, shared by the clients of a proxy: drivers send the same
 # unnamed Parse over and over. A statement the guard finds CLEAN has the same verdict for
 # every tenant and pool mode (none): it is kept by the message body alone. Any other is
@@ -85,11 +84,17 @@ class StreamGuard:
         self._raised = False                     # ... and its refusal already sent (Flush)
         self._refused_query = b""
 
-    def filter(self, block: bytes, index: Index, tenant: str | None) -> tuple[bytes, Index]:
-        """The block to forward: ``block`` itself unless something was refused."""
+    def filter(self, block: bytes, tenant: str | None) -> bytes:
+        """The block (whole messages) to forward: ``block`` itself unless something was
+        refused."""
         # Built only once something changes: kept (slices of the block) and replaced parts.
         parts: list[bytes] | None = None
-        for tag, start, end in index:
+        size = len(block)
+        end = 0
+        while end < size:
+            start = end
+            tag = block[start]
+            end = frame_end(block, start)
             if self._skipping:
                 if parts is None:
                     parts = [block[:start]] if start else []
@@ -137,10 +142,7 @@ class StreamGuard:
                 parts.append(self._refused_query)
             else:
                 self._skipping = True
-        if parts is None:
-            return block, index
-        new = b"".join(parts)
-        return new, _reindex(new)
+        return block if parts is None else b"".join(parts)
 
     def _check(self, tag: int, body: bytes, tenant: str | None) -> Refusal | None:
         """The guard's verdict on a Parse, Bind or FunctionCall (remembering Bind rules of
@@ -275,13 +277,3 @@ def refusal_query(refusal: Refusal) -> bytes:
         items.append(f"HINT = {literal(refusal.hint)}")
     return messages.query(
         f"DO $pgtenant$BEGIN RAISE EXCEPTION USING {', '.join(items)}; END$pgtenant$")
-
-
-def _reindex(block: bytes) -> Index:
-    """``(tag, start, end)`` of each whole message in ``block``."""
-    out = []
-    pos = 0
-    for frame in split_frames(block):
-        out.append((frame[0], pos, pos + len(frame)))
-        pos += len(frame)
-    return out

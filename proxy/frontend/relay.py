@@ -124,10 +124,9 @@ class ClientRelay(NamedStatementRelay):
         write it to the server in one write."""
         framer = self.framer
         assert framer is not None
-        batch = framer.next_batch(data)
-        if batch is None:
+        block = framer.next_batch(data)
+        if block is None:
             return
-        block, index = batch
         if self._idle_timeouts:
             self._stop_idle_timer()
         guard = self._guard
@@ -137,10 +136,10 @@ class ClientRelay(NamedStatementRelay):
                                               transaction_mode=self.transaction_mode,
                                               on_state_change=self._session_state_changed)
         if guard is not None:
-            block, index = guard.filter(
-                block, index, self.identity.tenant if self.identity is not None else None)
+            block = guard.filter(
+                block, self.identity.tenant if self.identity is not None else None)
         block, replies, unsynced, named, stop = classify(
-            block, index, self._unsynced, self._rewriting, self.transaction_mode)
+            block, self._unsynced, self._rewriting, self.transaction_mode)
         self._flush(block, replies, unsynced, named)
         if stop == _X:
             self.close_transport()

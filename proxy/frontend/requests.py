@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Final
 
 from proxy.backend.prepared import needs_rewrite
+from proxy.wire.framing import frame_end
 from proxy.wire.tags import (
     F_BIND,
     F_CLOSE,
@@ -60,11 +61,11 @@ _KINDS: Final = _kinds()
 NO_STOP: Final = -1
 
 
-def classify(block: bytes, index: list[tuple[int, int, int]], unsynced: bool, named: bool,
-             rewrites: bool) -> tuple[bytes, int, bool, bool, int]:
+def classify(block: bytes, unsynced: bool, named: bool, rewrites: bool
+             ) -> tuple[bytes, int, bool, bool, int]:
     """``(block, replies, unsynced, named, stop)`` for a framed batch.
 
-    ``index`` is the framer's ``(tag, start, end)`` per message; ``unsynced``: the stream
+    ``block``: whole messages, as the framer hands them out; ``unsynced``: the stream
     was already mid extended-protocol batch; ``named``: a batch being rewritten goes on
     (``rewrites``: the client's statements are tracked, transaction mode). The block
     returned is what to send: all of it, or what precedes the ``stop`` message's tag (a
@@ -73,7 +74,11 @@ def classify(block: bytes, index: list[tuple[int, int, int]], unsynced: bool, na
     """
     replies = 0
     kinds = _KINDS
-    for tag, start, end in index:
+    size = len(block)
+    start = 0
+    while start < size:
+        tag = block[start]
+        end = frame_end(block, start)
         kind = kinds[tag]
         if kind & _READY:
             replies += 1
@@ -84,6 +89,7 @@ def classify(block: bytes, index: list[tuple[int, int, int]], unsynced: bool, na
             return block[:start], replies, unsynced, named, tag
         if rewrites and not named and kind & _NAMED:
             named = needs_rewrite(tag, block, start + 5, end)
+        start = end
     return block, replies, unsynced, named, NO_STOP
 
 

@@ -19,7 +19,8 @@ from typing import Final, NoReturn
 
 from proxy.wire.errors import ProtocolViolation
 
-__all__ = ["BackendScanner", "ClientBytes", "FrontendFramer", "TagSet", "split_frames"]
+__all__ = ["BackendScanner", "ClientBytes", "FrontendFramer", "TagSet", "frame_end",
+           "split_frames"]
 
 # Tag and signed length in one unpack: a negative length must be seen as negative.
 _HEADER: Final = struct.Struct("!Bi")
@@ -101,15 +102,14 @@ class FrontendFramer(ClientBytes):
         return tag, body
 
 
-    def next_batch(self, data: bytes = b"") -> tuple[bytes, list[tuple[int, int, int]]] | None:
+    def next_batch(self, data: bytes = b"") -> bytes | None:
         """Return every complete message received, as one block, or None if none is.
 
         ``data``: bytes just received (``feed`` and this in one call). The block is the
-        messages' bytes exactly as received (ready to forward in one write); the list has
-        ``(tag, start, end)`` per message, offsets into the block (the body is
-        ``block[start + 5:end]``). The hot path: with nothing buffered (the usual case)
-        ``data`` is framed in place, and when it holds whole messages only it is the
-        block itself: no copy into the buffer and back, no per-message copies.
+        messages' bytes exactly as received (ready to forward in one write), their lengths
+        checked: walk it with :func:`frame_end`. The hot path: with nothing buffered (the
+        usual case) ``data`` is framed in place, and when it holds whole messages only it
+        is the block itself: no copy into the buffer and back, no per-message objects.
         """
         if self._error is not None:
             raise ProtocolViolation(self._error)
@@ -129,36 +129,40 @@ class FrontendFramer(ClientBytes):
             self._off = 0
         return self._frame(data)
 
-    def _frame(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int]]] | None:
+    def _frame(self, data: bytes) -> bytes | None:
         """Frame ``data`` (nothing buffered before it); a partial message at its end is
         buffered for the next call."""
         size = len(data)
         pos = 0
-        index: list[tuple[int, int, int]] = []
         limit = self._max
         while size - pos >= _HEADER_SIZE:
             # Byte by byte, as in BackendScanner.feed (unsigned: negative reads as huge).
-            tag = data[pos]
             length = ((data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8)
                       | data[pos + 4])
             if length < 4 or length > limit:
-                if index:
+                if pos:
                     break  # hand out what came before; the next call raises
                 if length > _MAX_LENGTH:
                     length -= 1 << 32
                 self._error = (f"invalid message length {length} for message type "
-                               f"{_describe_tag(tag)}")
+                               f"{_describe_tag(data[pos])}")
                 raise ProtocolViolation(self._error)
             end = pos + 1 + length
             if end > size:
                 break
-            index.append((tag, pos, end))
             pos = end
         if pos < size:
             self._buf += data[pos:] if pos else data
-        if not index:
+        if not pos:
             return None
-        return (data if pos == size else data[:pos]), index
+        return data if pos == size else data[:pos]
+
+
+def frame_end(block: bytes, pos: int) -> int:
+    """Where the message that starts at ``pos`` of ``block`` ends (a block of whole
+    messages whose lengths were checked, as ``FrontendFramer.next_batch`` hands out)."""
+    return pos + 1 + ((block[pos + 1] << 24) | (block[pos + 2] << 16)
+                      | (block[pos + 3] << 8) | block[pos + 4])
 
 
 def split_frames(block: bytes) -> list[bytes]:
@@ -167,8 +171,7 @@ def split_frames(block: bytes) -> list[bytes]:
     pos = 0
     n = len(block)
     while pos < n:
-        end = pos + 1 + ((block[pos + 1] << 24) | (block[pos + 2] << 16)
-                         | (block[pos + 3] << 8) | block[pos + 4])
+        end = frame_end(block, pos)
         out.append(block[pos:end])
         pos = end
     return out

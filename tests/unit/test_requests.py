@@ -93,11 +93,11 @@ class Pair:
     def client_sends(self, data: bytes, chunk: int | None) -> None:
         step = chunk or len(data)
         for i in range(0, len(data), step):
-            batch = self.framer.next_batch(data[i:i + step])
-            if batch is None:
+            block = self.framer.next_batch(data[i:i + step])
+            if block is None:
                 continue
             block, replies, self.unsynced, self.named, stop = classify(
-                *batch, self.unsynced, self.named, self.rewrites)
+                block, self.unsynced, self.named, self.rewrites)
             self.batches.append((replies, self.unsynced, self.named))
             if block:
                 self.session.send(block, replies, self.unsynced)

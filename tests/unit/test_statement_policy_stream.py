@@ -132,13 +132,8 @@ def test_parse_verdict_cache_keeps_pool_modes_apart() -> None:
     session = StreamGuard(GUARD, cache, lambda r, t: None)
     transaction = StreamGuard(GUARD, cache, lambda r, t: None, transaction_mode=True)
     batch = messages.parse("", "SELECT pg_advisory_lock(1)") + messages.sync()
-    index = [(frame[0], 0, 0) for frame in split_frames(batch)]
-    pos = 0
-    for i, frame in enumerate(split_frames(batch)):
-        index[i] = (frame[0], pos, pos + len(frame))
-        pos += len(frame)
-    assert session.filter(batch, index, OWN)[0] == batch
-    assert transaction.filter(batch, index, OWN)[0] != batch
+    assert session.filter(batch, OWN) == batch
+    assert transaction.filter(batch, OWN) != batch
 
 
 def test_a_refused_parse_before_flush_is_raised_at_the_flush() -> None:

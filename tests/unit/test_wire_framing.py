@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from proxy.wire import authentication, messages
 from proxy.wire.errors import ProtocolViolation
-from proxy.wire.framing import BackendScanner, FrontendFramer, TagSet
+from proxy.wire.framing import BackendScanner, FrontendFramer, TagSet, frame_end, split_frames
 from proxy.wire.tags import BackendTag as B
 from proxy.wire.tags import FrontendTag as F
 
@@ -398,13 +398,23 @@ def test_next_batch_hands_out_whole_messages_as_received() -> None:
         got: list[tuple[int, bytes]] = []
         for part in (wire[:cut], wire[cut:]):
             framer.feed(part)
-            while (batch := framer.next_batch()) is not None:
-                block, index = batch
-                got += [(tag, block[start:end]) for tag, start, end in index]
-                assert b"".join(block[s:e] for _, s, e in index) == block
+            while (block := framer.next_batch()) is not None:
+                got += [(frame[0], frame) for frame in split_frames(block)]
         assert got == [(F.QUERY, messages.query("SELECT 1")),
                        (F.PARSE, messages.parse("s", "SELECT 2")), (F.SYNC, messages.sync())]
         assert framer.buffered() == 0
+
+
+def test_frame_end_walks_a_block_message_by_message() -> None:
+    frames = [messages.query("SELECT 1"), messages.frame(F.COPY_DATA, b"x" * 70_000),
+              messages.parse("", "SELECT 2"), messages.sync()]
+    block = b"".join(frames)
+    ends = []
+    pos = 0
+    while pos < len(block):
+        pos = frame_end(block, pos)
+        ends.append(pos)
+    assert ends == list(accumulate(map(len, frames)))
 
 
 def test_next_batch_of_received_bytes_frames_them_in_place() -> None:
@@ -412,8 +422,7 @@ def test_next_batch_of_received_bytes_frames_them_in_place() -> None:
     when nothing is buffered; any split (at every pair of cuts) gives the same messages."""
     wire = messages.query("SELECT 1") + messages.parse("s", "SELECT 2") + messages.sync()
     framer = FrontendFramer()
-    batch = framer.next_batch(wire)
-    assert batch is not None and batch[0] is wire  # whole messages only: no copy at all
+    assert framer.next_batch(wire) is wire  # whole messages only: no copy at all
     assert framer.buffered() == 0
     expected = [messages.query("SELECT 1"), messages.parse("s", "SELECT 2"), messages.sync()]
     for first in range(len(wire) + 1):
@@ -421,11 +430,9 @@ def test_next_batch_of_received_bytes_frames_them_in_place() -> None:
             framer = FrontendFramer()
             got: list[bytes] = []
             for part in (wire[:first], wire[first:second], wire[second:]):
-                batch = framer.next_batch(part)
-                if batch is not None:
-                    block, index = batch
-                    assert b"".join(block[s:e] for _, s, e in index) == block
-                    got += [block[start:end] for _, start, end in index]
+                block = framer.next_batch(part)
+                if block is not None:
+                    got += split_frames(block)
             assert got == expected, (first, second)
             assert framer.buffered() == 0
 
@@ -436,10 +443,8 @@ def test_next_batch_of_received_bytes_after_login_messages() -> None:
     framer = FrontendFramer()
     framer.feed(messages.sync() + messages.query("SELECT 1")[:7])
     assert framer.next_message() == (F.SYNC, b"")
-    batch = framer.next_batch(messages.query("SELECT 1")[7:] + messages.sync())
-    assert batch is not None
-    assert batch[0] == messages.query("SELECT 1") + messages.sync()
-    assert [tag for tag, _, _ in batch[1]] == [F.QUERY, F.SYNC]
+    block = framer.next_batch(messages.query("SELECT 1")[7:] + messages.sync())
+    assert block == messages.query("SELECT 1") + messages.sync()
     assert framer.buffered() == 0
 
 
@@ -449,14 +454,13 @@ def test_next_batch_waits_for_a_long_message_without_handing_out_parts() -> None
     framer = FrontendFramer()
     for i in range(0, len(wire) - 6, 4096):
         assert framer.next_batch(wire[i:min(i + 4096, len(wire) - 6)]) is None
-    batch = framer.next_batch(wire[len(wire) - 6:])
-    assert batch is not None and batch[0] == wire and len(batch[1]) == 2
+    assert framer.next_batch(wire[len(wire) - 6:]) == wire
 
 
 def test_next_batch_of_received_bytes_stops_at_a_bad_length() -> None:
     framer = FrontendFramer()
-    batch = framer.next_batch(messages.sync() + b"Q" + struct.pack("!i", -1))
-    assert batch is not None and batch[0] == messages.sync()
+    block = framer.next_batch(messages.sync() + b"Q" + struct.pack("!i", -1))
+    assert block == messages.sync()
     with pytest.raises(ProtocolViolation, match="invalid message length -1"):
         framer.next_batch(b"more")
     with pytest.raises(ProtocolViolation):
@@ -466,8 +470,7 @@ def test_next_batch_of_received_bytes_stops_at_a_bad_length() -> None:
 def test_next_batch_gives_the_good_messages_before_a_bad_length() -> None:
     framer = FrontendFramer()
     framer.feed(messages.sync() + b"Q" + struct.pack("!i", -1))
-    batch = framer.next_batch()
-    assert batch is not None and batch[0] == messages.sync()
+    assert framer.next_batch() == messages.sync()
     with pytest.raises(ProtocolViolation):
         framer.next_batch()
 
