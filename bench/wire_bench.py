@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert len(scanner.feed(server[i])) == 2  # CommandComplete, ReadyForQuery
 
     guard = StreamGuard(Guard(TenancyConfig()), {}, lambda refusal, tag: None,
-                        transaction_mode=True)
+                        tenant=TENANT, transaction_mode=True)
     batches = []
     for data in client:
         framer.feed(data)
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def guard_client(i: int) -> None:
         block = batches[i]
-        assert guard.filter(block, TENANT) is block
+        assert guard.filter(block) is block
 
     stats = ProxyStats(["app"])
     traffic = stats.database("app")

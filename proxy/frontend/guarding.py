@@ -54,13 +54,15 @@ class StreamGuard:
 
     __slots__ = ("_batch", "_bind_rules", "_guard", "_in_batch", "_on_refusal",
                  "_on_state_change", "_parse_verdicts", "_query_analyses", "_raised",
-                 "_refused_query", "_setting_writers", "_skipping", "_transaction_mode")
+                 "_refused_query", "_setting_writers", "_skipping", "_tenant",
+                 "_transaction_mode")
 
     def __init__(self, guard: Guard, parse_verdicts: ParseVerdicts,
-                 on_refusal: Callable[[Refusal, int], None], *,
+                 on_refusal: Callable[[Refusal, int], None], *, tenant: str | None,
                  transaction_mode: bool = False,
                  on_state_change: Callable[[], None] | None = None) -> None:
         self._guard = guard
+        self._tenant = tenant  # the client's (None: a bypass identity)
         self._parse_verdicts = parse_verdicts
         # The guard's Query analyses by raw bytes (shared by the app's clients; emptied in
         # place, never replaced): a Query sent before costs one dict lookup here.
@@ -84,9 +86,10 @@ class StreamGuard:
         self._raised = False                     # ... and its refusal already sent (Flush)
         self._refused_query = b""
 
-    def filter(self, block: bytes, tenant: str | None) -> bytes:
+    def filter(self, block: bytes) -> bytes:
         """The block (whole messages) to forward: ``block`` itself unless something was
         refused."""
+        tenant = self._tenant
         # Built only once something changes: kept (slices of the block) and replaced parts.
         parts: list[bytes] | None = None
         size = len(block)

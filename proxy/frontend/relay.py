@@ -32,6 +32,10 @@ from proxy.wire import messages
 from proxy.wire.framing import FrontendFramer
 from proxy.wire.tags import FrontendTag
 
+# The clock as a C static when compiled (``time.monotonic`` is a lookup in the module
+# ``time`` at each call).
+_monotonic: Final = time.monotonic
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -131,13 +135,13 @@ class ClientRelay(NamedStatementRelay):
             self._stop_idle_timer()
         guard = self._guard
         if guard is None and self.app.guard is not None:
-            guard = self._guard = StreamGuard(self.app.guard, self.app.parse_verdicts,
-                                              self._refused,
-                                              transaction_mode=self.transaction_mode,
-                                              on_state_change=self._session_state_changed)
+            guard = self._guard = StreamGuard(
+                self.app.guard, self.app.parse_verdicts, self._refused,
+                tenant=self.identity.tenant if self.identity is not None else None,
+                transaction_mode=self.transaction_mode,
+                on_state_change=self._session_state_changed)
         if guard is not None:
-            block = guard.filter(
-                block, self.identity.tenant if self.identity is not None else None)
+            block = guard.filter(block)
         block, replies, unsynced, named, stop = classify(
             block, self._unsynced, self._rewriting, self.transaction_mode)
         self._flush(block, replies, unsynced, named)
@@ -171,7 +175,7 @@ class ClientRelay(NamedStatementRelay):
         batch_start = not self._unsynced
         self._unsynced = unsynced
         if not self._tx_started:
-            self._tx_started = time.monotonic()
+            self._tx_started = _monotonic()
         context = self.context
         assert context is not None
         lease = self.lease

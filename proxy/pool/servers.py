@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Final
 
 from proxy.backend.server import ServerConnection, ServerError, ServerState, Skip
 from proxy.config import DatabaseConfig
@@ -43,6 +44,8 @@ from proxy.stats import ProxyStats
 from proxy.tasks import TaskSet
 from proxy.wire import messages
 from proxy.wire.tags import BackendTag
+
+_monotonic: Final = time.monotonic  # (a C static compiled: see proxy.frontend.relay)
 
 log = logging.getLogger("pgtenant.pool")
 
@@ -127,7 +130,7 @@ class PoolServers(Lender):
         if self._fresh_kept:
             self._settle_kept()
         while True:
-            now = time.monotonic()
+            now = _monotonic()
             server = self._sel.take(tenant, patient=patient, now=now)
             if server is None:
                 return None
@@ -365,7 +368,7 @@ class PoolServers(Lender):
                 return
             self.waits.be_patient()
         server.state = ServerState.IDLE
-        server.last_used = time.monotonic()
+        server.last_used = _monotonic()
         self.idle.add(server, server.owner, server.last_used)
 
     def _hold_while_cancelling(self, server: ServerConnection) -> None:
@@ -401,7 +404,7 @@ class PoolServers(Lender):
         server.receiver = None
         lifetime = self.db.server_lifetime  # (_expired inline: once per transaction)
         if (not server.is_clean or self.closed
-                or (lifetime and time.monotonic() - server.created_at > lifetime)):
+                or (lifetime and _monotonic() - server.created_at > lifetime)):
             self._close(server)
             return
         # Session mode: the client left, reset its session. Transaction mode: a client
@@ -453,5 +456,5 @@ class PoolServers(Lender):
 
     def _expired(self, server: ServerConnection) -> bool:
         lifetime = self.db.server_lifetime
-        return bool(lifetime) and time.monotonic() - server.created_at > lifetime
+        return bool(lifetime) and _monotonic() - server.created_at > lifetime
 

@@ -38,6 +38,8 @@ from proxy.pool.lease import Lease
 from proxy.pool.selection import AFFINITY_LOOKAHEAD, Selection, Waiter
 from proxy.stats import ProxyStats, TrafficStats
 
+_monotonic: Final = time.monotonic  # (a C static compiled: see proxy.frontend.relay)
+
 log = logging.getLogger("pgtenant.pool")
 
 # How long a client waits for a connection of its own tenant while others sit idle.
@@ -194,7 +196,7 @@ class Waits:
             db: DatabaseConfig) -> Wait:
         """Queue a client of ``tenant`` (``db``: the pool's settings now); ``callback``
         runs once its wait is decided. The pool then looks for a server for it."""
-        started = time.monotonic()
+        started = _monotonic()
         clock = self.clock
         timeout = db.query_wait_timeout
         deadline = started + timeout if timeout else math.inf
@@ -215,7 +217,7 @@ class Waits:
                 self.queue.remove(wait)
         tenant = wait.tenant
         self._sel.wait_ended(tenant)
-        waited = time.monotonic() - wait.started
+        waited = _monotonic() - wait.started
         stats = self._stats
         stats.waits += 1
         stats.wait_seconds_total += waited
@@ -307,7 +309,7 @@ class Waits:
             self._timer.cancel()
         self._timer_at = at
         self._timer = asyncio.get_running_loop().call_later(
-            max(0.0, at - time.monotonic()), self._due)
+            max(0.0, at - _monotonic()), self._due)
 
     def _due(self) -> None:
         """The wait timer: waits past query_wait_timeout fail, those past
@@ -315,7 +317,7 @@ class Waits:
         timer is set for the next one due."""
         self._timer = None
         self._timer_at = math.inf
-        now = time.monotonic() + _TIMER_SLACK
+        now = _monotonic() + _TIMER_SLACK
         due = math.inf
         for wait in list(self.queue):
             if wait.done():  # (decided by a callback of this loop)
@@ -367,7 +369,7 @@ class Waits:
         """Wait (a client of ``tenant``) until the pool is resumed or closed, up to
         query_wait_timeout: counted as a wait, in ``paused_waiting`` meanwhile."""
         pool = self._pool
-        started = time.monotonic()
+        started = _monotonic()
         self._paused_since.append(started)
         try:
             while pool.paused and self._resumed is not None and not pool.closed:
@@ -380,7 +382,7 @@ class Waits:
                 f"query_wait_timeout ({pool.db.query_wait_timeout:g}s)") from None
         finally:
             self._paused_since.remove(started)
-            waited = time.monotonic() - started
+            waited = _monotonic() - started
             self._stats.waits += 1
             self._stats.wait_seconds_total += waited
             self._proxy_stats.wait_ended(self._traffic, tenant, waited)

@@ -23,7 +23,7 @@ class Stream:
         self.changes = 0
         self.guard = StreamGuard(
             guard, {} if verdicts is None else verdicts,
-            lambda refusal, tag: self.refusals.append(refusal.kind),
+            lambda refusal, tag: self.refusals.append(refusal.kind), tenant=tenant,
             transaction_mode=transaction_mode, on_state_change=self._changed)
 
     def _changed(self) -> None:
@@ -31,7 +31,7 @@ class Stream:
 
     def send(self, *frames: bytes) -> bytes:
         """Feed ``frames``; return what would be forwarded."""
-        return self.guard.filter(b"".join(frames), self.tenant)
+        return self.guard.filter(b"".join(frames))
 
 
 def refused_query(out: bytes) -> bool:

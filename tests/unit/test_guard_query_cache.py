@@ -186,17 +186,17 @@ def test_a_huge_parse_is_judged_every_time_and_never_kept() -> None:
     verdicts: ParseVerdicts = {}
     refusals: list[str] = []
     stream = StreamGuard(Guard(TenancyConfig()), verdicts,
-                         lambda refusal, tag: refusals.append(refusal.kind))
+                         lambda refusal, tag: refusals.append(refusal.kind), tenant="acme")
     pad = "/*" + "x" * MAX_CACHED_LENGTH + "*/"
     bad = messages.parse("", f"SELECT set_config('app.current_tenant', 'globex', false) {pad}")
     good = messages.parse("", f"SELECT 1 {pad}")
     for _ in range(2):
         for frame in (bad, good):
-            stream.filter(frame + messages.sync(), "acme")
+            stream.filter(frame + messages.sync())
     assert refusals == ["set_config", "set_config"]
     assert verdicts == {}
     short = messages.parse("", "SELECT 1")
-    stream.filter(short, "acme")
+    stream.filter(short)
     assert len(verdicts) == 1
 
 

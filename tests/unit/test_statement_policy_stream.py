@@ -129,11 +129,12 @@ def test_transaction_mode_refuses_sql_prepare_in_the_stream() -> None:
 
 def test_parse_verdict_cache_keeps_pool_modes_apart() -> None:
     cache: dict[Any, Any] = {}
-    session = StreamGuard(GUARD, cache, lambda r, t: None)
-    transaction = StreamGuard(GUARD, cache, lambda r, t: None, transaction_mode=True)
+    session = StreamGuard(GUARD, cache, lambda r, t: None, tenant=OWN)
+    transaction = StreamGuard(GUARD, cache, lambda r, t: None, tenant=OWN,
+                              transaction_mode=True)
     batch = messages.parse("", "SELECT pg_advisory_lock(1)") + messages.sync()
-    assert session.filter(batch, OWN) == batch
-    assert transaction.filter(batch, OWN) != batch
+    assert session.filter(batch) == batch
+    assert transaction.filter(batch) != batch
 
 
 def test_a_refused_parse_before_flush_is_raised_at_the_flush() -> None:
