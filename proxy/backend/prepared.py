@@ -59,6 +59,7 @@ from proxy.backend.statements import (
     parse_frame,
 )
 from proxy.wire import messages
+from proxy.wire.framing import frame_end
 from proxy.wire.tags import (
     B_ERROR_RESPONSE,
     B_NO_DATA,
@@ -352,13 +353,12 @@ def bound(block: bytes, client: dict[str, ClientStatement], server: ServerStatem
     size = len(block)
     if size < 10 or block[0] != F_BIND:
         return None
-    bind_end = 1 + ((block[1] << 24) | (block[2] << 16) | (block[3] << 8) | block[4])
+    bind_end = frame_end(block, 0)
     pos = bind_end
     synced = False
     while pos + 5 <= size:
         tag = block[pos]
-        end = pos + 1 + ((block[pos + 1] << 24) | (block[pos + 2] << 16)
-                         | (block[pos + 3] << 8) | block[pos + 4])
+        end = frame_end(block, pos)
         if tag == F_SYNC:
             if end != size:
                 return None  # more than one batch
@@ -382,7 +382,7 @@ def bound(block: bytes, client: dict[str, ClientStatement], server: ServerStatem
         return None
     server.get(stmt.key)  # now the most recently used
     wire_name = target.wire_name
-    length = bind_end - 1 - (name_end + 1 - name_at) + len(wire_name)
+    length: int = bind_end - 1 - (name_end + 1 - name_at) + len(wire_name)
     return b"".join((_BIND_TAG, length.to_bytes(4, "big"), block[5:name_at], wire_name,
                      block[name_end + 1:]))
 

@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from proxy.wire.errors import ProtocolViolation
+
+if TYPE_CHECKING:
+    # Compiled, a machine integer (no tagged-int checks in the header arithmetic of the
+    # loops below); interpreted, an int.
+    from mypy_extensions import i64
 
 __all__ = ["BackendScanner", "ClientBytes", "FrontendFramer", "TagSet", "frame_end",
            "split_frames"]
@@ -132,13 +137,12 @@ class FrontendFramer(ClientBytes):
     def _frame(self, data: bytes) -> bytes | None:
         """Frame ``data`` (nothing buffered before it); a partial message at its end is
         buffered for the next call."""
-        size = len(data)
-        pos = 0
-        limit = self._max
+        size: i64 = len(data)
+        pos: i64 = 0
+        limit: i64 = self._max
         while size - pos >= _HEADER_SIZE:
-            # Byte by byte, as in BackendScanner.feed (unsigned: negative reads as huge).
-            length = ((data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8)
-                      | data[pos + 4])
+            end: i64 = frame_end(data, pos)  # (unsigned: a negative length reads as huge)
+            length: i64 = end - pos - 1
             if length < 4 or length > limit:
                 if pos:
                     break  # hand out what came before; the next call raises
@@ -147,7 +151,6 @@ class FrontendFramer(ClientBytes):
                 self._error = (f"invalid message length {length} for message type "
                                f"{_describe_tag(data[pos])}")
                 raise ProtocolViolation(self._error)
-            end = pos + 1 + length
             if end > size:
                 break
             pos = end
@@ -158,11 +161,19 @@ class FrontendFramer(ClientBytes):
         return data if pos == size else data[:pos]
 
 
-def frame_end(block: bytes, pos: int) -> int:
-    """Where the message that starts at ``pos`` of ``block`` ends (a block of whole
-    messages whose lengths were checked, as ``FrontendFramer.next_batch`` hands out)."""
-    return pos + 1 + ((block[pos + 1] << 24) | (block[pos + 2] << 16)
-                      | (block[pos + 3] << 8) | block[pos + 4])
+def frame_end(block: bytes, pos: i64) -> i64:
+    """Where the message whose header is at ``pos`` of ``block`` ends, by its length
+    read unsigned (a negative Int32 reads as 2**31 or more). The header must be there;
+    a block ``FrontendFramer.next_batch`` hands out holds whole messages, lengths checked.
+
+    Byte by byte into machine integers: compiled, each read is a C array access and the
+    arithmetic is inline (``int.from_bytes`` and ``struct`` are generic calls; bytes read
+    as int are shifted by a C function call each)."""
+    b1: i64 = block[pos + 1]
+    b2: i64 = block[pos + 2]
+    b3: i64 = block[pos + 3]
+    b4: i64 = block[pos + 4]
+    return pos + 1 + ((b1 << 24) | (b2 << 16) | (b3 << 8) | b4)
 
 
 def split_frames(block: bytes) -> list[bytes]:
@@ -250,23 +261,21 @@ class BackendScanner:
         if self._error is not None:
             raise ProtocolViolation(self._error)
         events: list[tuple[int, int, bytes]] = []
-        pos = 0
+        pos: i64 = 0
         if self._remaining or self._header:
             pos = self._resume(data, events)
-        n = len(data)
-        limit = n - _HEADER_SIZE
+        n: i64 = len(data)
+        limit: i64 = n - _HEADER_SIZE
         interesting = self.interesting.table
         # Hot loop, shaped by measurement: six byte reads, one addition and three
         # comparisons per uninteresting message.
         while pos <= limit:
-            # The header read byte by byte: compiled, each index is a C array access and
-            # no tuple is made (struct's unpack is a generic call). Unsigned: a negative
-            # Int32 reads as 2**31 or more, refused like any length below 4.
-            tag = data[pos]
-            length = ((data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8)
-                      | data[pos + 4])
+            # (Unsigned: a negative Int32 reads as 2**31 or more, refused like any length
+            # below 4.)
+            tag: i64 = data[pos]
+            end: i64 = frame_end(data, pos)
+            length: i64 = end - pos - 1
             if interesting[tag]:
-                end = pos + 1 + length
                 if length < 4 or length - 4 > self._max:
                     self._fail(tag, length)
                 if end > n:
@@ -279,7 +288,7 @@ class BackendScanner:
                 continue
             if length < 4 or length > _MAX_LENGTH:
                 self._fail(tag, length)
-            pos += length + 1
+            pos = end
             if pos > n:
                 self._remaining = pos - n
                 return events
