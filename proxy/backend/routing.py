@@ -241,20 +241,24 @@ class BackendSession(SessionState):
                         head.error = {"M": "malformed error from upstream"}
             elif tag == _C and forwarded and body and _WATCHED_COMMAND[body[0]]:
                 # Only tags starting with A, C, D, R or S are looked at (a byte read: most
-                # are SELECT, INSERT, UPDATE, COMMIT, BEGIN). One prefix per startswith:
-                # compiled, that is a C call; a tuple of prefixes is a generic method call.
-                if (body.startswith(b"SET") or body.startswith(b"RESET")
-                        or body.startswith(b"DISCARD")):
+                # are SELECT, INSERT, UPDATE, COMMIT, BEGIN), and only the prefixes that
+                # start with that byte. One prefix per startswith: compiled, that is a C
+                # call; a tuple of prefixes is a generic method call.
+                first = body[0]
+                if ((first == 0x53 and body.startswith(b"SET"))
+                        or (first == 0x52 and body.startswith(b"RESET"))
+                        or (first == 0x44 and body.startswith(b"DISCARD"))):
                     # The client ran SET/RESET/DISCARD: re-establish the context before
                     # its next transaction. After SET the tenant setting could hold
                     # anything; RESET and DISCARD can only restore the default.
-                    self._session_changed(body.startswith(b"SET"))
+                    self._session_changed(first == 0x53)
                     if body.startswith(b"DISCARD ALL"):
                         self._statements_cleared()
-                elif body.startswith(b"DEALLOCATE ALL"):
+                elif first == 0x44 and body.startswith(b"DEALLOCATE ALL"):
                     self._statements_cleared()
-                elif (body.startswith(b"ALTER ") or body.startswith(b"CREATE ")
-                      or body.startswith(b"DROP ")):
+                elif ((first == 0x41 and body.startswith(b"ALTER "))
+                      or (first == 0x43 and body.startswith(b"CREATE "))
+                      or (first == 0x44 and body.startswith(b"DROP "))):
                     # DDL: statements prepared before it may describe what no longer is,
                     # on every server connection; each prepares afresh at its next use,
                     # as a driver that re-prepares after DDL expects (psycopg does).
