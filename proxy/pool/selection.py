@@ -52,11 +52,13 @@ class OwnerIndex(Generic[S]):
     owner (the tenant whose session the backend carries, or NOBODY): finding one of a
     tenant's is a dict lookup. Iterates, counts and tests membership like a list."""
 
-    __slots__ = ("by_owner", "owner_of")
+    __slots__ = ("by_owner", "owner_of", "owners")
 
     def __init__(self) -> None:
         self.owner_of: dict[S, object] = {}
         self.by_owner: dict[object, dict[S, float]] = {}  # owner → server → since
+        # Bumped whenever an owner enters or leaves by_owner (Selection.share counts them).
+        self.owners = 0
 
     def __len__(self) -> int:
         return len(self.owner_of)
@@ -80,6 +82,7 @@ class OwnerIndex(Generic[S]):
         same = self.by_owner.get(owner)
         if same is None:
             self.by_owner[owner] = {server: since}
+            self.owners += 1
         else:
             same[server] = since
 
@@ -94,6 +97,7 @@ class OwnerIndex(Generic[S]):
         del same[server]
         if not same:
             del self.by_owner[owner]
+            self.owners += 1
         return True
 
     def oldest(self) -> S:
@@ -109,7 +113,8 @@ class Selection(Generic[S]):
     """The pool's idle and kept servers by owner, the servers each tenant's clients hold
     and the clients each tenant has waiting; and the choices made from them."""
 
-    __slots__ = ("cap", "held", "idle", "kept", "pool_size", "waiting")
+    __slots__ = ("_idle_owners", "_tenants", "cap", "held", "idle", "kept", "pool_size",
+                 "waiting")
 
     def __init__(self, pool_size: int, cap: int) -> None:
         self.pool_size = pool_size
@@ -120,12 +125,20 @@ class Selection(Generic[S]):
         # in it directly (once per transaction: no call).
         self.held: dict[str, int] = {}
         self.waiting: dict[str, int] = {}  # tenant → its clients in the wait queue
+        # share()'s count of the tenants in held, waiting and idle.by_owner, made when
+        # idle.owners was _idle_owners; -1: a tenant entered or left held or waiting since
+        # (whoever adds or removes a key there calls tenants_changed).
+        self._tenants = -1
+        self._idle_owners = 0
 
     # ---- what moves ---------------------------------------------------------------------
 
     def wait_began(self, tenant: str | None) -> None:
         if tenant is not None:
-            self.waiting[tenant] = self.waiting.get(tenant, 0) + 1
+            waiting = self.waiting.get(tenant, 0)
+            if not waiting:
+                self._tenants = -1
+            self.waiting[tenant] = waiting + 1
 
     def wait_ended(self, tenant: str | None) -> None:
         if tenant is not None:
@@ -134,6 +147,11 @@ class Selection(Generic[S]):
                 self.waiting[tenant] = left
             else:
                 self.waiting.pop(tenant, None)
+                self._tenants = -1
+
+    def tenants_changed(self) -> None:
+        """A tenant entered or left ``held`` (the pool counts leases there itself)."""
+        self._tenants = -1
 
     # ---- the choices --------------------------------------------------------------------
 
@@ -141,11 +159,25 @@ class Selection(Generic[S]):
         """Servers each tenant may count on: pool_size split among the tenants whose
         clients hold one, wait for one or have one parked for them (``owner``: the
         tenant of the server being placed; at least one)."""
-        # The tenants in held, waiting and idle.by_owner, counted without building their
-        # union (this runs for most releases while clients wait: compiled, a union of
-        # key views cost ~3,000 instructions with 8 tenants, these loops ~500). held and
-        # waiting hold tenant names only; idle owners also NOBODY and None (a bypass
-        # identity's servers), neither counted.
+        held = self.held
+        waiting = self.waiting
+        parked = self.idle.by_owner
+        tenants = self._tenants
+        if tenants < 0 or self._idle_owners != self.idle.owners:
+            tenants = self._count_tenants()
+        if (owner is not None and owner is not NOBODY and owner not in held
+                and owner not in waiting and owner not in parked):
+            tenants += 1
+        tenants = max(1, tenants)
+        share = -(-self.pool_size // tenants) if rounded_up else self.pool_size // tenants
+        return max(1, share)
+
+    def _count_tenants(self) -> int:
+        """The tenants in held, waiting and idle.by_owner, counted without building their
+        union (compiled, a union of key views cost ~3,000 instructions with 8 tenants,
+        these loops ~500), and kept for share() until one enters or leaves them. held and
+        waiting hold tenant names only; idle owners also NOBODY and None (a bypass
+        identity's servers), neither counted."""
         held = self.held
         waiting = self.waiting
         tenants = len(held)
@@ -157,12 +189,9 @@ class Selection(Generic[S]):
             if (parked_owner is not NOBODY and parked_owner is not None
                     and parked_owner not in held and parked_owner not in waiting):
                 tenants += 1
-        if (owner is not None and owner is not NOBODY and owner not in held
-                and owner not in waiting and owner not in parked):
-            tenants += 1
-        tenants = max(1, tenants)
-        share = -(-self.pool_size // tenants) if rounded_up else self.pool_size // tenants
-        return max(1, share)
+        self._tenants = tenants
+        self._idle_owners = self.idle.owners
+        return tenants
 
     def take(self, tenant: str | None, *, patient: bool, now: float) -> S | None:
         """The server a client of ``tenant`` gets now, taken out of idle or kept (the
@@ -186,6 +215,7 @@ class Selection(Generic[S]):
             del same[newest], idle.owner_of[newest]
             if not same:
                 del idle.by_owner[tenant]
+                idle.owners += 1
             return newest
         kept = self.kept
         server = kept.oldest_of(tenant)

@@ -276,7 +276,10 @@ class PoolServers(Lender):
         self._active.add(server)
         server.lessee = tenant
         if tenant is not None:  # (inline: once per transaction)
-            self._held[tenant] = self._held.get(tenant, 0) + 1
+            held = self._held.get(tenant, 0)
+            if not held:
+                self._sel.tenants_changed()
+            self._held[tenant] = held + 1
         return Lease(self, server)
 
     def _unlease(self, server: ServerConnection) -> None:
@@ -288,6 +291,7 @@ class PoolServers(Lender):
                 self._held[tenant] = left
             else:
                 self._held.pop(tenant, None)
+                self._sel.tenants_changed()
 
     def _grow(self) -> None:
         """Open connections for waiters while the pool has room."""

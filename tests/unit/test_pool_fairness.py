@@ -271,3 +271,42 @@ def test_waits_cancelled_or_failed_by_shutdown_leave_no_wait_or_timer_behind() -
         assert pool.waits._timer is None
 
     asyncio.run(scenario())
+
+
+def test_the_share_follows_leases_and_parked_servers() -> None:
+    """Selection.share keeps its count of tenants between calls: leases (held) and parked
+    servers change it through the pool's own paths (waits: test_pool_selection)."""
+    def check(pool: ServerPool) -> None:
+        sel = pool._sel
+        names = {name for name in set(sel.held) | set(sel.idle.by_owner)
+                 if isinstance(name, str)}
+        for owner in (None, "t1", "t9"):
+            tenants = len(names | ({owner} if owner else set()))
+            assert sel.share(owner=owner) == max(1, 4 // max(1, tenants)), (owner, names)
+
+    async def scenario() -> None:
+        # pool_size 4 (shares 4, 2, 1 for 1, 2, 3 tenants), 3 servers: it never grows.
+        db = DatabaseConfig(name="app", pool_size=4, query_wait_timeout=0)
+        pool = ServerPool(db, password=None)
+        for _ in range(3):
+            pool._offer(ServerConnection(db))
+        check(pool)
+        leases = []
+        for tenant in ("t1", "t2", "t3"):  # each takes a server no client used yet
+            leases.append(await lease(pool, tenant))
+            check(pool)
+        for held in leases:
+            held.release()  # parked, owned by its tenant
+            check(pool)
+        gone = await lease(pool, "t5")
+        check(pool)
+        gone.server.close()  # it died while leased: t5 leaves held, nothing is parked
+        gone.release()
+        check(pool)
+        again = await lease(pool, "t2")
+        check(pool)
+        again.release()
+        check(pool)
+        await pool.close()
+
+    asyncio.run(scenario())

@@ -174,6 +174,50 @@ def test_the_share_is_pool_size_over_the_union_of_tenants(
     assert sel.share(rounded_up=rounded_up, owner=owner) == max(1, expected)
 
 
+def _expected_share(sel: Selection[str], owner: object) -> int:
+    names = set(sel.held) | set(sel.waiting) | set(sel.idle.by_owner)
+    if owner is not None and owner is not NOBODY:
+        names.add(owner)
+    return max(1, sel.pool_size // max(1, len(names - {NOBODY, None})))
+
+
+_OPS = st.lists(st.tuples(st.sampled_from(["wait", "served", "park", "unpark", "take",
+                                           "lease", "unlease"]),
+                          _OWNERS, st.integers(0, 5)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_OPS, owner=_OWNERS)
+def test_the_share_follows_every_change_of_the_tenants(ops: list[tuple[str, object, int]],
+                                                       owner: object) -> None:
+    """share() keeps its count of tenants between calls: every way a tenant enters or
+    leaves held, waiting or the idle servers' owners is seen."""
+    sel = selection(pool_size=12)
+    for op, who, n in ops:
+        tenant = who if isinstance(who, str) else None
+        server = f"s{n}"
+        if op == "wait":
+            sel.wait_began(tenant)
+        elif op == "served" and tenant in sel.waiting:
+            sel.wait_ended(tenant)
+        elif op == "park" and server not in sel.idle:
+            sel.idle.add(server, who, NOW)
+        elif op == "unpark":
+            sel.idle.discard(server)
+        elif op == "take":
+            sel.take(tenant, patient=n % 2 == 0, now=NOW + n)
+        elif op == "lease" and tenant is not None:  # as PoolServers counts a lease
+            if not sel.held.get(tenant, 0):
+                sel.tenants_changed()
+            sel.held[tenant] = sel.held.get(tenant, 0) + 1
+        elif op == "unlease" and tenant in sel.held:
+            sel.held[tenant] -= 1
+            if not sel.held[tenant]:
+                del sel.held[tenant]
+                sel.tenants_changed()
+        assert sel.share(owner=owner) == _expected_share(sel, owner), (op, who, n)
+
+
 def test_waiting_counts_drop_to_nothing() -> None:
     sel = selection()
     sel.wait_began("t1")
