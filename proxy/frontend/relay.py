@@ -268,7 +268,11 @@ class ClientRelay(NamedStatementRelay):
 
     def forward_to_client(self, data: bytes) -> None:
         transport = self.transport
-        if transport is not None and not transport.is_closing():
+        # (The state, not transport.is_closing(): a method call per reply. Once the
+        # client is CLOSED, by its connection_lost or our close_transport, nothing is
+        # written; a write after uvloop lost the connection but before connection_lost
+        # ran is dropped by the transport.)
+        if transport is not None and self.state is not ClientState.CLOSED:
             self.traffic.bytes_out += len(data)
             transport.write(data)
 

@@ -173,7 +173,7 @@ class Waits:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf  # time.monotonic() it is set for
         self._parked_timer: asyncio.TimerHandle | None = None  # see be_patient
-        self.clock: Callable[[], float] = time.monotonic  # the fairness rule's (tests set it)
+        self.clock: Callable[[], float] = _monotonic  # the fairness rule's (tests set it)
         self._resumed: asyncio.Event | None = None  # while the pool is paused
         self._paused_since: list[float] = []  # when each client in wait_resumed began
 
@@ -201,7 +201,7 @@ class Waits:
         timeout = db.query_wait_timeout
         deadline = started + timeout if timeout else math.inf
         reserve_at = started + db.reserve_pool_timeout if db.reserve_pool_size else math.inf
-        wait = Wait(self, tenant, started if clock is time.monotonic else clock(), started,
+        wait = Wait(self, tenant, started if clock is _monotonic else clock(), started,
                     deadline, reserve_at, callback)
         self.queue.append(wait)
         self._sel.wait_began(tenant)
@@ -254,7 +254,9 @@ class Waits:
         wait with it. None: parked for ``owner``'s clients."""
         if not self.queue:
             return None
-        wait = self._sel.waiter_for(owner, self.queue, self.clock() - _FAIR_WAIT)
+        clock = self.clock
+        now = _monotonic() if clock is _monotonic else clock()  # (a direct call when so)
+        wait = self._sel.waiter_for(owner, self.queue, now - _FAIR_WAIT)
         if wait is None:
             return None
         assert isinstance(wait, Wait)  # (one of the queue's)
