@@ -55,6 +55,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "proxy.backend.statements",
     "proxy.backend.deallocate",
     "proxy.backend.prepared",
+    "proxy.backend.verification",
     "proxy.backend.context",
     "proxy.backend.replies",
     "proxy.frontend.guarding",

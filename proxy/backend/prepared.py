@@ -28,9 +28,10 @@ Stale statements: a client that described a statement (``Describe`` S: the resul
 parameter types it will decode with) gets data only from a server statement with the same
 description. The proxy captures descriptions from the replies the client gets and from a
 Describe of its own when it prepares a statement for such a client on another server
-(:func:`verify_batch`, waited for). When they differ the client gets PostgreSQL's
-``0A000 cached plan must not change result type`` and re-prepares; whichever description
-was seen later is the current one, so the re-prepare gets a fresh server statement.
+(:mod:`proxy.backend.verification`, waited for). When they differ the client gets
+PostgreSQL's ``0A000 cached plan must not change result type`` and re-prepares; whichever
+description was seen later is the current one, so the re-prepare gets a fresh server
+statement.
 
 Each server connection keeps at most ``max_prepared_statements`` statements (LRU); the
 evicted ones are closed in the next internal batch. This module is pure: no I/O.
@@ -54,7 +55,6 @@ from proxy.backend.statements import (
     Emit,
     ServerStatement,
     ServerStatements,
-    description,
     missing_error,
     parse_frame,
 )
@@ -62,10 +62,6 @@ from proxy.wire import messages
 from proxy.wire.framing import frame_end
 from proxy.wire.tags import (
     B_ERROR_RESPONSE,
-    B_NO_DATA,
-    B_PARAMETER_DESCRIPTION,
-    B_PARSE_COMPLETE,
-    B_ROW_DESCRIPTION,
     F_BIND,
     F_CLOSE,
     F_DESCRIBE,
@@ -76,7 +72,7 @@ from proxy.wire.tags import (
     F_SYNC,
 )
 
-_STATEMENT: Final = 0x53  # b"S": Describe/Close of a statement, not a portal
+STATEMENT: Final = 0x53  # b"S": Describe/Close of a statement, not a portal
 # Messages naming MISSING, made to fail on the server.
 _BIND_MISSING: Final = messages.bind("", MISSING, [])
 _DESCRIBE_MISSING: Final = messages.describe(b"S", MISSING)
@@ -103,7 +99,7 @@ def _find_nul(data: bytes, start: int, size: int) -> int:
     return -1
 
 
-def _nul(data: bytes, start: int) -> int:
+def string_end(data: bytes, start: int) -> int:
     """The end of the string at ``start``: ValueError if it has no NUL terminator."""
     end = _find_nul(data, start, len(data))
     if end < 0:
@@ -112,7 +108,7 @@ def _nul(data: bytes, start: int) -> int:
 
 
 def _split_cstr(body: bytes, start: int = 0) -> tuple[str, int]:
-    end = _nul(body, start)
+    end = string_end(body, start)
     return body[start:end].decode("utf-8", NAME_ERRORS), end + 1
 
 
@@ -141,7 +137,7 @@ def needs_rewrite(tag: int, data: bytes, start: int, end: int) -> bool:
         portal_end = _find_nul(data, start, end)
         return 0 <= portal_end < end - 1 and data[portal_end + 1] != 0
     if tag == F_DESCRIBE or tag == F_CLOSE:
-        return (start < end and data[start] == _STATEMENT
+        return (start < end and data[start] == STATEMENT
                 and (end - start == 1 or data[start + 1] != 0))
     if tag == F_QUERY:
         return mentions_deallocate(data, start, end)
@@ -291,8 +287,8 @@ def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
             batch.send_parse(parse_frame(server.add(key).name, key))
             batch.at_start = False
         elif tag == F_BIND:
-            name_at = _nul(frame, 5) + 1  # after the portal's name
-            name_end = _nul(frame, name_at)
+            name_at = string_end(frame, 5) + 1  # after the portal's name
+            name_end = string_end(frame, name_at)
             if name_end == name_at:  # the unnamed statement
                 batch.out.append(frame)
             else:
@@ -300,8 +296,8 @@ def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
                 if target is not None:
                     _renamed(batch.out, frame, name_at, name_end, target.wire_name)
             batch.at_start = False
-        elif tag == F_DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
-            name_end = _nul(frame, 6)
+        elif tag == F_DESCRIBE and len(frame) > 5 and frame[5] == STATEMENT:
+            name_end = string_end(frame, 6)
             if name_end == 6:
                 batch.described(None)
                 batch.out.append(frame)
@@ -312,8 +308,8 @@ def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
                     batch.described((client[name], target))
                     batch.out.append(_describe_statement(target.wire_name))
             batch.at_start = False
-        elif tag == F_CLOSE and len(frame) > 5 and frame[5] == _STATEMENT:
-            name_end = _nul(frame, 6)
+        elif tag == F_CLOSE and len(frame) > 5 and frame[5] == STATEMENT:
+            name_end = string_end(frame, 6)
             if name_end == 6:
                 batch.out.append(frame)
             else:
@@ -338,7 +334,7 @@ def rewrite(frames: list[bytes], client: dict[str, ClientStatement],
 def bound(block: bytes, client: dict[str, ClientStatement], server: ServerStatements
           ) -> bytes | None:
     """The batch that runs a prepared statement, rewritten with nothing to check or carry;
-    None for any other batch (the caller takes :func:`to_verify` and :func:`rewrite`).
+    None for any other batch (the caller takes ``verification.to_verify`` and :func:`rewrite`).
 
     ``block``: whole messages starting a batch. It qualifies when it is one Bind of a
     statement the client has, then only Describes of a portal and Executes, then Sync
@@ -364,7 +360,7 @@ def bound(block: bytes, client: dict[str, ClientStatement], server: ServerStatem
                 return None  # more than one batch
             synced = True
         elif tag != F_EXECUTE and not (tag == F_DESCRIBE and end > pos + 5
-                                       and block[pos + 5] != _STATEMENT):
+                                       and block[pos + 5] != STATEMENT):
             return None
         pos = end
     if not synced:
@@ -406,8 +402,8 @@ def _described(frames: list[bytes]) -> set[str]:
     """Names the batch describes (Describe S): the client is preparing them."""
     out = set()
     for frame in frames:
-        if frame[0] == F_DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
-            out.add(frame[6:_nul(frame, 6)].decode("utf-8", NAME_ERRORS))
+        if frame[0] == F_DESCRIBE and len(frame) > 5 and frame[5] == STATEMENT:
+            out.add(frame[6:string_end(frame, 6)].decode("utf-8", NAME_ERRORS))
     return out
 
 
@@ -434,80 +430,6 @@ def _target(batch: _Batch, name: str, describe: bool = False) -> ServerStatement
         batch.fail(_STALE)  # what the client decodes with no longer holds
         return None
     return target
-
-
-def to_verify(frames: list[bytes], client: dict[str, ClientStatement],
-              server: ServerStatements) -> list[bytes]:
-    """Keys to prepare and describe on ``server`` before the batch may be sent.
-
-    A client statement with a known description, bound or described in the batch, whose
-    server statement is missing, has no known description, or was described before the
-    client's own description was seen (it may be stale). Statements the batch itself
-    parses are not checked.
-    """
-    server.follow_schema()
-    keys: list[bytes] = []
-    for frame in frames:
-        tag = frame[0]
-        if tag == F_BIND:
-            start = _nul(frame, 5) + 1
-        elif tag == F_DESCRIBE and len(frame) > 5 and frame[5] == _STATEMENT:
-            start = 6
-        else:
-            continue
-        end = _nul(frame, start)
-        if end == start:
-            continue  # the unnamed statement: never the client's
-        stmt = client.get(frame[start:end].decode("utf-8", NAME_ERRORS))
-        if stmt is None or stmt.desc is None or stmt.key in keys:
-            continue
-        server_stmt = server.by_key.get(stmt.key)
-        if (server_stmt is None or server_stmt.desc is None
-                or (server_stmt.desc != stmt.desc and server_stmt.seen < stmt.seen)):
-            keys.append(stmt.key)
-    return keys
-
-
-def verify_batch(server: ServerStatements, keys: list[bytes], keep: set[bytes]
-                 ) -> tuple[bytes, list[ServerStatement]]:
-    """An internal batch preparing ``keys`` afresh and describing them, ending in Sync;
-    evictions are closed first. Returns the bytes and the new statements, in order."""
-    parts = [messages.close(b"S", name) for name in server.take_evictions(keep | set(keys))]
-    made = []
-    for key in keys:
-        stmt = server.add(key)
-        made.append(stmt)
-        parts.append(parse_frame(stmt.name, key))
-        parts.append(messages.describe(b"S", stmt.name))
-    parts.append(messages.sync())
-    return b"".join(parts), made
-
-
-def verified(server: ServerStatements, keys: list[bytes], made: list[ServerStatement],
-             replies: list[tuple[int, bytes]]) -> None:
-    """Record the descriptions in the replies to a :func:`verify_batch`, or the error of
-    the Parse that failed."""
-    params: bytes | None = None
-    pending = iter(made)
-    parsed = 0
-    for tag, body in replies:
-        if tag == B_PARSE_COMPLETE:
-            parsed += 1
-        elif tag == B_ERROR_RESPONSE:
-            # That Parse failed, the ones after it were skipped: none of them exists.
-            for key, lost in zip(keys[parsed:], made[parsed:], strict=True):
-                if server.by_key.get(key) is lost:
-                    del server.by_key[key]
-            if parsed < len(keys):
-                server.failed[keys[parsed]] = messages.frame(tag, body)
-            return
-        elif tag == B_PARAMETER_DESCRIPTION:
-            params = messages.frame(tag, body)
-        elif (tag == B_ROW_DESCRIPTION or tag == B_NO_DATA) and params is not None:
-            described = next(pending, None)
-            if described is not None:
-                described.observed(description(params + messages.frame(tag, body)))
-            params = None
 
 
 def internal_batch(evict: list[str]) -> bytes:

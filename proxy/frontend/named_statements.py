@@ -13,16 +13,10 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from proxy.backend.prepared import (
-    bound,
-    internal_batch,
-    rewrite,
-    to_verify,
-    verified,
-    verify_batch,
-)
+from proxy.backend.prepared import bound, internal_batch, rewrite
 from proxy.backend.server import FORWARD, Collect, ServerConnection, Skip
 from proxy.backend.statements import ClientStatement, ServerStatement
+from proxy.backend.verification import to_verify, verified, verify_batch
 from proxy.frontend.leasing import ClientLeasing
 from proxy.wire.framing import split_frames
 

@@ -10,13 +10,7 @@ from typing import Any
 import pytest
 
 from proxy.backend import prepared, statements
-from proxy.backend.prepared import (
-    needs_rewrite,
-    rewrite,
-    to_verify,
-    verified,
-    verify_batch,
-)
+from proxy.backend.prepared import needs_rewrite, rewrite
 from proxy.backend.server import (
     FORWARD,
     FORWARD_TAGS,
@@ -33,6 +27,7 @@ from proxy.backend.statements import (
     ServerStatements,
     description,
 )
+from proxy.backend.verification import to_verify, verified, verify_batch
 from proxy.config import DatabaseConfig
 from proxy.wire import messages
 from proxy.wire.framing import BackendScanner, split_frames

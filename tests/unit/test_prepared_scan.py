@@ -122,9 +122,9 @@ def test_find_nul(data: bytes, start: int, end: int) -> None:
     assert prepared._find_nul(data + b"\x00", start, len(data)) == end
     if end < 0:
         with pytest.raises(ValueError):
-            prepared._nul(data, start)
+            prepared.string_end(data, start)
     else:
-        assert prepared._nul(data, start) == end
+        assert prepared.string_end(data, start) == end
 
 
 # ---- renamed messages, built without the codec: byte for byte what the codec builds ----
