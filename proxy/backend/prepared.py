@@ -78,7 +78,6 @@ _BIND_MISSING: Final = messages.bind("", MISSING, [])
 _DESCRIBE_MISSING: Final = messages.describe(b"S", MISSING)
 _CLOSE_MISSING: Final = messages.close(b"S", MISSING)
 _DESCRIBE_TAG: Final = bytes((F_DESCRIBE,))
-_BIND_TAG: Final = bytes((F_BIND,))
 _ABORTED: Final = messages.frame(B_ERROR_RESPONSE, b"".join((
     b"SERROR\x00VERROR\x00C25P02\x00Mcurrent transaction is aborted, commands ignored ",
     b"until end of transaction block\x00Fpostgres.c\x00Rexec_parse_message\x00\x00")))
@@ -342,7 +341,7 @@ def bound(block: bytes, client: dict[str, ClientStatement], server: ServerStatem
     statement with the description the client was told (or the client was told none),
     has no batch open and nothing to close. For such a batch ``to_verify`` finds nothing
     and ``rewrite`` renames the Bind and answers one FORWARD entry; this does the same in
-    one pass over the headers (``tests/unit/test_prepared.py`` checks that both agree).
+    one pass over the headers (``tests/unit/test_prepared_bound.py`` checks that both agree).
     """
     if server.open is not None or server.skipping or server.failed or server.orphans:
         return None
@@ -377,10 +376,10 @@ def bound(block: bytes, client: dict[str, ClientStatement], server: ServerStatem
     if target is None or (stmt.desc is not None and stmt.desc != target.desc):
         return None
     server.get(stmt.key)  # now the most recently used
-    wire_name = target.wire_name
-    length: int = bind_end - 1 - (name_end + 1 - name_at) + len(wire_name)
-    return b"".join((_BIND_TAG, length.to_bytes(4, "big"), block[5:name_at], wire_name,
-                     block[name_end + 1:]))
+    out: list[bytes] = []
+    _renamed(out, block[:bind_end], name_at, name_end, target.wire_name)
+    out.append(block[bind_end:])
+    return b"".join(out)
 
 
 def _renamed(out: list[bytes], frame: bytes, start: int, end: int, name: bytes) -> None:
