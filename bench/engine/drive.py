@@ -30,7 +30,7 @@ from bench.engine.workloads import (
     SELECT_PARAM,
     TENANT,
     Workload,
-    request_and_reply,
+    requests_and_reply,
 )
 from bench.fakepg import (
     PARSE_COMPLETE,
@@ -73,7 +73,8 @@ class Run:
             delivery = "loop"  # clients wait in the pool: only the loop serves them
         self.delivery = delivery
         self.engine = Engine(abalance, delivery)
-        self.request, self.expected = request_and_reply(workload.protocol)
+        self.requests, self.expected = requests_and_reply(workload.protocol)
+        self.sent = 0  # transactions sent, in all blocks: the next request is requests[sent % n]
         self.clients: list[Client] = []
         self.app: ProxyApp | None = None
         self.loop_waits = 0
@@ -135,11 +136,13 @@ class Run:
             await self._pgbench_block(rounds * len(self.clients))
             return
         clients = self.clients
-        request = self.request
+        requests = self.requests
         expected = self.expected
         pump = self.engine.pump
         through_loop = self.engine.through_loop
         for _ in range(rounds):
+            request = requests[self.sent % len(requests)]
+            self.sent += 1
             for client in clients:
                 client.protocol.data_received(request)
             if through_loop:
@@ -159,14 +162,14 @@ class Run:
     async def _pgbench_block(self, total: int, limit: float = 60.0) -> None:
         """``total`` transactions, as pgbench's clients send them: each its next one as
         soon as its reply is in (a callback of the event loop, as a socket's would be)."""
-        driver = _Pgbench(self.request, self.expected, total, self.workload.name,
+        driver = _Pgbench(self.requests, self.expected, total, self.workload.name,
                           self.workload.think)
         for client in self.clients:
             client.transport.driver = driver
         try:
             for client in self.clients:
                 driver.budget -= 1
-                client.protocol.data_received(self.request)
+                client.protocol.data_received(driver.next_request())
             async with asyncio.timeout(limit):
                 await driver.done
         except TimeoutError:
@@ -242,13 +245,14 @@ class _Pgbench:
     """A pgbench-like block: checks every reply byte for byte as it arrives at a
     client, then has the client send its next transaction (until ``total``)."""
 
-    __slots__ = ("budget", "checked", "done", "expected", "loop", "name", "request",
-                 "think", "total")
+    __slots__ = ("budget", "checked", "done", "expected", "loop", "name", "requests",
+                 "sent", "think", "total")
 
-    def __init__(self, request: bytes, expected: bytes, total: int, name: str,
+    def __init__(self, requests: tuple[bytes, ...], expected: bytes, total: int, name: str,
                  think: int) -> None:
         self.think = think
-        self.request = request
+        self.requests = requests
+        self.sent = 0
         self.expected = expected
         self.total = total
         self.budget = total  # transactions not yet sent
@@ -280,7 +284,12 @@ class _Pgbench:
         if passes:
             self.loop.call_soon(self.send, transport, passes - 1)
         else:
-            transport.protocol.data_received(self.request)
+            transport.protocol.data_received(self.next_request())
+
+    def next_request(self) -> bytes:
+        request = self.requests[self.sent % len(self.requests)]
+        self.sent += 1
+        return request
 
     def fail(self, message: str) -> None:
         if not self.done.done():

@@ -28,8 +28,11 @@ from bench.fakepg import (
 )
 
 TENANT = "acme"
-AID = 123
-SELECT_SIMPLE = f"SELECT abalance FROM pgbench_accounts WHERE aid = {AID};"
+# pgbench -S picks a random aid per transaction. In a simple Query it is in the text, which
+# then differs each time (the guard answers it by its shape, not from its cache of exact
+# texts): 16 aids of six digits, sent in turn (one shape; the fake PostgreSQL's memo stays
+# small). In a Bind it is a parameter the proxy never reads: one aid.
+AIDS = tuple(100_000 + 7_919 * i for i in range(16))
 SELECT_PARAM = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
 PREPARED_NAME = "P0_1"
 
@@ -69,20 +72,23 @@ WORKLOADS = (
 )
 
 
-def request_and_reply(protocol: str) -> tuple[bytes, bytes]:
-    """One pgbench -S transaction as the client sends it, and PostgreSQL's exact reply."""
+def requests_and_reply(protocol: str) -> tuple[tuple[bytes, ...], bytes]:
+    """pgbench -S transactions as a client sends them (sent in turn; simple: one per aid
+    of :data:`AIDS`), and PostgreSQL's exact reply (the same for every aid)."""
     columns = row_description((("abalance", INT4_OID),))
     rows = data_row((ABALANCE,)) + command_complete("SELECT 1") + READY_IDLE
-    aid = [str(AID).encode()]
     if protocol == "simple":
-        return query(SELECT_SIMPLE), columns + rows
+        requests = tuple(
+            query(f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};") for aid in AIDS)
+        return requests, columns + rows
+    aid = [str(AIDS[0]).encode()]
     if protocol == "extended":
         request = (parse("", SELECT_PARAM) + bind("", "", aid) + describe(b"P", "")
                    + execute() + sync())
-        return request, PARSE_COMPLETE + BIND_COMPLETE + columns + rows
+        return (request,), PARSE_COMPLETE + BIND_COMPLETE + columns + rows
     if protocol == "prepared":
         request = bind("", PREPARED_NAME, aid) + describe(b"P", "") + execute() + sync()
-        return request, BIND_COMPLETE + columns + rows
+        return (request,), BIND_COMPLETE + columns + rows
     raise ValueError(f"unknown protocol {protocol!r}")
 
 
