@@ -39,7 +39,7 @@ evicted ones are closed in the next internal batch. This module is pure: no I/O.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from proxy.backend.deallocate import (
     deallocate,
@@ -71,6 +71,9 @@ from proxy.wire.tags import (
     F_QUERY,
     F_SYNC,
 )
+
+if TYPE_CHECKING:
+    from mypy_extensions import i64  # (compiled: machine integers; interpreted: int)
 
 STATEMENT: Final = 0x53  # b"S": Describe/Close of a statement, not a portal
 # Messages naming MISSING, made to fail on the server.
@@ -376,20 +379,31 @@ def bound(block: bytes, client: dict[str, ClientStatement], server: ServerStatem
     if target is None or (stmt.desc is not None and stmt.desc != target.desc):
         return None
     server.get(stmt.key)  # now the most recently used
-    out: list[bytes] = []
-    _renamed(out, block[:bind_end], name_at, name_end, target.wire_name)
-    out.append(block[bind_end:])
-    return b"".join(out)
+    name = target.wire_name
+    # (One join of the block's own slices: cutting the Bind out first for _renamed cost
+    # ~1,000 instructions a transaction compiled, about 4% of one.)
+    return b"".join((_header(F_BIND, _renamed_size(bind_end, name_at, name_end, name)),
+                     block[5:name_at], name, block[name_end + 1:]))
 
 
 def _renamed(out: list[bytes], frame: bytes, start: int, end: int, name: bytes) -> None:
     """Append to ``out`` the parts of ``frame`` with the name at ``start`` (its NUL at
     ``end``) replaced by ``name`` (NUL included): the batch is joined once, at its end."""
-    size = len(frame) - (end + 1 - start) + len(name) - 1
-    out.append((frame[0] << 32 | size).to_bytes(5, "big"))  # tag and length
+    out.append(_header(frame[0], _renamed_size(len(frame), start, end, name)))
     out.append(frame[5:start])
     out.append(name)
     out.append(frame[end + 1:])
+
+
+def _renamed_size(frame_size: i64, start: i64, end: i64, name: bytes) -> i64:
+    """The length field of a message of ``frame_size`` bytes (tag included) once the name
+    at ``start`` (its NUL at ``end``) is replaced by ``name`` (NUL included)."""
+    return frame_size - 1 - (end + 1 - start) + len(name)
+
+
+def _header(tag: i64, size: i64) -> bytes:
+    """A message's tag and Int32 length field."""
+    return int((tag << 32) | size).to_bytes(5, "big")
 
 
 def _describe_statement(name: bytes) -> bytes:

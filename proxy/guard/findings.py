@@ -12,6 +12,7 @@ on pglast and the parse-tree walk.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from proxy.guard.verdict import Refusal, SettingWrite, StatementOp
 
@@ -39,7 +40,7 @@ class Analysis:
 
 
 #: The analysis of a text with nothing to refuse or check (shared instance).
-CLEAN = Analysis()
+CLEAN: Final = Analysis()
 
 _DYNAMIC = Refusal(
     kind="dynamic_sql",
