@@ -33,6 +33,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.engine.workloads import WORKLOADS
+
 REPO = Path(__file__).resolve().parents[1]
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
@@ -69,9 +71,12 @@ def count(workload: str, transactions: int, *, tree: Path | None, guard: str) ->
 
 def per_transaction(workload: str, small: int, large: int, *, tree: Path | None,
                     guard: str) -> float:
-    """Instructions of one transaction: the difference of a large and a small run."""
+    """Instructions of one transaction: the difference of a large and a small run (each
+    runs whole rounds, one transaction per client: what it runs is counted)."""
+    clients = next((w.clients for w in WORKLOADS if w.name == workload), 1)
+    ran = (large // clients - small // clients) * clients
     return (count(workload, large, tree=tree, guard=guard)
-            - count(workload, small, tree=tree, guard=guard)) / (large - small)
+            - count(workload, small, tree=tree, guard=guard)) / ran
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -65,6 +65,9 @@ WORKLOADS = (
     Workload("extended-c8", "extended", 8, "transaction"),
     Workload("prepared-c1", "prepared", 1, "transaction"),
     Workload("prepared-c8", "prepared", 8, "transaction"),
+    # More clients than pool_size (20): each round 44 of them wait, and each server's
+    # ReadyForQuery hands it to a waiter (./dev bench's c64 rows).
+    Workload("simple-c64", "simple", 64, "transaction"),
     Workload("session-simple-c1", "simple", 1, "session"),
     Workload("session-simple-c8", "simple", 8, "session"),
     # ./dev bench's tenant-c32: 8 tenants x 4 clients, 32 clients for pool_size 20.

@@ -21,11 +21,11 @@ from bench.engine.workloads import AIDS, WORKLOADS, Workload
 @pytest.mark.parametrize("workload", WORKLOADS, ids=lambda w: w.name)
 def test_each_workload_gets_postgres_replies_with_the_guard_on_and_off(
         workload: Workload) -> None:
-    results = run_engine([workload], [True, False], transactions=224, repeats=1,
+    results = run_engine([workload], [True, False], transactions=256, repeats=1,
                                 warmup=40, harness=False)
     assert [r.guard for r in results] == [True, False]
     for result in results:
-        assert result.transactions == 224
+        assert result.transactions == 256  # (whole rounds: a multiple of every client count)
         # warm-up, the timed repeat and the profiled run: every reply compared
         assert result.checked >= 2 * result.transactions
         # interleaved clients each hold a server at once: one server per client, up to
