@@ -82,7 +82,8 @@ def per_transaction(workload: str, small: int, large: int, *, tree: Path | None,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", default="simple-c8,extended-c8,prepared-c8,tenant-c32",
+    parser.add_argument("--workloads",
+                        default="simple-c8,extended-c8,prepared-c8,simple-c64,tenant-c32",
                         help="bench.engine workloads, comma-separated")
     parser.add_argument("--tree", type=Path, default=None,
                         help="a directory with an installed proxy package to measure "

@@ -63,6 +63,20 @@ def test_the_tenant_workload_makes_clients_of_several_tenants_wait() -> None:
     assert result.servers_opened == POOL_SIZE
 
 
+def test_the_64_client_workload_hands_each_server_to_a_waiting_client() -> None:
+    """simple-c64: 64 clients for 20 servers, one round at a time: the clients without a
+    server wait, and each server's ReadyForQuery hands it to one of them."""
+    (workload,) = [w for w in WORKLOADS if w.name == "simple-c64"]
+    assert workload.clients > POOL_SIZE
+    (result,) = run_engine([workload], [True], transactions=640, repeats=1, warmup=128,
+                           harness=False)
+    assert result.checked >= 2 * result.transactions
+    assert result.servers_opened == POOL_SIZE
+    # 44 of each round's 64 transactions wait; the other 20 take the servers kept by
+    # the clients of the round before
+    assert result.pool_waits_per_tx == pytest.approx(44 / 64, abs=0.02)
+
+
 def test_a_wrong_data_row_fails_the_run() -> None:
     """The check is real: a fake PostgreSQL whose row differs from the expected one."""
     with pytest.raises(EngineBenchError, match="wrong reply"):
