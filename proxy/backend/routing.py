@@ -196,8 +196,9 @@ class BackendSession(SessionState):
                 out.append(head.message(tag, piece, body))
                 start = end
             if tag == _Z:
-                # (The common statuses without a new bytes object each time.)
-                status = body[0] if body else -1
+                # (The common statuses without a new bytes object each time. len(): compiled,
+                # a bytes object's truth is a generic call, its length a field read.)
+                status = body[0] if len(body) else -1
                 self.tx_status = (_IDLE if status == 0x49 else _IN_TX if status == 0x54
                                   else _FAILED_TX if status == 0x45 else body[:1])
                 if pending:
@@ -239,7 +240,7 @@ class BackendSession(SessionState):
                         head.error = messages.decode_error_fields(body)
                     except ProtocolViolation:
                         head.error = {"M": "malformed error from upstream"}
-            elif tag == _C and forwarded and body and _WATCHED_COMMAND[body[0]]:
+            elif tag == _C and forwarded and len(body) and _WATCHED_COMMAND[body[0]]:
                 # Only tags starting with A, C, D, R or S are looked at (a byte read: most
                 # are SELECT, INSERT, UPDATE, COMMIT, BEGIN), and only the prefixes that
                 # start with that byte. One prefix per startswith: compiled, that is a C
@@ -291,9 +292,9 @@ class BackendSession(SessionState):
         if receiver is not None:
             if out:
                 receiver.forward_to_client(out[0] if len(out) == 1 else b"".join(out))
-            if unsolicited:
+            if len(unsolicited):
                 receiver.unsolicited(unsolicited)
-        if going_away:
+        if len(going_away):
             # PostgreSQL is closing this session. Idle in the pool (or kept): forget it
             # now. With a client: it got the FATAL; the pool closes the connection when
             # it comes back (a FATAL right after the client's last ReadyForQuery is not
@@ -394,7 +395,7 @@ class BackendSession(SessionState):
         transport = self.transport
         assert transport is not None
         corked = self._corked
-        if corked:
+        if len(corked):
             self._corked = b""
             data = corked + data
         if self.cancels:

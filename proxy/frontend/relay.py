@@ -170,7 +170,7 @@ class ClientRelay(NamedStatementRelay):
         """Send the client's messages to its server, or queue them until it has one."""
         if replies:
             self.stats.record_queries(self.traffic, self.stats_tenant, replies)
-        if not block:
+        if not len(block):  # (compiled: a length read; a bytes object's truth is a call)
             return
         batch_start = not self._unsynced
         self._unsynced = unsynced

@@ -119,7 +119,7 @@ class FrontendFramer(ClientBytes):
         if self._error is not None:
             raise ProtocolViolation(self._error)
         buf = self._buf
-        if buf:
+        if len(buf):  # (len(): compiled, the truth of a bytearray is a generic call)
             if data:
                 buf += data
             off = self._off
@@ -262,7 +262,7 @@ class BackendScanner:
             raise ProtocolViolation(self._error)
         events: list[tuple[int, int, bytes]] = []
         pos: i64 = 0
-        if self._remaining or self._header:
+        if self._remaining or len(self._header):
             pos = self._resume(data, events)
         n: i64 = len(data)
         limit: i64 = n - _HEADER_SIZE
