@@ -106,7 +106,12 @@ class OwnerIndex(Generic[S]):
 
     def oldest_of(self, owner: object) -> S | None:
         same = self.by_owner.get(owner)
-        return next(iter(same)) if same else None
+        if same is not None:
+            # (The first key by a for loop: compiled, it reads the dict in place, where
+            # next(iter(...)) makes an iterator object.)
+            for server in same:
+                return server
+        return None
 
 
 class Selection(Generic[S]):
