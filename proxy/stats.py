@@ -31,26 +31,41 @@ WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
                 60.0, 120.0)
 
 
+class _Cell:
+    """One bucket's count. Compiled, a native field incremented in place: an int kept in
+    a list is a Python object, and past 256 each increment made a new one."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
 class Histogram:
-    """Fixed-bucket histogram: one int per bucket (not cumulative), plus sum and count.
+    """Fixed-bucket histogram: one count per bucket (not cumulative), plus sum and count.
 
     ``counts[i]`` counts observations ``<= bounds[i]`` and ``> bounds[i - 1]``; the last
     slot is the ``+Inf`` bucket. Prometheus' cumulative form comes from :meth:`cumulative`.
     ``count`` is the sum of ``counts``, computed when read (one increment less per
-    observation). The hot path may add to ``counts`` and ``sum`` directly (see
+    observation). The hot path may add to ``cells[i].n`` and ``sum`` directly (see
     ``ProxyStats.record_transaction``).
     """
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "cells", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
+        self.cells = [_Cell() for _ in range(len(bounds) + 1)]
         self.sum = 0.0
 
     @property
+    def counts(self) -> list[int]:
+        """The count of each bucket (a new list)."""
+        return [cell.n for cell in self.cells]
+
+    @property
     def count(self) -> int:
-        return sum(self.counts)
+        return sum(cell.n for cell in self.cells)
 
     def observe(self, value: float) -> None:
         # The bucket bisect_left would give, found by a scan from the smallest bound: most
@@ -61,7 +76,7 @@ class Histogram:
         n = len(bounds)
         while i < n and value > bounds[i]:
             i += 1
-        self.counts[i] += 1
+        self.cells[i].n += 1
         self.sum += value
 
     def cumulative(self) -> list[tuple[float, int]]:
@@ -323,7 +338,7 @@ class ProxyStats:
             i = 15
         else:
             i = 16
-        hist.counts[i] += 1
+        hist.cells[i].n += 1
         hist.sum += seconds
         try:
             self._tenant_counts[tenant].transactions += 1
