@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from proxy.backend.routing import ContextSetDone
 from proxy.backend.server import BackendSession, Receiver
 from proxy.frontend.client import ClientConnection
 
@@ -86,3 +87,6 @@ class _DrainingReceiver(Receiver):
 
     def query_timed_out(self, server: BackendSession) -> None:
         self._client.query_timed_out(server)
+
+    def pipelined_context_done(self, fut: ContextSetDone) -> None:
+        self._client.pipelined_context_done(fut)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from proxy.backend.context import UNKNOWN
 from proxy.backend.replies import FORWARD, Collect, Entry, Skip
@@ -83,6 +83,15 @@ _WATCHED_COMMAND: Final = bytes(1 if chr(b) in "ACDRS" else 0 for b in range(256
 HOLD_HIGH_WATER: Final = 256 * 1024
 
 
+class ContextSetDone(Protocol):
+    """A context set's future once done, as its receiver reads it (an asyncio future;
+    this module stays free of asyncio)."""
+
+    def cancelled(self) -> bool: ...
+    def exception(self) -> BaseException | None: ...
+    def result(self) -> dict[str, str] | None: ...
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class Receiver:
     """The client side a server connection forwards to (``ClientRelay``; stand-ins in
@@ -122,6 +131,12 @@ class Receiver:
         raise NotImplementedError
 
     def query_timed_out(self, server: BackendSession) -> None:
+        raise NotImplementedError
+
+    def pipelined_context_done(self, fut: ContextSetDone) -> None:
+        """How a context set sent in front of the client's messages went (the messages
+        ran after it: a failed one ends the client). ``proxy.pool.lease.Lease`` adds it
+        to the set's future, only when there is such a set."""
         raise NotImplementedError
 
 

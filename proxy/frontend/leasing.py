@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
+from proxy.backend.routing import ContextSetDone
 from proxy.backend.server import BackendSession, Receiver, ServerConnection, ServerState
 from proxy.frontend.interfaces import ClientState
 from proxy.pool.lease import Lease
@@ -186,7 +187,7 @@ class ClientLeasing(Receiver):
         if self._reading_paused_for:  # (a call less on every waited transaction)
             self._pause_reading("queue", False)
 
-    def _pipelined_context_done(self, fut: asyncio.Future[dict[str, str] | None]) -> None:
+    def pipelined_context_done(self, fut: ContextSetDone) -> None:
         if fut.cancelled() or fut.exception() is not None:
             return  # the server is gone; server_lost reports it
         error = fut.result()
@@ -198,7 +199,6 @@ class ClientLeasing(Receiver):
     def link(self, lease: Lease) -> None:
         """Hold ``lease``: its server's replies come to this client from now on."""
         self.lease = lease
-        lease.on_pipelined_set = self._pipelined_context_done
         server = lease.server
         server.receiver = self
         if self._writing_paused:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from proxy.backend.context import TenantContext
 from proxy.backend.server import NOBODY, PRISTINE, ServerConnection, ServerState, Stale
@@ -60,15 +59,12 @@ class Lender:
 class Lease:
     """One server connection lent to one client, from the pool's hand-off until release."""
 
-    __slots__ = ("on_pipelined_set", "pool", "released", "server")
+    __slots__ = ("pool", "released", "server")
 
     def __init__(self, pool: Lender, server: ServerConnection) -> None:
         self.pool = pool
         self.server = server
         self.released = False
-        # Told how a context set sent in front of the client's messages went (the
-        # client's messages ran after it: a failed one ends the client).
-        self.on_pipelined_set: Callable[[ContextFuture], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Lease of {self.server!r}>"
@@ -105,8 +101,11 @@ class Lease:
             return False
         self.pool.stats.leases_with_context_set += 1
         fut = server.apply_context(context, corked=True)
-        if self.on_pipelined_set is not None:
-            fut.add_done_callback(self.on_pipelined_set)
+        # The client linked to the server hears how it went (``Receiver``; a bound method
+        # made here, for a set, not at every lease).
+        receiver = server.receiver
+        if receiver is not None:
+            fut.add_done_callback(receiver.pipelined_context_done)
         return True
 
     def must_wait(self, context: TenantContext) -> bool:

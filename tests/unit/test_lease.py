@@ -16,11 +16,13 @@ from typing import Any, cast
 import pytest
 
 from proxy.backend.context import TenantContext, _Nobody
+from proxy.backend.routing import ContextSetDone
 from proxy.backend.server import (
     FORWARD,
     NOBODY,
     PRISTINE,
     UNKNOWN,
+    Receiver,
     ServerConnection,
     ServerState,
     Skip,
@@ -100,12 +102,22 @@ def test_a_server_set_for_the_clients_context_needs_no_set() -> None:
     assert pool.stats.leases_with_context_set == 0
 
 
+class _Told(Receiver):
+    """The linked client, as far as a pipelined set is concerned: records how it went."""
+
+    def __init__(self, told: list[object]) -> None:
+        self.told = told
+
+    def pipelined_context_done(self, fut: ContextSetDone) -> None:
+        self.told.append(fut)
+
+
 def test_a_pristine_server_gets_the_context_pipelined_in_front_of_the_messages() -> None:
     async def scenario() -> None:
         server, transport = idle_server()
         lease, pool = lent(server)
         told: list[object] = []
-        lease.on_pipelined_set = told.append
+        server.receiver = _Told(told)
         assert lease.context_ready(ACME) is True
         assert sets(server) == 1 and transport.written == []  # corked: with the messages
         assert server.tenant_state is ACME and server.owner == "acme"
