@@ -60,6 +60,7 @@ from proxy.backend.statements import (
 )
 from proxy.wire import messages
 from proxy.wire.framing import frame_end
+from proxy.wire.messages import header
 from proxy.wire.tags import (
     B_ERROR_RESPONSE,
     F_BIND,
@@ -80,7 +81,6 @@ STATEMENT: Final = 0x53  # b"S": Describe/Close of a statement, not a portal
 _BIND_MISSING: Final = messages.bind("", MISSING, [])
 _DESCRIBE_MISSING: Final = messages.describe(b"S", MISSING)
 _CLOSE_MISSING: Final = messages.close(b"S", MISSING)
-_DESCRIBE_TAG: Final = bytes((F_DESCRIBE,))
 _ABORTED: Final = messages.frame(B_ERROR_RESPONSE, b"".join((
     b"SERROR\x00VERROR\x00C25P02\x00Mcurrent transaction is aborted, commands ignored ",
     b"until end of transaction block\x00Fpostgres.c\x00Rexec_parse_message\x00\x00")))
@@ -382,14 +382,14 @@ def bound(block: bytes, client: dict[str, ClientStatement], server: ServerStatem
     name = target.wire_name
     # (One join of the block's own slices: cutting the Bind out first for _renamed cost
     # ~1,000 instructions a transaction compiled, about 4% of one.)
-    return b"".join((_header(F_BIND, _renamed_size(bind_end, name_at, name_end, name)),
+    return b"".join((header(F_BIND, _renamed_size(bind_end, name_at, name_end, name)),
                      block[5:name_at], name, block[name_end + 1:]))
 
 
 def _renamed(out: list[bytes], frame: bytes, start: int, end: int, name: bytes) -> None:
     """Append to ``out`` the parts of ``frame`` with the name at ``start`` (its NUL at
     ``end``) replaced by ``name`` (NUL included): the batch is joined once, at its end."""
-    out.append(_header(frame[0], _renamed_size(len(frame), start, end, name)))
+    out.append(header(frame[0], _renamed_size(len(frame), start, end, name)))
     out.append(frame[5:start])
     out.append(name)
     out.append(frame[end + 1:])
@@ -401,14 +401,9 @@ def _renamed_size(frame_size: i64, start: i64, end: i64, name: bytes) -> i64:
     return frame_size - 1 - (end + 1 - start) + len(name)
 
 
-def _header(tag: i64, size: i64) -> bytes:
-    """A message's tag and Int32 length field."""
-    return int((tag << 32) | size).to_bytes(5, "big")
-
-
 def _describe_statement(name: bytes) -> bytes:
     """Describe of the statement ``name`` (NUL included)."""
-    return b"".join((_DESCRIBE_TAG, (len(name) + 5).to_bytes(4, "big"), b"S", name))
+    return b"".join((header(F_DESCRIBE, len(name) + 5), b"S", name))
 
 
 def _described(frames: list[bytes]) -> set[str]:

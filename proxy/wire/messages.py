@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from proxy.wire.errors import ProtocolViolation
 from proxy.wire.startup import (
@@ -32,6 +32,9 @@ from proxy.wire.startup import (
     SSL_REQUEST_CODE,
 )
 from proxy.wire.tags import BackendTag, FrontendTag
+
+if TYPE_CHECKING:
+    from mypy_extensions import i64  # (compiled: machine integers; interpreted: int)
 
 _INT32: Final = struct.Struct("!i")
 _UINT32: Final = struct.Struct("!I")
@@ -45,13 +48,20 @@ _PROTOCOL_3: Final = 3 << 16
 # ---- encoding helpers ---------------------------------------------------------------
 
 
+def header(tag: i64, length: i64) -> bytes:
+    """A message's tag byte and Int32 length field (``length`` counts itself and the
+    body, not the tag), unchecked: :func:`frame` checks both."""
+    # One int to bytes (compiled: i64 arithmetic and a C call; a Struct's pack is a
+    # generic call).
+    return int((tag << 32) | length).to_bytes(5, "big")
+
+
 def frame(tag: int, body: bytes) -> bytes:
     """Prefix ``body`` with its tag byte and Int32 length."""
     size = len(body) + 4
     if not 0 <= tag <= 0xFF or size > 0x7FFFFFFF:
         raise ValueError(f"cannot frame a message of type {tag} and {size - 4} bytes")
-    # One int to bytes (compiled: a C call; a Struct's pack is a generic call).
-    return ((tag << 32) | size).to_bytes(5, "big") + body
+    return header(tag, size) + body
 
 
 def cstr(text: str) -> bytes:
