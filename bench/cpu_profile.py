@@ -1,7 +1,7 @@
 """Where a proxy's CPU goes per transaction, sampled by ``perf`` over real sockets.
 
 Run: ``.venv/bin/python -m bench.cpu_profile [--tree DIR] [--seconds 5]
-[--targets pgtenant,pgbouncer] [--clients 8] [--protocol simple]``.
+[--targets pgtenant,pgbouncer] [--clients 8] [--protocol simple] [--detail FUNCS]``.
 
 ``bench.instructions`` counts the proxy's own code in process; this looks at the live
 process instead: a fresh PostgreSQL, pgtenant (transaction mode, pool 20; ``--tree DIR``
@@ -16,6 +16,8 @@ Each user-space sample is charged to the shared object its innermost frame runs 
 stack (what CPython, uvloop and libc do *for* it: a dict lookup, a bytes object,
 ``transport.write``); the user time is split in those proportions, in microseconds per
 transaction. A function's line is what it costs in that process, not only its own code.
+``--detail`` splits named functions (``-``: the samples with no proxy frame, the event
+loop's own) by their innermost symbol: what a function's time goes to.
 Functions are named only for a compiled build (mypyc's C functions; an interpreted one
 shows as CPython's evaluation loop).
 
@@ -102,6 +104,9 @@ class Profile:
     kernel: int
     parts: Counter[str]
     functions: Counter[str]
+    # By (owner, innermost symbol): what a function's time goes to (CPython, uvloop, libc
+    # working for it); for owner ``-``, what the event loop itself spends on.
+    inner: Counter[tuple[str, str]]
 
     @property
     def user(self) -> int:
@@ -120,6 +125,7 @@ def summarize(stacks: Iterable[Sequence[Frame]]) -> Profile:
     """Count user-space samples (kernel ones only in :attr:`Profile.kernel`)."""
     parts: Counter[str] = Counter()
     functions: Counter[str] = Counter()
+    inner: Counter[tuple[str, str]] = Counter()
     kernel = 0
     for stack in stacks:
         # The innermost frame's object; an inlined frame is reported as "(inlined)".
@@ -134,11 +140,15 @@ def summarize(stacks: Iterable[Sequence[Frame]]) -> Profile:
         owner = next((_function(f.symbol) for f in stack if f.symbol.startswith(_COMPILED)),
                      "-")
         functions[owner] += 1
-    return Profile(kernel, parts, functions)
+        first = next(f for f in stack if f.obj != "inlined")
+        inner[owner, f"{first.symbol} ({part_of(first.obj)})"] += 1
+    return Profile(kernel, parts, functions, inner)
 
 
-def report(name: str, profile: Profile, cpu: CpuUse, top: int) -> str:
-    """The lines for one target: user time by part and by function, µs/transaction."""
+def report(name: str, profile: Profile, cpu: CpuUse, top: int,
+           detail: Sequence[str] = ()) -> str:
+    """The lines for one target: user time by part and by function, µs/transaction; for
+    each function in ``detail`` (``-``: the event loop), its time by innermost symbol."""
     scale = cpu.user / profile.user if profile.user else 0.0
     lines = [f"{name}: {cpu.user + cpu.kernel:.1f} us CPU per transaction: user {cpu.user:.1f}, "
              f"kernel {cpu.kernel:.1f} (user split by {profile.user} samples)"]
@@ -149,6 +159,12 @@ def report(name: str, profile: Profile, cpu: CpuUse, top: int) -> str:
         for owner, count in profile.functions.most_common(top):
             label = owner if owner != "-" else "(no proxy frame: the event loop)"
             lines.append(f"    {count * scale:6.2f} us  {label}")
+    for owner in detail:
+        lines.append(f"  {owner if owner != '-' else 'the event loop'} by innermost symbol:")
+        spent = Counter({symbol: count for (who, symbol), count in profile.inner.items()
+                         if who == owner})
+        for symbol, count in spent.most_common(top):
+            lines.append(f"    {count * scale:6.2f} us  {symbol}")
     return "\n".join(lines)
 
 
@@ -209,6 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--targets", default="pgtenant,pgbouncer")
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--detail", default="",
+                        help="functions (as reported, e.g. routing.BackendSession._write; "
+                             "'-' for the event loop) to split by innermost symbol, "
+                             "comma-separated")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--protocol", choices=("simple", "extended", "prepared"),
                         default="simple")
@@ -256,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             pid = target.proxy_pids()[0]
             cpu = measure(pid, env, options, args.seconds)
             profile = sample(pid, env, options, args.seconds, work / f"{target.name}.perf")
-            print(report(target.name, profile, cpu, args.top), flush=True)
+            detail = [f.strip() for f in args.detail.split(",") if f.strip()]
+            print(report(target.name, profile, cpu, args.top, detail), flush=True)
     return 0
 
 

@@ -69,3 +69,19 @@ def test_no_samples_gives_a_report_without_dividing_by_zero() -> None:
     text = report("pgbouncer", summarize([]), CpuUse(user=1.0, kernel=2.0), top=5)
     assert text.splitlines() == ["pgbouncer: 3.0 us CPU per transaction: user 1.0, kernel 2.0 "
                                  "(user split by 0 samples)"]
+
+
+def test_detail_splits_a_function_and_the_event_loop_by_innermost_symbol() -> None:
+    profile = summarize(parse_samples(SCRIPT))
+    # The inlined frame is skipped: the innermost symbol is of the frame it was inlined in.
+    assert profile.inner == {("guarding.StreamGuard.filter", "_Py_dict_lookup (CPython)"): 1,
+                             ("relay.ClientRelay._flush",
+                              "CPyDef_relay___ClientRelay____flush (proxy (compiled))"): 1,
+                             ("-", "uv__io_poll (uvloop)"): 1}
+    text = report("pgtenant", profile, CpuUse(user=6.0, kernel=20.0), top=5,
+                  detail=["-", "guarding.StreamGuard.filter"])
+    lines = [line.strip() for line in text.splitlines()]
+    at = lines.index("the event loop by innermost symbol:")
+    assert lines[at + 1] == "2.00 us  uv__io_poll (uvloop)"
+    at = lines.index("guarding.StreamGuard.filter by innermost symbol:")
+    assert lines[at + 1] == "2.00 us  _Py_dict_lookup (CPython)"
