@@ -53,7 +53,7 @@ class StreamGuard:
     """One client's guard state: Bind rules of its statements, and a batch being skipped."""
 
     __slots__ = ("_batch", "_bind_rules", "_guard", "_in_batch", "_on_refusal",
-                 "_on_state_change", "_parse_verdicts", "_query_analyses", "_raised",
+                 "_on_state_change", "_parse_verdicts", "_raised",
                  "_refused_query", "_setting_writers", "_skipping", "_tenant",
                  "_transaction_mode")
 
@@ -64,9 +64,6 @@ class StreamGuard:
         self._guard = guard
         self._tenant = tenant  # the client's (None: a bypass identity)
         self._parse_verdicts = parse_verdicts
-        # The guard's Query analyses by raw bytes (shared by the app's clients; emptied in
-        # place, never replaced): a Query sent before costs one dict lookup here.
-        self._query_analyses = guard.query_analyses
         self._on_refusal = on_refusal            # counts and logs
         # Called once per forwarded message that may have changed session settings.
         self._on_state_change = on_state_change
@@ -118,10 +115,7 @@ class StreamGuard:
             if tag == F_QUERY:
                 # The analysis (tenant-independent) may be cached; the verdict for this
                 # client's tenant, pool mode and statements is worked out every time.
-                body = block[start + 5:end]
-                analysis = self._query_analyses.get(body)
-                if analysis is None:
-                    analysis = self._guard.analyze_query(body)
+                analysis = self._guard.analyze_query(block[start + 5:end])
                 if analysis is not _CLEAN:
                     refusal = self._check_query(analysis, tenant)
             elif tag == F_PARSE or tag == F_FUNCTION_CALL:  # (no set: native)

@@ -23,9 +23,9 @@ API
   (parameters other than user/database, plus the parsed ``-c`` options).
 - :data:`FUNCTION_CALL_REFUSAL`: the answer for a FunctionCall ('F') message.
 - ``analyze_query(body) -> Analysis`` for the body of a Query message (raw bytes, NUL
-  included), remembered by those bytes in ``query_analyses`` (bounded; look up there
-  first). Only the tenant-independent analysis is kept: apply ``query_verdict`` to it for
-  every message.
+  included), remembered by its shape in ``clean_shapes`` when the pre-filter finds it
+  harmless, else by its bytes in ``query_analyses`` (both bounded). Only the
+  tenant-independent analysis is kept: apply ``query_verdict`` to it for every message.
 - ``analyze(sql) -> Analysis``, ``cache_info()``, ``cache_clear()``: for tests, metrics
   and benchmarks.
 

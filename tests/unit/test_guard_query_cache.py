@@ -37,7 +37,10 @@ _DIGIT_LETTERS = str.maketrans("0123456789", "abcdefghij")
 
 
 def cached(guard: Guard, sql: str) -> bool:
-    return messages.query(sql)[5:] in guard.query_analyses
+    """Kept by its bytes (a text the parser analysed) or by its shape (the pre-filter
+    found it harmless)."""
+    body = messages.query(sql)[5:]
+    return body in guard.query_analyses or shape(sql) in guard.clean_shapes
 
 
 def test_own_tenant_switch_cached_for_acme_is_refused_for_globex() -> None:
@@ -130,23 +133,31 @@ def test_bytes_that_decode_alike_do_not_share_an_entry_with_different_text() -> 
     acme = Client(guard, "acme")
     plain = messages.query("SELECT 1")
     odd = b"Q" + (4 + 10).to_bytes(4, "big") + b"SELECT \xff1\x00"
+    mentions = b"Q" + (4 + 24).to_bytes(4, "big") + b"SELECT \xffset_config()\x00"
     assert acme.send(plain) == plain
     acme.send(odd)
-    assert guard.query_analyses[plain[5:]] is CLEAN
-    assert guard.query_analyses[odd[5:]] == guard.analyze("SELECT \ufffd1")
+    acme.send(mentions)
+    assert guard.analyze("SELECT \ufffd1") is CLEAN
+    assert guard.clean_shapes == {b"SELECT 0\x00", b"SELECT \xff0\x00"}
+    assert guard.query_analyses == {mentions[5:]: guard.analyze("SELECT \ufffdset_config()")}
 
 
 def test_cache_is_bounded_in_entries_and_bytes_and_skips_long_texts() -> None:
     guard = Guard(TenancyConfig())
     acme = Client(guard, "acme")
     for i in range(QUERY_CACHE_ENTRIES + 50):  # texts of different shapes: x_bc, x_bd, ...
-        acme.send(messages.query(f"SELECT x_{str(i).translate(_DIGIT_LETTERS)}"))
+        letters = str(i).translate(_DIGIT_LETTERS)
+        acme.send(messages.query(f"SELECT x_{letters}"))  # harmless: kept by shape
+        acme.send(messages.query(f"SELECT set_config('x.{letters}', 'v', true)"))  # parsed
     assert 0 < len(guard.query_analyses) <= QUERY_CACHE_ENTRIES
     assert 0 < len(guard.clean_shapes) <= QUERY_CACHE_ENTRIES
-    filler = "x" * (MAX_CACHED_LENGTH - 40)
+    filler = "x" * (MAX_CACHED_LENGTH - 80)
     for i in range(QUERY_CACHE_BYTES // MAX_CACHED_LENGTH + 5):
-        acme.send(messages.query(f"SELECT '{filler}', {i}"))
+        letters = str(i).translate(_DIGIT_LETTERS)
+        acme.send(messages.query(f"SELECT '{filler}{letters}'"))
+        acme.send(messages.query(f"SELECT set_config('x.{letters}', '{filler}', true)"))
         assert sum(map(len, guard.query_analyses)) <= QUERY_CACHE_BYTES
+        assert sum(map(len, guard.clean_shapes)) <= QUERY_CACHE_BYTES
     long_sql = "SELECT '" + "y" * MAX_CACHED_LENGTH + "'"
     acme.send(messages.query(long_sql))
     assert not cached(guard, long_sql)
@@ -154,14 +165,14 @@ def test_cache_is_bounded_in_entries_and_bytes_and_skips_long_texts() -> None:
 
 
 def test_texts_answered_by_their_shape_are_not_kept_as_themselves() -> None:
-    # pgbench -S: one shape, a different literal every time. The first text is kept (its
-    # shape was new); the others are answered by the shape and would never be hit.
+    # pgbench -S: one shape, a different literal every time: kept by its shape only (by
+    # its bytes, it would never be hit).
     guard = Guard(TenancyConfig())
     acme = Client(guard, "acme")
     for aid in range(1, 500):
         sql = f"SELECT abalance FROM pgbench_accounts WHERE aid = {100_000 + aid * 7};"
         assert acme.send(messages.query(sql)) == messages.query(sql)
-    assert len(guard.query_analyses) == 1
+    assert guard.query_analyses == {}
     assert guard.clean_shapes == {b"SELECT abalance FROM pgbench_accounts WHERE aid = 000000;\x00"}
     assert acme.refusals == []
 
@@ -169,12 +180,13 @@ def test_texts_answered_by_their_shape_are_not_kept_as_themselves() -> None:
 def test_cache_off_keeps_nothing_and_cache_clear_empties_it() -> None:
     uncached = Guard(TenancyConfig(), cache_size=0)
     Client(uncached, "acme").send(messages.query("SELECT 1"))
-    assert uncached.query_analyses == {}
+    assert uncached.query_analyses == {} and uncached.clean_shapes == set()
     guard = Guard(TenancyConfig())
-    Client(guard, "acme").send(messages.query("SELECT 1"))
-    assert cached(guard, "SELECT 1")
+    client = Client(guard, "acme")
+    client.send(messages.query("SELECT 1"), messages.query("SET search_path TO public"))
+    assert cached(guard, "SELECT 1") and cached(guard, "SET search_path TO public")
     guard.cache_clear()
-    assert guard.query_analyses == {}
+    assert guard.query_analyses == {} and guard.clean_shapes == set()
 
 
 def test_a_huge_parse_is_judged_every_time_and_never_kept() -> None:
