@@ -173,8 +173,9 @@ class ClientLeasing(Receiver):
             self._queued_bytes = 0
             if named:
                 self._send_rewritten(server, frames, self._queue_batch_start, verify)
-            else:
-                server.send(b"".join(frames), replies, self._unsynced)
+            else:  # (most often one block: sent as it is, not joined)
+                server.send(frames[0] if len(frames) == 1 else b"".join(frames), replies,
+                            self._unsynced)
             if self._touched:
                 self._touched = False
                 lease.context_touched()

@@ -260,7 +260,11 @@ class Waits:
         if wait is None:
             return None
         assert isinstance(wait, Wait)  # (one of the queue's)
-        self.queue.remove(wait)
+        queue = self.queue
+        if queue[0] is wait:  # (most often: popleft, not a search and two rotations)
+            queue.popleft()
+        else:
+            queue.remove(wait)
         return wait
 
     def _eligible(self) -> list[Wait]:
