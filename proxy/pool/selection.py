@@ -35,6 +35,23 @@ class Waiter:
         self.since = since
 
 
+class TenantUse:
+    """What one tenant has of the pool: the servers its clients hold (kept ones too) and
+    its clients in the wait queue. One object per tenant while either is above zero
+    (``Selection.tenants``): a lease, a release and a wait each change a field of it, where
+    a count in a dict cost a lookup and a store (compiled, ~350 instructions each)."""
+
+    __slots__ = ("held", "name", "waiting")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.held = 0
+        self.waiting = 0
+
+    def __repr__(self) -> str:
+        return f"TenantUse({self.name!r}, held={self.held}, waiting={self.waiting})"
+
+
 S = TypeVar("S", bound=Hashable)
 
 _ABSENT: Final = object()
@@ -118,45 +135,77 @@ class Selection(Generic[S]):
     """The pool's idle and kept servers by owner, the servers each tenant's clients hold
     and the clients each tenant has waiting; and the choices made from them."""
 
-    __slots__ = ("_idle_owners", "_tenants", "cap", "held", "idle", "kept", "pool_size",
-                 "waiting")
+    __slots__ = ("_idle_owners", "_tenants", "cap", "idle", "kept", "pool_size", "tenants")
 
     def __init__(self, pool_size: int, cap: int) -> None:
         self.pool_size = pool_size
         self.cap = cap  # max_tenant_server_conns (0: none)
         self.idle: OwnerIndex[S] = OwnerIndex()
         self.kept: OwnerIndex[S] = OwnerIndex()
-        # tenant → servers its clients hold (kept ones too): the pool counts its leases
-        # in it directly (once per transaction: no call).
-        self.held: dict[str, int] = {}
-        self.waiting: dict[str, int] = {}  # tenant → its clients in the wait queue
-        # share()'s count of the tenants in held, waiting and idle.by_owner, made when
-        # idle.owners was _idle_owners; -1: a tenant entered or left held or waiting since
-        # (whoever adds or removes a key there calls tenants_changed).
+        # The tenants whose clients hold servers or wait for one (bypass identities, with
+        # no tenant, are not counted).
+        self.tenants: dict[str, TenantUse] = {}
+        # share()'s count of the tenants in ``tenants`` and idle.by_owner, made when
+        # idle.owners was _idle_owners; -1: a tenant entered or left ``tenants`` since.
         self._tenants = -1
         self._idle_owners = 0
 
+    @property
+    def held(self) -> dict[str, int]:
+        """Tenant → servers its clients hold (a copy: for tests and introspection)."""
+        return {name: use.held for name, use in self.tenants.items() if use.held}
+
+    @property
+    def waiting(self) -> dict[str, int]:
+        """Tenant → its clients in the wait queue (a copy)."""
+        return {name: use.waiting for name, use in self.tenants.items() if use.waiting}
+
+    def held_by(self, tenant: object) -> int:
+        """Servers ``tenant``'s clients hold (0 for anything not a tenant's name)."""
+        use = self.tenants.get(tenant) if isinstance(tenant, str) else None
+        return use.held if use is not None else 0
+
     # ---- what moves ---------------------------------------------------------------------
 
-    def wait_began(self, tenant: str | None) -> None:
-        if tenant is not None:
-            waiting = self.waiting.get(tenant, 0)
-            if not waiting:
-                self._tenants = -1
-            self.waiting[tenant] = waiting + 1
+    def _use(self, tenant: str) -> TenantUse:
+        use = self.tenants.get(tenant)
+        if use is None:
+            use = self.tenants[tenant] = TenantUse(tenant)
+            self._tenants = -1
+        return use
 
-    def wait_ended(self, tenant: str | None) -> None:
-        if tenant is not None:
-            left = self.waiting.get(tenant, 0) - 1
-            if left > 0:
-                self.waiting[tenant] = left
-            else:
-                self.waiting.pop(tenant, None)
-                self._tenants = -1
+    def _unused(self, use: TenantUse) -> None:
+        if use.held <= 0 and use.waiting <= 0:
+            del self.tenants[use.name]
+            self._tenants = -1
 
-    def tenants_changed(self) -> None:
-        """A tenant entered or left ``held`` (the pool counts leases there itself)."""
-        self._tenants = -1
+    def leased(self, tenant: str | None) -> None:
+        """A server was lent to a client of ``tenant``."""
+        if tenant is not None:
+            self._use(tenant).held += 1
+
+    def unleased(self, tenant: str | None) -> None:
+        """A server lent to a client of ``tenant`` came back (or died)."""
+        if tenant is not None:
+            use = self.tenants.get(tenant)
+            if use is not None:
+                use.held -= 1
+                self._unused(use)
+
+    def wait_began(self, tenant: str | None) -> TenantUse | None:
+        """A client of ``tenant`` queued; what to give :meth:`wait_ended` when it leaves."""
+        if tenant is None:
+            return None
+        use = self._use(tenant)
+        use.waiting += 1
+        return use
+
+    def wait_ended(self, use: TenantUse | None) -> None:
+        """A client left the queue (``use``: what :meth:`wait_began` gave; alive while
+        the client waited, since its tenant had a client waiting)."""
+        if use is not None:
+            use.waiting -= 1
+            self._unused(use)
 
     # ---- the choices --------------------------------------------------------------------
 
@@ -164,35 +213,29 @@ class Selection(Generic[S]):
         """Servers each tenant may count on: pool_size split among the tenants whose
         clients hold one, wait for one or have one parked for them (``owner``: the
         tenant of the server being placed; at least one)."""
-        held = self.held
-        waiting = self.waiting
         parked = self.idle.by_owner
         tenants = self._tenants
         if tenants < 0 or self._idle_owners != self.idle.owners:
             tenants = self._count_tenants()
-        if (owner is not None and owner is not NOBODY and owner not in held
-                and owner not in waiting and owner not in parked):
+        if (owner is not None and owner is not NOBODY and owner not in self.tenants
+                and owner not in parked):
             tenants += 1
         tenants = max(1, tenants)
         share = -(-self.pool_size // tenants) if rounded_up else self.pool_size // tenants
         return max(1, share)
 
     def _count_tenants(self) -> int:
-        """The tenants in held, waiting and idle.by_owner, counted without building their
+        """The tenants in ``tenants`` and idle.by_owner, counted without building their
         union (compiled, a union of key views cost ~3,000 instructions with 8 tenants,
-        these loops ~500), and kept for share() until one enters or leaves them. held and
-        waiting hold tenant names only; idle owners also NOBODY and None (a bypass
+        this loop ~300), and kept for share() until one enters or leaves them.
+        ``tenants`` holds tenant names only; idle owners also NOBODY and None (a bypass
         identity's servers), neither counted."""
-        held = self.held
-        waiting = self.waiting
-        tenants = len(held)
-        for tenant in waiting:
-            if tenant not in held:
-                tenants += 1
+        using = self.tenants
+        tenants = len(using)
         parked = self.idle.by_owner
         for parked_owner in parked:
             if (parked_owner is not NOBODY and parked_owner is not None
-                    and parked_owner not in held and parked_owner not in waiting):
+                    and parked_owner not in using):
                 tenants += 1
         self._tenants = tenants
         self._idle_owners = self.idle.owners
@@ -211,7 +254,8 @@ class Selection(Generic[S]):
         clients (at work, they come back) unless they left it QUIET seconds ago.
         Never a server more than max_tenant_server_conns.
         """
-        held = self.held.get(tenant, 0) if tenant is not None else 0
+        use = self.tenants.get(tenant) if tenant is not None else None
+        held = use.held if use is not None else 0
         cap = self.cap
         idle = self.idle
         same = idle.by_owner.get(tenant)
@@ -254,7 +298,7 @@ class Selection(Generic[S]):
             if not isinstance(owner, str):  # a bypass identity's: nobody waits for it
                 surplus = self.pool_size + 1
             else:
-                surplus = self.held.get(owner, 0) + (len(servers) if parked else 0)
+                surplus = self.held_by(owner) + (len(servers) if parked else 0)
                 if surplus <= floor and next(iter(servers.values())) < quiet:
                     surplus = floor + 1  # its clients left it long ago
             if surplus > most:
@@ -263,7 +307,7 @@ class Selection(Generic[S]):
 
     def capped(self, tenant: str | None) -> bool:
         """Whether ``tenant``'s clients hold max_tenant_server_conns servers already."""
-        return bool(self.cap) and tenant is not None and self.held.get(tenant, 0) >= self.cap
+        return bool(self.cap) and self.held_by(tenant) >= self.cap
 
     def waiter_for(self, owner: object, waits: Iterable[Waiter],
                    overdue_since: float) -> Waiter | None:
@@ -286,10 +330,10 @@ class Selection(Generic[S]):
         its first waiter.
         """
         share = self.share(owner=owner)
-        held = self.held
+        using = self.tenants
         # Once a deprived waiter is found, only a waiter of ``owner`` holding less than
         # its share comes first: when ``owner``'s clients hold their share, stop there.
-        owner_short = (held.get(owner, 0) if isinstance(owner, str) else 0) < share
+        owner_short = self.held_by(owner) < share
         deprived: Waiter | None = None
         same: Waiter | None = None
         first: Waiter | None = None
@@ -299,7 +343,8 @@ class Selection(Generic[S]):
             tenant = wait.tenant
             if self.capped(tenant):
                 continue
-            count = held.get(tenant, 0) if tenant is not None else 0
+            use = using.get(tenant) if tenant is not None else None
+            count = use.held if use is not None else 0
             short = count < share
             if first is None:
                 first = wait
@@ -335,5 +380,5 @@ class Selection(Generic[S]):
         """Servers ``owner``'s clients hold or have parked, and the one just freed."""
         if not isinstance(owner, str):
             return 0
-        return self.held.get(owner, 0) + len(self.idle.by_owner.get(owner, ())) + 1
+        return self.held_by(owner) + len(self.idle.by_owner.get(owner, ())) + 1
 

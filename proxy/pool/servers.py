@@ -78,7 +78,6 @@ class PoolServers(Lender):
         # Servers kept since ``_kept`` was last brought up to date (``_settle_kept``), each
         # once (``fresh_kept`` set), resumed since or not: see :meth:`keep`.
         self._fresh_kept: list[ServerConnection] = []
-        self._held = self._sel.held  # tenant → servers its clients hold (kept ones too)
         self.connecting = 0
         self.stats = PoolStats()
         # The clients waiting for a server, their timers and the rules that serve them.
@@ -275,23 +274,14 @@ class PoolServers(Lender):
         server.state = ServerState.ACTIVE
         self._active.add(server)
         server.lessee = tenant
-        if tenant is not None:  # (inline: once per transaction)
-            held = self._held.get(tenant, 0)
-            if not held:
-                self._sel.tenants_changed()
-            self._held[tenant] = held + 1
+        self._sel.leased(tenant)
         return Lease(self, server)
 
     def _unlease(self, server: ServerConnection) -> None:
         tenant = server.lessee
-        server.lessee = None
         if tenant is not None:
-            left = self._held.get(tenant, 0) - 1
-            if left > 0:
-                self._held[tenant] = left
-            else:
-                self._held.pop(tenant, None)
-                self._sel.tenants_changed()
+            server.lessee = None
+            self._sel.unleased(tenant)
 
     def _grow(self) -> None:
         """Open connections for waiters while the pool has room."""

@@ -35,7 +35,7 @@ from proxy.backend.server import ServerConnection, ServerError
 from proxy.config import DatabaseConfig
 from proxy.pool.counters import PoolStats
 from proxy.pool.lease import Lease
-from proxy.pool.selection import AFFINITY_LOOKAHEAD, Selection, Waiter
+from proxy.pool.selection import AFFINITY_LOOKAHEAD, Selection, TenantUse, Waiter
 from proxy.stats import ProxyStats, TrafficStats
 
 _monotonic: Final = time.monotonic  # (a C static compiled: see proxy.frontend.relay)
@@ -99,7 +99,7 @@ class Wait(Waiter):
     """
 
     __slots__ = ("_waits", "callback", "deadline", "error", "lease", "reserve_at", "started",
-                 "state")
+                 "state", "use")
 
     def __init__(self, waits: Waits, tenant: str | None, since: float, started: float,
                  deadline: float, reserve_at: float,
@@ -113,6 +113,7 @@ class Wait(Waiter):
         self.state = PENDING
         self.lease: Lease | None = None
         self.error: Exception | None = None
+        self.use: TenantUse | None = None  # its tenant's counts, while it waits
 
     def done(self) -> bool:
         return self.state != PENDING
@@ -204,7 +205,7 @@ class Waits:
         wait = Wait(self, tenant, started if clock is _monotonic else clock(), started,
                     deadline, reserve_at, callback)
         self.queue.append(wait)
-        self._sel.wait_began(tenant)
+        wait.use = self._sel.wait_began(tenant)
         due = min(deadline, reserve_at)
         if due < self._timer_at:  # (else the timer runs before this wait is due)
             self._set_timer(due)
@@ -216,7 +217,8 @@ class Waits:
             with contextlib.suppress(ValueError):  # still queued unless a failure popped it
                 self.queue.remove(wait)
         tenant = wait.tenant
-        self._sel.wait_ended(tenant)
+        self._sel.wait_ended(wait.use)
+        wait.use = None
         waited = _monotonic() - wait.started
         stats = self._stats
         stats.waits += 1

@@ -13,7 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.backend.server import NOBODY
-from proxy.pool.selection import AFFINITY_LOOKAHEAD, QUIET, OwnerIndex, Selection, Waiter
+from proxy.pool.selection import (
+    AFFINITY_LOOKAHEAD,
+    QUIET,
+    OwnerIndex,
+    Selection,
+    TenantUse,
+    Waiter,
+)
 
 NOW = 100.0
 
@@ -24,7 +31,9 @@ def selection(pool_size: int = 20, cap: int = 0, *, held: dict[str, int] | None 
               kept: list[tuple[str, object]] | None = None) -> Selection[str]:
     """A selection in a given state; idle/kept servers parked at NOW in list order."""
     sel: Selection[str] = Selection(pool_size, cap)
-    sel.held.update({tenant: count for tenant, count in (held or {}).items() if count})
+    for tenant, count in (held or {}).items():
+        for _ in range(count):
+            sel.leased(tenant)
     for tenant, count in (waiting or {}).items():
         for _ in range(count):
             sel.wait_began(tenant)
@@ -193,41 +202,39 @@ def test_the_share_follows_every_change_of_the_tenants(ops: list[tuple[str, obje
     """share() keeps its count of tenants between calls: every way a tenant enters or
     leaves held, waiting or the idle servers' owners is seen."""
     sel = selection(pool_size=12)
+    waits: list[TenantUse | None] = []
     for op, who, n in ops:
         tenant = who if isinstance(who, str) else None
         server = f"s{n}"
         if op == "wait":
-            sel.wait_began(tenant)
-        elif op == "served" and tenant in sel.waiting:
-            sel.wait_ended(tenant)
+            waits.append(sel.wait_began(tenant))
+        elif op == "served" and waits:
+            sel.wait_ended(waits.pop(n % len(waits)))
         elif op == "park" and server not in sel.idle:
             sel.idle.add(server, who, NOW)
         elif op == "unpark":
             sel.idle.discard(server)
         elif op == "take":
             sel.take(tenant, patient=n % 2 == 0, now=NOW + n)
-        elif op == "lease" and tenant is not None:  # as PoolServers counts a lease
-            if not sel.held.get(tenant, 0):
-                sel.tenants_changed()
-            sel.held[tenant] = sel.held.get(tenant, 0) + 1
+        elif op == "lease":  # as PoolServers counts a lease
+            sel.leased(tenant)
         elif op == "unlease" and tenant in sel.held:
-            sel.held[tenant] -= 1
-            if not sel.held[tenant]:
-                del sel.held[tenant]
-                sel.tenants_changed()
+            sel.unleased(tenant)
         assert sel.share(owner=owner) == _expected_share(sel, owner), (op, who, n)
 
 
 def test_waiting_counts_drop_to_nothing() -> None:
     sel = selection()
-    sel.wait_began("t1")
-    sel.wait_began("t1")
-    sel.wait_began(None)  # a bypass identity is not counted
-    assert sel.waiting == {"t1": 2}
-    sel.wait_ended("t1")
-    sel.wait_ended("t1")
+    first, second = sel.wait_began("t1"), sel.wait_began("t1")
+    assert sel.wait_began(None) is None  # a bypass identity is not counted
+    assert sel.waiting == {"t1": 2} and first is second
+    sel.leased("t1")
+    sel.wait_ended(first)
+    sel.wait_ended(second)
     sel.wait_ended(None)
-    assert sel.waiting == {}
+    assert sel.waiting == {} and sel.held == {"t1": 1}
+    sel.unleased("t1")
+    assert sel.tenants == {}  # no tenant left with nothing
 
 
 # ---- waiter_for: a server came back while clients wait ---------------------------------
