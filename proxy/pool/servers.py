@@ -128,6 +128,8 @@ class PoolServers(Lender):
         db = self.db
         if self._fresh_kept:
             self._settle_kept()
+        if not self.idle.owner_of and not self._kept.owner_of:
+            return None  # every server is at work (the clock read and the choice spared)
         while True:
             now = _monotonic()
             server = self._sel.take(tenant, patient=patient, now=now)

@@ -99,7 +99,7 @@ class Wait(Waiter):
     """
 
     __slots__ = ("_waits", "callback", "deadline", "error", "lease", "reserve_at", "started",
-                 "state", "use")
+                 "state", "taken_at", "use")
 
     def __init__(self, waits: Waits, tenant: str | None, since: float, started: float,
                  deadline: float, reserve_at: float,
@@ -114,6 +114,8 @@ class Wait(Waiter):
         self.lease: Lease | None = None
         self.error: Exception | None = None
         self.use: TenantUse | None = None  # its tenant's counts, while it waits
+        # time.monotonic() when take_for chose it (0.0: not chosen so): its wait ends then.
+        self.taken_at = 0.0
 
     def done(self) -> bool:
         return self.state != PENDING
@@ -219,7 +221,7 @@ class Waits:
         tenant = wait.tenant
         self._sel.wait_ended(wait.use)
         wait.use = None
-        waited = _monotonic() - wait.started
+        waited = (wait.taken_at or _monotonic()) - wait.started
         stats = self._stats
         stats.waits += 1
         stats.wait_seconds_total += waited
@@ -257,11 +259,14 @@ class Waits:
         if not self.queue:
             return None
         clock = self.clock
-        now = _monotonic() if clock is _monotonic else clock()  # (a direct call when so)
+        real = clock is _monotonic
+        now = _monotonic() if real else clock()  # (a direct call when so)
         wait = self._sel.waiter_for(owner, self.queue, now - _FAIR_WAIT)
         if wait is None:
             return None
         assert isinstance(wait, Wait)  # (one of the queue's)
+        if real:
+            wait.taken_at = now  # (_done's clock read spared: it is decided right after)
         queue = self.queue
         if queue[0] is wait:  # (most often: popleft, not a search and two rotations)
             queue.popleft()
