@@ -26,13 +26,16 @@ from proxy.backend.server import NOBODY
 class Waiter:
     """A client waiting for a server, as the rules see it: its tenant, and when it began
     waiting on the fairness clock. ``proxy.pool.waits.Wait`` is one. (A class, not a
-    protocol: compiled, :meth:`Selection.waiter_for` reads both as struct fields.)"""
+    protocol: compiled, :meth:`Selection.waiter_for` reads both as struct fields.)
+    ``use``: its tenant's :class:`TenantUse` (what :meth:`Selection.wait_began` gave),
+    when known: read in place of a lookup by name."""
 
-    __slots__ = ("since", "tenant")
+    __slots__ = ("since", "tenant", "use")
 
     def __init__(self, tenant: str | None, since: float) -> None:
         self.tenant = tenant
         self.since = since
+        self.use: TenantUse | None = None
 
 
 class TenantUse:
@@ -179,9 +182,12 @@ class Selection(Generic[S]):
             del self.tenants[use.name]
             self._tenants = -1
 
-    def leased(self, tenant: str | None) -> None:
-        """A server was lent to a client of ``tenant``."""
-        if tenant is not None:
+    def leased(self, tenant: str | None, use: TenantUse | None = None) -> None:
+        """A server was lent to a client of ``tenant`` (``use``: its tenant's, when at
+        hand: a waiter's, alive while it waits)."""
+        if use is not None:
+            use.held += 1
+        elif tenant is not None:
             self._use(tenant).held += 1
 
     def unleased(self, tenant: str | None) -> None:
@@ -343,7 +349,9 @@ class Selection(Generic[S]):
             tenant = wait.tenant
             if self.capped(tenant):
                 continue
-            use = using.get(tenant) if tenant is not None else None
+            use = wait.use
+            if use is None and tenant is not None:
+                use = using.get(tenant)
             count = use.held if use is not None else 0
             short = count < share
             if first is None:

@@ -38,7 +38,7 @@ from proxy.backend.server import ServerConnection, ServerError, ServerState, Ski
 from proxy.config import DatabaseConfig
 from proxy.pool.counters import PoolStats
 from proxy.pool.lease import Lease, Lender
-from proxy.pool.selection import OwnerIndex, Selection
+from proxy.pool.selection import OwnerIndex, Selection, TenantUse
 from proxy.pool.waits import Wait, Waits
 from proxy.stats import ProxyStats
 from proxy.tasks import TaskSet
@@ -235,7 +235,7 @@ class PoolServers(Lender):
             self._kept.discard(server)
             self.waiters.remove(wait)
             self._unlink_kept(server)
-            wait.set_result(self._lease_to(server, tenant))
+            wait.set_result(self._lease_to(server, tenant, wait.use))
 
     def reclaim_kept(self, servers: list[ServerConnection] | None = None) -> None:
         """These kept servers (default: all) back to the pool (PAUSE, maintenance)."""
@@ -271,12 +271,13 @@ class PoolServers(Lender):
             return
         self._offer(server)
 
-    def _lease_to(self, server: ServerConnection, tenant: str | None) -> Lease:
+    def _lease_to(self, server: ServerConnection, tenant: str | None,
+                  use: TenantUse | None = None) -> Lease:
         """Hand ``server`` out to a client of ``tenant``: the one place a lease begins."""
         server.state = ServerState.ACTIVE
         self._active.add(server)
         server.lessee = tenant
-        self._sel.leased(tenant)
+        self._sel.leased(tenant, use)
         return Lease(self, server)
 
     def _unlease(self, server: ServerConnection) -> None:
@@ -360,7 +361,7 @@ class PoolServers(Lender):
         if self.waiters and not self.paused:  # a paused pool keeps even early waiters waiting
             wait = self.waits.take_for(server.owner)
             if wait is not None:
-                wait.set_result(self._lease_to(server, wait.tenant))
+                wait.set_result(self._lease_to(server, wait.tenant, wait.use))
                 return
             self.waits.be_patient()
         server.state = ServerState.IDLE

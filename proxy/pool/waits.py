@@ -35,7 +35,7 @@ from proxy.backend.server import ServerConnection, ServerError
 from proxy.config import DatabaseConfig
 from proxy.pool.counters import PoolStats
 from proxy.pool.lease import Lease
-from proxy.pool.selection import AFFINITY_LOOKAHEAD, Selection, TenantUse, Waiter
+from proxy.pool.selection import AFFINITY_LOOKAHEAD, Selection, Waiter
 from proxy.stats import ProxyStats, TrafficStats
 
 _monotonic: Final = time.monotonic  # (a C static compiled: see proxy.frontend.relay)
@@ -99,7 +99,7 @@ class Wait(Waiter):
     """
 
     __slots__ = ("_waits", "callback", "deadline", "error", "lease", "reserve_at", "started",
-                 "state", "taken_at", "use")
+                 "state", "taken_at")
 
     def __init__(self, waits: Waits, tenant: str | None, since: float, started: float,
                  deadline: float, reserve_at: float,
@@ -113,7 +113,6 @@ class Wait(Waiter):
         self.state = PENDING
         self.lease: Lease | None = None
         self.error: Exception | None = None
-        self.use: TenantUse | None = None  # its tenant's counts, while it waits
         # time.monotonic() when take_for chose it (0.0: not chosen so): its wait ends then.
         self.taken_at = 0.0
 
