@@ -76,11 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     stats = ProxyStats(["app"])
     traffic = stats.database("app")
-    counts = stats.tenants.get(TENANT)
 
     def count(i: int) -> None:
-        stats.record_queries(traffic, counts)
-        stats.record_transaction(traffic, counts, 0.0002)
+        stats.record_queries(traffic, TENANT)
+        stats.record_transaction(traffic, TENANT, 0.0002)
 
     def all_of_it(i: int) -> None:
         frame_client(i)

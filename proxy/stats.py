@@ -109,16 +109,11 @@ class TrafficStats:
 
 
 class TenantStats:
-    """What one tenant did; ``violations`` maps a guard refusal kind to its count.
+    """What one tenant did; ``violations`` maps a guard refusal kind to its count."""
 
-    ``live`` turns False when the table lets the object go (:meth:`TenantStatsTable._compact`):
-    a client that keeps its tenant's object (``ClientRelay._tenant_counts``) looks the
-    tenant up again then, so nothing it counts is lost."""
-
-    __slots__ = ("errors", "live", "queries", "transactions", "violations", "wait_seconds")
+    __slots__ = ("errors", "queries", "transactions", "violations", "wait_seconds")
 
     def __init__(self) -> None:
-        self.live = True
         self.queries = 0
         self.transactions = 0
         self.errors = 0
@@ -155,11 +150,6 @@ class TenantStats:
         return out
 
 
-# What a client holds before its tenant's counts are looked up: never live.
-UNTRACKED: Final = TenantStats()
-UNTRACKED.live = False
-
-
 def _rank(item: tuple[str, TenantStats]) -> tuple[bool, int, str]:
     # Tenants with refused statements outrank traffic: "who tries to break out" must
     # never hide in _other. Name as tie-breaker keeps the choice stable across scrapes.
@@ -171,8 +161,8 @@ class TenantStatsTable:
     """Per-tenant counters with a bounded number of exported tenant labels.
 
     Hot path: :meth:`get` (one dict lookup; an allocation for a tenant not seen yet).
-    Callers that keep the returned object across events must check its ``live`` first:
-    :meth:`_compact` may drop a quiet tenant's entry (its counts are kept, in ``_other``).
+    Callers must not keep the returned object across events: :meth:`_compact` may drop
+    a quiet tenant's entry (its counts are kept, in ``_other``).
 
     Export (:meth:`export`): the top ``max_labels`` tenants by rank get a label and
     report their full totals (what an admin would expect to read for a tenant).
@@ -245,7 +235,6 @@ class TenantStatsTable:
                 continue
             self._retired.add(stats.since(self._bases.pop(name, None)))
             self._exported.discard(name)
-            stats.live = False
             del self._tenants[name]
 
 
@@ -270,12 +259,9 @@ class ProxyStats:
     """All counters of one proxy process; ``ProxyApp.stats``.
 
     The ``record_*`` methods are the hot-path API. ``traffic`` is the database's
-    :class:`TrafficStats` (``stats.databases[name]``, safe to keep on the client).
-    :meth:`record_queries` and :meth:`record_transaction`, once or twice per transaction,
-    take the tenant's :class:`TenantStats` (live: see ``TenantStats.live``), which the
-    client keeps; the others look a tenant up with one dict subscription
-    (``_tenant_counts`` is the table's own dict) and call :meth:`TenantStatsTable.get`
-    only for a tenant not tracked yet.
+    :class:`TrafficStats` (``stats.databases[name]``, safe to keep on the client). They
+    look a tenant up with one dict subscription (``_tenant_counts`` is the table's own
+    dict) and call :meth:`TenantStatsTable.get` only for a tenant not tracked yet.
     """
 
     __slots__ = ("_tenant_counts", "config_reload_failures", "config_reloads", "databases",
@@ -303,14 +289,15 @@ class ProxyStats:
 
     # ---- hot path ---------------------------------------------------------------------
 
-    def record_queries(self, traffic: TrafficStats, counts: TenantStats, n: int = 1) -> None:
-        """``n`` statements sent by a client (Query or Sync-terminated batch) of the tenant
-        whose (live) ``counts`` these are."""
+    def record_queries(self, traffic: TrafficStats, tenant: str, n: int = 1) -> None:
+        """``n`` statements sent by a client (Query or Sync-terminated batch)."""
         traffic.queries += n
-        counts.queries += n
+        try:
+            self._tenant_counts[tenant].queries += n
+        except KeyError:
+            self.tenants.get(tenant).queries += n
 
-    def record_transaction(self, traffic: TrafficStats, counts: TenantStats,
-                           seconds: float) -> None:
+    def record_transaction(self, traffic: TrafficStats, tenant: str, seconds: float) -> None:
         """A transaction ended (ReadyForQuery 'I' after work); ``seconds`` since it began."""
         traffic.transactions += 1
         # Histogram.observe inlined, bisect_left(TRANSACTION_BUCKETS, seconds) unrolled:
@@ -353,7 +340,10 @@ class ProxyStats:
             i = 16
         hist.cells[i].n += 1
         hist.sum += seconds
-        counts.transactions += 1
+        try:
+            self._tenant_counts[tenant].transactions += 1
+        except KeyError:
+            self.tenants.get(tenant).transactions += 1
 
     def record_error(self, traffic: TrafficStats, tenant: str) -> None:
         """An ErrorResponse went to the client (from the server or from the proxy)."""

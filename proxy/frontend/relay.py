@@ -27,7 +27,7 @@ from proxy.frontend.interfaces import ClientHost, ClientState
 from proxy.frontend.named_statements import NamedStatementRelay
 from proxy.frontend.requests import NO_STOP, classify, drop_first_request
 from proxy.guard import Refusal
-from proxy.stats import UNTRACKED, ProxyStats, TenantStats, TrafficStats
+from proxy.stats import ProxyStats, TrafficStats
 from proxy.wire import messages
 from proxy.wire.framing import FrontendFramer
 from proxy.wire.tags import FrontendTag
@@ -54,8 +54,8 @@ class ClientRelay(NamedStatementRelay):
     :class:`~proxy.backend.routing.Receiver` its server connection forwards to."""
 
     # One object per connected client, idle ones included: no per-instance __dict__.
-    __slots__ = ("_guard", "_idle_timeouts", "_tenant_counts", "_tx_started", "app", "database",
-                 "framer", "id", "identity", "stats", "stats_tenant", "traffic", "transport")
+    __slots__ = ("_guard", "_idle_timeouts", "_tx_started", "app", "database", "framer", "id",
+                 "identity", "stats", "stats_tenant", "traffic", "transport")
 
     def __init__(self, app: ClientHost) -> None:
         # The bases set up what they read: the client's state, pool, context, mode and
@@ -73,7 +73,6 @@ class ClientRelay(NamedStatementRelay):
         self._guard: StreamGuard | None = None  # created at the first message after login
         self.traffic = _NO_TRAFFIC      # the database's counters, once it is known
         self.stats_tenant = "_unknown"  # the tenant label for counters
-        self._tenant_counts = UNTRACKED  # its TenantStats, looked up at the first count
         self._tx_started = 0.0          # monotonic time the current transaction began
         self._idle_timeouts = False     # idle_transaction_timeout or client_idle_timeout set
 
@@ -160,14 +159,6 @@ class ClientRelay(NamedStatementRelay):
         transaction (defence in depth behind the guard's refusals)."""
         self._touched = True
 
-    def _counts(self) -> TenantStats:
-        """The client's tenant's counters, kept between transactions (a dict lookup a
-        count saved) and looked up again when the table let them go."""
-        counts = self._tenant_counts
-        if not counts.live:
-            counts = self._tenant_counts = self.stats.tenants.get(self.stats_tenant)
-        return counts
-
     def _refused(self, refusal: Refusal, tag: int) -> None:
         tenant = self.stats_tenant
         self.stats.record_violation(tenant, refusal.kind)
@@ -178,7 +169,7 @@ class ClientRelay(NamedStatementRelay):
     def _flush(self, block: bytes, replies: int, unsynced: bool, named: bool) -> None:
         """Send the client's messages to its server, or queue them until it has one."""
         if replies:
-            self.stats.record_queries(self.traffic, self._counts(), replies)
+            self.stats.record_queries(self.traffic, self.stats_tenant, replies)
         if not len(block):  # (compiled: a length read; a bytes object's truth is a call)
             return
         batch_start = not self._unsynced
@@ -306,7 +297,7 @@ class ClientRelay(NamedStatementRelay):
         """The server answered everything we sent (pending queue empty)."""
         if server.tx_status == b"I" and self._tx_started:
             # last_used: when the server's ReadyForQuery came in (one clock read for both)
-            self.stats.record_transaction(self.traffic, self._counts(),
+            self.stats.record_transaction(self.traffic, self.stats_tenant,
                                           server.last_used - self._tx_started)
             self._tx_started = 0.0
         # (Read before the release: the pool may lend the server to a waiting client, who
