@@ -70,7 +70,7 @@ class Guard:
 
     def analyze_query(self, body: bytes) -> Analysis:
         """:meth:`analyze` of a Query message body (the SQL text and its NUL terminator),
-        remembered by its bytes.
+        remembered: by its shape when the pre-filter finds it harmless, else by its bytes.
 
         Sound because an analysis depends on the text alone (never on the tenant, the pool
         mode or the session: those are applied to it afterwards, on every hit, by
