@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                                             "workload names (default: all)")
     parser.add_argument("--targets", help="comma-separated: "
                                           + ",".join((*runner.TARGET_NAMES,
-                                                      runner.WORKERS_TARGET))
+                                                      runner.WORKERS_TARGET,
+                                                      runner.PIPE_TARGET))
                                           + "; with --baseline also NAME@base for the "
                                             "pgtenant ones (default: all available)")
     parser.add_argument("--baseline", metavar="REV_OR_PATH",

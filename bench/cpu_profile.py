@@ -1,12 +1,13 @@
 """Where a proxy's CPU goes per transaction, sampled by ``perf`` over real sockets.
 
 Run: ``.venv/bin/python -m bench.cpu_profile [--tree DIR] [--seconds 5]
-[--targets pgtenant,pgbouncer] [--clients 8] [--protocol simple] [--detail FUNCS]``.
+[--targets pgtenant,pgbouncer,pipe] [--clients 8] [--protocol simple] [--detail FUNCS]``.
 
 ``bench.instructions`` counts the proxy's own code in process; this looks at the live
 process instead: a fresh PostgreSQL, pgtenant (transaction mode, pool 20; ``--tree DIR``
-runs an installed, e.g. compiled, build as ``--baseline`` does) and PgBouncer in front of
-it, ``pgbench -S -c 8`` (``--clients``, ``--protocol``) against each in turn while
+runs an installed, e.g. compiled, build as ``--baseline`` does), PgBouncer and, when
+named, :mod:`bench.pipe` (a bare uvloop byte pipe: the floor) in front of it,
+``pgbench -S -c 8`` (``--clients``, ``--protocol``) against each in turn while
 ``perf record -e cpu-clock --call-graph dwarf`` samples the proxy process. The process's
 user and kernel CPU time per transaction come from /proc in a run of the same length
 without perf (sampling with stacks costs the sampled process kernel time of its own, so a
@@ -241,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench import baseline
     from bench.database import prepare, tenant_names
     from bench.pgbouncer import PgbouncerTarget, ensure_pgbouncer
+    from bench.pipe import PipeTarget
     from bench.targets import PgtenantTarget, ProcessTarget
     from proxy.devtools import EmbeddedPostgres
 
@@ -256,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name == "pgbouncer":
                 targets.append(PgbouncerTarget(db, work, binary=ensure_pgbouncer(),
                                                max_client_conn=args.clients + 100))
+            elif name == "pipe":
+                targets.append(PipeTarget(db, work))
             elif name == "pgtenant":
                 version = None
                 if args.tree is not None:
@@ -266,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     max_client_conn=args.clients + 100, jwt_secret=secrets.token_urlsafe(48),
                     baseline=version))
             else:
-                parser.error(f"unknown target {name!r} (pgtenant, pgbouncer)")
+                parser.error(f"unknown target {name!r} (pgtenant, pgbouncer, pipe)")
         for target in targets:
             stack.callback(target.stop)
             target.start()

@@ -27,6 +27,7 @@ from bench import baseline, idle, pgbench, report
 from bench.database import BenchDatabase, prepare, tenant_names
 from bench.environment import describe_machine, proxy_source_fingerprint
 from bench.pgbouncer import PgbouncerTarget, ensure_pgbouncer
+from bench.pipe import PipeTarget
 from bench.processes import tail
 from bench.procstat import cpu_seconds
 from bench.results import BenchResults, IdleMeasurement, Measurement
@@ -45,6 +46,8 @@ log = logging.getLogger("pgtenant.bench")
 
 TARGET_NAMES = ("direct", "pgtenant-session", "pgtenant-transaction", "pgbouncer")
 WORKERS_TARGET = "pgtenant-workers2"
+#: The bare uvloop byte pipe (bench.pipe): the floor under a Python proxy; only when named.
+PIPE_TARGET = "pipe"
 #: Targets that run pgtenant serve: each has an ``@base`` twin with --baseline.
 PGTENANT_TARGETS = ("pgtenant-session", "pgtenant-transaction", WORKERS_TARGET)
 #: Twins added when --baseline is given without --targets.
@@ -204,6 +207,8 @@ class BenchRun:
         assert db is not None
         if name == "direct":
             return DirectTarget(db)
+        if name == PIPE_TARGET:
+            return PipeTarget(db, self.workdir)
         if name == "pgbouncer":
             self.results.machine["pgbouncer"] = "missing"
             bouncer = PgbouncerTarget(db, self.workdir, binary=ensure_pgbouncer(),
@@ -430,7 +435,8 @@ def _with_twins(names: Sequence[str], twins: Sequence[str]) -> tuple[str, ...]:
 def planned_targets(requested: Sequence[str], *, with_baseline: bool = False) -> tuple[str, ...]:
     """Validate ``--targets``. With --baseline and no ``@base`` target named, each named
     pgtenant target gets its ``@base`` twin; an ``@base`` target needs --baseline."""
-    known = (*TARGET_NAMES, WORKERS_TARGET, *map(baseline.base_name, PGTENANT_TARGETS))
+    known = (*TARGET_NAMES, WORKERS_TARGET, PIPE_TARGET,
+             *map(baseline.base_name, PGTENANT_TARGETS))
     unknown = [name for name in requested if name not in known]
     if unknown:
         raise ValueError(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(known)}")
