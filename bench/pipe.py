@@ -6,7 +6,8 @@ pooled: one ``data_received`` and one ``transport.write`` per read, which is the
 Python proxy on uvloop (or asyncio where uvloop is missing) does per message. Its CPU per
 transaction, next to PgBouncer's and pgtenant's (``bench.cpu_profile --targets
 pipe,pgtenant,pgbouncer``), shows how much of pgtenant's cost is its own code and how much
-the event loop and the sockets cost any proxy written this way.
+the event loop and the sockets cost any proxy written this way. It has no flow control
+(a full peer buffer does not pause reading): a measuring instrument, not a proxy.
 
 :class:`PipeTarget` runs it as a benchmark target: a client logs in as it would directly
 (the pipe forwards the handshake too).

@@ -1,7 +1,7 @@
 """bench.pipe, the bare byte pipe that bench.cpu_profile and ``./dev bench --targets pipe``
 use as the floor under a Python proxy: bytes go both ways unchanged, bytes that arrive
-before the upstream connection is up are not lost, and either side closing closes the
-other. An in-process upstream stands in for PostgreSQL."""
+before the upstream connection is up are not lost, and a client's close reaches the
+upstream. An in-process upstream stands in for PostgreSQL."""
 
 from __future__ import annotations
 
