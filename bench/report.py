@@ -16,10 +16,12 @@ from bench.summary import (
     KIB,
     LATENCY_WORKLOAD,
     MIB,
+    Comparison,
     Summary,
     added_latency_us,
     compare_to_baseline,
     compare_to_pgbouncer,
+    compare_to_pipe,
     summarize,
     summarize_idle,
 )
@@ -83,6 +85,7 @@ def markdown(results: BenchResults) -> str:
             )
         lines.append("")
     lines += _pgbouncer_section(results)
+    lines += _pipe_section(results)
     lines += _baseline_section(results)
     if idle_summaries:
         lines += [
@@ -132,19 +135,17 @@ def _paired_text(ratios: Sequence[float]) -> str:
     return f"{middle:.3f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
-def _pgbouncer_section(results: BenchResults) -> list[str]:
-    comparisons = compare_to_pgbouncer(results)
+def _paired_section(comparisons: Sequence[Comparison], title: str, intro: str,
+                    reference: str) -> list[str]:
     if not comparisons:
         return []
     lines = [
-        "## pgtenant vs PgBouncer, paired by repeat",
+        f"## {title}, paired by repeat",
         "",
-        "per repeat = the median (and range) of pgtenant / PgBouncer within each repeat, "
-        "where the two ran minutes apart at most: steadier than the ratio of the medians "
-        "(x PgBouncer above) when the machine's load drifts during a run.",
+        intro,
         "",
-        "| workload | target | TPS x PgBouncer | per repeat | CPU x PgBouncer | per repeat "
-        "| p50 x PgBouncer |",
+        f"| workload | target | TPS x {reference} | per repeat | CPU x {reference} | per repeat "
+        f"| p50 x {reference} |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     lines.extend(
@@ -154,6 +155,23 @@ def _pgbouncer_section(results: BenchResults) -> list[str]:
         for c in comparisons
     )
     return [*lines, ""]
+
+
+def _pgbouncer_section(results: BenchResults) -> list[str]:
+    return _paired_section(
+        compare_to_pgbouncer(results), "pgtenant vs PgBouncer",
+        "per repeat = the median (and range) of pgtenant (or the pipe) / PgBouncer within "
+        "each repeat, "
+        "where the two ran minutes apart at most: steadier than the ratio of the medians "
+        "(x PgBouncer above) when the machine's load drifts during a run.", "PgBouncer")
+
+
+def _pipe_section(results: BenchResults) -> list[str]:
+    return _paired_section(
+        compare_to_pipe(results), "pgtenant vs the bare pipe (the floor)",
+        "pipe = bench/pipe.py, a uvloop byte pipe that parses, pools and counts nothing: "
+        "what any proxy on this event loop pays per message. pgtenant / pipe is the cost "
+        "of pgtenant's own work; per repeat as above.", "pipe")
 
 
 def _baseline_section(results: BenchResults) -> list[str]:
@@ -215,7 +233,8 @@ def write(results: BenchResults, directory: Path) -> None:
     document["summary"] = [dataclasses.asdict(s) for s in summarize(results)]
     document["idle_summary"] = [dataclasses.asdict(s) for s in summarize_idle(results)]
     for key, comparisons in (("baseline_comparison", compare_to_baseline(results)),
-                             ("pgbouncer_comparison", compare_to_pgbouncer(results))):
+                             ("pgbouncer_comparison", compare_to_pgbouncer(results)),
+                             ("pipe_comparison", compare_to_pipe(results))):
         document[key] = [
             {"workload": c.workload, "target": c.target, "baseline_target": c.base.target,
              "tps_ratio": c.tps_ratio, "proxy_cpu_ratio": c.proxy_cpu_ratio,

@@ -1,5 +1,6 @@
 """The numbers of a benchmark run: medians per workload and target, ratios to the
-baselines (PgBouncer, direct, a pgtenant ``@base`` twin), the idle-connection summary.
+baselines (PgBouncer, direct, the bare pipe, a pgtenant ``@base`` twin), the
+idle-connection summary.
 
 Pure arithmetic over :class:`~bench.results.BenchResults`; the outputs built from it are
 :mod:`bench.report` (results.md, results.json) and :mod:`bench.chart` (chart.png).
@@ -15,6 +16,8 @@ from bench.baseline import base_name
 from bench.results import BenchResults, IdleMeasurement, Measurement
 
 BASELINE_PROXY = "pgbouncer"
+#: bench.pipe, the bare uvloop byte pipe: what pgtenant's own work costs is measured over it.
+FLOOR = "pipe"
 BASELINE_DIRECT = "direct"
 LATENCY_WORKLOAD = "select-simple-c1"
 KIB = 1024
@@ -180,6 +183,14 @@ def compare_to_pgbouncer(results: BenchResults) -> list[Comparison]:
     apart over minutes, the ratio within a repeat much less. Workloads PgBouncer failed
     (prepared statements, in 1.18) are left out."""
     comparisons = _compare(results, lambda target: BASELINE_PROXY
+                           if target.startswith("pgtenant") or target == FLOOR else None)
+    return [c for c in comparisons if c.base.ok_runs]
+
+
+def compare_to_pipe(results: BenchResults) -> list[Comparison]:
+    """Every pgtenant target next to the bare pipe (when it ran): the cost of pgtenant's
+    own work, over what any proxy on the same event loop pays to move the bytes."""
+    comparisons = _compare(results, lambda target: FLOOR
                            if target.startswith("pgtenant") else None)
     return [c for c in comparisons if c.base.ok_runs]
 

@@ -307,3 +307,36 @@ def test_pgtenant_targets_are_paired_with_pgbouncer_repeat_by_repeat(tmp_path: P
     assert "paired by repeat" not in report.markdown(without)
     without.measurements.append(failed)
     assert summary.compare_to_pgbouncer(without) == []
+
+
+def test_the_bare_pipe_is_the_floor_each_pgtenant_target_is_paired_with(tmp_path: Path) -> None:
+    # Within each repeat the pipe does 0.95x PgBouncer's TPS at 1.25x its CPU, and
+    # pgtenant 0.9x the pipe's TPS at 1.2x the pipe's CPU.
+    results = BenchResults(started_at="now", settings={"repeats": 2})
+    for repeat, speed in enumerate([2000, 1000], 1):
+        results.measurements += [
+            _measurement("pgbouncer", repeat, speed, 40, 1.0),
+            _measurement("pipe", repeat, speed * 0.95, 50, 1.1),
+            _measurement("pgtenant-transaction", repeat, speed * 0.95 * 0.9, 60, 1.32),
+        ]
+    to_pipe = summary.compare_to_pipe(results)
+    assert [(c.target, c.base.target) for c in to_pipe] == [("pgtenant-transaction", "pipe")]
+    assert to_pipe[0].tps_paired == pytest.approx([0.9, 0.9])
+    assert to_pipe[0].proxy_cpu_paired == pytest.approx([1.2, 1.2])
+    to_bouncer = summary.compare_to_pgbouncer(results)
+    assert sorted(c.target for c in to_bouncer) == ["pgtenant-transaction", "pipe"]
+    pipe_row = next(c for c in to_bouncer if c.target == "pipe")
+    assert pipe_row.tps_paired == pytest.approx([0.95, 0.95])
+    text = report.markdown(results)
+    assert "## pgtenant vs the bare pipe (the floor), paired by repeat" in text
+    assert ("| tenant-c32 | pgtenant-transaction | 0.900 | 0.900 (0.90-0.90) | 1.200 "
+            "| 1.200 (1.20-1.20) | 1.200 |") in text
+    report.write(results, tmp_path)
+    document: dict[str, Any] = json.loads((tmp_path / "results.json").read_text())
+    assert [c["target"] for c in document["pipe_comparison"]] == ["pgtenant-transaction"]
+    # No pipe in the run: no section, nothing paired with it.
+    without = BenchResults(started_at="now", settings={"repeats": 1})
+    without.measurements += [_measurement("pgbouncer", 1, 1000, 40, 1.0),
+                             _measurement("pgtenant-transaction", 1, 900, 60, 1.3)]
+    assert summary.compare_to_pipe(without) == []
+    assert "the bare pipe" not in report.markdown(without)
