@@ -265,13 +265,26 @@ def test_results_json_carries_the_ratios(tmp_path: Path) -> None:
         "baseline": {"spec": "main", "revision": "r", "source": "git archive"}})
     results.measurements += [_measurement("pgtenant-session", 1, 500, 90, 1.0),
                              _measurement("pgtenant-session@base", 1, 400, 100, 1.0)]
-    report.write(results, tmp_path)
-    document: dict[str, Any] = json.loads((tmp_path / "results.json").read_text())
+    document = _written(results, tmp_path)
     assert document["baseline_comparison"] == [{
         "workload": "tenant-c32", "target": "pgtenant-session",
         "baseline_target": "pgtenant-session@base", "tps_ratio": 1.25,
         "proxy_cpu_ratio": 0.9, "p50_ratio": 1.0, "tps_ratios_per_repeat": [1.25],
         "proxy_cpu_ratios_per_repeat": [0.9]}]
+
+
+def _assert_paired_row(results: BenchResults, heading: str, p50_ratio: str) -> None:
+    """results.md has the section, and pgtenant-transaction's row at 0.9x TPS, 1.2x CPU."""
+    text = report.markdown(results)
+    assert heading in text
+    assert ("| tenant-c32 | pgtenant-transaction | 0.900 | 0.900 (0.90-0.90) | 1.200 "
+            f"| 1.200 (1.20-1.20) | {p50_ratio} |") in text
+
+
+def _written(results: BenchResults, directory: Path) -> dict[str, Any]:
+    report.write(results, directory)
+    document: dict[str, Any] = json.loads((directory / "results.json").read_text())
+    return document
 
 
 def test_pgtenant_targets_are_paired_with_pgbouncer_repeat_by_repeat(tmp_path: Path) -> None:
@@ -292,12 +305,8 @@ def test_pgtenant_targets_are_paired_with_pgbouncer_repeat_by_repeat(tmp_path: P
         assert c.base.target == "pgbouncer"
         assert c.tps_paired == pytest.approx([0.9, 0.9, 0.9])
         assert c.proxy_cpu_paired == pytest.approx([1.2, 1.2, 1.2])
-    text = report.markdown(results)
-    assert "## pgtenant vs PgBouncer, paired by repeat" in text
-    assert ("| tenant-c32 | pgtenant-transaction | 0.900 | 0.900 (0.90-0.90) | 1.200 "
-            "| 1.200 (1.20-1.20) | 2.000 |") in text
-    report.write(results, tmp_path)
-    document: dict[str, Any] = json.loads((tmp_path / "results.json").read_text())
+    _assert_paired_row(results, "## pgtenant vs PgBouncer, paired by repeat", "2.000")
+    document = _written(results, tmp_path)
     assert [c["target"] for c in document["pgbouncer_comparison"]] == [
         "pgtenant-transaction", "pgtenant-transaction@base"]
     without = BenchResults(started_at="now", settings={"repeats": 1})
@@ -327,12 +336,9 @@ def test_the_bare_pipe_is_the_floor_each_pgtenant_target_is_paired_with(tmp_path
     assert sorted(c.target for c in to_bouncer) == ["pgtenant-transaction", "pipe"]
     pipe_row = next(c for c in to_bouncer if c.target == "pipe")
     assert pipe_row.tps_paired == pytest.approx([0.95, 0.95])
-    text = report.markdown(results)
-    assert "## pgtenant vs the bare pipe (the floor), paired by repeat" in text
-    assert ("| tenant-c32 | pgtenant-transaction | 0.900 | 0.900 (0.90-0.90) | 1.200 "
-            "| 1.200 (1.20-1.20) | 1.200 |") in text
-    report.write(results, tmp_path)
-    document: dict[str, Any] = json.loads((tmp_path / "results.json").read_text())
+    _assert_paired_row(results, "## pgtenant vs the bare pipe (the floor), paired by repeat",
+                       "1.200")
+    document = _written(results, tmp_path)
     assert [c["target"] for c in document["pipe_comparison"]] == ["pgtenant-transaction"]
     # No pipe in the run: no section, nothing paired with it.
     without = BenchResults(started_at="now", settings={"repeats": 1})
