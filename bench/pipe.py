@@ -46,6 +46,14 @@ class _Half(asyncio.Protocol):
         else:
             self.pending.append(data)
 
+    def attach(self, peer: _Half) -> None:
+        """From now on write to ``peer``, starting with what arrived before it was there."""
+        self.peer = peer
+        if peer.transport is not None:
+            for data in self.pending:
+                peer.transport.write(data)
+        self.pending.clear()
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.close()
@@ -68,11 +76,8 @@ class _Client(_Half):
             if self.transport is not None:
                 self.transport.close()
             return
-        server.peer, self.peer = self, server
-        if server.transport is not None:
-            for data in self.pending:
-                server.transport.write(data)
-        self.pending.clear()
+        self.attach(server)
+        server.attach(self)  # (the server may have spoken before this task resumed)
 
 
 async def _serve(port: int, upstream: tuple[str, int]) -> None:

@@ -47,7 +47,7 @@ log = logging.getLogger("pgtenant.bench")
 TARGET_NAMES = ("direct", "pgtenant-session", "pgtenant-transaction", "pgbouncer")
 WORKERS_TARGET = "pgtenant-workers2"
 #: The bare uvloop byte pipe (bench.pipe): the floor under a Python proxy; only when named.
-PIPE_TARGET = "pipe"
+PIPE_TARGET = PipeTarget.name
 #: Targets that run pgtenant serve: each has an ``@base`` twin with --baseline.
 PGTENANT_TARGETS = ("pgtenant-session", "pgtenant-transaction", WORKERS_TARGET)
 #: Twins added when --baseline is given without --targets.

@@ -16,7 +16,8 @@ from bench.baseline import base_name
 from bench.results import BenchResults, IdleMeasurement, Measurement
 
 BASELINE_PROXY = "pgbouncer"
-#: bench.pipe, the bare uvloop byte pipe: what pgtenant's own work costs is measured over it.
+#: bench.pipe's target name (``PipeTarget.name``; this module imports no target), the bare
+#: uvloop byte pipe: what pgtenant's own work costs is measured over it.
 FLOOR = "pipe"
 BASELINE_DIRECT = "direct"
 LATENCY_WORKLOAD = "select-simple-c1"
